@@ -1,0 +1,1 @@
+//! The GitLab runner API client: the only code that knows the wire format.

@@ -1,0 +1,1 @@
+//! config.toml: read, validate, edit and save the official runner configuration.

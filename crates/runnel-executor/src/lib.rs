@@ -1,0 +1,1 @@
+//! The Executor trait, process supervision, and the shell executor.

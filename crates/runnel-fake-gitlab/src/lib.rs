@@ -1,0 +1,1 @@
+//! A strict fake GitLab coordinator for tests and benchmarks.

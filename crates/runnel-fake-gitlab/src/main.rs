@@ -1,0 +1,2 @@
+//! `runnel-fake-gitlab`: the fake coordinator as a standalone process.
+fn main() {}

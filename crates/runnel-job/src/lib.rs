@@ -1,0 +1,1 @@
+//! Pure job planning: stages, variables, and shell script generation.

@@ -1,0 +1,1 @@
+//! The runner daemon: polling, job supervision, trace upload, shutdown.

@@ -1,0 +1,1 @@
+//! The job log: masking, size limit, checksum, and the byte buffer the uploader reads.

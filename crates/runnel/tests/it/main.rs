@@ -1,0 +1,1 @@
+//! Integration tests: the real `runnel` binary against the fake coordinator.
