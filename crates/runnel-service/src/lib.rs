@@ -1,1 +1,65 @@
-//! The runner daemon: polling, job supervision, trace upload, shutdown.
+//! The runner daemon: polling, job supervision, trace upload, reload and shutdown.
+//!
+//! [`run`] is `runnel run` and `runnel run-single`: it reads the configuration through a
+//! [`ConfigSource`], keeps workers polling GitLab for every runner, runs each job it receives
+//! through an executor, streams the job's trace, and reports the final state. It is the only
+//! crate that spawns long-lived tasks or listens for signals.
+//!
+//! It does not parse TOML or JSON itself (`runnel-config` and `runnel-api` do), and it does not
+//! generate scripts (`runnel-job` does).
+
+mod daemon;
+mod job;
+mod remote;
+mod rotation;
+mod settings;
+mod signals;
+mod uploader;
+
+use std::time::Duration;
+
+pub use settings::{
+    ConfigSource, FileConfigSource, FixedConfigSource, Overrides, RunnerSpec, ServiceConfig,
+};
+
+/// Limits for `run-single`; both unset for `run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this many jobs.
+    pub max_builds: Option<u64>,
+    /// Stop after this long without a job.
+    pub wait_timeout: Option<Duration>,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid configuration: {message}")]
+    Config { message: String },
+    #[error("cannot set up the GitLab client for runner {runner:?}: {message}")]
+    Client { runner: String, message: String },
+    #[error("cannot listen for {name}")]
+    Signal {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("jobs did not finish within shutdown_timeout ({0:?}); exiting anyway")]
+    ShutdownTimeout(Duration),
+    #[error("forced exit on a repeated stop signal")]
+    ForcedExit,
+    #[error("internal state lock poisoned")]
+    Poisoned,
+}
+
+/// Runs the daemon until a stop signal (or run-single's limits) and until every job has ended.
+///
+/// `on_reload` is called with every configuration that is applied, first at start (the binary
+/// uses it to apply `log_level`).
+pub async fn run(
+    source: std::sync::Arc<dyn ConfigSource>,
+    options: RunOptions,
+    on_reload: Box<dyn Fn(&ServiceConfig) + Send + Sync>,
+) -> Result<(), ServiceError> {
+    daemon::run(source, options, on_reload).await
+}

@@ -1,1 +1,5 @@
-//! Integration tests: the real `runnel` binary against the fake coordinator.
+//! Integration tests: the real `runnel` binary against the fake coordinator and real processes.
+
+mod commands;
+mod register;
+mod support;

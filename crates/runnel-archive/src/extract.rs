@@ -1,0 +1,669 @@
+//! Safe extraction of zip, tar+zstd and gzip archives into the project directory.
+//!
+//! Nothing is ever written outside the project directory. An entry is refused (skipped with an
+//! [`ExtractWarning`], the rest of the archive is still extracted) when:
+//! - its name is absolute (`/etc/x`, `\x`, `C:x`), empty, or has a `..` component;
+//! - it would be written through a symlink: any parent directory on the way is a symlink
+//!   (including one planted by an earlier entry of the same archive);
+//! - it is a symlink whose target is absolute outside the project directory or climbs out of it
+//!   with `..`;
+//! - it is a hard link, device, FIFO or socket.
+//!
+//! The official runner's default (legacy) extractor has no such checks and its fastzip
+//! extractor aborts the whole extraction; skipping with a warning keeps the legacy "warn and go
+//! on" behaviour for everything else (per-entry I/O errors are warnings too) while staying safe.
+//! An existing file, symlink or empty directory at an entry's path is replaced; the link itself
+//! is removed, never followed. Permissions (`0o777` bits only: no setuid from archives) and
+//! mtimes are restored; directory metadata is applied last so writing children does not undo
+//! it. Ownership is not restored. Failing to open or decode the archive as a whole is an
+//! [`ExtractError`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::format::ArchiveFormat;
+use crate::time::{from_unix_seconds, zip_datetime_seconds};
+
+/// Longest symlink target read from an archive.
+const MAX_LINK_TARGET: u64 = 4096;
+/// Write buffer for extracted files.
+const WRITE_BUFFER: usize = 256 * 1024;
+const DEFAULT_FILE_MODE: u32 = 0o644;
+const DEFAULT_DIR_MODE: u32 = 0o755;
+
+const S_IFMT: u32 = 0o170_000;
+const S_IFREG: u32 = 0o100_000;
+const S_IFDIR: u32 = 0o040_000;
+
+/// The archive as a whole could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The archive file could not be opened or read.
+    #[error("failed to read archive {}", path.display())]
+    Open {
+        /// The archive path.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The archive does not start like a zip, zstd or gzip stream.
+    #[error("failed to recognise the archive format of {}", path.display())]
+    UnknownFormat {
+        /// The archive path.
+        path: PathBuf,
+    },
+    /// The project directory does not exist or cannot be resolved.
+    #[error("failed to resolve project directory {}", path.display())]
+    ProjectDir {
+        /// The directory as given.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The archive is corrupt or truncated.
+    #[error("failed to decode the {format} archive")]
+    Decode {
+        /// The format being read.
+        format: ArchiveFormat,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// Raw uploads have no structure to extract.
+    #[error("raw archives cannot be extracted")]
+    Raw,
+}
+
+/// Why an entry was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The name is absolute.
+    AbsolutePath,
+    /// The name has a `..` component.
+    ParentComponent,
+    /// The name is empty or not a usable path.
+    InvalidName,
+    /// A parent directory on the way is a symlink.
+    ThroughSymlink {
+        /// The project-relative parent that is a symlink.
+        parent: String,
+    },
+    /// A parent on the way exists and is not a directory.
+    ParentNotDirectory {
+        /// The project-relative parent.
+        parent: String,
+    },
+    /// A symlink entry points outside the project directory.
+    LinkEscapes {
+        /// The link target as stored.
+        target: String,
+    },
+    /// Hard links, devices, FIFOs and sockets are not extracted.
+    UnsupportedType,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AbsolutePath => f.write_str("absolute path"),
+            Self::ParentComponent => f.write_str("path contains `..`"),
+            Self::InvalidName => f.write_str("invalid entry name"),
+            Self::ThroughSymlink { parent } => write!(f, "parent `{parent}` is a symlink"),
+            Self::ParentNotDirectory { parent } => {
+                write!(f, "parent `{parent}` is not a directory")
+            }
+            Self::LinkEscapes { target } => {
+                write!(
+                    f,
+                    "symlink target `{target}` is outside the project directory"
+                )
+            }
+            Self::UnsupportedType => f.write_str("unsupported entry type"),
+        }
+    }
+}
+
+/// An entry that was not extracted.
+#[derive(Debug)]
+pub enum ExtractWarning {
+    /// Refused for safety.
+    Rejected {
+        /// The entry name as stored in the archive.
+        entry: String,
+        /// Why.
+        reason: Rejection,
+    },
+    /// Extracting it failed.
+    Failed {
+        /// The entry name as stored in the archive.
+        entry: String,
+        /// What went wrong.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for ExtractWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected { entry, reason } => write!(f, "{entry}: refused: {reason}"),
+            Self::Failed { entry, error } => write!(f, "{entry}: {error}"),
+        }
+    }
+}
+
+/// What [`extract`] did.
+#[derive(Debug, Default)]
+pub struct ExtractSummary {
+    /// Regular files written.
+    pub files: usize,
+    /// Directories created or updated.
+    pub dirs: usize,
+    /// Symlinks created.
+    pub symlinks: usize,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Entries skipped, in archive order.
+    pub warnings: Vec<ExtractWarning>,
+}
+
+/// Recognises an archive by its first bytes: zip (`PK`), zstd (tar+zstd) or gzip.
+pub fn detect_format(head: &[u8]) -> Option<ArchiveFormat> {
+    match head {
+        [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Some(ArchiveFormat::Zip),
+        [0x28, 0xB5, 0x2F, 0xFD, ..] => Some(ArchiveFormat::TarZstd),
+        [0x1F, 0x8B, ..] => Some(ArchiveFormat::Gzip),
+        _ => None,
+    }
+}
+
+/// Extracts the archive at `archive` into `project_dir`, recognising its format by content.
+pub fn extract_file(archive: &Path, project_dir: &Path) -> Result<ExtractSummary, ExtractError> {
+    let open_error = |source| ExtractError::Open {
+        path: archive.to_owned(),
+        source,
+    };
+    let mut file = fs_err::File::open(archive).map_err(open_error)?;
+    let mut head = [0_u8; 4];
+    let read = read_up_to(&mut file, &mut head).map_err(open_error)?;
+    file.rewind().map_err(open_error)?;
+    let format =
+        head.get(..read)
+            .and_then(detect_format)
+            .ok_or_else(|| ExtractError::UnknownFormat {
+                path: archive.to_owned(),
+            })?;
+    extract(BufReader::new(file), format, project_dir)
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) {
+        match reader.read(rest)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Extracts `reader` (an archive in `format`) into `project_dir`; see the module rules.
+pub fn extract<R: Read + Seek>(
+    reader: R,
+    format: ArchiveFormat,
+    project_dir: &Path,
+) -> Result<ExtractSummary, ExtractError> {
+    let root = fs_err::canonicalize(project_dir).map_err(|source| ExtractError::ProjectDir {
+        path: project_dir.to_owned(),
+        source,
+    })?;
+    let mut sink = Sink::new(root);
+    let decode = |source| ExtractError::Decode { format, source };
+    match format {
+        ArchiveFormat::Zip => extract_zip(reader, &mut sink).map_err(decode)?,
+        ArchiveFormat::TarZstd => extract_tar_zstd(reader, &mut sink).map_err(decode)?,
+        ArchiveFormat::Gzip => extract_gzip(reader, &mut sink).map_err(decode)?,
+        ArchiveFormat::Raw => return Err(ExtractError::Raw),
+    }
+    Ok(sink.finish())
+}
+
+fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink) -> io::Result<()> {
+    let mut archive = zip::ZipArchive::new(reader)?;
+    for index in 0..archive.len() {
+        let mut file = archive.by_index(index)?;
+        let name = String::from_utf8_lossy(file.name_raw()).into_owned();
+        let mode = file.unix_mode();
+        let mtime = zip_mtime(&file);
+        let kind = mode.map_or(0, |mode| mode & S_IFMT);
+        if file.is_dir() || kind == S_IFDIR {
+            sink.dir(&name, mode, mtime);
+        } else if file.is_symlink() {
+            let target = read_link_target(&mut file)?;
+            sink.symlink(&name, &target, mtime);
+        } else if matches!(kind, 0 | S_IFREG) {
+            sink.file(&name, mode, mtime, &mut file);
+        } else {
+            sink.reject(&name, Rejection::UnsupportedType);
+        }
+    }
+    Ok(())
+}
+
+fn zip_mtime<R: Read>(file: &zip::read::ZipFile<'_, R>) -> Option<i64> {
+    let extended = file.extra_data_fields().find_map(|field| match field {
+        zip::ExtraField::ExtendedTimestamp(ts) => ts.mod_time(),
+        _ => None,
+    });
+    extended
+        .map(i64::from)
+        .or_else(|| file.last_modified().map(zip_datetime_seconds))
+}
+
+fn read_link_target(reader: &mut impl Read) -> io::Result<String> {
+    let mut target = Vec::new();
+    reader.take(MAX_LINK_TARGET).read_to_end(&mut target)?;
+    Ok(String::from_utf8_lossy(&target).into_owned())
+}
+
+fn extract_tar_zstd<R: Read>(reader: R, sink: &mut Sink) -> io::Result<()> {
+    let mut archive = tar::Archive::new(zstd::Decoder::new(reader)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let header = entry.header();
+        let mode = header.mode().ok();
+        let mtime = header.mtime().ok().and_then(|m| i64::try_from(m).ok());
+        match header.entry_type() {
+            tar::EntryType::Directory => sink.dir(&name, mode, mtime),
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|target| String::from_utf8_lossy(&target).into_owned())
+                    .unwrap_or_default();
+                sink.symlink(&name, &target, mtime);
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                sink.file(&name, mode, mtime, &mut entry);
+            }
+            _ => sink.reject(&name, Rejection::UnsupportedType),
+        }
+    }
+    Ok(())
+}
+
+/// Each gzip member becomes one file, named by its header comment (the project-relative path
+/// the official archiver stores there) or, failing that, its file name.
+fn extract_gzip<R: Read>(reader: R, sink: &mut Sink) -> io::Result<()> {
+    let mut reader = BufReader::new(reader);
+    while !reader.fill_buf()?.is_empty() {
+        let mut member = flate2::bufread::GzDecoder::new(&mut reader);
+        let header = member
+            .header()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "invalid gzip header"))?;
+        let name = header.comment().or(header.filename()).unwrap_or_default();
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mtime = Some(i64::from(header.mtime())).filter(|&m| m != 0);
+        sink.file(&name, None, mtime, &mut member);
+        // Whatever was not written (refused or failed) must still be read to reach the next
+        // member.
+        io::copy(&mut member, &mut io::sink())?;
+    }
+    Ok(())
+}
+
+/// Places entries below the root, enforcing the module's rules.
+struct Sink {
+    root: PathBuf,
+    /// Directories known to be real directories (created or checked by us). Our own operations
+    /// never turn a directory into a symlink, so a checked directory stays safe.
+    checked: HashSet<PathBuf>,
+    /// Directory metadata to apply at the end.
+    deferred: Vec<(PathBuf, u32, Option<i64>)>,
+    summary: ExtractSummary,
+}
+
+impl Sink {
+    fn new(root: PathBuf) -> Self {
+        let mut checked = HashSet::new();
+        checked.insert(root.clone());
+        Self {
+            root,
+            checked,
+            deferred: Vec::new(),
+            summary: ExtractSummary::default(),
+        }
+    }
+
+    fn reject(&mut self, entry: &str, reason: Rejection) {
+        tracing::warn!(message = "archive entry refused", entry, %reason);
+        self.summary.warnings.push(ExtractWarning::Rejected {
+            entry: entry.to_owned(),
+            reason,
+        });
+    }
+
+    fn fail(&mut self, entry: &str, error: io::Error) {
+        tracing::warn!(message = "archive entry not extracted", entry, %error);
+        self.summary.warnings.push(ExtractWarning::Failed {
+            entry: entry.to_owned(),
+            error,
+        });
+    }
+
+    /// Validates `entry` and creates its parent directories; returns the path to write.
+    fn place(&mut self, entry: &str) -> Option<(Vec<String>, PathBuf)> {
+        let components = match entry_components(entry) {
+            Ok(components) => components,
+            Err(reason) => {
+                self.reject(entry, reason);
+                return None;
+            }
+        };
+        let mut path = self.root.clone();
+        let (last, parents) = components.split_last()?;
+        for (depth, parent) in parents.iter().enumerate() {
+            path.push(parent);
+            if let Err(outcome) = self.ensure_dir(&path) {
+                let shown = components.get(..=depth).unwrap_or_default().join("/");
+                match outcome {
+                    DirOutcome::Symlink => {
+                        self.reject(entry, Rejection::ThroughSymlink { parent: shown });
+                    }
+                    DirOutcome::NotDirectory => {
+                        self.reject(entry, Rejection::ParentNotDirectory { parent: shown });
+                    }
+                    DirOutcome::Io(error) => self.fail(entry, error),
+                }
+                return None;
+            }
+        }
+        path.push(last);
+        Some((components, path))
+    }
+
+    fn ensure_dir(&mut self, path: &Path) -> Result<(), DirOutcome> {
+        if self.checked.contains(path) {
+            return Ok(());
+        }
+        match fs_err::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(DirOutcome::Symlink),
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(DirOutcome::NotDirectory),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                create_dir(path).map_err(DirOutcome::Io)?;
+            }
+            Err(error) => return Err(DirOutcome::Io(error)),
+        }
+        self.checked.insert(path.to_owned());
+        Ok(())
+    }
+
+    /// Writes a regular file from `reader` (which may be left partly unread on failure).
+    fn file(&mut self, entry: &str, mode: Option<u32>, mtime: Option<i64>, reader: &mut dyn Read) {
+        let Some((_, path)) = self.place(entry) else {
+            return;
+        };
+        let mode = mode.map_or(DEFAULT_FILE_MODE, |m| m & 0o777);
+        // The path may have been a checked (empty) directory that is about to be replaced.
+        self.checked.remove(&path);
+        match write_file(&path, mode, mtime, reader) {
+            Ok(bytes) => {
+                self.summary.files += 1;
+                self.summary.bytes += bytes;
+            }
+            Err(error) => self.fail(entry, error),
+        }
+    }
+
+    fn dir(&mut self, entry: &str, mode: Option<u32>, mtime: Option<i64>) {
+        let Some((_, path)) = self.place(entry) else {
+            return;
+        };
+        match fs_err::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                if let Err(error) = fs_err::remove_file(&path).and_then(|()| create_dir(&path)) {
+                    return self.fail(entry, error);
+                }
+            }
+            Err(_) => {
+                if let Err(error) = create_dir(&path) {
+                    return self.fail(entry, error);
+                }
+            }
+        }
+        self.checked.insert(path.clone());
+        let mode = mode.map_or(DEFAULT_DIR_MODE, |m| m & 0o777);
+        self.deferred.push((path, mode, mtime));
+        self.summary.dirs += 1;
+    }
+
+    fn symlink(&mut self, entry: &str, target: &str, mtime: Option<i64>) {
+        let Some((components, path)) = self.place(entry) else {
+            return;
+        };
+        let parents = components
+            .split_last()
+            .map_or(&[][..], |(_, parents)| parents);
+        if !link_stays_inside(&self.root, parents, target) {
+            return self.reject(
+                entry,
+                Rejection::LinkEscapes {
+                    target: target.to_owned(),
+                },
+            );
+        }
+        self.checked.remove(&path);
+        let result = remove_existing(&path)
+            .and_then(|()| std::os::unix::fs::symlink(target, &path))
+            .and_then(|()| set_symlink_mtime(&path, mtime));
+        match result {
+            Ok(()) => self.summary.symlinks += 1,
+            Err(error) => self.fail(entry, error),
+        }
+    }
+
+    fn finish(mut self) -> ExtractSummary {
+        // Deepest first, so a read-only parent is locked only after its children are done.
+        self.deferred.sort_by(|a, b| b.0.cmp(&a.0));
+        for (path, mode, mtime) in std::mem::take(&mut self.deferred) {
+            let result =
+                fs_err::set_permissions(&path, PermissionsExt::from_mode(mode)).and_then(|()| {
+                    match mtime {
+                        Some(m) => filetime::set_file_mtime(
+                            &path,
+                            filetime::FileTime::from_system_time(from_unix_seconds(m)),
+                        ),
+                        None => Ok(()),
+                    }
+                });
+            if let Err(error) = result {
+                let entry = path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                self.fail(&entry, error);
+            }
+        }
+        self.summary
+    }
+}
+
+enum DirOutcome {
+    Symlink,
+    NotDirectory,
+    Io(io::Error),
+}
+
+/// Splits an entry name into normal components, refusing absolute names and `..`.
+fn entry_components(name: &str) -> Result<Vec<String>, Rejection> {
+    if name.starts_with(['/', '\\']) || has_drive_prefix(name) {
+        return Err(Rejection::AbsolutePath);
+    }
+    if name.contains('\0') {
+        return Err(Rejection::InvalidName);
+    }
+    let mut components = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(Rejection::ParentComponent),
+            other => components.push(other.to_owned()),
+        }
+    }
+    if components.is_empty() {
+        return Err(Rejection::InvalidName);
+    }
+    Ok(components)
+}
+
+fn has_drive_prefix(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!((chars.next(), chars.next()), (Some(letter), Some(':')) if letter.is_ascii_alphabetic())
+}
+
+/// Whether `target`, as seen from the directory `parents` (relative to `root`), stays inside.
+fn link_stays_inside(root: &Path, parents: &[String], target: &str) -> bool {
+    if target.is_empty() || target.contains('\0') {
+        return false;
+    }
+    let target_path = Path::new(target);
+    if target_path.is_absolute() {
+        return lexically_inside(root, target_path);
+    }
+    let mut depth = parents.len();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+fn lexically_inside(root: &Path, target: &Path) -> bool {
+    let mut normal: Vec<Component<'_>> = Vec::new();
+    for component in target.components() {
+        match component {
+            Component::ParentDir => {
+                if normal.len() <= 1 {
+                    return false;
+                }
+                normal.pop();
+            }
+            Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    normal.iter().collect::<PathBuf>().starts_with(root)
+}
+
+fn create_dir(path: &Path) -> io::Result<()> {
+    match fs_err::create_dir(path) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            // Lost a race or a duplicate entry: accept only a real directory.
+            match fs_err::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                _ => Err(error),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Removes a file or symlink at `path` (never following it); a missing path is fine.
+fn remove_existing(path: &Path) -> io::Result<()> {
+    match fs_err::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs_err::remove_dir(path),
+        Ok(_) => fs_err::remove_file(path),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+fn write_file(
+    path: &Path,
+    mode: u32,
+    mtime: Option<i64>,
+    reader: &mut dyn Read,
+) -> io::Result<u64> {
+    remove_existing(path)?;
+    let file = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let bytes = io::copy(reader, &mut writer)?;
+    let file = writer
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
+    file.set_permissions(PermissionsExt::from_mode(mode))?;
+    if let Some(mtime) = mtime {
+        file.file().set_modified(from_unix_seconds(mtime))?;
+    }
+    Ok(bytes)
+}
+
+fn set_symlink_mtime(path: &Path, mtime: Option<i64>) -> io::Result<()> {
+    let Some(mtime) = mtime else { return Ok(()) };
+    let time = filetime::FileTime::from_system_time(from_unix_seconds(mtime));
+    filetime::set_symlink_file_times(path, time, time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names() {
+        assert_eq!(
+            entry_components("a/./b/"),
+            Ok(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert_eq!(
+            entry_components("/etc/passwd"),
+            Err(Rejection::AbsolutePath)
+        );
+        assert_eq!(entry_components("C:/x"), Err(Rejection::AbsolutePath));
+        assert_eq!(
+            entry_components("a/../../b"),
+            Err(Rejection::ParentComponent)
+        );
+        assert_eq!(entry_components("./"), Err(Rejection::InvalidName));
+    }
+
+    #[test]
+    fn link_targets() {
+        let root = Path::new("/p");
+        let parents = ["a".to_owned(), "b".to_owned()];
+        assert!(link_stays_inside(root, &parents, "../../c"));
+        assert!(!link_stays_inside(root, &parents, "../../../c"));
+        assert!(!link_stays_inside(root, &parents, "x/../../../../c"));
+        assert!(link_stays_inside(root, &[], "x/../y"));
+        assert!(link_stays_inside(root, &[], "/p/y"));
+        assert!(!link_stays_inside(root, &[], "/etc"));
+        assert!(!link_stays_inside(root, &[], "/p/../etc"));
+        assert!(!link_stays_inside(root, &[], ""));
+    }
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(detect_format(b"PK\x03\x04rest"), Some(ArchiveFormat::Zip));
+        assert_eq!(
+            detect_format(&[0x28, 0xB5, 0x2F, 0xFD]),
+            Some(ArchiveFormat::TarZstd)
+        );
+        assert_eq!(detect_format(&[0x1F, 0x8B, 8]), Some(ArchiveFormat::Gzip));
+        assert_eq!(detect_format(b"PK"), None);
+    }
+}

@@ -1,0 +1,288 @@
+//! Hostile archives built by hand: nothing may be written outside the project directory.
+//!
+//! Every archive is built twice (zip and tar+zstd) with `[OUT]` in names and targets replaced
+//! by the absolute path of a sibling directory that must stay empty.
+
+use std::io::{Cursor, Write};
+
+use runnel_archive::{ArchiveFormat, ExtractSummary, extract};
+use zip::write::SimpleFileOptions;
+
+use crate::Scratch;
+
+#[derive(Clone, Copy)]
+enum Item {
+    File(&'static str, &'static str),
+    Dir(&'static str),
+    Link(&'static str, &'static str),
+}
+
+fn hostile_zip(items: &[Item], outside: &str) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default();
+    for item in items {
+        match *item {
+            Item::File(name, content) => {
+                zip.start_file(name.replace("[OUT]", outside), options)
+                    .expect("start");
+                zip.write_all(content.as_bytes()).expect("write");
+            }
+            Item::Dir(name) => zip
+                .add_directory(name.replace("[OUT]", outside), options)
+                .expect("dir"),
+            Item::Link(name, target) => zip
+                .add_symlink(
+                    name.replace("[OUT]", outside),
+                    target.replace("[OUT]", outside),
+                    options,
+                )
+                .expect("link"),
+        }
+    }
+    zip.finish().expect("finish").into_inner()
+}
+
+fn hostile_tar_zstd(items: &[Item], outside: &str) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for item in items {
+        let mut header = tar::Header::new_gnu();
+        let (name, kind, content) = match *item {
+            Item::File(name, content) => (name, tar::EntryType::Regular, content),
+            Item::Dir(name) => (name, tar::EntryType::Directory, ""),
+            Item::Link(name, target) => {
+                header
+                    .set_link_name(target.replace("[OUT]", outside))
+                    .expect("link name");
+                (name, tar::EntryType::Symlink, "")
+            }
+        };
+        // Write the name bytes directly: `set_path` refuses `..`, a hostile tool does not.
+        let name = name.replace("[OUT]", outside);
+        let raw = &mut header.as_old_mut().name;
+        raw.fill(0);
+        raw.get_mut(..name.len())
+            .expect("short name")
+            .copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(content.len() as u64);
+        header.set_cksum();
+        tar.append(&header, content.as_bytes()).expect("append");
+    }
+    let tar = tar.into_inner().expect("tar");
+    zstd::encode_all(Cursor::new(tar), 3).expect("zstd")
+}
+
+fn render(scratch: &Scratch, summary: &ExtractSummary) -> String {
+    let mut out = String::new();
+    for warning in &summary.warnings {
+        out.push_str(&format!("  warning: {warning}\n"));
+    }
+    for path in Scratch::listing(&scratch.project) {
+        out.push_str(&format!("  {path}\n"));
+    }
+    out.replace(&scratch.outside.display().to_string(), "[OUT]")
+        .replace(&scratch.project.display().to_string(), "[PROJECT]")
+}
+
+/// Extracts `items` in both formats, checks the outside directory stayed empty and renders the
+/// warnings and resulting tree; both formats must agree.
+fn attack(items: &[Item]) -> String {
+    let mut results = Vec::new();
+    for format in [ArchiveFormat::Zip, ArchiveFormat::TarZstd] {
+        let scratch = Scratch::new();
+        let outside = scratch.outside.display().to_string();
+        let bytes = match format {
+            ArchiveFormat::Zip => hostile_zip(items, &outside),
+            _ => hostile_tar_zstd(items, &outside),
+        };
+        let summary = extract(Cursor::new(bytes), format, &scratch.project).expect("extract");
+        assert_eq!(
+            Scratch::listing(&scratch.outside),
+            Vec::<String>::new(),
+            "{format} wrote outside the project"
+        );
+        results.push(render(&scratch, &summary));
+    }
+    let [zip, tar] = results.as_slice() else {
+        unreachable!()
+    };
+    assert_eq!(zip, tar, "zip and tar+zstd disagree");
+    zip.clone()
+}
+
+#[test]
+fn parent_components_are_refused() {
+    insta::assert_snapshot!(attack(&[
+        Item::File("../evil", "x"),
+        Item::File("ok/../../evil", "x"),
+        Item::File("fine.txt", "ok"),
+    ]), @r"
+      warning: ../evil: refused: path contains `..`
+      warning: ok/../../evil: refused: path contains `..`
+      fine.txt
+    ");
+}
+
+#[test]
+fn absolute_paths_are_refused() {
+    insta::assert_snapshot!(attack(&[
+        Item::File("[OUT]/evil", "x"),
+        Item::Dir("[OUT]/evil-dir/"),
+    ]), @r"
+      warning: [OUT]/evil: refused: absolute path
+      warning: [OUT]/evil-dir/: refused: absolute path
+    ");
+}
+
+#[test]
+fn writing_through_a_planted_symlink_is_refused() {
+    insta::assert_snapshot!(attack(&[
+        Item::Link("etc", "[OUT]"),
+        Item::File("etc/evil", "x"),
+        Item::Link("up", ".."),
+        Item::File("up/outside/evil", "x"),
+        Item::Link("inner", "sub"),
+        Item::Dir("sub/"),
+        Item::File("inner/evil", "x"),
+        Item::Dir("swap/"),
+        Item::File("swap/ok", "x"),
+        Item::Dir("swap2/"),
+        Item::Link("swap2", "sub"),
+        Item::File("swap2/evil", "x"),
+    ]), @r"
+      warning: etc: refused: symlink target `[OUT]` is outside the project directory
+      warning: up: refused: symlink target `..` is outside the project directory
+      warning: inner/evil: refused: parent `inner` is a symlink
+      warning: swap2/evil: refused: parent `swap2` is a symlink
+      etc
+      etc/evil
+      inner
+      sub
+      swap
+      swap/ok
+      swap2
+      up
+      up/outside
+      up/outside/evil
+    ");
+}
+
+#[test]
+fn symlinks_pointing_outside_are_refused() {
+    insta::assert_snapshot!(attack(&[
+        Item::Link("abs", "[OUT]/x"),
+        Item::Link("a/b/rel", "../../../x"),
+        Item::Link("a/b/sneaky", "c/../../../../x"),
+        Item::Link("a/b/inside", "../../fine.txt"),
+        Item::File("fine.txt", "ok"),
+    ]), @r"
+      warning: abs: refused: symlink target `[OUT]/x` is outside the project directory
+      warning: a/b/rel: refused: symlink target `../../../x` is outside the project directory
+      warning: a/b/sneaky: refused: symlink target `c/../../../../x` is outside the project directory
+      a
+      a/b
+      a/b/inside
+      fine.txt
+    ");
+}
+
+#[test]
+fn a_later_entry_replaces_a_symlink_instead_of_writing_through_it() {
+    let scratch = Scratch::new();
+    std::os::unix::fs::symlink(
+        scratch.outside.join("target"),
+        scratch.project.join("victim"),
+    )
+    .expect("pre-existing link");
+    let outside = scratch.outside.display().to_string();
+    let bytes = hostile_zip(&[Item::File("victim", "mine")], &outside);
+    let summary = extract(Cursor::new(bytes), ArchiveFormat::Zip, &scratch.project).expect("zip");
+    assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    let meta = fs_err::symlink_metadata(scratch.project.join("victim")).expect("lstat");
+    assert!(meta.is_file());
+    assert!(Scratch::listing(&scratch.outside).is_empty());
+}
+
+#[test]
+fn duplicate_entries_end_with_the_last_one() {
+    // tar keeps every duplicate and replays them in order.
+    let scratch = Scratch::new();
+    let bytes = hostile_tar_zstd(
+        &[
+            Item::File("dup", "first"),
+            Item::Link("dup", "elsewhere"),
+            Item::File("dup", "last"),
+            Item::File("dir/x", "1"),
+            Item::File("dir", "a file over a non-empty directory"),
+        ],
+        "",
+    );
+    let summary =
+        extract(Cursor::new(bytes), ArchiveFormat::TarZstd, &scratch.project).expect("tar");
+    insta::assert_snapshot!(render(&scratch, &summary), @r"
+      warning: dir: failed to remove directory `[PROJECT]/dir`: Directory not empty (os error 39)
+      dir
+      dir/x
+      dup
+    ");
+    assert!(!scratch.project.join("elsewhere").exists());
+    assert_eq!(
+        fs_err::read_to_string(scratch.project.join("dup")).expect("read"),
+        "last"
+    );
+
+    // zip: the central directory names the same path twice; the last one wins.
+    let scratch = Scratch::new();
+    let mut bytes = hostile_zip(&[Item::File("dup", "first"), Item::File("dvp", "last")], "");
+    patch(&mut bytes, b"dvp", b"dup");
+    extract(Cursor::new(bytes), ArchiveFormat::Zip, &scratch.project).expect("zip");
+    assert_eq!(
+        fs_err::read_to_string(scratch.project.join("dup")).expect("read"),
+        "last"
+    );
+    assert_eq!(Scratch::listing(&scratch.project), ["dup"]);
+}
+
+fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    let mut patched = 0;
+    let mut start = 0;
+    while let Some(offset) = bytes
+        .get(start..)
+        .and_then(|rest| rest.windows(from.len()).position(|w| w == from))
+    {
+        let at = start + offset;
+        bytes
+            .get_mut(at..at + to.len())
+            .expect("in range")
+            .copy_from_slice(to);
+        start = at + to.len();
+        patched += 1;
+    }
+    assert_eq!(patched, 2, "local header and central directory");
+}
+
+#[test]
+fn an_existing_symlink_to_outside_is_never_traversed() {
+    let scratch = Scratch::new();
+    std::os::unix::fs::symlink(&scratch.outside, scratch.project.join("etc")).expect("link");
+    let outside = scratch.outside.display().to_string();
+    for (format, bytes) in [
+        (
+            ArchiveFormat::Zip,
+            hostile_zip(&[Item::File("etc/evil", "x")], &outside),
+        ),
+        (
+            ArchiveFormat::TarZstd,
+            hostile_tar_zstd(&[Item::File("etc/evil", "x")], &outside),
+        ),
+    ] {
+        let summary = extract(Cursor::new(bytes), format, &scratch.project).expect("extract");
+        assert_eq!(
+            render(&scratch, &summary),
+            "  warning: etc/evil: refused: parent `etc` is a symlink\n  etc\n",
+            "{format}"
+        );
+    }
+    assert!(Scratch::listing(&scratch.outside).is_empty());
+}

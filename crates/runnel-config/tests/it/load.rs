@@ -1,0 +1,283 @@
+use std::time::Duration;
+
+use runnel_config::{ConfigFile, Executor, LogLevel, PullPolicy, Shell};
+use time::macros::datetime;
+
+use crate::{data, fake_env, load_copy, parse};
+
+#[test]
+fn official_test_config_loads_with_its_values() {
+    let file =
+        ConfigFile::load_with_env(data("commands_testdata_test-config.toml"), fake_env).unwrap();
+    let config = file.config();
+    assert!(file.existed());
+    assert!(file.warnings().is_empty());
+    assert_eq!(config.concurrent, 2);
+    assert_eq!(config.check_interval(), Duration::from_secs(3));
+    assert_eq!(config.log_level, Some(LogLevel::Info));
+    let names: Vec<&str> = config.runners.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "test-docker-runner",
+            "test-shell-runner-1",
+            "test-shell-runner-2"
+        ]
+    );
+    let executors: Vec<Executor> = config.runners.iter().map(|r| r.executor).collect();
+    assert_eq!(
+        executors,
+        [Executor::Docker, Executor::Shell, Executor::Shell]
+    );
+    let first = &config.runners[0];
+    assert_eq!(first.url, "https://gitlab.example.com/");
+    assert_eq!(first.token.expose(), "test-token1");
+    assert_eq!(first.environment, ["ENV=test"]);
+    assert_eq!(config.runners[2].token.expose(), "test-token3");
+}
+
+#[test]
+fn official_lint_sample_loads_with_defaults_applied() {
+    let file =
+        ConfigFile::load_with_env(data("commands_testdata_lint_valid.toml"), fake_env).unwrap();
+    let config = file.config();
+    assert!(file.warnings().is_empty());
+    assert_eq!(config.concurrent, 4);
+    assert_eq!(config.check_interval, Some(0));
+    assert_eq!(
+        config.check_interval(),
+        Duration::from_secs(3),
+        "0 means the default"
+    );
+    assert_eq!(config.shutdown_timeout(), Duration::from_secs(30));
+    assert_eq!(config.connection_max_age(), Duration::from_secs(15 * 60));
+    assert_eq!(
+        config.session_server.session_timeout(),
+        Duration::from_secs(1800)
+    );
+
+    let [runner] = config.runners.as_slice() else {
+        panic!("expected one runner")
+    };
+    assert_eq!(runner.name, "my-runner");
+    assert_eq!(runner.url, "https://gitlab.com/");
+    assert_eq!(runner.token.expose(), "TOKEN");
+    assert_eq!(runner.executor, Executor::Docker);
+    assert_eq!(runner.id, None);
+    assert_eq!(runner.output_limit_bytes(), 4096 * 1024);
+    assert_eq!(runner.request_concurrency(), 1);
+    assert_eq!(runner.unhealthy_requests_limit(), 3);
+    assert_eq!(runner.unhealthy_interval(), Duration::from_secs(3600));
+    assert_eq!(runner.job_status_final_update_retry_limit(), 10);
+    assert_eq!(runner.artifact_upload_timeout(), Duration::from_secs(3600));
+    assert_eq!(
+        runner.artifact_response_header_timeout(),
+        Duration::from_secs(600)
+    );
+    let docker = runner.docker.as_ref().unwrap();
+    assert_eq!(docker.image.as_deref(), Some("ruby:2.7"));
+    assert!(!docker.privileged);
+    assert_eq!(docker.pull_policies(), [PullPolicy::Always]);
+    assert_eq!(
+        docker.wait_for_services_timeout(),
+        Some(Duration::from_secs(30))
+    );
+}
+
+#[test]
+fn commented_sample_has_typed_sections() {
+    let (_dir, file) = load_copy("commented.toml");
+    let config = file.config();
+    assert_eq!(config.concurrent, 8);
+    assert_eq!(config.check_interval(), Duration::from_secs(5));
+    assert_eq!(config.connection_max_age(), Duration::from_secs(30 * 60));
+    assert_eq!(
+        config.session_server.session_timeout(),
+        Duration::from_secs(600)
+    );
+
+    let docker_runner = &config.runners[0];
+    assert_eq!(docker_runner.id, Some(42));
+    assert_eq!(docker_runner.limit, 4);
+    assert_eq!(docker_runner.request_concurrency(), 2);
+    assert_eq!(
+        docker_runner.unhealthy_interval(),
+        Duration::from_secs(5410)
+    );
+    assert_eq!(
+        docker_runner.token_obtained_at,
+        Some(datetime!(2025-01-02 03:04:05 UTC))
+    );
+    assert_eq!(
+        docker_runner.token_expires_at, None,
+        "Go's zero time means never"
+    );
+    assert_eq!(docker_runner.feature_flag("FF_USE_FASTZIP"), Some(true));
+    assert!(docker_runner.custom_build_dir_enabled());
+
+    let cache = docker_runner.cache.as_ref().unwrap();
+    assert_eq!(cache.kind.as_deref(), Some("s3"));
+    assert!(cache.shared);
+    assert_eq!(cache.max_uploaded_archive_size, 1_048_576);
+    let s3 = cache.s3.as_ref().unwrap();
+    assert_eq!(s3.bucket_name.as_deref(), Some("runners-cache"));
+    assert_eq!(
+        s3.secret_key.as_ref().map(|s| s.expose()),
+        Some("not-a-real-secret")
+    );
+
+    let docker = docker_runner.docker.as_ref().unwrap();
+    assert!(docker.privileged);
+    assert_eq!(
+        docker.pull_policies(),
+        [PullPolicy::IfNotPresent, PullPolicy::Always]
+    );
+    assert_eq!(
+        docker.wait_for_services_timeout(),
+        None,
+        "-1 disables waiting"
+    );
+    assert_eq!(docker.shm_size, 268_435_456);
+    assert_eq!(
+        docker
+            .sysctls
+            .get("net.ipv4.ip_forward")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(docker.services.len(), 1);
+    assert_eq!(docker.services[0].name, "postgres:16");
+    assert_eq!(docker.services[0].alias.as_deref(), Some("db"));
+
+    let k8s = &config.runners[1];
+    assert_eq!(k8s.shell, Some(Shell::Bash));
+    let kubernetes = k8s.kubernetes.as_ref().unwrap();
+    assert_eq!(
+        kubernetes.get("namespace").and_then(|v| v.as_str()),
+        Some("ci")
+    );
+    #[derive(serde::Deserialize)]
+    struct Poll {
+        poll_timeout: u32,
+    }
+    assert_eq!(kubernetes.deserialize::<Poll>().unwrap().poll_timeout, 600);
+
+    let custom = &config.runners[2];
+    assert_eq!(
+        custom.token.expose(),
+        "glrt-from-the-environment",
+        "token is $VAR-expanded"
+    );
+    assert_eq!(custom.output_limit_bytes(), 8192 * 1024);
+    let custom_config = custom.custom.as_ref().unwrap();
+    assert_eq!(custom_config.run_args, ["--verbose"]);
+    assert_eq!(custom_config.cleanup_exec_timeout, Some(120));
+}
+
+#[test]
+fn unknown_keys_are_warnings_with_lines() {
+    let text = crate::read_data("commented.toml");
+    let file = parse(&text).unwrap();
+    let rendered: Vec<String> = file.warnings().iter().map(ToString::to_string).collect();
+    insta::assert_snapshot!(rendered.join("\n"), @r"
+    config.toml:7:1: future_global_knob: unknown key (kept)
+    config.toml:26:3: runners[0].executr: unknown key (kept)
+    ");
+}
+
+#[test]
+fn a_missing_file_is_an_empty_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = ConfigFile::load_with_env(dir.path().join("config.toml"), fake_env).unwrap();
+    assert!(!file.existed());
+    assert!(file.config().runners.is_empty());
+    assert_eq!(file.config().concurrent, 0);
+    assert_eq!(file.contents(), "");
+}
+
+#[test]
+fn url_and_token_are_expanded_like_os_expand_env() {
+    let text = r#"
+[[runners]]
+  name = "x"
+  url = "https://${GITLAB_HOST}/"
+  token = "$CUSTOM_RUNNER_TOKEN"
+  executor = "shell"
+"#;
+    let file = parse(text).unwrap();
+    let runner = &file.config().runners[0];
+    assert_eq!(runner.url, "https://gitlab.internal/");
+    assert_eq!(runner.token.expose(), "glrt-from-the-environment");
+    assert!(
+        file.contents().contains("$CUSTOM_RUNNER_TOKEN"),
+        "the file keeps the reference"
+    );
+}
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    let (_dir, file) = load_copy("commented.toml");
+    let debug = format!("{:?}", file.config());
+    for secret in [
+        "not-a-real-secret",
+        "k8s-secret",
+        "abcdefghijklmnopqrst",
+        "from-the-environment",
+    ] {
+        assert!(!debug.contains(secret), "{secret} leaked into Debug output");
+    }
+}
+
+#[test]
+fn pull_policy_may_be_a_single_string() {
+    let text = r#"
+[[runners]]
+  executor = "docker"
+  [runners.docker]
+    pull_policy = "never"
+"#;
+    let file = parse(text).unwrap();
+    let docker = file.config().runners[0].docker.as_ref().unwrap();
+    assert_eq!(docker.pull_policies(), [PullPolicy::Never]);
+}
+
+#[test]
+fn debug_of_the_file_never_shows_its_text() {
+    let (_dir, file) = load_copy("commented.toml");
+    let debug = format!("{file:?}");
+    assert!(debug.contains("docker-main"));
+    assert!(!debug.contains("abcdefghijklmnopqrst"), "the token leaked");
+    assert!(!debug.contains("not-a-real-secret"), "the S3 secret leaked");
+}
+
+#[test]
+fn empty_strings_mean_unset_like_the_official_runner() {
+    let file = parse("[[runners]]\n  executor = \"shell\"\n  shell = \"\"\n  builds_dir = \"\"\n")
+        .unwrap();
+    let runner = &file.config().runners[0];
+    assert_eq!(runner.shell, None);
+    assert_eq!(runner.builds_dir, None);
+}
+
+#[test]
+fn unknown_keys_in_nested_sections_are_located() {
+    let text = "[[runners]]\n  executor = \"docker\"\n  [runners.docker]\n    imag = \"x\"\n    \
+                [[runners.docker.services]]\n      name = \"redis\"\n      aliass = \"r\"\n";
+    let file = parse(text).unwrap();
+    let rendered: Vec<String> = file.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        rendered,
+        [
+            "config.toml:4:5: runners[0].docker.imag: unknown key (kept)",
+            "config.toml:7:7: runners[0].docker.services[0].aliass: unknown key (kept)",
+        ]
+    );
+}
+
+#[test]
+fn runners_can_be_found_by_name() {
+    let file =
+        ConfigFile::load_with_env(data("commands_testdata_test-config.toml"), fake_env).unwrap();
+    assert_eq!(file.config().runner_index("test-shell-runner-2"), Some(2));
+    assert_eq!(file.config().runner_index("nope"), None);
+}

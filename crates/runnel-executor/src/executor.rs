@@ -1,0 +1,338 @@
+//! The executor interface: what the job runner asks of every executor.
+//!
+//! A [`Provider`] is built once per `[[runners]]` entry from its configuration. It describes the
+//! executor ([`ExecutorInfo`]: name, features reported to GitLab, default shell and directories)
+//! and creates one [`Executor`] per job. The job runner then calls [`Executor::prepare`] once,
+//! [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
+//! a failure or a cancellation.
+//!
+//! The shape fits executors that run stages in different places: a stage says whether it is a
+//! [`StageKind::Predefined`] one (git, cache and artifact work, which docker runs in the helper
+//! container) or a [`StageKind::Build`] one (the user's script, run in the job's image). The shell
+//! executor runs both on the host.
+//!
+//! This module does not generate scripts, format the job log or decide timeouts: the caller
+//! hands in finished scripts, a sink for the raw output bytes, a cancellation token and an
+//! optional deadline.
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use runnel_types::JobSpec;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ExecutorError;
+
+/// A boxed, `Send` future: what the [`Executor`] methods return, so that executors can be used
+/// as `Box<dyn Executor>` and jobs can be `tokio::spawn`ed.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which of a child's output streams a chunk of bytes came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl OutputStream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+impl fmt::Display for OutputStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a stage's output goes, as it arrives.
+///
+/// Chunks are passed on unchanged and unbuffered: they can split lines, UTF-8 sequences and
+/// escape codes anywhere. Masking, line splitting and timestamps are the sink's business.
+pub trait OutputSink: Send + Sync {
+    /// Accepts one chunk of output. Called from the task running the stage; keep it quick.
+    fn write(&self, stream: OutputStream, bytes: &[u8]);
+}
+
+/// Where a stage runs, for executors that have more than one place to run things.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageKind {
+    /// Runner-generated work (prepare, get sources, caches, artifacts, cleanup). Docker runs
+    /// these in the helper ("predefined") container.
+    Predefined,
+    /// The user's scripts (`step_*`, `after_script`), run in the job's image.
+    Build,
+}
+
+/// One stage to run.
+#[derive(Clone, Copy)]
+pub struct StageCommand<'a> {
+    /// The stage name (`prepare_script`, `get_sources`, `step_script`, …), for logs and errors.
+    pub stage: &'a str,
+    /// The complete script, fed to the shell on stdin. It exports its own variables.
+    pub script: &'a str,
+    /// Where the stage runs.
+    pub kind: StageKind,
+    /// Extra environment for the shell process itself; rarely needed, since scripts export the
+    /// job variables themselves.
+    pub env: &'a [(String, String)],
+    /// When the stage must end. At the deadline the stage is stopped like a cancellation and
+    /// reports [`StageExit::TimedOut`].
+    pub deadline: Option<Instant>,
+}
+
+impl fmt::Debug for StageCommand<'_> {
+    /// Scripts and environment values can hold secrets: only sizes and keys are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageCommand")
+            .field("stage", &self.stage)
+            .field("script_bytes", &self.script.len())
+            .field("kind", &self.kind)
+            .field("env_keys", &EnvKeys(self.env))
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// Shows only the keys of an environment list.
+pub(crate) struct EnvKeys<'a>(pub(crate) &'a [(String, String)]);
+
+impl fmt::Debug for EnvKeys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(key, _)| key))
+            .finish()
+    }
+}
+
+/// How a stage ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageExit {
+    /// The script exited with this code.
+    Exited(i32),
+    /// The script's process was killed by this signal (not by the runner).
+    Signaled(i32),
+    /// The cancellation token fired; the runner stopped the stage.
+    Cancelled,
+    /// The deadline passed; the runner stopped the stage.
+    TimedOut,
+}
+
+impl StageExit {
+    /// The exit code a shell would report: the code itself, or 128 + the signal number.
+    /// `None` when the runner stopped the stage.
+    pub fn exit_code(self) -> Option<i32> {
+        match self {
+            StageExit::Exited(code) => Some(code),
+            StageExit::Signaled(signal) => Some(128 + signal),
+            StageExit::Cancelled | StageExit::TimedOut => None,
+        }
+    }
+
+    /// Whether the script exited with code 0.
+    pub fn success(self) -> bool {
+        self == StageExit::Exited(0)
+    }
+}
+
+/// What an executor needs to set itself up for one job.
+#[derive(Clone, Copy, Debug)]
+pub struct PrepareContext<'a> {
+    /// The job (image, services and credentials matter to container executors).
+    pub job: &'a JobSpec,
+    /// The absolute builds directory (configured, or the executor's default made absolute).
+    pub builds_dir: &'a Path,
+    /// The absolute cache directory.
+    pub cache_dir: &'a Path,
+}
+
+/// The shells the executors can run scripts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Shell {
+    /// `bash`, the default.
+    #[default]
+    Bash,
+    /// POSIX `sh`.
+    Sh,
+}
+
+impl Shell {
+    /// The name as written in `config.toml` and reported to GitLab.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shell::Bash => "bash",
+            Shell::Sh => "sh",
+        }
+    }
+}
+
+impl fmt::Display for Shell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Shell {
+    type Err = ExecutorError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "bash" => Ok(Shell::Bash),
+            "sh" => Ok(Shell::Sh),
+            _ => Err(ExecutorError::UnsupportedShell {
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The `info.features` an executor contributes to what the runner reports to GitLab.
+///
+/// Field names are the wire keys. Features that come from the shell or the API client
+/// (`artifacts`, `trace_checksum`, …) are not the executor's to set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct ExecutorFeatures {
+    /// Job variables are supported.
+    pub variables: bool,
+    /// `image:` is honoured.
+    pub image: bool,
+    /// `services:` are started.
+    pub services: bool,
+    /// Builds directories are shared between jobs (no disposable environment).
+    pub shared: bool,
+    /// An interactive web session can be attached.
+    pub session: bool,
+    /// A web terminal can be attached.
+    pub terminal: bool,
+    /// Service proxying through the session server.
+    pub proxy: bool,
+    /// Services get their own variables.
+    pub service_variables: bool,
+    /// Services may have several aliases.
+    pub service_multiple_aliases: bool,
+    /// `image:docker:` / `image:kubernetes:` options are honoured.
+    pub image_executor_opts: bool,
+    /// Executor options on services are honoured.
+    pub service_executor_opts: bool,
+    /// Native CI steps can run.
+    pub native_steps_integration: bool,
+}
+
+/// What the runner needs to know about an executor before any job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecutorInfo {
+    /// The executor name as in `config.toml` (`shell`, `docker`, …).
+    pub name: &'static str,
+    /// Features reported to GitLab.
+    pub features: ExecutorFeatures,
+    /// The shell used and reported when `shell` is not configured.
+    pub default_shell: Shell,
+    /// The default builds directory; a relative one is relative to the runner's working
+    /// directory and must be made absolute by the caller.
+    pub default_builds_dir: &'static str,
+    /// The default cache directory, relative like `default_builds_dir`.
+    pub default_cache_dir: &'static str,
+    /// Whether builds directories are shared between jobs, which puts the runner's short token
+    /// and the concurrency slot into project paths.
+    pub shared_builds_dir: bool,
+}
+
+/// Creates executors of one kind, configured for one `[[runners]]` entry.
+pub trait Provider: Send + Sync {
+    /// What this executor is and reports.
+    fn info(&self) -> &ExecutorInfo;
+
+    /// A fresh executor for one job.
+    fn create(&self) -> Result<Box<dyn Executor>, ExecutorError>;
+}
+
+/// Runs the stages of one job.
+///
+/// The job runner calls [`prepare`](Executor::prepare) once, [`run`](Executor::run) for each
+/// stage in order, then [`cleanup`](Executor::cleanup) exactly once, even when preparing or a
+/// stage failed or the job was cancelled. Dropping any returned future must stop and reap every
+/// process it started.
+pub trait Executor: Send {
+    /// The executor name as in `config.toml`.
+    fn name(&self) -> &str;
+
+    /// The line announcing the executor in the job log, without colours or newline, such as
+    /// `Using Shell (bash) executor...`. Call it after [`prepare`](Executor::prepare).
+    fn banner(&self) -> String;
+
+    /// Sets up the job's environment: directories here, containers for docker.
+    fn prepare<'a>(
+        &'a mut self,
+        ctx: &'a PrepareContext<'a>,
+    ) -> BoxFuture<'a, Result<(), ExecutorError>>;
+
+    /// Runs one stage to its end, streaming its output into `sink`.
+    ///
+    /// When `cancel` fires or the deadline passes, the stage is stopped (gracefully first) and
+    /// [`StageExit::Cancelled`] or [`StageExit::TimedOut`] is returned once it is gone.
+    fn run<'a>(
+        &'a mut self,
+        cmd: StageCommand<'a>,
+        sink: &'a dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<StageExit, ExecutorError>>;
+
+    /// Releases what [`prepare`](Executor::prepare) set up. Never fails: problems are logged.
+    fn cleanup(&mut self) -> BoxFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_shell_conventions() {
+        let exits = [
+            StageExit::Exited(0),
+            StageExit::Exited(42),
+            StageExit::Signaled(15),
+            StageExit::Cancelled,
+            StageExit::TimedOut,
+        ];
+        let codes: Vec<_> = exits
+            .map(|exit| (exit.exit_code(), exit.success()))
+            .to_vec();
+        assert_eq!(
+            codes,
+            [
+                (Some(0), true),
+                (Some(42), false),
+                (Some(143), false),
+                (None, false),
+                (None, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn stage_debug_hides_the_script_and_env_values() {
+        let env = [("CI_JOB_TOKEN".to_owned(), "glcbt-secret".to_owned())];
+        let cmd = StageCommand {
+            stage: "get_sources",
+            script: "export CI_JOB_TOKEN=glcbt-secret",
+            kind: StageKind::Predefined,
+            env: &env,
+            deadline: None,
+        };
+        let debug = format!("{cmd:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+        insta::assert_snapshot!(debug, @r#"StageCommand { stage: "get_sources", script_bytes: 32, kind: Predefined, env_keys: ["CI_JOB_TOKEN"], deadline: None }"#);
+    }
+}

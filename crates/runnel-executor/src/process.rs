@@ -1,0 +1,467 @@
+//! Process supervision: the one place that spawns child processes for jobs.
+//!
+//! [`run`] starts a program in its own process group with the script on stdin, streams its
+//! stdout and stderr into an [`OutputSink`] as the bytes arrive, and returns how it ended. The
+//! guarantees:
+//!
+//! - **Nothing leaks.** The process group is owned by a guard that sends `SIGKILL` to the whole
+//!   group and reaps the leader when dropped, so a cancelled, aborted or panicking task leaves no
+//!   processes behind.
+//! - **Stopping is graceful first.** On cancellation or at the deadline the group gets `SIGTERM`;
+//!   if the leader has not exited after [`KillPolicy::grace`], the group gets `SIGKILL`.
+//! - **Leftovers are killed.** When the leader exits, every process still in its group
+//!   (background jobs the script forgot) is killed with `SIGKILL`. Unlike the official runner,
+//!   a stage cannot leave processes running after it.
+//! - **Nothing hangs on open pipes.** After the leader exits the pipes are read for at most
+//!   [`KillPolicy::drain`]; a process that left the group (`setsid`) and still holds stdout
+//!   cannot keep the stage alive.
+//! - **The process group id stays valid.** The leader is reaped only after the last signal to
+//!   its group has been sent, so its id cannot be reused by an unrelated process meanwhile.
+//!
+//! Exits are observed without reaping (`waitid` with `WNOWAIT`, woken by `SIGCHLD`), so no
+//! thread is parked per child. This module does not know about stages, shells or the job log;
+//! processes that leave the group (`setsid`, daemons, `su -c`) are out of its reach.
+
+use std::fmt;
+use std::future::{Future, pending};
+use std::io;
+use std::path::Path;
+use std::pin::pin;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::executor::EnvKeys;
+use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
+
+/// How output is read: the largest chunk handed to the sink at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How a process group is stopped and how long the runner waits at each step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillPolicy {
+    /// After `SIGTERM`, how long the leader may take to exit before the group gets `SIGKILL`.
+    ///
+    /// Default 10 s. The official runner waits up to 10 minutes here
+    /// (`process.GracefulTimeout`), but its scripts trap `TERM` and exit at once, so the wait
+    /// only matters for a script that ignores `SIGTERM`; by then the job's result is decided.
+    pub grace: Duration,
+    /// After `SIGKILL`, how long to wait for the leader before giving up with
+    /// [`ExecutorError::Unkillable`]. Default 10 s, as the official `process.KillTimeout`.
+    pub force: Duration,
+    /// After the leader exited and its group was killed, how long to keep reading output that
+    /// is still arriving. Default 5 s.
+    pub drain: Duration,
+}
+
+impl Default for KillPolicy {
+    fn default() -> Self {
+        KillPolicy {
+            grace: Duration::from_secs(10),
+            force: Duration::from_secs(10),
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A program to run under supervision.
+#[derive(Clone, Copy)]
+pub struct ProcessSpec<'a> {
+    /// The program, looked up on `PATH` when it has no slash.
+    pub program: &'a str,
+    /// Its arguments.
+    pub args: &'a [&'a str],
+    /// The working directory; `None` keeps the runner's.
+    pub cwd: Option<&'a Path>,
+    /// Variables added to the runner's own environment, which the child inherits.
+    pub env: &'a [(String, String)],
+    /// Written to the child's stdin, which is then closed.
+    pub stdin: &'a [u8],
+}
+
+impl fmt::Debug for ProcessSpec<'_> {
+    /// The stdin script and environment values can hold secrets: only sizes and keys are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field("env_keys", &EnvKeys(self.env))
+            .field("stdin_bytes", &self.stdin.len())
+            .finish()
+    }
+}
+
+/// When to stop a process early.
+#[derive(Clone, Copy, Debug)]
+pub struct StopWhen<'a> {
+    /// Stop when this token is cancelled ([`StageExit::Cancelled`]).
+    pub cancel: &'a CancellationToken,
+    /// Stop at this instant ([`StageExit::TimedOut`]).
+    pub deadline: Option<Instant>,
+}
+
+/// Runs `spec` to its end under supervision, streaming its output into `sink`.
+///
+/// Returns how the process ended; a non-zero exit is a normal result, not an error. See the
+/// module documentation for what is guaranteed about stopping and cleaning up.
+pub async fn run(
+    spec: ProcessSpec<'_>,
+    sink: &dyn OutputSink,
+    stop: StopWhen<'_>,
+    policy: &KillPolicy,
+) -> Result<StageExit, ExecutorError> {
+    let mut watch = ExitWatch::new()?;
+    let mut group = ProcessGroup::spawn(&spec)?;
+    let pipes = group.take_pipes()?;
+    debug!(program = spec.program, pid = group.pid(), "started process");
+
+    let io = pipes.transfer(&group, spec.stdin, sink);
+    let supervise = supervise(&group, &mut watch, stop, policy);
+    let (end, io_result) = drive(io, supervise, policy.drain).await;
+    let end = end?;
+
+    let status = group.reap()?;
+    debug!(program = spec.program, pid = group.pid(), %status, "process exited");
+    match io_result {
+        Some(result) => result?,
+        None => warn!(
+            program = spec.program,
+            pid = group.pid(),
+            drain = ?policy.drain,
+            "output still open after the process group was killed, stopped reading it"
+        ),
+    }
+    Ok(match end {
+        End::Exited => stage_exit(status),
+        End::Cancelled => StageExit::Cancelled,
+        End::TimedOut => StageExit::TimedOut,
+    })
+}
+
+/// Why supervision ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Exited,
+    Cancelled,
+    TimedOut,
+}
+
+/// Waits for the leader to exit or for a reason to stop it, stops it if needed, then kills
+/// whatever is left in its group. The leader is not reaped here.
+async fn supervise(
+    group: &ProcessGroup,
+    watch: &mut ExitWatch,
+    stop: StopWhen<'_>,
+    policy: &KillPolicy,
+) -> Result<End, ExecutorError> {
+    let pid = group.leader;
+    let end = tokio::select! {
+        biased;
+        () = watch.exited(pid) => End::Exited,
+        () = stop.cancel.cancelled() => End::Cancelled,
+        () = until(stop.deadline) => End::TimedOut,
+    };
+    if end != End::Exited {
+        debug!(pid = group.pid(), reason = ?end, "stopping process group");
+        terminate(group, watch, policy).await?;
+    }
+    group.signal(Signal::SIGKILL);
+    Ok(end)
+}
+
+/// `SIGTERM` to the group, then `SIGKILL` after the grace period; returns once the leader exited.
+async fn terminate(
+    group: &ProcessGroup,
+    watch: &mut ExitWatch,
+    policy: &KillPolicy,
+) -> Result<(), ExecutorError> {
+    let pid = group.leader;
+    group.signal(Signal::SIGTERM);
+    if timeout(policy.grace, watch.exited(pid)).await.is_ok() {
+        return Ok(());
+    }
+    warn!(
+        program = group.program,
+        pid = group.pid(),
+        grace = ?policy.grace,
+        "process ignored SIGTERM, sending SIGKILL"
+    );
+    group.signal(Signal::SIGKILL);
+    timeout(policy.force, watch.exited(pid))
+        .await
+        .map_err(|_| ExecutorError::Unkillable {
+            program: group.program.clone(),
+            pid: group.pid(),
+            waited: policy.force,
+        })
+}
+
+/// Polls the I/O and the supervision together; once supervision ends, gives the I/O at most
+/// `drain` to finish. The I/O result is `None` if it did not finish in time.
+async fn drive(
+    io: impl Future<Output = Result<(), ExecutorError>>,
+    supervise: impl Future<Output = Result<End, ExecutorError>>,
+    drain: Duration,
+) -> (
+    Result<End, ExecutorError>,
+    Option<Result<(), ExecutorError>>,
+) {
+    let mut io = pin!(io);
+    let mut supervise = pin!(supervise);
+    let mut io_result = None;
+    let end = loop {
+        tokio::select! {
+            result = &mut io, if io_result.is_none() => io_result = Some(result),
+            end = &mut supervise => break end,
+        }
+    };
+    if io_result.is_none() {
+        io_result = timeout(drain, io).await.ok();
+    }
+    (end, io_result)
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => pending().await,
+    }
+}
+
+/// Maps a reaped status to a stage exit.
+fn stage_exit(status: ExitStatus) -> StageExit {
+    use std::os::unix::process::ExitStatusExt;
+
+    match (status.code(), status.signal()) {
+        (Some(code), _) => StageExit::Exited(code),
+        (None, Some(signal)) => StageExit::Signaled(signal),
+        // A reaped process either exited or was killed; keep the raw status otherwise.
+        (None, None) => StageExit::Exited(status.into_raw()),
+    }
+}
+
+/// A child that leads its own process group. Dropping it kills the group and reaps the leader.
+#[derive(Debug)]
+struct ProcessGroup {
+    /// `None` once reaped.
+    child: Option<Child>,
+    /// The leader's pid, which is also the process group id.
+    leader: Pid,
+    program: String,
+}
+
+impl ProcessGroup {
+    fn spawn(spec: &ProcessSpec<'_>) -> Result<Self, ExecutorError> {
+        use std::os::unix::process::CommandExt;
+
+        let mut command = std::process::Command::new(spec.program);
+        command
+            .args(spec.args)
+            .envs(spec.env.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(cwd) = spec.cwd {
+            command.current_dir(cwd);
+        }
+        let child = command.spawn().map_err(|source| ExecutorError::Spawn {
+            program: spec.program.to_owned(),
+            cwd: spec.cwd.map(Path::to_path_buf),
+            source,
+        })?;
+        // std got the id from a `pid_t`, so it converts back losslessly.
+        #[allow(clippy::cast_possible_wrap)]
+        let leader = Pid::from_raw(child.id() as i32);
+        Ok(ProcessGroup {
+            child: Some(child),
+            leader,
+            program: spec.program.to_owned(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.leader.as_raw().unsigned_abs()
+    }
+
+    /// Moves the child's standard streams onto the runtime.
+    fn take_pipes(&mut self) -> Result<Pipes, ExecutorError> {
+        let pipe_error = |source| ExecutorError::Pipe {
+            program: self.program.clone(),
+            source,
+        };
+        let missing = || io::Error::other("stream was not piped");
+        let child = self.child.as_mut().ok_or_else(|| pipe_error(missing()))?;
+        let stdin = child.stdin.take().ok_or_else(missing);
+        let stdout = child.stdout.take().ok_or_else(missing);
+        let stderr = child.stderr.take().ok_or_else(missing);
+        Ok(Pipes {
+            stdin: stdin.and_then(ChildStdin::from_std).map_err(pipe_error)?,
+            stdout: stdout.and_then(ChildStdout::from_std).map_err(pipe_error)?,
+            stderr: stderr.and_then(ChildStderr::from_std).map_err(pipe_error)?,
+        })
+    }
+
+    /// Sends `signal` to every process in the group. Safe while the leader is unreaped.
+    fn signal(&self, signal: Signal) {
+        if self.child.is_none() {
+            return;
+        }
+        match killpg(self.leader, signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(error) => {
+                warn!(pid = self.pid(), %signal, %error, "failed to signal process group")
+            }
+        }
+    }
+
+    /// Collects the leader's exit status. Call only once the leader has exited.
+    fn reap(&mut self) -> Result<ExitStatus, ExecutorError> {
+        let pid = self.pid();
+        let Some(mut child) = self.child.take() else {
+            return Err(ExecutorError::Reap {
+                program: self.program.clone(),
+                pid,
+                source: io::Error::other("already reaped"),
+            });
+        };
+        child.wait().map_err(|source| ExecutorError::Reap {
+            program: self.program.clone(),
+            pid,
+            source,
+        })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        // SIGKILL is pending: the leader exits momentarily. Reap it off this thread so an async
+        // caller is never blocked, even by a process stuck in uninterruptible sleep.
+        let reaper = std::thread::Builder::new()
+            .name("runnel-reaper".to_owned())
+            .spawn(move || child.wait());
+        if let Err(error) = reaper {
+            warn!(pid = self.pid(), %error, "failed to start a reaper thread");
+        }
+    }
+}
+
+/// The child's standard streams, on the runtime.
+struct Pipes {
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+}
+
+impl Pipes {
+    /// Writes `input` to stdin (then closes it) while streaming stdout and stderr into `sink`.
+    async fn transfer(
+        self,
+        group: &ProcessGroup,
+        input: &[u8],
+        sink: &dyn OutputSink,
+    ) -> Result<(), ExecutorError> {
+        let (written, out, err) = tokio::join!(
+            write_stdin(self.stdin, input),
+            pump(self.stdout, OutputStream::Stdout, sink),
+            pump(self.stderr, OutputStream::Stderr, sink),
+        );
+        let read_error = |stream| {
+            move |source| ExecutorError::ReadOutput {
+                program: group.program.clone(),
+                pid: group.pid(),
+                stream,
+                source,
+            }
+        };
+        out.map_err(read_error(OutputStream::Stdout))?;
+        err.map_err(read_error(OutputStream::Stderr))?;
+        written.map_err(|source| ExecutorError::WriteStdin {
+            program: group.program.clone(),
+            pid: group.pid(),
+            source,
+        })
+    }
+}
+
+/// Writes everything and closes stdin. A child that exits without reading all of it (a script
+/// that ends with `exit`) is not an error.
+async fn write_stdin(mut stdin: ChildStdin, input: &[u8]) -> io::Result<()> {
+    match stdin.write_all(input).await {
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        result => result,
+    }
+}
+
+/// Copies one stream into the sink chunk by chunk, as the bytes arrive, until end of file.
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    stream: OutputStream,
+    sink: &dyn OutputSink,
+) -> io::Result<()> {
+    let mut buf = vec![0; READ_CHUNK];
+    loop {
+        let read = reader.read(&mut buf).await?;
+        let Some(chunk) = buf.get(..read).filter(|chunk| !chunk.is_empty()) else {
+            return Ok(());
+        };
+        sink.write(stream, chunk);
+    }
+}
+
+/// Observes child exits without reaping them, woken by `SIGCHLD`.
+#[derive(Debug)]
+struct ExitWatch {
+    sigchld: tokio::signal::unix::Signal,
+}
+
+impl ExitWatch {
+    /// Subscribes to `SIGCHLD`; do it before spawning so no exit goes unnoticed.
+    fn new() -> Result<Self, ExecutorError> {
+        let sigchld =
+            signal(SignalKind::child()).map_err(|source| ExecutorError::WatchExits { source })?;
+        Ok(ExitWatch { sigchld })
+    }
+
+    /// Returns once `pid` has exited (it stays a zombie until reaped).
+    async fn exited(&mut self, pid: Pid) {
+        while !has_exited(pid) {
+            if self.sigchld.recv().await.is_none() {
+                // The signal driver is gone (runtime shutting down): nothing will wake us.
+                pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Whether `pid` (a child of ours) has exited, without reaping it.
+fn has_exited(pid: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Err(Errno::EINTR) => {}
+            // Exited, or no longer our child to wait for (ECHILD): either way it is gone.
+            Ok(_) | Err(_) => return true,
+        }
+    }
+}

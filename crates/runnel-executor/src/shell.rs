@@ -1,0 +1,262 @@
+//! The shell executor: runs each stage's script on the runner's host.
+//!
+//! Like the official shell executor, every stage starts a login shell (`bash -l`, or `sh -l`)
+//! with the script on stdin and the runner's own environment; the script exports the job
+//! variables and `cd`s into the project itself. The process starts in the builds directory.
+//! With a configured `user`, the shell is started through `su -s /bin/<shell> <user> -c
+//! '<shell> -l'`, which needs the runner to run as root.
+//!
+//! Both [`StageKind`](crate::StageKind)s run the same way. This module does not build scripts
+//! and does not isolate jobs: builds directories are shared and the host is not cleaned.
+//!
+//! A known limit: `su -c` (util-linux) starts the shell in a new session, outside the process
+//! group the runner supervises. Stopping a stage then reaches `su`, which passes `SIGTERM` on to
+//! the shell, but background processes the script started are not killed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::process::{self, KillPolicy, ProcessSpec, StopWhen};
+use crate::{
+    BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, PrepareContext,
+    Provider, Shell, StageCommand, StageExit,
+};
+
+/// What the shell executor reports and defaults to.
+pub const SHELL_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
+    name: "shell",
+    features: ExecutorFeatures {
+        variables: true,
+        shared: true,
+        session: true,
+        terminal: true,
+        native_steps_integration: true,
+        image: false,
+        services: false,
+        proxy: false,
+        service_variables: false,
+        service_multiple_aliases: false,
+        image_executor_opts: false,
+        service_executor_opts: false,
+    },
+    default_shell: Shell::Bash,
+    default_builds_dir: "builds",
+    default_cache_dir: "cache",
+    shared_builds_dir: true,
+};
+
+/// How the shell executor of one `[[runners]]` entry runs scripts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShellOptions {
+    /// The shell (`shell` in `config.toml`).
+    pub shell: Shell,
+    /// Run scripts as this user (`user` in `config.toml`, `run --user`); needs root.
+    pub user: Option<String>,
+    /// How stages are stopped.
+    pub kill: KillPolicy,
+}
+
+/// The program and arguments that start the shell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Invocation {
+    program: String,
+    args: Vec<String>,
+}
+
+impl Invocation {
+    /// Validates `options` and works out the command line. `is_root` is whether the runner
+    /// runs as root, which switching users requires.
+    fn new(options: &ShellOptions, is_root: bool) -> Result<Self, ExecutorError> {
+        let shell = options.shell.as_str();
+        let Some(user) = options.user.as_deref() else {
+            return Ok(Invocation {
+                program: shell.to_owned(),
+                args: vec!["-l".to_owned()],
+            });
+        };
+        if user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace) {
+            return Err(ExecutorError::InvalidUser {
+                user: user.to_owned(),
+            });
+        }
+        if !is_root {
+            return Err(ExecutorError::UserRequiresRoot {
+                user: user.to_owned(),
+            });
+        }
+        Ok(Invocation {
+            program: "su".to_owned(),
+            args: vec![
+                "-s".to_owned(),
+                format!("/bin/{shell}"),
+                user.to_owned(),
+                "-c".to_owned(),
+                format!("{shell} -l"),
+            ],
+        })
+    }
+}
+
+/// Creates [`ShellExecutor`]s for one `[[runners]]` entry.
+#[derive(Debug)]
+pub struct ShellProvider {
+    options: Arc<ShellOptions>,
+    invocation: Arc<Invocation>,
+}
+
+impl ShellProvider {
+    /// Checks the options once, so that a misconfigured `user` fails at startup rather than in
+    /// every job.
+    pub fn new(options: ShellOptions) -> Result<Self, ExecutorError> {
+        let invocation = Invocation::new(&options, nix::unistd::geteuid().is_root())?;
+        Ok(ShellProvider {
+            options: Arc::new(options),
+            invocation: Arc::new(invocation),
+        })
+    }
+}
+
+impl Provider for ShellProvider {
+    fn info(&self) -> &ExecutorInfo {
+        &SHELL_EXECUTOR_INFO
+    }
+
+    fn create(&self) -> Result<Box<dyn Executor>, ExecutorError> {
+        Ok(Box::new(ShellExecutor {
+            options: Arc::clone(&self.options),
+            invocation: Arc::clone(&self.invocation),
+            builds_dir: None,
+        }))
+    }
+}
+
+/// Runs one job's stages as shell processes on the host; made by [`ShellProvider`].
+#[derive(Debug)]
+pub struct ShellExecutor {
+    options: Arc<ShellOptions>,
+    invocation: Arc<Invocation>,
+    /// Where processes start; set by `prepare`.
+    builds_dir: Option<PathBuf>,
+}
+
+impl ShellExecutor {
+    async fn prepare_dirs(&mut self, ctx: &PrepareContext<'_>) -> Result<(), ExecutorError> {
+        create_dir("builds", ctx.builds_dir.to_path_buf()).await?;
+        create_dir("cache", ctx.cache_dir.to_path_buf()).await?;
+        self.builds_dir = Some(ctx.builds_dir.to_path_buf());
+        Ok(())
+    }
+
+    async fn run_stage(
+        &self,
+        cmd: StageCommand<'_>,
+        sink: &dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> Result<StageExit, ExecutorError> {
+        debug!(stage = cmd.stage, kind = ?cmd.kind, program = self.invocation.program, "running stage");
+        let args: Vec<&str> = self.invocation.args.iter().map(String::as_str).collect();
+        let spec = ProcessSpec {
+            program: &self.invocation.program,
+            args: &args,
+            cwd: self.builds_dir.as_deref(),
+            env: cmd.env,
+            stdin: cmd.script.as_bytes(),
+        };
+        let stop = StopWhen {
+            cancel: &cancel,
+            deadline: cmd.deadline,
+        };
+        process::run(spec, sink, stop, &self.options.kill).await
+    }
+}
+
+async fn create_dir(purpose: &'static str, path: PathBuf) -> Result<(), ExecutorError> {
+    fs_err::tokio::create_dir_all(&path)
+        .await
+        .map_err(|source| ExecutorError::CreateDir {
+            purpose,
+            path,
+            source,
+        })
+}
+
+impl Executor for ShellExecutor {
+    fn name(&self) -> &str {
+        SHELL_EXECUTOR_INFO.name
+    }
+
+    fn banner(&self) -> String {
+        format!("Using Shell ({}) executor...", self.options.shell)
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        ctx: &'a PrepareContext<'a>,
+    ) -> BoxFuture<'a, Result<(), ExecutorError>> {
+        Box::pin(self.prepare_dirs(ctx))
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        cmd: StageCommand<'a>,
+        sink: &'a dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<StageExit, ExecutorError>> {
+        Box::pin(self.run_stage(cmd, sink, cancel))
+    }
+
+    /// Nothing to release: the shell executor keeps builds directories between jobs.
+    fn cleanup(&mut self) -> BoxFuture<'_, ()> {
+        self.builds_dir = None;
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(shell: Shell, user: Option<&str>) -> ShellOptions {
+        ShellOptions {
+            shell,
+            user: user.map(str::to_owned),
+            kill: KillPolicy::default(),
+        }
+    }
+
+    fn command_line(options: &ShellOptions, is_root: bool) -> String {
+        match Invocation::new(options, is_root) {
+            Ok(invocation) => format!("{} {:?}", invocation.program, invocation.args),
+            Err(error) => format!("error: {error}"),
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        let cases = [
+            (options(Shell::Bash, None), false),
+            (options(Shell::Sh, None), false),
+            (options(Shell::Bash, Some("gitlab-runner")), true),
+            (options(Shell::Sh, Some("gitlab-runner")), true),
+            (options(Shell::Bash, Some("gitlab-runner")), false),
+            (options(Shell::Bash, Some("-c")), true),
+            (options(Shell::Bash, Some("")), true),
+            (options(Shell::Bash, Some("a b")), true),
+        ];
+        let lines: Vec<String> = cases
+            .iter()
+            .map(|(options, is_root)| {
+                format!(
+                    "shell={} user={:?} root={is_root}: {}",
+                    options.shell,
+                    options.user,
+                    command_line(options, *is_root)
+                )
+            })
+            .collect();
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests for `runnel-executor`: real processes, real `bash` and `sh`.
+
+mod process;
+mod shell;
+mod support;

@@ -1,0 +1,295 @@
+//! The shell executor, driven through the `Executor` and `Provider` traits.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use runnel_executor::{
+    ExecutorError, KillPolicy, PrepareContext, Provider, SHELL_EXECUTOR_INFO, Shell, ShellOptions,
+    ShellProvider, StageCommand, StageExit, StageKind,
+};
+use runnel_types::JobSpec;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Recorder, within};
+
+fn stage(script: &str) -> StageCommand<'_> {
+    StageCommand {
+        stage: "step_script",
+        script,
+        kind: StageKind::Build,
+        env: &[],
+        deadline: None,
+    }
+}
+
+/// Creates, prepares (in `root`), runs one stage and cleans up, as the job runner would.
+async fn run_job(
+    options: ShellOptions,
+    root: &Path,
+    cmd: StageCommand<'_>,
+) -> (Result<StageExit, ExecutorError>, Recorder) {
+    let provider = ShellProvider::new(options).expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let job = JobSpec::default();
+    let (builds_dir, cache_dir) = (root.join("builds"), root.join("cache"));
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: &cache_dir,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    let sink = Recorder::default();
+    let result = within(
+        "the stage",
+        executor.run(cmd, &sink, CancellationToken::new()),
+    )
+    .await;
+    executor.cleanup().await;
+    (result, sink)
+}
+
+#[test]
+fn info_matches_the_official_shell_executor() {
+    insta::assert_debug_snapshot!(SHELL_EXECUTOR_INFO);
+}
+
+#[test]
+fn banner_names_the_shell() {
+    let banners: Vec<String> = [Shell::Bash, Shell::Sh]
+        .into_iter()
+        .map(|shell| {
+            let options = ShellOptions {
+                shell,
+                ..ShellOptions::default()
+            };
+            let executor = ShellProvider::new(options)
+                .and_then(|provider| provider.create())
+                .expect("create executor");
+            format!("{}: {}", executor.name(), executor.banner())
+        })
+        .collect();
+    insta::assert_snapshot!(banners.join("\n"), @r"
+    shell: Using Shell (bash) executor...
+    shell: Using Shell (sh) executor...
+    ");
+}
+
+#[test]
+fn shell_names_parse() {
+    assert_eq!("bash".parse::<Shell>().ok(), Some(Shell::Bash));
+    assert_eq!("sh".parse::<Shell>().ok(), Some(Shell::Sh));
+    let error = "pwsh".parse::<Shell>().expect_err("pwsh is not supported");
+    insta::assert_snapshot!(error, @"unsupported shell `pwsh` (supported: bash, sh)");
+}
+
+#[tokio::test]
+async fn prepare_creates_directories_and_stages_start_in_the_builds_dir() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let script = "pwd -P; shopt -q login_shell && echo login-shell";
+
+    let (result, sink) = run_job(ShellOptions::default(), root.path(), stage(script)).await;
+
+    assert_eq!(result.expect("stage runs"), StageExit::Exited(0));
+    let builds = root
+        .path()
+        .join("builds")
+        .canonicalize()
+        .expect("builds dir exists");
+    assert!(root.path().join("cache").is_dir(), "cache dir exists");
+    assert_eq!(
+        sink.stdout(),
+        format!("{}\nlogin-shell\n", builds.display())
+    );
+}
+
+#[tokio::test]
+async fn sh_runs_the_script_with_sh() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let options = ShellOptions {
+        shell: Shell::Sh,
+        ..ShellOptions::default()
+    };
+
+    let (result, sink) = run_job(options, root.path(), stage("cat /proc/$$/comm; exit 7")).await;
+
+    assert_eq!(result.expect("stage runs"), StageExit::Exited(7));
+    assert_eq!(sink.stdout(), "sh\n");
+}
+
+#[tokio::test]
+async fn stage_env_and_runner_env_reach_the_script() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let env = [("RUNNEL_STAGE_VAR".to_owned(), "from the stage".to_owned())];
+    let cmd = StageCommand {
+        env: &env,
+        ..stage(r#"echo "$RUNNEL_STAGE_VAR"; echo "$CARGO_MANIFEST_DIR""#)
+    };
+
+    let (result, sink) = run_job(ShellOptions::default(), root.path(), cmd).await;
+
+    assert_eq!(result.expect("stage runs"), StageExit::Exited(0));
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    assert_eq!(sink.stdout(), format!("from the stage\n{manifest_dir}\n"));
+}
+
+#[tokio::test]
+async fn a_stage_that_cannot_start_names_the_shell() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let provider = ShellProvider::new(ShellOptions::default()).expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let job = JobSpec::default();
+    let missing = root.path().join("missing");
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &missing,
+        cache_dir: &missing,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    std::fs::remove_dir(&missing).expect("remove the builds dir again");
+
+    let sink = Recorder::default();
+    let error = executor
+        .run(stage("true"), &sink, CancellationToken::new())
+        .await
+        .expect_err("cannot start in a missing directory");
+
+    assert!(
+        matches!(&error, ExecutorError::Spawn { program, cwd: Some(cwd), .. }
+            if program == "bash" && *cwd == missing),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn prepare_reports_a_directory_it_cannot_create() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = root.path().join("file");
+    std::fs::write(&file, "").expect("write a file");
+    let builds_dir = file.join("builds");
+    let job = JobSpec::default();
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: root.path(),
+    };
+    let mut executor = ShellProvider::new(ShellOptions::default())
+        .and_then(|provider| provider.create())
+        .expect("create executor");
+
+    let error = executor
+        .prepare(&ctx)
+        .await
+        .expect_err("a file is in the way");
+
+    assert!(
+        matches!(&error, ExecutorError::CreateDir { purpose: "builds", path, .. } if *path == builds_dir),
+        "{error:?}"
+    );
+    insta::assert_snapshot!(error, @"failed to create the builds directory");
+}
+
+#[tokio::test]
+async fn cancelling_a_stage_reports_cancelled() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let provider = ShellProvider::new(ShellOptions {
+        kill: KillPolicy {
+            grace: std::time::Duration::from_millis(200),
+            ..KillPolicy::default()
+        },
+        ..ShellOptions::default()
+    })
+    .expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let job = JobSpec::default();
+    let (builds_dir, cache_dir) = (root.path().join("builds"), root.path().join("cache"));
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: &cache_dir,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    let sink = Recorder::default();
+    let cancel = CancellationToken::new();
+
+    let canceller = async {
+        within("the stage to start", async {
+            while sink.stdout().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(
+        within(
+            "the stage",
+            executor.run(stage("echo up; sleep 1000"), &sink, cancel.clone())
+        ),
+        canceller
+    );
+
+    assert_eq!(result.expect("stage runs"), StageExit::Cancelled);
+}
+
+#[tokio::test]
+async fn jobs_can_be_spawned_onto_the_runtime() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let provider: Arc<dyn Provider> =
+        Arc::new(ShellProvider::new(ShellOptions::default()).expect("valid options"));
+
+    let job = tokio::spawn({
+        let provider = Arc::clone(&provider);
+        let root = root.path().to_path_buf();
+        async move {
+            let (result, sink) = run_job_boxed(provider.as_ref(), &root).await;
+            (result, sink.stdout())
+        }
+    });
+
+    let (result, stdout) = within("the spawned job", job).await.expect("job task");
+    assert_eq!(result.expect("stage runs"), StageExit::Exited(0));
+    assert_eq!(stdout, "spawned\n");
+}
+
+async fn run_job_boxed(
+    provider: &dyn Provider,
+    root: &Path,
+) -> (Result<StageExit, ExecutorError>, Recorder) {
+    let mut executor = provider.create().expect("create executor");
+    let job = JobSpec::default();
+    let dir = root.join("builds");
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &dir,
+        cache_dir: &dir,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    let sink = Recorder::default();
+    let result = executor
+        .run(stage("echo spawned"), &sink, CancellationToken::new())
+        .await;
+    executor.cleanup().await;
+    (result, sink)
+}
+
+#[tokio::test]
+async fn a_configured_user_runs_scripts_through_su() {
+    let options = ShellOptions {
+        user: Some("nobody".to_owned()),
+        ..ShellOptions::default()
+    };
+    if !nix::unistd::geteuid().is_root() {
+        let error = ShellProvider::new(options).expect_err("switching users needs root");
+        assert!(
+            matches!(error, ExecutorError::UserRequiresRoot { .. }),
+            "{error:?}"
+        );
+        return;
+    }
+    let root = tempfile::tempdir().expect("temp dir");
+
+    let (result, sink) = run_job(options, root.path(), stage("id -un")).await;
+
+    assert_eq!(result.expect("stage runs"), StageExit::Exited(0));
+    assert_eq!(sink.stdout(), "nobody\n");
+}

@@ -1,0 +1,35 @@
+//! Settings of a fake coordinator: listen address, long-poll hold, advertised intervals.
+//!
+//! Only plain values live here; behaviour that tests change while the fake runs (faults,
+//! artifact modes) is set through [`crate::FakeGitlab`] methods instead.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How a [`crate::FakeGitlab`] starts.
+#[derive(Clone, Debug)]
+pub struct FakeConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How long `POST /jobs/request` is held when the runner's `last_update` is current
+    /// (Workhorse's `apiCiLongPollingDuration`, 50 s there).
+    pub long_poll: Duration,
+    /// Seconds advertised in `X-GitLab-Trace-Update-Interval`.
+    pub trace_update_interval_secs: u64,
+    /// Lifetime of runner tokens; `None` means tokens never expire (`token_expires_at: null`).
+    pub token_lifetime: Option<Duration>,
+    /// Registration tokens accepted by the legacy `POST /runners` from the start.
+    pub registration_tokens: Vec<String>,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            long_poll: Duration::from_secs(50),
+            trace_update_interval_secs: 3,
+            token_lifetime: None,
+            registration_tokens: Vec::new(),
+        }
+    }
+}

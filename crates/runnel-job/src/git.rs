@@ -1,0 +1,333 @@
+//! The `get_sources` body for `GIT_STRATEGY=clone|fetch`: a git template dir and an extra
+//! config (credentials, CA) included by every git call, `git init`, the `origin` remote,
+//! `git fetch` with the job's refspecs and depth, checkout of the job's commit, clean, LFS and
+//! submodules.
+//!
+//! The remote URL never carries the job token: the token only reaches git through a host-wide
+//! `url.<with token>.insteadOf` (or a credential helper reading `$CI_JOB_TOKEN` with
+//! `FF_GIT_URLS_WITHOUT_TOKENS`) in the extra config inside the job's temp dir. Not done:
+//! `clone_url` rewriting, the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
+//! `git credential reject` at the end.
+
+use crate::dirs::join;
+use crate::escape::double_quote;
+use crate::script::ScriptWriter;
+use crate::settings::{GitStrategy, SubmoduleStrategy};
+use crate::stages::StageContext;
+
+/// A remote URL split into its credential-free form and the host prefixes git matches on.
+struct RemoteUrl {
+    /// The URL without user info: what `origin` points to.
+    without_credentials: String,
+    /// `scheme://host[:port]`, for per-host git config.
+    base: String,
+    /// `scheme://user:token@host[:port]/` when the URL carries credentials.
+    credentialed_prefix: Option<String>,
+}
+
+impl RemoteUrl {
+    fn parse(url: &str) -> Self {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user_info, host) = match authority.rsplit_once('@') {
+            Some((user_info, host)) => (Some(user_info), host),
+            None => (None, authority),
+        };
+        Self {
+            without_credentials: format!("{scheme}://{host}/{path}"),
+            base: format!("{scheme}://{host}"),
+            credentialed_prefix: user_info.map(|u| format!("{scheme}://{u}@{host}/")),
+        }
+    }
+}
+
+pub(crate) struct GitSources<'a, 'b> {
+    ctx: &'a StageContext<'b>,
+    remote: RemoteUrl,
+    ext_config: String,
+}
+
+impl<'a, 'b> GitSources<'a, 'b> {
+    pub(crate) fn new(ctx: &'a StageContext<'b>) -> Self {
+        Self {
+            ctx,
+            remote: RemoteUrl::parse(ctx.job.git.repo_url.expose()),
+            ext_config: ctx.ext_git_config(),
+        }
+    }
+
+    pub(crate) fn write(&self, w: &mut ScriptWriter) {
+        w.line("export GIT_TERMINAL_PROMPT=0");
+        w.line("export GCM_INTERACTIVE=Never");
+        self.write_repository(w);
+        self.write_checkout(w);
+        self.write_submodules(w);
+    }
+
+    fn project_dir(&self) -> &str {
+        &self.ctx.dirs.project_dir
+    }
+
+    fn git_config(&self, w: &mut ScriptWriter, file: &str, key: &str, value: &str) {
+        w.command("git", &["config", "-f", file, "--replace-all", key, value]);
+    }
+
+    fn write_repository(&self, w: &mut ScriptWriter) {
+        let settings = self.ctx.settings;
+        let depth = self.ctx.job.git.depth;
+        if depth > 0 {
+            w.notice(&format!(
+                "Fetching changes with git depth set to {depth}..."
+            ));
+        } else {
+            w.notice("Fetching changes...");
+        }
+        let flags = self.ctx.flags;
+        if settings.git_strategy == GitStrategy::Clone {
+            w.rm_dir(self.project_dir(), flags.set_permissions_before_cleanup());
+        } else {
+            self.remove_stale_locks(w);
+        }
+        self.write_ext_config(w);
+        let template = self.write_template(w);
+        let mut init = vec!["init", self.project_dir(), "--template", template.as_str()];
+        if self.ctx.job.git.repo_object_format == "sha256" {
+            init.extend(["--object-format", "sha256"]);
+        }
+        w.command("git", &init);
+        w.cd(self.project_dir());
+        let remote = self.remote.without_credentials.as_str();
+        let add = w.command_line("git", &["remote", "add", "origin", remote]);
+        w.open(&format!("if {add} >/dev/null 2>&1; then"));
+        w.notice("Created fresh repository.");
+        w.else_branch();
+        w.command("git", &["remote", "set-url", "origin", remote]);
+        w.close("fi");
+        self.write_fetch(w, depth);
+    }
+
+    fn remove_stale_locks(&self, w: &mut ScriptWriter) {
+        let git_dir = join(self.project_dir(), ".git");
+        for file in [
+            "index.lock",
+            "shallow.lock",
+            "HEAD.lock",
+            "hooks/post-checkout",
+            "config.lock",
+        ] {
+            w.rm_file(&join(&git_dir, file));
+        }
+        let refs = join(&git_dir, "refs");
+        w.open(&format!("if [ -d {} ]; then", double_quote(&refs)));
+        w.line(&format!(
+            "find {} -name {} -type f -exec rm -f {{}} +",
+            double_quote(&refs),
+            double_quote("*.lock")
+        ));
+        w.close("fi");
+    }
+
+    fn write_ext_config(&self, w: &mut ScriptWriter) {
+        let ext = self.ext_config.as_str();
+        w.mkdir(&self.ctx.dirs.temp_dir);
+        w.rm_file(ext);
+        w.command("touch", &[ext]);
+        let base = &self.remote.base;
+        if self.ctx.flags.git_urls_without_tokens() {
+            let helper =
+                "!f(){ if [ \"$1\" = \"get\" ]; then echo \"password=${CI_JOB_TOKEN}\"; fi; }; f";
+            self.git_config(w, ext, &format!("credential.{base}.helper"), helper);
+            self.git_config(
+                w,
+                ext,
+                &format!("credential.{base}.username"),
+                "gitlab-ci-token",
+            );
+        } else if let Some(prefix) = &self.remote.credentialed_prefix {
+            // Host-wide, so submodules on the same instance authenticate too.
+            let key = format!("url.{prefix}.insteadOf");
+            self.git_config(w, ext, &key, &format!("{base}/"));
+        }
+        if self.ctx.opts.tls_ca.is_some() {
+            let ca = join(&self.ctx.dirs.temp_dir, "CI_SERVER_TLS_CA_FILE");
+            self.git_config(w, ext, &format!("http.{base}.sslCAInfo"), &ca);
+        }
+    }
+
+    fn write_template(&self, w: &mut ScriptWriter) -> String {
+        let template = join(&self.ctx.dirs.temp_dir, "git-template");
+        let config = join(&template, "config");
+        w.mkdir(&template);
+        self.git_config(w, &config, "init.defaultBranch", "none");
+        self.git_config(w, &config, "fetch.recurseSubmodules", "false");
+        self.git_config(w, &config, "credential.interactive", "never");
+        self.git_config(w, &config, "gc.autoDetach", "false");
+        self.git_config(w, &config, "include.path", &self.ext_config);
+        template
+    }
+
+    fn include_arg(&self) -> String {
+        format!("include.path={}", self.ext_config)
+    }
+
+    fn write_fetch(&self, w: &mut ScriptWriter, depth: u32) {
+        let include = self.include_arg();
+        let mut args: Vec<String> = [
+            "-c",
+            include.as_str(),
+            "fetch",
+            "origin",
+            "--no-recurse-submodules",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(self.ctx.job.git.refspecs.iter().cloned());
+        let extra = &self.ctx.settings.git_fetch_extra_flags;
+        if depth > 0 {
+            args.extend(["--depth".to_owned(), depth.to_string()]);
+            args.extend(extra.iter().cloned());
+            w.command("git", &as_strs(&args));
+            return;
+        }
+        let shallow = join(self.project_dir(), ".git/shallow");
+        let mut unshallow = args.clone();
+        unshallow.push("--unshallow".to_owned());
+        unshallow.extend(extra.iter().cloned());
+        args.extend(extra.iter().cloned());
+        w.open(&format!("if [ -f {} ]; then", double_quote(&shallow)));
+        w.command("git", &as_strs(&unshallow));
+        w.else_branch();
+        w.command("git", &as_strs(&args));
+        w.close("fi");
+    }
+
+    fn write_checkout(&self, w: &mut ScriptWriter) {
+        let settings = self.ctx.settings;
+        if !settings.git_checkout {
+            w.notice("Skipping Git checkout");
+            return;
+        }
+        let git = &self.ctx.job.git;
+        let short_sha = git.sha.get(..8).unwrap_or(&git.sha);
+        w.notice(&format!(
+            "Checking out {short_sha} as detached HEAD (ref is {})...",
+            git.ref_name
+        ));
+        w.line("export GIT_LFS_SKIP_SMUDGE=1");
+        w.command(
+            "git",
+            &[
+                "-c",
+                "submodule.recurse=false",
+                "checkout",
+                "-f",
+                "-q",
+                &git.sha,
+            ],
+        );
+        if !settings.git_clean_flags.is_empty() {
+            let mut clean = vec!["clean"];
+            clean.extend(settings.git_clean_flags.iter().map(String::as_str));
+            w.command("git", &clean);
+        }
+        if !settings.git_lfs_skip_smudge {
+            w.line("unset GIT_LFS_SKIP_SMUDGE");
+            self.write_lfs_pull(w, &["lfs", "pull"]);
+        }
+    }
+
+    fn write_lfs_pull(&self, w: &mut ScriptWriter, pull: &[&str]) {
+        let probe = w.command_line("git", &["lfs", "version"]);
+        w.open(&format!("if {probe} >/dev/null 2>&1; then"));
+        let include = self.include_arg();
+        let mut args = vec!["-c", include.as_str()];
+        args.extend(pull);
+        w.command("git", &args);
+        w.empty_line();
+        w.close("fi");
+    }
+
+    fn write_submodules(&self, w: &mut ScriptWriter) {
+        let settings = self.ctx.settings;
+        let recursive = match settings.git_submodule_strategy {
+            SubmoduleStrategy::None => {
+                w.notice("Skipping Git submodules setup");
+                return;
+            }
+            SubmoduleStrategy::Normal => false,
+            SubmoduleStrategy::Recursive => true,
+        };
+        if recursive {
+            w.notice("Updating/initializing submodules recursively...");
+        } else {
+            w.notice("Updating/initializing submodules...");
+        }
+        let paths: Vec<&str> = settings
+            .git_submodule_paths
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let with_paths = |base: &[&'static str]| {
+            let mut args: Vec<&str> = base.to_vec();
+            if !paths.is_empty() {
+                args.push("--");
+                args.extend(&paths);
+            }
+            args
+        };
+        w.command("git", &with_paths(&["submodule", "init"]));
+        let sync: &[&str] = if recursive {
+            &["submodule", "sync", "--recursive"]
+        } else {
+            &["submodule", "sync"]
+        };
+        w.command("git", &with_paths(sync));
+        let foreach: &[&str] = if recursive {
+            &["submodule", "foreach", "--recursive"]
+        } else {
+            &["submodule", "foreach"]
+        };
+        if !settings.git_clean_flags.is_empty() {
+            let mut clean = foreach.to_vec();
+            clean.extend(["git", "clean"]);
+            clean.extend(settings.git_clean_flags.iter().map(String::as_str));
+            w.command("git", &clean);
+        }
+        let mut reset = foreach.to_vec();
+        reset.extend(["git", "reset", "--hard"]);
+        w.command("git", &reset);
+
+        let include = self.include_arg();
+        let depth = settings
+            .git_submodule_depth
+            .unwrap_or(self.ctx.job.git.depth)
+            .to_string();
+        let mut update = vec!["-c", include.as_str(), "submodule", "update", "--init"];
+        if recursive {
+            update.push("--recursive");
+        }
+        if depth != "0" {
+            update.extend(["--depth", depth.as_str()]);
+        }
+        update.extend(
+            settings
+                .git_submodule_update_flags
+                .iter()
+                .map(String::as_str),
+        );
+        if !paths.is_empty() {
+            update.push("--");
+            update.extend(&paths);
+        }
+        w.command("git", &update);
+        if !settings.git_lfs_skip_smudge {
+            let mut pull = foreach.to_vec();
+            pull.extend(["git", "lfs", "pull"]);
+            self.write_lfs_pull(w, &pull);
+        }
+    }
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}

@@ -1,0 +1,136 @@
+//! What the planner needs to know about the runner: [`PlanOptions`], filled by the daemon from
+//! `config.toml`, the host and the build slot.
+//!
+//! This crate deliberately does not read `config.toml` itself (no dependency on
+//! `runnel-config`), the environment, the clock or the filesystem: every host fact arrives here.
+
+/// Which executor runs the job; it decides the environment flavour and the builds-dir layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExecutorKind {
+    #[default]
+    Shell,
+    Docker,
+    DockerWindows,
+    DockerMachine,
+    DockerAutoscaler,
+    Kubernetes,
+    Custom,
+    Instance,
+    Ssh,
+    Parallels,
+    VirtualBox,
+}
+
+impl ExecutorKind {
+    /// The name used in `config.toml` and in `Preparing the "<name>" executor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shell => "shell",
+            Self::Docker => "docker",
+            Self::DockerWindows => "docker-windows",
+            Self::DockerMachine => "docker+machine",
+            Self::DockerAutoscaler => "docker-autoscaler",
+            Self::Kubernetes => "kubernetes",
+            Self::Custom => "custom",
+            Self::Instance => "instance",
+            Self::Ssh => "ssh",
+            Self::Parallels => "parallels",
+            Self::VirtualBox => "virtualbox",
+        }
+    }
+
+    /// Whether jobs share the host with other jobs (`CI_SHARED_ENVIRONMENT`) rather than
+    /// running in a throw-away environment (`CI_DISPOSABLE_ENVIRONMENT`).
+    pub fn is_shared_environment(self) -> bool {
+        matches!(
+            self,
+            Self::Shell | Self::Ssh | Self::Custom | Self::Instance
+        )
+    }
+
+    /// Whether the builds dir is shared between runners and slots, so project dirs are nested
+    /// under `<short token>/<concurrent project id>/`.
+    pub fn has_shared_builds_dir(self) -> bool {
+        matches!(self, Self::Shell | Self::Ssh | Self::Instance)
+    }
+
+    /// How a failing script's exit status reads in `ERROR: Job failed: …`.
+    pub(crate) fn exit_status_text(self, code: i32) -> String {
+        match self {
+            Self::Docker | Self::DockerWindows | Self::DockerMachine | Self::DockerAutoscaler => {
+                format!("exit code {code}")
+            }
+            Self::Kubernetes => format!("command terminated with exit code {code}"),
+            _ => format!("exit status {code}"),
+        }
+    }
+}
+
+/// The POSIX shell the scripts are generated for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Shell {
+    #[default]
+    Bash,
+    Sh,
+}
+
+impl Shell {
+    /// The program name (`bash` or `sh`), as written in the shebang.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bash => "bash",
+            Self::Sh => "sh",
+        }
+    }
+}
+
+/// The runner-side inputs of a plan.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// `[[runners]] name`.
+    pub runner_name: String,
+    /// The short runner token (`CI_RUNNER_SHORT_TOKEN`, directory names).
+    pub short_token: String,
+    /// The runner manager's system id (`s_…`/`r_…`).
+    pub system_id: String,
+    /// Runnel's version, e.g. `0.1.0`.
+    pub version: String,
+    /// Runnel's revision (short commit).
+    pub revision: String,
+    /// The executor running the job.
+    pub executor: ExecutorKind,
+    /// The shell the scripts target.
+    pub shell: Shell,
+    /// Absolute builds dir (as seen by the job).
+    pub builds_dir: String,
+    /// Absolute cache dir (as seen by the job).
+    pub cache_dir: String,
+    /// `CI_CONCURRENT_ID`: the job's slot among this runner's running jobs.
+    pub concurrent_id: u32,
+    /// `CI_CONCURRENT_PROJECT_ID`: the slot among this runner's jobs of the same project.
+    pub concurrent_project_id: u32,
+    /// `[[runners]] environment` entries, `"KEY=VALUE"`.
+    pub environment: Vec<String>,
+    /// `pre_get_sources_script`.
+    pub pre_get_sources_script: String,
+    /// `post_get_sources_script`.
+    pub post_get_sources_script: String,
+    /// `pre_build_script`.
+    pub pre_build_script: String,
+    /// `post_build_script`.
+    pub post_build_script: String,
+    /// `[runners.feature_flags]`, which win over job variables.
+    pub feature_flags: Vec<(String, bool)>,
+    /// `[runners.custom_build_dir] enabled`: whether `GIT_CLONE_PATH` is allowed.
+    pub custom_build_dir: bool,
+    /// `debug_trace_disabled`: ignore `CI_DEBUG_TRACE`.
+    pub debug_trace_disabled: bool,
+    /// The host name shown in `Running on $(hostname) via <hostname>...`; empty omits it.
+    pub hostname: String,
+    /// Path of the runner binary, for helper stages (cache, artifacts).
+    pub runner_command: String,
+    /// Contents of the TLS CA chain for `CI_SERVER_TLS_CA_FILE`, if any.
+    pub tls_ca: Option<String>,
+    /// `CI_RUNNER_EXECUTABLE_ARCH`, e.g. `linux/amd64`.
+    pub os_arch: String,
+}

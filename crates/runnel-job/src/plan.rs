@@ -1,0 +1,398 @@
+//! [`plan`]: from a [`JobSpec`] and [`PlanOptions`] to a [`JobPlan`].
+//!
+//! This is the only place that knows the order of the pieces: runner environment and job
+//! variables first feed the feature flags and the job settings, the settings decide the
+//! directories, and the directories complete the variable list the scripts export. No I/O.
+
+use std::time::Duration;
+
+use runnel_types::{JobId, JobSpec, Secret, Variable};
+
+use crate::dirs::{self, Directories, clean_path, is_within, join};
+use crate::escape::Quoting;
+use crate::features::{FeatureFlags, is_feature_flag};
+use crate::options::PlanOptions;
+use crate::script::ScriptStyle;
+use crate::settings::{self, JobSettings};
+use crate::stages::{PlannedStage, StageContext};
+use crate::variables::JobVariables;
+
+/// The job timeout when the server sends none.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(7200);
+/// The `after_script` timeout when the job sets none.
+pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// Token prefixes masked in every trace.
+const ALWAYS_MASKED_PREFIXES: &[&str] = &["glpat-"];
+/// Token prefixes masked with `FF_MASK_ALL_DEFAULT_TOKENS`.
+const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
+    "gloas-",
+    "gldt-",
+    "glrt-",
+    "glcbt-",
+    "glrtr-",
+    "glptt-",
+    "glft-",
+    "glimt-",
+    "glagent-",
+    "glsoat-",
+    "glffct-",
+    "_gitlab_session=",
+    "gltok-",
+];
+
+/// Why a job cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `GIT_CLONE_PATH` is set but the runner does not allow custom build dirs.
+    #[error(
+        "job {job} sets GIT_CLONE_PATH={path:?}, which needs [runners.custom_build_dir] enabled"
+    )]
+    CustomBuildDirDisabled { job: JobId, path: String },
+    /// `GIT_CLONE_PATH` points outside the builds dir.
+    #[error(
+        "job {job} sets GIT_CLONE_PATH={path:?}, which is not within the builds dir {builds_dir:?}"
+    )]
+    ClonePathOutsideBuildsDir {
+        job: JobId,
+        path: String,
+        builds_dir: String,
+    },
+    /// The runner's builds or cache dir is not an absolute path.
+    #[error("{setting} {path:?} must be an absolute path to plan job {job}")]
+    RelativeDir {
+        job: JobId,
+        setting: &'static str,
+        path: String,
+    },
+}
+
+/// The deadlines of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole job (`runner_info.timeout`, default 2 h).
+    pub job: Duration,
+    /// User steps (`RUNNER_SCRIPT_TIMEOUT`, at most the job timeout).
+    pub script: Duration,
+    /// `after_script` (`RUNNER_AFTER_SCRIPT_TIMEOUT`, default 5 min, at most the job timeout).
+    pub after_script: Duration,
+}
+
+/// Everything a job run needs, computed up front.
+#[derive(Clone, Debug)]
+pub struct JobPlan {
+    /// The header lines printed first (`Running with runnel …`).
+    pub header: Vec<String>,
+    /// Warnings about the job's settings, to print in the trace before the stages.
+    pub warnings: Vec<String>,
+    /// Resolved feature flags.
+    pub feature_flags: FeatureFlags,
+    /// Job-controlled settings.
+    pub settings: JobSettings,
+    /// The job's directories.
+    pub dirs: Directories,
+    /// The job's deadlines.
+    pub timeouts: Timeouts,
+    /// Every variable in official order, expanded (raw ones kept as sent).
+    pub variables: JobVariables,
+    /// Values to replace with `[MASKED]` in the trace (masked variables, expanded).
+    pub masked_values: Vec<Secret>,
+    /// Token prefixes whose tokens the trace masks.
+    pub token_mask_prefixes: Vec<String>,
+    /// The stages, in run order.
+    pub stages: Vec<PlannedStage>,
+}
+
+impl JobPlan {
+    /// The stage named `name`, if the job has it.
+    pub fn stage(&self, name: &str) -> Option<&PlannedStage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+/// Plans `job` for the runner described by `opts`.
+///
+/// Fails only on input no run can fix: a `GIT_CLONE_PATH` the runner does not allow, or
+/// relative builds/cache dirs. Bad job settings become [`JobPlan::warnings`].
+pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
+    let mut warnings = Vec::new();
+    let builds_dir = absolute_dir(job, "builds_dir", &opts.builds_dir)?;
+    let cache_dir = absolute_dir(job, "cache_dir", &opts.cache_dir)?;
+    let runner_env = runner_environment(&opts.environment, &mut warnings);
+
+    let base = base_variables(job, opts, &runner_env, &builds_dir);
+    let feature_flags = FeatureFlags::resolve(&opts.feature_flags, &base, &mut warnings);
+    let settings = settings::parse(
+        &base.expanded(),
+        job.allow_git_fetch,
+        opts.debug_trace_disabled,
+        &mut warnings,
+    );
+    let dirs = directories(job, opts, &settings, builds_dir, &cache_dir)?;
+    let timeouts = timeouts(job, &settings);
+
+    let variables = all_variables(job, opts, &runner_env, &feature_flags, &dirs, &timeouts);
+    let variables = variables.expanded();
+    let masked_values = masked_values(&variables);
+    let token_mask_prefixes = token_mask_prefixes(job, &feature_flags);
+
+    let style = ScriptStyle {
+        shell: opts.shell,
+        quoting: if feature_flags.posixly_correct_escapes() {
+            Quoting::Posix
+        } else {
+            Quoting::AnsiC
+        },
+        exit_code_check: feature_flags.bash_exit_code_check(),
+        legacy_eval: feature_flags.legacy_bash_eval(),
+        xtrace: settings.debug_trace,
+    };
+    let stages = StageContext {
+        job,
+        opts,
+        variables: &variables,
+        dirs: &dirs,
+        settings: &settings,
+        flags: &feature_flags,
+        style,
+    }
+    .stages();
+
+    Ok(JobPlan {
+        header: header_lines(opts, &feature_flags),
+        warnings,
+        feature_flags,
+        settings,
+        dirs,
+        timeouts,
+        variables,
+        masked_values,
+        token_mask_prefixes,
+        stages,
+    })
+}
+
+fn absolute_dir(job: &JobSpec, setting: &'static str, path: &str) -> Result<String, PlanError> {
+    if path.starts_with('/') {
+        Ok(clean_path(path))
+    } else {
+        Err(PlanError::RelativeDir {
+            job: job.id,
+            setting,
+            path: path.to_owned(),
+        })
+    }
+}
+
+fn internal(key: &str, value: impl Into<String>) -> Variable {
+    Variable {
+        internal: true,
+        ..Variable::new(key, value)
+    }
+}
+
+/// Parses `[[runners]] environment`; entries without `=` are skipped with a warning.
+fn runner_environment(entries: &[String], warnings: &mut Vec<String>) -> Vec<Variable> {
+    entries
+        .iter()
+        .filter_map(|entry| match entry.split_once('=') {
+            Some((key, value)) => Some(internal(key, value)),
+            None => {
+                warnings.push(format!(
+                    "ignoring runner environment entry {entry:?}: expected KEY=VALUE"
+                ));
+                None
+            }
+        })
+        .collect()
+}
+
+/// What feature flags and job settings are read from: runner environment, the directory
+/// variables `GIT_CLONE_PATH` may refer to, then the job's variables.
+fn base_variables(
+    job: &JobSpec,
+    opts: &PlanOptions,
+    runner_env: &[Variable],
+    builds_dir: &str,
+) -> JobVariables {
+    let mut base = JobVariables::new(runner_env.to_vec());
+    base.push(internal("CI_BUILDS_DIR", builds_dir));
+    base.push(internal("CI_CONCURRENT_ID", opts.concurrent_id.to_string()));
+    base.push(internal(
+        "CI_CONCURRENT_PROJECT_ID",
+        opts.concurrent_project_id.to_string(),
+    ));
+    for variable in &job.variables {
+        base.push(variable.clone());
+    }
+    base
+}
+
+fn directories(
+    job: &JobSpec,
+    opts: &PlanOptions,
+    settings: &JobSettings,
+    builds_dir: String,
+    cache_dir: &str,
+) -> Result<Directories, PlanError> {
+    let project_dir = match &settings.git_clone_path {
+        Some(path) => clone_path(job, opts, path, &builds_dir)?,
+        None => join(
+            &builds_dir,
+            &dirs::unique_dir(job, opts, settings.git_strategy),
+        ),
+    };
+    Ok(Directories {
+        temp_dir: format!("{project_dir}.tmp"),
+        cache_dir: join(cache_dir, &dirs::cache_subdir(job, settings.git_strategy)),
+        project_dir,
+        builds_dir,
+    })
+}
+
+fn clone_path(
+    job: &JobSpec,
+    opts: &PlanOptions,
+    path: &str,
+    builds_dir: &str,
+) -> Result<String, PlanError> {
+    if !opts.custom_build_dir {
+        return Err(PlanError::CustomBuildDirDisabled {
+            job: job.id,
+            path: path.to_owned(),
+        });
+    }
+    let cleaned = clean_path(path);
+    if cleaned.starts_with('/') && is_within(&cleaned, builds_dir) && cleaned != builds_dir {
+        Ok(cleaned)
+    } else {
+        Err(PlanError::ClonePathOutsideBuildsDir {
+            job: job.id,
+            path: path.to_owned(),
+            builds_dir: builds_dir.to_owned(),
+        })
+    }
+}
+
+fn timeouts(job: &JobSpec, settings: &JobSettings) -> Timeouts {
+    let job_timeout = job
+        .timeout
+        .filter(|t| !t.is_zero())
+        .unwrap_or(DEFAULT_JOB_TIMEOUT);
+    Timeouts {
+        job: job_timeout,
+        script: settings
+            .script_timeout
+            .unwrap_or(job_timeout)
+            .min(job_timeout),
+        after_script: settings
+            .after_script_timeout
+            .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT)
+            .min(job_timeout),
+    }
+}
+
+/// The full variable list in the official order (reference section 4.3), unexpanded.
+fn all_variables(
+    job: &JobSpec,
+    opts: &PlanOptions,
+    runner_env: &[Variable],
+    flags: &FeatureFlags,
+    dirs: &Directories,
+    timeouts: &Timeouts,
+) -> JobVariables {
+    let mut vars = JobVariables::default();
+    for (name, value) in flags.iter() {
+        vars.push(internal(name, value.to_string()));
+    }
+    if let Some(image) = job.image.as_ref().filter(|i| !i.name.is_empty()) {
+        vars.push(internal("CI_JOB_IMAGE", image.name.as_str()));
+    }
+    vars.push(internal("CI_RUNNER_SHORT_TOKEN", opts.short_token.as_str()));
+    for variable in runner_env.iter().filter(|v| !is_feature_flag(&v.key)) {
+        vars.push(variable.clone());
+    }
+    vars.push(internal("CI_BUILDS_DIR", dirs.builds_dir.as_str()));
+    vars.push(internal("CI_PROJECT_DIR", dirs.project_dir.as_str()));
+    vars.push(internal("CI_CONCURRENT_ID", opts.concurrent_id.to_string()));
+    vars.push(internal(
+        "CI_CONCURRENT_PROJECT_ID",
+        opts.concurrent_project_id.to_string(),
+    ));
+    vars.push(internal("CI_SERVER", "yes"));
+    vars.push(internal("CI_JOB_STATUS", "running"));
+    vars.push(internal(
+        "CI_JOB_TIMEOUT",
+        timeouts.job.as_secs().to_string(),
+    ));
+    if let Some(ca) = opts.tls_ca.as_ref().filter(|ca| !ca.is_empty()) {
+        vars.push(Variable {
+            file: true,
+            raw: true,
+            ..internal("CI_SERVER_TLS_CA_FILE", ca.as_str())
+        });
+    }
+    for variable in job.variables.iter().filter(|v| !is_feature_flag(&v.key)) {
+        vars.push(variable.clone());
+    }
+    let environment = if opts.executor.is_shared_environment() {
+        "CI_SHARED_ENVIRONMENT"
+    } else {
+        "CI_DISPOSABLE_ENVIRONMENT"
+    };
+    vars.push(internal(environment, "true"));
+    vars.push(internal("CI_RUNNER_VERSION", opts.version.as_str()));
+    vars.push(internal("CI_RUNNER_REVISION", opts.revision.as_str()));
+    vars.push(internal("CI_RUNNER_EXECUTABLE_ARCH", opts.os_arch.as_str()));
+    vars.push(internal("RUNNER_TEMP_PROJECT_DIR", dirs.temp_dir.as_str()));
+    vars
+}
+
+fn masked_values(variables: &JobVariables) -> Vec<Secret> {
+    let mut values: Vec<Secret> = Vec::new();
+    for variable in variables.iter().filter(|v| v.masked && !v.value.is_empty()) {
+        let secret = Secret::new(variable.value.as_str());
+        if !values.contains(&secret) {
+            values.push(secret);
+        }
+    }
+    values
+}
+
+fn token_mask_prefixes(job: &JobSpec, flags: &FeatureFlags) -> Vec<String> {
+    let defaults: &[&str] = if flags.mask_all_default_tokens() {
+        DEFAULT_TOKEN_PREFIXES
+    } else {
+        &[]
+    };
+    let mut prefixes: Vec<String> = Vec::new();
+    let all = ALWAYS_MASKED_PREFIXES
+        .iter()
+        .chain(defaults)
+        .copied()
+        .chain(job.features.token_mask_prefixes.iter().map(String::as_str));
+    for prefix in all.filter(|p| !p.is_empty()) {
+        if !prefixes.iter().any(|p| p == prefix) {
+            prefixes.push(prefix.to_owned());
+        }
+    }
+    prefixes
+}
+
+fn header_lines(opts: &PlanOptions, flags: &FeatureFlags) -> Vec<String> {
+    let mut lines = vec![
+        format!("Running with runnel {} ({})", opts.version, opts.revision),
+        format!(
+            "  on {} {}, system ID: {}",
+            opts.runner_name, opts.short_token, opts.system_id
+        ),
+    ];
+    let changed: Vec<String> = flags
+        .non_default()
+        .map(|(name, value)| format!("{name}:{value}"))
+        .collect();
+    if !changed.is_empty() {
+        lines.push(format!("  feature flags: {}", changed.join(", ")));
+    }
+    lines
+}

@@ -1,0 +1,208 @@
+//! Bash/sh script generation: a line writer for stage bodies and the wrapper that turns a body
+//! into the complete script fed on stdin (reference section 4.5).
+//!
+//! The writer knows shell syntax and the runner's conventions (colours, `$ cmd` echo, exports,
+//! `GITLAB_ENV`), not which stage it writes: the stage bodies live in `stages`. Pwsh is not
+//! supported.
+
+use runnel_types::Variable;
+
+use crate::escape::{Quoting, double_quote};
+use crate::options::Shell;
+
+pub(crate) const ANSI_BOLD_GREEN: &str = "\x1b[32;1m";
+pub(crate) const ANSI_RESET: &str = "\x1b[0;m";
+pub(crate) const ANSI_CLEAR: &str = "\x1b[0K";
+
+/// How the final script is wrapped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScriptStyle {
+    pub(crate) shell: Shell,
+    pub(crate) quoting: Quoting,
+    /// `FF_ENABLE_BASH_EXIT_CODE_CHECK`.
+    pub(crate) exit_code_check: bool,
+    /// `FF_USE_LEGACY_BASH_EVAL`.
+    pub(crate) legacy_eval: bool,
+    /// `CI_DEBUG_TRACE`.
+    pub(crate) xtrace: bool,
+}
+
+/// Accumulates the body of one stage script.
+pub(crate) struct ScriptWriter {
+    style: ScriptStyle,
+    body: String,
+    indent: usize,
+}
+
+impl ScriptWriter {
+    pub(crate) fn new(style: ScriptStyle) -> Self {
+        Self {
+            style,
+            body: String::new(),
+            indent: 0,
+        }
+    }
+
+    pub(crate) fn quote(&self, text: &str) -> String {
+        self.style.quoting.quote(text)
+    }
+
+    /// Writes one raw line.
+    pub(crate) fn line(&mut self, text: &str) {
+        for _ in 0..self.indent {
+            self.body.push_str("  ");
+        }
+        self.body.push_str(text);
+        self.body.push('\n');
+    }
+
+    /// Opens an indented block after `header` (e.g. `if …; then`).
+    pub(crate) fn open(&mut self, header: &str) {
+        self.line(header);
+        self.indent += 1;
+    }
+
+    /// Switches an open `if` block to its `else` branch.
+    pub(crate) fn else_branch(&mut self) {
+        self.indent = self.indent.saturating_sub(1);
+        self.line("else");
+        self.indent += 1;
+    }
+
+    /// Closes a block with `footer` (e.g. `fi`).
+    pub(crate) fn close(&mut self, footer: &str) {
+        self.indent = self.indent.saturating_sub(1);
+        self.line(footer);
+    }
+
+    /// `_runner_exit_code=$?; …` after a command, when `FF_ENABLE_BASH_EXIT_CODE_CHECK` is on.
+    pub(crate) fn check_for_errors(&mut self) {
+        if self.style.exit_code_check {
+            self.line(
+                "_runner_exit_code=$?; if [ $_runner_exit_code -ne 0 ]; then exit $_runner_exit_code; fi",
+            );
+        }
+    }
+
+    /// A command whose name and arguments are all quoted.
+    pub(crate) fn command(&mut self, name: &str, args: &[&str]) {
+        let line = self.command_line(name, args);
+        self.line(&line);
+        self.check_for_errors();
+    }
+
+    /// A command whose arguments are double-quoted, so `$VAR` in them still expands.
+    pub(crate) fn command_arg_expand(&mut self, name: &str, args: &[&str]) {
+        let mut line = self.quote(name);
+        for arg in args {
+            line.push(' ');
+            line.push_str(&double_quote(arg));
+        }
+        self.line(&line);
+        self.check_for_errors();
+    }
+
+    pub(crate) fn command_line(&self, name: &str, args: &[&str]) -> String {
+        let mut line = self.quote(name);
+        for arg in args {
+            line.push(' ');
+            line.push_str(&self.quote(arg));
+        }
+        line
+    }
+
+    pub(crate) fn cd(&mut self, dir: &str) {
+        self.command("cd", &[dir]);
+    }
+
+    pub(crate) fn mkdir(&mut self, dir: &str) {
+        self.command("mkdir", &["-p", dir]);
+    }
+
+    /// `rm -r -f <dir>`, preceded by a `chmod` when `set_permissions` is on.
+    pub(crate) fn rm_dir(&mut self, dir: &str, set_permissions: bool) {
+        if set_permissions {
+            self.open(&format!("if [ -d {} ]; then", double_quote(dir)));
+            self.command("chmod", &["-R", "u+rwX", dir]);
+            self.close("fi");
+        }
+        self.command("rm", &["-r", "-f", dir]);
+    }
+
+    pub(crate) fn rm_file(&mut self, file: &str) {
+        self.command("rm", &["-f", file]);
+    }
+
+    fn echo_colored(&mut self, color: &str, text: &str) {
+        let line = format!("echo {}", self.quote(&format!("{color}{text}{ANSI_RESET}")));
+        self.line(&line);
+    }
+
+    /// A bold green message.
+    pub(crate) fn notice(&mut self, text: &str) {
+        self.echo_colored(ANSI_BOLD_GREEN, text);
+    }
+
+    pub(crate) fn empty_line(&mut self) {
+        self.line("echo");
+    }
+
+    /// `export KEY=value`, or for file variables the file write and `export KEY=<path>`.
+    pub(crate) fn variable(&mut self, variable: &Variable, temp_dir: &str) {
+        let key = self.quote(&variable.key);
+        if variable.file {
+            let path = format!("{temp_dir}/{}", variable.key);
+            let value = self.quote(&variable.value);
+            self.line(&format!("mkdir -p {}", double_quote(temp_dir)));
+            self.line(&format!("printf '%s' {value} > {}", double_quote(&path)));
+            self.line(&format!("export {key}={}", double_quote(&path)));
+        } else {
+            let value = self.quote(&variable.value);
+            self.line(&format!("export {key}={value}"));
+        }
+    }
+
+    /// Reads the dotenv file earlier stages wrote through `$GITLAB_ENV`.
+    pub(crate) fn source_env(&mut self, env_file: &str, temp_dir: &str) {
+        self.line(&format!("mkdir -p {}", double_quote(temp_dir)));
+        self.line(&format!("touch {}", double_quote(env_file)));
+        self.line(&format!(
+            "while read -r line; do export \"$line\"; done < {}",
+            double_quote(env_file)
+        ));
+    }
+
+    /// `printf` of a collapsed section start marker for `FF_SCRIPT_SECTIONS`.
+    pub(crate) fn section_start(&mut self, id: &str, title: &str) {
+        let title = self.quote(&format!("{ANSI_BOLD_GREEN}{title}{ANSI_RESET}"));
+        self.line(&format!(
+            "printf '%b\\n' section_start:$(date +%s):section_{id}[hide_duration=true,collapsed=true]\r{ANSI_CLEAR}{title}"
+        ));
+    }
+
+    pub(crate) fn section_end(&mut self, id: &str) {
+        self.line(&format!(
+            "printf '%b\\n' section_end:$(date +%s):section_{id}\r{ANSI_CLEAR}"
+        ));
+    }
+
+    /// The complete script: shebang, traps, shell options and the quoted body run by `eval`.
+    pub(crate) fn finish(self) -> String {
+        let style = self.style;
+        let mut out = format!("#!/usr/bin/env {}\n\n", style.shell.as_str());
+        out.push_str("trap 'exit 1' TERM\n\n");
+        if style.xtrace {
+            out.push_str("set -o xtrace\n");
+        }
+        out.push_str("case \"$(set -o)\" in *pipefail*) set -o pipefail;; esac; set -o errexit\n");
+        out.push_str("set +o noclobber\n");
+        let body = style.quoting.quote(&self.body);
+        if style.legacy_eval {
+            out.push_str(&format!(": | eval {body}\n"));
+        } else {
+            out.push_str(&format!("(trap 'exit 1' TERM; eval {body}) < /dev/null\n"));
+        }
+        out.push_str("exit 0\n");
+        out
+    }
+}

@@ -1,0 +1,404 @@
+//! The stages of a job run (reference section 4.1 step 7) and the bodies of their scripts.
+//!
+//! Each [`PlannedStage`] carries the complete script to feed the executor's shell on stdin.
+//! Stages with nothing to do are left out. Cache and artifact stages are not generated yet: the
+//! names, descriptions and [`StageKind`] already cover them, so they slot in between
+//! `get_sources` and the user steps, and after `after_script`.
+
+use std::fmt;
+
+use runnel_types::{JobSpec, Step};
+
+use crate::dirs::{Directories, join};
+use crate::escape::double_quote;
+use crate::features::FeatureFlags;
+use crate::git::GitSources;
+use crate::options::PlanOptions;
+use crate::script::{ScriptStyle, ScriptWriter};
+use crate::settings::{GitStrategy, JobSettings};
+use crate::variables::JobVariables;
+
+/// Where a stage runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageKind {
+    /// A runner-defined stage (sources, cache, artifacts, cleanup): the helper container for
+    /// container executors.
+    Predefined,
+    /// A user script stage: the build container for container executors.
+    Build,
+}
+
+/// When a stage runs, given how the job is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageWhen {
+    /// Only while every earlier stage succeeded.
+    OnSuccess,
+    /// Only once the job has failed.
+    OnFailure,
+    /// Whatever happened before (still not after an abort).
+    Always,
+}
+
+/// Which deadline bounds a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The job timeout.
+    Job,
+    /// [`crate::Timeouts::script`] (inside the job timeout).
+    Script,
+    /// [`crate::Timeouts::after_script`], counted from the stage start.
+    AfterScript,
+    /// Cleanup after the job: not bound by the job deadline; the engine picks a short grace.
+    Cleanup,
+}
+
+/// `CI_JOB_STATUS` as `after_script` sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStatus {
+    Success,
+    Failed,
+    Canceled,
+    TimedOut,
+}
+
+impl JobStatus {
+    /// The variable value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::TimedOut => "timedout",
+        }
+    }
+
+    const ALL: [JobStatus; 4] = [Self::Success, Self::Failed, Self::Canceled, Self::TimedOut];
+
+    /// Position in [`JobStatus::ALL`].
+    fn index(self) -> usize {
+        match self {
+            Self::Success => 0,
+            Self::Failed => 1,
+            Self::Canceled => 2,
+            Self::TimedOut => 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StageScript {
+    Fixed(String),
+    /// One script per [`JobStatus`], in `JobStatus::ALL` order.
+    PerStatus([String; 4]),
+}
+
+/// One stage of the job, ready to run.
+///
+/// `Debug` leaves the script out: it holds variable values and credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PlannedStage {
+    /// `prepare_script`, `get_sources`, `step_script`, `after_script`, … (the section name).
+    pub name: String,
+    /// The text shown at the start of the stage's section.
+    pub description: String,
+    /// Helper or build environment.
+    pub kind: StageKind,
+    /// When it runs.
+    pub when: StageWhen,
+    /// How many times it is tried (`GET_SOURCES_ATTEMPTS`, …).
+    pub attempts: u32,
+    /// Which deadline applies.
+    pub timeout: TimeoutKind,
+    /// Whether a failure of this stage leaves the job's result alone (`after_script` unless
+    /// `AFTER_SCRIPT_IGNORE_ERRORS=false`).
+    pub ignore_errors: bool,
+    script: StageScript,
+}
+
+impl PlannedStage {
+    /// The script to run. `status` only matters to `after_script`, whose `CI_JOB_STATUS`
+    /// reflects the outcome of the job so far.
+    pub fn script(&self, status: JobStatus) -> &str {
+        match &self.script {
+            StageScript::Fixed(script) => script,
+            StageScript::PerStatus(scripts) => &scripts[status.index()],
+        }
+    }
+}
+
+impl fmt::Debug for PlannedStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlannedStage")
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("kind", &self.kind)
+            .field("when", &self.when)
+            .field("attempts", &self.attempts)
+            .field("timeout", &self.timeout)
+            .field("ignore_errors", &self.ignore_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The official description of stage `name`.
+pub fn stage_description(name: &str) -> String {
+    let fixed = match name {
+        "prepare_script" => "Preparing environment",
+        "get_sources" => "Getting source from Git repository",
+        "clear_worktree" => "Deleting all tracked and untracked files due to source fetch failure",
+        "restore_cache" => "Restoring cache",
+        "download_artifacts" => "Downloading artifacts",
+        "after_script" => "Running after_script",
+        "archive_cache" => "Saving cache for successful job",
+        "archive_cache_on_failure" => "Saving cache for failed job",
+        "upload_artifacts_on_success" => "Uploading artifacts for successful job",
+        "upload_artifacts_on_failure" => "Uploading artifacts for failed job",
+        "cleanup_file_variables" => "Cleaning up project directory and file based variables",
+        other => return format!("Executing \"{other}\" stage of the job script"),
+    };
+    fixed.to_owned()
+}
+
+/// Everything the stage bodies read.
+pub(crate) struct StageContext<'a> {
+    pub(crate) job: &'a JobSpec,
+    pub(crate) opts: &'a PlanOptions,
+    pub(crate) variables: &'a JobVariables,
+    pub(crate) dirs: &'a Directories,
+    pub(crate) settings: &'a JobSettings,
+    pub(crate) flags: &'a FeatureFlags,
+    pub(crate) style: ScriptStyle,
+}
+
+const ENV_FILE: &str = "gitlab_runner_env";
+const MASKING_DB: &str = "masking.db";
+const EXT_GIT_CONFIG: &str = ".gitlab-runner.ext.conf";
+const AFTER_SCRIPT: &str = "after_script";
+
+impl StageContext<'_> {
+    /// Every stage of the job, in run order.
+    pub(crate) fn stages(&self) -> Vec<PlannedStage> {
+        let mut stages = vec![self.prepare_stage(), self.get_sources_stage()];
+        stages.extend(
+            self.job
+                .steps
+                .iter()
+                .filter(|step| step.name != AFTER_SCRIPT)
+                .filter_map(|step| self.user_step_stage(step)),
+        );
+        stages.extend(self.after_script_stage());
+        stages.push(self.cleanup_stage());
+        stages
+    }
+
+    fn writer(&self) -> ScriptWriter {
+        ScriptWriter::new(self.style)
+    }
+
+    fn temp_file(&self, name: &str) -> String {
+        join(&self.dirs.temp_dir, name)
+    }
+
+    fn stage(&self, name: &str, kind: StageKind, when: StageWhen, script: String) -> PlannedStage {
+        PlannedStage {
+            name: name.to_owned(),
+            description: stage_description(name),
+            kind,
+            when,
+            attempts: 1,
+            timeout: TimeoutKind::Job,
+            ignore_errors: false,
+            script: StageScript::Fixed(script),
+        }
+    }
+
+    fn prepare_stage(&self) -> PlannedStage {
+        let mut w = self.writer();
+        let host = &self.opts.hostname;
+        let message = if host.is_empty() {
+            "Running on $(hostname)...".to_owned()
+        } else {
+            format!("Running on $(hostname) via {host}...")
+        };
+        w.line(&format!("echo {}", double_quote(&message)));
+        w.command_arg_expand("rm", &["-f", &self.temp_file(ENV_FILE)]);
+        w.command_arg_expand("rm", &["-f", &self.temp_file(MASKING_DB)]);
+        let script = w.finish();
+        self.stage(
+            "prepare_script",
+            StageKind::Predefined,
+            StageWhen::OnSuccess,
+            script,
+        )
+    }
+
+    fn write_exports(&self, w: &mut ScriptWriter, status: Option<JobStatus>) {
+        for variable in self.variables {
+            match status {
+                Some(status) if variable.key == "CI_JOB_STATUS" => {
+                    let mut overridden = variable.clone();
+                    overridden.value = status.as_str().to_owned();
+                    w.variable(&overridden, &self.dirs.temp_dir);
+                }
+                _ => w.variable(variable, &self.dirs.temp_dir),
+            }
+        }
+        let env_file = self.temp_file(ENV_FILE);
+        let export = format!("export GITLAB_ENV={}", w.quote(&env_file));
+        w.line(&export);
+        w.source_env(&env_file, &self.dirs.temp_dir);
+    }
+
+    /// Writes user commands: each echoed as `$ cmd` in green, then run.
+    fn write_commands(&self, w: &mut ScriptWriter, prefix: &str, commands: &[String]) {
+        let sections = self.flags.script_sections() && self.job.features.trace_sections;
+        for (index, command) in commands.iter().enumerate() {
+            let command = command.trim();
+            match command.split_once('\n') {
+                _ if command.is_empty() => w.empty_line(),
+                None => w.notice(&format!("$ {command}")),
+                Some(_) if sections => {
+                    let id = format!("{prefix}_{index}");
+                    w.section_start(&id, &format!("$ {command}"));
+                    w.section_end(&id);
+                }
+                Some((first, _)) => w.notice(&format!("$ {first} # collapsed multi-line command")),
+            }
+            w.line(command);
+            w.check_for_errors();
+        }
+    }
+
+    fn write_script_hook(&self, w: &mut ScriptWriter, prefix: &str, script: &str) {
+        if !script.trim().is_empty() {
+            self.write_commands(w, prefix, &[script.to_owned()]);
+        }
+    }
+
+    fn write_job_hook(&self, w: &mut ScriptWriter, name: &str) {
+        for hook in self.job.hooks.iter().filter(|h| h.name == name) {
+            self.write_commands(w, name, &hook.script);
+        }
+    }
+
+    fn get_sources_stage(&self) -> PlannedStage {
+        let mut w = self.writer();
+        self.write_exports(&mut w, None);
+        self.write_script_hook(
+            &mut w,
+            "pre_clone_script",
+            &self.opts.pre_get_sources_script,
+        );
+        self.write_job_hook(&mut w, "pre_get_sources_script");
+        match self.settings.git_strategy {
+            GitStrategy::None => {
+                w.notice("Skipping Git repository setup");
+                w.mkdir(&self.dirs.project_dir);
+                w.notice("Skipping Git checkout");
+                w.notice("Skipping Git submodules setup");
+            }
+            GitStrategy::Empty => {
+                w.notice("Skipping Git repository setup and creating an empty build directory");
+                let set_permissions = self.flags.set_permissions_before_cleanup();
+                w.rm_dir(&self.dirs.project_dir, set_permissions);
+                w.mkdir(&self.dirs.project_dir);
+                w.notice("Skipping Git checkout");
+                w.notice("Skipping Git submodules setup");
+            }
+            GitStrategy::Clone | GitStrategy::Fetch => {
+                GitSources::new(self).write(&mut w);
+            }
+        }
+        self.write_job_hook(&mut w, "post_get_sources_script");
+        self.write_script_hook(
+            &mut w,
+            "post_clone_script",
+            &self.opts.post_get_sources_script,
+        );
+        let mut stage = self.stage(
+            "get_sources",
+            StageKind::Predefined,
+            StageWhen::OnSuccess,
+            w.finish(),
+        );
+        stage.attempts = self.settings.get_sources_attempts;
+        stage
+    }
+
+    fn user_step_stage(&self, step: &Step) -> Option<PlannedStage> {
+        if step.script.is_empty() {
+            return None;
+        }
+        let mut w = self.writer();
+        self.write_exports(&mut w, None);
+        w.cd(&self.dirs.project_dir);
+        self.write_script_hook(&mut w, "pre_build_script", &self.opts.pre_build_script);
+        let script: Vec<String> = if step.name == "release" {
+            step.script
+                .iter()
+                .map(|line| self.variables.expand_value(line))
+                .collect()
+        } else {
+            step.script.clone()
+        };
+        self.write_commands(&mut w, "script_step", &script);
+        self.write_script_hook(&mut w, "post_build_script", &self.opts.post_build_script);
+        let name = format!("step_{}", step.name);
+        let mut stage = self.stage(&name, StageKind::Build, StageWhen::OnSuccess, w.finish());
+        stage.timeout = TimeoutKind::Script;
+        Some(stage)
+    }
+
+    fn after_script_stage(&self) -> Option<PlannedStage> {
+        let step = self
+            .job
+            .steps
+            .iter()
+            .find(|s| s.name == AFTER_SCRIPT && !s.script.is_empty())?;
+        let scripts = JobStatus::ALL.map(|status| {
+            let mut w = self.writer();
+            self.write_exports(&mut w, Some(status));
+            w.cd(&self.dirs.project_dir);
+            w.notice("Running after script...");
+            self.write_commands(&mut w, "after_script_step", &step.script);
+            w.finish()
+        });
+        let mut stage = self.stage(
+            AFTER_SCRIPT,
+            StageKind::Build,
+            StageWhen::Always,
+            String::new(),
+        );
+        stage.script = StageScript::PerStatus(scripts);
+        stage.timeout = TimeoutKind::AfterScript;
+        stage.ignore_errors = self.settings.after_script_ignore_errors;
+        Some(stage)
+    }
+
+    fn cleanup_stage(&self) -> PlannedStage {
+        let mut w = self.writer();
+        for variable in self.variables.iter().filter(|v| v.file) {
+            w.rm_file(&self.temp_file(&variable.key));
+        }
+        w.rm_file(&self.temp_file(ENV_FILE));
+        w.rm_file(&self.temp_file(MASKING_DB));
+        w.rm_file(&self.temp_file(EXT_GIT_CONFIG));
+        if self.flags.job_cleanup() {
+            let set_permissions = self.flags.set_permissions_before_cleanup();
+            w.rm_dir(&self.dirs.project_dir, set_permissions);
+        }
+        let mut stage = self.stage(
+            "cleanup_file_variables",
+            StageKind::Predefined,
+            StageWhen::Always,
+            w.finish(),
+        );
+        stage.timeout = TimeoutKind::Cleanup;
+        stage.ignore_errors = true;
+        stage
+    }
+
+    pub(crate) fn ext_git_config(&self) -> String {
+        self.temp_file(EXT_GIT_CONFIG)
+    }
+}

@@ -1,0 +1,175 @@
+//! Generated scripts run by a real bash: quoting round-trips arbitrary bytes, and errexit stops
+//! at the first failing command.
+
+use runnel_types::Variable;
+
+use crate::support::{job, opts, plan_ok, run_bash, script_step, stage_script};
+
+const NASTY: &str = "quote' dq\" dollar$HOME back`tick` \\ \\n semi; pipe| amp& star* \
+                     tab\t nl\nline2 unicode ✓ é 🙂 esc\x1b[31m bell\x07 cr\r end";
+
+fn plan_in(dir: &std::path::Path, steps: Vec<runnel_types::Step>) -> runnel_job::JobPlan {
+    let mut job = job();
+    job.steps = steps;
+    job.variables.push(Variable {
+        raw: true,
+        ..Variable::new("NASTY", NASTY)
+    });
+    job.variables.push(Variable {
+        raw: true,
+        file: true,
+        ..Variable::new("NASTY_FILE", NASTY)
+    });
+    let mut opts = opts();
+    opts.builds_dir = dir.join("builds").to_string_lossy().into_owned();
+    opts.cache_dir = dir.join("cache").to_string_lossy().into_owned();
+    plan_ok(&job, &opts)
+}
+
+#[test]
+fn quoting_round_trips_arbitrary_bytes() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let steps = vec![script_step(&[
+        "printf '%s' \"$NASTY\" > nasty.out",
+        "cat \"$NASTY_FILE\" > nasty_file.out",
+        "printf '%s' $'x\\ty' > ansi.out",
+    ])];
+    let plan = plan_in(tmp.path(), steps);
+    for stage in ["prepare_script", "get_sources", "step_script"] {
+        let (code, stdout, stderr) = run_bash(&stage_script(&plan, stage), tmp.path());
+        assert_eq!(
+            code, 0,
+            "{stage} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        if stage == "step_script" {
+            assert!(stdout.contains("\x1b[32;1m$ printf '%s' \"$NASTY\" > nasty.out\x1b[0;m"));
+        }
+    }
+    let project = std::path::Path::new(&plan.dirs.project_dir);
+    let read = |name: &str| std::fs::read(project.join(name)).expect("output file");
+    assert_eq!(read("nasty.out"), NASTY.as_bytes());
+    assert_eq!(read("nasty_file.out"), NASTY.as_bytes());
+    assert_eq!(read("ansi.out"), b"x\ty");
+}
+
+#[test]
+fn errexit_stops_at_the_first_failing_command() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let steps = vec![script_step(&[
+        "echo before",
+        "(exit 7)",
+        "echo after > after.out",
+    ])];
+    let plan = plan_in(tmp.path(), steps);
+    let (code, _, _) = run_bash(&stage_script(&plan, "get_sources"), tmp.path());
+    assert_eq!(code, 0);
+    let (code, stdout, _) = run_bash(&stage_script(&plan, "step_script"), tmp.path());
+    assert_eq!(code, 7);
+    assert!(stdout.contains("before"));
+    assert!(
+        !stdout.contains("$ echo after"),
+        "nothing runs after the failure"
+    );
+    assert!(
+        !std::path::Path::new(&plan.dirs.project_dir)
+            .join("after.out")
+            .exists()
+    );
+}
+
+#[test]
+fn gitlab_env_carries_variables_between_stages() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut steps = vec![script_step(&[
+        "echo \"FROM_DOTENV=hello world\" >> \"$GITLAB_ENV\"",
+    ])];
+    steps.push(runnel_types::Step {
+        name: "second".into(),
+        ..script_step(&["printf '%s' \"$FROM_DOTENV\" > dotenv.out"])
+    });
+    let plan = plan_in(tmp.path(), steps);
+    for stage in [
+        "prepare_script",
+        "get_sources",
+        "step_script",
+        "step_second",
+    ] {
+        let (code, stdout, stderr) = run_bash(&stage_script(&plan, stage), tmp.path());
+        assert_eq!(code, 0, "{stage}\n{stdout}\n{stderr}");
+    }
+    let out =
+        std::fs::read_to_string(std::path::Path::new(&plan.dirs.project_dir).join("dotenv.out"))
+            .expect("dotenv output");
+    assert_eq!(out, "hello world");
+    let (code, _, _) = run_bash(&stage_script(&plan, "cleanup_file_variables"), tmp.path());
+    assert_eq!(code, 0);
+    let temp = std::path::Path::new(&plan.dirs.temp_dir);
+    assert!(
+        !temp.join("NASTY_FILE").exists(),
+        "file variables are removed"
+    );
+    assert!(!temp.join("gitlab_runner_env").exists());
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .expect("git must be installed to run these tests");
+    assert!(output.status.success(), "git {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn clone_then_fetch_checks_out_the_job_commit() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let origin = tmp.path().join("origin");
+    std::fs::create_dir(&origin).expect("origin dir");
+    git(&origin, &["init", "-q", "-b", "main"]);
+    std::fs::write(origin.join("README"), "first\n").expect("write");
+    git(&origin, &["add", "README"]);
+    git(&origin, &["commit", "-q", "-m", "first"]);
+    let first = git(&origin, &["rev-parse", "HEAD"]);
+
+    let mut job = job();
+    job.git.repo_url = format!("file://{}", origin.display()).into();
+    job.git.sha = first.clone();
+    job.git.depth = 0;
+    job.variables.retain(|v| v.key != "GIT_STRATEGY");
+    let mut opts = opts();
+    opts.builds_dir = tmp.path().join("builds").to_string_lossy().into_owned();
+    opts.cache_dir = tmp.path().join("cache").to_string_lossy().into_owned();
+
+    let plan = plan_ok(&job, &opts);
+    let (code, stdout, stderr) = run_bash(&stage_script(&plan, "get_sources"), tmp.path());
+    assert_eq!(code, 0, "clone failed\n{stdout}\n{stderr}");
+    assert!(stdout.contains("Created fresh repository."));
+    let project = std::path::Path::new(&plan.dirs.project_dir);
+    assert_eq!(
+        std::fs::read_to_string(project.join("README")).expect("checkout"),
+        "first\n"
+    );
+    std::fs::write(project.join("untracked.txt"), "x").expect("write");
+
+    std::fs::write(origin.join("README"), "second\n").expect("write");
+    git(&origin, &["commit", "-q", "-am", "second"]);
+    job.git.sha = git(&origin, &["rev-parse", "HEAD"]);
+    job.allow_git_fetch = true;
+    let plan = plan_ok(&job, &opts);
+    let (code, stdout, stderr) = run_bash(&stage_script(&plan, "get_sources"), tmp.path());
+    assert_eq!(code, 0, "fetch failed\n{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("Created fresh repository."),
+        "fetch reuses the checkout"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("README")).expect("checkout"),
+        "second\n"
+    );
+    assert!(
+        !project.join("untracked.txt").exists(),
+        "git clean removed untracked files"
+    );
+}

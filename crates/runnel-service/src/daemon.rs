@@ -1,0 +1,667 @@
+//! The `run` daemon: feeds runners to workers, supervises jobs, reloads, rotates, stops.
+//!
+//! The worker model follows the official runner (reference section 5): `concurrent` slots are
+//! shared by job requests and running jobs; a feeder hands each runner to a free slot every
+//! `check_interval / runners`; a worker that receives a job requeues its runner at once (unless
+//! `strict_check_interval`) and then runs the job in its slot. Per runner, `limit` bounds running
+//! jobs and `request_concurrency` bounds requests in flight. Slots and limits are semaphores whose
+//! permits move into the tasks that use them, so they can never leak.
+//!
+//! Stopping (reference 2.4): SIGQUIT stops feeding and lets jobs finish; unlike the official
+//! runner, requests already in flight are read to the end and any job they carry is run, so a
+//! graceful stop never orphans a job GitLab already assigned. SIGTERM/SIGINT abort running jobs
+//! (which still clean up, flush their logs and report `runner_interrupted`); a further signal or
+//! `shutdown_timeout` ends the process.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use runnel_api::{Client, ClientConfig, JobRequest, JobRequestResult};
+use runnel_types::JobSpec;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::job::{JobContext, run_job};
+use crate::settings::{ConfigSource, RunnerSpec, ServiceConfig};
+use crate::signals::{Signal, Signals};
+use crate::{RunOptions, ServiceError};
+
+/// How often the config file's mtime is checked.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(3);
+
+/// A semaphore whose size can change while permits are out.
+#[derive(Debug)]
+struct Slots {
+    semaphore: Arc<Semaphore>,
+    size: Mutex<usize>,
+}
+
+impl Slots {
+    fn new(size: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(size)),
+            size: Mutex::new(size),
+        }
+    }
+
+    fn resize(&self, new: usize) {
+        let Ok(mut size) = self.size.lock() else {
+            return;
+        };
+        if new > *size {
+            self.semaphore.add_permits(new - *size);
+        } else if new < *size {
+            // Take the surplus as permits become free, and never give them back.
+            let surplus = u32::try_from(*size - new).unwrap_or(u32::MAX);
+            let semaphore = Arc::clone(&self.semaphore);
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            });
+        }
+        *size = new;
+    }
+
+    fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.semaphore).try_acquire_owned().ok()
+    }
+
+    async fn take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.semaphore).acquire_owned().await.ok()
+    }
+}
+
+fn limit_size(limit: usize) -> usize {
+    if limit == 0 {
+        Semaphore::MAX_PERMITS >> 1
+    } else {
+        limit
+    }
+}
+
+/// Consecutive unhealthy answers and the resulting pause (reference 5, health).
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    paused_until: Option<Instant>,
+}
+
+/// Lowest-free index allocation for `CI_CONCURRENT_ID` and `CI_CONCURRENT_PROJECT_ID`.
+#[derive(Debug, Default)]
+pub(crate) struct SlotIds {
+    used: Mutex<BTreeSet<(u64, usize)>>,
+}
+
+impl SlotIds {
+    /// Takes the lowest free index in `scope` (0 for the runner, the project id + 1 for projects).
+    pub(crate) fn take(self: &Arc<Self>, scope: u64) -> SlotId {
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = (0..).find(|i| !used.contains(&(scope, *i))).unwrap_or(0);
+        used.insert((scope, index));
+        SlotId {
+            owner: Arc::clone(self),
+            scope,
+            index,
+        }
+    }
+}
+
+/// A held slot index; freed on drop.
+#[derive(Debug)]
+pub(crate) struct SlotId {
+    owner: Arc<SlotIds>,
+    scope: u64,
+    pub(crate) index: usize,
+}
+
+impl Drop for SlotId {
+    fn drop(&mut self) {
+        let mut used = self
+            .owner
+            .used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        used.remove(&(self.scope, self.index));
+    }
+}
+
+/// Everything the daemon keeps per runner.
+#[derive(Debug)]
+pub(crate) struct RunnerState {
+    pub(crate) spec: Mutex<Arc<RunnerSpec>>,
+    pub(crate) client: Mutex<Arc<Client>>,
+    limit: Slots,
+    requests: Slots,
+    health: Mutex<Health>,
+    pub(crate) slot_ids: Arc<SlotIds>,
+    /// Removed from the configuration: no more polling.
+    retired: CancellationToken,
+}
+
+impl RunnerState {
+    fn new(spec: RunnerSpec) -> Result<Self, ServiceError> {
+        let client = build_client(&spec)?;
+        Ok(Self {
+            limit: Slots::new(limit_size(spec.limit)),
+            requests: Slots::new(spec.request_concurrency.max(1)),
+            spec: Mutex::new(Arc::new(spec)),
+            client: Mutex::new(Arc::new(client)),
+            health: Mutex::new(Health::default()),
+            slot_ids: Arc::default(),
+            retired: CancellationToken::new(),
+        })
+    }
+
+    pub(crate) fn spec(&self) -> Arc<RunnerSpec> {
+        Arc::clone(
+            &self
+                .spec
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    pub(crate) fn client(&self) -> Arc<Client> {
+        Arc::clone(
+            &self
+                .client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn update(&self, spec: RunnerSpec) -> Result<(), ServiceError> {
+        let old = self.spec();
+        if old.url != spec.url
+            || old.tls_ca_file != spec.tls_ca_file
+            || old.tls_cert_file != spec.tls_cert_file
+            || old.tls_key_file != spec.tls_key_file
+        {
+            let client = build_client(&spec)?;
+            *self
+                .client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(client);
+        }
+        self.limit.resize(limit_size(spec.limit));
+        self.requests.resize(spec.request_concurrency.max(1));
+        *self
+            .spec
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(spec);
+        Ok(())
+    }
+
+    fn healthy(&self, now: Instant) -> bool {
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        health.paused_until.is_none_or(|until| now >= until)
+    }
+
+    fn record_health(&self, healthy: bool) {
+        let spec = self.spec();
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if healthy {
+            *health = Health::default();
+            return;
+        }
+        health.failures += 1;
+        if health.failures >= spec.unhealthy_requests_limit.max(1) {
+            tracing::warn!(
+                runner = %spec.token.short(),
+                failures = health.failures,
+                pause = ?spec.unhealthy_interval,
+                "runner is unhealthy and will not be polled for a while"
+            );
+            health.paused_until = Some(Instant::now() + spec.unhealthy_interval);
+            // One forced attempt after the pause; a failure then pauses again.
+            health.failures = spec.unhealthy_requests_limit.saturating_sub(1);
+        }
+    }
+}
+
+pub(crate) fn build_client(spec: &RunnerSpec) -> Result<Client, ServiceError> {
+    let config = ClientConfig {
+        url: spec.url.clone(),
+        tls_ca_file: spec.tls_ca_file.clone(),
+        tls_cert_file: spec.tls_cert_file.clone(),
+        tls_key_file: spec.tls_key_file.clone(),
+        ..ClientConfig::default()
+    };
+    Client::new(config).map_err(|error| ServiceError::Client {
+        runner: spec.name.clone(),
+        message: error.to_string(),
+    })
+}
+
+/// State shared by the feeder, the workers and the jobs.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Mutex<Arc<ServiceConfig>>,
+    slots: Slots,
+    runners: Mutex<Vec<Arc<RunnerState>>>,
+    /// Fired on any stop: no new requests are started.
+    stop_feeding: CancellationToken,
+    /// Fired on a forceful stop: in-flight requests are cancelled and jobs aborted.
+    pub(crate) abort: CancellationToken,
+    tasks: TaskTracker,
+    requeue: mpsc::UnboundedSender<Arc<RunnerState>>,
+    options: RunOptions,
+    builds: std::sync::atomic::AtomicU64,
+    last_activity: Mutex<Instant>,
+}
+
+impl Shared {
+    pub(crate) fn config(&self) -> Arc<ServiceConfig> {
+        Arc::clone(
+            &self
+                .config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn runners(&self) -> Vec<Arc<RunnerState>> {
+        self.runners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn touch(&self) {
+        *self
+            .last_activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+}
+
+/// Runs the daemon until it is told to stop and every job has ended.
+pub(crate) async fn run(
+    source: Arc<dyn ConfigSource>,
+    options: RunOptions,
+    on_reload: Box<dyn Fn(&ServiceConfig) + Send + Sync>,
+) -> Result<(), ServiceError> {
+    let config = source.load()?;
+    if config.concurrent < 1 {
+        return Err(ServiceError::Config {
+            message: format!(
+                "concurrent must be at least 1 (it is {})",
+                config.concurrent
+            ),
+        });
+    }
+    warn_about(&config);
+    on_reload(&config);
+    let mut signals = Signals::install()?;
+    let (requeue, requeue_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        slots: Slots::new(config.concurrent),
+        runners: Mutex::new(Vec::new()),
+        config: Mutex::new(Arc::new(config.clone())),
+        stop_feeding: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        requeue,
+        options,
+        builds: std::sync::atomic::AtomicU64::new(0),
+        last_activity: Mutex::new(Instant::now()),
+    });
+    apply_runners(&shared, &config)?;
+    tracing::info!(
+        concurrent = config.concurrent,
+        runners = config.runners.len(),
+        "Runnel started; polling GitLab for jobs"
+    );
+
+    let feeder = tokio::spawn(feed(Arc::clone(&shared), requeue_rx));
+    let rotation = tokio::spawn(crate::rotation::rotate_tokens(
+        Arc::clone(&shared),
+        Arc::clone(&source),
+    ));
+    let mut loaded_at = source.modified();
+    let mut reload_tick = tokio::time::interval(RELOAD_INTERVAL);
+    reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut idle_tick = tokio::time::interval(Duration::from_millis(200));
+
+    // Phase 1: run until a stop signal (or run-single's own limits).
+    let first = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Reload => reload(&shared, source.as_ref(), &on_reload, &mut loaded_at, true),
+                stop => break Some(stop),
+            },
+            _ = reload_tick.tick() => reload(&shared, source.as_ref(), &on_reload, &mut loaded_at, false),
+            _ = idle_tick.tick(), if shared.options.wait_timeout.is_some() || shared.options.max_builds.is_some() => {
+                if single_done(&shared) {
+                    break None;
+                }
+            }
+        }
+    };
+
+    shared.stop_feeding.cancel();
+    rotation.abort();
+    match first {
+        Some(Signal::Graceful) => {
+            tracing::info!(
+                "graceful stop requested: no new jobs; waiting for running jobs to finish (send SIGTERM or SIGINT to abort them)"
+            );
+        }
+        Some(_) => {
+            tracing::warn!(
+                "stop requested: aborting running jobs (send the signal again to exit at once)"
+            );
+            shared.abort.cancel();
+        }
+        None => tracing::info!("run-single limits reached; stopping"),
+    }
+    if let Err(error) = feeder.await {
+        tracing::error!(%error, "the job feeder stopped unexpectedly");
+    }
+    shared.tasks.close();
+
+    // Phase 2: wait for the jobs, escalating on signals and on shutdown_timeout.
+    let forceful = matches!(first, Some(Signal::Forceful));
+    let shutdown_timeout = shared.config().shutdown_timeout;
+    let mut deadline = forceful.then(|| Instant::now() + shutdown_timeout);
+    loop {
+        let timeout = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shared.tasks.wait() => return Ok(()),
+            signal = signals.next() => match signal {
+                Signal::Reload => {}
+                _ if deadline.is_some() => return Err(ServiceError::ForcedExit),
+                _ => {
+                    tracing::warn!("second stop signal: aborting running jobs");
+                    shared.abort.cancel();
+                    deadline = Some(Instant::now() + shutdown_timeout);
+                }
+            },
+            () = timeout => return Err(ServiceError::ShutdownTimeout(shutdown_timeout)),
+        }
+    }
+}
+
+fn single_done(shared: &Shared) -> bool {
+    let options = &shared.options;
+    let builds = shared.builds.load(std::sync::atomic::Ordering::SeqCst);
+    if options
+        .max_builds
+        .is_some_and(|max| max > 0 && builds >= max)
+    {
+        return true;
+    }
+    if let Some(wait) = options.wait_timeout {
+        let idle = shared
+            .last_activity
+            .lock()
+            .map(|at| at.elapsed())
+            .unwrap_or_default();
+        let jobs_running = !shared.tasks.is_empty() && running_jobs(shared) > 0;
+        return !jobs_running && idle >= wait;
+    }
+    false
+}
+
+fn running_jobs(shared: &Shared) -> usize {
+    shared
+        .runners()
+        .iter()
+        .map(|r| {
+            r.slot_ids
+                .used
+                .lock()
+                .map(|u| u.iter().filter(|(scope, _)| *scope == 0).count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn warn_about(config: &ServiceConfig) {
+    for runner in &config.runners {
+        if runner.token.is_empty() {
+            tracing::warn!(runner = %runner.name, "runner has no token and will not be polled");
+        }
+        if !runner.executor_supported() {
+            tracing::warn!(
+                runner = %runner.name,
+                executor = %runner.executor,
+                "this executor is not supported by this build of Runnel yet; the runner will not request jobs"
+            );
+        }
+        if runner.limit > config.concurrent || runner.request_concurrency > config.concurrent {
+            tracing::warn!(
+                runner = %runner.name,
+                limit = runner.limit,
+                request_concurrency = runner.request_concurrency,
+                concurrent = config.concurrent,
+                "limit or request_concurrency is larger than concurrent; concurrent bounds them"
+            );
+        }
+    }
+}
+
+/// Brings the runner list in line with `config`: new runners start, removed ones retire,
+/// changed ones update in place. Running jobs keep the state they started with.
+fn apply_runners(shared: &Shared, config: &ServiceConfig) -> Result<(), ServiceError> {
+    let mut current = shared
+        .runners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut by_key: HashMap<(String, String), Arc<RunnerState>> =
+        current.drain(..).map(|r| (r.spec().key(), r)).collect();
+    let mut next = Vec::with_capacity(config.runners.len());
+    for spec in &config.runners {
+        match by_key.remove(&spec.key()) {
+            Some(state) => {
+                state.update(spec.clone())?;
+                next.push(state);
+            }
+            None => next.push(Arc::new(RunnerState::new(spec.clone())?)),
+        }
+    }
+    for retired in by_key.into_values() {
+        tracing::info!(runner = %retired.spec().token.short(), "runner removed from the configuration; no longer polling it");
+        retired.retired.cancel();
+    }
+    *current = next;
+    Ok(())
+}
+
+fn reload(
+    shared: &Shared,
+    source: &dyn ConfigSource,
+    on_reload: &(dyn Fn(&ServiceConfig) + Send + Sync),
+    loaded_at: &mut Option<SystemTime>,
+    forced: bool,
+) {
+    let modified = source.modified();
+    if !forced && (modified.is_none() || modified <= *loaded_at) {
+        return;
+    }
+    // Remember the new mtime even if the file is broken, so we do not retry the same content.
+    *loaded_at = modified;
+    match source.load() {
+        Ok(config) if config.concurrent >= 1 => {
+            warn_about(&config);
+            shared.slots.resize(config.concurrent);
+            if let Err(error) = apply_runners(shared, &config) {
+                tracing::error!(%error, "configuration reload failed; keeping the previous runners");
+                return;
+            }
+            on_reload(&config);
+            tracing::info!(
+                concurrent = config.concurrent,
+                runners = config.runners.len(),
+                "configuration loaded"
+            );
+            *shared
+                .config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+        }
+        Ok(config) => tracing::error!(
+            concurrent = config.concurrent,
+            "configuration reload ignored: concurrent must be at least 1"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "configuration reload failed; keeping the previous configuration")
+        }
+    }
+}
+
+/// The feeder: hands runners to free slots, evenly over `check_interval`.
+async fn feed(shared: Arc<Shared>, mut requeue: mpsc::UnboundedReceiver<Arc<RunnerState>>) {
+    loop {
+        let runners: Vec<_> = shared
+            .runners()
+            .into_iter()
+            .filter(|r| {
+                let spec = r.spec();
+                !spec.token.is_empty() && spec.executor_supported()
+            })
+            .collect();
+        let check_interval = shared.config().check_interval;
+        if runners.is_empty() {
+            tokio::select! {
+                () = shared.stop_feeding.cancelled() => return,
+                () = tokio::time::sleep(check_interval) => continue,
+            }
+        }
+        let pace = check_interval / u32::try_from(runners.len()).unwrap_or(u32::MAX);
+        for runner in runners {
+            if !start_worker(&shared, runner).await {
+                return;
+            }
+            let next_feed = Instant::now() + pace;
+            // Between feeds, serve requeues at once: a runner that just got a job asks again.
+            loop {
+                tokio::select! {
+                    () = shared.stop_feeding.cancelled() => return,
+                    () = tokio::time::sleep_until(next_feed) => break,
+                    Some(runner) = requeue.recv() => {
+                        if !start_worker(&shared, runner).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a free slot and starts a worker for `runner`; false when stopping.
+async fn start_worker(shared: &Arc<Shared>, runner: Arc<RunnerState>) -> bool {
+    if runner.retired.is_cancelled() {
+        return true;
+    }
+    let permit = tokio::select! {
+        () = shared.stop_feeding.cancelled() => return false,
+        permit = shared.slots.take() => permit,
+    };
+    let Some(permit) = permit else { return false };
+    let worker_shared = Arc::clone(shared);
+    shared
+        .tasks
+        .spawn(async move { work(worker_shared, runner, permit).await });
+    true
+}
+
+/// One worker turn: request a job for `runner`, and run it if there is one.
+async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphorePermit) {
+    if !runner.healthy(Instant::now()) {
+        return;
+    }
+    let Some(limit) = runner.limit.try_take() else {
+        return;
+    };
+    let Some(request_permit) = runner.requests.try_take() else {
+        return;
+    };
+    let spec = runner.spec();
+    let config = shared.config();
+    let info = crate::job::runner_info(&spec);
+    let request = JobRequest {
+        token: &spec.token,
+        system_id: &config.system_id,
+        info: &info,
+    };
+    let client = runner.client();
+    tracing::debug!(runner = %spec.token.short(), "checking for jobs");
+    let result = client.request_job(&request, &shared.abort).await;
+    drop(request_permit);
+    match result {
+        JobRequestResult::Job(job) => {
+            runner.record_health(true);
+            shared.touch();
+            if !spec.strict_check_interval && !shared.stop_feeding.is_cancelled() {
+                // The feeder only stops receiving when the daemon stops; then no requeue is wanted.
+                shared.requeue.send(Arc::clone(&runner)).ok();
+            }
+            shared
+                .builds
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            run_received_job(&shared, &runner, *job, client).await;
+            shared.touch();
+        }
+        JobRequestResult::NoJob => {
+            runner.record_health(true);
+            tracing::debug!(runner = %spec.token.short(), "no job");
+        }
+        JobRequestResult::Cancelled => {}
+        other => {
+            runner.record_health(!other.is_unhealthy());
+            let problem = match &other {
+                JobRequestResult::Forbidden => "forbidden (is the runner token valid?)".to_owned(),
+                JobRequestResult::Unavailable => "GitLab instance currently unavailable".to_owned(),
+                JobRequestResult::Conflict => "job taken by another runner".to_owned(),
+                JobRequestResult::Failed(error) => error.to_string(),
+                _ => "unexpected answer".to_owned(),
+            };
+            tracing::warn!(runner = %spec.token.short(), %problem, "checking for jobs failed");
+        }
+    }
+    drop(limit);
+    drop(slot);
+}
+
+async fn run_received_job(
+    shared: &Arc<Shared>,
+    runner: &Arc<RunnerState>,
+    job: JobSpec,
+    client: Arc<Client>,
+) {
+    let spec = runner.spec();
+    let config = shared.config();
+    let slot = runner.slot_ids.take(0);
+    let project_slot = runner.slot_ids.take(job.info.project_id.saturating_add(1));
+    tracing::info!(job = %job.id, runner = %spec.token.short(), "job received");
+    let context = JobContext {
+        runner: spec,
+        config,
+        client,
+        concurrent_id: slot.index,
+        concurrent_project_id: project_slot.index,
+        interrupt: shared.abort.clone(),
+    };
+    let outcome = run_job(job, context).await;
+    tracing::info!(job = %outcome.job, state = %outcome.summary, "job finished");
+}

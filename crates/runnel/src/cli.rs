@@ -1,0 +1,332 @@
+//! Command-line definitions (clap) and nothing else.
+//!
+//! Command names, flags, short aliases and environment variables follow the official
+//! `gitlab-runner` (reference section 1), so that scripts and unit files written for it keep
+//! working. Behaviour lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A fast, drop-in GitLab Runner.
+#[derive(Debug, Parser)]
+#[command(name = "runnel", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags accepted before any command.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// Debug mode: log everything at debug level.
+    #[arg(long, global = true, env = "RUNNER_DEBUG")]
+    pub(crate) debug: bool,
+    /// Log level (panic, fatal, error, warning, info, debug); overrides config.toml `log_level`.
+    #[arg(long, short = 'l', global = true, env = "LOG_LEVEL")]
+    pub(crate) log_level: Option<LogLevel>,
+    /// Log format (runner, text, json); overrides config.toml `log_format`.
+    #[arg(long, global = true, env = "LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+/// Daemon log levels, as the official runner names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogLevel {
+    Panic,
+    Fatal,
+    Error,
+    #[value(alias = "warn")]
+    Warning,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Daemon log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-friendly: the message, then `key=value` fields.
+    Runner,
+    /// `time=… level=… msg=…` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Register a runner with GitLab and save it in config.toml.
+    Register(Box<RegisterArgs>),
+    /// Check that the configured runners can talk to GitLab.
+    Verify(VerifyArgs),
+    /// Unregister runners from GitLab and remove them from config.toml.
+    Unregister(UnregisterArgs),
+    /// List the runners in config.toml.
+    List(ConfigArgs),
+    /// Validate config.toml and print every problem found.
+    Lint(ConfigArgs),
+    /// Rotate runner authentication tokens.
+    ResetToken(ResetTokenArgs),
+    /// Run the runner daemon: poll GitLab for jobs of every configured runner.
+    Run(RunArgs),
+    /// Run a single runner, from flags or from one config.toml entry.
+    RunSingle(Box<RunSingleArgs>),
+}
+
+/// `-c/--config`, shared by most commands.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ConfigArgs {
+    /// Config file (default /etc/gitlab-runner/config.toml as root, ~/.gitlab-runner/config.toml otherwise).
+    #[arg(long, short = 'c', env = "CONFIG_FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// Settings of one runner that can be given on the command line (shared by `register` and
+/// `run-single`); they end up in a `[[runners]]` entry.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct RunnerArgs {
+    /// GitLab instance URL.
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub(crate) url: Option<String>,
+    /// Runner authentication token (glrt-…).
+    #[arg(long, short = 't', env = "CI_SERVER_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Runner name.
+    #[arg(long = "name", visible_alias = "description", env = "RUNNER_NAME")]
+    pub(crate) name: Option<String>,
+    /// Executor: shell, docker, kubernetes, custom, ssh, …
+    #[arg(long, env = "RUNNER_EXECUTOR")]
+    pub(crate) executor: Option<String>,
+    /// Shell to generate scripts for (bash, sh, pwsh, powershell).
+    #[arg(long, env = "RUNNER_SHELL")]
+    pub(crate) shell: Option<String>,
+    /// Maximum concurrent jobs of this runner (0 = no limit).
+    #[arg(long, env = "RUNNER_LIMIT")]
+    pub(crate) limit: Option<i64>,
+    /// Maximum job log size in kilobytes.
+    #[arg(long, env = "RUNNER_OUTPUT_LIMIT")]
+    pub(crate) output_limit: Option<i64>,
+    /// Maximum concurrent job requests.
+    #[arg(long, env = "RUNNER_REQUEST_CONCURRENCY")]
+    pub(crate) request_concurrency: Option<i64>,
+    /// Directory where builds are stored.
+    #[arg(long, env = "RUNNER_BUILDS_DIR")]
+    pub(crate) builds_dir: Option<String>,
+    /// Directory where build cache is stored.
+    #[arg(long, env = "RUNNER_CACHE_DIR")]
+    pub(crate) cache_dir: Option<String>,
+    /// Overwrite the URL of the GitLab instance used for git clones.
+    #[arg(long, env = "CLONE_URL")]
+    pub(crate) clone_url: Option<String>,
+    /// Custom environment variables injected into jobs (KEY=VALUE, repeatable).
+    #[arg(long = "env", env = "RUNNER_ENV", value_delimiter = ';')]
+    pub(crate) env: Vec<String>,
+    /// Script run before fetching sources.
+    #[arg(long, env = "RUNNER_PRE_GET_SOURCES_SCRIPT")]
+    pub(crate) pre_get_sources_script: Option<String>,
+    /// Script run after fetching sources.
+    #[arg(long, env = "RUNNER_POST_GET_SOURCES_SCRIPT")]
+    pub(crate) post_get_sources_script: Option<String>,
+    /// Script run before the job's script.
+    #[arg(long, env = "RUNNER_PRE_BUILD_SCRIPT")]
+    pub(crate) pre_build_script: Option<String>,
+    /// Script run after the job's script.
+    #[arg(long, env = "RUNNER_POST_BUILD_SCRIPT")]
+    pub(crate) post_build_script: Option<String>,
+    /// CA certificate file for the GitLab connection.
+    #[arg(long = "tls-ca-file", env = "CI_SERVER_TLS_CA_FILE")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// Client certificate file for the GitLab connection.
+    #[arg(long = "tls-cert-file", env = "CI_SERVER_TLS_CERT_FILE")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// Client key file for the GitLab connection.
+    #[arg(long = "tls-key-file", env = "CI_SERVER_TLS_KEY_FILE")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// Default Docker image (docker executors).
+    #[arg(long = "docker-image", env = "DOCKER_IMAGE")]
+    pub(crate) docker_image: Option<String>,
+    /// Run Docker containers privileged.
+    #[arg(long = "docker-privileged", env = "DOCKER_PRIVILEGED")]
+    pub(crate) docker_privileged: bool,
+    /// Docker volumes (repeatable).
+    #[arg(long = "docker-volumes", env = "DOCKER_VOLUMES", value_delimiter = ',')]
+    pub(crate) docker_volumes: Vec<String>,
+    /// Docker pull policy (repeatable: always, if-not-present, never).
+    #[arg(long = "docker-pull-policy", env = "DOCKER_PULL_POLICY")]
+    pub(crate) docker_pull_policy: Vec<String>,
+    /// Docker network mode.
+    #[arg(long = "docker-network-mode", env = "DOCKER_NETWORK_MODE")]
+    pub(crate) docker_network_mode: Option<String>,
+    /// Do not create cache volumes.
+    #[arg(long = "docker-disable-cache", env = "DOCKER_DISABLE_CACHE")]
+    pub(crate) docker_disable_cache: bool,
+    /// Docker daemon address.
+    #[arg(long = "docker-host", env = "DOCKER_HOST")]
+    pub(crate) docker_host: Option<String>,
+    /// Helper image to use instead of the default.
+    #[arg(long = "docker-helper-image", env = "DOCKER_HELPER_IMAGE")]
+    pub(crate) docker_helper_image: Option<String>,
+    /// SSH host (ssh executor).
+    #[arg(long = "ssh-host", env = "SSH_HOST")]
+    pub(crate) ssh_host: Option<String>,
+    /// SSH port.
+    #[arg(long = "ssh-port", env = "SSH_PORT")]
+    pub(crate) ssh_port: Option<String>,
+    /// SSH user.
+    #[arg(long = "ssh-user", env = "SSH_USER")]
+    pub(crate) ssh_user: Option<String>,
+    /// SSH password.
+    #[arg(long = "ssh-password", env = "SSH_PASSWORD", hide_env_values = true)]
+    pub(crate) ssh_password: Option<String>,
+    /// SSH identity file.
+    #[arg(long = "ssh-identity-file", env = "SSH_IDENTITY_FILE")]
+    pub(crate) ssh_identity_file: Option<String>,
+    /// Executable for the custom executor's run stage.
+    #[arg(long = "custom-run-exec", env = "CUSTOM_RUN_EXEC")]
+    pub(crate) custom_run_exec: Option<String>,
+}
+
+/// `register` flags (reference 1.5).
+#[derive(Debug, Args)]
+pub(crate) struct RegisterArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Take missing values from flags and environment only; never prompt.
+    #[arg(long, short = 'n', env = "REGISTER_NON_INTERACTIVE")]
+    pub(crate) non_interactive: bool,
+    /// Do not unregister the runner again when saving the configuration fails.
+    #[arg(long, env = "REGISTER_LEAVE_RUNNER")]
+    pub(crate) leave_runner: bool,
+    /// TOML file with one [[runners]] entry whose settings are merged in.
+    #[arg(long, env = "TEMPLATE_CONFIG_FILE")]
+    pub(crate) template_config: Option<PathBuf>,
+    /// Legacy registration token (deprecated by GitLab).
+    #[arg(long, short = 'r', env = "REGISTRATION_TOKEN", hide_env_values = true)]
+    pub(crate) registration_token: Option<String>,
+    /// Tags for the runner, comma separated (legacy registration only).
+    #[arg(long, env = "RUNNER_TAG_LIST")]
+    pub(crate) tag_list: Option<String>,
+    /// Run jobs without tags (legacy registration only).
+    #[arg(long, env = "REGISTER_RUN_UNTAGGED", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) run_untagged: Option<bool>,
+    /// Lock the runner to its project (legacy registration only).
+    #[arg(long, env = "REGISTER_LOCKED", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) locked: Option<bool>,
+    /// not_protected or ref_protected (legacy registration only).
+    #[arg(long, env = "REGISTER_ACCESS_LEVEL")]
+    pub(crate) access_level: Option<String>,
+    /// Maximum job timeout in seconds (legacy registration only).
+    #[arg(long, env = "REGISTER_MAXIMUM_TIMEOUT")]
+    pub(crate) maximum_timeout: Option<i64>,
+    /// Register the runner paused (legacy registration only).
+    #[arg(long, env = "REGISTER_PAUSED", num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) paused: Option<bool>,
+    /// Maintenance note (legacy registration only).
+    #[arg(long, env = "REGISTER_MAINTENANCE_NOTE")]
+    pub(crate) maintenance_note: Option<String>,
+    #[command(flatten)]
+    pub(crate) runner: RunnerArgs,
+}
+
+/// `verify` flags.
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Only this runner (by name).
+    #[arg(long, short = 'n')]
+    pub(crate) name: Option<String>,
+    /// Only runners with this URL.
+    #[arg(long, short = 'u')]
+    pub(crate) url: Option<String>,
+    /// Only the runner with this token.
+    #[arg(long, short = 't', hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Remove runners that fail verification from config.toml.
+    #[arg(long)]
+    pub(crate) delete: bool,
+}
+
+/// `unregister` flags.
+#[derive(Debug, Args)]
+pub(crate) struct UnregisterArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// The runner to unregister, by name.
+    #[arg(long, short = 'n')]
+    pub(crate) name: Option<String>,
+    /// Unregister every runner in config.toml.
+    #[arg(long)]
+    pub(crate) all_runners: bool,
+    /// The runner's GitLab URL (with --token).
+    #[arg(long, short = 'u', env = "CI_SERVER_URL")]
+    pub(crate) url: Option<String>,
+    /// The runner's token (with --url).
+    #[arg(long, short = 't', env = "CI_SERVER_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+}
+
+/// `reset-token` flags.
+#[derive(Debug, Args)]
+pub(crate) struct ResetTokenArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// The runner, by name.
+    #[arg(long, short = 'n')]
+    pub(crate) name: Option<String>,
+    /// The runner, by URL (with --id).
+    #[arg(long, short = 'u')]
+    pub(crate) url: Option<String>,
+    /// The runner, by id (with --url).
+    #[arg(long, short = 'i')]
+    pub(crate) id: Option<u64>,
+    /// Every runner in config.toml.
+    #[arg(long)]
+    pub(crate) all_runners: bool,
+    /// Personal access token to reset with (uses the runner id instead of the current token).
+    #[arg(long, hide_env_values = true)]
+    pub(crate) pat: Option<String>,
+}
+
+/// `run` flags (reference 1.2).
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Metrics and debug HTTP server address (default port 9252).
+    #[arg(long, env = "LISTEN_ADDRESS")]
+    pub(crate) listen_address: Option<String>,
+    /// Service name (for logs).
+    #[arg(long, short = 'n')]
+    pub(crate) service: Option<String>,
+    /// Change to this directory before running.
+    #[arg(long, short = 'd')]
+    pub(crate) working_directory: Option<PathBuf>,
+    /// Run job scripts as this user (shell executor, as root).
+    #[arg(long, short = 'u')]
+    pub(crate) user: Option<String>,
+    /// Log to the system log.
+    #[arg(long, env = "LOG_SYSLOG")]
+    pub(crate) syslog: bool,
+}
+
+/// `run-single` flags (reference 1.3).
+#[derive(Debug, Args)]
+pub(crate) struct RunSingleArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigArgs,
+    /// Take the runner from config.toml by name.
+    #[arg(long = "runner", short = 'r')]
+    pub(crate) runner_name: Option<String>,
+    /// Exit after this many seconds without a job (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) wait_timeout: u64,
+    /// Exit after this many jobs (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_builds: u64,
+    #[command(flatten)]
+    pub(crate) runner: RunnerArgs,
+}

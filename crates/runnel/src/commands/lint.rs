@@ -1,0 +1,45 @@
+//! `runnel lint`: validates config.toml and prints every problem, errors and warnings alike.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use runnel_config::{ConfigFile, LoadError};
+
+use crate::cli::ConfigArgs;
+
+pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let path = super::config_path(args);
+    let mut out = std::io::stderr().lock();
+    if !path.exists() {
+        anyhow::bail!("config file {} does not exist", path.display());
+    }
+    match ConfigFile::load(&path) {
+        Ok(file) => {
+            for warning in file.warnings() {
+                writeln!(out, "WARNING: {warning}")?;
+            }
+            writeln!(
+                out,
+                "{} is valid ({} runner(s), {} warning(s))",
+                path.display(),
+                file.config().runners.len(),
+                file.warnings().len()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error @ LoadError::Read { .. }) => Err(error.into()),
+        Err(error) => {
+            let diagnostics = error.diagnostics();
+            for diagnostic in &diagnostics {
+                writeln!(out, "{diagnostic}")?;
+            }
+            writeln!(
+                out,
+                "{} is not valid ({} problem(s))",
+                path.display(),
+                diagnostics.len()
+            )?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The commands: one module each, all returning `anyhow::Result` with context that names the
+//! file, URL or runner involved.
+
+mod lint;
+mod list;
+mod prompt;
+mod register;
+mod reset_token;
+mod run;
+mod unregister;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use runnel_api::{Client, ClientConfig};
+
+use crate::cli::{Command, ConfigArgs};
+use crate::logging::LevelHandle;
+
+/// What every command may need besides its own flags.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub(crate) levels: LevelHandle,
+    /// The log level was set on the command line, so config.toml's `log_level` is ignored.
+    pub(crate) level_from_cli: bool,
+}
+
+/// Runs one command.
+pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Register(args) => register::run(*args).await,
+        Command::Verify(args) => verify::run(args).await,
+        Command::Unregister(args) => unregister::run(args).await,
+        Command::List(args) => list::run(&args),
+        Command::Lint(args) => lint::run(&args),
+        Command::ResetToken(args) => reset_token::run(args).await,
+        Command::Run(args) => run::run(args, context).await,
+        Command::RunSingle(args) => run::run_single(*args, context).await,
+    }
+}
+
+/// The config file to use: `-c`/`CONFIG_FILE`, else the official default for this user.
+pub(crate) fn config_path(args: &ConfigArgs) -> PathBuf {
+    runnel_config::config_path(args.config.as_deref())
+}
+
+/// This machine's system id, from (or created in) `.runner_system_id` next to the config file.
+pub(crate) fn system_id(config_path: &std::path::Path) -> anyhow::Result<String> {
+    let id = runnel_config::SystemIdFile::next_to(config_path)
+        .load_or_create()
+        .context("cannot get this machine's system id")?;
+    Ok(id.as_str().to_owned())
+}
+
+/// Opens config.toml, rendering every problem when it is not valid.
+pub(crate) fn load_config(path: &std::path::Path) -> anyhow::Result<runnel_config::ConfigFile> {
+    runnel_config::ConfigFile::load(path).map_err(|error| {
+        let diagnostics = error.diagnostics();
+        if diagnostics.is_empty() {
+            anyhow::Error::new(error)
+        } else {
+            let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("{} is not valid:\n{}", path.display(), lines.join("\n"))
+        }
+    })
+}
+
+/// A runner's TLS files as the client wants them.
+pub(crate) fn runner_client(runner: &runnel_config::RunnerConfig) -> anyhow::Result<Client> {
+    let path = |p: &Option<String>| p.as_ref().map(PathBuf::from);
+    client_for(
+        &runner.url,
+        path(&runner.tls_ca_file),
+        path(&runner.tls_cert_file),
+        path(&runner.tls_key_file),
+    )
+}
+
+/// An API client for `url`, with the runner's TLS files.
+pub(crate) fn client_for(
+    url: &str,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+) -> anyhow::Result<Client> {
+    Client::new(ClientConfig {
+        url: url.to_owned(),
+        tls_ca_file,
+        tls_cert_file,
+        tls_key_file,
+        ..ClientConfig::default()
+    })
+    .with_context(|| format!("cannot set up a GitLab client for {}", redact_url(url)))
+}
+
+/// A URL fit for messages: any userinfo (credentials) removed.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            // Both fail only for URLs that cannot carry credentials anyway.
+            parsed.set_username("").ok();
+            parsed.set_password(None).ok();
+            parsed.to_string()
+        }
+        Err(_) => url.to_owned(),
+    }
+}

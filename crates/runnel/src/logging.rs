@@ -1,0 +1,206 @@
+//! Daemon logging: `tracing` to stderr in the official runner's three formats.
+//!
+//! These are the runner's own logs. Job output never goes here: it goes to the job trace
+//! (`runnel-trace`), which is uploaded to GitLab. Log lines carry short tokens only; the redacting
+//! token types make anything else impossible to print by accident.
+
+use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::Visit;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::cli::{LogFormat, LogLevel};
+
+/// Changes the log level of a running process (config reload).
+#[derive(Clone)]
+pub(crate) struct LevelHandle(reload::Handle<EnvFilter, tracing_subscriber::Registry>);
+
+impl fmt::Debug for LevelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LevelHandle")
+    }
+}
+
+impl LevelHandle {
+    /// Applies a new level; an unknown level string is reported and ignored.
+    pub(crate) fn set(&self, level: LogLevel) {
+        if let Err(error) = self.0.modify(|filter| *filter = filter_for(level)) {
+            tracing::warn!(%error, "failed to change the log level");
+        }
+    }
+}
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub(crate) fn init(level: LogLevel, format: LogFormat) -> LevelHandle {
+    let (filter, handle) = reload::Layer::new(filter_for(level));
+    let ansi = std::io::stderr().is_terminal();
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Text | LogFormat::Runner => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(LineFormat { format, ansi })
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    LevelHandle(handle)
+}
+
+/// Parses the config.toml `log_level` spelling.
+pub(crate) fn parse_level(value: &str) -> Option<LogLevel> {
+    Some(match value.to_ascii_lowercase().as_str() {
+        "panic" => LogLevel::Panic,
+        "fatal" => LogLevel::Fatal,
+        "error" => LogLevel::Error,
+        "warn" | "warning" => LogLevel::Warning,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+/// Parses the config.toml `log_format` spelling.
+pub(crate) fn parse_format(value: &str) -> Option<LogFormat> {
+    Some(match value.to_ascii_lowercase().as_str() {
+        "runner" => LogFormat::Runner,
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        _ => return None,
+    })
+}
+
+fn filter_for(level: LogLevel) -> EnvFilter {
+    let directive = match level {
+        LogLevel::Panic | LogLevel::Fatal | LogLevel::Error => "error",
+        LogLevel::Warning => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
+    // Our crates log at the requested level; dependencies only from warnings up unless tracing.
+    let deps = if level == LogLevel::Trace {
+        "trace"
+    } else {
+        "warn"
+    };
+    EnvFilter::new(format!(
+        "{deps},runnel={directive},runnel_service={directive},runnel_api={directive},runnel_config={directive},runnel_executor={directive}"
+    ))
+}
+
+/// The `runner` and `text` line formats.
+struct LineFormat {
+    format: LogFormat,
+    ansi: bool,
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        // Fields of enclosing spans (job id, runner) follow the event's own.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let data = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>();
+                if let Some(data) = data.filter(|data| !data.fields.is_empty()) {
+                    fields.pairs.push(' ');
+                    fields.pairs.push_str(&data.fields);
+                }
+            }
+        }
+        let level = *event.metadata().level();
+        match self.format {
+            LogFormat::Text => {
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                writeln!(
+                    writer,
+                    "time=\"{now}\" level={} msg={:?}{}",
+                    level_name(level),
+                    fields.message,
+                    fields.pairs
+                )
+            }
+            _ => {
+                let (prefix, colour) = match level {
+                    Level::ERROR => ("ERROR: ", "\x1b[31;1m"),
+                    Level::WARN => ("WARNING: ", "\x1b[0;33m"),
+                    Level::DEBUG | Level::TRACE => ("", "\x1b[0;37m"),
+                    Level::INFO => ("", ""),
+                };
+                let mut line = String::with_capacity(96);
+                write!(line, "{prefix}{:<50}", fields.message).ok();
+                if self.ansi && !colour.is_empty() {
+                    writeln!(writer, "{colour}{line}\x1b[0;m{}", fields.pairs)
+                } else {
+                    writeln!(writer, "{line}{}", fields.pairs)
+                }
+            }
+        }
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "error",
+        Level::WARN => "warning",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    pairs: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else if value.contains(' ') || value.is_empty() {
+            write!(self.pairs, " {}={value:?}", field.name()).ok();
+        } else {
+            write!(self.pairs, " {}={value}", field.name()).ok();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            write!(self.message, "{value:?}").ok();
+        } else {
+            let rendered = format!("{value:?}");
+            self.record_str(field, &rendered);
+        }
+    }
+}
