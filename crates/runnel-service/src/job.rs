@@ -151,7 +151,8 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
 
     let final_status = outcome.final_status(options.executor);
     if final_status.is_error {
-        trace.error(&final_status.trace_line);
+        let line = &final_status.trace_line;
+        trace.error(line.strip_prefix("ERROR: ").unwrap_or(line));
     } else {
         trace.info(&final_status.trace_line);
     }
@@ -197,7 +198,8 @@ async fn finish_early<R: JobRemote>(
         message: "the job log could not be set up".to_owned(),
     };
     let status = outcome.final_status(ExecutorKind::Shell);
-    trace.error(&status.trace_line);
+    let line = &status.trace_line;
+    trace.error(line.strip_prefix("ERROR: ").unwrap_or(line));
     trace.finish();
     let mut uploader = TraceUploader::new(Arc::clone(remote), trace, RemoteSignals::default());
     let state = FinalState {

@@ -117,7 +117,15 @@ impl JobRemote for ApiRemote {
             info: &self.info,
         };
         let result = self.client.update_job(&request).await;
+        // After a final update GitLab reports the state we just set; that is acceptance, not
+        // an abort.
+        let echoed = matches!(
+            (update.state, result.remote_status),
+            (JobState::Success, Some(ApiStatus::Success))
+                | (JobState::Failed, Some(ApiStatus::Failed))
+        );
         let outcome = match result.outcome {
+            UpdateOutcome::Abort if echoed => UpdateReply::Accepted,
             UpdateOutcome::Succeeded => UpdateReply::Accepted,
             UpdateOutcome::Accepted => UpdateReply::NotYet,
             UpdateOutcome::TraceValidationFailed => UpdateReply::ResendTrace,
@@ -126,7 +134,11 @@ impl JobRemote for ApiRemote {
         };
         Reply {
             outcome,
-            status: status_of(result.remote_status),
+            status: if echoed {
+                RemoteStatus::Unknown
+            } else {
+                status_of(result.remote_status)
+            },
             update_interval: result.update_interval,
         }
     }

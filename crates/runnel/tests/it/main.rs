@@ -2,4 +2,5 @@
 
 mod commands;
 mod register;
+mod run;
 mod support;

@@ -1,0 +1,682 @@
+//! `runnel run` and `run-single` end to end: real daemon, real bash, fake GitLab.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use runnel_fake_gitlab::{
+    EndpointFilter, FakeConfig, FakeGitlab, GitStrategy, JobBuilder, JobView, RemoteStatus,
+};
+use tempfile::TempDir;
+
+/// Generous limit for a job to finish; only a hung test ever reaches it.
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running `runnel run` daemon with its own config and fake GitLab.
+struct Daemon {
+    fake: FakeGitlab,
+    dir: TempDir,
+    token: String,
+    child: Option<tokio::process::Child>,
+}
+
+/// Extra lines for the `[[runners]]` entry and global settings.
+#[derive(Default)]
+struct Setup {
+    concurrent: usize,
+    global: &'static str,
+    runner: String,
+    fake: Option<FakeConfig>,
+}
+
+fn quick_fake() -> FakeConfig {
+    FakeConfig {
+        long_poll: Duration::from_secs(2),
+        trace_update_interval_secs: 1,
+        ..FakeConfig::default()
+    }
+}
+
+impl Daemon {
+    async fn start(setup: Setup) -> Self {
+        let fake = FakeGitlab::start(setup.fake.unwrap_or_else(quick_fake))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let token = fake.create_runner_token();
+        let mut daemon = Self {
+            fake,
+            dir,
+            token,
+            child: None,
+        };
+        daemon.write_config(setup.concurrent.max(1), setup.global, &setup.runner);
+        daemon.spawn(&["run"]);
+        daemon
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn write_config(&self, concurrent: usize, global: &str, runner: &str) {
+        let builds = self.dir.path().join("builds");
+        let text = format!(
+            "concurrent = {concurrent}\ncheck_interval = 1\nshutdown_timeout = 10\n{global}\n\n[[runners]]\n  name = \"test\"\n  url = \"{url}\"\n  token = \"{token}\"\n  executor = \"shell\"\n  builds_dir = \"{builds}\"\n  cache_dir = \"{cache}\"\n{runner}\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n",
+            url = self.fake.url(),
+            token = self.token,
+            builds = builds.display(),
+            cache = self.dir.path().join("cache").display(),
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    fn spawn(&mut self, args: &[&str]) {
+        let log = std::fs::File::create(self.dir.path().join("runnel.log")).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(args)
+            .arg("-c")
+            .arg(self.config_path())
+            .args(["--log-level", "debug"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .expect("daemon running");
+        kill(Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
+    }
+
+    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("daemon running");
+        match tokio::time::timeout(JOB_TIMEOUT, child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("runnel did not exit; log:\n{}", self.log()),
+        }
+    }
+
+    async fn finished(&self, id: u64) -> JobView {
+        match self
+            .fake
+            .wait_for_job_state(id, JobView::is_finished, JOB_TIMEOUT)
+            .await
+        {
+            Ok(view) => view,
+            Err(error) => panic!("{error}\nrunnel log:\n{}", self.log()),
+        }
+    }
+
+    async fn running(&self, id: u64) -> JobView {
+        let started =
+            |v: &JobView| v.updates.iter().any(|u| u.state == "running") && !v.trace.is_empty();
+        match self.fake.wait_for_job_state(id, started, JOB_TIMEOUT).await {
+            Ok(view) => view,
+            Err(error) => panic!("{error}\nrunnel log:\n{}", self.log()),
+        }
+    }
+
+    /// Waits until the job's trace contains `needle`.
+    async fn printed(&self, id: u64, needle: &str) -> JobView {
+        let needle = needle.to_owned();
+        let seen = move |v: &JobView| v.trace_text().contains(&needle);
+        match self.fake.wait_for_job_state(id, seen, JOB_TIMEOUT).await {
+            Ok(view) => view,
+            Err(error) => panic!("{error}\nrunnel log:\n{}", self.log()),
+        }
+    }
+}
+
+fn job(name: &str) -> JobBuilder {
+    JobBuilder::new(name).git_strategy(GitStrategy::None)
+}
+
+fn final_update(view: &JobView) -> &runnel_fake_gitlab::UpdateRecord {
+    view.updates
+        .iter()
+        .rev()
+        .find(|u| u.state != "running")
+        .expect("a final update")
+}
+
+#[tokio::test]
+async fn a_successful_job_reports_its_log_and_state() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("hello").script(["echo hello", "echo world"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert_eq!(
+        view.updates[0].state, "running",
+        "two-phase acknowledgement comes first"
+    );
+    assert!(trace.starts_with("\x1b[0KRunning with runnel "), "{trace}");
+    assert!(trace.contains("section_start:"), "{trace}");
+    assert!(trace.contains(":step_script\r\x1b[0K"), "{trace}");
+    assert!(
+        trace.contains("\x1b[32;1m$ echo hello\x1b[0;m\nhello\n"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("\x1b[32;1m$ echo world\x1b[0;m\nworld\n"),
+        "{trace}"
+    );
+    assert!(trace.contains("\x1b[32;1mJob succeeded\x1b[0;m"), "{trace}");
+    let last = final_update(&view);
+    assert_eq!(last.bytesize, Some(view.trace.len() as u64));
+}
+
+#[tokio::test]
+async fn a_failing_line_stops_the_script_and_sets_the_exit_code() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("fail").script(["echo before", "exit 3", "echo after"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed);
+    let last = final_update(&view);
+    assert_eq!(last.failure_reason.as_deref(), Some("script_failure"));
+    assert_eq!(last.exit_code, Some(3));
+    assert!(trace.contains("before\n"), "{trace}");
+    assert!(
+        !trace.contains("\nafter\n"),
+        "errexit stops at the failing line: {trace}"
+    );
+    assert!(
+        trace.contains("ERROR: Job failed: exit status 3"),
+        "{trace}"
+    );
+}
+
+#[tokio::test]
+async fn shell_state_is_kept_across_lines() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(job("state").script([
+        "export A=one",
+        "cd /tmp",
+        "echo \"A=$A in $(pwd)\"",
+    ]));
+    let view = daemon.finished(id).await;
+    assert!(
+        view.trace_text().contains("A=one in /tmp\n"),
+        "{}",
+        view.trace_text()
+    );
+}
+
+#[tokio::test]
+async fn after_script_runs_after_a_failure_and_sees_the_status() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(
+        job("after")
+            .script(["false"])
+            .after_script(["echo \"status=$CI_JOB_STATUS\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert!(trace.contains("Running after script..."), "{trace}");
+    assert!(trace.contains("status=failed\n"), "{trace}");
+    assert_eq!(view.status, RemoteStatus::Failed);
+}
+
+#[tokio::test]
+async fn masked_values_never_reach_gitlab_even_split_across_writes() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let secret = "s3cr3t-value-0123456789";
+    let id = daemon
+        .fake
+        .enqueue(job("mask").masked_variable("MY_SECRET", secret).script([
+            "echo \"plain: $MY_SECRET\"",
+            "printf 's3cr3t-va'; sleep 0.3; printf 'lue-0123456789 done\\n'",
+            "echo token glpat-abcdefghijklmnopqrst",
+        ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert!(!trace.contains(secret), "secret leaked: {trace}");
+    assert!(
+        !trace.contains("abcdefghijklmnopqrst"),
+        "personal access token leaked: {trace}"
+    );
+    assert!(trace.contains("plain: [MASKED]\n"), "{trace}");
+    assert!(trace.contains("[MASKED] done\n"), "{trace}");
+    assert!(trace.contains("glpat-[MASKED]"), "{trace}");
+}
+
+#[tokio::test]
+async fn predefined_and_file_variables_reach_the_script() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(
+        job("vars")
+            .file_variable("MY_FILE", "file-content-42")
+            .variable("PLAIN", "plain-value")
+            .script([
+                "cat \"$MY_FILE\"; echo",
+                "echo \"plain=$PLAIN server=$CI_SERVER id=$CI_JOB_ID status=$CI_JOB_STATUS\"",
+                "test -d \"$CI_PROJECT_DIR\" && echo project-dir-ok",
+                "echo \"short=$CI_RUNNER_SHORT_TOKEN\"",
+            ]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert!(trace.contains("file-content-42\n"), "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "plain=plain-value server=yes id={id} status=running\n"
+        )),
+        "{trace}"
+    );
+    assert!(trace.contains("project-dir-ok\n"), "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "short={}\n",
+            runnel_types::short_token(&daemon.token)
+        )),
+        "{trace}"
+    );
+    assert_eq!(view.status, RemoteStatus::Success);
+}
+
+#[tokio::test]
+async fn gitlab_env_carries_variables_to_later_stages() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(
+        job("dotenv")
+            .script(["echo FROM_SCRIPT=carried >> \"$GITLAB_ENV\""])
+            .after_script(["echo \"after sees $FROM_SCRIPT\""]),
+    );
+    let view = daemon.finished(id).await;
+    assert!(
+        view.trace_text().contains("after sees carried\n"),
+        "{}",
+        view.trace_text()
+    );
+}
+
+#[tokio::test]
+async fn the_output_limit_cuts_the_log_but_not_the_job() {
+    let daemon = Daemon::start(Setup {
+        runner: "  output_limit = 1".to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(job("big").script([
+        "head -c 5000 /dev/zero | tr '\\0' x",
+        "echo; echo still-running > marker",
+    ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert!(
+        trace.contains("Job's log exceeded limit of 1024 bytes."),
+        "{trace}"
+    );
+    assert!(
+        view.trace.len() < 2000,
+        "log was cut: {} bytes",
+        view.trace.len()
+    );
+    assert_eq!(view.status, RemoteStatus::Success, "the job goes on");
+}
+
+#[tokio::test]
+async fn binary_output_is_carried_without_a_crash() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("binary").script(["head -c 65536 /dev/urandom", "echo; echo binary-done"]));
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success);
+    assert!(view.trace_text().contains("binary-done"));
+    assert!(
+        std::str::from_utf8(&view.trace).is_ok(),
+        "invalid UTF-8 is replaced"
+    );
+}
+
+#[tokio::test]
+async fn ten_megabytes_of_output_arrive_byte_for_byte() {
+    let daemon = Daemon::start(Setup {
+        runner: "  output_limit = 20000".to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(job("tenmb").script(["seq 1 1300000"]));
+    let view = daemon.finished(id).await;
+    let expected: String = (1..=1_300_000).map(|n| format!("{n}\n")).collect();
+    let trace = view.trace_text();
+    let start = trace
+        .find("\x1b[32;1m$ seq 1 1300000\x1b[0;m\n")
+        .expect("command echoed")
+        + "\x1b[32;1m$ seq 1 1300000\x1b[0;m\n".len();
+    assert!(expected.len() > 9_000_000);
+    assert!(
+        trace[start..].starts_with(&expected),
+        "the output arrived intact"
+    );
+    assert_eq!(view.status, RemoteStatus::Success);
+    assert!(
+        view.patches.iter().all(|p| p.len <= 1024 * 1024),
+        "patches stay within 1 MiB"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_runs_too_long_times_out() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(
+        job("slow")
+            .timeout(2)
+            .script(["echo started", "sleep 60"])
+            .after_script(["echo after-timeout"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("job_execution_timeout"),
+        "{trace}"
+    );
+    assert!(trace.contains("execution took longer than"), "{trace}");
+    assert!(
+        trace.contains("after-timeout"),
+        "after_script still runs: {trace}"
+    );
+}
+
+#[tokio::test]
+async fn a_graceful_cancel_stops_the_script_and_runs_after_script() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(
+        job("cancel")
+            .script(["echo started", "sleep 60", "echo not-reached"])
+            .after_script(["echo \"after-cancel status=$CI_JOB_STATUS\""]),
+    );
+    daemon.printed(id, "started\n").await;
+    daemon.fake.cancel_job(id).unwrap();
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert!(trace.contains("after-cancel status=canceled"), "{trace}");
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_eq!(view.status, RemoteStatus::Canceled);
+}
+
+#[tokio::test]
+async fn an_abort_kills_the_whole_process_tree() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let pids = daemon.dir.path().join("pids");
+    let id = daemon.fake.enqueue(job("abort").script([
+        format!("(sleep 300 & echo $! >> {p}; wait) &", p = pids.display()),
+        format!(
+            "echo $$ >> {p}; echo started; sleep 300",
+            p = pids.display()
+        ),
+    ]));
+    daemon.printed(id, "started\n").await;
+    daemon.fake.abort_job(id).unwrap();
+    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    for _ in 0..300 {
+        if pids.iter().all(|p| gone(*p)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "processes survived the abort: {pids:?}\nlog:\n{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn sigquit_lets_running_jobs_finish_and_takes_no_new_ones() {
+    let mut daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("drain").script(["echo started", "sleep 2", "echo finished"]));
+    daemon.printed(id, "started\n").await;
+    daemon.signal(Signal::SIGQUIT);
+    let status = daemon.wait_exit().await;
+    assert!(
+        status.success(),
+        "clean exit after draining: {status}\n{}",
+        daemon.log()
+    );
+    let view = daemon.fake.job(id).unwrap();
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    assert!(view.trace_text().contains("finished\n"));
+    let later = daemon.fake.enqueue(job("late").script(["true"]));
+    assert!(
+        daemon.fake.job(later).unwrap().updates.is_empty(),
+        "no job taken after SIGQUIT"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_interrupts_running_jobs_and_reports_them() {
+    let mut daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("interrupt").script(["echo started", "sleep 60"]));
+    daemon.printed(id, "started\n").await;
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit().await;
+    let view = daemon.fake.job(id).unwrap();
+    assert_eq!(view.status, RemoteStatus::Failed, "{}", view.trace_text());
+    let reason = final_update(&view).failure_reason.clone();
+    assert!(
+        matches!(
+            reason.as_deref(),
+            Some("runner_interrupted" | "unknown_failure")
+        ),
+        "reason {reason:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_runner_in_the_config_is_picked_up_while_running() {
+    let mut daemon = Daemon::start(Setup::default()).await;
+    let second = daemon
+        .fake
+        .create_runner(runnel_fake_gitlab::RunnerSettings::default());
+    let id = daemon.fake.enqueue(
+        job("for-second")
+            .runner(second.id)
+            .script(["echo second-runner"]),
+    );
+    let mut text = std::fs::read_to_string(daemon.config_path()).unwrap();
+    text.push_str(&format!(
+        "\n[[runners]]\n  name = \"second\"\n  url = \"{}\"\n  token = \"{}\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n",
+        daemon.fake.url(),
+        second.token.expose(),
+        daemon.dir.path().join("builds2").display()
+    ));
+    // Make sure the mtime moves even on coarse-grained file systems, then also send SIGHUP.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(daemon.config_path(), text).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success);
+    assert!(view.trace_text().contains("second-runner\n"));
+    daemon.signal(Signal::SIGQUIT);
+    daemon.wait_exit().await;
+}
+
+#[tokio::test]
+async fn a_runner_rejected_with_403_is_paused_after_the_limit() {
+    let mut daemon = Daemon::start(Setup::default()).await;
+    // Replace the token with one GitLab does not know.
+    let text = std::fs::read_to_string(daemon.config_path())
+        .unwrap()
+        .replace(&daemon.token, "glrt-unknown-token-000")
+        .replace(
+            "executor = \"shell\"",
+            "executor = \"shell\"\n  unhealthy_requests_limit = 2\n  unhealthy_interval = \"1h\"",
+        );
+    daemon.child = None;
+    std::fs::write(daemon.config_path(), text).unwrap();
+    daemon.spawn(&["run"]);
+    let forbidden = |fake: &FakeGitlab| {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == "/api/v4/jobs/request" && r.status == Some(403))
+            .count()
+    };
+    for _ in 0..100 {
+        if forbidden(&daemon.fake) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several check intervals later the count must not have grown.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(forbidden(&daemon.fake), 2, "log:\n{}", daemon.log());
+    daemon.signal(Signal::SIGQUIT);
+    daemon.wait_exit().await;
+}
+
+#[tokio::test]
+async fn job_requests_echo_the_last_update_for_long_polling() {
+    let mut daemon = Daemon::start(Setup::default()).await;
+    let with_last_update = |fake: &FakeGitlab| {
+        fake.requests().iter().any(|r| {
+            r.path == "/api/v4/jobs/request"
+                && r.body_json().is_some_and(|b| {
+                    b.get("last_update").and_then(|v| v.as_str())
+                        == Some(fake.queue_version().as_str())
+                })
+        })
+    };
+    for _ in 0..100 {
+        if with_last_update(&daemon.fake) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        with_last_update(&daemon.fake),
+        "no long-polling request seen"
+    );
+    // A held long poll is answered by an enqueue at once: the job runs.
+    let id = daemon
+        .fake
+        .enqueue(job("after-poll").script(["echo polled"]));
+    assert_eq!(daemon.finished(id).await.status, RemoteStatus::Success);
+    daemon.signal(Signal::SIGQUIT);
+    daemon.wait_exit().await;
+}
+
+#[tokio::test]
+async fn a_flaky_coordinator_loses_no_log_bytes_and_no_final_state() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("flaky").script(["for i in $(seq 1 30); do echo line-$i; sleep 0.2; done"]));
+    daemon.printed(id, "line-3\n").await;
+    daemon
+        .fake
+        .fail_for(EndpointFilter::Any, Duration::from_secs(3), 502);
+    daemon.printed(id, "line-20\n").await;
+    daemon.fake.drop_connections_for(Duration::from_secs(2));
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "log:\n{}", daemon.log());
+    let trace = view.trace_text();
+    let lines: Vec<String> = (1..=30).map(|i| format!("line-{i}")).collect();
+    let expected = lines.join("\n") + "\n";
+    assert!(
+        trace.contains(&expected),
+        "every line arrived once and in order:\n{trace}"
+    );
+}
+
+#[tokio::test]
+async fn run_single_stops_after_max_builds() {
+    let fake = FakeGitlab::start(quick_fake()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = fake.create_runner_token();
+    let id = fake.enqueue(job("single").script(["echo single"]));
+    let builds = dir.path().join("builds");
+    let run = crate::support::run_runnel(
+        &[
+            "run-single",
+            "--url",
+            fake.url(),
+            "--token",
+            &token,
+            "--executor",
+            "shell",
+            "--builds-dir",
+            builds.to_str().unwrap(),
+            "--max-builds",
+            "1",
+            "-c",
+            dir.path().join("config.toml").to_str().unwrap(),
+        ],
+        "",
+        dir.path(),
+    )
+    .await;
+    run.assert_success();
+    assert_eq!(
+        fake.job(id).unwrap().status,
+        RemoteStatus::Success,
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn run_single_gives_up_after_the_wait_timeout() {
+    let fake = FakeGitlab::start(quick_fake()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = fake.create_runner_token();
+    let run = crate::support::run_runnel(
+        &[
+            "run-single",
+            "--url",
+            fake.url(),
+            "--token",
+            &token,
+            "--executor",
+            "shell",
+            "--wait-timeout",
+            "2",
+            "-c",
+            dir.path().join("config.toml").to_str().unwrap(),
+        ],
+        "",
+        dir.path(),
+    )
+    .await;
+    run.assert_success();
+}
