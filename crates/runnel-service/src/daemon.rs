@@ -459,6 +459,17 @@ fn warn_about(config: &ServiceConfig) {
     }
 }
 
+/// Makes `config` the running configuration: slots resized, runners updated in place.
+pub(crate) fn apply_config(shared: &Shared, config: ServiceConfig) -> Result<(), ServiceError> {
+    apply_runners(shared, &config)?;
+    shared.slots.resize(config.concurrent);
+    *shared
+        .config
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+    Ok(())
+}
+
 /// Brings the runner list in line with `config`: new runners start, removed ones retire,
 /// changed ones update in place. Running jobs keep the state they started with.
 fn apply_runners(shared: &Shared, config: &ServiceConfig) -> Result<(), ServiceError> {
@@ -502,21 +513,15 @@ fn reload(
     match source.load() {
         Ok(config) if config.concurrent >= 1 => {
             warn_about(&config);
-            shared.slots.resize(config.concurrent);
-            if let Err(error) = apply_runners(shared, &config) {
-                tracing::error!(%error, "configuration reload failed; keeping the previous runners");
-                return;
-            }
             on_reload(&config);
-            tracing::info!(
-                concurrent = config.concurrent,
-                runners = config.runners.len(),
-                "configuration loaded"
-            );
-            *shared
-                .config
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+            let (concurrent, runners) = (config.concurrent, config.runners.len());
+            match apply_config(shared, config) {
+                Ok(()) => tracing::info!(concurrent, runners, "configuration loaded"),
+                Err(error) => tracing::error!(
+                    %error,
+                    "configuration reload failed; keeping the previous runners"
+                ),
+            }
         }
         Ok(config) => tracing::error!(
             concurrent = config.concurrent,

@@ -61,12 +61,16 @@ pub(crate) async fn rotate_tokens(shared: Arc<Shared>, source: Arc<dyn ConfigSou
             tracing::error!(runner = %runner.token.short(), %error, "token rotation failed; will retry");
             tokio::time::sleep(RETRY_AFTER).await;
         } else {
-            // The saved file is picked up by the reload loop; make it visible at once.
-            if let Ok(config) = source.load() {
-                *shared
-                    .config
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+            // Poll with the new token at once rather than at the next reload check.
+            match source.load() {
+                Ok(config) => {
+                    if let Err(error) = crate::daemon::apply_config(&shared, config) {
+                        tracing::error!(%error, "cannot apply the configuration after token rotation");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot reload the configuration after token rotation");
+                }
             }
         }
     }

@@ -280,3 +280,220 @@ pub(crate) struct FinalState {
     pub(crate) failure_reason: Option<runnel_types::FailureReason>,
     pub(crate) exit_code: Option<i32>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use runnel_trace::{Stream, TraceConfig};
+
+    use super::*;
+
+    /// What the uploader asked of the coordinator.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Patch { offset: u64, len: usize },
+        Update { state: JobState },
+    }
+
+    /// A coordinator that answers from a script, then accepts everything.
+    #[derive(Default)]
+    struct Scripted {
+        patches: Mutex<VecDeque<Reply<PatchReply>>>,
+        updates: Mutex<VecDeque<Reply<UpdateReply>>>,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    fn reply<T>(outcome: T) -> Reply<T> {
+        Reply {
+            outcome,
+            status: RemoteStatus::Running,
+            update_interval: None,
+        }
+    }
+
+    impl Scripted {
+        fn patches(self, replies: impl IntoIterator<Item = PatchReply>) -> Self {
+            self.patches
+                .lock()
+                .unwrap()
+                .extend(replies.into_iter().map(reply));
+            self
+        }
+
+        fn updates(self, replies: impl IntoIterator<Item = Reply<UpdateReply>>) -> Self {
+            self.updates.lock().unwrap().extend(replies);
+            self
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl JobRemote for Scripted {
+        async fn update(&self, update: StateUpdate) -> Reply<UpdateReply> {
+            self.calls.lock().unwrap().push(Call::Update {
+                state: update.state,
+            });
+            self.updates
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| reply(UpdateReply::Accepted))
+        }
+
+        async fn patch(&self, offset: u64, bytes: Bytes) -> Reply<PatchReply> {
+            self.calls.lock().unwrap().push(Call::Patch {
+                offset,
+                len: bytes.len(),
+            });
+            self.patches
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| reply(PatchReply::Accepted))
+        }
+    }
+
+    fn trace_with(text: &str) -> JobTrace {
+        let trace = JobTrace::new(TraceConfig::default()).unwrap();
+        let mut writer = trace.writer(Stream::SCRIPT_STDOUT);
+        writer.write_bytes(text.as_bytes());
+        writer.finish();
+        trace
+    }
+
+    fn success() -> FinalState {
+        FinalState {
+            state: JobState::Success,
+            failure_reason: None,
+            exit_code: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_output_goes_out_at_once() {
+        let remote = Arc::new(Scripted::default());
+        let trace = trace_with("hello\n");
+        let mut uploader = TraceUploader::new(Arc::clone(&remote), trace, RemoteSignals::default());
+        let stop = CancellationToken::new();
+        let streaming = async {
+            uploader.stream(&stop).await;
+        };
+        let observe = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(remote.calls(), vec![Call::Patch { offset: 0, len: 6 }]);
+            stop.cancel();
+        };
+        tokio::join!(streaming, observe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_range_mismatch_resumes_from_gitlabs_offset() {
+        let remote =
+            Arc::new(Scripted::default().patches([PatchReply::RangeMismatch { resume_at: 4 }]));
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("0123456789"),
+            RemoteSignals::default(),
+        );
+        assert_eq!(uploader.finish(success(), 3).await, Delivery::Accepted);
+        assert_eq!(
+            remote.calls(),
+            vec![
+                Call::Patch { offset: 0, len: 10 },
+                Call::Patch { offset: 4, len: 6 },
+                Call::Update {
+                    state: JobState::Success
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checksum_rejection_resends_the_whole_trace() {
+        let remote = Arc::new(Scripted::default().updates([reply(UpdateReply::ResendTrace)]));
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("abc"),
+            RemoteSignals::default(),
+        );
+        assert_eq!(uploader.finish(success(), 3).await, Delivery::Accepted);
+        assert_eq!(
+            remote.calls(),
+            vec![
+                Call::Patch { offset: 0, len: 3 },
+                Call::Update {
+                    state: JobState::Success
+                },
+                Call::Patch { offset: 0, len: 3 },
+                Call::Update {
+                    state: JobState::Success
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_until_accepted() {
+        let failed = || PatchReply::Failed("502 Bad Gateway".to_owned());
+        let remote = Arc::new(
+            Scripted::default()
+                .patches([failed(), failed()])
+                .updates([reply(UpdateReply::Failed("connection reset".to_owned()))]),
+        );
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("data"),
+            RemoteSignals::default(),
+        );
+        assert_eq!(uploader.finish(success(), 5).await, Delivery::Accepted);
+        assert_eq!(uploader.sent(), 4);
+        let patches = remote
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Patch { .. }))
+            .count();
+        assert_eq!(patches, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_update_gives_up_after_the_retry_limit() {
+        let failing = (0..10).map(|_| reply(UpdateReply::Failed("503".to_owned())));
+        let remote = Arc::new(Scripted::default().updates(failing));
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("x"),
+            RemoteSignals::default(),
+        );
+        assert!(matches!(
+            uploader.finish(success(), 2).await,
+            Delivery::GaveUp(_)
+        ));
+        let updates = remote
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Update { .. }))
+            .count();
+        assert_eq!(updates, 3, "one attempt plus two retries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_canceling_status_requests_a_graceful_cancel() {
+        let remote = Arc::new(Scripted::default());
+        remote.patches.lock().unwrap().push_back(Reply {
+            outcome: PatchReply::Accepted,
+            status: RemoteStatus::Canceling,
+            update_interval: Some(Duration::from_secs(7)),
+        });
+        let signals = RemoteSignals::default();
+        let mut uploader =
+            TraceUploader::new(Arc::clone(&remote), trace_with("x"), signals.clone());
+        assert_eq!(uploader.finish(success(), 1).await, Delivery::Accepted);
+        assert!(signals.cancel_requested.is_cancelled());
+        assert!(!signals.abort.is_cancelled());
+    }
+}

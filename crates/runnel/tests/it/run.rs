@@ -680,3 +680,116 @@ async fn run_single_gives_up_after_the_wait_timeout() {
     .await;
     run.assert_success();
 }
+
+#[tokio::test]
+async fn a_second_signal_during_a_graceful_stop_aborts_the_jobs() {
+    let mut daemon = Daemon::start(Setup::default()).await;
+    let id = daemon
+        .fake
+        .enqueue(job("stubborn").script(["echo started", "sleep 120"]));
+    daemon.printed(id, "started\n").await;
+    daemon.signal(Signal::SIGQUIT);
+    // Give the daemon a moment to enter its graceful wait, then insist.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit().await;
+    let view = daemon.fake.job(id).unwrap();
+    assert_eq!(view.status, RemoteStatus::Failed, "{}", view.trace_text());
+}
+
+#[tokio::test]
+async fn config_scripts_and_after_script_timeout_apply() {
+    let runner = "  pre_build_script = \"echo pre-build-ran\"\n  post_build_script = \"echo post-build-ran\"".to_owned();
+    let daemon = Daemon::start(Setup {
+        runner,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(
+        job("scripts")
+            .variable("RUNNER_AFTER_SCRIPT_TIMEOUT", "1s")
+            .script(["echo main"])
+            .after_script(["sleep 30", "echo not-reached"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    let pre = trace.find("pre-build-ran\n").expect("pre_build_script ran");
+    let main = trace.find("\nmain\n").expect("script ran");
+    let post = trace
+        .find("post-build-ran\n")
+        .expect("post_build_script ran");
+    assert!(pre < main && main < post, "{trace}");
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_eq!(
+        view.status,
+        RemoteStatus::Success,
+        "an after_script timeout does not fail the job: {trace}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_rotated_and_saved_before_they_expire() {
+    let fake = FakeGitlab::start(FakeConfig {
+        token_lifetime: Some(Duration::from_secs(4)),
+        ..quick_fake()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = fake.create_runner_token();
+    let config = dir.path().join("config.toml");
+    let config_arg = config.to_str().unwrap();
+    let builds = dir.path().join("builds");
+    crate::support::run_runnel(
+        &[
+            "register",
+            "--non-interactive",
+            "--url",
+            fake.url(),
+            "--token",
+            &token,
+            "--executor",
+            "shell",
+            "--name",
+            "rotating",
+            "--builds-dir",
+            builds.to_str().unwrap(),
+            "-c",
+            config_arg,
+        ],
+        "",
+        dir.path(),
+    )
+    .await
+    .assert_success();
+    let mut daemon = Daemon {
+        fake,
+        dir,
+        token: token.clone(),
+        child: None,
+    };
+    daemon.spawn(&["run"]);
+    let mut rotated = None;
+    for _ in 0..300 {
+        let file = runnel_config::ConfigFile::load(daemon.config_path()).unwrap();
+        let current = file.config().runners[0].token.expose().to_owned();
+        if current != token {
+            rotated = Some(current);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rotated = rotated.unwrap_or_else(|| panic!("token not rotated; log:\n{}", daemon.log()));
+    assert!(rotated.starts_with("glrt-"));
+    // The daemon keeps working with the new token.
+    let id = daemon
+        .fake
+        .enqueue(job("after-rotation").script(["echo still-works"]));
+    assert_eq!(daemon.finished(id).await.status, RemoteStatus::Success);
+    assert!(
+        !daemon.log().contains(&rotated),
+        "the new token is never logged"
+    );
+    daemon.signal(Signal::SIGQUIT);
+    daemon.wait_exit().await;
+}
