@@ -118,6 +118,20 @@ pub enum ExecutorError {
         source: io::Error,
     },
 
+    /// A failure of an executor backend (the Docker daemon, a Kubernetes cluster, …), with the
+    /// failure reason the job should report when it is not a plain system failure.
+    #[error("the {executor} executor failed")]
+    Backend {
+        /// The executor name (`docker`, …).
+        executor: &'static str,
+        /// The reason to report, such as `ImagePullFailure` or `RunnerConfigurationError`;
+        /// `None` means a runner system failure.
+        reason: Option<runnel_types::FailureReason>,
+        /// The backend's error, which names the operation and its object.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
     /// The child was sent `SIGKILL` and still had not exited after `waited`.
     #[error("`{program}` (pid {pid}) did not exit within {waited:?} of SIGKILL")]
     Unkillable {

@@ -63,6 +63,12 @@ impl fmt::Display for OutputStream {
 pub trait OutputSink: Send + Sync {
     /// Accepts one chunk of output. Called from the task running the stage; keep it quick.
     fn write(&self, stream: OutputStream, bytes: &[u8]);
+
+    /// A stage's process group started on this host, led by `pid` (its process group id).
+    /// Lets the caller account the group's CPU and memory; the default ignores it.
+    fn process_group_started(&self, pid: u32) {
+        let _ = pid;
+    }
 }
 
 /// Where a stage runs, for executors that have more than one place to run things.

@@ -125,6 +125,7 @@ pub async fn run(
     let mut group = ProcessGroup::spawn(&spec)?;
     let pipes = group.take_pipes()?;
     debug!(program = spec.program, pid = group.pid(), "started process");
+    sink.process_group_started(group.pid());
 
     let io = pipes.transfer(&group, spec.stdin, sink);
     let supervise = supervise(&group, &mut watch, stop, policy);

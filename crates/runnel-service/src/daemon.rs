@@ -24,7 +24,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http::RunningJobs;
 use crate::job::{JobContext, run_job};
+use crate::metrics::{ApiObserver, metrics};
 use crate::settings::{ConfigSource, RunnerSpec, ServiceConfig};
 use crate::signals::{Signal, Signals};
 use crate::{RunOptions, ServiceError};
@@ -146,8 +148,8 @@ pub(crate) struct RunnerState {
 }
 
 impl RunnerState {
-    fn new(spec: RunnerSpec) -> Result<Self, ServiceError> {
-        let client = build_client(&spec)?;
+    fn new(spec: RunnerSpec, system_id: &str) -> Result<Self, ServiceError> {
+        let client = build_client(&spec, system_id)?;
         Ok(Self {
             limit: Slots::new(limit_size(spec.limit)),
             requests: Slots::new(spec.request_concurrency.max(1)),
@@ -177,14 +179,14 @@ impl RunnerState {
         )
     }
 
-    fn update(&self, spec: RunnerSpec) -> Result<(), ServiceError> {
+    fn update(&self, spec: RunnerSpec, system_id: &str) -> Result<(), ServiceError> {
         let old = self.spec();
         if old.url != spec.url
             || old.tls_ca_file != spec.tls_ca_file
             || old.tls_cert_file != spec.tls_cert_file
             || old.tls_key_file != spec.tls_key_file
         {
-            let client = build_client(&spec)?;
+            let client = build_client(&spec, system_id)?;
             *self
                 .client
                 .lock()
@@ -232,12 +234,17 @@ impl RunnerState {
     }
 }
 
-pub(crate) fn build_client(spec: &RunnerSpec) -> Result<Client, ServiceError> {
+pub(crate) fn build_client(spec: &RunnerSpec, system_id: &str) -> Result<Client, ServiceError> {
+    let observer = ApiObserver {
+        runner: spec.token.short(),
+        system_id: system_id.to_owned(),
+    };
     let config = ClientConfig {
         url: spec.url.clone(),
         tls_ca_file: spec.tls_ca_file.clone(),
         tls_cert_file: spec.tls_cert_file.clone(),
         tls_key_file: spec.tls_key_file.clone(),
+        observer: Some(Arc::new(observer)),
         ..ClientConfig::default()
     };
     Client::new(config).map_err(|error| ServiceError::Client {
@@ -261,6 +268,7 @@ pub(crate) struct Shared {
     options: RunOptions,
     builds: std::sync::atomic::AtomicU64,
     last_activity: Mutex<Instant>,
+    pub(crate) running: Arc<RunningJobs>,
 }
 
 impl Shared {
@@ -318,8 +326,30 @@ pub(crate) async fn run(
         options,
         builds: std::sync::atomic::AtomicU64::new(0),
         last_activity: Mutex::new(Instant::now()),
+        running: Arc::default(),
     });
     apply_runners(&shared, &config)?;
+    metrics()
+        .concurrent
+        .set(i64::try_from(config.concurrent).unwrap_or(i64::MAX));
+    let stop_http = CancellationToken::new();
+    let listen = shared
+        .options
+        .listen_address
+        .clone()
+        .or_else(|| config.listen_address.clone());
+    let http = match listen {
+        Some(address) => {
+            let address = crate::http::listen_socket(&address)?;
+            let running = Arc::clone(&shared.running);
+            Some(tokio::spawn(crate::http::serve(
+                address,
+                running,
+                stop_http.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(
         concurrent = config.concurrent,
         runners = config.runners.len(),
@@ -385,7 +415,17 @@ pub(crate) async fn run(
             }
         };
         tokio::select! {
-            () = shared.tasks.wait() => return Ok(()),
+            () = shared.tasks.wait() => {
+                stop_http.cancel();
+                if let Some(http) = http {
+                    match http.await {
+                        Ok(Err(error)) => tracing::error!(%error, "metrics server failed"),
+                        Err(error) => tracing::error!(%error, "metrics server task failed"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+                return Ok(());
+            }
             signal = signals.next() => match signal {
                 Signal::Reload => {}
                 _ if deadline.is_some() => return Err(ServiceError::ForcedExit),
@@ -463,6 +503,9 @@ fn warn_about(config: &ServiceConfig) {
 pub(crate) fn apply_config(shared: &Shared, config: ServiceConfig) -> Result<(), ServiceError> {
     apply_runners(shared, &config)?;
     shared.slots.resize(config.concurrent);
+    metrics()
+        .concurrent
+        .set(i64::try_from(config.concurrent).unwrap_or(i64::MAX));
     *shared
         .config
         .lock()
@@ -481,12 +524,21 @@ fn apply_runners(shared: &Shared, config: &ServiceConfig) -> Result<(), ServiceE
         current.drain(..).map(|r| (r.spec().key(), r)).collect();
     let mut next = Vec::with_capacity(config.runners.len());
     for spec in &config.runners {
+        let labels = [
+            spec.token.short(),
+            spec.name.clone(),
+            config.system_id.clone(),
+        ];
+        metrics()
+            .limit
+            .with_label_values(&labels)
+            .set(i64::try_from(spec.limit).unwrap_or(i64::MAX));
         match by_key.remove(&spec.key()) {
             Some(state) => {
-                state.update(spec.clone())?;
+                state.update(spec.clone(), &config.system_id)?;
                 next.push(state);
             }
-            None => next.push(Arc::new(RunnerState::new(spec.clone())?)),
+            None => next.push(Arc::new(RunnerState::new(spec.clone(), &config.system_id)?)),
         }
     }
     for retired in by_key.into_values() {
@@ -583,6 +635,11 @@ async fn start_worker(shared: &Arc<Shared>, runner: Arc<RunnerState>) -> bool {
         permit = shared.slots.take() => permit,
     };
     let Some(permit) = permit else { return false };
+    let spec = runner.spec();
+    metrics()
+        .worker_feeds
+        .with_label_values(&[&spec.token.short(), &spec.name, &shared.config().system_id])
+        .inc();
     let worker_shared = Arc::clone(shared);
     shared
         .tasks
@@ -659,7 +716,14 @@ async fn run_received_job(
     let slot = runner.slot_ids.take(0);
     let project_slot = runner.slot_ids.take(job.info.project_id.saturating_add(1));
     tracing::info!(job = %job.id, runner = %spec.token.short(), "job received");
+    let labels = [
+        spec.token.short(),
+        spec.name.clone(),
+        config.system_id.clone(),
+    ];
+    let tracked = shared.running.register(job.id, labels, spec.url.clone());
     let context = JobContext {
+        tracked,
         runner: spec,
         config,
         client,

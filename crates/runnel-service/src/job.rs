@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::remote::{ApiRemote, JobRemote, RemoteStatus, StateUpdate, UpdateReply};
 use crate::settings::{RunnerSpec, ServiceConfig};
 use crate::uploader::{Delivery, FinalState, RemoteSignals, TraceUploader};
+use crate::usage::JobUsage;
 
 /// How long cleanup may take.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -36,6 +37,8 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Everything a job needs from the daemon.
 #[derive(Debug)]
 pub(crate) struct JobContext {
+    /// The job's entry in the running-jobs registry (metrics, `/debug/jobs/list`).
+    pub(crate) tracked: crate::http::RunningJob,
     pub(crate) runner: Arc<RunnerSpec>,
     pub(crate) config: Arc<ServiceConfig>,
     pub(crate) client: Arc<Client>,
@@ -139,8 +142,10 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         })
     };
 
+    let started = Instant::now();
+    let usage = Arc::new(JobUsage::default());
     let outcome = match planned {
-        Ok(plan) => execute(&job, &plan, context, &trace, &signals).await,
+        Ok(plan) => execute(&job, &plan, context, &trace, &signals, &usage).await,
         Err(error) => {
             write_header_lines(&trace, &header_without_plan(context, &options));
             JobOutcome::SystemFailure {
@@ -148,8 +153,27 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
             }
         }
     };
+    let usage = usage.finish();
+    trace.println(&format!(
+        "Resource usage: {}",
+        crate::usage::describe(&usage)
+    ));
 
     let final_status = outcome.final_status(options.executor);
+    let reason = final_status
+        .failure_reason
+        .map(|r| r.for_server(&job.features.failure_reasons));
+    let labels = [
+        context.runner.token.short(),
+        context.runner.name.clone(),
+        context.config.system_id.clone(),
+    ];
+    crate::metrics::record_job(
+        &labels,
+        started.elapsed(),
+        reason.map(|r| r.as_str()),
+        Some(&usage),
+    );
     if final_status.is_error {
         let line = &final_status.trace_line;
         trace.error(line.strip_prefix("ERROR: ").unwrap_or(line));
@@ -167,9 +191,7 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     };
     let state = FinalState {
         state: final_status.state,
-        failure_reason: final_status
-            .failure_reason
-            .map(|reason| reason.for_server(&job.features.failure_reasons)),
+        failure_reason: reason,
         exit_code: final_status.exit_code,
     };
     let delivery = uploader
@@ -232,6 +254,7 @@ async fn execute(
     context: &JobContext,
     trace: &JobTrace,
     signals: &RemoteSignals,
+    usage: &Arc<JobUsage>,
 ) -> JobOutcome {
     write_header_lines(trace, &plan.header);
     for warning in &plan.warnings {
@@ -279,7 +302,13 @@ async fn execute(
         };
     }
 
-    let sink = TraceSink::new(trace);
+    let sink = TraceSink::new(trace, Arc::clone(usage));
+    let labels = [
+        context.runner.token.short(),
+        context.runner.name.clone(),
+        context.config.system_id.clone(),
+    ];
+    let mut durations: Vec<(String, Duration)> = Vec::new();
     let cancels = Cancels::link(signals, context);
     let mut outcome: Option<JobOutcome> = None;
     let mut aborted = false;
@@ -301,7 +330,15 @@ async fn execute(
             .map_or(JobStatus::Success, JobOutcome::job_status);
         let (deadline, cancel) = stage_limits(stage, plan, job_deadline, &cancels);
         section(trace, sections, &stage.name, &stage.description);
+        context.tracked.set_stage(&stage.name);
+        let stage_started = Instant::now();
         let result = run_stage(executor.as_mut(), stage, status, &sink, deadline, &cancel).await;
+        let took = stage_started.elapsed();
+        crate::metrics::metrics()
+            .stage_duration
+            .with_label_values(&[&labels[0], &labels[1], &labels[2], &stage.name])
+            .observe(took.as_secs_f64());
+        durations.push((stage.name.clone(), took));
         section_end(trace, sections, &stage.name);
         let stop = stop_reason(signals, context);
         match classify(stage, result, stop, deadline, plan) {
@@ -345,6 +382,11 @@ async fn execute(
         }
     }
     executor.cleanup().await;
+    let timings: Vec<String> = durations
+        .iter()
+        .map(|(name, took)| format!("{name} {:.2}s", took.as_secs_f64()))
+        .collect();
+    trace.println(&format!("Stage durations: {}", timings.join(", ")));
     outcome.unwrap_or(JobOutcome::Success)
 }
 
@@ -524,14 +566,16 @@ async fn run_stage(
 /// partial line and UTF-8 state of its stream).
 struct TraceSink {
     trace: JobTrace,
+    usage: Arc<JobUsage>,
     stdout: std::sync::Mutex<runnel_trace::TraceWriter>,
     stderr: std::sync::Mutex<runnel_trace::TraceWriter>,
 }
 
 impl TraceSink {
-    fn new(trace: &JobTrace) -> Self {
+    fn new(trace: &JobTrace, usage: Arc<JobUsage>) -> Self {
         Self {
             trace: trace.clone(),
+            usage,
             stdout: std::sync::Mutex::new(trace.writer(runnel_trace::Stream::SCRIPT_STDOUT)),
             stderr: std::sync::Mutex::new(trace.writer(runnel_trace::Stream::SCRIPT_STDERR)),
         }
@@ -548,6 +592,10 @@ impl OutputSink for TraceSink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .write_bytes(bytes);
+    }
+
+    fn process_group_started(&self, pid: u32) {
+        self.usage.add_group(pid);
     }
 }
 

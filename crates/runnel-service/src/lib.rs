@@ -9,15 +9,19 @@
 //! generate scripts (`runnel-job` does).
 
 mod daemon;
+mod http;
 mod job;
+mod metrics;
 mod remote;
 mod rotation;
 mod settings;
 mod signals;
 mod uploader;
+mod usage;
 
 use std::time::Duration;
 
+pub use metrics::record_log_event;
 pub use settings::{
     ConfigSource, FileConfigSource, FixedConfigSource, Overrides, RunnerSpec, ServiceConfig,
 };
@@ -29,6 +33,8 @@ pub struct RunOptions {
     pub max_builds: Option<u64>,
     /// Stop after this long without a job.
     pub wait_timeout: Option<Duration>,
+    /// Serve metrics here (`--listen-address`); wins over config.toml's `listen_address`.
+    pub listen_address: Option<String>,
 }
 
 /// Why the daemon stopped with an error.
@@ -41,6 +47,12 @@ pub enum ServiceError {
     #[error("cannot listen for {name}")]
     Signal {
         name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {address}")]
+    Listen {
+        address: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },

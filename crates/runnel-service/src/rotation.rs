@@ -57,7 +57,7 @@ pub(crate) async fn rotate_tokens(shared: Arc<Shared>, source: Arc<dyn ConfigSou
             tokio::time::sleep(IDLE_RECHECK).await;
             continue;
         }
-        if let Err(error) = rotate_one(&runner, source.as_ref()).await {
+        if let Err(error) = rotate_one(&runner, &config.system_id, source.as_ref()).await {
             tracing::error!(runner = %runner.token.short(), %error, "token rotation failed; will retry");
             tokio::time::sleep(RETRY_AFTER).await;
         } else {
@@ -76,8 +76,12 @@ pub(crate) async fn rotate_tokens(shared: Arc<Shared>, source: Arc<dyn ConfigSou
     }
 }
 
-async fn rotate_one(runner: &RunnerSpec, source: &dyn ConfigSource) -> Result<(), String> {
-    let client = crate::daemon::build_client(runner).map_err(|e| e.to_string())?;
+async fn rotate_one(
+    runner: &RunnerSpec,
+    system_id: &str,
+    source: &dyn ConfigSource,
+) -> Result<(), String> {
+    let client = crate::daemon::build_client(runner, system_id).map_err(|e| e.to_string())?;
     let reset = client
         .reset_token(&runner.token)
         .await

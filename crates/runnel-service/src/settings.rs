@@ -22,6 +22,8 @@ pub struct ServiceConfig {
     pub check_interval: Duration,
     pub shutdown_timeout: Duration,
     pub log_level: Option<String>,
+    /// Metrics server address (`listen_address`), if any.
+    pub listen_address: Option<String>,
     pub user: Option<String>,
     pub system_id: String,
     pub runners: Vec<RunnerSpec>,
@@ -197,6 +199,7 @@ impl ConfigSource for FileConfigSource {
             check_interval: config.check_interval(),
             shutdown_timeout: config.shutdown_timeout(),
             log_level: config.log_level.map(|level| level.as_str().to_owned()),
+            listen_address: config.metrics_listen_address(),
             user: self.overrides.user.clone().or_else(|| config.user.clone()),
             system_id,
             runners,

@@ -74,6 +74,18 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// Run a single runner, from flags or from one config.toml entry.
     RunSingle(Box<RunSingleArgs>),
+    /// Install the runner as an OS service (systemd, OpenRC, SysV init or launchd).
+    Install(ServiceInstallArgs),
+    /// Stop the OS service and remove it.
+    Uninstall(ServiceArgs),
+    /// Start the OS service.
+    Start(ServiceArgs),
+    /// Stop the OS service; running jobs may finish first.
+    Stop(ServiceArgs),
+    /// Restart the OS service.
+    Restart(ServiceArgs),
+    /// Show whether the OS service is running (exit status 1 unless it is).
+    Status(ServiceArgs),
 }
 
 /// `-c/--config`, shared by most commands.
@@ -329,4 +341,40 @@ pub(crate) struct RunSingleArgs {
     pub(crate) max_builds: u64,
     #[command(flatten)]
     pub(crate) runner: RunnerArgs,
+}
+
+/// Flags of every service command (reference 1.1).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServiceArgs {
+    /// Service name.
+    #[arg(long, short = 'n', default_value = "runnel")]
+    pub(crate) service: String,
+    /// Manage a per-user systemd service (`systemctl --user`) instead of a system one.
+    #[arg(long)]
+    pub(crate) user_service: bool,
+}
+
+/// `install` flags (reference 1.1).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServiceInstallArgs {
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+    /// Directory the service runs in (default: the --init-user's home, else yours).
+    #[arg(long, short = 'd')]
+    pub(crate) working_directory: Option<PathBuf>,
+    /// Config file the service uses (default: as for `run`; ~USER/.gitlab-runner/config.toml with --init-user).
+    #[arg(long, short = 'c')]
+    pub(crate) config: Option<PathBuf>,
+    /// Log to the system log (default: on, except under systemd, which keeps stderr in the journal).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub(crate) syslog: Option<bool>,
+    /// Run jobs as this user (root only; the service itself runs as root).
+    #[arg(long, short = 'u')]
+    pub(crate) user: Option<String>,
+    /// Run the service itself as this user (root only).
+    #[arg(long, short = 'i')]
+    pub(crate) init_user: Option<String>,
+    /// Seconds a stop waits for running jobs (SIGQUIT) before aborting them (SIGTERM).
+    #[arg(long, default_value_t = 7200)]
+    pub(crate) stop_timeout: u64,
 }

@@ -42,7 +42,9 @@ impl LevelHandle {
 pub(crate) fn init(level: LogLevel, format: LogFormat) -> LevelHandle {
     let (filter, handle) = reload::Layer::new(filter_for(level));
     let ansi = std::io::stderr().is_terminal();
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(ErrorCounter);
     match format {
         LogFormat::Json => registry
             .with(
@@ -60,6 +62,15 @@ pub(crate) fn init(level: LogLevel, format: LogFormat) -> LevelHandle {
             .init(),
     }
     LevelHandle(handle)
+}
+
+/// Feeds `gitlab_runner_errors_total` with every warning and error logged.
+struct ErrorCounter;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for ErrorCounter {
+    fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        runnel_service::record_log_event(*event.metadata().level());
+    }
 }
 
 /// Parses the config.toml `log_level` spelling.

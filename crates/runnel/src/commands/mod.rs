@@ -7,6 +7,7 @@ mod prompt;
 mod register;
 mod reset_token;
 mod run;
+mod service;
 mod unregister;
 mod verify;
 
@@ -38,6 +39,12 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
         Command::ResetToken(args) => reset_token::run(args).await,
         Command::Run(args) => run::run(args, context).await,
         Command::RunSingle(args) => run::run_single(*args, context).await,
+        Command::Install(args) => service::install(args).await,
+        Command::Uninstall(args) => service::control(args, service::Operation::Uninstall).await,
+        Command::Start(args) => service::control(args, service::Operation::Start).await,
+        Command::Stop(args) => service::control(args, service::Operation::Stop).await,
+        Command::Restart(args) => service::control(args, service::Operation::Restart).await,
+        Command::Status(args) => service::control(args, service::Operation::Status).await,
     }
 }
 

@@ -22,9 +22,6 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot change to working directory {}", dir.display()))?;
     }
-    if args.listen_address.is_some() {
-        tracing::warn!("--listen-address: the metrics server is not available in this build yet");
-    }
     if args.syslog {
         tracing::warn!(
             "--syslog: logging to the system log is not available yet; logging to stderr"
@@ -45,13 +42,18 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
             concurrent: None,
         },
     );
-    serve(Arc::new(source), RunOptions::default(), context).await
+    let options = RunOptions {
+        listen_address: args.listen_address.clone(),
+        ..RunOptions::default()
+    };
+    serve(Arc::new(source), options, context).await
 }
 
 pub(crate) async fn run_single(args: RunSingleArgs, context: Context) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         max_builds: (args.max_builds > 0).then_some(args.max_builds),
         wait_timeout: (args.wait_timeout > 0).then(|| Duration::from_secs(args.wait_timeout)),
+        listen_address: None,
     };
     let path = super::config_path(&args.config);
     let source: Arc<dyn ConfigSource> = match &args.runner_name {
@@ -152,6 +154,7 @@ fn config_from_flags(
         check_interval: Duration::from_secs(3),
         shutdown_timeout: Duration::from_secs(30),
         log_level: None,
+        listen_address: None,
         user: None,
         system_id,
         runners: vec![spec],

@@ -793,3 +793,61 @@ async fn tokens_are_rotated_and_saved_before_they_expire() {
     daemon.signal(Signal::SIGQUIT);
     daemon.wait_exit().await;
 }
+
+#[tokio::test]
+async fn metrics_health_and_job_list_are_served() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let global: &'static str =
+        Box::leak(format!("listen_address = \"127.0.0.1:{port}\"").into_boxed_str());
+    let mut daemon = Daemon::start(Setup {
+        global,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("measured").script(["echo started", "sleep 3", "echo done"]));
+    daemon.printed(id, "started\n").await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = client.get(format!("{base}{path}"));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(get("/health/ready").await.trim(), "OK");
+    let jobs = get("/debug/jobs/list").await;
+    assert!(
+        jobs.contains(&format!("/-/jobs/{id} ")) && jobs.contains("stage=step_script"),
+        "{jobs}"
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert!(trace.contains("Resource usage: peak memory"), "{trace}");
+    assert!(trace.contains("Stage durations: prepare_script"), "{trace}");
+    let metrics = get("/metrics").await;
+    for name in [
+        "gitlab_runner_version_info{",
+        "gitlab_runner_concurrent 1",
+        "gitlab_runner_limit{",
+        "gitlab_runner_jobs_total{",
+        "gitlab_runner_job_duration_seconds_bucket{",
+        "gitlab_runner_job_stage_duration_seconds_bucket{",
+        "gitlab_runner_api_request_statuses_total{",
+        "gitlab_runner_api_request_duration_seconds_bucket{",
+        "gitlab_runner_worker_feeds_total{",
+        "runnel_job_peak_memory_bytes_bucket{",
+        "runnel_job_cpu_seconds_bucket{",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(&daemon.token),
+        "the token is never a label"
+    );
+    daemon.signal(Signal::SIGQUIT);
+    daemon.wait_exit().await;
+}
