@@ -13,84 +13,10 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Expands `$NAME`, `${NAME}` and the one-character specials (`$1`, `$?`, …) in `text`.
+/// Expands `$NAME`, `${NAME}` and the one-character specials (`$1`, `$?`, …) in `text`;
+/// unset variables expand to nothing.
 pub(crate) fn expand_env(text: &str, env: EnvLookup) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(dollar) = rest.find('$') {
-        out.push_str(&rest[..dollar]);
-        let after = &rest[dollar + 1..];
-        match variable_name(after) {
-            Name::Found { name, consumed } => {
-                out.push_str(&env(name).unwrap_or_default());
-                rest = &after[consumed..];
-            }
-            Name::BadSyntax { consumed } => rest = &after[consumed..],
-            Name::None => {
-                out.push('$');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-enum Name<'a> {
-    /// A variable name, and how many bytes after the `$` it spans.
-    Found { name: &'a str, consumed: usize },
-    /// Broken `${…}` syntax: the bytes are dropped, like Go does.
-    BadSyntax { consumed: usize },
-    /// No name follows: the `$` stays as it is.
-    None,
-}
-
-fn variable_name(after: &str) -> Name<'_> {
-    let bytes = after.as_bytes();
-    match bytes.first() {
-        None => Name::None,
-        Some(b'{') => braced_name(after),
-        Some(&first) if is_special(first) => Name::Found {
-            name: &after[..1],
-            consumed: 1,
-        },
-        Some(_) => {
-            let len = bytes
-                .iter()
-                .take_while(|&&b| b == b'_' || b.is_ascii_alphanumeric())
-                .count();
-            if len == 0 {
-                Name::None
-            } else {
-                Name::Found {
-                    name: &after[..len],
-                    consumed: len,
-                }
-            }
-        }
-    }
-}
-
-fn braced_name(after: &str) -> Name<'_> {
-    let bytes = after.as_bytes();
-    if bytes.len() > 2 && is_special(bytes[1]) && bytes[2] == b'}' {
-        return Name::Found {
-            name: &after[1..2],
-            consumed: 3,
-        };
-    }
-    match after.find('}') {
-        Some(1) => Name::BadSyntax { consumed: 2 },
-        Some(close) => Name::Found {
-            name: &after[1..close],
-            consumed: close + 1,
-        },
-        None => Name::BadSyntax { consumed: 1 },
-    }
-}
-
-fn is_special(byte: u8) -> bool {
-    matches!(byte, b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-') || byte.is_ascii_digit()
+    runnel_types::expand(text, |name| env(name).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use runnel_types::{JobId, JobSpec, Secret, Variable};
+use runnel_types::{DEFAULT_TOKEN_PREFIXES, JobId, JobSpec, PAT_PREFIX, Secret, Variable};
 
 use crate::dirs::{self, Directories, clean_path, is_within, join};
 use crate::escape::Quoting;
@@ -21,25 +21,6 @@ use crate::variables::JobVariables;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(7200);
 /// The `after_script` timeout when the job sets none.
 pub const DEFAULT_AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-
-/// Token prefixes masked in every trace.
-const ALWAYS_MASKED_PREFIXES: &[&str] = &["glpat-"];
-/// Token prefixes masked with `FF_MASK_ALL_DEFAULT_TOKENS`.
-const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
-    "gloas-",
-    "gldt-",
-    "glrt-",
-    "glcbt-",
-    "glrtr-",
-    "glptt-",
-    "glft-",
-    "glimt-",
-    "glagent-",
-    "glsoat-",
-    "glffct-",
-    "_gitlab_session=",
-    "gltok-",
-];
 
 /// Why a job cannot be planned.
 #[derive(Debug, thiserror::Error)]
@@ -366,8 +347,7 @@ fn token_mask_prefixes(job: &JobSpec, flags: &FeatureFlags) -> Vec<String> {
         &[]
     };
     let mut prefixes: Vec<String> = Vec::new();
-    let all = ALWAYS_MASKED_PREFIXES
-        .iter()
+    let all = std::iter::once(&PAT_PREFIX)
         .chain(defaults)
         .copied()
         .chain(job.features.token_mask_prefixes.iter().map(String::as_str));

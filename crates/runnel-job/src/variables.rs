@@ -7,6 +7,7 @@
 //! a recursively expanded one. This module does not decide the order (see the planner).
 
 use runnel_types::Variable;
+pub use runnel_types::expand;
 
 /// An ordered list of job variables; later entries win on lookup.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,90 +88,6 @@ impl<'a> IntoIterator for &'a JobVariables {
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
-    }
-}
-
-/// Expands `$NAME` and `${NAME}` in `input` with `lookup`, following Go's `os.Expand`:
-/// a `$` not followed by a name stays; `${}` and an unclosed `${` are dropped.
-pub fn expand(input: &str, mut lookup: impl FnMut(&str) -> String) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        match shell_name(after) {
-            Name::Found { name, consumed } => {
-                out.push_str(&lookup(name));
-                rest = &after[consumed..];
-            }
-            Name::Invalid { consumed } => rest = &after[consumed..],
-            Name::None => {
-                out.push('$');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-enum Name<'a> {
-    Found { name: &'a str, consumed: usize },
-    Invalid { consumed: usize },
-    None,
-}
-
-fn is_special(byte: u8) -> bool {
-    matches!(
-        byte,
-        b'*' | b'#' | b'$' | b'@' | b'!' | b'?' | b'-' | b'0'..=b'9'
-    )
-}
-
-fn is_name_byte(byte: u8) -> bool {
-    byte == b'_' || byte.is_ascii_alphanumeric()
-}
-
-fn shell_name(s: &str) -> Name<'_> {
-    let bytes = s.as_bytes();
-    match bytes.first() {
-        None => Name::None,
-        Some(b'{') => braced_name(s),
-        Some(&b) if is_special(b) => Name::Found {
-            name: &s[..1],
-            consumed: 1,
-        },
-        Some(_) => {
-            let len = bytes.iter().take_while(|b| is_name_byte(**b)).count();
-            if len == 0 {
-                Name::None
-            } else {
-                Name::Found {
-                    name: &s[..len],
-                    consumed: len,
-                }
-            }
-        }
-    }
-}
-
-fn braced_name(s: &str) -> Name<'_> {
-    let bytes = s.as_bytes();
-    if let (Some(&special), Some(b'}')) = (bytes.get(1), bytes.get(2))
-        && is_special(special)
-    {
-        return Name::Found {
-            name: &s[1..2],
-            consumed: 3,
-        };
-    }
-    match s.find('}') {
-        Some(1) => Name::Invalid { consumed: 2 },
-        Some(end) => Name::Found {
-            name: &s[1..end],
-            consumed: end + 1,
-        },
-        None => Name::Invalid { consumed: 1 },
     }
 }
 

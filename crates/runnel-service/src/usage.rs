@@ -1,7 +1,7 @@
 //! CPU and memory of each job's processes, sampled from `/proc` (Linux).
 //!
 //! Executors report the process group of every stage they start; one sampler task reads
-//! `/proc/*/stat` once a second for all running jobs together and keeps, per job, the peak
+//! `/proc/*/stat` four times a second for all running jobs together and keeps, per job, the peak
 //! resident memory of its process group, the CPU time its processes used, and the peak CPU use
 //! in cores. The official runner has nothing like this (users ask for it: peers-and-user-pain
 //! 1.14 and 4.7). Where `/proc` is missing the figures stay at zero; nothing fails.
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often `/proc` is read.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// What a job's processes used.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

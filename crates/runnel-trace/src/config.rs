@@ -9,26 +9,7 @@ use runnel_types::Secret;
 /// The default output limit: 4 MiB (`output_limit = 4096` KB).
 pub const DEFAULT_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
-/// The personal access token prefix, masked in every job.
-pub const PAT_PREFIX: &str = "glpat-";
-
-/// The token prefixes masked in addition to [`PAT_PREFIX`] when `FF_MASK_ALL_DEFAULT_TOKENS`
-/// is on (its default).
-pub const DEFAULT_TOKEN_PREFIXES: [&str; 13] = [
-    "gloas-",
-    "gldt-",
-    "glrt-",
-    "glcbt-",
-    "glrtr-",
-    "glptt-",
-    "glft-",
-    "glimt-",
-    "glagent-",
-    "glsoat-",
-    "glffct-",
-    "_gitlab_session=",
-    "gltok-",
-];
+pub use runnel_types::{DEFAULT_TOKEN_PREFIXES, PAT_PREFIX};
 
 /// The token prefixes the official runner masks by default: [`PAT_PREFIX`] always, and
 /// [`DEFAULT_TOKEN_PREFIXES`] when `mask_all_default_tokens` (`FF_MASK_ALL_DEFAULT_TOKENS`).

@@ -8,14 +8,16 @@
 //! coordinator's JSON into these types, and everything downstream (planning, executors, the
 //! daemon) works on them. It does no I/O.
 
+mod expand;
 mod job;
 mod secret;
 mod token;
 
+pub use expand::expand;
 pub use job::{
     ArtifactFormat, ArtifactSpec, ArtifactWhen, CachePolicy, CacheSpec, CacheWhen, Credential,
     Dependency, FailureReason, GitInfo, Hook, ImagePort, ImageSpec, JobFeatures, JobId, JobInfo,
     JobSpec, JobState, RefType, Step, StepWhen, Variable,
 };
 pub use secret::Secret;
-pub use token::{JobToken, RunnerToken, short_token};
+pub use token::{DEFAULT_TOKEN_PREFIXES, JobToken, PAT_PREFIX, RunnerToken, short_token};

@@ -5,6 +5,27 @@ use std::fmt;
 /// Prefix of runner authentication tokens created in the GitLab UI (the new workflow).
 const AUTH_TOKEN_PREFIX: &str = "glrt-";
 
+/// The personal access token prefix: tokens with it are masked in every job log.
+pub const PAT_PREFIX: &str = "glpat-";
+
+/// Further GitLab token prefixes masked in job logs when `FF_MASK_ALL_DEFAULT_TOKENS` is on
+/// (its default).
+pub const DEFAULT_TOKEN_PREFIXES: &[&str] = &[
+    "gloas-",
+    "gldt-",
+    "glrt-",
+    "glcbt-",
+    "glrtr-",
+    "glptt-",
+    "glft-",
+    "glimt-",
+    "glagent-",
+    "glsoat-",
+    "glffct-",
+    "_gitlab_session=",
+    "gltok-",
+];
+
 macro_rules! redacting_token {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
