@@ -94,19 +94,7 @@ async fn register<R: BufRead>(
 
     let registered = if token.is_authentication_token() {
         check_no_server_side_settings(&args, via_registration_flag)?;
-        let verified = client
-            .verify_runner(&VerifyRequest {
-                token: &token,
-                system_id: &system_id,
-                info: &info,
-            })
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot verify the runner token with {}",
-                    super::redact_url(&url)
-                )
-            })?;
+        let verified = verify(&client, &token, &system_id, &info, &url).await?;
         let Some(id) = verified.id.filter(|id| *id != 0) else {
             bail!(
                 "GitLab at {} did not return a runner id for this token",
@@ -128,19 +116,7 @@ async fn register<R: BufRead>(
         }
     } else if !via_registration_flag {
         // An existing legacy runner token given with --token: verify it, store it as is.
-        client
-            .verify_runner(&VerifyRequest {
-                token: &token,
-                system_id: &system_id,
-                info: &info,
-            })
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot verify the runner token with {}",
-                    super::redact_url(&url)
-                )
-            })?;
+        verify(&client, &token, &system_id, &info, &url).await?;
         let name = ask_name(&mut prompter, runner.name.as_deref(), &hostname)?;
         Registered {
             name,
@@ -256,6 +232,29 @@ async fn register<R: BufRead>(
         "Runner registered successfully. Feel free to start it, but if it's running already the config should be automatically reloaded!"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks `token` with `POST /runners/verify`.
+async fn verify(
+    client: &Client,
+    token: &RunnerToken,
+    system_id: &str,
+    info: &RunnerInfo,
+    url: &str,
+) -> anyhow::Result<runnel_api::Registered> {
+    client
+        .verify_runner(&VerifyRequest {
+            token,
+            system_id,
+            info,
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot verify the runner token with {}",
+                super::redact_url(url)
+            )
+        })
 }
 
 struct Registered {
