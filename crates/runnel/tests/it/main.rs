@@ -4,3 +4,4 @@ mod commands;
 mod register;
 mod run;
 mod support;
+mod tidy;
