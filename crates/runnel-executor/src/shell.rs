@@ -145,7 +145,10 @@ pub struct ShellExecutor {
 impl ShellExecutor {
     async fn prepare_dirs(&mut self, ctx: &PrepareContext<'_>) -> Result<(), ExecutorError> {
         create_dir("builds", ctx.builds_dir.to_path_buf()).await?;
-        create_dir("cache", ctx.cache_dir.to_path_buf()).await?;
+        // A cache problem must never fail a job: the cache stages warn on their own.
+        if let Err(error) = create_dir("cache", ctx.cache_dir.to_path_buf()).await {
+            tracing::warn!(%error, "cannot create the cache directory; caches will not be saved");
+        }
         self.builds_dir = Some(ctx.builds_dir.to_path_buf());
         Ok(())
     }

@@ -4,11 +4,14 @@
 //! fills everything else with GitLab-like defaults: the predefined `CI_*` variables, `git_info`
 //! with a `gitlab-ci-token` clone URL, the `script`/`after_script` steps and the `features`
 //! object. The id, job token and server URL are only known at enqueue time, so the payload is
-//! rendered then, by [`JobDefinition::payload`]. It does not model every payload field: use
+//! rendered then, by [`JobDefinition::payload`]. [`JobBuilder::repo`] points the job at a
+//! repository the fake serves, so its sources can really be cloned. It does not model every payload field: use
 //! [`JobBuilder::extra`] for image, services, cache, artifacts or dependencies.
 
 use http::Uri;
 use serde_json::{Map, Value, json};
+
+use crate::git::RepoHandle;
 
 /// The failure reasons modern GitLab lists in `features.failure_reasons`.
 pub const GITLAB_FAILURE_REASONS: &[&str] = &[
@@ -147,6 +150,9 @@ pub struct JobBuilder {
     pipeline_id: u64,
     git_ref: String,
     sha: String,
+    before_sha: String,
+    ref_is_tag: bool,
+    clone_token: Option<String>,
     tags: Vec<String>,
     runner_id: Option<u64>,
     extra: Map<String, Value>,
@@ -175,6 +181,9 @@ impl JobBuilder {
             pipeline_id: 1,
             git_ref: "main".to_owned(),
             sha: DEFAULT_SHA.to_owned(),
+            before_sha: DEFAULT_BEFORE_SHA.to_owned(),
+            ref_is_tag: false,
+            clone_token: None,
             tags: Vec::new(),
             runner_id: None,
             extra: Map::new(),
@@ -287,6 +296,34 @@ impl JobBuilder {
         self
     }
 
+    /// Runs the job on commit `sha` of `git_ref` (a branch, or a tag made with
+    /// [`RepoHandle::create_tag`]) of a repository the fake serves: sets the project path,
+    /// `git_info` (clone URL, ref, ref type, `before_sha` — the commit's parent when the handle
+    /// made it, else zeros) and the `CI_COMMIT_*`/`CI_REPOSITORY_URL` variables.
+    pub fn repo(mut self, repo: &RepoHandle, git_ref: impl Into<String>, sha: &str) -> Self {
+        self.git_ref = git_ref.into();
+        self.ref_is_tag = repo.is_tag(&self.git_ref);
+        self.project_path = repo.path().to_owned();
+        self.sha = sha.to_owned();
+        self.before_sha = repo
+            .parent_of(sha)
+            .unwrap_or_else(|| crate::git::NULL_SHA.to_owned());
+        self
+    }
+
+    /// `git_info.before_sha` and `CI_COMMIT_BEFORE_SHA`.
+    pub fn before_sha(mut self, sha: impl Into<String>) -> Self {
+        self.before_sha = sha.into();
+        self
+    }
+
+    /// Puts `token` instead of the job token into the clone URL (`git_info.repo_url` and
+    /// `CI_REPOSITORY_URL`), to see a clone the fake refuses.
+    pub fn clone_token(mut self, token: impl Into<String>) -> Self {
+        self.clone_token = Some(token.into());
+        self
+    }
+
     /// Only runners carrying all these tags may pick the job (untagged jobs need runners that
     /// run untagged jobs).
     pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
@@ -351,9 +388,10 @@ impl JobDefinition {
     pub fn payload(&self, identity: JobIdentity<'_>) -> Value {
         let spec = &self.spec;
         let server = ServerParts::parse(identity.server_url);
+        let clone_token = spec.clone_token.as_deref().unwrap_or(identity.token);
         let repo_url = format!(
-            "{}://gitlab-ci-token:{}@{}/{}.git",
-            server.scheme, identity.token, server.authority, spec.project_path
+            "{}://gitlab-ci-token:{clone_token}@{}/{}.git",
+            server.scheme, server.authority, spec.project_path
         );
         let mut payload = json!({
             "id": identity.id,
@@ -365,12 +403,9 @@ impl JobDefinition {
                 "repo_object_format": "sha1",
                 "ref": spec.git_ref,
                 "sha": spec.sha,
-                "before_sha": DEFAULT_BEFORE_SHA,
-                "ref_type": "branch",
-                "refspecs": [
-                    format!("+{}:refs/pipelines/{}", spec.sha, spec.pipeline_id),
-                    format!("+refs/heads/{0}:refs/remotes/origin/{0}", spec.git_ref),
-                ],
+                "before_sha": spec.before_sha,
+                "ref_type": if spec.ref_is_tag { "tag" } else { "branch" },
+                "refspecs": self.refspecs(),
                 "depth": spec.git_depth,
             },
             "runner_info": { "timeout": spec.timeout_secs },
@@ -397,6 +432,25 @@ impl JobDefinition {
             object.extend(spec.extra.clone());
         }
         payload
+    }
+
+    /// GitLab's refspecs: the pipeline's persistent ref, then the job's branch or tag when the
+    /// clone is shallow, or every branch and tag when it is not.
+    fn refspecs(&self) -> Vec<String> {
+        let spec = &self.spec;
+        let mut refspecs = vec![format!("+{}:refs/pipelines/{}", spec.sha, spec.pipeline_id)];
+        if spec.git_depth == 0 {
+            refspecs.push("+refs/heads/*:refs/remotes/origin/*".to_owned());
+            refspecs.push("+refs/tags/*:refs/tags/*".to_owned());
+        } else if spec.ref_is_tag {
+            refspecs.push(format!("+refs/tags/{0}:refs/tags/{0}", spec.git_ref));
+        } else {
+            refspecs.push(format!(
+                "+refs/heads/{0}:refs/remotes/origin/{0}",
+                spec.git_ref
+            ));
+        }
+        refspecs
     }
 
     fn job_info(&self) -> Value {
@@ -487,9 +541,16 @@ impl JobDefinition {
                 "CI_COMMIT_SHORT_SHA",
                 spec.sha.chars().take(8).collect::<String>(),
             ),
-            PayloadVariable::new("CI_COMMIT_BEFORE_SHA", DEFAULT_BEFORE_SHA),
+            PayloadVariable::new("CI_COMMIT_BEFORE_SHA", &spec.before_sha),
             PayloadVariable::new("CI_COMMIT_REF_NAME", &spec.git_ref),
-            PayloadVariable::new("CI_COMMIT_BRANCH", &spec.git_ref),
+            PayloadVariable::new(
+                if spec.ref_is_tag {
+                    "CI_COMMIT_TAG"
+                } else {
+                    "CI_COMMIT_BRANCH"
+                },
+                &spec.git_ref,
+            ),
             PayloadVariable::new("CI_PIPELINE_SOURCE", "push"),
             PayloadVariable::new("CI_NODE_TOTAL", "1"),
         ];

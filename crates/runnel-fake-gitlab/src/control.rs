@@ -2,7 +2,7 @@
 //!
 //! It mirrors the library handle: queue jobs (builder-like JSON or a raw payload), read a job
 //! back, cancel or abort it, create runner tokens, add registration tokens, inject faults, read
-//! the request log. It answers with tokens in clear: it is a test tool on a loopback address.
+//! the request log, create git repositories and commit files to them. It answers with tokens in clear: it is a test tool on a loopback address.
 //! It is neither authenticated nor logged.
 
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/__fake/registration-tokens", post(add_registration_token))
         .route("/__fake/faults", post(add_fault))
         .route("/__fake/requests", get(requests))
+        .route("/__fake/repos", post(create_repo))
+        .route("/__fake/repos/commits", post(create_commit))
         .with_state(state)
 }
 
@@ -64,6 +66,19 @@ struct JobSpecJson {
     /// Extra top-level payload fields (image, services, cache, artifacts, dependencies…).
     #[serde(default)]
     extra: Map<String, Value>,
+    /// A repository made with `POST /__fake/repos` to clone.
+    repo: Option<JobRepoJson>,
+    /// `git_info.depth`.
+    git_depth: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobRepoJson {
+    path: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +96,7 @@ struct VariableJson {
 }
 
 impl JobSpecJson {
-    fn into_builder(self) -> JobBuilder {
+    fn into_builder(self, state: &State) -> Result<JobBuilder, ApiError> {
         let mut builder = JobBuilder::new(self.name)
             .script(self.script)
             .after_script(self.after_script)
@@ -116,7 +131,16 @@ impl JobSpecJson {
         for (key, value) in self.extra {
             builder = builder.extra(key, value);
         }
-        builder
+        if let Some(repo) = self.repo {
+            let handle = state.git.repo(&repo.path).ok_or_else(|| {
+                ApiError::bad_request(format!("repository {} does not exist", repo.path))
+            })?;
+            builder = builder.repo(&handle, repo.git_ref, &repo.sha);
+        }
+        if let Some(depth) = self.git_depth {
+            builder = builder.git_depth(depth);
+        }
+        Ok(builder)
     }
 }
 
@@ -131,10 +155,79 @@ async fn create_job(extract::State(state): AppState, body: Bytes) -> Result<Resp
         Some(raw) => state.enqueue_raw(raw).map_err(ApiError::bad_request)?,
         None => {
             let spec: JobSpecJson = serde_json::from_value(value).map_err(ApiError::bad_request)?;
-            state.enqueue_definition(&spec.into_builder().build())
+            state.enqueue_definition(&spec.into_builder(&state)?.build())
         }
     };
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoJson {
+    path: String,
+}
+
+/// `POST /__fake/repos` `{"path": "group/project"}`: an empty repository; answers its URL.
+async fn create_repo(extract::State(state): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let spec: RepoJson = parse(&body)?;
+    let url = state.url.clone();
+    let repo = tokio::task::spawn_blocking(move || state.git.create_repo(&url, &spec.path))
+        .await
+        .map_err(|error| ApiError::bad_request(format!("repository creation failed: {error}")))?
+        .map_err(ApiError::bad_request)?;
+    let answer = json!({"path": repo.path(), "url": repo.url()});
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitJson {
+    path: String,
+    #[serde(default = "default_branch")]
+    branch: String,
+    #[serde(default = "default_message")]
+    message: String,
+    /// File path → content.
+    #[serde(default)]
+    files: Map<String, Value>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+fn default_message() -> String {
+    "commit".to_owned()
+}
+
+/// `POST /__fake/repos/commits`: commits `files` (path → text) and `remove` on `branch` of
+/// repository `path`; answers the commit id.
+async fn create_commit(extract::State(state): AppState, body: Bytes) -> Result<Response, ApiError> {
+    let spec: CommitJson = parse(&body)?;
+    let repo = state
+        .git
+        .repo(&spec.path)
+        .ok_or_else(|| ApiError::not_found("Repository"))?;
+    let sha = tokio::task::spawn_blocking(move || {
+        let mut commit = repo.commit(&spec.branch, &spec.message);
+        for (path, content) in &spec.files {
+            let content = match content {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            commit = commit.file(path, content);
+        }
+        for path in &spec.remove {
+            commit = commit.remove(path);
+        }
+        commit.create()
+    })
+    .await
+    .map_err(|error| ApiError::bad_request(format!("commit failed: {error}")))?
+    .map_err(ApiError::bad_request)?;
+    Ok((StatusCode::CREATED, Json(json!({ "sha": sha }))).into_response())
 }
 
 /// `GET /__fake/jobs/:id`: the job view, trace as text plus its byte length.

@@ -4,6 +4,8 @@
 //! `routes`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 /// What can go wrong when a test drives the fake.
@@ -29,6 +31,62 @@ pub enum FakeError {
     RawPayloadNotAnObject {
         /// What the payload was instead ("an array", "null"…).
         kind: &'static str,
+    },
+    /// A repository path that GitLab would not accept (`namespace/project`, no `..`, no
+    /// `.git` suffix).
+    #[error("invalid repository path {path:?}: {reason}")]
+    InvalidRepoPath {
+        /// The path asked for.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `create_repo` for a path that already holds a repository.
+    #[error("repository {path} already exists")]
+    RepoExists {
+        /// The repository path.
+        path: String,
+    },
+    /// The directory holding the fake's repositories could not be created.
+    #[error("failed to create the directory for git repositories")]
+    RepoRoot {
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file needed to build a commit could not be written.
+    #[error("failed to write {path} for repository {repo}")]
+    RepoFile {
+        /// The repository path.
+        repo: String,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `git` could not be started (not installed?).
+    #[error("failed to run `{command}` for repository {repo}")]
+    GitSpawn {
+        /// The repository path.
+        repo: String,
+        /// The git command line.
+        command: String,
+        /// Why it could not run.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `git` ran and failed.
+    #[error("`{command}` failed for repository {repo} ({status}): {stderr}")]
+    GitFailed {
+        /// The repository path.
+        repo: String,
+        /// The git command line.
+        command: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// What it printed on stderr, trimmed.
+        stderr: String,
     },
     /// A `wait_for_*` helper whose condition did not hold in time.
     #[error("timed out after {timeout:?} waiting for {what}; last seen: {last_seen}")]

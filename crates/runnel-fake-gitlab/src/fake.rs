@@ -129,6 +129,16 @@ impl FakeGitlab {
         self.state.lock().runners.values().cloned().collect()
     }
 
+    // ----- git repositories -----
+
+    /// Creates an empty bare repository served at `<url>/<path>.git` (`path` is
+    /// `namespace/project`, as in GitLab). Fill it through the handle; clone it with the token of
+    /// a running job, as a [`crate::JobBuilder::repo`] job does. Runs `git init` on the calling
+    /// thread (a few milliseconds), like the handle's commit helpers.
+    pub fn create_repo(&self, path: &str) -> Result<crate::RepoHandle, FakeError> {
+        self.state.git.create_repo(&self.state.url, path)
+    }
+
     // ----- jobs -----
 
     /// Queues a job; returns its id.

@@ -1,8 +1,8 @@
 //! Fault injection: canned error statuses and dropped connections, per endpoint or for all.
 //!
 //! Faults are checked before routing, so an injected answer never touches job or runner state.
-//! They apply to the GitLab API endpoints only, never to the `/__fake/` control API or to the
-//! fake object storage.
+//! They apply to the GitLab API endpoints and to git smart HTTP, never to the `/__fake/`
+//! control API or to the fake object storage.
 
 use http::Method;
 use serde::{Deserialize, Serialize};
@@ -34,12 +34,16 @@ pub enum Endpoint {
     UploadArtifacts,
     /// `GET /api/v4/jobs/:id/artifacts`
     DownloadArtifacts,
+    /// Any git smart-HTTP request to a repository (`/<namespace>/<project>.git/…`).
+    GitHttp,
 }
 
 impl Endpoint {
     /// Which endpoint a request addresses, from its method and path.
     pub fn classify(method: &Method, path: &str) -> Option<Self> {
-        let rest = path.strip_prefix("/api/v4/")?;
+        let Some(rest) = path.strip_prefix("/api/v4/") else {
+            return path.contains(".git/").then_some(Self::GitHttp);
+        };
         let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         let endpoint = match (method.as_str(), segments.as_slice()) {
             ("POST", ["runners"]) => Self::Register,
@@ -62,7 +66,7 @@ impl Endpoint {
 /// Which endpoints a fault applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointFilter {
-    /// Every GitLab API endpoint.
+    /// Every GitLab API endpoint and git smart HTTP.
     Any,
     /// One endpoint.
     Only(Endpoint),

@@ -4,12 +4,15 @@
 //! on a loopback port and is as strict as GitLab about what it accepts: tokens in header and
 //! body, `Content-Type`, `Content-Range` offsets, the final trace checksum. Tests queue jobs with
 //! [`JobBuilder`], then assert on what the fake saw ([`JobView`], [`RequestRecord`]) and inject
-//! faults. The same server runs as the `runnel-fake-gitlab` binary, driven through a small JSON
-//! control API under `/__fake/`.
+//! faults. [`FakeGitlab::create_repo`] adds git repositories served over smart HTTP (through
+//! `git http-backend`, with GitLab's job-token basic auth and LFS downloads), filled with
+//! [`RepoHandle`] and [`CommitBuilder`]; [`JobBuilder::repo`] points a job at one. The same
+//! server runs as the `runnel-fake-gitlab` binary, driven through a small JSON control API
+//! under `/__fake/`.
 //!
 //! It is an independent implementation of the wire format: it deliberately shares no code with
 //! `runnel-api`, so that a misunderstanding of the protocol does not cancel out in tests. It
-//! keeps everything in memory and does not model projects, pipelines or permissions beyond the
+//! keeps everything in memory (git repositories in a temp dir) and does not model projects, pipelines or permissions beyond the
 //! tokens.
 //!
 //! ```
@@ -40,6 +43,7 @@ mod control;
 mod error;
 mod fake;
 mod faults;
+mod git;
 mod routes;
 mod server;
 mod state;
@@ -52,6 +56,7 @@ pub use config::FakeConfig;
 pub use error::FakeError;
 pub use fake::{CreatedRunner, FakeGitlab};
 pub use faults::{Endpoint, EndpointFilter};
+pub use git::{CommitBuilder, RepoHandle};
 pub use state::{ArtifactUploadMode, RunnerSettings};
 pub use view::{
     ArtifactRecord, JobView, PatchRecord, RemoteStatus, RequestRecord, RunnerKind, RunnerView,

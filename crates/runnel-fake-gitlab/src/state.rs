@@ -23,6 +23,7 @@ use crate::builder::{GITLAB_FAILURE_REASONS, JobDefinition, JobIdentity};
 use crate::config::FakeConfig;
 use crate::error::FakeError;
 use crate::faults::Faults;
+use crate::git::GitHost;
 use crate::view::{JobView, RemoteStatus, RequestRecord, RunnerKind, RunnerView, StatusChange};
 
 /// Prefix of runner authentication tokens.
@@ -116,6 +117,8 @@ pub(crate) struct State {
     pub(crate) long_poll: Duration,
     pub(crate) token_lifetime: Option<Duration>,
     pub(crate) shutdown: CancellationToken,
+    /// Repositories served over git smart HTTP.
+    pub(crate) git: GitHost,
 }
 
 impl State {
@@ -137,6 +140,7 @@ impl State {
             long_poll: config.long_poll,
             token_lifetime: config.token_lifetime,
             shutdown: CancellationToken::new(),
+            git: GitHost::default(),
         }
     }
 

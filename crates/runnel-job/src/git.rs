@@ -5,7 +5,8 @@
 //!
 //! The remote URL never carries the job token: the token only reaches git through a host-wide
 //! `url.<with token>.insteadOf` (or a credential helper reading `$CI_JOB_TOKEN` with
-//! `FF_GIT_URLS_WITHOUT_TOKENS`) in the extra config inside the job's temp dir. Not done:
+//! `FF_GIT_URLS_WITHOUT_TOKENS`) in the extra config inside the job's temp dir; with
+//! `GIT_SUBMODULE_FORCE_HTTPS` the same file maps the instance's SSH URLs to it. Not done:
 //! `clone_url` rewriting, the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
 //! `git credential reject` at the end.
 
@@ -21,6 +22,10 @@ struct RemoteUrl {
     without_credentials: String,
     /// `scheme://host[:port]`, for per-host git config.
     base: String,
+    /// The host name alone (no port, no brackets), for SSH-style URLs.
+    host_name: String,
+    /// Whether the scheme is `http` or `https`.
+    is_http: bool,
     /// `scheme://user:token@host[:port]/` when the URL carries credentials.
     credentialed_prefix: Option<String>,
 }
@@ -33,9 +38,15 @@ impl RemoteUrl {
             Some((user_info, host)) => (Some(user_info), host),
             None => (None, authority),
         };
+        let host_name = match host.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
+            None => host.split(':').next().unwrap_or(host),
+        };
         Self {
             without_credentials: format!("{scheme}://{host}/{path}"),
             base: format!("{scheme}://{host}"),
+            host_name: host_name.to_owned(),
+            is_http: scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"),
             credentialed_prefix: user_info.map(|u| format!("{scheme}://{u}@{host}/")),
         }
     }
@@ -148,9 +159,45 @@ impl<'a, 'b> GitSources<'a, 'b> {
             let key = format!("url.{prefix}.insteadOf");
             self.git_config(w, ext, &key, &format!("{base}/"));
         }
+        self.write_force_https(w, ext);
         if self.ctx.opts.tls_ca.is_some() {
             let ca = join(&self.ctx.dirs.temp_dir, "CI_SERVER_TLS_CA_FILE");
             self.git_config(w, ext, &format!("http.{base}.sslCAInfo"), &ca);
+        }
+    }
+
+    /// `GIT_SUBMODULE_FORCE_HTTPS`: SSH-style URLs of this instance (`git@host:`,
+    /// `ssh://git@host[:port]`) are rewritten to its HTTP(S) base, with the job token unless
+    /// `FF_GIT_URLS_WITHOUT_TOKENS` leaves authentication to the credential helper. The SSH host
+    /// and port come from `CI_SERVER_SHELL_SSH_HOST`/`_PORT` (else `CI_SERVER_HOST`, else the
+    /// repository host).
+    fn write_force_https(&self, w: &mut ScriptWriter, ext: &str) {
+        if !self.ctx.settings.git_submodule_force_https || !self.remote.is_http {
+            return;
+        }
+        let variables = self.ctx.variables;
+        let host = [
+            variables.value("CI_SERVER_SHELL_SSH_HOST"),
+            variables.value("CI_SERVER_HOST"),
+            self.remote.host_name.as_str(),
+        ]
+        .into_iter()
+        .find(|host| !host.is_empty())
+        .unwrap_or_default();
+        let port = variables.value("CI_SERVER_SHELL_SSH_PORT");
+        let replacement = match &self.remote.credentialed_prefix {
+            Some(prefix) if !self.ctx.flags.git_urls_without_tokens() => prefix.clone(),
+            _ => format!("{}/", self.remote.base),
+        };
+        let key = format!("url.{replacement}.insteadOf");
+        let originals = if port.is_empty() || port == "22" {
+            vec![format!("git@{host}:"), format!("ssh://git@{host}/")]
+        } else {
+            vec![format!("ssh://git@{host}:{port}/")]
+        };
+        for original in originals {
+            // `--add`: the key may already map the HTTP(S) base.
+            w.command("git", &["config", "-f", ext, "--add", &key, &original]);
         }
     }
 
@@ -330,4 +377,32 @@ impl<'a, 'b> GitSources<'a, 'b> {
 
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemoteUrl;
+
+    #[test]
+    fn remote_urls_split_into_their_parts() {
+        let url = RemoteUrl::parse("https://gitlab-ci-token:tok@gitlab.example.com:8443/g/p.git");
+        assert_eq!(
+            url.without_credentials,
+            "https://gitlab.example.com:8443/g/p.git"
+        );
+        assert_eq!(url.base, "https://gitlab.example.com:8443");
+        assert_eq!(url.host_name, "gitlab.example.com");
+        assert!(url.is_http);
+        assert_eq!(
+            url.credentialed_prefix.as_deref(),
+            Some("https://gitlab-ci-token:tok@gitlab.example.com:8443/")
+        );
+
+        let ipv6 = RemoteUrl::parse("http://[::1]:8080/g/p.git");
+        assert_eq!(ipv6.host_name, "::1");
+        assert_eq!(ipv6.credentialed_prefix, None);
+
+        let ssh = RemoteUrl::parse("ssh://git@gitlab.example.com/g/p.git");
+        assert!(!ssh.is_http);
+    }
 }

@@ -6,7 +6,8 @@
 //! The crate does no I/O: no filesystem, no environment, no clock, no processes. Host facts
 //! (hostname, builds dir, slot ids, CA chain) come in through [`PlanOptions`]; the daemon fills
 //! it from `config.toml`. Running the stages, streaming their output and masking the trace
-//! belong to the executor and trace crates. Cache and artifact stages are not planned yet.
+//! belong to the executor and trace crates; the cache and artifact stages only call the
+//! runner's helper commands, which do the transfers.
 //!
 //! ```
 //! use runnel_job::{JobOutcome, JobStatus, PlanOptions, StageWhen, plan};

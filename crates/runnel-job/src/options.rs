@@ -129,6 +129,9 @@ pub struct PlanOptions {
     pub hostname: String,
     /// Path of the runner binary, for helper stages (cache, artifacts).
     pub runner_command: String,
+    /// The GitLab URL from the runner's configuration, which artifact helpers talk to (it can
+    /// differ from the job's `CI_SERVER_URL`, e.g. behind a proxy); empty = use `CI_SERVER_URL`.
+    pub server_url: String,
     /// Contents of the TLS CA chain for `CI_SERVER_TLS_CA_FILE`, if any.
     pub tls_ca: Option<String>,
     /// `CI_RUNNER_EXECUTABLE_ARCH`, e.g. `linux/amd64`.

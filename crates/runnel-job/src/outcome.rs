@@ -26,6 +26,12 @@ pub enum JobOutcome {
     Canceled,
     /// The runner or executor failed (not the user's script).
     SystemFailure { message: String },
+    /// The job could not run for a reason with its own failure reason (an image that cannot be
+    /// pulled, a forbidden image or setting).
+    Failed {
+        message: String,
+        reason: FailureReason,
+    },
     /// The runner was told to stop (SIGTERM/SIGINT) while the job ran.
     Interrupted { signal: String },
 }
@@ -52,9 +58,10 @@ impl JobOutcome {
             Self::Success => JobStatus::Success,
             Self::Timeout { .. } => JobStatus::TimedOut,
             Self::Canceled => JobStatus::Canceled,
-            Self::ScriptFailure { .. } | Self::SystemFailure { .. } | Self::Interrupted { .. } => {
-                JobStatus::Failed
-            }
+            Self::ScriptFailure { .. }
+            | Self::SystemFailure { .. }
+            | Self::Failed { .. }
+            | Self::Interrupted { .. } => JobStatus::Failed,
         }
     }
 
@@ -91,6 +98,7 @@ impl JobOutcome {
                 trace_line: format!("ERROR: Job failed (system failure): {message}"),
                 ..failed(String::new(), FailureReason::RunnerSystemFailure)
             },
+            Self::Failed { message, reason } => failed(message.clone(), *reason),
             Self::Interrupted { signal } => failed(
                 format!("aborted: {signal}"),
                 FailureReason::RunnerInterrupted,

@@ -1,9 +1,10 @@
 //! The stages of a job run (reference section 4.1 step 7) and the bodies of their scripts.
 //!
 //! Each [`PlannedStage`] carries the complete script to feed the executor's shell on stdin.
-//! Stages with nothing to do are left out. Cache and artifact stages are not generated yet: the
-//! names, descriptions and [`StageKind`] already cover them, so they slot in between
-//! `get_sources` and the user steps, and after `after_script`.
+//! Stages with nothing to do are left out. The cache and artifact stages live in `transfer`;
+//! they slot in between `get_sources` and the user steps, and after `after_script`.
+
+mod transfer;
 
 use std::fmt;
 
@@ -179,6 +180,8 @@ impl StageContext<'_> {
     /// Every stage of the job, in run order.
     pub(crate) fn stages(&self) -> Vec<PlannedStage> {
         let mut stages = vec![self.prepare_stage(), self.get_sources_stage()];
+        stages.extend(self.restore_cache_stage());
+        stages.extend(self.download_artifacts_stage());
         stages.extend(
             self.job
                 .steps
@@ -187,6 +190,8 @@ impl StageContext<'_> {
                 .filter_map(|step| self.user_step_stage(step)),
         );
         stages.extend(self.after_script_stage());
+        stages.extend(self.archive_cache_stages());
+        stages.extend(self.upload_artifacts_stages());
         stages.push(self.cleanup_stage());
         stages
     }

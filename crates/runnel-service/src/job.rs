@@ -60,6 +60,7 @@ pub(crate) struct JobSummary {
 pub(crate) fn runner_info(runner: &RunnerSpec) -> RunnerInfo {
     let executor = match runner.executor.as_str() {
         "shell" => Features::shell_executor(),
+        "docker" => Features::docker_executor(),
         _ => Features::default(),
     };
     let mut features = Features::network_client() | Features::shell() | executor;
@@ -219,7 +220,7 @@ async fn finish_early<R: JobRemote>(
     let outcome = JobOutcome::SystemFailure {
         message: "the job log could not be set up".to_owned(),
     };
-    let status = outcome.final_status(ExecutorKind::Shell);
+    let status = outcome.final_status(executor_kind(&context.runner));
     let line = &status.trace_line;
     trace.error(line.strip_prefix("ERROR: ").unwrap_or(line));
     trace.finish();
@@ -271,19 +272,14 @@ async fn execute(
     };
     let mut executor = match provider.create() {
         Ok(executor) => executor,
-        Err(error) => {
-            return JobOutcome::SystemFailure {
-                message: error.to_string(),
-            };
-        }
+        Err(error) => return executor_failure(&error),
     };
     section(
         trace,
         sections,
         "prepare_executor",
-        &runnel_job::preparing_executor_message(ExecutorKind::Shell),
+        &runnel_job::preparing_executor_message(executor_kind(&context.runner)),
     );
-    trace.println(&executor.banner());
     let prepared = {
         let builds_dir = PathBuf::from(&plan.dirs.builds_dir);
         let cache_dir = PathBuf::from(&plan.dirs.cache_dir);
@@ -294,12 +290,12 @@ async fn execute(
         };
         executor.prepare(&prepare).await
     };
+    // The banner names what `prepare` resolved (the docker image, for one).
+    trace.println(&executor.banner());
     section_end(trace, sections, "prepare_executor");
     if let Err(error) = prepared {
         executor.cleanup().await;
-        return JobOutcome::SystemFailure {
-            message: error.to_string(),
-        };
+        return executor_failure(&error);
     }
 
     let sink = TraceSink::new(trace, Arc::clone(usage));
@@ -659,9 +655,52 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
                 runnel_executor::ShellProvider::new(options).map_err(|e| e.to_string())?;
             Ok(Box::new(provider))
         }
+        "docker" => {
+            let config = runner.config.as_ref().ok_or_else(|| {
+                "the docker executor needs a [runners.docker] section in config.toml".to_owned()
+            })?;
+            let provider = runnel_executor_docker::DockerProvider::from_runner(config)
+                .map_err(|error| error_chain(&error))?;
+            Ok(Box::new(provider))
+        }
         other => Err(format!(
             "the {other:?} executor is not supported by this build of Runnel"
         )),
+    }
+}
+
+/// The planner's name for the runner's executor.
+fn executor_kind(runner: &RunnerSpec) -> ExecutorKind {
+    match runner.executor.as_str() {
+        "docker" => ExecutorKind::Docker,
+        _ => ExecutorKind::Shell,
+    }
+}
+
+/// The error and its causes on one line, for the job log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// A job outcome for an executor error, with the failure reason the executor asks for.
+fn executor_failure(error: &runnel_executor::ExecutorError) -> JobOutcome {
+    let message = error_chain(error);
+    match error {
+        runnel_executor::ExecutorError::Backend {
+            reason: Some(reason),
+            ..
+        } => JobOutcome::Failed {
+            message,
+            reason: *reason,
+        },
+        _ => JobOutcome::SystemFailure { message },
     }
 }
 
@@ -686,6 +725,29 @@ fn absolute(dir: Option<&Path>, default: &str) -> String {
 
 fn plan_options(context: &JobContext) -> PlanOptions {
     let runner = &context.runner;
+    // Docker paths are inside the containers; shell paths are on this host.
+    let (dirs, runner_command) = if executor_kind(runner) == ExecutorKind::Docker {
+        let inside = |dir: Option<&Path>, default: &str| {
+            dir.map_or_else(|| default.to_owned(), |d| d.display().to_string())
+        };
+        (
+            (
+                inside(runner.builds_dir.as_deref(), "/builds"),
+                inside(runner.cache_dir.as_deref(), "/cache"),
+            ),
+            runnel_executor_docker::HELPER_RUNNER_COMMAND.to_owned(),
+        )
+    } else {
+        (
+            (
+                absolute(runner.builds_dir.as_deref(), "builds"),
+                absolute(runner.cache_dir.as_deref(), "cache"),
+            ),
+            std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "runnel".to_owned()),
+        )
+    };
     PlanOptions {
         runner_name: runner.name.clone(),
         short_token: runner.token.short(),
@@ -694,10 +756,10 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         revision: option_env!("RUNNEL_REVISION")
             .unwrap_or("unknown")
             .to_owned(),
-        executor: ExecutorKind::Shell,
+        executor: executor_kind(runner),
         shell: shell_of(runner),
-        builds_dir: absolute(runner.builds_dir.as_deref(), "builds"),
-        cache_dir: absolute(runner.cache_dir.as_deref(), "cache"),
+        builds_dir: dirs.0,
+        cache_dir: dirs.1,
         concurrent_id: u32::try_from(context.concurrent_id).unwrap_or(u32::MAX),
         concurrent_project_id: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
         environment: runner.environment.clone(),
@@ -713,9 +775,8 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         custom_build_dir: runner.custom_build_dir_enabled,
         debug_trace_disabled: runner.debug_trace_disabled,
         hostname: String::new(),
-        runner_command: std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "runnel".to_owned()),
+        runner_command,
+        server_url: runner.url.clone(),
         tls_ca: None,
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),
     }

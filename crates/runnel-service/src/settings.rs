@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use runnel_config::{ConfigFile, RunnerConfig, SystemIdFile};
@@ -62,6 +62,9 @@ pub struct RunnerSpec {
     pub unhealthy_requests_limit: u32,
     pub unhealthy_interval: Duration,
     pub final_update_retry_limit: u32,
+    /// The whole `[[runners]]` entry, for executors with sections of their own (docker);
+    /// `None` for a runner described by flags only.
+    pub config: Option<Arc<RunnerConfig>>,
 }
 
 impl RunnerSpec {
@@ -72,7 +75,11 @@ impl RunnerSpec {
 
     /// Executors this build can run jobs with.
     pub(crate) fn executor_supported(&self) -> bool {
-        self.executor == "shell"
+        match self.executor.as_str() {
+            "shell" => true,
+            "docker" => self.config.as_ref().is_some_and(|c| c.docker.is_some()),
+            _ => false,
+        }
     }
 }
 
@@ -288,6 +295,7 @@ fn runner_spec(runner: &RunnerConfig) -> RunnerSpec {
         unhealthy_requests_limit: runner.unhealthy_requests_limit(),
         unhealthy_interval: runner.unhealthy_interval(),
         final_update_retry_limit: runner.job_status_final_update_retry_limit(),
+        config: Some(Arc::new(runner.clone())),
     }
 }
 
@@ -330,6 +338,7 @@ pub(crate) mod tests {
             unhealthy_requests_limit: 3,
             unhealthy_interval: Duration::from_secs(3600),
             final_update_retry_limit: 10,
+            config: None,
         }
     }
 }

@@ -86,6 +86,43 @@ pub(crate) enum Command {
     Restart(ServiceArgs),
     /// Show whether the OS service is running (exit status 1 unless it is).
     Status(ServiceArgs),
+    /// Docker executor tools.
+    #[command(subcommand)]
+    Docker(DockerCommand),
+    /// Job helper: archive paths and upload them as job artifacts.
+    #[command(hide = true)]
+    ArtifactsUploader(Box<ArtifactsUploaderArgs>),
+    /// Job helper: download a job's artifacts and extract them here.
+    #[command(hide = true)]
+    ArtifactsDownloader(ArtifactsDownloaderArgs),
+    /// Job helper: archive paths into a local cache file.
+    #[command(hide = true)]
+    CacheArchiver(CacheArchiverArgs),
+    /// Job helper: extract a local cache file here.
+    #[command(hide = true)]
+    CacheExtractor(CacheExtractorArgs),
+}
+
+/// `runnel docker …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DockerCommand {
+    /// Build the helper image (this `runnel` binary on top of a base image that has git) locally,
+    /// for `[runners.docker] helper_image`.
+    BuildHelperImage(BuildHelperImageArgs),
+}
+
+/// `runnel docker build-helper-image` flags.
+#[derive(Debug, Args)]
+pub(crate) struct BuildHelperImageArgs {
+    /// The base image (must have a shell, and git for git sources; glibc-based for this binary).
+    #[arg(long = "from")]
+    pub(crate) base: String,
+    /// The tag to give the image (default runnel-helper:latest).
+    #[arg(long)]
+    pub(crate) tag: Option<String>,
+    /// Docker daemon address (default DOCKER_HOST or the local socket).
+    #[arg(long = "docker-host", env = "DOCKER_HOST")]
+    pub(crate) host: Option<String>,
 }
 
 /// `-c/--config`, shared by most commands.
@@ -375,6 +412,135 @@ pub(crate) struct ServiceInstallArgs {
     #[arg(long, short = 'i')]
     pub(crate) init_user: Option<String>,
     /// Seconds a stop waits for running jobs (SIGQUIT) before aborting them (SIGTERM).
-    #[arg(long, default_value_t = 7200)]
+    #[arg(long, default_value_t = 7200, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) stop_timeout: u64,
+}
+
+/// How a helper command reaches GitLab for one job (the official `JobCredentials`). The values
+/// normally come from the job's environment, so no token has to appear on a command line.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct JobCredentialArgs {
+    /// Job id.
+    #[arg(long, env = "CI_JOB_ID")]
+    pub(crate) id: Option<u64>,
+    /// Job token.
+    #[arg(long, env = "CI_JOB_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// GitLab URL.
+    #[arg(long, env = "CI_SERVER_URL")]
+    pub(crate) url: Option<String>,
+    /// CA certificates (PEM) to trust.
+    #[arg(long, env = "CI_SERVER_TLS_CA_FILE")]
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "CI_SERVER_TLS_CERT_FILE")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "CI_SERVER_TLS_KEY_FILE")]
+    pub(crate) tls_key_file: Option<PathBuf>,
+}
+
+/// What to archive (the official `fileArchiver` flags).
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct FileArchiverArgs {
+    /// Path pattern to add (repeatable).
+    #[arg(long = "path")]
+    pub(crate) paths: Vec<String>,
+    /// Path pattern to leave out (repeatable).
+    #[arg(long = "exclude")]
+    pub(crate) excludes: Vec<String>,
+    /// Add the files git reports as untracked.
+    #[arg(long)]
+    pub(crate) untracked: bool,
+    /// List every archived file.
+    #[arg(long)]
+    pub(crate) verbose: bool,
+}
+
+/// `artifacts-uploader` flags (reference 1.4).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ArtifactsUploaderArgs {
+    #[command(flatten)]
+    pub(crate) credentials: JobCredentialArgs,
+    #[command(flatten)]
+    pub(crate) files: FileArchiverArgs,
+    /// Artifacts name.
+    #[arg(long, default_value = "artifacts")]
+    pub(crate) name: String,
+    /// How long GitLab keeps the artifacts.
+    #[arg(long, default_value = "")]
+    pub(crate) expire_in: String,
+    /// zip, gzip, raw or tarzstd.
+    #[arg(long, default_value = "")]
+    pub(crate) artifact_format: String,
+    /// archive, junit, dotenv, …
+    #[arg(long, default_value = "")]
+    pub(crate) artifact_type: String,
+    /// fastest, fast, default, slow or slowest.
+    #[arg(long, env = "ARTIFACT_COMPRESSION_LEVEL", default_value = "")]
+    pub(crate) compression_level: String,
+    /// Overall upload timeout (accepted for compatibility; the client's limits apply).
+    #[arg(long, default_value = "1h")]
+    pub(crate) timeout: String,
+    /// Response header timeout (accepted for compatibility).
+    #[arg(long, default_value = "10m")]
+    pub(crate) response_header_timeout: String,
+    /// Where the archive is staged before the upload (default: the system temp dir).
+    #[arg(long, env = "ARCHIVER_STAGING_DIR")]
+    pub(crate) archiver_staging_dir: Option<PathBuf>,
+}
+
+/// `artifacts-downloader` flags (reference 1.4).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ArtifactsDownloaderArgs {
+    #[command(flatten)]
+    pub(crate) credentials: JobCredentialArgs,
+    /// Ask GitLab for a redirect to object storage.
+    #[arg(long, env = "FF_USE_DIRECT_DOWNLOAD")]
+    pub(crate) direct_download: bool,
+    /// Where the archive is staged before extraction (default: the system temp dir).
+    #[arg(long, env = "ARCHIVER_STAGING_DIR")]
+    pub(crate) archiver_staging_dir: Option<PathBuf>,
+    /// Extra attempts after a failed download.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) retry: u32,
+    /// Seconds between attempts.
+    #[arg(long, default_value = "1s")]
+    pub(crate) retry_time: String,
+}
+
+/// `cache-archiver` flags (reference 1.4).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct CacheArchiverArgs {
+    #[command(flatten)]
+    pub(crate) files: FileArchiverArgs,
+    /// The local cache archive.
+    #[arg(long)]
+    pub(crate) file: Option<PathBuf>,
+    /// Remote cache URL (not supported yet: only the local archive is written).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Transfer timeout in minutes (accepted for compatibility).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) timeout: u64,
+    /// fastest, fast, default, slow or slowest.
+    #[arg(long, env = "CACHE_COMPRESSION_LEVEL", default_value = "")]
+    pub(crate) compression_level: String,
+    /// zip or tarzstd.
+    #[arg(long, env = "CACHE_COMPRESSION_FORMAT", default_value = "")]
+    pub(crate) compression_format: String,
+}
+
+/// `cache-extractor` flags (reference 1.4).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct CacheExtractorArgs {
+    /// The local cache archive.
+    #[arg(long)]
+    pub(crate) file: Option<PathBuf>,
+    /// Remote cache URL (not supported yet: only the local archive is read).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Transfer timeout in minutes (accepted for compatibility).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) timeout: u64,
 }

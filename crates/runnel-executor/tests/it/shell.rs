@@ -189,6 +189,26 @@ async fn prepare_reports_a_directory_it_cannot_create() {
 }
 
 #[tokio::test]
+async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let file = root.path().join("file");
+    std::fs::write(&file, "").expect("write a file");
+    let job = JobSpec::default();
+    let builds_dir = root.path().join("builds");
+    let cache_dir = file.join("cache");
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: &cache_dir,
+    };
+    let mut executor = ShellProvider::new(ShellOptions::default())
+        .and_then(|provider| provider.create())
+        .expect("create executor");
+    executor.prepare(&ctx).await.expect("caches are optional");
+    assert!(builds_dir.is_dir());
+}
+
+#[tokio::test]
 async fn cancelling_a_stage_reports_cancelled() {
     let root = tempfile::tempdir().expect("temp dir");
     let provider = ShellProvider::new(ShellOptions {

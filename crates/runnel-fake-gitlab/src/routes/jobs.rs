@@ -93,10 +93,9 @@ pub(super) async fn request(
         }
     }
     let response = match state.assign(runner_id) {
-        Assignment::Job(payload) => {
-            let version = state.queue_version();
-            (StatusCode::CREATED, [(LAST_UPDATE, version)], Json(payload)).into_response()
-        }
+        // Rails sends `X-GitLab-Last-Update` only with 204: a runner keeps the version of its
+        // last empty answer, so jobs still queued behind this one are not held by long polling.
+        Assignment::Job(payload) => (StatusCode::CREATED, Json(payload)).into_response(),
         Assignment::Nothing => no_job(&state, held),
         Assignment::Conflict => ApiError::new(StatusCode::CONFLICT, "409 Conflict").into_response(),
     };

@@ -66,13 +66,9 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             artifacts::OBJECT_STORAGE_ROUTE,
             get(artifacts::object_storage),
         )
-        .fallback(not_found)
+        .fallback(crate::git::serve_or_not_found)
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "404 Not Found")
 }
 
 /// An error answer in GitLab's shape, optionally with the job's `Job-Status`.

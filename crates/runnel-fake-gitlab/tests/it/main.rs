@@ -5,6 +5,7 @@ mod artifacts;
 mod binary;
 mod control;
 mod faults;
+mod git;
 mod jobs;
 mod runners;
 mod support;

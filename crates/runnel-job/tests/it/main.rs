@@ -6,3 +6,4 @@ mod plans;
 mod run_bash;
 mod scripts;
 mod support;
+mod transfer;

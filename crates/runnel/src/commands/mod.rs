@@ -1,6 +1,7 @@
 //! The commands: one module each, all returning `anyhow::Result` with context that names the
 //! file, URL or runner involved.
 
+mod helpers;
 mod lint;
 mod list;
 mod prompt;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use runnel_api::{Client, ClientConfig};
 
-use crate::cli::{Command, ConfigArgs};
+use crate::cli::{BuildHelperImageArgs, Command, ConfigArgs, DockerCommand};
 use crate::logging::LevelHandle;
 
 /// What every command may need besides its own flags.
@@ -45,7 +46,25 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
         Command::Stop(args) => service::control(args, service::Operation::Stop).await,
         Command::Restart(args) => service::control(args, service::Operation::Restart).await,
         Command::Status(args) => service::control(args, service::Operation::Status).await,
+        Command::Docker(DockerCommand::BuildHelperImage(args)) => build_helper_image(args).await,
+        Command::ArtifactsUploader(args) => helpers::upload_artifacts(*args, &context).await,
+        Command::ArtifactsDownloader(args) => helpers::download_artifacts(args, &context).await,
+        Command::CacheArchiver(args) => helpers::archive_cache(&args, &context),
+        Command::CacheExtractor(args) => helpers::extract_cache(&args, &context),
     }
+}
+
+/// `runnel docker build-helper-image`: builds the helper image locally and prints its tag.
+async fn build_helper_image(args: BuildHelperImageArgs) -> anyhow::Result<ExitCode> {
+    let (tag, id) = runnel_executor_docker::build_helper_image_from_current_exe(
+        args.host.as_deref(),
+        &args.base,
+        args.tag.as_deref(),
+    )
+    .await
+    .with_context(|| format!("cannot build the helper image from {}", args.base))?;
+    tracing::info!(image = %tag, id = %id, "helper image built; set [runners.docker] helper_image to use it");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The config file to use: `-c`/`CONFIG_FILE`, else the official default for this user.

@@ -148,6 +148,7 @@ fn config_from_flags(
         unhealthy_requests_limit: 3,
         unhealthy_interval: Duration::from_secs(300),
         final_update_retry_limit: 10,
+        config: None,
     };
     Ok(ServiceConfig {
         concurrent: 1,

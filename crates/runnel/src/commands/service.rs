@@ -23,12 +23,22 @@ pub(crate) async fn install(args: ServiceInstallArgs) -> anyhow::Result<ExitCode
     let host = Host::from_env()?;
     let service = open(&host, &args.service)?;
     let spec = install_spec(&host, service.kind(), &args)?;
+    service.check_install()?;
     ensure_config(&spec, &args)?;
     let path = blocking(move || service.install(&spec)).await?;
+    let mut start = String::from("runnel start");
+    if args.service.service != "runnel" {
+        start.push_str(" -n ");
+        start.push_str(&args.service.service);
+    }
+    if args.service.user_service {
+        start.push_str(" --user-service");
+    }
     tracing::info!(
-        message = "Installed the service; start it with `runnel start`.",
+        message = "Installed the service.",
         service = %args.service.service,
-        path = %path.display()
+        path = %path.display(),
+        start = %start
     );
     Ok(ExitCode::SUCCESS)
 }

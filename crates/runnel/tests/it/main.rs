@@ -1,7 +1,11 @@
 //! Integration tests: the real `runnel` binary against the fake coordinator and real processes.
 
 mod commands;
+mod docker;
+mod git_sources;
+mod job_data;
 mod register;
 mod run;
+mod service;
 mod support;
 mod tidy;

@@ -15,20 +15,24 @@ use tempfile::TempDir;
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A running `runnel run` daemon with its own config and fake GitLab.
-struct Daemon {
-    fake: FakeGitlab,
-    dir: TempDir,
-    token: String,
+pub(crate) struct Daemon {
+    pub(crate) fake: FakeGitlab,
+    pub(crate) dir: TempDir,
+    pub(crate) token: String,
     child: Option<tokio::process::Child>,
 }
 
 /// Extra lines for the `[[runners]]` entry and global settings.
 #[derive(Default)]
-struct Setup {
-    concurrent: usize,
-    global: &'static str,
-    runner: String,
-    fake: Option<FakeConfig>,
+pub(crate) struct Setup {
+    pub(crate) concurrent: usize,
+    pub(crate) global: &'static str,
+    /// Extra `[[runners]]` keys.
+    pub(crate) runner: String,
+    /// The executor (default `shell`) and tables appended after the runner (`[runners.docker]`).
+    pub(crate) executor: Option<&'static str>,
+    pub(crate) tables: String,
+    pub(crate) fake: Option<FakeConfig>,
 }
 
 fn quick_fake() -> FakeConfig {
@@ -40,7 +44,7 @@ fn quick_fake() -> FakeConfig {
 }
 
 impl Daemon {
-    async fn start(setup: Setup) -> Self {
+    pub(crate) async fn start(setup: Setup) -> Self {
         let fake = FakeGitlab::start(setup.fake.unwrap_or_else(quick_fake))
             .await
             .unwrap();
@@ -52,7 +56,14 @@ impl Daemon {
             token,
             child: None,
         };
-        daemon.write_config(setup.concurrent.max(1), setup.global, &setup.runner);
+        let executor = setup.executor.unwrap_or("shell");
+        let runner = format!("  executor = \"{executor}\"\n{}", setup.runner);
+        daemon.write_config(
+            setup.concurrent.max(1),
+            setup.global,
+            &runner,
+            &setup.tables,
+        );
         daemon.spawn(&["run"]);
         daemon
     }
@@ -61,10 +72,10 @@ impl Daemon {
         self.dir.path().join("config.toml")
     }
 
-    fn write_config(&self, concurrent: usize, global: &str, runner: &str) {
+    fn write_config(&self, concurrent: usize, global: &str, runner: &str, tables: &str) {
         let builds = self.dir.path().join("builds");
         let text = format!(
-            "concurrent = {concurrent}\ncheck_interval = 1\nshutdown_timeout = 10\n{global}\n\n[[runners]]\n  name = \"test\"\n  url = \"{url}\"\n  token = \"{token}\"\n  executor = \"shell\"\n  builds_dir = \"{builds}\"\n  cache_dir = \"{cache}\"\n{runner}\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n",
+            "concurrent = {concurrent}\ncheck_interval = 1\nshutdown_timeout = 10\n{global}\n\n[[runners]]\n  name = \"test\"\n  url = \"{url}\"\n  token = \"{token}\"\n  builds_dir = \"{builds}\"\n  cache_dir = \"{cache}\"\n{runner}\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n{tables}",
             url = self.fake.url(),
             token = self.token,
             builds = builds.display(),
@@ -114,21 +125,12 @@ impl Daemon {
         }
     }
 
-    async fn finished(&self, id: u64) -> JobView {
+    pub(crate) async fn finished(&self, id: u64) -> JobView {
         match self
             .fake
             .wait_for_job_state(id, JobView::is_finished, JOB_TIMEOUT)
             .await
         {
-            Ok(view) => view,
-            Err(error) => panic!("{error}\nrunnel log:\n{}", self.log()),
-        }
-    }
-
-    async fn running(&self, id: u64) -> JobView {
-        let started =
-            |v: &JobView| v.updates.iter().any(|u| u.state == "running") && !v.trace.is_empty();
-        match self.fake.wait_for_job_state(id, started, JOB_TIMEOUT).await {
             Ok(view) => view,
             Err(error) => panic!("{error}\nrunnel log:\n{}", self.log()),
         }
@@ -145,11 +147,11 @@ impl Daemon {
     }
 }
 
-fn job(name: &str) -> JobBuilder {
+pub(crate) fn job(name: &str) -> JobBuilder {
     JobBuilder::new(name).git_strategy(GitStrategy::None)
 }
 
-fn final_update(view: &JobView) -> &runnel_fake_gitlab::UpdateRecord {
+pub(crate) fn final_update(view: &JobView) -> &runnel_fake_gitlab::UpdateRecord {
     view.updates
         .iter()
         .rev()

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 fn rust_sources(dir: &Path, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -30,5 +32,8 @@ fn every_module_has_a_doc_comment() {
             !text.trim_start().starts_with("//!")
         })
         .collect();
-    assert!(missing.is_empty(), "files without a //! module doc: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! module doc: {missing:#?}"
+    );
 }

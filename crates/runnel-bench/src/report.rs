@@ -1,0 +1,450 @@
+//! The catalogue of metrics, the collected samples, and their two renderings: a text table for
+//! people and a JSON document for machines.
+//!
+//! Every metric the tool can produce is declared once in [`METRICS`] (name, unit, meaning); the
+//! scenarios only add samples by name. The report does not judge the numbers (no thresholds, no
+//! comparisons with earlier runs).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::stats::Summary;
+
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Bare process spawn and loopback HTTP round trip.
+    Floors,
+    /// Idle memory after polling for a while.
+    Idle,
+    /// Time from enqueue to the runner's `running` acknowledgement.
+    Pickup,
+    /// Enqueue to final state of a trivial job.
+    E2e,
+    /// Trivial jobs per second at several `concurrent` values.
+    Throughput,
+    /// Many sleeping jobs at once: memory and CPU per job.
+    Scale,
+    /// A job printing many megabytes: throughput, CPU and latency of the log path.
+    Log,
+}
+
+impl Scenario {
+    /// All scenarios in run order.
+    pub const ALL: [Self; 7] = [
+        Self::Floors,
+        Self::Idle,
+        Self::Pickup,
+        Self::E2e,
+        Self::Throughput,
+        Self::Scale,
+        Self::Log,
+    ];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Floors => "floors",
+            Self::Idle => "idle",
+            Self::Pickup => "pickup",
+            Self::E2e => "e2e",
+            Self::Throughput => "throughput",
+            Self::Scale => "scale",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// One metric the tool can report.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricDef {
+    /// JSON key, e.g. `idle_tree_rss_kib`.
+    pub name: &'static str,
+    /// Unit, e.g. `ms`.
+    pub unit: &'static str,
+    /// The scenario producing it.
+    pub scenario: Scenario,
+    /// One line saying what it measures.
+    pub about: &'static str,
+}
+
+const fn metric(
+    name: &'static str,
+    unit: &'static str,
+    scenario: Scenario,
+    about: &'static str,
+) -> MetricDef {
+    MetricDef {
+        name,
+        unit,
+        scenario,
+        about,
+    }
+}
+
+/// Every metric, in display order.
+pub const METRICS: &[MetricDef] = &[
+    metric(
+        "floor_bash_spawn_ms",
+        "ms",
+        Scenario::Floors,
+        "spawn and reap `bash -c true`",
+    ),
+    metric(
+        "floor_http_rtt_ms",
+        "ms",
+        Scenario::Floors,
+        "one loopback POST /jobs/request answered 204 by the fake (kept-alive connection)",
+    ),
+    metric(
+        "idle_runner_rss_kib",
+        "KiB",
+        Scenario::Idle,
+        "VmRSS of the runner process after the idle period",
+    ),
+    metric(
+        "idle_tree_rss_kib",
+        "KiB",
+        Scenario::Idle,
+        "VmRSS of the runner and all its descendants after the idle period",
+    ),
+    metric(
+        "idle_cpu_percent",
+        "% core",
+        Scenario::Idle,
+        "runner CPU (utime+stime) during the idle period",
+    ),
+    metric(
+        "pickup_long_poll_ci3_ms",
+        "ms",
+        Scenario::Pickup,
+        "enqueue to `running` ack, long polling, check_interval 3 s",
+    ),
+    metric(
+        "pickup_long_poll_ci1_ms",
+        "ms",
+        Scenario::Pickup,
+        "enqueue to `running` ack, long polling, check_interval 1 s",
+    ),
+    metric(
+        "pickup_no_long_poll_ci3_ms",
+        "ms",
+        Scenario::Pickup,
+        "enqueue to `running` ack, fake answers 204 at once, check_interval 3 s",
+    ),
+    metric(
+        "pickup_no_long_poll_ci1_ms",
+        "ms",
+        Scenario::Pickup,
+        "enqueue to `running` ack, fake answers 204 at once, check_interval 1 s",
+    ),
+    metric(
+        "e2e_trivial_ms",
+        "ms",
+        Scenario::E2e,
+        "enqueue to accepted `success` of `true` (GIT_STRATEGY none), long polling",
+    ),
+    metric(
+        "e2e_api_requests",
+        "requests",
+        Scenario::E2e,
+        "API requests the runner made for that job (job request included)",
+    ),
+    metric(
+        "e2e_overhead_ms",
+        "ms",
+        Scenario::E2e,
+        "e2e_trivial_ms minus one bash spawn floor and e2e_api_requests loopback round trips",
+    ),
+    metric(
+        "throughput_c4_jobs_per_s",
+        "jobs/s",
+        Scenario::Throughput,
+        "trivial jobs per second, concurrent 4 (first enqueue to last success)",
+    ),
+    metric(
+        "throughput_c16_jobs_per_s",
+        "jobs/s",
+        Scenario::Throughput,
+        "trivial jobs per second, concurrent 16",
+    ),
+    metric(
+        "throughput_c64_jobs_per_s",
+        "jobs/s",
+        Scenario::Throughput,
+        "trivial jobs per second, concurrent 64",
+    ),
+    metric(
+        "scale_jobs_running",
+        "jobs",
+        Scenario::Scale,
+        "`sleep` jobs seen running at once (should equal the requested count)",
+    ),
+    metric(
+        "scale_runner_rss_per_job_kib",
+        "KiB",
+        Scenario::Scale,
+        "runner process RSS growth from idle, divided by the running jobs",
+    ),
+    metric(
+        "scale_tree_rss_per_job_kib",
+        "KiB",
+        Scenario::Scale,
+        "whole tree RSS growth (runner + bash + sleep) per running job",
+    ),
+    metric(
+        "scale_runner_cpu_percent",
+        "% core",
+        Scenario::Scale,
+        "runner CPU while every job sleeps",
+    ),
+    metric(
+        "log_plain_mb_per_s",
+        "MB/s",
+        Scenario::Log,
+        "job output reaching the fake, from the first to the last marker, no masked variable",
+    ),
+    metric(
+        "log_plain_cpu_s_per_100mb",
+        "s",
+        Scenario::Log,
+        "runner CPU seconds per 100 MB of job output, no masked variable",
+    ),
+    metric(
+        "log_plain_latency_median_ms",
+        "ms",
+        Scenario::Log,
+        "median delay from a marker line printed to the fake holding it",
+    ),
+    metric(
+        "log_plain_latency_max_ms",
+        "ms",
+        Scenario::Log,
+        "largest such delay",
+    ),
+    metric(
+        "log_masked_mb_per_s",
+        "MB/s",
+        Scenario::Log,
+        "as log_plain_mb_per_s, with a masked variable whose value is on every line",
+    ),
+    metric(
+        "log_masked_cpu_s_per_100mb",
+        "s",
+        Scenario::Log,
+        "as log_plain_cpu_s_per_100mb, masked",
+    ),
+    metric(
+        "log_masked_latency_median_ms",
+        "ms",
+        Scenario::Log,
+        "as log_plain_latency_median_ms, masked",
+    ),
+    metric(
+        "log_masked_latency_max_ms",
+        "ms",
+        Scenario::Log,
+        "as log_plain_latency_max_ms, masked",
+    ),
+];
+
+/// Looks up a metric's definition.
+pub fn metric_def(name: &str) -> Option<&'static MetricDef> {
+    METRICS.iter().find(|m| m.name == name)
+}
+
+/// A scenario that failed, with its error chain.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioError {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The error and its causes, `: `-separated.
+    pub error: String,
+}
+
+/// Facts about the run, stored next to the numbers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Meta {
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// The `runnel` binary measured.
+    pub runnel: String,
+    /// The exact command line.
+    pub command: String,
+    /// Whether `--quick` was given.
+    pub quick: bool,
+    /// Repetitions per scenario.
+    pub repetitions: u32,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// The scale and size parameters actually used.
+    pub parameters: BTreeMap<String, u64>,
+}
+
+/// Samples collected so far.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Facts about the run.
+    pub meta: Meta,
+    samples: BTreeMap<&'static str, Vec<f64>>,
+    /// Scenarios that failed.
+    pub errors: Vec<ScenarioError>,
+}
+
+impl Report {
+    /// An empty report.
+    pub fn new(meta: Meta) -> Self {
+        Self {
+            meta,
+            samples: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Adds one sample of metric `name`.
+    ///
+    /// # Panics
+    /// When `name` is not in [`METRICS`]: that is a bug in a scenario, not an input problem.
+    pub fn record(&mut self, name: &'static str, sample: f64) {
+        assert!(metric_def(name).is_some(), "metric {name} is not declared");
+        tracing::debug!(metric = name, sample, "sample");
+        self.samples.entry(name).or_default().push(sample);
+    }
+
+    /// The samples of `name` so far.
+    pub fn samples(&self, name: &str) -> &[f64] {
+        self.samples.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The JSON document: `meta`, `metrics` keyed by name, `errors`.
+    pub fn to_json(&self) -> Value {
+        let mut metrics = serde_json::Map::new();
+        for def in METRICS {
+            let samples = self.samples(def.name);
+            if let Some(summary) = Summary::of(samples) {
+                metrics.insert(
+                    def.name.to_owned(),
+                    json!({
+                        "unit": def.unit,
+                        "scenario": def.scenario,
+                        "about": def.about,
+                        "min": summary.min,
+                        "median": summary.median,
+                        "max": summary.max,
+                        "samples": samples,
+                    }),
+                );
+            }
+        }
+        json!({ "meta": self.meta, "metrics": metrics, "errors": self.errors })
+    }
+
+    /// The human table: one row per metric with samples, then the errors.
+    pub fn table(&self) -> String {
+        let rows: Vec<[String; 6]> = METRICS
+            .iter()
+            .filter_map(|def| {
+                let samples = self.samples(def.name);
+                let s = Summary::of(samples)?;
+                Some([
+                    def.name.to_owned(),
+                    def.unit.to_owned(),
+                    number(s.min),
+                    number(s.median),
+                    number(s.max),
+                    samples.len().to_string(),
+                ])
+            })
+            .collect();
+        let header = ["metric", "unit", "min", "median", "max", "n"].map(str::to_owned);
+        let mut widths = header.clone().map(|h| h.len());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.len());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&rows) {
+            let [name, unit, rest @ ..] = row;
+            out.push_str(&format!(
+                "{name:<w0$}  {unit:<w1$}",
+                w0 = widths[0],
+                w1 = widths[1]
+            ));
+            for (cell, width) in rest.iter().zip(&widths[2..]) {
+                out.push_str(&format!("  {cell:>width$}"));
+            }
+            out.push('\n');
+        }
+        for error in &self.errors {
+            out.push_str(&format!(
+                "FAILED {}: {}\n",
+                error.scenario.as_str(),
+                error.error
+            ));
+        }
+        out
+    }
+}
+
+/// Three significant-looking decimals for small numbers, fewer for big ones.
+fn number(value: f64) -> String {
+    let abs = value.abs();
+    if abs >= 1000.0 {
+        format!("{value:.0}")
+    } else if abs >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_report() -> Report {
+        let mut report = Report::new(Meta::default());
+        report.record("floor_bash_spawn_ms", 1.25);
+        report.record("floor_bash_spawn_ms", 0.75);
+        report.record("floor_bash_spawn_ms", 2.5);
+        report.record("idle_tree_rss_kib", 10240.0);
+        report.record("throughput_c64_jobs_per_s", 123.456);
+        report.errors.push(ScenarioError {
+            scenario: Scenario::Scale,
+            error: "runner exited early".to_owned(),
+        });
+        report
+    }
+
+    #[test]
+    fn table_layout() {
+        insta::assert_snapshot!(sample_report().table());
+    }
+
+    #[test]
+    fn json_has_summaries_for_recorded_metrics_only() {
+        let json = sample_report().to_json();
+        let spawn = &json["metrics"]["floor_bash_spawn_ms"];
+        assert_eq!(spawn["min"], 0.75);
+        assert_eq!(spawn["median"], 1.25);
+        assert_eq!(spawn["max"], 2.5);
+        assert_eq!(spawn["unit"], "ms");
+        assert!(json["metrics"].get("pickup_long_poll_ci3_ms").is_none());
+        assert_eq!(json["errors"][0]["scenario"], "scale");
+    }
+
+    #[test]
+    fn metric_names_are_unique() {
+        for (i, def) in METRICS.iter().enumerate() {
+            assert!(
+                METRICS[i + 1..].iter().all(|other| other.name != def.name),
+                "{} declared twice",
+                def.name
+            );
+        }
+    }
+}

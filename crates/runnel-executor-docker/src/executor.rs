@@ -1,0 +1,1160 @@
+//! The Docker executor: [`DockerProvider`] per `[[runners]]` entry, [`DockerExecutor`] per job.
+//!
+//! `prepare` follows the official container model: it checks and gets the images (pull
+//! policies, `allowed_*`), creates the per-job network (unless `network_mode` is set), the
+//! builds volume and the cache volumes, starts the services and waits for them, then creates the
+//! helper ("predefined") container from the helper image and the build container from the job's
+//! image. Both run a shell that reads its script from stdin and are started again for every
+//! stage (the `stage` module). `cleanup` removes the containers, the temporary volumes and the
+//! network, also after a failure or a cancellation; reusable cache volumes stay.
+//!
+//! `prepare` has no job log to write to, so what it would print (the image used, service
+//! warnings) is kept and written to the sink before the first stage's output.
+//!
+//! Not done yet: GPUs (`gpus`, `service_gpus`), `services_devices`, `mac_address`,
+//! `helper_image_flavor`, Windows containers, the session terminal, and
+//! recreating a container that vanished mid-job.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, RemoveContainerOptions, RemoveVolumeOptions,
+};
+use runnel_config::{DockerConfig, PullPolicy, RunnerConfig};
+use runnel_executor::{
+    BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream,
+    PrepareContext, Provider, Shell, StageCommand, StageExit, StageKind,
+};
+use runnel_types::{ImageSpec, JobSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::image::{check_allowed, effective_pull_policies, ensure_image, privileged_allowed};
+use crate::naming::{JobNames, LabelContext, ObjectType, labels, service_aliases, split_aliases};
+use crate::options::{ContainerRole, DockerOptions, VolumeSpec};
+use crate::services::{
+    ServiceRequest, StartedService, service_env, start_service, wait_for_services,
+};
+use crate::stage::{Target, run_stage};
+use crate::{DockerError, client};
+
+/// What the Docker executor is and reports.
+pub const DOCKER_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
+    name: "docker",
+    features: ExecutorFeatures {
+        variables: true,
+        image: true,
+        services: true,
+        shared: false,
+        session: false,
+        terminal: false,
+        proxy: false,
+        service_variables: true,
+        service_multiple_aliases: true,
+        image_executor_opts: true,
+        service_executor_opts: false,
+        native_steps_integration: false,
+    },
+    default_shell: Shell::Bash,
+    default_builds_dir: "/builds",
+    default_cache_dir: "/cache",
+    shared_builds_dir: false,
+};
+
+/// The helper image used when `[runners.docker] helper_image` is not set: build it with
+/// [`crate::build_helper_image`] (`runnel docker build-helper-image`).
+pub const DEFAULT_HELPER_IMAGE: &str = "runnel-helper:latest";
+
+/// How long cleanup may take in all.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// The runner-level settings the executor needs besides `[runners.docker]`.
+#[derive(Clone, Debug)]
+pub struct DockerSettings {
+    /// The short runner token, for names and labels.
+    pub short_token: String,
+    /// The runner id (`[[runners]] id`, 0 when unknown).
+    pub runner_id: u64,
+    /// The GitLab URL, for the `job.url` label.
+    pub gitlab_url: String,
+    /// The shell scripts are written for.
+    pub shell: Shell,
+    /// The helper image (`helper_image`, or [`DEFAULT_HELPER_IMAGE`]).
+    pub helper_image: String,
+}
+
+/// Creates Docker executors for one `[[runners]]` entry.
+#[derive(Debug)]
+pub struct DockerProvider {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    host: String,
+    options: DockerOptions,
+    settings: DockerSettings,
+    slots: Mutex<BTreeSet<u32>>,
+    /// Ids of the jobs this provider's executors are running, which leftover removal spares.
+    active_jobs: Mutex<BTreeSet<u64>>,
+}
+
+impl DockerProvider {
+    /// A provider for `settings` and `[runners.docker]` `config`. The values are checked now;
+    /// the daemon is contacted by each job's `prepare`, so it may start after the runner.
+    pub fn new(settings: DockerSettings, config: &DockerConfig) -> Result<Self, DockerError> {
+        let options = DockerOptions::from_config(config)?;
+        Ok(DockerProvider {
+            shared: Arc::new(Shared {
+                host: client::docker_host(config),
+                options,
+                settings,
+                slots: Mutex::new(BTreeSet::new()),
+                active_jobs: Mutex::new(BTreeSet::new()),
+            }),
+        })
+    }
+
+    /// A provider for a `[[runners]]` entry, which needs a `[runners.docker]` section.
+    pub fn from_runner(runner: &RunnerConfig) -> Result<Self, DockerError> {
+        let config = runner
+            .docker
+            .as_ref()
+            .ok_or_else(|| DockerError::MissingSection {
+                runner: runner.name.clone(),
+            })?;
+        let shell = match runner.shell.map(|shell| shell.as_str()) {
+            Some("sh") => Shell::Sh,
+            _ => Shell::Bash,
+        };
+        let settings = DockerSettings {
+            short_token: runner.token.short(),
+            runner_id: runner.id.unwrap_or(0),
+            gitlab_url: runner.url.clone(),
+            shell,
+            helper_image: config
+                .helper_image
+                .clone()
+                .filter(|image| !image.is_empty())
+                .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_owned()),
+        };
+        Self::new(settings, config)
+    }
+
+    /// Connects to the daemon and checks that it answers; returns a client with the
+    /// negotiated API version.
+    pub async fn ping(&self) -> Result<Docker, DockerError> {
+        self.shared.connect().await
+    }
+}
+
+impl Shared {
+    async fn connect(&self) -> Result<Docker, DockerError> {
+        let docker = client::connect(&self.options.config)?;
+        client::ping(docker, &self.host).await
+    }
+}
+
+impl DockerProvider {
+    /// Removes the containers, networks and temporary volumes that earlier runs with this
+    /// runner's token left behind (a crash, a killed runner), sparing the jobs this provider
+    /// runs now. Reusable cache volumes are kept. Returns the names of what was removed.
+    ///
+    /// Call it when the runner starts (and, if wanted, when idle): objects are matched by the
+    /// `runner.id` label (the short token), so another process running jobs with the same token
+    /// on the same daemon would lose its containers.
+    pub async fn remove_leftovers(&self) -> Result<Vec<String>, DockerError> {
+        let docker = self.shared.connect().await?;
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{}.managed=true", crate::naming::LABEL_PREFIX),
+                format!(
+                    "{}.runner.id={}",
+                    crate::naming::LABEL_PREFIX,
+                    self.shared.settings.short_token
+                ),
+            ],
+        )]);
+        let active = lock(&self.shared.active_jobs).clone();
+        let job_label = format!("{}.job.id", crate::naming::LABEL_PREFIX);
+        let is_active = |labels: Option<&HashMap<String, String>>| {
+            labels
+                .and_then(|labels| labels.get(&job_label))
+                .and_then(|id| id.parse::<u64>().ok())
+                .is_some_and(|id| active.contains(&id))
+        };
+        let mut removed = Vec::new();
+        let containers = docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| DockerError::api("list leftover containers", "", source))?;
+        for container in containers {
+            if is_active(container.labels.as_ref()) {
+                continue;
+            }
+            let Some(id) = container.id else { continue };
+            let name = container
+                .names
+                .and_then(|names| names.into_iter().next())
+                .unwrap_or_else(|| id.clone());
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            match docker.remove_container(&id, Some(options)).await {
+                Ok(()) => removed.push(name.trim_start_matches('/').to_owned()),
+                Err(error) => {
+                    tracing::warn!(container = %name, %error, "failed to remove leftover container")
+                }
+            }
+        }
+        let networks = docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .map_err(|source| DockerError::api("list leftover networks", "", source))?;
+        for network in networks {
+            if is_active(network.labels.as_ref()) {
+                continue;
+            }
+            let Some(name) = network.name else { continue };
+            match docker.remove_network(&name).await {
+                Ok(()) => removed.push(name),
+                Err(error) => {
+                    tracing::warn!(network = %name, %error, "failed to remove leftover network")
+                }
+            }
+        }
+        let volumes = docker
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|source| DockerError::api("list leftover volumes", "", source))?;
+        let reusable = format!("{}.reusable", crate::naming::LABEL_PREFIX);
+        for volume in volumes.volumes.unwrap_or_default() {
+            if is_active(Some(&volume.labels))
+                || volume.labels.get(&reusable).map(String::as_str) == Some("true")
+            {
+                continue;
+            }
+            match docker
+                .remove_volume(&volume.name, Some(RemoveVolumeOptions { force: true }))
+                .await
+            {
+                Ok(()) => removed.push(volume.name),
+                Err(error) => {
+                    tracing::warn!(volume = %volume.name, %error, "failed to remove leftover volume")
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Provider for DockerProvider {
+    fn info(&self) -> &ExecutorInfo {
+        &DOCKER_EXECUTOR_INFO
+    }
+
+    fn create(&self) -> Result<Box<dyn Executor>, ExecutorError> {
+        Ok(Box::new(DockerExecutor::new(Arc::clone(&self.shared))))
+    }
+}
+
+/// A concurrency slot, released on drop.
+#[derive(Debug)]
+struct Slot {
+    shared: Arc<Shared>,
+    number: u32,
+}
+
+impl Slot {
+    fn take(shared: Arc<Shared>) -> Self {
+        let number = {
+            let mut slots = lock(&shared.slots);
+            let number = (0..).find(|n| !slots.contains(n)).unwrap_or(0);
+            slots.insert(number);
+            number
+        };
+        Slot { shared, number }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.slots).remove(&self.number);
+    }
+}
+
+/// A created container.
+#[derive(Clone, Debug)]
+struct Container {
+    id: String,
+    name: String,
+}
+
+/// Runs one job's stages in containers.
+#[derive(Debug)]
+pub struct DockerExecutor {
+    slot: Slot,
+    docker: Option<Docker>,
+    image: Option<String>,
+    network: Option<String>,
+    containers: Vec<Container>,
+    temporary_volumes: Vec<String>,
+    predefined: Option<Container>,
+    build: Option<Container>,
+    pending_output: Vec<u8>,
+    job_id: Option<u64>,
+}
+
+impl DockerExecutor {
+    fn new(shared: Arc<Shared>) -> Self {
+        DockerExecutor {
+            slot: Slot::take(shared),
+            docker: None,
+            image: None,
+            network: None,
+            containers: Vec::new(),
+            temporary_volumes: Vec::new(),
+            predefined: None,
+            build: None,
+            pending_output: Vec::new(),
+            job_id: None,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.slot.shared
+    }
+
+    /// The names of the containers this executor created, helper first.
+    pub fn container_names(&self) -> Vec<String> {
+        self.containers.iter().map(|c| c.name.clone()).collect()
+    }
+
+    async fn prepare_job(&mut self, ctx: &PrepareContext<'_>) -> Result<(), DockerError> {
+        let shared = Arc::clone(&self.slot.shared);
+        let options = &shared.options;
+        let config = &options.config;
+        let settings = &shared.settings;
+        let job = ctx.job;
+        if self.job_id.is_none() {
+            self.job_id = Some(job.id.0);
+            lock(&shared.active_jobs).insert(job.id.0);
+        }
+        let docker = shared.connect().await?;
+        self.docker = Some(docker.clone());
+
+        // Images first: nothing is created for a job whose images are missing or forbidden.
+        let job_image = job.image.as_ref().filter(|image| !image.name.is_empty());
+        let image = match job_image {
+            Some(image) => {
+                let name = expand_job_variables(job, &image.name);
+                check_allowed("image", &name, &config.allowed_images)?;
+                name
+            }
+            None => config
+                .image
+                .clone()
+                .filter(|image| !image.is_empty())
+                .ok_or(DockerError::NoImage)?,
+        };
+        let policies = effective_pull_policies(
+            &image,
+            job_image.map_or(&[][..], |image| &image.pull_policy[..]),
+            &options.pull_policies(),
+            &config.allowed_pull_policies,
+        )?;
+        self.image = Some(image.clone());
+        let mut log = Vec::new();
+        let pulled = ensure_image(
+            &docker,
+            &image,
+            &policies,
+            crate::auth::credentials_for(&image, job),
+            job_image.map_or("", |image| image.docker_platform.as_str()),
+            &mut log,
+        )
+        .await;
+        self.note_lines(&mut log);
+        let image_id = pulled?;
+        self.note(&format!("Using docker image {image_id} for {image} ...\n"));
+        let services = self.service_specs(job)?;
+        for service in &services {
+            let policies = effective_pull_policies(
+                &service.name,
+                &service.pull_policy,
+                &options.pull_policies(),
+                &config.allowed_pull_policies,
+            )?;
+            let pulled = ensure_image(
+                &docker,
+                &service.name,
+                &policies,
+                crate::auth::credentials_for(&service.name, job),
+                &service.docker_platform,
+                &mut log,
+            )
+            .await;
+            self.note_lines(&mut log);
+            pulled?;
+        }
+        // The helper image is local (built with `runnel docker build-helper-image`) or pulled
+        // once; its "found locally" line is not worth a job-log line.
+        ensure_image(
+            &docker,
+            &settings.helper_image,
+            &[PullPolicy::IfNotPresent],
+            None,
+            "",
+            &mut Vec::new(),
+        )
+        .await?;
+
+        let names = JobNames::random(
+            &settings.short_token,
+            job.info.project_id,
+            self.slot.number,
+            job.id.0,
+        );
+        let label_ctx = LabelContext {
+            short_token: &settings.short_token,
+            slot: self.slot.number,
+            gitlab_url: &settings.gitlab_url,
+            extra: &config.container_labels,
+        };
+
+        if config.network_mode.as_deref().is_none_or(str::is_empty) {
+            let name = names.network();
+            let mut network_options = HashMap::new();
+            if config.network_mtu > 0 {
+                network_options.insert(
+                    "com.docker.network.driver.mtu".to_owned(),
+                    config.network_mtu.to_string(),
+                );
+            }
+            docker
+                .create_network(NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".to_owned()),
+                    enable_ipv6: config.enable_ipv6.then_some(true),
+                    options: Some(network_options),
+                    labels: Some(labels(&label_ctx, job, ObjectType::Network, None)),
+                    ..NetworkCreateRequest::default()
+                })
+                .await
+                .map_err(|source| DockerError::api("create network", name.clone(), source))?;
+            self.network = Some(name);
+        }
+        let network = self.network.clone();
+
+        let binds = self.volumes(ctx, &names, &label_ctx).await?;
+
+        let mut started = Vec::new();
+        for (index, service) in services.iter().enumerate() {
+            let mut aliases = service_aliases(&service.name);
+            for alias in &service.aliases {
+                if !aliases.contains(alias) {
+                    aliases.push(alias.clone());
+                }
+            }
+            let name = names.service(&service.name, index);
+            let result = start_service(
+                &docker,
+                ServiceRequest {
+                    spec: service,
+                    name: name.clone(),
+                    aliases,
+                    labels: labels(&label_ctx, job, ObjectType::Service, Some(&service.name)),
+                    env: service_env(&job.variables, service),
+                    host_config: HostConfig {
+                        privileged: Some(privileged_allowed(
+                            config.services_privileged.unwrap_or(config.privileged),
+                            &service.name,
+                            &config.allowed_privileged_services,
+                        )),
+                        ..options.host_config(
+                            ContainerRole::Service,
+                            Vec::new(),
+                            network.as_deref(),
+                        )
+                    },
+                    network: network.as_deref(),
+                },
+            )
+            .await;
+            match result {
+                Ok(service) => {
+                    self.containers.push(Container {
+                        id: service.id.clone(),
+                        name: service.name.clone(),
+                    });
+                    started.push(service);
+                }
+                Err(error) => {
+                    // A created but unstarted container must still be cleaned up.
+                    self.containers.push(Container {
+                        id: name.clone(),
+                        name,
+                    });
+                    return Err(error);
+                }
+            }
+        }
+        self.wait_for(&docker, &started, network.as_deref()).await;
+
+        let shell_command = detect_shell_command(settings.shell, false);
+        let helper = ContainerCreateBody {
+            image: Some(settings.helper_image.clone()),
+            // Files the helper writes (sources, caches) must stay writable for any job user.
+            cmd: Some(detect_shell_command(settings.shell, true)),
+            labels: Some(labels(&label_ctx, job, ObjectType::Predefined, None)),
+            host_config: Some(options.host_config(
+                ContainerRole::Job,
+                binds.clone(),
+                network.as_deref(),
+            )),
+            ..stdin_container()
+        };
+        self.predefined = Some(self.create_container(names.predefined(), helper).await?);
+
+        let user = job_image
+            .map(|image| image.docker_user.clone())
+            .filter(|user| !user.is_empty())
+            .or_else(|| config.user.clone().filter(|user| !user.is_empty()));
+        if let Some(user) = &user
+            && job_image.is_some_and(|image| !image.docker_user.is_empty())
+            && !config.allowed_users.is_empty()
+            && !config.allowed_users.contains(user)
+        {
+            return Err(DockerError::NotAllowed {
+                what: "user",
+                image: user.clone(),
+                allowed: config.allowed_users.join(", "),
+            });
+        }
+        // Without a job network, services are reached through legacy links under their aliases.
+        let links = if network.is_none() && !started.is_empty() {
+            let mut links = options.config.links.clone();
+            for (service, spec) in started.iter().zip(&services) {
+                let mut aliases = service_aliases(&spec.name);
+                aliases.extend(spec.aliases.iter().cloned());
+                links.extend(
+                    aliases
+                        .iter()
+                        .map(|alias| format!("{}:{alias}", service.name)),
+                );
+            }
+            Some(links)
+        } else {
+            (!options.config.links.is_empty()).then(|| options.config.links.clone())
+        };
+        let entrypoint = job_image
+            .map(|image| image.entrypoint.clone())
+            .filter(|entrypoint| !entrypoint.is_empty() && !config.disable_entrypoint_overwrite);
+        let build = ContainerCreateBody {
+            image: Some(image_id),
+            cmd: Some(shell_command),
+            entrypoint,
+            user,
+            hostname: config.hostname.clone().filter(|name| !name.is_empty()),
+            labels: Some(labels(&label_ctx, job, ObjectType::Build, None)),
+            host_config: Some(HostConfig {
+                links,
+                privileged: Some(privileged_allowed(
+                    config.privileged,
+                    &image,
+                    &config.allowed_privileged_images,
+                )),
+                ..options.host_config(ContainerRole::Job, binds, network.as_deref())
+            }),
+            ..stdin_container()
+        };
+        self.build = Some(self.create_container(names.build(), build).await?);
+        Ok(())
+    }
+
+    /// The job's services then `[[runners.docker.services]]`, checked against the allow lists.
+    fn service_specs(&self, job: &JobSpec) -> Result<Vec<ImageSpec>, DockerError> {
+        let config = &self.shared().options.config;
+        let mut services = Vec::new();
+        for service in &job.services {
+            let mut service = service.clone();
+            service.name = expand_job_variables(job, &service.name);
+            for alias in &mut service.aliases {
+                *alias = expand_job_variables(job, alias);
+            }
+            check_allowed("service", &service.name, &config.allowed_services)?;
+            services.push(service);
+        }
+        for service in &config.services {
+            services.push(ImageSpec {
+                name: service.name.clone(),
+                aliases: service
+                    .alias
+                    .as_deref()
+                    .map(split_aliases)
+                    .unwrap_or_default(),
+                command: service.command.clone(),
+                entrypoint: service.entrypoint.clone(),
+                variables: service
+                    .environment
+                    .iter()
+                    .filter_map(|entry| entry.split_once('='))
+                    .map(|(key, value)| runnel_types::Variable {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                        ..runnel_types::Variable::default()
+                    })
+                    .collect(),
+                ..ImageSpec::default()
+            });
+        }
+        if let Some(limit) = config
+            .services_limit
+            .and_then(|limit| usize::try_from(limit).ok())
+            && services.len() > limit
+        {
+            return Err(DockerError::InvalidOption {
+                key: "services_limit",
+                value: limit.to_string(),
+                reason: "the job asks for more services than allowed",
+            });
+        }
+        Ok(services)
+    }
+
+    /// Creates the builds volume, the cache volumes and binds; returns the `Binds` list.
+    async fn volumes(
+        &mut self,
+        ctx: &PrepareContext<'_>,
+        names: &JobNames,
+        label_ctx: &LabelContext<'_>,
+    ) -> Result<Vec<String>, DockerError> {
+        let shared = Arc::clone(&self.slot.shared);
+        let options = &shared.options;
+        let config = &options.config;
+        let mut specs = options.volumes.clone();
+        let cache_dir = path_text(ctx.cache_dir);
+        if !specs.iter().any(|spec| spec.container_path() == cache_dir) {
+            specs.push(VolumeSpec::Cache {
+                container: cache_dir,
+            });
+        }
+        let builds_dir = path_text(ctx.builds_dir);
+        let mut binds = Vec::new();
+        if !specs.iter().any(|spec| spec.container_path() == builds_dir) {
+            let name = names.temporary_volume(&builds_dir);
+            self.create_volume(&name, ctx.job, label_ctx, &builds_dir, false)
+                .await?;
+            self.temporary_volumes.push(name.clone());
+            binds.push(format!("{name}:{builds_dir}"));
+        }
+        for spec in specs {
+            match spec {
+                VolumeSpec::Bind {
+                    host,
+                    container,
+                    mode,
+                } => binds.push(match mode {
+                    Some(mode) => format!("{host}:{container}:{mode}"),
+                    None => format!("{host}:{container}"),
+                }),
+                VolumeSpec::Cache { container } => {
+                    if config.disable_cache {
+                        let name = names.temporary_volume(&container);
+                        self.create_volume(&name, ctx.job, label_ctx, &container, false)
+                            .await?;
+                        self.temporary_volumes.push(name.clone());
+                        binds.push(format!("{name}:{container}"));
+                    } else if let Some(dir) =
+                        config.cache_dir.as_deref().filter(|dir| !dir.is_empty())
+                    {
+                        let host = format!(
+                            "{}/{}/{}",
+                            dir.trim_end_matches('/'),
+                            names.unique,
+                            crate::naming::path_hash(&container)
+                        );
+                        binds.push(format!("{host}:{container}"));
+                    } else {
+                        let name = names.cache_volume(&container);
+                        self.create_volume(&name, ctx.job, label_ctx, &container, true)
+                            .await?;
+                        binds.push(format!("{name}:{container}"));
+                    }
+                }
+            }
+        }
+        Ok(binds)
+    }
+
+    async fn create_volume(
+        &mut self,
+        name: &str,
+        job: &JobSpec,
+        label_ctx: &LabelContext<'_>,
+        destination: &str,
+        reusable: bool,
+    ) -> Result<(), DockerError> {
+        let config = &self.shared().options.config;
+        let mut volume_labels = labels(label_ctx, job, ObjectType::Cache, None);
+        volume_labels.insert(
+            format!("{}.destination", crate::naming::LABEL_PREFIX),
+            destination.to_owned(),
+        );
+        volume_labels.insert(
+            format!("{}.reusable", crate::naming::LABEL_PREFIX),
+            reusable.to_string(),
+        );
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            driver: config
+                .volume_driver
+                .clone()
+                .filter(|driver| !driver.is_empty()),
+            driver_opts: (!config.volume_driver_ops.is_empty()).then(|| {
+                config
+                    .volume_driver_ops
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect()
+            }),
+            labels: Some(volume_labels),
+            ..VolumeCreateRequest::default()
+        };
+        self.client()?
+            .create_volume(request)
+            .await
+            .map_err(|source| DockerError::api("create volume", name, source))?;
+        Ok(())
+    }
+
+    async fn create_container(
+        &mut self,
+        name: String,
+        body: ContainerCreateBody,
+    ) -> Result<Container, DockerError> {
+        let created = self
+            .client()?
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..CreateContainerOptions::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|source| DockerError::api("create container", name.clone(), source))?;
+        for warning in &created.warnings {
+            tracing::warn!(container = %name, warning, "docker warning");
+        }
+        let container = Container {
+            id: created.id,
+            name,
+        };
+        self.containers.push(container.clone());
+        Ok(container)
+    }
+
+    async fn wait_for(
+        &mut self,
+        docker: &Docker,
+        services: &[StartedService],
+        network: Option<&str>,
+    ) {
+        let Some(timeout) = self.shared().options.wait_for_services_timeout else {
+            return;
+        };
+        if services.iter().all(|service| service.ports.is_empty()) {
+            return;
+        }
+        self.note(&format!(
+            "Waiting for services to be up and running (timeout {} seconds)...\n",
+            timeout.as_secs()
+        ));
+        let text = wait_for_services(docker, services, network, timeout).await;
+        if !text.is_empty() {
+            self.note(&text);
+        }
+    }
+
+    /// The client `prepare` connected.
+    fn client(&self) -> Result<Docker, DockerError> {
+        self.docker.clone().ok_or_else(|| DockerError::NotPrepared {
+            stage: "prepare".to_owned(),
+        })
+    }
+
+    /// Keeps `lines` (without newlines) for the job log.
+    fn note_lines(&mut self, lines: &mut Vec<String>) {
+        for line in lines.drain(..) {
+            self.note(&format!("{line}\n"));
+        }
+    }
+
+    /// Keeps a line for the job log; it is written before the first stage's output.
+    fn note(&mut self, text: &str) {
+        self.pending_output.extend_from_slice(text.as_bytes());
+    }
+
+    /// Takes what this executor created, for removal.
+    fn take_created(&mut self) -> Option<Created> {
+        let docker = self.docker.clone()?;
+        self.predefined = None;
+        self.build = None;
+        let created = Created {
+            docker,
+            containers: std::mem::take(&mut self.containers),
+            temporary_volumes: std::mem::take(&mut self.temporary_volumes),
+            network: self.network.take(),
+            keep_volumes: self.shared().options.config.volume_keep,
+        };
+        (!created.is_empty()).then_some(created)
+    }
+}
+
+impl Drop for DockerExecutor {
+    /// A job abandoned without `cleanup` still gets its objects removed, in the background.
+    fn drop(&mut self) {
+        if let Some(job_id) = self.job_id {
+            lock(&self.shared().active_jobs).remove(&job_id);
+        }
+        let (Some(created), Ok(runtime)) =
+            (self.take_created(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        tracing::warn!("docker executor dropped without cleanup; removing its containers");
+        runtime.spawn(created.remove());
+    }
+}
+
+/// The containers, temporary volumes and network of one job.
+#[derive(Debug)]
+struct Created {
+    docker: Docker,
+    containers: Vec<Container>,
+    temporary_volumes: Vec<String>,
+    network: Option<String>,
+    keep_volumes: bool,
+}
+
+impl Created {
+    fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.temporary_volumes.is_empty() && self.network.is_none()
+    }
+
+    /// Removes everything, services and build containers first; problems are logged.
+    async fn remove(self) {
+        let docker = self.docker;
+        for container in self.containers.iter().rev() {
+            let removed = docker
+                .remove_container(
+                    &container.id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        link: false,
+                    }),
+                )
+                .await;
+            match removed {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(error) => {
+                    tracing::warn!(container = %container.name, %error, "failed to remove container");
+                }
+            }
+        }
+        for volume in &self.temporary_volumes {
+            if self.keep_volumes {
+                continue;
+            }
+            if let Err(error) = docker
+                .remove_volume(volume, Some(RemoveVolumeOptions { force: true }))
+                .await
+            {
+                tracing::warn!(volume = %volume, %error, "failed to remove volume");
+            }
+        }
+        if let Some(network) = &self.network
+            && let Err(error) = docker.remove_network(network).await
+        {
+            tracing::warn!(network = %network, %error, "failed to remove network");
+        }
+    }
+}
+
+/// The container settings shared by the helper and the build container: a shell on stdin.
+fn stdin_container() -> ContainerCreateBody {
+    ContainerCreateBody {
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        tty: Some(false),
+        ..ContainerCreateBody::default()
+    }
+}
+
+/// `sh -c <script>` that starts the first shell found, reading the stage script from stdin;
+/// with `umask_0000` (the helper container) files it creates are writable by everyone.
+pub fn detect_shell_command(shell: Shell, umask_0000: bool) -> Vec<String> {
+    let candidates: &[&str] = match shell {
+        Shell::Bash => &[
+            "/usr/local/bin/bash",
+            "/usr/bin/bash",
+            "/bin/bash",
+            "/bin/sh",
+            "/busybox/sh",
+        ],
+        Shell::Sh => &["/bin/sh", "/busybox/sh"],
+    };
+    let mut script = String::new();
+    if umask_0000 {
+        script.push_str("umask 0000\n");
+    }
+    for (index, candidate) in candidates.iter().enumerate() {
+        let keyword = if index == 0 { "if" } else { "elif" };
+        script.push_str(&format!(
+            "{keyword} [ -x {candidate} ]; then\n\texec {candidate}\n"
+        ));
+    }
+    script.push_str("else\n\techo shell not found\n\texit 1\nfi\n");
+    vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+/// `$NAME`/`${NAME}` in image names and aliases expanded with the job's variables.
+fn expand_job_variables(job: &JobSpec, text: &str) -> String {
+    runnel_types::expand(text, |name| {
+        job.variables
+            .iter()
+            .rev()
+            .find(|variable| variable.key == name)
+            .map(|variable| variable.value.clone())
+            .unwrap_or_default()
+    })
+}
+
+/// The script with `export` lines for the stage's extra environment in front.
+fn with_env<'a>(env: &[(String, String)], script: &'a str) -> std::borrow::Cow<'a, str> {
+    if env.is_empty() {
+        return std::borrow::Cow::Borrowed(script);
+    }
+    let mut text = String::new();
+    for (key, value) in env {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            text.push_str(&format!(
+                "export {key}='{}'\n",
+                value.replace('\'', "'\\''")
+            ));
+        } else {
+            tracing::warn!(key, "skipping an environment variable with an invalid name");
+        }
+    }
+    text.push_str(script);
+    std::borrow::Cow::Owned(text)
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+impl Executor for DockerExecutor {
+    fn name(&self) -> &str {
+        DOCKER_EXECUTOR_INFO.name
+    }
+
+    fn banner(&self) -> String {
+        format!(
+            "Using Docker executor with image {} ...",
+            self.image.as_deref().unwrap_or("")
+        )
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        ctx: &'a PrepareContext<'a>,
+    ) -> BoxFuture<'a, Result<(), ExecutorError>> {
+        Box::pin(async move { self.prepare_job(ctx).await.map_err(ExecutorError::from) })
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        cmd: StageCommand<'a>,
+        sink: &'a dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<StageExit, ExecutorError>> {
+        Box::pin(async move {
+            if !self.pending_output.is_empty() {
+                sink.write(
+                    OutputStream::Stdout,
+                    &std::mem::take(&mut self.pending_output),
+                );
+            }
+            let script = with_env(cmd.env, cmd.script);
+            let container = match cmd.kind {
+                StageKind::Predefined => self.predefined.as_ref(),
+                StageKind::Build => self.build.as_ref(),
+            };
+            let (Some(container), Some(docker)) = (container, self.docker.as_ref()) else {
+                return Err(DockerError::NotPrepared {
+                    stage: cmd.stage.to_owned(),
+                }
+                .into());
+            };
+            let target = Target {
+                id: &container.id,
+                name: &container.name,
+            };
+            run_stage(
+                docker,
+                target,
+                cmd.stage,
+                &script,
+                sink,
+                cancel,
+                cmd.deadline,
+            )
+            .await
+            .map_err(ExecutorError::from)
+        })
+    }
+
+    fn cleanup(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(created) = self.take_created() else {
+                return;
+            };
+            if tokio::time::timeout(CLEANUP_TIMEOUT, created.remove())
+                .await
+                .is_err()
+            {
+                tracing::warn!("docker cleanup did not finish within {CLEANUP_TIMEOUT:?}");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_provider_is_built_from_a_runner_entry() {
+        let text = r#"
+[[runners]]
+name = "docker-runner"
+url = "https://gitlab.example.com"
+id = 42
+token = "glrt-abcdefghijklmnop"
+executor = "docker"
+shell = "sh"
+[runners.docker]
+image = "alpine:3"
+helper_image = "my-helper:1"
+"#;
+        let file = runnel_config::ConfigFile::parse("config.toml", text, |_| None).expect("config");
+        let runner = &file.config().runners[0];
+        let provider = DockerProvider::from_runner(runner).expect("provider");
+        let settings = &provider.shared.settings;
+        assert_eq!(
+            (
+                settings.short_token.as_str(),
+                settings.runner_id,
+                settings.shell,
+                settings.helper_image.as_str()
+            ),
+            ("abcdefghi", 42, Shell::Sh, "my-helper:1")
+        );
+        assert_eq!(provider.info().default_builds_dir, "/builds");
+
+        let mut without_section = runner.clone();
+        without_section.docker = None;
+        let error = DockerProvider::from_runner(&without_section)
+            .err()
+            .map(|e| e.to_string());
+        insta::assert_snapshot!(error.unwrap_or_default(), @"runner `docker-runner` uses the docker executor but has no [runners.docker] section");
+    }
+
+    #[test]
+    fn image_names_expand_job_variables() {
+        let mut job = JobSpec::default();
+        job.variables.push(runnel_types::Variable {
+            key: "CI_REGISTRY_IMAGE".into(),
+            value: "registry.example.com/group/project".into(),
+            ..runnel_types::Variable::default()
+        });
+        assert_eq!(
+            expand_job_variables(&job, "$CI_REGISTRY_IMAGE/builder:${TAG}latest"),
+            "registry.example.com/group/project/builder:latest"
+        );
+    }
+
+    #[test]
+    fn stage_env_is_exported_before_the_script() {
+        let env = [
+            ("A".to_owned(), "it's".to_owned()),
+            ("1BAD".to_owned(), "x".to_owned()),
+        ];
+        insta::assert_snapshot!(with_env(&env, "echo \"$A\"\n"), @r#"
+        export A='it'\''s'
+        echo "$A"
+        "#);
+        assert_eq!(with_env(&[], "x"), "x");
+    }
+
+    #[test]
+    fn the_shell_is_detected_in_the_official_order() {
+        assert_eq!(
+            detect_shell_command(Shell::Sh, true)[2]
+                .lines()
+                .take(2)
+                .collect::<Vec<_>>(),
+            ["umask 0000", "if [ -x /bin/sh ]; then"]
+        );
+        let command = detect_shell_command(Shell::Bash, false);
+        insta::assert_snapshot!(command.join(" | "), @r"
+        sh | -c | if [ -x /usr/local/bin/bash ]; then
+        	exec /usr/local/bin/bash
+        elif [ -x /usr/bin/bash ]; then
+        	exec /usr/bin/bash
+        elif [ -x /bin/bash ]; then
+        	exec /bin/bash
+        elif [ -x /bin/sh ]; then
+        	exec /bin/sh
+        elif [ -x /busybox/sh ]; then
+        	exec /busybox/sh
+        else
+        	echo shell not found
+        	exit 1
+        fi
+        ");
+    }
+}

@@ -1,0 +1,446 @@
+//! `[runners.docker]` turned into what container creation needs, checked once up front.
+//!
+//! [`DockerOptions::from_config`] parses the values the config crate keeps as written (memory
+//! sizes like `"512m"`, CPU counts like `"1.5"`, `ulimit`, `devices`, `volumes`), so a bad value
+//! fails at startup with the key and value named, not in the middle of a job. The
+//! [`DockerOptions::host_config`] builder is pure and snapshot-tested. Talking to Docker is not
+//! done here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::{DeviceMapping, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use runnel_config::{DockerConfig, PullPolicy};
+
+use crate::DockerError;
+
+/// Which kind of container a host config is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerRole {
+    /// The helper ("predefined") or the build container: the job's resource settings apply.
+    Job,
+    /// A service container: the `service_*` settings apply.
+    Service,
+}
+
+/// One `volumes` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeSpec {
+    /// `host:container[:mode]`: a bind mount.
+    Bind {
+        /// The host path (or named volume).
+        host: String,
+        /// The container path.
+        container: String,
+        /// `ro`, `rw`, … when given.
+        mode: Option<String>,
+    },
+    /// `container`: a cache volume managed by the runner.
+    Cache {
+        /// The container path.
+        container: String,
+    },
+}
+
+impl VolumeSpec {
+    /// Parses `volumes` syntax.
+    pub fn parse(spec: &str) -> Result<Self, DockerError> {
+        let invalid = |reason| DockerError::InvalidOption {
+            key: "volumes",
+            value: spec.to_owned(),
+            reason,
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.as_slice() {
+            [container] if container.starts_with('/') => Ok(VolumeSpec::Cache {
+                container: (*container).to_owned(),
+            }),
+            [host, container] if container.starts_with('/') && !host.is_empty() => {
+                Ok(VolumeSpec::Bind {
+                    host: (*host).to_owned(),
+                    container: (*container).to_owned(),
+                    mode: None,
+                })
+            }
+            [host, container, mode] if container.starts_with('/') && !host.is_empty() => {
+                Ok(VolumeSpec::Bind {
+                    host: (*host).to_owned(),
+                    container: (*container).to_owned(),
+                    mode: Some((*mode).to_owned()),
+                })
+            }
+            _ => Err(invalid(
+                "expected `/container/path`, `host:/container/path` or `host:/container/path:mode`",
+            )),
+        }
+    }
+
+    /// The path inside the container.
+    pub fn container_path(&self) -> &str {
+        match self {
+            VolumeSpec::Bind { container, .. } | VolumeSpec::Cache { container } => container,
+        }
+    }
+}
+
+/// Resource limits of one container role.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Resources {
+    memory: Option<i64>,
+    memory_swap: Option<i64>,
+    memory_reservation: Option<i64>,
+    nano_cpus: Option<i64>,
+    cpuset_cpus: Option<String>,
+    cpu_shares: Option<i64>,
+    cgroup_parent: Option<String>,
+}
+
+/// `[runners.docker]`, validated and parsed.
+#[derive(Clone, Debug)]
+pub struct DockerOptions {
+    /// The section as written.
+    pub config: DockerConfig,
+    job: Resources,
+    service: Resources,
+    ulimits: Vec<ResourcesUlimits>,
+    devices: Vec<DeviceMapping>,
+    /// The parsed `volumes`.
+    pub volumes: Vec<VolumeSpec>,
+    /// How long to wait for services; `None` does not wait.
+    pub wait_for_services_timeout: Option<Duration>,
+}
+
+impl DockerOptions {
+    /// Parses and checks `config`.
+    pub fn from_config(config: &DockerConfig) -> Result<Self, DockerError> {
+        let job = Resources {
+            memory: size("memory", config.memory.as_deref())?,
+            memory_swap: size("memory_swap", config.memory_swap.as_deref())?,
+            memory_reservation: size("memory_reservation", config.memory_reservation.as_deref())?,
+            nano_cpus: nano_cpus("cpus", config.cpus.as_deref())?,
+            cpuset_cpus: config.cpuset_cpus.clone(),
+            cpu_shares: (config.cpu_shares != 0).then_some(config.cpu_shares),
+            cgroup_parent: config.cgroup_parent.clone(),
+        };
+        let service = Resources {
+            memory: size("service_memory", config.service_memory.as_deref())?,
+            memory_swap: size("service_memory_swap", config.service_memory_swap.as_deref())?,
+            memory_reservation: size(
+                "service_memory_reservation",
+                config.service_memory_reservation.as_deref(),
+            )?,
+            nano_cpus: nano_cpus("service_cpus", config.service_cpus.as_deref())?,
+            cpuset_cpus: config.service_cpuset_cpus.clone(),
+            cpu_shares: config.service_cpu_shares.filter(|shares| *shares != 0),
+            cgroup_parent: config.service_cgroup_parent.clone(),
+        };
+        let ulimits = config
+            .ulimit
+            .iter()
+            .map(|(name, value)| ulimit(name, value))
+            .collect::<Result<_, _>>()?;
+        let devices = config
+            .devices
+            .iter()
+            .map(|spec| device(spec))
+            .collect::<Result<_, _>>()?;
+        let volumes = config
+            .volumes
+            .iter()
+            .map(|spec| VolumeSpec::parse(spec))
+            .collect::<Result<_, _>>()?;
+        Ok(DockerOptions {
+            config: config.clone(),
+            job,
+            service,
+            ulimits,
+            devices,
+            volumes,
+            wait_for_services_timeout: config.wait_for_services_timeout(),
+        })
+    }
+
+    /// The pull policies of `[runners.docker]` (`always` when unset).
+    pub fn pull_policies(&self) -> Vec<PullPolicy> {
+        self.config.pull_policies()
+    }
+
+    /// The host config of a container of `role`, with `binds` mounted and attached to `network`
+    /// (the per-job network, or `None` when `network_mode` is set or unset networks are used).
+    pub fn host_config(
+        &self,
+        role: ContainerRole,
+        binds: Vec<String>,
+        network: Option<&str>,
+    ) -> HostConfig {
+        let config = &self.config;
+        let resources = match role {
+            ContainerRole::Job => &self.job,
+            ContainerRole::Service => &self.service,
+        };
+        let non_empty = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
+        let map = |map: &std::collections::BTreeMap<String, String>| {
+            (!map.is_empty()).then(|| {
+                map.iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect::<HashMap<_, _>>()
+            })
+        };
+        let privileged = match role {
+            ContainerRole::Job => config.privileged,
+            ContainerRole::Service => config.services_privileged.unwrap_or(config.privileged),
+        };
+        let network_mode = match network {
+            Some(network) => Some(network.to_owned()),
+            None => config.network_mode.clone(),
+        };
+        let mut host = HostConfig {
+            binds: (!binds.is_empty()).then_some(binds),
+            network_mode,
+            privileged: Some(privileged),
+            memory: resources.memory,
+            memory_swap: resources.memory_swap,
+            memory_reservation: resources.memory_reservation,
+            nano_cpus: resources.nano_cpus,
+            cpuset_cpus: resources.cpuset_cpus.clone(),
+            cpu_shares: resources.cpu_shares,
+            cgroup_parent: resources.cgroup_parent.clone(),
+            dns: non_empty(&config.dns),
+            dns_search: non_empty(&config.dns_search),
+            extra_hosts: non_empty(&config.extra_hosts),
+            runtime: config.runtime.clone(),
+            log_config: (!config.log_options.is_empty()).then(|| HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: map(&config.log_options),
+            }),
+            ..HostConfig::default()
+        };
+        match role {
+            ContainerRole::Job => {
+                host.cap_add = non_empty(&config.cap_add);
+                host.cap_drop = non_empty(&config.cap_drop);
+                host.security_opt = non_empty(&config.security_opt);
+                host.devices = (!self.devices.is_empty()).then(|| self.devices.clone());
+                host.device_cgroup_rules = non_empty(&config.device_cgroup_rules);
+                host.group_add = non_empty(&config.group_add);
+                host.oom_kill_disable = config.oom_kill_disable.then_some(true);
+                host.oom_score_adj =
+                    (config.oom_score_adjust != 0).then_some(config.oom_score_adjust);
+                host.shm_size = (config.shm_size > 0).then_some(config.shm_size);
+                host.tmpfs = map(&config.tmpfs);
+                host.sysctls = map(&config.sysctls);
+                host.ulimits = (!self.ulimits.is_empty()).then(|| self.ulimits.clone());
+                host.volumes_from = non_empty(&config.volumes_from);
+                host.userns_mode = config.userns_mode.clone();
+                host.pid_mode = config.pid_mode.clone();
+                host.ipc_mode = config.ipcmode.clone();
+                host.links = non_empty(&config.links);
+            }
+            ContainerRole::Service => {
+                host.security_opt = non_empty(&config.services_security_opt);
+                host.tmpfs = map(&config.services_tmpfs);
+            }
+        }
+        host
+    }
+}
+
+/// Parses a Docker memory size: a number with an optional binary unit (`b`, `k`, `m`, `g`, `t`,
+/// `p`, optionally followed by `b`), case-insensitive.
+pub fn parse_size(value: &str) -> Option<i64> {
+    let value = value.trim().to_ascii_lowercase();
+    let digits_end = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits_end);
+    let number: f64 = number.parse().ok()?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix('b')
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(unit);
+    let multiplier: f64 = match unit {
+        "" | "b" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "p" => 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * multiplier;
+    #[allow(clippy::cast_possible_truncation)]
+    (0.0..9.0e18).contains(&bytes).then_some(bytes as i64)
+}
+
+fn size(key: &'static str, value: Option<&str>) -> Result<Option<i64>, DockerError> {
+    match value.map(str::trim).filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(text) => parse_size(text)
+            .map(Some)
+            .ok_or_else(|| DockerError::InvalidOption {
+                key,
+                value: text.to_owned(),
+                reason: "expected a size such as `512m` or `2g`",
+            }),
+    }
+}
+
+fn nano_cpus(key: &'static str, value: Option<&str>) -> Result<Option<i64>, DockerError> {
+    match value.map(str::trim).filter(|value| !value.is_empty()) {
+        None => Ok(None),
+        Some(text) => {
+            let cpus: f64 = text.parse().map_err(|_| DockerError::InvalidOption {
+                key,
+                value: text.to_owned(),
+                reason: "expected a number of CPUs such as `1.5`",
+            })?;
+            if !(cpus.is_finite() && cpus > 0.0 && cpus < 1.0e6) {
+                return Err(DockerError::InvalidOption {
+                    key,
+                    value: text.to_owned(),
+                    reason: "expected a positive number of CPUs",
+                });
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            Ok(Some((cpus * 1e9).round() as i64))
+        }
+    }
+}
+
+fn ulimit(name: &str, value: &str) -> Result<ResourcesUlimits, DockerError> {
+    let invalid = || DockerError::InvalidOption {
+        key: "ulimit",
+        value: format!("{name} = {value}"),
+        reason: "expected `soft:hard` or a single limit",
+    };
+    let (soft, hard) = match value.split_once(':') {
+        Some((soft, hard)) => (soft, hard),
+        None => (value, value),
+    };
+    let soft: i64 = soft.trim().parse().map_err(|_| invalid())?;
+    let hard: i64 = hard.trim().parse().map_err(|_| invalid())?;
+    Ok(ResourcesUlimits {
+        name: Some(name.to_owned()),
+        soft: Some(soft),
+        hard: Some(hard),
+    })
+}
+
+fn device(spec: &str) -> Result<DeviceMapping, DockerError> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, container, permissions) = match parts.as_slice() {
+        [host] => (*host, *host, "rwm"),
+        [host, container] => (*host, *container, "rwm"),
+        [host, container, permissions] => (*host, *container, *permissions),
+        _ => ("", "", ""),
+    };
+    if host.is_empty() || container.is_empty() {
+        return Err(DockerError::InvalidOption {
+            key: "devices",
+            value: spec.to_owned(),
+            reason: "expected `/dev/host[:/dev/container[:permissions]]`",
+        });
+    }
+    Ok(DeviceMapping {
+        path_on_host: Some(host.to_owned()),
+        path_in_container: Some(container.to_owned()),
+        cgroup_permissions: Some(permissions.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[runners.docker]` section from TOML lines.
+    pub(crate) fn docker_config(section: &str) -> DockerConfig {
+        let text = format!(
+            "[[runners]]\nname = \"t\"\nurl = \"https://gitlab.example.com\"\ntoken = \"glrt-t\"\nexecutor = \"docker\"\n[runners.docker]\n{section}\n"
+        );
+        let file = runnel_config::ConfigFile::parse("config.toml", &text, |_| None)
+            .expect("valid test config");
+        file.config().runners[0]
+            .docker
+            .clone()
+            .expect("docker section")
+    }
+
+    #[test]
+    fn sizes_use_binary_units() {
+        assert_eq!(parse_size("512m"), Some(512 * 1024 * 1024));
+        assert_eq!(parse_size("1g"), Some(1024 * 1024 * 1024));
+        assert_eq!(parse_size("1.5GB"), Some(1536 * 1024 * 1024));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("10x"), None);
+        assert_eq!(parse_size("m"), None);
+    }
+
+    #[test]
+    fn volumes_parse_into_binds_and_cache_volumes() {
+        assert_eq!(
+            VolumeSpec::parse("/cache").ok(),
+            Some(VolumeSpec::Cache {
+                container: "/cache".into()
+            })
+        );
+        assert_eq!(
+            VolumeSpec::parse("/var/run/docker.sock:/var/run/docker.sock:ro").ok(),
+            Some(VolumeSpec::Bind {
+                host: "/var/run/docker.sock".into(),
+                container: "/var/run/docker.sock".into(),
+                mode: Some("ro".into()),
+            })
+        );
+        assert!(VolumeSpec::parse("relative").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let config = docker_config("memory = \"lots\"");
+        let error = DockerOptions::from_config(&config)
+            .err()
+            .map(|e| e.to_string());
+        insta::assert_snapshot!(error.unwrap_or_default(), @"invalid `memory` value `lots` in [runners.docker]: expected a size such as `512m` or `2g`");
+    }
+
+    #[test]
+    fn host_config_carries_the_job_settings() {
+        let config = docker_config(
+            r#"
+privileged = true
+memory = "256m"
+cpus = "1.5"
+cpuset_cpus = "0-1"
+cpu_shares = 512
+shm_size = 67108864
+cap_add = ["NET_ADMIN"]
+cap_drop = ["MKNOD"]
+security_opt = ["no-new-privileges"]
+devices = ["/dev/fuse"]
+dns = ["1.1.1.1"]
+dns_search = ["example.com"]
+extra_hosts = ["db.local:10.0.0.2"]
+group_add = ["wheel"]
+oom_kill_disable = true
+runtime = "runc"
+service_memory = "64m"
+services_privileged = false
+[runners.docker.tmpfs]
+"/tmp" = "rw,size=64m"
+[runners.docker.sysctls]
+"net.ipv4.ip_forward" = "1"
+[runners.docker.ulimit]
+nofile = "1024:2048"
+"#,
+        );
+        let options = DockerOptions::from_config(&config).expect("valid options");
+        let job = options.host_config(
+            ContainerRole::Job,
+            vec!["vol:/builds".into()],
+            Some("net-1"),
+        );
+        let service = options.host_config(ContainerRole::Service, Vec::new(), Some("net-1"));
+        insta::assert_json_snapshot!("job_and_service_host_config", (job, service));
+    }
+}

@@ -1,0 +1,843 @@
+//! `get_sources` for real: the `runnel` binary clones and fetches repositories the fake serves
+//! over git smart HTTP with the job token, through the shell executor.
+//!
+//! Each test registers a shell runner, queues jobs pointing at a fake repository and runs
+//! `runnel run-single --max-builds 1` once per job, so later jobs reuse the same project
+//! directory (slot 0). Assertions read the job trace and the checkout on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use runnel_fake_gitlab::{Endpoint, GitStrategy, JobBuilder, JobView, RemoteStatus, RepoHandle};
+use serde_json::json;
+
+use crate::support::TestEnv;
+
+const RUNNER: &str = "git";
+const JOB_WAIT: Duration = Duration::from_secs(30);
+
+struct GitTest {
+    env: TestEnv,
+}
+
+impl GitTest {
+    /// A registered shell runner named `git`; `runner_settings` are extra `[[runners]]` keys.
+    async fn new(runner_settings: &str) -> Self {
+        Self::with_tables(runner_settings, "").await
+    }
+
+    /// Like [`GitTest::new`], plus `tables` (`[runners.…]` sections) appended to the file.
+    async fn with_tables(runner_settings: &str, tables: &str) -> Self {
+        let env = TestEnv::new().await;
+        let token = env.fake.create_runner_token();
+        let args = [
+            "register",
+            "--non-interactive",
+            "--url",
+            env.url(),
+            "--token",
+            &token,
+            "--executor",
+            "shell",
+            "--name",
+            RUNNER,
+        ];
+        env.runnel(&args, "").await.assert_success();
+        if !runner_settings.is_empty() {
+            let text = env.config_text();
+            let anchor = "executor = \"shell\"\n";
+            assert!(text.contains(anchor), "unexpected config.toml:\n{text}");
+            let text = text.replacen(anchor, &format!("{anchor}{runner_settings}\n"), 1);
+            std::fs::write(env.config_path(), text).unwrap();
+        }
+        if !tables.is_empty() {
+            let text = format!("{}\n{tables}\n", env.config_text());
+            std::fs::write(env.config_path(), text).unwrap();
+        }
+        Self { env }
+    }
+
+    fn repo(&self, path: &str) -> RepoHandle {
+        self.env.fake.create_repo(path).expect("repository created")
+    }
+
+    /// Queues `job`, runs one job with `runnel run-single` and returns the finished job.
+    async fn run(&self, job: JobBuilder) -> JobView {
+        let id = self.env.fake.enqueue(job);
+        let args = ["run-single", "--runner", RUNNER, "--max-builds", "1"];
+        self.env.runnel(&args, "").await.assert_success();
+        self.env
+            .fake
+            .wait_for_job_state(id, JobView::is_finished, JOB_WAIT)
+            .await
+            .expect("job finished")
+    }
+
+    /// Like [`GitTest::run`], insists the job succeeded and returns its trace.
+    async fn run_ok(&self, job: JobBuilder) -> String {
+        self.run_ok_view(job).await.trace_text().into_owned()
+    }
+
+    /// Like [`GitTest::run`], and insists the job succeeded.
+    async fn run_ok_view(&self, job: JobBuilder) -> JobView {
+        let view = self.run(job).await;
+        let status = view.status;
+        assert_eq!(
+            status,
+            RemoteStatus::Success,
+            "job failed:\n{}",
+            view.trace_text()
+        );
+        view
+    }
+
+    fn builds_dir(&self) -> PathBuf {
+        self.env.dir.path().join("builds")
+    }
+
+    /// The checkout of `group/project` (the runner's only slot).
+    fn project_dir(&self, project: &str) -> PathBuf {
+        let found = files_under(&self.builds_dir(), true)
+            .into_iter()
+            .filter(|dir| dir.ends_with(project) && dir.join(".git").is_dir())
+            .collect::<Vec<_>>();
+        assert_eq!(found.len(), 1, "one checkout of {project}: {found:?}");
+        found.into_iter().next().unwrap()
+    }
+}
+
+/// Every file (or, with `dirs`, directory) below `root`.
+fn files_under(root: &Path, dirs: bool) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if dirs {
+                    found.push(path.clone());
+                }
+                pending.push(path);
+            } else if !dirs && kind.is_file() {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Fails when a file below `root` contains `secret`.
+#[track_caller]
+fn assert_not_on_disk(root: &Path, secret: &str) {
+    for file in files_under(root, false) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let found = bytes
+            .windows(secret.len())
+            .any(|window| window == secret.as_bytes());
+        assert!(!found, "{} holds a credential", file.display());
+    }
+}
+
+/// Runs `git` in `dir` and returns its trimmed stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "git {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The `get_sources` section of a trace as a reader sees it: no timestamps or stream markers,
+/// no section markers, and the run's paths, port and commit ids replaced by placeholders.
+fn get_sources_section(trace: &str, test: &GitTest, shas: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    let mut inside = false;
+    for line in trace.lines() {
+        // `<RFC 3339 timestamp> <2-digit stream><O|E><'+' for a continued line, else ' '><text>`
+        let content = line.split_once(' ').and_then(|(_, rest)| rest.get(4..));
+        let content = content.unwrap_or_default();
+        if content.contains(":get_sources\r") {
+            inside = content.starts_with("section_start");
+            continue;
+        }
+        if inside {
+            text.push_str(content);
+            text.push('\n');
+        }
+    }
+    let port = test.env.url().rsplit(':').next().unwrap_or_default();
+    let builds = test.builds_dir();
+    let builds = builds.to_str().unwrap_or_default();
+    // The short runner token names the first directory under the builds dir.
+    if let Some(short) = text
+        .split_once(&format!("{builds}/"))
+        .and_then(|(_, rest)| rest.split('/').next())
+        .map(str::to_owned)
+    {
+        text = text.replace(&format!("{builds}/{short}/"), "[BUILDS]/[SHORT]/");
+    }
+    let mut text = text.replace(&format!(":{port}/"), ":[PORT]/");
+    for (sha, name) in shas {
+        text = text.replace(sha, name).replace(&sha[..8], name);
+    }
+    text.replace('\x1b', "<ESC>")
+}
+
+/// The position of `needle` in `trace`, failing with the trace when it is missing.
+#[track_caller]
+fn position(trace: &str, needle: &str) -> usize {
+    trace
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in trace:\n{trace}"))
+}
+
+#[tokio::test]
+async fn clone_checks_out_the_job_commit_and_leaves_no_credential() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let first = repo
+        .commit("main", "first")
+        .file("README.md", "version one\n")
+        .create()
+        .unwrap();
+    repo.commit("main", "second")
+        .file("README.md", "version two\n")
+        .create()
+        .unwrap();
+
+    let job = JobBuilder::new("build")
+        .repo(&repo, "main", &first)
+        .git_strategy(GitStrategy::Clone)
+        // Keeps the log the same whether git-lfs is installed or not.
+        .variable("GIT_LFS_SKIP_SMUDGE", "1")
+        .script([
+            "cat README.md",
+            "echo \"head=$(git rev-parse HEAD)\"",
+            // The job's own git commands reach the remote with the job token too.
+            "echo \"remote=$(git ls-remote origin refs/heads/main)\"",
+        ]);
+    let view = test.run_ok_view(job).await;
+    let trace = view.trace_text();
+    assert!(trace.contains("Created fresh repository."), "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "Checking out {} as detached HEAD (ref is main)...",
+            &first[..8]
+        )),
+        "{trace}"
+    );
+    assert!(trace.contains("version one\n"), "{trace}");
+    assert!(trace.contains(&format!("head={first}")), "{trace}");
+    insta::assert_snapshot!(
+        "clone_get_sources",
+        get_sources_section(&trace, &test, &[(&first, "[FIRST]")])
+    );
+    let main = repo.branch_head("main").unwrap().unwrap();
+    assert!(
+        trace.contains(&format!("remote={main}\trefs/heads/main")),
+        "{trace}"
+    );
+
+    let project = test.project_dir("group/project");
+    let origin = git(&project, &["remote", "get-url", "origin"]);
+    assert_eq!(origin, repo.url(), "origin carries no credentials");
+    let config = std::fs::read_to_string(project.join(".git/config")).unwrap();
+    assert!(!config.contains("gitlab-ci-token"), "{config}");
+    let token = view.token.expose();
+    assert!(!trace.contains(token), "token in the trace");
+    assert_not_on_disk(&test.builds_dir(), token);
+    assert!(
+        test.env
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.path == "/group/project.git/git-upload-pack"),
+        "the sources came over HTTP"
+    );
+}
+
+#[tokio::test]
+async fn fetch_reuses_the_checkout_cleans_it_and_removes_stale_locks() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let first = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let fetch = |sha: &str| {
+        JobBuilder::new("build")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+    };
+    let trace = test
+        .run_ok(fetch(&first).script(["touch untracked-marker", "mkdir -p out && touch out/x"]))
+        .await;
+    assert!(trace.contains("Created fresh repository."), "{trace}");
+    let project = test.project_dir("group/project");
+    assert!(project.join("untracked-marker").exists());
+
+    // GIT_CLEAN_FLAGS=none keeps what the last job left.
+    let second = repo
+        .commit("main", "second")
+        .file("b.txt", "b\n")
+        .create()
+        .unwrap();
+    let trace = test
+        .run_ok(fetch(&second).variable("GIT_CLEAN_FLAGS", "none").script([
+            "test -e untracked-marker",
+            "test -e out/x",
+            "cat b.txt",
+        ]))
+        .await;
+    assert!(
+        trace.contains("Reinitialized existing Git repository"),
+        "{trace}"
+    );
+    assert!(!trace.contains("Created fresh repository."), "{trace}");
+
+    // A git killed mid-operation leaves lock files behind; the next fetch removes them.
+    std::fs::write(project.join(".git/index.lock"), "").unwrap();
+    std::fs::write(project.join(".git/shallow.lock"), "").unwrap();
+    std::fs::write(project.join(".git/refs/heads/stale.lock"), "").unwrap();
+    let third = repo
+        .commit("main", "third")
+        .file("c.txt", "c\n")
+        .create()
+        .unwrap();
+    test.run_ok(fetch(&third).script([
+        "test ! -e untracked-marker",
+        "test ! -e out",
+        "cat a.txt b.txt c.txt",
+    ]))
+    .await;
+    assert_eq!(git(&project, &["rev-parse", "HEAD"]), third);
+    assert!(!project.join(".git/index.lock").exists());
+    assert!(!project.join(".git/refs/heads/stale.lock").exists());
+}
+
+#[tokio::test]
+async fn depth_makes_a_shallow_clone_and_depth_zero_unshallows_it() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let mut head = String::new();
+    for n in 1..=3 {
+        head = repo
+            .commit("main", &format!("commit {n}"))
+            .file("n.txt", n.to_string())
+            .create()
+            .unwrap();
+    }
+    let job = |depth| {
+        JobBuilder::new("build")
+            .repo(&repo, "main", &head)
+            .git_strategy(GitStrategy::Fetch)
+            .git_depth(depth)
+            .script(["echo \"commits=$(git rev-list --count HEAD)\""])
+    };
+    let trace = test.run_ok(job(1)).await;
+    assert!(
+        trace.contains("Fetching changes with git depth set to 1..."),
+        "{trace}"
+    );
+    assert!(trace.contains("commits=1\n"), "{trace}");
+    let project = test.project_dir("group/project");
+    assert!(project.join(".git/shallow").exists());
+
+    let trace = test.run_ok(job(0)).await;
+    assert!(trace.contains("commits=3\n"), "{trace}");
+    assert!(!project.join(".git/shallow").exists());
+}
+
+#[tokio::test]
+async fn git_checkout_false_fetches_without_a_work_tree() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "hi\n")
+        .create()
+        .unwrap();
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .variable("GIT_CHECKOUT", "false")
+                .script([
+                    "test ! -e README.md",
+                    &format!("git cat-file -e {sha}"),
+                    "echo fetched-only",
+                ]),
+        )
+        .await;
+    assert!(trace.contains("Skipping Git checkout"), "{trace}");
+    assert!(trace.contains("fetched-only"), "{trace}");
+}
+
+#[tokio::test]
+async fn submodules_follow_the_strategy() {
+    let test = GitTest::new("").await;
+    let inner = test.repo("group/inner");
+    let inner_sha = inner
+        .commit("main", "inner")
+        .file("inner.txt", "deepest\n")
+        .create()
+        .unwrap();
+    let lib = test.repo("group/lib");
+    let lib_sha = lib
+        .commit("main", "lib")
+        .file("lib.txt", "library\n")
+        .submodule("nested", &inner, &inner_sha)
+        .create()
+        .unwrap();
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "top")
+        .file("top.txt", "top\n")
+        .submodule_url("libs/lib", "../lib.git", &lib_sha)
+        .create()
+        .unwrap();
+    let job = |strategy: Option<&str>, script: &[&str]| {
+        let mut job = JobBuilder::new("build")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .script(script.iter().copied());
+        if let Some(strategy) = strategy {
+            job = job.variable("GIT_SUBMODULE_STRATEGY", strategy);
+        }
+        job
+    };
+
+    let trace = test
+        .run_ok(job(None, &["test ! -e libs/lib/lib.txt"]))
+        .await;
+    assert!(trace.contains("Skipping Git submodules setup"), "{trace}");
+
+    let trace = test
+        .run_ok(job(
+            Some("normal"),
+            &[
+                "cat libs/lib/lib.txt",
+                "test ! -e libs/lib/nested/inner.txt",
+            ],
+        ))
+        .await;
+    assert!(
+        trace.contains("Updating/initializing submodules..."),
+        "{trace}"
+    );
+    assert!(trace.contains("library\n"), "{trace}");
+
+    let view = test
+        .run_ok_view(job(Some("recursive"), &["cat libs/lib/nested/inner.txt"]))
+        .await;
+    let trace = view.trace_text();
+    assert!(
+        trace.contains("Updating/initializing submodules recursively..."),
+        "{trace}"
+    );
+    assert!(trace.contains("deepest\n"), "{trace}");
+    let project = test.project_dir("group/project");
+    let sub_origin = git(&project.join("libs/lib"), &["remote", "get-url", "origin"]);
+    assert_eq!(sub_origin, lib.url());
+    assert_not_on_disk(&test.builds_dir(), view.token.expose());
+}
+
+#[tokio::test]
+async fn a_refused_token_fails_the_job_with_a_clear_error_and_no_leak() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "hi\n")
+        .create()
+        .unwrap();
+    let wrong = "glcbt-64_revokedTokenValue123";
+    let view = test
+        .run(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .clone_token(wrong)
+                .variable("GIT_LFS_SKIP_SMUDGE", "1")
+                .script(["echo should-not-run"]),
+        )
+        .await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(!trace.contains("should-not-run\n"), "{trace}");
+    assert!(
+        trace.contains("Authentication failed") || trace.contains("HTTP Basic: Access denied"),
+        "the log says why:\n{trace}"
+    );
+    assert!(!trace.contains(wrong), "token in the trace:\n{trace}");
+    insta::assert_snapshot!(
+        "refused_token_get_sources",
+        get_sources_section(&trace, &test, &[])
+    );
+    assert!(
+        !trace.contains("revokedTokenValue"),
+        "token in the trace:\n{trace}"
+    );
+}
+
+#[tokio::test]
+async fn runner_and_job_get_sources_hooks_run_around_the_clone() {
+    let settings = concat!(
+        "  pre_get_sources_script = \"echo runner-pre-hook\"\n",
+        "  post_get_sources_script = \"echo runner-post-hook; cat README.md\"",
+    );
+    let test = GitTest::new(settings).await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "readme-content\n")
+        .create()
+        .unwrap();
+    let hooks = json!([
+        {"name": "pre_get_sources_script", "script": ["echo job-pre-hook"]},
+        {"name": "post_get_sources_script", "script": ["echo job-post-hook"]},
+    ]);
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .extra("hooks", hooks)
+                .script(["echo script-ran"]),
+        )
+        .await;
+    let order = [
+        "runner-pre-hook\n",
+        "job-pre-hook\n",
+        "Fetching changes",
+        "job-post-hook\n",
+        "runner-post-hook\n",
+        "readme-content\n",
+        "script-ran\n",
+    ]
+    .map(|needle| position(&trace, needle));
+    assert!(order.is_sorted(), "hooks out of order {order:?}:\n{trace}");
+}
+
+#[tokio::test]
+async fn fetch_updates_submodules_and_cleans_them() {
+    let test = GitTest::new("").await;
+    let lib = test.repo("group/lib");
+    let lib_v1 = lib
+        .commit("main", "v1")
+        .file("version", "lib-v1\n")
+        .create()
+        .unwrap();
+    let repo = test.repo("group/project");
+    let top_v1 = repo
+        .commit("main", "top")
+        .submodule("lib", &lib, &lib_v1)
+        .create()
+        .unwrap();
+    let job = |sha: &str, script: &[&str]| {
+        JobBuilder::new("build")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+            .variable("GIT_SUBMODULE_STRATEGY", "normal")
+            .script(script.iter().copied())
+    };
+    test.run_ok(job(&top_v1, &["cat lib/version", "touch lib/untracked"]))
+        .await;
+
+    let lib_v2 = lib
+        .commit("main", "v2")
+        .file("version", "lib-v2\n")
+        .create()
+        .unwrap();
+    let top_v2 = repo
+        .commit("main", "bump lib")
+        .submodule("lib", &lib, &lib_v2)
+        .create()
+        .unwrap();
+    let trace = test
+        .run_ok(job(
+            &top_v2,
+            &["cat lib/version", "test ! -e lib/untracked"],
+        ))
+        .await;
+    assert!(trace.contains("lib-v2\n"), "{trace}");
+    let project = test.project_dir("group/project");
+    assert_eq!(git(&project.join("lib"), &["rev-parse", "HEAD"]), lib_v2);
+}
+
+#[tokio::test]
+async fn a_tag_pipeline_fetches_and_checks_out_the_tag() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let tagged = repo
+        .commit("main", "release")
+        .file("f", "1")
+        .create()
+        .unwrap();
+    repo.commit("main", "later")
+        .file("f", "2")
+        .create()
+        .unwrap();
+    repo.create_tag("v1.0", &tagged).unwrap();
+    let trace = test
+        .run_ok(
+            JobBuilder::new("release")
+                .repo(&repo, "v1.0", &tagged)
+                .git_depth(5)
+                .script([
+                    "echo \"described=$(git describe --tags)\"",
+                    "echo \"tag=$CI_COMMIT_TAG\"",
+                ]),
+        )
+        .await;
+    assert!(
+        trace.contains(&format!(
+            "Checking out {} as detached HEAD (ref is v1.0)...",
+            &tagged[..8]
+        )),
+        "{trace}"
+    );
+    assert!(trace.contains("described=v1.0\n"), "{trace}");
+    assert!(trace.contains("tag=v1.0\n"), "{trace}");
+}
+
+#[tokio::test]
+async fn get_sources_attempts_retry_a_failed_fetch() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "retried\n")
+        .create()
+        .unwrap();
+    test.env.fake.fail_next(Endpoint::GitHttp, 1, 500);
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .variable("GET_SOURCES_ATTEMPTS", "2")
+                .script(["cat README.md"]),
+        )
+        .await;
+    let failure = position(&trace, "The requested URL returned error: 500");
+    let success = position(&trace, "retried\n");
+    assert!(failure < success, "{trace}");
+
+    let view = test
+        .run(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .script(["cat README.md"]),
+        )
+        .await;
+    assert_eq!(view.status, RemoteStatus::Success, "a fault is used up");
+}
+
+fn git_lfs_installed() -> bool {
+    std::process::Command::new("git")
+        .args(["lfs", "version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[tokio::test]
+async fn lfs_files_are_pulled_unless_smudging_is_skipped() {
+    assert!(
+        git_lfs_installed(),
+        "this test needs git-lfs (`apt-get install git-lfs`; .ci/run installs it)"
+    );
+    let test = GitTest::new("").await;
+    // What an admin does once on a shell runner host: the LFS filters in the global config of
+    // the user running the jobs (the tests give `runnel` the temp dir as HOME).
+    let install = std::process::Command::new("git")
+        .args(["lfs", "install", "--skip-repo"])
+        .env("HOME", test.env.dir.path())
+        .output()
+        .expect("git lfs install runs");
+    assert!(install.status.success(), "{install:?}");
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "lfs")
+        .lfs_file("assets/big.bin", "large lfs content\n")
+        .create()
+        .unwrap();
+    let job = || {
+        JobBuilder::new("build")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .script(["cat assets/big.bin"])
+    };
+    let trace = test.run_ok(job()).await;
+    assert!(trace.contains("large lfs content\n"), "{trace}");
+    assert!(
+        test.env
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/info/lfs/objects/batch")),
+        "the content came through the LFS API"
+    );
+
+    let trace = test
+        .run_ok(job().variable("GIT_LFS_SKIP_SMUDGE", "1"))
+        .await;
+    assert!(trace.contains("oid sha256:"), "a pointer file:\n{trace}");
+    assert!(!trace.contains("large lfs content"), "{trace}");
+}
+
+#[tokio::test]
+async fn force_https_rewrites_ssh_submodule_urls_of_the_instance() {
+    let test = GitTest::new("").await;
+    let lib = test.repo("group/lib");
+    let lib_sha = lib
+        .commit("main", "lib")
+        .file("lib.txt", "over https\n")
+        .create()
+        .unwrap();
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "top")
+        .submodule_url("lib", "git@127.0.0.1:group/lib.git", &lib_sha)
+        .submodule_url("ssh-lib", "ssh://git@127.0.0.1/group/lib.git", &lib_sha)
+        .create()
+        .unwrap();
+    let view = test
+        .run_ok_view(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .variable("GIT_SUBMODULE_STRATEGY", "normal")
+                .variable("GIT_SUBMODULE_FORCE_HTTPS", "true")
+                .script(["cat lib/lib.txt ssh-lib/lib.txt"]),
+        )
+        .await;
+    let trace = view.trace_text();
+    assert_eq!(trace.matches("over https\n").count(), 2, "{trace}");
+    assert_not_on_disk(&test.builds_dir(), view.token.expose());
+}
+
+#[tokio::test]
+async fn urls_without_tokens_authenticate_through_the_credential_helper() {
+    let test = GitTest::new("").await;
+    let lib = test.repo("group/lib");
+    let lib_sha = lib
+        .commit("main", "lib")
+        .file("lib.txt", "helper-auth\n")
+        .create()
+        .unwrap();
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "top")
+        .submodule_url("lib", "../lib.git", &lib_sha)
+        .create()
+        .unwrap();
+    let view = test
+        .run_ok_view(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .variable("FF_GIT_URLS_WITHOUT_TOKENS", "true")
+                .variable("GIT_SUBMODULE_STRATEGY", "normal")
+                .script([
+                    "cat lib/lib.txt",
+                    "ext=\"$RUNNER_TEMP_PROJECT_DIR/.gitlab-runner.ext.conf\"",
+                    "echo \"token-urls=$(grep -c gitlab-ci-token: \"$ext\")\"",
+                    "echo \"helpers=$(grep -c helper \"$ext\")\"",
+                ]),
+        )
+        .await;
+    let trace = view.trace_text();
+    assert!(trace.contains("helper-auth\n"), "{trace}");
+    assert!(
+        trace.contains("token-urls=0\n"),
+        "no token in any URL:\n{trace}"
+    );
+    assert!(trace.contains("helpers=1\n"), "{trace}");
+    assert_not_on_disk(&test.builds_dir(), view.token.expose());
+}
+
+#[tokio::test]
+async fn git_clone_path_puts_the_checkout_where_the_job_asks() {
+    let test = GitTest::with_tables("", "[runners.custom_build_dir]\n  enabled = true").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "custom place\n")
+        .create()
+        .unwrap();
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .variable("GIT_CLONE_PATH", "$CI_BUILDS_DIR/custom/checkout")
+                .script(["echo \"dir=$(pwd)\"", "cat README.md"]),
+        )
+        .await;
+    let expected = test.builds_dir().join("custom/checkout");
+    assert!(
+        trace.contains(&format!("dir={}\n", expected.display())),
+        "{trace}"
+    );
+    assert!(trace.contains("custom place\n"), "{trace}");
+    assert_eq!(git(&expected, &["rev-parse", "HEAD"]), sha);
+}
+
+#[tokio::test]
+async fn strategies_none_and_empty_skip_git() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "kept\n")
+        .create()
+        .unwrap();
+    let job = || JobBuilder::new("build").repo(&repo, "main", &sha);
+    test.run_ok(job().git_strategy(GitStrategy::Fetch).script(["true"]))
+        .await;
+    let git_requests = || {
+        test.env
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains(".git/"))
+            .count()
+    };
+    let before = git_requests();
+
+    let trace = test
+        .run_ok(
+            job()
+                .git_strategy(GitStrategy::None)
+                .script(["cat README.md"]),
+        )
+        .await;
+    assert!(trace.contains("Skipping Git repository setup"), "{trace}");
+    assert!(
+        trace.contains("kept\n"),
+        "the last checkout is used as is:\n{trace}"
+    );
+
+    let trace = test
+        .run_ok(
+            job()
+                .git_strategy(GitStrategy::Empty)
+                .script(["echo \"entries=$(ls -A | wc -l)\""]),
+        )
+        .await;
+    assert!(
+        trace.contains("Skipping Git repository setup and creating an empty build directory"),
+        "{trace}"
+    );
+    assert!(trace.contains("entries=0\n"), "{trace}");
+    assert_eq!(
+        git_requests(),
+        before,
+        "no git traffic without a git strategy"
+    );
+}
