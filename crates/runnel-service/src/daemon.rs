@@ -92,6 +92,33 @@ struct Health {
     paused_until: Option<Instant>,
 }
 
+/// How often the same runner may log a failed job request; failures in between are counted and
+/// reported with the next line, so a GitLab outage does not flood the log.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Rate limiting of "checking for jobs failed" lines.
+#[derive(Debug, Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    suppressed: u32,
+}
+
+impl FailureLog {
+    /// Whether to log this failure now, and how many were held back before it.
+    fn admit(&mut self, now: Instant) -> Option<u32> {
+        match self.last {
+            Some(at) if now.duration_since(at) < FAILURE_LOG_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Lowest-free index allocation for `CI_CONCURRENT_ID` and `CI_CONCURRENT_PROJECT_ID`.
 #[derive(Debug, Default)]
 pub(crate) struct SlotIds {
@@ -142,6 +169,7 @@ pub(crate) struct RunnerState {
     limit: Slots,
     requests: Slots,
     health: Mutex<Health>,
+    failure_log: Mutex<FailureLog>,
     pub(crate) slot_ids: Arc<SlotIds>,
     /// Removed from the configuration: no more polling.
     retired: CancellationToken,
@@ -156,6 +184,7 @@ impl RunnerState {
             spec: Mutex::new(Arc::new(spec)),
             client: Mutex::new(Arc::new(client)),
             health: Mutex::new(Health::default()),
+            failure_log: Mutex::new(FailureLog::default()),
             slot_ids: Arc::default(),
             retired: CancellationToken::new(),
         })
@@ -355,6 +384,7 @@ pub(crate) async fn run(
         runners = config.runners.len(),
         "Runnel started; polling GitLab for jobs"
     );
+    sweep_docker_leftovers(&config);
 
     let feeder = tokio::spawn(feed(Arc::clone(&shared), requeue_rx));
     let rotation = tokio::spawn(crate::rotation::rotate_tokens(
@@ -437,6 +467,35 @@ pub(crate) async fn run(
             },
             () = timeout => return Err(ServiceError::ShutdownTimeout(shutdown_timeout)),
         }
+    }
+}
+
+/// Removes containers, networks and volumes that a crashed earlier run of a docker runner left
+/// behind (found by their labels; running jobs are spared). Runs in the background.
+fn sweep_docker_leftovers(config: &ServiceConfig) {
+    for runner in config.runners.iter().filter(|r| r.executor == "docker") {
+        let Some(entry) = runner.config.clone() else {
+            continue;
+        };
+        let short = runner.token.short();
+        tokio::spawn(async move {
+            let provider = match runnel_executor_docker::DockerProvider::from_runner(&entry) {
+                Ok(provider) => provider,
+                Err(error) => {
+                    tracing::warn!(runner = %short, %error, "cannot check for docker leftovers");
+                    return;
+                }
+            };
+            match provider.remove_leftovers().await {
+                Ok(removed) if removed.is_empty() => {}
+                Ok(removed) => {
+                    tracing::info!(runner = %short, removed = removed.len(), "removed docker objects left by an earlier run")
+                }
+                Err(error) => {
+                    tracing::warn!(runner = %short, %error, "cannot remove docker leftovers")
+                }
+            }
+        });
     }
 }
 
@@ -673,6 +732,10 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
     match result {
         JobRequestResult::Job(job) => {
             runner.record_health(true);
+            *runner
+                .failure_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = FailureLog::default();
             shared.touch();
             if !spec.strict_check_interval && !shared.stop_feeding.is_cancelled() {
                 // The feeder only stops receiving when the daemon stops; then no requeue is wanted.
@@ -698,7 +761,19 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
                 JobRequestResult::Failed(error) => error.to_string(),
                 _ => "unexpected answer".to_owned(),
             };
-            tracing::warn!(runner = %spec.token.short(), %problem, "checking for jobs failed");
+            let admitted = runner
+                .failure_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .admit(Instant::now());
+            if let Some(suppressed) = admitted {
+                tracing::warn!(
+                    runner = %spec.token.short(),
+                    %problem,
+                    similar_failures_not_logged = suppressed,
+                    "checking for jobs failed"
+                );
+            }
         }
     }
     drop(limit);
@@ -733,4 +808,33 @@ async fn run_received_job(
     };
     let outcome = run_job(job, context).await;
     tracing::info!(job = %outcome.job, state = %outcome.summary, "job finished");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_lines_are_rate_limited_and_count_what_they_hold_back() {
+        let mut log = FailureLog::default();
+        let start = Instant::now();
+        assert_eq!(log.admit(start), Some(0));
+        assert_eq!(log.admit(start + Duration::from_secs(1)), None);
+        assert_eq!(log.admit(start + Duration::from_secs(2)), None);
+        assert_eq!(
+            log.admit(start + FAILURE_LOG_EVERY + Duration::from_secs(1)),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn slot_ids_are_the_lowest_free() {
+        let ids = Arc::new(SlotIds::default());
+        let a = ids.take(0);
+        let b = ids.take(0);
+        assert_eq!((a.index, b.index), (0, 1));
+        drop(a);
+        assert_eq!(ids.take(0).index, 0);
+        assert_eq!(ids.take(7).index, 0, "scopes are independent");
+    }
 }

@@ -25,6 +25,7 @@ use runnel_types::{JobId, JobSpec, JobState};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::remote::{ApiRemote, JobRemote, RemoteStatus, StateUpdate, UpdateReply};
 use crate::settings::{RunnerSpec, ServiceConfig};
@@ -86,7 +87,14 @@ pub(crate) async fn run_job(job: JobSpec, context: JobContext) -> JobSummary {
         token: job.token.clone(),
         info: runner_info(&context.runner),
     });
-    let summary = supervise(job, &context, remote).await;
+    // Every daemon log line about this job carries its id, runner and current stage.
+    let span = tracing::info_span!(
+        "job",
+        job = %job_id,
+        runner = %context.runner.token.short(),
+        stage = tracing::field::Empty,
+    );
+    let summary = supervise(job, &context, remote).instrument(span).await;
     JobSummary {
         job: job_id,
         summary,
@@ -327,6 +335,8 @@ async fn execute(
         let (deadline, cancel) = stage_limits(stage, plan, job_deadline, &cancels);
         section(trace, sections, &stage.name, &stage.description);
         context.tracked.set_stage(&stage.name);
+        tracing::Span::current().record("stage", stage.name.as_str());
+        tracing::debug!("stage started");
         let stage_started = Instant::now();
         let result = run_stage(executor.as_mut(), stage, status, &sink, deadline, &cancel).await;
         let took = stage_started.elapsed();

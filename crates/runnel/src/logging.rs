@@ -10,7 +10,9 @@ use std::io::IsTerminal;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::Visit;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -38,30 +40,124 @@ impl LevelHandle {
     }
 }
 
-/// Installs the global subscriber. Call once, before anything logs.
-pub(crate) fn init(level: LogLevel, format: LogFormat) -> LevelHandle {
+/// Installs the global subscriber. Call once, before anything logs. With `syslog`, lines go to
+/// the system log (`/dev/log`) instead of stderr when it is there.
+pub(crate) fn init(level: LogLevel, format: LogFormat, syslog: bool) -> LevelHandle {
     let (filter, handle) = reload::Layer::new(filter_for(level));
-    let ansi = std::io::stderr().is_terminal();
+    let mut syslog_error = None;
+    let (writer, ansi) = match syslog.then(Syslog::connect) {
+        Some(Ok(syslog)) => (BoxMakeWriter::new(syslog), false),
+        other => {
+            syslog_error = other.and_then(Result::err);
+            (
+                BoxMakeWriter::new(std::io::stderr),
+                std::io::stderr().is_terminal(),
+            )
+        }
+    };
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(ErrorCounter);
     match format {
         LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
+            .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
             .init(),
         LogFormat::Text | LogFormat::Runner => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(LineFormat { format, ansi })
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .init(),
     }
+    if let Some(error) = syslog_error {
+        tracing::warn!(%error, "cannot log to the system log; logging to stderr");
+    }
     LevelHandle(handle)
+}
+
+/// Where syslog listens on Linux.
+const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// Log lines as syslog datagrams (RFC 3164 framing, facility `daemon`).
+struct Syslog {
+    socket: std::os::unix::net::UnixDatagram,
+    pid: u32,
+}
+
+impl Syslog {
+    fn connect() -> std::io::Result<Self> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.connect(SYSLOG_SOCKET).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("cannot connect to {SYSLOG_SOCKET}: {error}"),
+            )
+        })?;
+        Ok(Self {
+            socket,
+            pid: std::process::id(),
+        })
+    }
+}
+
+impl<'a> MakeWriter<'a> for Syslog {
+    type Writer = SyslogLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SyslogLine {
+            syslog: self,
+            severity: 6,
+            line: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        let severity = match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        SyslogLine {
+            syslog: self,
+            severity,
+            line: Vec::new(),
+        }
+    }
+}
+
+/// One log line, sent as one datagram when the formatter is done with it.
+struct SyslogLine<'a> {
+    syslog: &'a Syslog,
+    severity: u8,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for SyslogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SyslogLine<'_> {
+    fn drop(&mut self) {
+        const DAEMON: u8 = 3;
+        let text = String::from_utf8_lossy(&self.line);
+        let priority = DAEMON * 8 + self.severity;
+        let message = format!(
+            "<{priority}>runnel[{}]: {}",
+            self.syslog.pid,
+            text.trim_end()
+        );
+        // A full or missing syslog must not stop the runner; the line is lost, nothing else.
+        self.syslog.socket.send(message.as_bytes()).ok();
+    }
 }
 
 /// Feeds `gitlab_runner_errors_total` with every warning and error logged.

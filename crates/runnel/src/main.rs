@@ -27,7 +27,8 @@ fn main() -> ExitCode {
         .log_format
         .or_else(|| config_log_format(&cli.command))
         .unwrap_or(LogFormat::Runner);
-    let levels = logging::init(level, format);
+    let syslog = matches!(&cli.command, cli::Command::Run(args) if args.syslog);
+    let levels = logging::init(level, format, syslog);
     let context = commands::Context {
         levels,
         level_from_cli: cli.global.debug || cli.global.log_level.is_some(),

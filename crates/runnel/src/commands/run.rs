@@ -22,11 +22,6 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot change to working directory {}", dir.display()))?;
     }
-    if args.syslog {
-        tracing::warn!(
-            "--syslog: logging to the system log is not available yet; logging to stderr"
-        );
-    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),

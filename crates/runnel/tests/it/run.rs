@@ -20,6 +20,8 @@ pub(crate) struct Daemon {
     pub(crate) dir: TempDir,
     pub(crate) token: String,
     child: Option<tokio::process::Child>,
+    /// Logging flags for `runnel run` (default `--log-level debug`).
+    log_args: Vec<&'static str>,
 }
 
 /// Extra lines for the `[[runners]]` entry and global settings.
@@ -33,6 +35,8 @@ pub(crate) struct Setup {
     pub(crate) executor: Option<&'static str>,
     pub(crate) tables: String,
     pub(crate) fake: Option<FakeConfig>,
+    /// Logging flags instead of `--log-level debug`.
+    pub(crate) log_args: Option<Vec<&'static str>>,
 }
 
 fn quick_fake() -> FakeConfig {
@@ -50,11 +54,16 @@ impl Daemon {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let token = fake.create_runner_token();
+        let log_args = setup
+            .log_args
+            .clone()
+            .unwrap_or_else(|| vec!["--log-level", "debug"]);
         let mut daemon = Self {
             fake,
             dir,
             token,
             child: None,
+            log_args,
         };
         let executor = setup.executor.unwrap_or("shell");
         let runner = format!("  executor = \"{executor}\"\n{}", setup.runner);
@@ -90,7 +99,7 @@ impl Daemon {
             .args(args)
             .arg("-c")
             .arg(self.config_path())
-            .args(["--log-level", "debug"])
+            .args(&self.log_args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
@@ -764,11 +773,13 @@ async fn tokens_are_rotated_and_saved_before_they_expire() {
     )
     .await
     .assert_success();
+    let log_args = vec!["--log-level", "debug"];
     let mut daemon = Daemon {
         fake,
         dir,
         token: token.clone(),
         child: None,
+        log_args,
     };
     daemon.spawn(&["run"]);
     let mut rotated = None;
@@ -820,6 +831,12 @@ async fn metrics_health_and_job_list_are_served() {
         async move { request.send().await.unwrap().text().await.unwrap() }
     };
     assert_eq!(get("/health/ready").await.trim(), "OK");
+    let while_running = get("/metrics").await;
+    let running_line = while_running
+        .lines()
+        .find(|l| l.starts_with("gitlab_runner_jobs{") && l.contains("stage=\"step_script\""))
+        .unwrap_or_else(|| panic!("no running job in:\n{while_running}"));
+    assert!(running_line.ends_with(" 1"), "{running_line}");
     let jobs = get("/debug/jobs/list").await;
     assert!(
         jobs.contains(&format!("/-/jobs/{id} ")) && jobs.contains("stage=step_script"),
@@ -830,6 +847,11 @@ async fn metrics_health_and_job_list_are_served() {
     assert!(trace.contains("Resource usage: peak memory"), "{trace}");
     assert!(trace.contains("Stage durations: prepare_script"), "{trace}");
     let metrics = get("/metrics").await;
+    let total = metrics
+        .lines()
+        .find(|l| l.starts_with("gitlab_runner_jobs_total{"))
+        .unwrap_or_else(|| panic!("no jobs_total in:\n{metrics}"));
+    assert!(total.ends_with(" 1"), "the counter moved: {total}");
     for name in [
         "gitlab_runner_version_info{",
         "gitlab_runner_concurrent 1",
@@ -850,6 +872,77 @@ async fn metrics_health_and_job_list_are_served() {
         !metrics.contains(&daemon.token),
         "the token is never a label"
     );
+    daemon.signal(Signal::SIGQUIT);
+    daemon.wait_exit().await;
+}
+
+#[tokio::test]
+async fn json_log_lines_carry_the_job_fields() {
+    let log_args = Some(vec!["--log-format", "json", "--log-level", "debug"]);
+    let daemon = Daemon::start(Setup {
+        log_args,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(job("logged").script(["echo logged"]));
+    daemon.finished(id).await;
+    // The daemon logs "job finished" right after the final update; wait for it.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = daemon.log();
+        if log.contains("job finished") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let stage_line = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "stage started" && l["span"]["stage"] == "step_script")
+        .unwrap_or_else(|| panic!("no stage line in:\n{log}"));
+    assert_eq!(stage_line["span"]["job"], id.to_string());
+    assert_eq!(
+        stage_line["span"]["runner"],
+        runnel_types::short_token(&daemon.token)
+    );
+    assert!(
+        !log.contains(&daemon.token),
+        "the token never reaches the log"
+    );
+}
+
+#[tokio::test]
+async fn a_config_reload_changes_the_log_level() {
+    let setup = Setup {
+        global: "log_level = \"info\"",
+        log_args: Some(vec![]),
+        ..Setup::default()
+    };
+    let mut daemon = Daemon::start(setup).await;
+    let id = daemon.fake.enqueue(job("quiet").script(["true"]));
+    daemon.finished(id).await;
+    assert!(
+        !daemon.log().contains("checking for jobs"),
+        "no debug lines at info:\n{}",
+        daemon.log()
+    );
+    let text = std::fs::read_to_string(daemon.config_path())
+        .unwrap()
+        .replace("log_level = \"info\"", "log_level = \"debug\"");
+    std::fs::write(daemon.config_path(), text).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    let mut seen = false;
+    for _ in 0..100 {
+        if daemon.log().contains("checking for jobs") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "debug lines after the reload:\n{}", daemon.log());
     daemon.signal(Signal::SIGQUIT);
     daemon.wait_exit().await;
 }
