@@ -93,19 +93,26 @@ impl Client {
     /// an http(s) URL or a TLS file cannot be loaded.
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
         let api = api_url(&config.url)?;
-        let builder = reqwest::Client::builder()
-            .user_agent(user_agent())
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(TCP_KEEPALIVE)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT);
-        let builder = configure_tls(builder, &config)?;
-        let http = builder.build().map_err(|source| ApiError::BuildClient {
-            url: SafeUrl::new(&api),
-            source,
-        })?;
+        let http = match configure_tls(base_builder(), &config)?.build() {
+            Ok(http) => http,
+            // A host without a CA store (a minimal helper image) can still talk plain HTTP:
+            // build without the system roots, so only TLS connections fail.
+            Err(error) if api.scheme() == "http" => {
+                tracing::warn!(%error, "no usable system CA store; only plain HTTP will work");
+                configure_tls(base_builder().tls_certs_only(Vec::new()), &config)?
+                    .build()
+                    .map_err(|source| ApiError::BuildClient {
+                        url: SafeUrl::new(&api),
+                        source,
+                    })?
+            }
+            Err(source) => {
+                return Err(ApiError::BuildClient {
+                    url: SafeUrl::new(&api),
+                    source,
+                });
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -394,6 +401,18 @@ pub(crate) fn api_url(configured: &str) -> Result<Url, ApiError> {
         });
     }
     Ok(url)
+}
+
+/// The HTTP client settings shared by every client (timeouts as the official runner's).
+fn base_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(user_agent())
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
 }
 
 fn configure_tls(

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
+use md5::Digest as _;
 use runnel_types::JobSpec;
-use sha2::{Digest, Sha256};
 
 /// The prefix of every label the executor sets.
 pub const LABEL_PREFIX: &str = "com.gitlab.gitlab-runner";
@@ -116,10 +116,10 @@ impl JobNames {
     }
 }
 
-/// A short stable hash of a container path, for volume names (32 hex digits).
+/// The hash of a container path in volume names and cache bind paths: the MD5 hex digest, as
+/// the official runner names them, so a swapped-in Runnel reuses the existing cache volumes.
 pub fn path_hash(path: &str) -> String {
-    let digest = Sha256::digest(path.as_bytes());
-    hex::encode(&digest[..16])
+    hex::encode(md5::Md5::digest(path.as_bytes()))
 }
 
 /// What the labels describe besides the job.
@@ -243,8 +243,8 @@ mod tests {
         runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-tutum-wordpress-0
         runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-registry.example.com-5000-db-postgres-1
         runner-xyzABC12-project-42-concurrent-3-job-1001-network
-        runner-xyzABC12-project-42-concurrent-3-cache-4f7cfe6fcd4203100d7e7c34b9355ddd
-        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-tmp-37a763a9864ceadb2c3d39b22feb2bae
+        runner-xyzABC12-project-42-concurrent-3-cache-3c3f060a0374fc8bc39395164f415a70
+        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-tmp-c33bcaa1fd2c77edfc3893b41966cea8
         "
         );
     }

@@ -163,10 +163,12 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         }
     };
     let usage = usage.finish();
-    trace.println(&format!(
-        "Resource usage: {}",
-        crate::usage::describe(&usage)
-    ));
+    if usage.measured {
+        trace.println(&format!(
+            "Resource usage: {}",
+            crate::usage::describe(&usage)
+        ));
+    }
 
     let final_status = outcome.final_status(options.executor);
     let reason = final_status
@@ -181,7 +183,7 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         &labels,
         started.elapsed(),
         reason.map(|r| r.as_str()),
-        Some(&usage),
+        usage.measured.then_some(&usage),
     );
     if final_status.is_error {
         let line = &final_status.trace_line;

@@ -2,9 +2,9 @@
 //!
 //! Cadence: the first bytes after a quiet spell go out at once (a user watching the job sees
 //! output within a fraction of a second), then appends are batched at the update interval GitLab
-//! asks for (`X-GitLab-Trace-Update-Interval`, default 3 s). With nothing to send, a keep-alive
-//! `PUT` goes out every update interval (3 s to 30 s) so GitLab knows the job is alive and a cancel
-//! is noticed promptly.
+//! asks for (`X-GitLab-Trace-Update-Interval`, default 3 s), each time sending everything that is
+//! pending. With nothing to send, a keep-alive `PUT` goes out after 30 s of silence, as the
+//! official runner does, so GitLab knows the job is alive and can tell it about a cancel.
 //!
 //! Nothing is lost: the sent offset only moves when GitLab accepts bytes; 416 answers move it to
 //! where GitLab really is; transport errors and 5xx are retried (the API client retries each call,
@@ -98,9 +98,13 @@ impl<R: JobRemote> TraceUploader<R> {
                     () = stop.cancelled() => return,
                     () = sleep_until(due) => {}
                 }
-                self.send_chunk().await;
+                // Send everything that is pending, not one chunk per interval: a fast job's
+                // log must not fall behind (1 MiB per 3 s is all the official loop sends).
+                if let Err(error) = self.flush().await {
+                    tracing::debug!(%error, "trace update deferred");
+                }
             } else {
-                let keepalive_due = self.last_contact + self.keepalive_period();
+                let keepalive_due = self.last_contact + FORCE_SEND_INTERVAL;
                 let trace = self.trace.clone();
                 let seen = self.trace.len();
                 tokio::select! {
@@ -150,14 +154,6 @@ impl<R: JobRemote> TraceUploader<R> {
             sleep(backoff).await;
             backoff = (backoff * 2).min(FINAL_BACKOFF_MAX);
         }
-    }
-
-    /// How long a silent job waits before telling GitLab it is alive. The official runner waits
-    /// 30 s, so a silent job notices a cancel only that late; we use GitLab's own update interval
-    /// (its load hint), bounded below by 3 s and above by 30 s.
-    fn keepalive_period(&self) -> Duration {
-        self.interval
-            .clamp(DEFAULT_UPDATE_INTERVAL, FORCE_SEND_INTERVAL)
     }
 
     fn has_pending(&self) -> bool {

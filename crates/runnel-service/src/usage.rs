@@ -1,7 +1,7 @@
 //! CPU and memory of each job's processes, sampled from `/proc` (Linux).
 //!
-//! Executors report the process group of every stage they start; one sampler task reads
-//! `/proc/*/stat` four times a second for all running jobs together and keeps, per job, the peak
+//! Executors report the process group of every stage they start; once a second one sampler task
+//! walks each group leader's descendants in `/proc` and keeps, per job, the peak
 //! resident memory of its process group, the CPU time its processes used, and the peak CPU use
 //! in cores. The official runner has nothing like this (users ask for it: peers-and-user-pain
 //! 1.14 and 4.7). Where `/proc` is missing the figures stay at zero; nothing fails.
@@ -13,11 +13,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How often `/proc` is read.
-const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// What a job's processes used.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Usage {
+    /// Whether any process of the job ran on this host (a docker job's processes do not).
+    pub(crate) measured: bool,
     pub(crate) peak_rss_bytes: u64,
     pub(crate) cpu_seconds: f64,
     pub(crate) peak_cores: f64,
@@ -53,17 +55,26 @@ impl JobUsage {
     pub(crate) fn finish(self: &Arc<Self>) -> Usage {
         SAMPLER.sample_now();
         SAMPLER.forget(self);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        Usage {
+            measured: !state.groups.is_empty(),
+            ..state.usage
+        }
+    }
+
+    fn leaders(&self) -> Vec<u32> {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .usage
+            .groups
+            .clone()
     }
 
     fn record(&self, stats: &[ProcStat], now: Instant, page_size: u64, ticks_per_second: f64) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut rss = 0u64;
         let state = &mut *state;
-        for stat in stats.iter().filter(|s| state.groups.contains(&s.pgrp)) {
+        for stat in stats {
             rss += stat.rss_pages * page_size;
             let seen = state.ticks.entry(stat.pid).or_default();
             *seen = (*seen).max(stat.cpu_ticks);
@@ -86,7 +97,6 @@ impl JobUsage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProcStat {
     pid: u32,
-    pgrp: u32,
     cpu_ticks: u64,
     rss_pages: u64,
 }
@@ -100,26 +110,38 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     Some(ProcStat {
         pid,
-        pgrp: u32::try_from(field(5)?).ok()?,
         cpu_ticks: field(14)? + field(15)?,
         rss_pages: field(24)?,
     })
 }
 
-fn read_all_stats() -> Vec<ProcStat> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|text| parse_stat(&text))
-        .collect()
+/// The process `leader` and all its descendants that are still alive, from the kernel's
+/// `task/*/children` lists: the cost follows the job's own processes, not the host's.
+fn tree_stats(leader: u32) -> Vec<ProcStat> {
+    let mut stats = Vec::new();
+    let mut queue = vec![leader];
+    while let Some(pid) = queue.pop() {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(stat) = parse_stat(&text) else {
+            continue;
+        };
+        stats.push(stat);
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                queue.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    stats
 }
 
 /// The one sampler shared by all jobs.
@@ -186,9 +208,9 @@ impl Sampler {
         if jobs.is_empty() {
             return;
         }
-        let stats = read_all_stats();
         let now = Instant::now();
         for job in jobs {
+            let stats: Vec<ProcStat> = job.leaders().into_iter().flat_map(tree_stats).collect();
             job.record(&stats, now, self.page_size, self.ticks_per_second);
         }
     }
@@ -216,7 +238,6 @@ mod tests {
             stat,
             ProcStat {
                 pid: 4242,
-                pgrp: 4240,
                 cpu_ticks: 300,
                 rss_pages: 777
             }
@@ -232,9 +253,8 @@ mod tests {
     #[tokio::test]
     async fn accounts_a_real_process_group() {
         let usage = Arc::new(JobUsage::default());
-        // This test process's own group: it certainly uses memory.
-        let own = u32::try_from(nix::unistd::getpgrp().as_raw()).unwrap();
-        usage.add_group(own);
+        // This test process itself: it certainly uses memory.
+        usage.add_group(std::process::id());
         let result = usage.finish();
         assert!(result.peak_rss_bytes > 0, "{result:?}");
     }

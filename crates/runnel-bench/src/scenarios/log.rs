@@ -66,8 +66,9 @@ pub(super) async fn run(plan: &Plan, report: &mut Report) -> Result<(), BenchErr
 
 async fn measure(plan: &Plan, variant: &Variant, report: &mut Report) -> Result<(), BenchError> {
     let settings = RunnerSettings {
-        // Room for the whole log: the official default (4 MiB) would cut it short.
-        output_limit_kib: plan.log_mb.saturating_mul(1000).saturating_add(10_240),
+        // Room for the whole log: the official default (4 MiB) would cut it short, and the
+        // trace is bigger than the script output (per-line timestamp prefixes).
+        output_limit_kib: plan.log_mb.saturating_mul(2000).saturating_add(10_240),
         ..RunnerSettings::default()
     };
     let mut session = Session::start(plan, true, settings).await?;

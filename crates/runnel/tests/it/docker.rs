@@ -1,14 +1,39 @@
 //! The docker executor through `runnel run`, against the real Docker engine and images built
 //! here (no registry is reachable).
+//!
+//! Images (built once per machine, reused by tag):
+//! - `runnel-e2e-busybox:1`: `FROM scratch` plus the host's static busybox.
+//! - `runnel-e2e-web:1`: busybox `httpd` serving a page on port 8080 (a service).
+//! - `runnel-e2e-git:2-<hash>`: the busybox image plus the host's glibc `git`,
+//!   `git-remote-http`, the libraries `ldd` lists for them and for the runnel binary, and the
+//!   host's CA bundle.
+//! - `runnel-e2e-helper-git:<binary fingerprint>`: the helper image
+//!   `runnel docker build-helper-image` makes from that with the runnel binary under test.
+//!
+//! Every test ends by checking that no container, network or temporary volume of its runner is
+//! left, then removes its runner's reusable cache volumes (they outlive jobs by design).
 
+use std::hash::{Hash, Hasher};
+use std::io::{Cursor, Read};
+use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 
-use runnel_fake_gitlab::RemoteStatus;
+use runnel_fake_gitlab::{GitStrategy, JobBuilder, RemoteStatus};
+use serde_json::json;
 
 use crate::run::{Daemon, Setup, final_update, job};
 
 /// A `FROM scratch` image with the host's static busybox.
 const IMAGE: &str = "runnel-e2e-busybox:1";
+/// Busybox `httpd` serving `hello-from-service` on port 8080.
+const WEB: &str = "runnel-e2e-web:1";
+/// The busybox image plus the host's glibc git (for HTTP), its libraries and the runnel
+/// binary's; the tag gets a suffix naming those libraries.
+const GIT: &str = "runnel-e2e-git:2";
+
+/// Serializes image builds: tests run in parallel and would otherwise build the same tag.
+static BUILDS: Mutex<()> = Mutex::new(());
 
 fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")
@@ -17,34 +42,186 @@ fn docker(args: &[&str]) -> std::process::Output {
         .expect("the docker CLI runs (these tests need Docker)")
 }
 
-fn ensure_image() {
-    if docker(&["image", "inspect", IMAGE]).status.success() {
-        return;
-    }
-    let context = tempfile::tempdir().unwrap();
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("the docker tests need a static busybox: apt-get install busybox-static");
-    std::fs::copy(busybox, context.path().join("busybox")).unwrap();
-    std::fs::write(
-        context.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && /bin/busybox mkdir -p /tmp && /bin/busybox chmod 1777 /tmp\"]\n",
-    )
-    .unwrap();
-    let built = docker(&["build", "-q", "-t", IMAGE, context.path().to_str().unwrap()]);
+fn image_exists(tag: &str) -> bool {
+    docker(&["image", "inspect", tag]).status.success()
+}
+
+/// Builds `tag` from `context` with the docker CLI, panicking with its stderr on failure.
+fn build(tag: &str, context: &Path) {
+    let built = docker(&["build", "-q", "-t", tag, context.to_str().unwrap()]);
     assert!(
         built.status.success(),
-        "building {IMAGE} failed: {}",
+        "building {tag} failed: {}",
         String::from_utf8_lossy(&built.stderr)
     );
 }
 
+fn ensure_image() {
+    let _guard = BUILDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !image_exists(IMAGE) {
+        let context = tempfile::tempdir().unwrap();
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("the docker tests need a static busybox: apt-get install busybox-static");
+        std::fs::copy(busybox, context.path().join("busybox")).unwrap();
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox --install -s /bin && /bin/busybox mkdir -p /tmp && /bin/busybox chmod 1777 /tmp\"]\n",
+        )
+        .unwrap();
+        build(IMAGE, context.path());
+    }
+    if !image_exists(WEB) {
+        let context = tempfile::tempdir().unwrap();
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            format!(
+                "FROM {IMAGE}\nRUN mkdir -p /www && echo hello-from-service > /www/index.html\nEXPOSE 8080\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+            ),
+        )
+        .unwrap();
+        build(WEB, context.path());
+    }
+}
+
+/// The shared libraries `ldd` lists for `binary` (absolute paths, the loader included).
+fn libraries(binary: &Path) -> Vec<String> {
+    let ldd = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap_or_else(|error| panic!("the docker tests need `ldd`: {error}"));
+    assert!(ldd.status.success(), "ldd {} failed", binary.display());
+    String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.trim().split(' ').next()?,
+                None => line.trim().split(' ').next()?,
+            };
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
+}
+
+/// Copies `binary` to `rootfs/<inside>` (when given) and every library `ldd` lists for it to
+/// the same path under `rootfs`.
+fn copy_with_libraries(binary: &Path, inside: Option<&str>, rootfs: &Path) {
+    if let Some(inside) = inside {
+        let target = rootfs.join(inside.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(binary, &target)
+            .unwrap_or_else(|error| panic!("copy {}: {error}", binary.display()));
+    }
+    for path in libraries(binary) {
+        let library = rootfs.join(path.trim_start_matches('/'));
+        if library.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+        std::fs::copy(&path, &library).unwrap_or_else(|error| panic!("copy {path}: {error}"));
+    }
+}
+
+/// The glibc helper image with git and the runnel binary under test; returns its tag.
+///
+/// The git base is built once per machine (its tag names the libraries it carries, so a
+/// binary linking a new library gets a new base); the helper is tagged with the binary's size
+/// and modification time, so a rebuilt binary gets a fresh helper and an unchanged one is
+/// reused.
+async fn ensure_git_helper() -> String {
+    ensure_image();
+    let exe = env!("CARGO_BIN_EXE_runnel");
+    let meta = std::fs::metadata(exe).unwrap();
+    let modified = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let tag = format!(
+        "runnel-e2e-helper-git:{:x}-{:x}",
+        meta.len(),
+        modified.as_nanos()
+    );
+    let mut hasher = std::hash::DefaultHasher::new();
+    libraries(Path::new(exe)).hash(&mut hasher);
+    let base = format!("{GIT}-{:016x}", hasher.finish());
+    {
+        let _guard = BUILDS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !image_exists(&base) {
+            let (git, core) = ["/usr/bin/git", "/usr/local/bin/git"]
+                .into_iter()
+                .map(|git| {
+                    let exec_path = Command::new(git).arg("--exec-path").output();
+                    let core = exec_path
+                        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                        .unwrap_or_default();
+                    (git, core)
+                })
+                .find(|(_, core)| Path::new(core).join("git-remote-http").exists())
+                .expect("the docker tests need git with git-remote-http (apt-get install git)");
+            let context = tempfile::tempdir().unwrap();
+            let rootfs = context.path().join("rootfs");
+            copy_with_libraries(Path::new(git), Some("/usr/bin/git"), &rootfs);
+            copy_with_libraries(
+                &Path::new(&core).join("git-remote-http"),
+                Some(&format!("{core}/git-remote-http")),
+                &rootfs,
+            );
+            copy_with_libraries(Path::new(exe), None, &rootfs);
+            std::fs::create_dir_all(rootfs.join("usr/share/git-core/templates")).unwrap();
+            // Real helper bases carry CA certificates; the runner's HTTP client wants them
+            // even for an http:// URL.
+            let bundle = "/etc/ssl/certs/ca-certificates.crt";
+            std::fs::create_dir_all(rootfs.join("etc/ssl/certs")).unwrap();
+            std::fs::copy(bundle, rootfs.join(bundle.trim_start_matches('/')))
+                .unwrap_or_else(|error| panic!("the docker tests need {bundle}: {error}"));
+            std::fs::write(
+                context.path().join("Dockerfile"),
+                format!(
+                    "FROM {IMAGE}\nCOPY rootfs/ /\nRUN ln -s /usr/bin/git {core}/git && ln -s git-remote-http {core}/git-remote-https\n"
+                ),
+            )
+            .unwrap();
+            build(&base, context.path());
+        }
+        if image_exists(&tag) {
+            return tag;
+        }
+    }
+    let home = tempfile::tempdir().unwrap();
+    let run = crate::support::run_runnel(
+        &[
+            "docker",
+            "build-helper-image",
+            "--from",
+            &base,
+            "--tag",
+            &tag,
+        ],
+        "",
+        home.path(),
+    )
+    .await;
+    run.assert_success();
+    tag
+}
+
 fn docker_setup(image: &str) -> Setup {
+    docker_setup_with(image, "")
+}
+
+/// A docker runner on `image` with the busybox helper, pull policy `never`, and `extra` lines
+/// in `[runners.docker]`.
+fn docker_setup_with(image: &str, extra: &str) -> Setup {
     Setup {
         executor: Some("docker"),
         tables: format!(
-            "  [runners.docker]\n    image = \"{image}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"never\"]\n"
+            "  [runners.docker]\n    image = \"{image}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"never\"]\n{extra}"
         ),
         ..Setup::default()
     }
@@ -63,10 +240,106 @@ fn containers_of(daemon: &Daemon) -> String {
     String::from_utf8_lossy(&listed.stdout).into_owned()
 }
 
+/// The names of the `kind` objects (`container`, `network`, `volume`) labelled with this
+/// daemon's runner.
+fn labelled(daemon: &Daemon, kind: &str, extra_filter: Option<&str>) -> Vec<String> {
+    let short = runnel_types::short_token(&daemon.token);
+    let label = format!("label=com.gitlab.gitlab-runner.runner.id={short}");
+    let mut args = match kind {
+        "container" => vec!["ps", "-a", "-q"],
+        "network" => vec!["network", "ls", "-q"],
+        _ => vec!["volume", "ls", "-q"],
+    };
+    args.extend(["--filter", &label]);
+    if let Some(filter) = extra_filter {
+        args.extend(["--filter", filter]);
+    }
+    let listed = docker(&args);
+    assert!(
+        listed.status.success(),
+        "listing {kind}s: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts that nothing of this runner is left but its reusable cache volumes ([`Sweep`]
+/// removes those).
+fn assert_nothing_left(daemon: &Daemon) {
+    assert_eq!(
+        labelled(daemon, "container", None),
+        Vec::<String>::new(),
+        "containers left"
+    );
+    assert!(containers_of(daemon).trim().is_empty(), "containers left");
+    assert_eq!(
+        labelled(daemon, "network", None),
+        Vec::<String>::new(),
+        "networks left"
+    );
+    assert_eq!(
+        labelled(
+            daemon,
+            "volume",
+            Some("label=com.gitlab.gitlab-runner.reusable=false")
+        ),
+        Vec::<String>::new(),
+        "temporary volumes left"
+    );
+}
+
+/// Removes whatever this runner left, when dropped: a failing test must not litter the
+/// machine (a passing one has already checked there is nothing but cache volumes).
+struct Sweep(String);
+
+impl Sweep {
+    fn new(daemon: &Daemon) -> Self {
+        Self(runnel_types::short_token(&daemon.token).to_string())
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let label = format!("label=com.gitlab.gitlab-runner.runner.id={}", self.0);
+        for (list, remove) in [
+            (&["ps", "-a", "-q"][..], &["rm", "-f"][..]),
+            (&["network", "ls", "-q"][..], &["network", "rm"][..]),
+            (&["volume", "ls", "-q"][..], &["volume", "rm", "-f"][..]),
+        ] {
+            let listed = docker(&[list, &["--filter", &label]].concat());
+            for name in String::from_utf8_lossy(&listed.stdout).lines() {
+                docker(&[remove, &[name]].concat());
+            }
+        }
+    }
+}
+
+fn zip_names(data: &[u8]) -> Vec<String> {
+    let archive = zip::ZipArchive::new(Cursor::new(data)).expect("a zip archive");
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|n| n.unwrap().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn zip_entry(data: &[u8], name: &str) -> String {
+    let mut archive = zip::ZipArchive::new(Cursor::new(data)).expect("a zip archive");
+    let mut entry = archive.by_name(name).expect("the entry");
+    let mut text = String::new();
+    entry.read_to_string(&mut text).unwrap();
+    text
+}
+
 #[tokio::test]
 async fn a_job_runs_in_its_image_and_leaves_nothing_behind() {
     ensure_image();
     let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
     let id = daemon.fake.enqueue(job("in-docker").script([
         "echo \"in container as $(id -u)\"",
         "test -f /.dockerenv && echo dockerenv-present",
@@ -81,17 +354,14 @@ async fn a_job_runs_in_its_image_and_leaves_nothing_behind() {
     );
     assert!(trace.contains("in container as 0\n"), "{trace}");
     assert!(trace.contains("dockerenv-present\n"), "{trace}");
-    assert!(
-        containers_of(&daemon).trim().is_empty(),
-        "containers left: {}",
-        containers_of(&daemon)
-    );
+    assert_nothing_left(&daemon);
 }
 
 #[tokio::test]
 async fn a_missing_image_fails_the_job_with_a_clear_message() {
     ensure_image();
     let daemon = Daemon::start(docker_setup("runnel-e2e-missing:404")).await;
+    let _sweep = Sweep::new(&daemon);
     let id = daemon.fake.enqueue(job("no-image").script(["echo never"]));
     let view = daemon.finished(id).await;
     let trace = view.trace_text();
@@ -109,6 +379,7 @@ async fn a_missing_image_fails_the_job_with_a_clear_message() {
         ),
         "{reason:?}"
     );
+    assert_nothing_left(&daemon);
 }
 
 #[tokio::test]
@@ -148,4 +419,306 @@ async fn build_helper_image_puts_this_binary_into_the_image() {
         stdout.contains("/usr/bin/runnel") && stdout.contains("/usr/bin/gitlab-runner-helper"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn a_service_is_reached_by_its_alias() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("with-service")
+            .extra("services", json!([{ "name": WEB, "alias": "web" }]))
+            .script(["wget -qO- http://web:8080/"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("Waiting for services to be up and running (timeout 30 seconds)..."),
+        "{trace}"
+    );
+    assert!(trace.contains("hello-from-service\n"), "{trace}");
+    assert!(
+        !trace.contains("probably didn't start properly"),
+        "the service came up: {trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_service_that_never_listens_is_reported_and_the_job_goes_on() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    wait_for_services_timeout = 2\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("broken-service")
+            .extra(
+                "services",
+                json!([{
+                    "name": WEB,
+                    "alias": "broken",
+                    "command": ["sh", "-c", "echo broken-service-says-hi; exec sleep 300"]
+                }]),
+            )
+            .script(["echo job-went-on"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let warning = trace
+        .find("*** WARNING: Service ")
+        .unwrap_or_else(|| panic!("the official warning: {trace}"));
+    let job_output = trace.find("job-went-on\n").expect("the script ran");
+    assert!(warning < job_output, "the warning comes first: {trace}");
+    assert!(
+        trace.contains("Waiting for services to be up and running (timeout 2 seconds)..."),
+        "{trace}"
+    );
+    assert!(trace.contains("probably didn't start properly."), "{trace}");
+    assert!(trace.contains("Health check error:"), "{trace}");
+    assert!(trace.contains("8080"), "the port is named: {trace}");
+    assert!(trace.contains("Service container logs:"), "{trace}");
+    assert!(
+        trace.contains("broken-service-says-hi"),
+        "the service's own output: {trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_disallowed_image_fails_the_job_and_names_the_rule() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    allowed_images = [\"runnel-e2e-busybox:*\"]\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("forbidden")
+            .extra("image", json!({ "name": "runnel-e2e-web:1" }))
+            .script(["echo never-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains(
+            "the image `runnel-e2e-web:1` is not allowed by `allowed_images` (runnel-e2e-busybox:*)"
+        ),
+        "{trace}"
+    );
+    assert!(!trace.contains("\nnever-ran\n"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn the_memory_limit_reaches_the_job_container() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(IMAGE, "    memory = \"64m\"\n")).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(job("memory").script([
+        // cgroup v2 first, then v1.
+        "echo \"limit=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)\"",
+    ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains(&format!("limit={}\n", 64 * 1024 * 1024)),
+        "{trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_canceled_job_stops_and_its_containers_are_removed() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("cancel-me")
+            .script(["echo started", "sleep 60", "echo not-reached"])
+            .after_script(["echo \"after-cancel status=$CI_JOB_STATUS\""]),
+    );
+    let seen = |v: &runnel_fake_gitlab::JobView| v.trace_text().contains("started\n");
+    daemon
+        .fake
+        .wait_for_job_state(id, seen, std::time::Duration::from_secs(90))
+        .await
+        .expect("the job started");
+    // While the job runs, the label filters see its objects: the final check is not vacuous.
+    assert!(
+        labelled(&daemon, "container", None).len() >= 2,
+        "the helper and build containers carry the runner's label"
+    );
+    assert_eq!(
+        labelled(&daemon, "network", None).len(),
+        1,
+        "the job network"
+    );
+    assert!(
+        !labelled(
+            &daemon,
+            "volume",
+            Some("label=com.gitlab.gitlab-runner.reusable=false")
+        )
+        .is_empty(),
+        "the temporary builds volume"
+    );
+    daemon.fake.cancel_job(id).unwrap();
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Canceled, "{trace}");
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(trace.contains("after-cancel status=canceled"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_job_that_runs_too_long_times_out_and_its_containers_are_removed() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("slow")
+            .timeout(2)
+            .script(["echo started", "sleep 60", "echo not-reached"])
+            .after_script(["echo after-timeout"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("job_execution_timeout"),
+        "{trace}"
+    );
+    assert!(trace.contains("execution took longer than"), "{trace}");
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(
+        trace.contains("after-timeout"),
+        "after_script still runs: {trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_cache_volume_is_shared_by_the_jobs_of_a_project() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    disable_cache = false\n    volumes = [\"/cache\"]\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let first = daemon
+        .fake
+        .enqueue(job("writer").script(["echo \"from-job-$CI_JOB_ID\" > /cache/x", "echo written"]));
+    let view = daemon.finished(first).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    let reusable = labelled(
+        &daemon,
+        "volume",
+        Some("label=com.gitlab.gitlab-runner.reusable=true"),
+    );
+    let short = runnel_types::short_token(&daemon.token);
+    assert!(
+        // The official name: the MD5 of `/cache`, so volumes survive a swap of runners.
+        reusable.contains(&format!(
+            "runner-{short}-project-1-concurrent-0-cache-3c3f060a0374fc8bc39395164f415a70"
+        )),
+        "the cache volume is kept between jobs: {reusable:?}"
+    );
+
+    let second = daemon
+        .fake
+        .enqueue(job("reader").script(["echo \"read=$(cat /cache/x)\""]));
+    let view = daemon.finished(second).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains(&format!("read=from-job-{first}\n")),
+        "{trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_glibc_helper_clones_over_http_and_uploads_artifacts() {
+    let helper = ensure_git_helper().await;
+    // The fake listens on loopback: the containers share the host's network to reach it.
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    pull_policy = [\"never\"]\n    network_mode = \"host\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "from-the-repository\n")
+        .create()
+        .unwrap();
+    let id = daemon.fake.enqueue(
+        JobBuilder::new("build")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .variable("GIT_LFS_SKIP_SMUDGE", "1")
+            .script([
+                "cat README.md",
+                "mkdir -p out",
+                "echo built > out/result.txt",
+            ])
+            .extra(
+                "artifacts",
+                json!([{
+                    "name": "result",
+                    "paths": ["out/"],
+                    "when": "on_success",
+                    "artifact_type": "archive",
+                    "artifact_format": "zip",
+                    "expire_in": "1 day"
+                }]),
+            ),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("Created fresh repository."), "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "Checking out {} as detached HEAD (ref is main)...",
+            &sha[..8]
+        )),
+        "{trace}"
+    );
+    assert!(trace.contains("from-the-repository\n"), "{trace}");
+    assert!(
+        trace.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"),
+        "{trace}"
+    );
+    assert!(!trace.contains(view.token.expose()), "the job token leaked");
+    assert!(
+        daemon
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.path == "/group/project.git/git-upload-pack"),
+        "the sources came over HTTP"
+    );
+    assert_eq!(view.artifacts.len(), 1, "{:?}", view.artifacts);
+    let artifact = &view.artifacts[0];
+    assert_eq!(artifact.filename, "result.zip");
+    assert_eq!(zip_names(&artifact.data), ["out/", "out/result.txt"]);
+    assert_eq!(zip_entry(&artifact.data, "out/result.txt"), "built\n");
+    assert_nothing_left(&daemon);
 }
