@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use runnel_types::{
-    ArtifactFormat, ArtifactSpec, ArtifactWhen, CachePolicy, CacheSpec, CacheWhen, Credential,
-    Dependency, GitInfo, Hook, ImagePort, ImageSpec, JobFeatures, JobId, JobInfo, JobSpec,
-    JobToken, RefType, Secret, Step, StepWhen, Variable,
+    ArtifactFormat, ArtifactSpec, CachePolicy, CacheSpec, Credential, Dependency, GitInfo, Hook,
+    ImagePort, ImageSpec, JobFeatures, JobId, JobInfo, JobSpec, JobToken, RefType, Secret, Step,
+    Variable, When,
 };
 use serde::Deserialize;
 
@@ -324,9 +324,9 @@ impl StepWire {
             script: self.script.0,
             timeout: positive_seconds(self.timeout),
             when: match self.when.as_str() {
-                "on_failure" => StepWhen::OnFailure,
-                "always" => StepWhen::Always,
-                _ => StepWhen::OnSuccess,
+                "on_failure" => When::OnFailure,
+                "always" => When::Always,
+                _ => When::OnSuccess,
             },
             allow_failure: self.allow_failure,
         }
@@ -363,9 +363,9 @@ impl ArtifactWire {
             paths: self.paths.0,
             exclude: self.exclude.0,
             when: match self.when.as_str() {
-                "on_failure" => ArtifactWhen::OnFailure,
-                "always" => ArtifactWhen::Always,
-                _ => ArtifactWhen::OnSuccess,
+                "on_failure" => When::OnFailure,
+                "always" => When::Always,
+                _ => When::OnSuccess,
             },
             artifact_type: self.artifact_type,
             expire_in: self.expire_in,
@@ -385,9 +385,9 @@ impl CacheWire {
             },
             paths: self.paths.0,
             when: match self.when.as_str() {
-                "on_failure" => CacheWhen::OnFailure,
-                "always" => CacheWhen::Always,
-                _ => CacheWhen::OnSuccess,
+                "on_failure" => When::OnFailure,
+                "always" => When::Always,
+                _ => When::OnSuccess,
             },
             fallback_keys: self.fallback_keys.0,
         }

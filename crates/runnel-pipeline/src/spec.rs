@@ -8,8 +8,8 @@
 //! artifact files): the caller sets `id`, `token`, `git` and `info` ids itself.
 
 use runnel_types::{
-    ArtifactFormat, ArtifactSpec, ArtifactWhen, CachePolicy as SpecCachePolicy, CacheSpec,
-    CacheWhen, Dependency, Hook, ImageSpec, JobInfo, JobSpec, Step, StepWhen, Variable,
+    ArtifactFormat, ArtifactSpec, CachePolicy as SpecCachePolicy, CacheSpec, Dependency, Hook,
+    ImageSpec, JobInfo, JobSpec, Step, Variable, When,
 };
 
 use crate::eval::PlannedJob;
@@ -65,11 +65,11 @@ fn image_spec(image: &Image) -> ImageSpec {
     }
 }
 
-fn artifact_when(when: SaveWhen) -> ArtifactWhen {
+fn artifact_when(when: SaveWhen) -> When {
     match when {
-        SaveWhen::OnSuccess => ArtifactWhen::OnSuccess,
-        SaveWhen::OnFailure => ArtifactWhen::OnFailure,
-        SaveWhen::Always => ArtifactWhen::Always,
+        SaveWhen::OnSuccess => When::OnSuccess,
+        SaveWhen::OnFailure => When::OnFailure,
+        SaveWhen::Always => When::Always,
     }
 }
 
@@ -122,7 +122,7 @@ fn artifact_specs(a: &Artifacts) -> Vec<ArtifactSpec> {
             untracked: false,
             paths: paths.clone(),
             exclude: Vec::new(),
-            when: ArtifactWhen::Always,
+            when: When::Always,
             artifact_type: kind.clone(),
             format: Some(format),
             expire_in: a.expire_in.clone().unwrap_or_default(),
@@ -143,7 +143,7 @@ pub fn to_job_spec(job: &PlannedJob, options: &SpecOptions<'_>) -> JobSpec {
             .cloned()
             .collect(),
         timeout: config.timeout,
-        when: StepWhen::OnSuccess,
+        when: When::OnSuccess,
         allow_failure: false,
     }];
     if !config.after_script.is_empty() {
@@ -151,7 +151,7 @@ pub fn to_job_spec(job: &PlannedJob, options: &SpecOptions<'_>) -> JobSpec {
             name: "after_script".to_owned(),
             script: config.after_script.clone(),
             timeout: config.timeout,
-            when: StepWhen::Always,
+            when: When::Always,
             allow_failure: true,
         });
     }
@@ -177,9 +177,9 @@ pub fn to_job_spec(job: &PlannedJob, options: &SpecOptions<'_>) -> JobSpec {
             },
             paths: c.paths.clone(),
             when: match c.when {
-                SaveWhen::OnSuccess => CacheWhen::OnSuccess,
-                SaveWhen::OnFailure => CacheWhen::OnFailure,
-                SaveWhen::Always => CacheWhen::Always,
+                SaveWhen::OnSuccess => When::OnSuccess,
+                SaveWhen::OnFailure => When::OnFailure,
+                SaveWhen::Always => When::Always,
             },
             fallback_keys: c.fallback_keys.clone(),
         })

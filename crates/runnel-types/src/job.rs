@@ -137,13 +137,25 @@ impl fmt::Debug for Variable {
     }
 }
 
-/// When a step runs, relative to the outcome of the steps before it.
+/// When something runs relative to how the job went so far: a step, an artifact upload, a
+/// cache save (GitLab's `when: on_success | on_failure | always`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum StepWhen {
+pub enum When {
     #[default]
     OnSuccess,
     OnFailure,
     Always,
+}
+
+impl When {
+    /// Whether it runs for a job that has (`failed`) or has not failed.
+    pub fn applies(self, failed: bool) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnSuccess => !failed,
+            Self::OnFailure => failed,
+        }
+    }
 }
 
 /// One entry of `steps`: `script`, `after_script`, `release`, …
@@ -152,7 +164,7 @@ pub struct Step {
     pub name: String,
     pub script: Vec<String>,
     pub timeout: Option<Duration>,
-    pub when: StepWhen,
+    pub when: When,
     pub allow_failure: bool,
 }
 
@@ -181,15 +193,6 @@ pub struct ImageSpec {
     pub docker_user: String,
     /// `executor_opts.kubernetes.user`.
     pub kubernetes_user: String,
-}
-
-/// When artifacts are uploaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ArtifactWhen {
-    #[default]
-    OnSuccess,
-    OnFailure,
-    Always,
 }
 
 /// Archive format of an artifact upload.
@@ -223,7 +226,7 @@ pub struct ArtifactSpec {
     pub untracked: bool,
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
-    pub when: ArtifactWhen,
+    pub when: When,
     /// `archive`, `junit`, `dotenv`, …; empty means the GitLab default.
     pub artifact_type: String,
     /// `None` when the payload did not say (then zip, unsent).
@@ -240,15 +243,6 @@ pub enum CachePolicy {
     Push,
 }
 
-/// When a cache is saved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum CacheWhen {
-    #[default]
-    OnSuccess,
-    OnFailure,
-    Always,
-}
-
 /// One `cache` entry.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CacheSpec {
@@ -256,7 +250,7 @@ pub struct CacheSpec {
     pub untracked: bool,
     pub policy: CachePolicy,
     pub paths: Vec<String>,
-    pub when: CacheWhen,
+    pub when: When,
     pub fallback_keys: Vec<String>,
 }
 

@@ -15,9 +15,9 @@ mod token;
 
 pub use expand::expand;
 pub use job::{
-    ArtifactFormat, ArtifactSpec, ArtifactWhen, CachePolicy, CacheSpec, CacheWhen, Credential,
-    Dependency, FailureReason, GitInfo, Hook, ImagePort, ImageSpec, JobFeatures, JobId, JobInfo,
-    JobSpec, JobState, RefType, Step, StepWhen, Variable,
+    ArtifactFormat, ArtifactSpec, CachePolicy, CacheSpec, Credential, Dependency, FailureReason,
+    GitInfo, Hook, ImagePort, ImageSpec, JobFeatures, JobId, JobInfo, JobSpec, JobState, RefType,
+    Step, Variable, When,
 };
 pub use secret::Secret;
 pub use token::{DEFAULT_TOKEN_PREFIXES, JobToken, PAT_PREFIX, RunnerToken, short_token};

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use runnel_api::{ApiError, decode_job_payload};
-use runnel_types::{ArtifactWhen, CachePolicy, JobId, RefType, StepWhen};
+use runnel_types::{CachePolicy, JobId, RefType, When};
 use serde_json::json;
 
 const FIXTURE: &[u8] = include_bytes!("../fixtures/job_response.network_gitlab_test.json");
@@ -35,9 +35,9 @@ fn the_official_fixture_decodes_with_the_expected_values() {
     assert_eq!(job.steps.len(), 2);
     assert_eq!(job.steps[0].name, "script");
     assert_eq!(job.steps[0].script, ["date", "ls -ls"]);
-    assert_eq!(job.steps[0].when, StepWhen::OnSuccess);
+    assert_eq!(job.steps[0].when, When::OnSuccess);
     assert_eq!(job.steps[1].name, "after_script");
-    assert_eq!(job.steps[1].when, StepWhen::Always);
+    assert_eq!(job.steps[1].when, When::Always);
     assert!(job.steps[1].allow_failure);
 
     let image = job.image.as_ref().unwrap();
@@ -54,7 +54,7 @@ fn the_official_fixture_decodes_with_the_expected_values() {
 
     assert_eq!(job.artifacts[0].name, "artifact.zip");
     assert_eq!(job.artifacts[0].paths, ["out/*"]);
-    assert_eq!(job.artifacts[0].when, ArtifactWhen::Always);
+    assert_eq!(job.artifacts[0].when, When::Always);
     assert_eq!(job.artifacts[0].expire_in, "7d");
     assert_eq!(job.artifacts[0].format, None);
 
@@ -121,7 +121,7 @@ fn lenient_fields_are_accepted() {
     assert_eq!(job.timeout, None);
     assert_eq!(job.steps[0].script, ["echo hi"]);
     assert_eq!(job.steps[0].timeout, None);
-    assert_eq!(job.steps[0].when, StepWhen::OnFailure);
+    assert_eq!(job.steps[0].when, When::OnFailure);
     assert!(job.image.is_none());
     let service = &job.services[0];
     assert_eq!(service.aliases, ["db", "pg", "postgres"]);

@@ -14,7 +14,7 @@
 //! generation, and the helpers themselves (the `runnel` binary).
 
 use runnel_archive::cache_key::{self, LOCAL_ARCHIVE_NAME};
-use runnel_types::{ArtifactSpec, ArtifactWhen, CachePolicy, CacheSpec, CacheWhen, Dependency};
+use runnel_types::{ArtifactSpec, CachePolicy, CacheSpec, Dependency};
 
 use super::{PlannedStage, StageContext, StageKind, StageWhen};
 use crate::dirs::join;
@@ -170,11 +170,7 @@ impl StageContext<'_> {
             .cache
             .iter()
             .filter(|c| c.policy != CachePolicy::Pull && has_paths(&c.paths, c.untracked))
-            .filter(|c| match (c.when, outcome) {
-                (CacheWhen::Always, _) => true,
-                (CacheWhen::OnSuccess, o) => o == Outcome::Success,
-                (CacheWhen::OnFailure, o) => o == Outcome::Failure,
-            })
+            .filter(|c| c.when.applies(outcome == Outcome::Failure))
             .collect();
         if caches.is_empty() {
             return None;
@@ -243,11 +239,7 @@ impl StageContext<'_> {
             .artifacts
             .iter()
             .filter(|a| has_paths(&a.paths, a.untracked))
-            .filter(|a| match (a.when, outcome) {
-                (ArtifactWhen::Always, _) => true,
-                (ArtifactWhen::OnSuccess, o) => o == Outcome::Success,
-                (ArtifactWhen::OnFailure, o) => o == Outcome::Failure,
-            })
+            .filter(|a| a.when.applies(outcome == Outcome::Failure))
             .collect();
         if artifacts.is_empty() {
             return None;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use runnel_job::{ExecutorKind, JobPlan, PlanOptions, plan};
-use runnel_types::{GitInfo, JobId, JobInfo, JobSpec, JobToken, Secret, Step, StepWhen, Variable};
+use runnel_types::{GitInfo, JobId, JobInfo, JobSpec, JobToken, Secret, Step, Variable, When};
 
 pub(crate) fn job() -> JobSpec {
     JobSpec {
@@ -46,7 +46,7 @@ pub(crate) fn script_step(lines: &[&str]) -> Step {
         name: "script".into(),
         script: lines.iter().map(|l| (*l).to_owned()).collect(),
         timeout: Some(Duration::from_secs(3600)),
-        when: StepWhen::OnSuccess,
+        when: When::OnSuccess,
         allow_failure: false,
     }
 }
@@ -54,7 +54,7 @@ pub(crate) fn script_step(lines: &[&str]) -> Step {
 pub(crate) fn after_script_step(lines: &[&str]) -> Step {
     Step {
         name: "after_script".into(),
-        when: StepWhen::Always,
+        when: When::Always,
         ..script_step(lines)
     }
 }

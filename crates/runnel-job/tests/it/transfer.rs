@@ -3,8 +3,8 @@
 use insta::assert_snapshot;
 use runnel_job::{JobStatus, StageWhen};
 use runnel_types::{
-    ArtifactFormat, ArtifactSpec, ArtifactWhen, CachePolicy, CacheSpec, CacheWhen, Dependency,
-    JobId, JobSpec, JobToken,
+    ArtifactFormat, ArtifactSpec, CachePolicy, CacheSpec, Dependency, JobId, JobSpec, JobToken,
+    When,
 };
 
 use crate::support::{after_script_step, job, opts, plan_ok, render, set_var, stage_script};
@@ -64,12 +64,12 @@ fn every_transfer_stage_in_the_official_order() {
     let mut job = job();
     job.steps.push(after_script_step(&["echo after"]));
     job.cache.push(CacheSpec {
-        when: CacheWhen::Always,
+        when: When::Always,
         ..cache("deps", &["vendor/"])
     });
     job.artifacts.push(artifact(&["out/"]));
     job.artifacts.push(ArtifactSpec {
-        when: ArtifactWhen::OnFailure,
+        when: When::OnFailure,
         ..artifact(&["logs/"])
     });
     job.dependencies
@@ -131,7 +131,7 @@ fn cache_policies_decide_restore_and_archive() {
     let mut push = job();
     push.cache.push(CacheSpec {
         policy: CachePolicy::Push,
-        when: CacheWhen::OnFailure,
+        when: When::OnFailure,
         ..cache("k", &["a"])
     });
     let push_names = names(&push);
@@ -177,7 +177,7 @@ fn archive_cache_script() {
     let mut job = job();
     job.cache.push(CacheSpec {
         untracked: true,
-        when: CacheWhen::Always,
+        when: When::Always,
         ..cache("deps/$CI_JOB_ID", &["vendor/", "$CI_JOB_ID/*.o"])
     });
     set_var(&mut job, "CACHE_REQUEST_TIMEOUT", "3");
@@ -216,13 +216,13 @@ fn upload_artifacts_scripts() {
         ..artifact(&["out/", "bin/app"])
     });
     job.artifacts.push(ArtifactSpec {
-        when: ArtifactWhen::Always,
+        when: When::Always,
         format: Some(ArtifactFormat::Gzip),
         artifact_type: "junit".into(),
         ..artifact(&["report.xml"])
     });
     job.artifacts.push(ArtifactSpec {
-        when: ArtifactWhen::OnFailure,
+        when: When::OnFailure,
         untracked: true,
         ..artifact(&[])
     });
@@ -248,12 +248,12 @@ fn upload_artifacts_scripts() {
 fn every_transfer_script_is_valid_bash() {
     let mut job = job();
     job.cache.push(CacheSpec {
-        when: CacheWhen::Always,
+        when: When::Always,
         fallback_keys: vec!["a".into(), "b".into()],
         ..cache("deps", &["vendor/"])
     });
     job.artifacts.push(ArtifactSpec {
-        when: ArtifactWhen::Always,
+        when: When::Always,
         ..artifact(&["out/"])
     });
     job.dependencies
