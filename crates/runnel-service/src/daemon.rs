@@ -758,7 +758,7 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
                 JobRequestResult::Forbidden => "forbidden (is the runner token valid?)".to_owned(),
                 JobRequestResult::Unavailable => "GitLab instance currently unavailable".to_owned(),
                 JobRequestResult::Conflict => "job taken by another runner".to_owned(),
-                JobRequestResult::Failed(error) => error.to_string(),
+                JobRequestResult::Failed(error) => crate::job::error_chain(error),
                 _ => "unexpected answer".to_owned(),
             };
             let admitted = runner

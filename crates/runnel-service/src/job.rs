@@ -690,7 +690,7 @@ fn executor_kind(runner: &RunnerSpec) -> ExecutorKind {
 }
 
 /// The error and its causes on one line, for the job log.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -4,29 +4,6 @@ use runnel_config::ConfigFile;
 
 use crate::support::{TestEnv, fixture};
 
-/// Registers a `glrt-` runner named `name`; returns its token.
-async fn register(env: &TestEnv, name: &str) -> String {
-    let token = env.fake.create_runner_token();
-    env.runnel(
-        &[
-            "register",
-            "--non-interactive",
-            "--url",
-            env.url(),
-            "--token",
-            &token,
-            "--executor",
-            "shell",
-            "--name",
-            name,
-        ],
-        "",
-    )
-    .await
-    .assert_success();
-    token
-}
-
 /// Appends a runner whose token GitLab does not know.
 fn add_unknown_runner(env: &TestEnv) {
     let mut text = env.config_text();
@@ -40,7 +17,7 @@ fn add_unknown_runner(env: &TestEnv) {
 #[tokio::test]
 async fn verify_accepts_known_runners() {
     let env = TestEnv::new().await;
-    register(&env, "one").await;
+    env.register_shell_runner("one").await;
     let run = env.runnel(&["verify"], "").await;
     run.assert_success();
     assert!(run.stderr.contains("is valid"), "{}", run.stderr);
@@ -49,7 +26,7 @@ async fn verify_accepts_known_runners() {
 #[tokio::test]
 async fn verify_reports_unknown_runners_and_delete_removes_them() {
     let env = TestEnv::new().await;
-    register(&env, "kept").await;
+    env.register_shell_runner("kept").await;
     add_unknown_runner(&env);
 
     let run = env.runnel(&["verify"], "").await;
@@ -86,8 +63,8 @@ async fn verify_reports_unknown_runners_and_delete_removes_them() {
 #[tokio::test]
 async fn unregister_all_runners_removes_them_everywhere() {
     let env = TestEnv::new().await;
-    let first = register(&env, "first").await;
-    let second = register(&env, "second").await;
+    let first = env.register_shell_runner("first").await;
+    let second = env.register_shell_runner("second").await;
     env.runnel(&["unregister", "--all-runners"], "")
         .await
         .assert_success();
@@ -116,8 +93,8 @@ async fn unregister_all_runners_removes_them_everywhere() {
 #[tokio::test]
 async fn unregister_by_name_keeps_the_others() {
     let env = TestEnv::new().await;
-    register(&env, "first").await;
-    register(&env, "second").await;
+    env.register_shell_runner("first").await;
+    env.register_shell_runner("second").await;
     env.runnel(&["unregister", "--name", "first"], "")
         .await
         .assert_success();
@@ -174,7 +151,7 @@ async fn unregister_by_url_and_token_removes_a_legacy_runner() {
 #[tokio::test]
 async fn list_shows_runners_without_their_tokens() {
     let env = TestEnv::new().await;
-    let token = register(&env, "listed").await;
+    let token = env.register_shell_runner("listed").await;
     let run = env.runnel(&["list"], "").await;
     run.assert_success();
     assert!(
@@ -256,7 +233,7 @@ async fn an_unknown_key_is_a_warning_and_survives_a_save() {
     let run = env.runnel(&["lint"], "").await;
     run.assert_success();
     assert!(run.stderr.contains("my_custom_key"), "{}", run.stderr);
-    register(&env, "after").await;
+    env.register_shell_runner("after").await;
     assert!(
         env.config_text().contains("my_custom_key = \"kept\""),
         "{}",

@@ -343,24 +343,7 @@ async fn registering_into_an_official_config_keeps_it_byte_for_byte() {
     let env = TestEnv::new().await;
     let original = std::fs::read_to_string(crate::support::fixture("test-config.toml")).unwrap();
     std::fs::write(env.config_path(), &original).unwrap();
-    let token = env.fake.create_runner_token();
-    env.runnel(
-        &[
-            "register",
-            "--non-interactive",
-            "--url",
-            env.url(),
-            "--token",
-            &token,
-            "--executor",
-            "shell",
-            "--name",
-            "added",
-        ],
-        "",
-    )
-    .await
-    .assert_success();
+    env.register_shell_runner("added").await;
     let text = env.config_text();
     assert!(
         text.starts_with(&original),

@@ -947,3 +947,28 @@ async fn a_config_reload_changes_the_log_level() {
     daemon.signal(Signal::SIGQUIT);
     daemon.wait_exit().await;
 }
+
+#[tokio::test]
+async fn a_malformed_job_payload_is_reported_and_the_runner_goes_on() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let bad = serde_json::json!({"steps": {"not": "a list"}});
+    let bad_id = daemon.fake.enqueue_raw(bad).unwrap();
+    let named = format!("job {bad_id} at `steps`");
+    let mut log = String::new();
+    for _ in 0..300 {
+        log = daemon.log();
+        if log.contains(&named) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        log.contains(&named) && log.contains("invalid type"),
+        "the job, the field and the problem are named:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    let id = daemon
+        .fake
+        .enqueue(job("after-bad").script(["echo still-alive"]));
+    assert_eq!(daemon.finished(id).await.status, RemoteStatus::Success);
+}

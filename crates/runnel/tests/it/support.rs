@@ -72,6 +72,25 @@ impl TestEnv {
         self.dir.path().join("config.toml")
     }
 
+    /// Registers a `glrt-` shell runner named `name` non-interactively; returns its token.
+    pub(crate) async fn register_shell_runner(&self, name: &str) -> String {
+        let token = self.fake.create_runner_token();
+        let args = [
+            "register",
+            "--non-interactive",
+            "--url",
+            self.url(),
+            "--token",
+            &token,
+            "--executor",
+            "shell",
+            "--name",
+            name,
+        ];
+        self.runnel(&args, "").await.assert_success();
+        token
+    }
+
     pub(crate) fn config_text(&self) -> String {
         std::fs::read_to_string(self.config_path()).expect("config.toml readable")
     }
