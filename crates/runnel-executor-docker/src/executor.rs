@@ -37,7 +37,8 @@ use crate::image::{check_allowed, effective_pull_policies, ensure_image, privile
 use crate::naming::{JobNames, LabelContext, ObjectType, labels, service_aliases, split_aliases};
 use crate::options::{ContainerRole, DockerOptions, VolumeSpec};
 use crate::services::{
-    ServiceRequest, StartedService, service_env, start_service, wait_for_services,
+    ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
+    wait_for_services,
 };
 use crate::stage::{Target, run_stage};
 use crate::{DockerError, client};
@@ -323,6 +324,8 @@ pub struct DockerExecutor {
     predefined: Option<Container>,
     build: Option<Container>,
     pending_output: Vec<u8>,
+    /// Service output streamed into the job log (`CI_DEBUG_SERVICES`).
+    service_logs: Option<ServiceLogFollower>,
     job_id: Option<u64>,
 }
 
@@ -338,6 +341,7 @@ impl DockerExecutor {
             predefined: None,
             build: None,
             pending_output: Vec::new(),
+            service_logs: None,
             job_id: None,
         }
     }
@@ -519,6 +523,10 @@ impl DockerExecutor {
                     return Err(error);
                 }
             }
+        }
+        if ctx.debug_services && !started.is_empty() {
+            // From the first line each service wrote, so its start-up is in the log too.
+            self.service_logs = Some(ServiceLogFollower::start(&docker, &started));
         }
         self.wait_for(&docker, &started, network.as_deref()).await;
 
@@ -1041,6 +1049,7 @@ impl Executor for DockerExecutor {
                 sink,
                 cancel,
                 cmd.deadline,
+                self.service_logs.as_mut(),
             )
             .await
             .map_err(ExecutorError::from)
@@ -1049,6 +1058,7 @@ impl Executor for DockerExecutor {
 
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            self.service_logs = None;
             let Some(created) = self.take_created() else {
                 return;
             };

@@ -37,6 +37,8 @@ pub(crate) struct StartedService {
     pub(crate) id: String,
     /// The container name.
     pub(crate) name: String,
+    /// How `CI_DEBUG_SERVICES` names it in the job log: `<image>-<alias>…`.
+    pub(crate) log_name: String,
     /// The ports to wait for.
     pub(crate) ports: Vec<u16>,
 }
@@ -106,6 +108,7 @@ pub(crate) async fn start_service(
     let started = StartedService {
         id: created.id,
         name: request.name,
+        log_name: log_name(&spec.name, &spec.aliases),
         ports: ports_to_wait_for(
             spec,
             &request.env,
@@ -310,6 +313,114 @@ fn parse_listening(text: &str) -> Vec<u16> {
         .collect()
 }
 
+/// The name a service's lines carry in the job log: the image path without registry port
+/// confusion or tag (`/` becomes `__`), then each alias: `postgres-db` for `postgres:16` as `db`.
+fn log_name(image: &str, aliases: &[String]) -> String {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    // A tag follows the last `:` after the last `/` (a `:` before it is a registry port).
+    let base = match without_digest.rfind(':') {
+        Some(colon) if !without_digest[colon..].contains('/') => &without_digest[..colon],
+        _ => without_digest,
+    };
+    let mut name = base.replace('/', "__");
+    for alias in aliases {
+        name.push('-');
+        name.push_str(alias);
+    }
+    name
+}
+
+/// Streams the output of every service container into the job log while the job runs
+/// (`CI_DEBUG_SERVICES`). One task per service follows its log and sends complete lines,
+/// each `[service:<name>] <timestamp> <text>`; the stage runner writes them into the trace
+/// between lines of the job's own output. Dropping the follower stops the tasks.
+#[derive(Debug)]
+pub(crate) struct ServiceLogFollower {
+    lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Every sender is gone: all services stopped writing.
+    closed: bool,
+}
+
+impl ServiceLogFollower {
+    /// Starts following `services` from their first line.
+    pub(crate) fn start(docker: &Docker, services: &[StartedService]) -> Self {
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = services
+            .iter()
+            .map(|service| {
+                let docker = docker.clone();
+                let sender = sender.clone();
+                let id = service.id.clone();
+                let prefix = format!("[service:{}] ", service.log_name);
+                tokio::spawn(async move {
+                    let mut logs = docker.logs(
+                        &id,
+                        Some(LogsOptions {
+                            follow: true,
+                            stdout: true,
+                            stderr: true,
+                            timestamps: true,
+                            ..LogsOptions::default()
+                        }),
+                    );
+                    let mut partial = Vec::new();
+                    while let Some(Ok(chunk)) = logs.next().await {
+                        partial.extend_from_slice(chunk.as_ref());
+                        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+                            let rest = partial.split_off(end + 1);
+                            let mut line = prefix.as_bytes().to_vec();
+                            line.extend_from_slice(&partial);
+                            partial = rest;
+                            if sender.send(line).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if !partial.is_empty() {
+                        let mut line = prefix.into_bytes();
+                        line.extend_from_slice(&partial);
+                        line.push(b'\n');
+                        drop(sender.send(line));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            lines,
+            tasks,
+            closed: false,
+        }
+    }
+
+    /// The next complete line; `None` once every service's log has ended (then forever).
+    pub(crate) async fn next_line(&mut self) -> Option<Vec<u8>> {
+        if self.closed {
+            return std::future::pending().await;
+        }
+        let line = self.lines.recv().await;
+        self.closed = line.is_none();
+        line
+    }
+
+    /// Lines that are already waiting, without blocking.
+    pub(crate) fn ready_lines(&mut self) -> Vec<Vec<u8>> {
+        let mut ready = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            ready.push(line);
+        }
+        ready
+    }
+}
+
+impl Drop for ServiceLogFollower {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// The last lines of a service's output.
 async fn service_logs(docker: &Docker, service: &StartedService) -> String {
     let mut logs = docker.logs(
@@ -356,6 +467,27 @@ mod tests {
                 .collect(),
             ..ImageSpec::default()
         }
+    }
+
+    #[test]
+    fn service_log_names_drop_the_tag_and_add_the_aliases() {
+        let aliases = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            log_name("alpine:3", &aliases(&["my-service"])),
+            "alpine-my-service"
+        );
+        assert_eq!(log_name("postgres", &[]), "postgres");
+        assert_eq!(
+            log_name(
+                "registry.local:5000/team/db:16@sha256:abc",
+                &aliases(&["db", "pg"])
+            ),
+            "registry.local:5000__team__db-db-pg"
+        );
+        assert_eq!(
+            log_name("registry.local:5000/web", &[]),
+            "registry.local:5000__web"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::DockerError;
+use crate::services::ServiceLogFollower;
 
 /// How long stopped processes get between `SIGTERM` and `SIGKILL`.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -40,7 +41,10 @@ pub(crate) struct Target<'a> {
     pub(crate) name: &'a str,
 }
 
-/// Runs `script` in `target` as stage `stage`.
+/// Runs `script` in `target` as stage `stage`. With `service_logs`, service lines are written
+/// into the log as they come, but only where the job's own output is at the start of a line,
+/// so a service line never splits a line of the job (nor a masked value being written).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_stage(
     docker: &Docker,
     target: Target<'_>,
@@ -49,7 +53,14 @@ pub(crate) async fn run_stage(
     sink: &dyn OutputSink,
     cancel: CancellationToken,
     deadline: Option<Instant>,
+    mut service_logs: Option<&mut ServiceLogFollower>,
 ) -> Result<StageExit, DockerError> {
+    let mut interleave = Interleave::default();
+    if let Some(logs) = service_logs.as_deref_mut() {
+        for line in logs.ready_lines() {
+            interleave.service_line(sink, line);
+        }
+    }
     let attach = docker
         .attach_container(
             target.id,
@@ -98,9 +109,11 @@ pub(crate) async fn run_stage(
     loop {
         tokio::select! {
             chunk = output.next() => match chunk {
-                Some(Ok(LogOutput::StdErr { message })) => sink.write(OutputStream::Stderr, &message),
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    interleave.job_output(sink, OutputStream::Stderr, &message);
+                }
                 Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                    sink.write(OutputStream::Stdout, &message);
+                    interleave.job_output(sink, OutputStream::Stdout, &message);
                 }
                 Some(Ok(LogOutput::StdIn { .. })) => {}
                 Some(Err(source)) => {
@@ -135,8 +148,12 @@ pub(crate) async fn run_stage(
             () = async { stopper.as_mut().expect("guarded by the select condition").await }, if stopper.is_some() => {
                 stopper = None;
             },
+            Some(line) = async { service_logs.as_deref_mut().expect("guarded by the select condition").next_line().await }, if service_logs.is_some() => {
+                interleave.service_line(sink, line);
+            },
         }
     }
+    interleave.finish(sink);
     if let Some(stopper) = stopper {
         stopper.await;
     }
@@ -147,6 +164,50 @@ pub(crate) async fn run_stage(
     let exit = wait_exit(docker, target).await;
     guard.disarm();
     exit
+}
+
+/// Puts service lines between the job's lines: held back while the job's output is in the
+/// middle of a line, written as soon as it ends one.
+#[derive(Default)]
+struct Interleave {
+    mid_line: bool,
+    held: Vec<Vec<u8>>,
+}
+
+impl Interleave {
+    fn job_output(&mut self, sink: &dyn OutputSink, stream: OutputStream, bytes: &[u8]) {
+        sink.write(stream, bytes);
+        if let Some(&last) = bytes.last() {
+            self.mid_line = last != b'\n';
+        }
+        if !self.mid_line {
+            for line in self.held.drain(..) {
+                sink.write(OutputStream::Stdout, &line);
+            }
+        }
+    }
+
+    fn service_line(&mut self, sink: &dyn OutputSink, line: Vec<u8>) {
+        if self.mid_line {
+            self.held.push(line);
+        } else {
+            sink.write(OutputStream::Stdout, &line);
+        }
+    }
+
+    /// The stage is over: what was held back goes out on a line of its own.
+    fn finish(&mut self, sink: &dyn OutputSink) {
+        if self.held.is_empty() {
+            return;
+        }
+        if self.mid_line {
+            sink.write(OutputStream::Stdout, b"\n");
+            self.mid_line = false;
+        }
+        for line in self.held.drain(..) {
+            sink.write(OutputStream::Stdout, &line);
+        }
+    }
 }
 
 /// Kills a started stage's container when the stage's future is dropped before it finished.

@@ -161,6 +161,8 @@ pub struct PrepareContext<'a> {
     pub builds_dir: &'a Path,
     /// The absolute cache directory.
     pub cache_dir: &'a Path,
+    /// `CI_DEBUG_SERVICES`: stream the output of service containers into the job log.
+    pub debug_services: bool,
 }
 
 /// The shells the executors can run scripts with.

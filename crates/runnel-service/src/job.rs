@@ -297,6 +297,7 @@ async fn execute(
             job,
             builds_dir: &builds_dir,
             cache_dir: &cache_dir,
+            debug_services: plan.settings.debug_services,
         };
         executor.prepare(&prepare).await
     };

@@ -48,6 +48,7 @@ async fn prepare(executor: &mut Box<dyn Executor>, job: &JobSpec) -> Result<(), 
         job,
         builds_dir: Path::new("/builds"),
         cache_dir: Path::new("/cache"),
+        debug_services: false,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await

@@ -71,6 +71,7 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         job: &job,
         builds_dir: Path::new("/builds"),
         cache_dir: Path::new("/cache"),
+        debug_services: false,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await

@@ -36,6 +36,7 @@ async fn run_job(
         job: &job,
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
+        debug_services: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -143,6 +144,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         job: &job,
         builds_dir: &missing,
         cache_dir: &missing,
+        debug_services: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     std::fs::remove_dir(&missing).expect("remove the builds dir again");
@@ -171,6 +173,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         job: &job,
         builds_dir: &builds_dir,
         cache_dir: root.path(),
+        debug_services: false,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -200,6 +203,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         job: &job,
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
+        debug_services: false,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -226,6 +230,7 @@ async fn cancelling_a_stage_reports_cancelled() {
         job: &job,
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
+        debug_services: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -282,6 +287,7 @@ async fn run_job_boxed(
         job: &job,
         builds_dir: &dir,
         cache_dir: &dir,
+        debug_services: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();

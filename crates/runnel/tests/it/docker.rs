@@ -491,6 +491,83 @@ async fn a_service_that_never_listens_is_reported_and_the_job_goes_on() {
 }
 
 #[tokio::test]
+async fn ci_debug_services_streams_service_output_into_the_job_log() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    wait_for_services_timeout = 1\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("debug-services")
+            .variable("CI_DEBUG_SERVICES", "true")
+            .extra(
+                "services",
+                json!([{
+                    "name": WEB,
+                    "alias": "chatty",
+                    "command": ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo service-line-$i; sleep 0.3; done; exec sleep 300"]
+                }]),
+            )
+            .script(["sleep 4", "echo job-line-done"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let prefix = "[service:runnel-e2e-web-chatty] ";
+    let service_lines: Vec<&str> = trace.lines().filter(|l| l.starts_with(prefix)).collect();
+    assert!(
+        service_lines.iter().any(|l| l.ends_with(" service-line-1")),
+        "the first line, timestamped: {trace}"
+    );
+    // Lines written while the script sleeps arrive during the script, before its last line.
+    let streamed = trace
+        .find("service-line-10")
+        .unwrap_or_else(|| panic!("the tenth line: {trace}"));
+    assert!(
+        streamed < trace.find("job-line-done\n").expect("the script ran"),
+        "{trace}"
+    );
+    // Each service line is a whole line of its own: timestamp, then the text.
+    for line in &service_lines {
+        let rest = &line[prefix.len()..];
+        let (stamp, _text) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(stamp.ends_with('Z') && stamp.contains('T'), "{line:?}");
+    }
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn without_ci_debug_services_service_output_stays_out_of_the_job_log() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    wait_for_services_timeout = 1\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("quiet-services")
+            .extra(
+                "services",
+                json!([{
+                    "name": WEB,
+                    "alias": "chatty",
+                    "command": ["sh", "-c", "echo service-line-1; exec sleep 300"]
+                }]),
+            )
+            .script(["sleep 1", "echo job-line-done"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("job-line-done"), "{trace}");
+    assert!(!trace.contains("[service:"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
 async fn a_disallowed_image_fails_the_job_and_names_the_rule() {
     ensure_image();
     let daemon = Daemon::start(docker_setup_with(
