@@ -6,8 +6,9 @@
 //! The remote URL never carries the job token: the token only reaches git through a host-wide
 //! `url.<with token>.insteadOf` (or a credential helper reading `$CI_JOB_TOKEN` with
 //! `FF_GIT_URLS_WITHOUT_TOKENS`) in the extra config inside the job's temp dir; with
-//! `GIT_SUBMODULE_FORCE_HTTPS` the same file maps the instance's SSH URLs to it. Not done:
-//! `clone_url` rewriting, the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
+//! `GIT_SUBMODULE_FORCE_HTTPS` the same file maps the instance's SSH URLs to it. With the
+//! runner's `clone_url`, the remote is that URL plus `<CI_PROJECT_PATH>.git`, with the job
+//! token as `gitlab-ci-token` credentials, as the official runner builds it. Not done: the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
 //! `git credential reject` at the end.
 
 use crate::dirs::join;
@@ -52,6 +53,39 @@ impl RemoteUrl {
     }
 }
 
+/// The URL sources are fetched from: the job's `repo_url`, or the runner's `clone_url` joined
+/// with the project path (`CI_PROJECT_PATH`) and carrying the job token.
+fn remote_url(ctx: &StageContext<'_>) -> String {
+    let project_path = ctx
+        .job
+        .variable("CI_PROJECT_PATH")
+        .map_or("", |v| v.value.as_str());
+    clone_url_remote(&ctx.opts.clone_url, project_path, ctx.job.token.expose())
+        .unwrap_or_else(|| ctx.job.git.repo_url.expose().to_owned())
+}
+
+/// `clone_url` + `/<project path>.git` with `gitlab-ci-token:<token>` credentials (any in
+/// `clone_url` itself are replaced); `None` when either part is empty.
+fn clone_url_remote(clone_url: &str, project_path: &str, token: &str) -> Option<String> {
+    let clone_url = clone_url.trim();
+    let project_path = project_path.trim_matches('/');
+    if clone_url.is_empty() || project_path.is_empty() {
+        return None;
+    }
+    let (scheme, rest) = clone_url.split_once("://").unwrap_or(("https", clone_url));
+    let (authority, base_path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let base_path = base_path.trim_matches('/');
+    let path = if base_path.is_empty() {
+        format!("{project_path}.git")
+    } else {
+        format!("{base_path}/{project_path}.git")
+    };
+    Some(format!("{scheme}://gitlab-ci-token:{token}@{host}/{path}"))
+}
+
 pub(crate) struct GitSources<'a, 'b> {
     ctx: &'a StageContext<'b>,
     remote: RemoteUrl,
@@ -62,7 +96,7 @@ impl<'a, 'b> GitSources<'a, 'b> {
     pub(crate) fn new(ctx: &'a StageContext<'b>) -> Self {
         Self {
             ctx,
-            remote: RemoteUrl::parse(ctx.job.git.repo_url.expose()),
+            remote: RemoteUrl::parse(&remote_url(ctx)),
             ext_config: ctx.ext_git_config(),
         }
     }
@@ -381,7 +415,21 @@ fn as_strs(args: &[String]) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::RemoteUrl;
+    use super::{RemoteUrl, clone_url_remote};
+
+    #[test]
+    fn clone_url_replaces_the_host_and_keeps_the_project_path() {
+        assert_eq!(
+            clone_url_remote("http://10.0.0.5:8080", "group/project", "tok").as_deref(),
+            Some("http://gitlab-ci-token:tok@10.0.0.5:8080/group/project.git")
+        );
+        assert_eq!(
+            clone_url_remote("https://user:pw@git.internal/mirror/", "/g/sub/p/", "tok").as_deref(),
+            Some("https://gitlab-ci-token:tok@git.internal/mirror/g/sub/p.git")
+        );
+        assert_eq!(clone_url_remote("", "g/p", "tok"), None);
+        assert_eq!(clone_url_remote("http://h", "", "tok"), None);
+    }
 
     #[test]
     fn remote_urls_split_into_their_parts() {

@@ -132,6 +132,9 @@ pub struct PlanOptions {
     /// The GitLab URL from the runner's configuration, which artifact helpers talk to (it can
     /// differ from the job's `CI_SERVER_URL`, e.g. behind a proxy); empty = use `CI_SERVER_URL`.
     pub server_url: String,
+    /// `clone_url`: fetch sources from this base URL instead of the job's `repo_url` (the
+    /// project path and the job token are added to it); empty = use `repo_url`.
+    pub clone_url: String,
     /// Contents of the TLS CA chain for `CI_SERVER_TLS_CA_FILE`, if any.
     pub tls_ca: Option<String>,
     /// `CI_RUNNER_EXECUTABLE_ARCH`, e.g. `linux/amd64`.

@@ -790,6 +790,7 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         hostname: String::new(),
         runner_command,
         server_url: runner.url.clone(),
+        clone_url: runner.clone_url.clone().unwrap_or_default(),
         tls_ca: None,
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),
     }

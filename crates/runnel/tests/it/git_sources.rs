@@ -789,6 +789,45 @@ async fn git_clone_path_puts_the_checkout_where_the_job_asks() {
 }
 
 #[tokio::test]
+async fn clone_url_replaces_the_remote_and_brings_the_job_token() {
+    let test = GitTest::new("").await;
+    // The job's repo_url carries a token the fake refuses and names 127.0.0.1; clone_url names
+    // the same server as `localhost`, so only the rewritten URL (with the job's own token) works.
+    let clone_url = test.env.url().replace("127.0.0.1", "localhost");
+    assert_ne!(clone_url, test.env.url(), "the fake listens on 127.0.0.1");
+    let text = test.env.config_text().replacen(
+        "executor = \"shell\"\n",
+        &format!("executor = \"shell\"\nclone_url = \"{clone_url}/\"\n"),
+        1,
+    );
+    std::fs::write(test.env.config_path(), text).unwrap();
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "through clone_url\n")
+        .create()
+        .unwrap();
+    let view = test
+        .run_ok_view(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .clone_token("refused-token")
+                .variable("GIT_LFS_SKIP_SMUDGE", "1")
+                .script(["cat README.md"]),
+        )
+        .await;
+    let trace = view.trace_text();
+    assert!(trace.contains("through clone_url\n"), "{trace}");
+    let project = test.project_dir("group/project");
+    assert_eq!(
+        git(&project, &["config", "--get", "remote.origin.url"]),
+        format!("{clone_url}/group/project.git"),
+        "origin is the clone_url remote, without credentials"
+    );
+    assert!(!trace.contains(view.token.expose()), "token in the trace");
+}
+
+#[tokio::test]
 async fn strategies_none_and_empty_skip_git() {
     let test = GitTest::new("").await;
     let repo = test.repo("group/project");
