@@ -123,14 +123,18 @@ pub fn render_list(
             line.push_str("  ");
             if row.when.is_empty() {
                 line.push_str(&" ".repeat(when_width));
-            } else if row.quiet {
-                line.push_str(&pad(&row.when, when_width));
             } else {
-                line.push_str(&paint(
-                    colour,
-                    &row.when_style,
-                    &pad(&row.when, when_width),
-                ));
+                // No padding after the last column, so no line ends in spaces.
+                let when = if row.attrs.is_empty() {
+                    row.when.clone()
+                } else {
+                    pad(&row.when, when_width)
+                };
+                if row.quiet {
+                    line.push_str(&when);
+                } else {
+                    line.push_str(&paint(colour, &row.when_style, &when));
+                }
             }
             for attr in &row.attrs {
                 line.push_str("  ");
