@@ -527,8 +527,13 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
                     let when = rule.when.or(job.when).unwrap_or_default();
                     if when == When::Never {
                         let reason = match rule.when {
-                            Some(_) => format!("rules: {} says `when: never`", describe_rule(index, rule)),
-                            None => format!("`when: never` (rules: {} matches)", describe_rule(index, rule)),
+                            Some(_) => {
+                                format!("rules: {} says `when: never`", describe_rule(index, rule))
+                            }
+                            None => format!(
+                                "`when: never` (rules: {} matches)",
+                                describe_rule(index, rule)
+                            ),
                         };
                         exclude(name, reason);
                         continue;

@@ -31,6 +31,8 @@ use crate::event::{Event, JobStatus, Reporter};
 
 /// How often the block is redrawn without events (for elapsed times and spinners).
 const REDRAW_EVERY: Duration = Duration::from_millis(125);
+/// Log output redraws the block at most this often (the ticker catches up in between).
+const OUTPUT_REDRAW_MIN: Duration = Duration::from_millis(50);
 /// Spinner frames of running jobs, one per 100 ms.
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
 const HIDE_CURSOR: &str = "\x1b[?25l";
@@ -65,26 +67,23 @@ pub fn render_frame(
     let (shown, collapsed): (Vec<usize>, Vec<usize>) = if all.len() <= budget {
         (all, Vec::new())
     } else {
-        all.into_iter().partition(|&i| {
-            matches!(
-                state.jobs[i].status,
-                JobStatus::Running | JobStatus::Failed
-            )
-        })
+        all.into_iter()
+            .partition(|&i| matches!(state.jobs[i].status, JobStatus::Running | JobStatus::Failed))
     };
     let mut rows_left = budget - usize::from(!collapsed.is_empty());
     let hidden_running = shown.len().saturating_sub(rows_left);
-    let shown = &shown[..shown.len().min(rows_left.saturating_sub(usize::from(hidden_running > 0)))];
+    let shown = &shown[..shown
+        .len()
+        .min(rows_left.saturating_sub(usize::from(hidden_running > 0)))];
     rows_left = rows_left.saturating_sub(shown.len() + usize::from(hidden_running > 0));
     let running_shown = shown
         .iter()
         .filter(|&&i| state.jobs[i].status == JobStatus::Running)
         .count();
-    let tail_each = if running_shown == 0 {
-        0
-    } else {
-        (rows_left / running_shown).min(super::TAIL_LINES)
-    };
+    let tail_each = rows_left
+        .checked_div(running_shown)
+        .unwrap_or(0)
+        .min(super::TAIL_LINES);
 
     let name_width = shown
         .iter()
@@ -111,10 +110,7 @@ pub fn render_frame(
         };
         let info = match job.status {
             JobStatus::Pending => "waiting".to_owned(),
-            JobStatus::Running => job
-                .elapsed(now)
-                .map(format_duration)
-                .unwrap_or_default(),
+            JobStatus::Running => job.elapsed(now).map(format_duration).unwrap_or_default(),
             JobStatus::Skipped => match &job.skip_reason {
                 Some(why) => format!("{word}: {why}"),
                 None => word.to_owned(),
@@ -167,7 +163,10 @@ pub fn render_frame(
         }
     }
     if hidden_running > 0 {
-        let text = fit(&format!("  … and {hidden_running} more running or failed"), width);
+        let text = fit(
+            &format!("  … and {hidden_running} more running or failed"),
+            width,
+        );
         out.push_str(&paint(colour, &dim, &text));
         out.push('\n');
     }
@@ -252,6 +251,8 @@ struct Inner {
     /// Lines of the block currently on screen, under the cursor's line.
     drawn: usize,
     cursor_hidden: bool,
+    /// When the block was last drawn.
+    last_draw: Option<Instant>,
     /// The summary was printed; nothing is drawn any more.
     done: bool,
 }
@@ -294,6 +295,7 @@ impl Inner {
         buf.push_str(above);
         buf.push_str(&frame);
         self.drawn = frame.matches('\n').count();
+        self.last_draw = Some(now);
         self.out.write_all(buf.as_bytes()).ok();
         self.out.flush().ok();
     }
@@ -311,10 +313,11 @@ impl Inner {
         } else {
             format!("── {icon} {name} ({stage}) {word}")
         };
-        if !interrupted
-            && let Some(d) = job.and_then(|j| j.result.as_ref()).map(|r| r.duration)
-        {
-            write!(title, " in {}", format_duration(d)).ok();
+        if !interrupted && let Some(result) = job.and_then(|j| j.result.as_ref()) {
+            write!(title, " in {}", format_duration(result.duration)).ok();
+            if let Some(code) = result.exit_code {
+                write!(title, " (exit code {code})").ok();
+            }
         }
         title.push(' ');
         let fill = width
@@ -349,7 +352,12 @@ impl Inner {
                     .entry(name.clone())
                     .or_default()
                     .extend_from_slice(bytes);
-                self.draw("", now);
+                let recent = self
+                    .last_draw
+                    .is_some_and(|t| now.saturating_duration_since(t) < OUTPUT_REDRAW_MIN);
+                if !recent {
+                    self.draw("", now);
+                }
             }
             Event::JobFinished { name, .. } => {
                 let ran = self.state.job(name).is_some_and(|j| j.started.is_some());
@@ -431,6 +439,7 @@ impl LiveReporter {
             logs: HashMap::new(),
             drawn: 0,
             cursor_hidden: false,
+            last_draw: None,
             done: false,
         }));
         let (stop, stopped) = mpsc::channel::<()>();

@@ -414,13 +414,20 @@ mod tests {
         let long = "é".repeat(MAX_LINE_BYTES);
         let out = lines(&[long.as_bytes()]);
         assert!(out.len() >= 2, "cut into pieces");
-        assert_eq!(out.concat().replace("<no newline>", ""), long, "nothing lost");
+        assert_eq!(
+            out.concat().replace("<no newline>", ""),
+            long,
+            "nothing lost"
+        );
     }
 
     #[test]
     fn partial_line_shows_complete_characters_only() {
         let mut buf = LineBuffer::default();
-        buf.push("50% ✔".as_bytes().split_last().map_or(&[][..], |(_, h)| h), |_| {});
+        buf.push(
+            "50% ✔".as_bytes().split_last().map_or(&[][..], |(_, h)| h),
+            |_| {},
+        );
         assert_eq!(buf.partial(), "50% ");
     }
 
@@ -445,14 +452,30 @@ mod tests {
             ("section_end:1767261602:step_script\r\x1b[0K", false, None),
             ("section_end:1767261602:step_script\r\x1b[0K", true, None),
             // Not markers: kept as written.
-            ("echo section_start:now:x", false, Some("echo section_start:now:x")),
+            (
+                "echo section_start:now:x",
+                false,
+                Some("echo section_start:now:x"),
+            ),
             ("section_end: done", false, Some("section_end: done")),
             // Progress lines keep their last state; CRLF endings go.
-            ("Downloading 10%\rDownloading 90%\rDone", false, Some("Done")),
-            ("Downloading 10%\rDownloading 90%\r", false, Some("Downloading 90%")),
+            (
+                "Downloading 10%\rDownloading 90%\rDone",
+                false,
+                Some("Done"),
+            ),
+            (
+                "Downloading 10%\rDownloading 90%\r",
+                false,
+                Some("Downloading 90%"),
+            ),
             ("windows line\r", false, Some("windows line")),
             ("\x1b[32;1mgreen\x1b[0;m", false, Some("green")),
-            ("\x1b[32;1mgreen\x1b[0;m", true, Some("\x1b[32;1mgreen\x1b[0;m")),
+            (
+                "\x1b[32;1mgreen\x1b[0;m",
+                true,
+                Some("\x1b[32;1mgreen\x1b[0;m"),
+            ),
             ("", false, Some("")),
         ];
         for (raw, keep, want) in cases {

@@ -48,7 +48,7 @@ impl<W: Write> PlainReporter<W> {
             out,
             ansi,
             state: PipelineState::default(),
-            name_width: 0,
+            name_width: 12,
             buffers: HashMap::new(),
             summary_written: false,
         }
@@ -88,10 +88,7 @@ impl<W: Write> PlainReporter<W> {
         let text = match result.status {
             JobStatus::Skipped => format!("{icon} job {word}"),
             _ => {
-                let mut text = format!(
-                    "{icon} job {word} in {}",
-                    format_duration(result.duration)
-                );
+                let mut text = format!("{icon} job {word} in {}", format_duration(result.duration));
                 if let Some(code) = result.exit_code {
                     text.push_str(&format!(" (exit code {code})"));
                 }

@@ -22,7 +22,10 @@ fn corpus_dir() -> PathBuf {
 fn walk(dir: &Path, root: &Path, files: &mut Vec<String>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).path())
+        .map(|e| {
+            e.unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+                .path()
+        })
         .collect();
     entries.sort();
     for path in entries {
@@ -40,7 +43,10 @@ fn words(text: &str) -> Vec<String> {
     let mut chars = text.trim().chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => out.last_mut().into_iter().for_each(|w| w.extend(chars.next())),
+            '\\' => out
+                .last_mut()
+                .into_iter()
+                .for_each(|w| w.extend(chars.next())),
             ' ' => out.push(String::new()),
             c => out.last_mut().into_iter().for_each(|w| w.push(c)),
         }
@@ -214,7 +220,10 @@ fn details(jobs: &[PlannedJob], cx: &Context) -> String {
         if let Some(r) = &c.retry {
             field(
                 "retry",
-                format!("max={} when={:?} exit_codes={:?}", r.max, r.when, r.exit_codes),
+                format!(
+                    "max={} when={:?} exit_codes={:?}",
+                    r.max, r.when, r.exit_codes
+                ),
             );
         }
         if !c.tags.is_empty() {

@@ -103,9 +103,8 @@ fn list_shows_stages_jobs_and_why_others_do_not_run() {
 
 #[test]
 fn list_of_a_pipeline_that_is_not_created() {
-    let (plan, warnings) = plan(
-        "workflow:\n  rules:\n    - if: $CI_COMMIT_TAG\njob:\n  script: x\n",
-    );
+    let (plan, warnings) =
+        plan("workflow:\n  rules:\n    - if: $CI_COMMIT_TAG\njob:\n  script: x\n");
     assert_eq!(
         render_list(&plan, &warnings, &[], false),
         "Pipeline: not created (workflow:rules do not create this pipeline)\n"

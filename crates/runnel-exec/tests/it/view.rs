@@ -29,7 +29,11 @@ fn started() -> Event {
             job("test 1/2", "test", None),
             job("test 2/2", "test", None),
             job("lint", "test", None),
-            job("deploy", "deploy", Some("when: manual (run it with --manual)")),
+            job(
+                "deploy",
+                "deploy",
+                Some("when: manual (run it with --manual)"),
+            ),
             job("nightly", "deploy", Some("rules: the rule does not match")),
         ],
     }
@@ -72,7 +76,9 @@ fn script() -> Vec<Event> {
     let build_log = format!(
         "{START}\x1b[32;1m$ make\x1b[0;m\ncompiling wörld\nDownloading 10%\rDownloading 100%\n{END}"
     );
-    let (b1, b2) = build_log.as_bytes().split_at(build_log.find('ö').unwrap_or(0) + 1);
+    let (b1, b2) = build_log
+        .as_bytes()
+        .split_at(build_log.find('ö').unwrap_or(0) + 1);
     vec![
         started(),
         start("build"),
@@ -83,11 +89,17 @@ fn script() -> Vec<Event> {
         start("test 2/2"),
         start("lint"),
         out("test 1/2", b"$ cargo test --part 1\nrunning 12 te"),
-        out("test 2/2", "$ cargo test --part 2\nrunning 9 tests ✔".as_bytes()),
+        out(
+            "test 2/2",
+            "$ cargo test --part 2\nrunning 9 tests ✔".as_bytes(),
+        ),
         out("lint", b"$ clippy\nwarning: unused variable\n"),
         out("test 1/2", b"sts\ntest result: ok. 12 passed\n"),
         done("lint", JobStatus::FailedAllowed, 2100, Some(3)),
-        out("test 2/2", b"\n\x1b[31;1mtest result: FAILED. 8 passed; 1 failed\x1b[0;m\n"),
+        out(
+            "test 2/2",
+            b"\n\x1b[31;1mtest result: FAILED. 8 passed; 1 failed\x1b[0;m\n",
+        ),
         done("test 1/2", JobStatus::Success, 4200, None),
         done("test 2/2", JobStatus::Failed, 4800, Some(1)),
         Event::PipelineFinished {
@@ -121,7 +133,11 @@ fn plain_output_keeps_colours_when_asked() {
     let text = plain(&script(), true, true);
     // The job's own colour survives, and every line resets after itself so a colour never
     // bleeds into the next job's prefix.
-    assert!(text.contains("\x1b[32;1m$ make\x1b[0;m\x1b[0m\n"), "{}", visible(&text));
+    assert!(
+        text.contains("\x1b[32;1m$ make\x1b[0;m\x1b[0m\n"),
+        "{}",
+        visible(&text)
+    );
     for line in text.lines().filter(|l| l.contains(" |")) {
         assert!(line.ends_with("\x1b[0m"), "{}", visible(line));
     }
@@ -236,16 +252,28 @@ fn live_reporter_prints_each_log_whole_and_restores_the_cursor() {
     }
     reporter.finish();
     let text = screen.text();
-    let hide = text.find("\x1b[?25l").unwrap_or_else(|| panic!("cursor hidden"));
-    let show = text.rfind("\x1b[?25h").unwrap_or_else(|| panic!("cursor shown"));
+    let hide = text
+        .find("\x1b[?25l")
+        .unwrap_or_else(|| panic!("cursor hidden"));
+    let show = text
+        .rfind("\x1b[?25h")
+        .unwrap_or_else(|| panic!("cursor shown"));
     assert!(hide < show);
     // What stays in the scrollback: each log under its header in finishing order, then the
     // summary. Erase sequences and redrawn blocks are gone once the terminal applies them, so
     // look at the text after the last erase of each block.
-    let logs_start = text.find("── ✔ build (build) passed in 1.5s").unwrap_or_else(|| panic!("{}", visible(&text)));
-    let lint = text.find("── ⚠ lint (test) failed (allowed) in 2.1s").unwrap_or_else(|| panic!("{}", visible(&text)));
-    let t1 = text.find("── ✔ test 1/2 (test) passed in 4.2s").unwrap_or_else(|| panic!("{}", visible(&text)));
-    let t2 = text.find("── ✘ test 2/2 (test) failed in 4.8s").unwrap_or_else(|| panic!("{}", visible(&text)));
+    let logs_start = text
+        .find("── ✔ build (build) passed in 1.5s")
+        .unwrap_or_else(|| panic!("{}", visible(&text)));
+    let lint = text
+        .find("── ⚠ lint (test) failed (allowed) in 2.1s")
+        .unwrap_or_else(|| panic!("{}", visible(&text)));
+    let t1 = text
+        .find("── ✔ test 1/2 (test) passed in 4.2s")
+        .unwrap_or_else(|| panic!("{}", visible(&text)));
+    let t2 = text
+        .find("── ✘ test 2/2 (test) failed in 4.8s (exit code 1)")
+        .unwrap_or_else(|| panic!("{}", visible(&text)));
     assert!(logs_start < lint && lint < t1 && t1 < t2);
     let test1 = &text[t1..t2];
     assert!(
@@ -257,7 +285,9 @@ fn live_reporter_prints_each_log_whole_and_restores_the_cursor() {
     assert!(build.contains("Executing \"step_script\" stage of the job script\n"));
     assert!(build.contains("compiling wörld\nDownloading 100%\n"));
     assert!(!text.contains("section_"));
-    let summary = text.rfind("job       stage").unwrap_or_else(|| panic!("summary: {}", visible(&text)));
+    let summary = text
+        .rfind("job       stage")
+        .unwrap_or_else(|| panic!("summary: {}", visible(&text)));
     assert!(summary > t2 && summary < show);
     assert!(text[summary..].contains("✘ Pipeline failed in 6.4s"));
 }
@@ -273,7 +303,11 @@ fn live_reporter_dropped_mid_run_prints_unfinished_logs() {
         // Dropped without finish: as when the caller bails out after Ctrl-C or a panic.
     }
     let text = screen.text();
-    assert!(text.ends_with("\x1b[?25h"), "cursor restored last: {}", visible(&text));
+    assert!(
+        text.ends_with("\x1b[?25h"),
+        "cursor restored last: {}",
+        visible(&text)
+    );
     let plain = console::strip_ansi_codes(&text);
     assert!(plain.contains("── test 1/2 (test) interrupted"), "{plain}");
     assert!(plain.contains("$ cargo test --part 1\nrunning 12 te\n"));

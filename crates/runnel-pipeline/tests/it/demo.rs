@@ -27,7 +27,10 @@ fn demo() -> Pipeline {
 
 fn order(pipeline: &Pipeline, cx: &Context) -> Vec<String> {
     let plan = evaluate(pipeline, cx).unwrap_or_else(|e| panic!("{}", chain(&e)));
-    plan.ordered_names().into_iter().map(str::to_owned).collect()
+    plan.ordered_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn demo_plans_the_documented_jobs() {
     let pipeline = demo();
     let mut text = String::new();
     let push = push_context(&[]);
-    text.push_str(&format!("push to main:\n  {}\n", order(&pipeline, &push).join("\n  ")));
+    text.push_str(&format!(
+        "push to main:\n  {}\n",
+        order(&pipeline, &push).join("\n  ")
+    ));
     let mut deploy = push_context(&[]);
     deploy.overrides.push(Variable::new("DEPLOY", "yes"));
     text.push_str(&format!(
@@ -96,7 +102,11 @@ fn demo_scripts_run_with_bash_and_coreutils() {
     let all = outputs.concat();
     assert!(all.contains("build number 1 on this machine"), "{all}");
     assert!(again.contains("build number 2 on this machine"), "{again}");
-    for greeting in ["Hello from greet 1.0", "Bonjour de greet 1.0", "Hallo von greet 1.0"] {
+    for greeting in [
+        "Hello from greet 1.0",
+        "Bonjour de greet 1.0",
+        "Hallo von greet 1.0",
+    ] {
         assert!(all.contains(greeting), "{greeting} in {all}");
     }
     assert!(all.contains("Deploying Hello from greet 1.0"), "{all}");

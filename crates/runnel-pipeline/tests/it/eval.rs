@@ -636,7 +636,14 @@ matrix:
     let text: Vec<String> = p
         .excluded
         .iter()
-        .map(|e| format!("{} [{}]: {}", e.name, e.stage.as_deref().unwrap_or("-"), e.reason))
+        .map(|e| {
+            format!(
+                "{} [{}]: {}",
+                e.name,
+                e.stage.as_deref().unwrap_or("-"),
+                e.reason
+            )
+        })
         .collect();
     insta::assert_snapshot!(text.join("\n"));
     assert_eq!(p.ordered_names(), ["matrix: [linux]"]);
