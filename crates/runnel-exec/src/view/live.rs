@@ -71,10 +71,23 @@ pub fn render_frame(
             .partition(|&i| matches!(state.jobs[i].status, JobStatus::Running | JobStatus::Failed))
     };
     let mut rows_left = budget - usize::from(!collapsed.is_empty());
-    let hidden_running = shown.len().saturating_sub(rows_left);
-    let shown = &shown[..shown
-        .len()
-        .min(rows_left.saturating_sub(usize::from(hidden_running > 0)))];
+    // Too many to show even so: running jobs first, one line counts the rest.
+    let (shown, hidden_running) = if shown.len() > rows_left {
+        let keep = rows_left.saturating_sub(1);
+        let running = |i: &usize| state.jobs[*i].status == JobStatus::Running;
+        let mut pick: Vec<usize> = shown
+            .iter()
+            .copied()
+            .filter(running)
+            .chain(shown.iter().copied().filter(|i| !running(i)))
+            .take(keep)
+            .collect();
+        pick.sort_unstable();
+        let hidden = shown.len() - pick.len();
+        (pick, hidden)
+    } else {
+        (shown, 0)
+    };
     rows_left = rows_left.saturating_sub(shown.len() + usize::from(hidden_running > 0));
     let running_shown = shown
         .iter()
@@ -100,7 +113,7 @@ pub fn render_frame(
     let dim = Style::new().dim();
 
     let mut out = String::new();
-    for &i in shown {
+    for &i in &shown {
         let job = &state.jobs[i];
         let (icon, word, style) = status_look(&job.status);
         let icon = if job.status == JobStatus::Running {

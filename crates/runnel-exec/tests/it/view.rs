@@ -313,3 +313,31 @@ fn live_reporter_dropped_mid_run_prints_unfinished_logs() {
     assert!(plain.contains("$ cargo test --part 1\nrunning 12 te\n"));
     assert!(plain.contains("■ Pipeline did not finish"));
 }
+
+#[test]
+fn live_frame_collapses_many_jobs_and_keeps_running_ones() {
+    let t0 = Instant::now();
+    let names: Vec<String> = (1..=20).map(|i| format!("job {i}/20")).collect();
+    let mut events = vec![Event::PipelineStarted {
+        stages: vec!["test".to_owned()],
+        jobs: names.iter().map(|n| job(n, "test", None)).collect(),
+    }];
+    for (i, name) in names.iter().enumerate().take(9) {
+        events.push(start(name));
+        events.push(out(name, format!("working on part {i}\n").as_bytes()));
+        match i {
+            0..=4 => events.push(done(name, JobStatus::Success, 1000, None)),
+            5 => events.push(done(name, JobStatus::Failed, 1200, Some(2))),
+            _ => {}
+        }
+    }
+    let state = state_at(&events, t0, Duration::from_millis(100));
+    let now = t0 + Duration::from_secs(5);
+    let frame = render_frame(&state, 80, 10, now, false);
+    assert!(frame.lines().count() <= 9, "{frame}");
+    insta::assert_snapshot!(frame);
+    // Even fewer rows than running jobs: the overflow is counted, never drawn off screen.
+    let tiny = render_frame(&state, 80, 5, now, false);
+    assert!(tiny.lines().count() <= 4, "{tiny}");
+    insta::assert_snapshot!(tiny);
+}
