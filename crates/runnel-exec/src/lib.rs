@@ -12,4 +12,4 @@ pub mod view;
 
 pub use event::{Event, JobResult, JobStatus, PipelineJob, Reporter};
 pub use list::render_list;
-pub use view::{LiveReporter, PlainReporter, render_frame, render_summary};
+pub use view::{LiveReporter, PlainReporter, render_frame, render_summary, stdout_reporter};

@@ -28,6 +28,18 @@ pub use live::{LiveReporter, render_frame};
 pub use plain::PlainReporter;
 pub use summary::render_summary;
 
+/// The reporter for standard output: the live view on a terminal unless `plain`, prefixed
+/// lines otherwise. Colours follow the terminal and the `NO_COLOR`/`CLICOLOR` conventions
+/// (`console::colors_enabled`), so a pipe or a file gets plain text.
+pub fn stdout_reporter(plain: bool) -> Box<dyn crate::Reporter> {
+    let colour = console::colors_enabled();
+    if !plain && console::Term::stdout().is_term() {
+        Box::new(LiveReporter::stdout(colour))
+    } else {
+        Box::new(PlainReporter::new(std::io::stdout(), colour))
+    }
+}
+
 /// How many lines of a running job the live view keeps.
 const TAIL_LINES: usize = 3;
 
@@ -163,13 +175,17 @@ pub fn format_duration(d: Duration) -> String {
 /// One job as the views know it.
 #[derive(Clone, Debug)]
 pub struct JobView {
+    /// The instance name (`test 1/3`).
     pub name: String,
+    /// Its stage (empty for a job no `PipelineStarted` named).
     pub stage: String,
+    /// Where it is now.
     pub status: JobStatus,
     /// Why the job will not run, when the plan said so before the run.
     pub skip_reason: Option<String>,
     /// When `JobStarted` arrived.
     pub started: Option<Instant>,
+    /// How it ended, once `JobFinished` arrived.
     pub result: Option<JobResult>,
     /// The last complete lines of its log, cleaned and without colours (for the live view).
     pub tail: VecDeque<String>,
@@ -213,19 +229,23 @@ impl JobView {
 /// How the pipeline ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PipelineEnd {
+    /// Whether the pipeline passed.
     pub success: bool,
+    /// How long the whole run took.
     pub duration: Duration,
 }
 
 /// Everything the views know, folded from the events.
 #[derive(Clone, Debug, Default)]
 pub struct PipelineState {
+    /// Every stage of the pipeline, in order.
     pub stages: Vec<String>,
     /// In the order of `PipelineStarted` (stage order); jobs first named by a later event are
     /// appended.
     pub jobs: Vec<JobView>,
     /// When `PipelineStarted` arrived.
     pub started: Option<Instant>,
+    /// Set by `PipelineFinished`.
     pub finished: Option<PipelineEnd>,
 }
 

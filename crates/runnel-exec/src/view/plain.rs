@@ -126,6 +126,12 @@ impl<W: Write + Send> Reporter for PlainReporter<W> {
                     .unwrap_or(0)
                     .clamp(4, MAX_NAME_WIDTH);
                 let to_run = jobs.iter().filter(|j| j.skipped.is_none()).count();
+                // Stages that hold a job (not the empty `.pre`/`.post` every pipeline has).
+                let stages: Vec<&str> = stages
+                    .iter()
+                    .filter(|s| jobs.iter().any(|j| j.stage == **s))
+                    .map(String::as_str)
+                    .collect();
                 let stages = stages.join(" → ");
                 let title = format!("Pipeline: {to_run} jobs to run; stages {stages}");
                 writeln!(

@@ -23,7 +23,9 @@ fn job(name: &str, stage: &str, skipped: Option<&str>) -> PipelineJob {
 
 fn started() -> Event {
     Event::PipelineStarted {
-        stages: ["build", "test", "deploy"].map(str::to_owned).to_vec(),
+        stages: [".pre", "build", "test", "deploy", ".post"]
+            .map(str::to_owned)
+            .to_vec(),
         jobs: vec![
             job("build", "build", None),
             job("test 1/2", "test", None),
