@@ -340,6 +340,13 @@ impl Inner {
         title.push_str(&"─".repeat(fill));
         out.push_str(&paint(self.colour, &style.bold(), &title));
         out.push('\n');
+        out.push_str(&self.log_lines(bytes));
+        out
+    }
+
+    /// Log bytes as cleaned lines, each ending in a colour reset and `\n`.
+    fn log_lines(&self, bytes: &[u8]) -> String {
+        let mut out = String::new();
         let reset = if self.colour { "\x1b[0m" } else { "" };
         let mut lines = LineBuffer::default();
         let mut push = |raw: &str| {
@@ -361,6 +368,13 @@ impl Inner {
         self.state.apply(event, now);
         match event {
             Event::JobOutput { name, bytes } => {
+                if self.state.job(name).is_some_and(|j| j.status.is_final()) {
+                    // Late bytes of a job whose log was already printed: print them now, under
+                    // it, rather than holding them until the end.
+                    let text = self.log_lines(bytes);
+                    self.draw(&text, now);
+                    return;
+                }
                 self.logs
                     .entry(name.clone())
                     .or_default()

@@ -249,7 +249,10 @@ fn live_frame_fits_small_terminals() {
 fn live_reporter_prints_each_log_whole_and_restores_the_cursor() {
     let screen = Shared::default();
     let mut reporter = LiveReporter::with_writer(screen.clone(), 80, 24, false);
-    for e in script() {
+    let mut events = script();
+    // Bytes that arrive after their job finished still show, after its log.
+    events.insert(5, out("build", b"late line\n"));
+    for e in events {
         reporter.event(&e);
     }
     reporter.finish();
@@ -286,6 +289,8 @@ fn live_reporter_prints_each_log_whole_and_restores_the_cursor() {
     let build = &text[logs_start..lint];
     assert!(build.contains("Executing \"step_script\" stage of the job script\n"));
     assert!(build.contains("compiling wörld\nDownloading 100%\n"));
+    assert!(build.contains("late line\n"), "{}", visible(build));
+    assert!(!text.contains("interrupted"));
     assert!(!text.contains("section_"));
     let summary = text
         .rfind("job       stage")
