@@ -106,6 +106,13 @@ impl LineBuffer {
 /// `keep_ansi`, ANSI escape sequences are stripped.
 pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
     let raw = raw.strip_suffix('\r').unwrap_or(raw);
+    // Most lines have neither markers nor carriage returns.
+    if !raw.contains(['\r', '\x1b']) {
+        return Some(raw.to_owned());
+    }
+    if keep_ansi && !raw.contains('\r') {
+        return Some(raw.to_owned());
+    }
     let (text, had_marker) = strip_section_markers(raw);
     // The last non-empty segment after a carriage return is what a terminal ends up showing.
     let text = text
@@ -268,8 +275,23 @@ impl PipelineState {
             }
             Event::JobOutput { name, bytes } => {
                 let job = self.job_mut(name);
-                let tail = &mut job.tail;
-                job.lines.push(bytes, |line| push_tail(tail, line));
+                // Only the last lines of a chunk can end up in the tail: keep the raw text of
+                // the last few that are not blank (reusing their buffers), clean those.
+                let mut recent: [String; TAIL_LINES] = Default::default();
+                let mut count = 0usize;
+                job.lines.push(bytes, |line| {
+                    if !line.trim().is_empty() {
+                        let slot = &mut recent[count % TAIL_LINES];
+                        slot.clear();
+                        slot.push_str(line);
+                        count += 1;
+                    }
+                });
+                let kept = count.min(TAIL_LINES);
+                for k in 0..kept {
+                    let index = (count - kept + k) % TAIL_LINES;
+                    push_tail(&mut job.tail, &recent[index]);
+                }
             }
             Event::JobFinished { name, result } => {
                 let job = self.job_mut(name);

@@ -37,6 +37,8 @@ pub struct PlainReporter<W: Write> {
     state: PipelineState,
     name_width: usize,
     buffers: HashMap<String, LineBuffer>,
+    /// The rendered prefix of each job (padded, cut, coloured).
+    prefixes: HashMap<String, String>,
     summary_written: bool,
 }
 
@@ -50,6 +52,7 @@ impl<W: Write> PlainReporter<W> {
             state: PipelineState::default(),
             name_width: 12,
             buffers: HashMap::new(),
+            prefixes: HashMap::new(),
             summary_written: false,
         }
     }
@@ -59,7 +62,15 @@ impl<W: Write> PlainReporter<W> {
         self.out
     }
 
-    fn prefix(&self, name: &str) -> String {
+    fn prefix(&mut self, name: &str) -> &str {
+        if !self.prefixes.contains_key(name) {
+            let prefix = self.render_prefix(name);
+            self.prefixes.insert(name.to_owned(), prefix);
+        }
+        self.prefixes.get(name).map_or("", String::as_str)
+    }
+
+    fn render_prefix(&self, name: &str) -> String {
         let index = self
             .state
             .jobs
@@ -72,8 +83,9 @@ impl<W: Write> PlainReporter<W> {
     }
 
     fn write_line(&mut self, name: &str, line: &str) {
-        let prefix = self.prefix(name);
         let reset = if self.ansi { "\x1b[0m" } else { "" };
+        self.prefix(name);
+        let prefix = self.prefixes.get(name).map_or("", String::as_str);
         writeln!(self.out, "{prefix} {line}{reset}").ok();
     }
 
@@ -125,6 +137,7 @@ impl<W: Write + Send> Reporter for PlainReporter<W> {
                     .max()
                     .unwrap_or(0)
                     .clamp(4, MAX_NAME_WIDTH);
+                self.prefixes.clear();
                 let to_run = jobs.iter().filter(|j| j.skipped.is_none()).count();
                 // Stages that hold a job (not the empty `.pre`/`.post` every pipeline has).
                 let stages: Vec<&str> = stages
