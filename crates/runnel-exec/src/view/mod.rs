@@ -117,9 +117,9 @@ pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
     // The last non-empty segment after a carriage return is what a terminal ends up showing.
     let text = text
         .rsplit('\r')
-        .find(|s| !console::strip_ansi_codes(s).trim().is_empty())
+        .find(|s| !strip_ansi(s).trim().is_empty())
         .unwrap_or_default();
-    let visible = console::strip_ansi_codes(text);
+    let visible = strip_ansi(text);
     if had_marker && visible.trim().is_empty() {
         return None;
     }
@@ -128,6 +128,51 @@ pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
     } else {
         visible.into_owned()
     })
+}
+
+/// `text` without ANSI escape sequences (CSI such as colours and erases, OSC such as titles and
+/// links, and two-byte escapes).
+pub fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\x1b') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters and intermediates, then one final byte in `@`..=`~`.
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC: up to BEL or ST (`ESC \`).
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' {
+                        break;
+                    }
+                    if c == '\x1b' && chars.peek() == Some(&'\\') {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            // nF escapes (`ESC ( B`): intermediates, then one final byte.
+            Some(c) if (' '..='/').contains(&c) => {
+                while chars.next_if(|c| (' '..='/').contains(c)).is_some() {}
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Removes every `section_start:…\r\x1b[0K` and `section_end:…\r\x1b[0K` from `line`.
@@ -525,6 +570,31 @@ mod tests {
                 clean_line(raw, *keep).as_deref(),
                 *want,
                 "{raw:?} keep_ansi={keep}"
+            );
+        }
+    }
+
+    #[test]
+    fn ansi_sequences_are_stripped() {
+        let cases = [
+            ("plain", "plain"),
+            ("\x1b[0K\x1b[36;1mcyan\x1b[0;m text", "cyan text"),
+            ("\x1b[38;5;208morange\x1b[m", "orange"),
+            ("\x1b]0;title\x07after", "after"),
+            (
+                "\x1b]8;;https://example.invalid\x1b\\link\x1b]8;;\x1b\\",
+                "link",
+            ),
+            ("a\x1b(Bb", "ab"),
+            ("cut \x1b[31", "cut "),
+            ("ünï\x1b[1mcødé", "ünïcødé"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(strip_ansi(text), want, "{text:?}");
+            assert_eq!(
+                strip_ansi(text),
+                console::strip_ansi_codes(text),
+                "{text:?}"
             );
         }
     }
