@@ -139,17 +139,15 @@ pub fn render_frame(
             }
         };
         let plain = format!(
-            "{icon} {}  {}  {info}",
-            pad(&fit(&job.name, name_width), name_width),
-            pad(&fit(&job.stage, stage_width), stage_width),
+            "{icon} {}  {}  {}",
+            pad(&fit(&printable(&job.name), name_width), name_width),
+            pad(&fit(&printable(&job.stage), stage_width), stage_width),
+            printable(&info),
         );
         let plain = fit(&plain, width);
-        // Colour the icon and the info, keep the name readable.
+        // Colour the icon; dim what will not (or not yet) run.
         let line = if colour {
-            let rest: String = console::strip_ansi_codes(&plain)
-                .chars()
-                .skip(icon.chars().count())
-                .collect();
+            let rest: String = plain.chars().skip(icon.chars().count()).collect();
             let quiet = matches!(job.status, JobStatus::Pending | JobStatus::Skipped);
             let rest = if quiet {
                 paint(true, &dim, &rest)
@@ -169,7 +167,7 @@ pub fn render_frame(
             }
             let skip = lines.len().saturating_sub(tail_each);
             for line in &lines[skip..] {
-                let text = fit(&format!("    │ {line}"), width);
+                let text = fit(&format!("    │ {}", printable(line)), width);
                 out.push_str(&paint(colour, &dim, text.trim_end()));
                 out.push('\n');
             }
@@ -232,6 +230,20 @@ pub fn render_frame(
     );
     out.push_str(&fit(&paint(colour, &Style::new().bold(), &footer), width));
     out.push('\n');
+    out
+}
+
+/// `text` with tabs as spaces and no other control characters, so its measured width is the
+/// width a terminal gives it.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push_str("    "),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
     out
 }
 

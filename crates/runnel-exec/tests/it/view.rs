@@ -222,7 +222,10 @@ fn live_frame_fits_small_terminals() {
     let t0 = Instant::now();
     let step = Duration::from_millis(250);
     let events = script();
-    let state = state_at(&events[..12], t0, step);
+    let mut events = events[..12].to_vec();
+    // Tabs and control characters would make the terminal's width differ from the measured one.
+    events.push(out("lint", b"\tindented\twith\ttabs\x07 and a bell\n"));
+    let state = state_at(&events, t0, step);
     let now = t0 + Duration::from_secs(3);
     for (width, height) in [(100, 40), (40, 40), (100, 8), (30, 5), (0, 0)] {
         let frame = render_frame(&state, width, height, now, true);
@@ -234,6 +237,7 @@ fn live_frame_fits_small_terminals() {
             visible(&frame)
         );
         for line in &lines {
+            assert!(!line.contains(['\t', '\x07']), "{}", visible(line));
             assert!(
                 console::measure_text_width(line) < width.max(21),
                 "{width}x{height}: too wide: {}",
