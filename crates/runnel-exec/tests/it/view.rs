@@ -352,3 +352,24 @@ fn live_frame_collapses_many_jobs_and_keeps_running_ones() {
     assert!(tiny.lines().count() <= 4, "{tiny}");
     insta::assert_snapshot!(tiny);
 }
+
+#[test]
+fn live_reporter_restores_the_cursor_when_a_panic_unwinds() {
+    let screen = Shared::default();
+    let writer = screen.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut reporter = LiveReporter::with_writer(writer, 80, 24, false);
+        for e in &script()[..3] {
+            reporter.event(e);
+        }
+        panic!("the caller panics mid-run");
+    }));
+    assert!(result.is_err());
+    let text = screen.text();
+    assert!(text.contains("\x1b[?25l"), "the cursor was hidden");
+    assert!(
+        text.ends_with("\x1b[?25h"),
+        "and is shown again: {}",
+        visible(&text)
+    );
+}
