@@ -62,12 +62,12 @@ impl<W: Write> PlainReporter<W> {
         self.out
     }
 
-    fn prefix(&mut self, name: &str) -> &str {
+    /// Renders `name`'s prefix once; later lines reuse it.
+    fn ensure_prefix(&mut self, name: &str) {
         if !self.prefixes.contains_key(name) {
             let prefix = self.render_prefix(name);
             self.prefixes.insert(name.to_owned(), prefix);
         }
-        self.prefixes.get(name).map_or("", String::as_str)
     }
 
     fn render_prefix(&self, name: &str) -> String {
@@ -84,7 +84,7 @@ impl<W: Write> PlainReporter<W> {
 
     fn write_line(&mut self, name: &str, line: &str) {
         let reset = if self.ansi { "\x1b[0m" } else { "" };
-        self.prefix(name);
+        self.ensure_prefix(name);
         let prefix = self.prefixes.get(name).map_or("", String::as_str);
         writeln!(self.out, "{prefix} {line}{reset}").ok();
     }
