@@ -7,5 +7,9 @@
 //! [`Reporter`] (plain lines, or a live terminal view) renders them.
 
 pub mod event;
+pub mod list;
+pub mod view;
 
 pub use event::{Event, JobResult, JobStatus, PipelineJob, Reporter};
+pub use list::render_list;
+pub use view::{LiveReporter, PlainReporter, render_frame, render_summary, stdout_reporter};

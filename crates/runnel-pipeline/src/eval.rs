@@ -98,6 +98,17 @@ impl NotCreated {
     }
 }
 
+/// A job of the CI file that is not in the plan, and why (for `runnel exec --list`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Excluded {
+    /// The instance name (`test 1/3`, `deploy: [aws]`), or the key of a hidden job.
+    pub name: String,
+    /// Its stage; `None` for hidden jobs, which are templates and belong to no stage.
+    pub stage: Option<String>,
+    /// Why it was left out, for a person: `rules: no rule matches`, `when: never`, …
+    pub reason: String,
+}
+
 /// The evaluated pipeline.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
@@ -111,6 +122,10 @@ pub struct Plan {
     pub jobs: Vec<PlannedJob>,
     /// Indices into `jobs` in an order that respects `after` (a topological order).
     pub order: Vec<usize>,
+    /// Jobs that `rules`, `only`/`except` or `when: never` left out, in stage then file order,
+    /// followed by the hidden (`.name`) jobs. Kept when the pipeline is not created because no
+    /// job is left, so a person can see why.
+    pub excluded: Vec<Excluded>,
 }
 
 impl Plan {
@@ -471,6 +486,7 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
     }
 
     let mut planned: Vec<(PlannedJob, Option<Vec<crate::model::Need>>, usize)> = Vec::new();
+    let mut excluded: Vec<(usize, usize, Excluded)> = Vec::new();
     for (file_index, job) in pipeline.jobs.iter().enumerate() {
         let stage_index = pipeline
             .stages
@@ -485,14 +501,43 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
             .collect();
         let job_vars = to_variables(&job.variables);
         for (name, extra) in instances(job) {
+            let mut exclude = |name: String, reason: String| {
+                excluded.push((
+                    stage_index,
+                    file_index,
+                    Excluded {
+                        name,
+                        stage: Some(job.stage.clone()),
+                        reason,
+                    },
+                ));
+            };
             let extra = to_variables(&extra);
             let scope = Scope::new(&[&cx.predefined, &inherited, &job_vars, &extra, &cx.overrides]);
             let (when, start_in, allow_failure, rule_vars, needs) = match &job.rules {
                 Some(rules) => {
-                    let Some(rule) = rules.iter().find(|r| rule_matches(r, &scope, cx)) else {
+                    let Some((index, rule)) = rules
+                        .iter()
+                        .enumerate()
+                        .find(|(_, r)| rule_matches(r, &scope, cx))
+                    else {
+                        exclude(name, no_rule_matches(rules.len()));
                         continue;
                     };
                     let when = rule.when.or(job.when).unwrap_or_default();
+                    if when == When::Never {
+                        let reason = match rule.when {
+                            Some(_) => {
+                                format!("rules: {} says `when: never`", describe_rule(index, rule))
+                            }
+                            None => format!(
+                                "`when: never` (rules: {} matches)",
+                                describe_rule(index, rule)
+                            ),
+                        };
+                        exclude(name, reason);
+                        continue;
+                    }
                     let allow = rule
                         .allow_failure
                         .clone()
@@ -512,14 +557,24 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
                         ..Refs::default()
                     });
                     if !refs_match(&only, &scope, cx) {
+                        let reason = match &job.only {
+                            Some(only) => format!("only: {} does not match", describe_refs(only)),
+                            None => "only: branches, tags (the default) does not match".to_owned(),
+                        };
+                        exclude(name, reason);
                         continue;
                     }
                     if let Some(except) = &job.except
                         && refs_match(except, &scope, cx)
                     {
+                        exclude(name, format!("except: {} matches", describe_refs(except)));
                         continue;
                     }
                     let when = job.when.unwrap_or_default();
+                    if when == When::Never {
+                        exclude(name, "`when: never`".to_owned());
+                        continue;
+                    }
                     let allow = job
                         .allow_failure
                         .clone()
@@ -537,9 +592,6 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
                     )
                 }
             };
-            if when == When::Never {
-                continue;
-            }
             let mut variables = cx.predefined.clone();
             variables.push(Variable::new("CI_JOB_NAME", name.clone()));
             variables.push(Variable::new("CI_JOB_STAGE", job.stage.clone()));
@@ -588,6 +640,16 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
         }
     }
     planned.sort_by_key(|(j, _, file_index)| (j.stage_index, *file_index));
+    excluded.sort_by_key(|(stage, file, _)| (*stage, *file));
+    let excluded: Vec<Excluded> = excluded
+        .into_iter()
+        .map(|(_, _, e)| e)
+        .chain(pipeline.hidden.iter().map(|name| Excluded {
+            name: name.clone(),
+            stage: None,
+            reason: "hidden job (its name starts with `.`): a template that never runs".to_owned(),
+        }))
+        .collect();
 
     // Instances of each configured job that made it into the pipeline.
     let mut by_base: HashMap<String, Vec<String>> = HashMap::new();
@@ -705,6 +767,7 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
             not_created,
             name: pipeline.workflow.name.clone(),
             stages: pipeline.stages.clone(),
+            excluded,
             ..Plan::default()
         });
     }
@@ -716,7 +779,51 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
         stages: pipeline.stages.clone(),
         jobs,
         order,
+        excluded,
     })
+}
+
+/// `rules: no rule matches` (with the count when there are several).
+fn no_rule_matches(count: usize) -> String {
+    match count {
+        0 => "rules: the list is empty".to_owned(),
+        1 => "rules: the rule does not match".to_owned(),
+        n => format!("rules: none of the {n} rules matches"),
+    }
+}
+
+/// `rule 2 (if: $CI_COMMIT_TAG)`: a rule as a person finds it in the file.
+fn describe_rule(index: usize, rule: &Rule) -> String {
+    let what = if let Some(c) = &rule.condition {
+        format!("if: {}", c.source)
+    } else if rule.changes.is_some() {
+        "changes".to_owned()
+    } else if rule.exists.is_some() {
+        "exists".to_owned()
+    } else {
+        "without conditions".to_owned()
+    };
+    format!("rule {} ({what})", index + 1)
+}
+
+/// `[main, /^release-/], variables` : the keys of an `only`/`except`.
+fn describe_refs(refs: &Refs) -> String {
+    let mut parts = Vec::new();
+    if !refs.refs.is_empty() {
+        parts.push(format!("[{}]", refs.refs.join(", ")));
+    }
+    if !refs.variables.is_empty() {
+        let vars: Vec<&str> = refs.variables.iter().map(|c| c.source.as_str()).collect();
+        parts.push(format!("variables [{}]", vars.join(", ")));
+    }
+    if refs.changes.is_some() {
+        parts.push("changes".to_owned());
+    }
+    if parts.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        parts.join(" + ")
+    }
 }
 
 /// Kahn's algorithm; ties go to the earliest job in stage/file order.

@@ -501,6 +501,9 @@ mod tests {
             ("TAG", "v1.2.3"),
             ("T", "t"),
             ("RE", "/^ma/"),
+            ("RE_I", "/^MA/i"),
+            ("COPY", "main"),
+            ("MSG", "hello world"),
         ];
         let cases: &[(&str, bool)] = &[
             ("$BRANCH", true),
@@ -536,6 +539,25 @@ mod tests {
             ("!$NOPE", true),
             ("!$BRANCH", false),
             ("${BRANCH} == \"main\"", true),
+            // Variables on both sides, and patterns (with flags) held in variables.
+            ("$BRANCH == $COPY", true),
+            ("$BRANCH != $TAG", true),
+            ("$BRANCH == $NOPE", false),
+            ("$BRANCH =~ $RE_I", true),
+            ("$TAG !~ $RE", true),
+            // Unanchored patterns match anywhere; escaped dots are literal.
+            ("$TAG =~ /2\\.3/", true),
+            ("$TAG =~ /1\\.3/", false),
+            // An unset variable is null, not "".
+            ("$NOPE != \"\"", true),
+            ("$EMPTY != null", true),
+            // Spaces inside strings, chains and nesting.
+            ("$MSG == \"hello world\"", true),
+            ("$MSG == 'hello world' && $T", true),
+            ("$NOPE || $EMPTY || $T", true),
+            ("$NOPE || $EMPTY || $MISSING", false),
+            ("((($T)))", true),
+            ("($NOPE || ($T && ($BRANCH == \"main\")))", true),
         ];
         for (expr, want) in cases {
             assert_eq!(check(expr, &vars), *want, "{expr}");

@@ -36,7 +36,7 @@ mod spec;
 mod yaml;
 
 pub use error::{Location, PipelineError, Warning};
-pub use eval::{Context, NotCreated, Plan, PlannedJob, PlannedNeed, evaluate, expand};
+pub use eval::{Context, Excluded, NotCreated, Plan, PlannedJob, PlannedNeed, evaluate, expand};
 pub use expr::{Expr, ExprError};
 pub use load::{load, parse_duration};
 pub use local::{LocalRun, slug};

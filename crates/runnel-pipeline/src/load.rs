@@ -291,6 +291,11 @@ impl Cx {
             variables,
             workflow,
             jobs,
+            hidden: root
+                .keys()
+                .filter(|k| k.name.starts_with('.'))
+                .map(|k| k.name.clone())
+                .collect(),
             warnings: std::mem::take(&mut self.warnings),
             files,
         })

@@ -316,6 +316,8 @@ pub struct Pipeline {
     pub workflow: Workflow,
     /// Visible jobs in file order (hidden `.jobs` are templates only).
     pub jobs: Vec<Job>,
+    /// The keys of hidden jobs (`.name`), in file order: templates that never run.
+    pub hidden: Vec<String>,
     /// Keys understood but not supported locally, or ignored.
     pub warnings: Vec<Warning>,
     /// Every file read, root first.

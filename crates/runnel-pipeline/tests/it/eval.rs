@@ -582,3 +582,75 @@ fn oversized_matrix_is_refused() {
         ".gitlab-ci.yml:4:5: parallel:matrix would create 225 jobs; at most 200 are allowed"
     );
 }
+
+#[test]
+fn excluded_jobs_say_why() {
+    let yaml = r#"
+.template:
+  script: x
+build:
+  stage: build
+  script: x
+  rules:
+    - if: $CI_COMMIT_TAG
+    - if: $CI_PIPELINE_SOURCE == "schedule"
+one_rule:
+  script: x
+  rules:
+    - if: $NOPE
+ruled_never:
+  script: x
+  rules:
+    - changes: [docs/**/*]
+      when: never
+    - when: on_success
+job_never:
+  script: x
+  when: never
+  rules:
+    - if: $CI_COMMIT_BRANCH == "main"
+plain_never:
+  script: x
+  when: never
+only_tags:
+  script: x
+  only: [tags, /^release-/]
+except_main:
+  script: x
+  except:
+    refs: [main]
+    variables: [$CI_COMMIT_BRANCH]
+matrix:
+  script: x
+  parallel:
+    matrix:
+      - OS: [linux, windows]
+  rules:
+    - if: $OS == "windows"
+      when: never
+    - when: always
+"#;
+    let mut cx = push_context(&[]);
+    cx.changed_files = Some(vec!["docs/a/b.md".into()]);
+    let p = plan(yaml, &cx);
+    let text: Vec<String> = p
+        .excluded
+        .iter()
+        .map(|e| {
+            format!(
+                "{} [{}]: {}",
+                e.name,
+                e.stage.as_deref().unwrap_or("-"),
+                e.reason
+            )
+        })
+        .collect();
+    insta::assert_snapshot!(text.join("\n"));
+    assert_eq!(p.ordered_names(), ["matrix: [linux]"]);
+
+    // When rules leave no job, the plan still says why each one is out.
+    let none = plan("a:\n  script: x\n  rules:\n    - if: $NO\n", &cx);
+    assert!(!none.created);
+    assert_eq!(none.excluded.len(), 1);
+    assert_eq!(none.excluded[0].reason, "rules: the rule does not match");
+}

@@ -1,5 +1,6 @@
 //! Integration tests of `runnel-pipeline`: YAML in, pipeline / plan / `JobSpec` out.
 
+mod demo;
 mod errors;
 mod eval;
 mod load;
