@@ -38,7 +38,9 @@ pub(crate) enum CacheConfigError {
     )]
     Unsupported(String),
     /// `Type = "s3"` without its section.
-    #[error("[runners.cache] Type = \"s3\" needs a [runners.cache.s3] section; the cache stays local")]
+    #[error(
+        "[runners.cache] Type = \"s3\" needs a [runners.cache.s3] section; the cache stays local"
+    )]
     MissingS3,
     /// A required `[runners.cache.s3]` key is missing or empty.
     #[error("[runners.cache.s3] {0} is missing; the cache stays local")]
@@ -164,7 +166,8 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
 }
 
 fn bucket(s3: &CacheS3Config) -> Result<Bucket, CacheConfigError> {
-    let name = non_empty(s3.bucket_name.as_deref()).ok_or(CacheConfigError::Missing("BucketName"))?;
+    let name =
+        non_empty(s3.bucket_name.as_deref()).ok_or(CacheConfigError::Missing("BucketName"))?;
     let region = non_empty(s3.bucket_location.as_deref()).unwrap_or(DEFAULT_REGION);
     let address = non_empty(s3.server_address.as_deref());
     let bad = |reason: String| CacheConfigError::BadAddress {
@@ -198,8 +201,7 @@ fn bucket(s3: &CacheS3Config) -> Result<Bucket, CacheConfigError> {
 }
 
 fn credentials(s3: &CacheS3Config) -> Result<Credentials, CacheConfigError> {
-    if non_empty(s3.authentication_type.as_deref()).is_some_and(|t| t.eq_ignore_ascii_case("iam"))
-    {
+    if non_empty(s3.authentication_type.as_deref()).is_some_and(|t| t.eq_ignore_ascii_case("iam")) {
         return Err(CacheConfigError::Iam);
     }
     let key = non_empty(s3.access_key.as_deref()).ok_or(CacheConfigError::Missing("AccessKey"))?;
@@ -334,10 +336,7 @@ mod tests {
             object_prefix("ci/cache/", false, "abcd1234", 77),
             "ci/cache/runner/abcd1234/project/77"
         );
-        assert_eq!(
-            object_prefix("/a/./b/../c", true, "x", 1),
-            "/a/c/project/1"
-        );
+        assert_eq!(object_prefix("/a/./b/../c", true, "x", 1), "/a/c/project/1");
         assert_eq!(
             object_name("project/77", "deps/main").as_deref(),
             Some("project/77/deps/main")
@@ -383,13 +382,21 @@ mod tests {
                 url.expose()
             );
             // Job timeout + margin.
-            assert!(url.expose().contains("&X-Amz-Expires=7200&"), "{}", url.expose());
+            assert!(
+                url.expose().contains("&X-Amz-Expires=7200&"),
+                "{}",
+                url.expose()
+            );
         }
         // One signature per method.
         assert_ne!(urls.get, urls.put);
         assert_ne!(urls.get, urls.head);
         assert_eq!(cache.max_uploaded_archive_size(), 42);
-        let shared = remote(&cache_config(s3_config(Some("127.0.0.1:9000")), "pre", true));
+        let shared = remote(&cache_config(
+            s3_config(Some("127.0.0.1:9000")),
+            "pre",
+            true,
+        ));
         assert!(
             shared
                 .urls("k")
@@ -435,7 +442,10 @@ mod tests {
             kind: Some("gcs".into()),
             ..cache_config(s3_config(None), "", false)
         };
-        assert_eq!(check(gcs), Some(CacheConfigError::Unsupported("gcs".into())));
+        assert_eq!(
+            check(gcs),
+            Some(CacheConfigError::Unsupported("gcs".into()))
+        );
         let no_section = CacheConfig {
             s3: None,
             ..cache_config(s3_config(None), "", false)
@@ -453,7 +463,10 @@ mod tests {
             authentication_type: Some("iam".into()),
             ..s3_config(None)
         };
-        assert_eq!(check(cache_config(iam, "", false)), Some(CacheConfigError::Iam));
+        assert_eq!(
+            check(cache_config(iam, "", false)),
+            Some(CacheConfigError::Iam)
+        );
         let scheme = s3_config(Some("http://minio:9000"));
         let error = check(cache_config(scheme, "", false)).unwrap();
         assert!(error.to_string().contains("without a scheme"), "{error}");

@@ -104,7 +104,11 @@ pub(crate) async fn run_job(job: JobSpec, context: JobContext) -> JobSummary {
 async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc<R>) -> String {
     let mut options = plan_options(context);
     let cache_warning = match crate::cache::remote_cache(
-        context.runner.config.as_ref().and_then(|c| c.cache.as_ref()),
+        context
+            .runner
+            .config
+            .as_ref()
+            .and_then(|c| c.cache.as_ref()),
         &context.runner.token.short(),
         job.info.project_id,
         job.timeout

@@ -321,7 +321,10 @@ fn a_distributed_cache_hands_presigned_urls_to_the_helpers_through_their_environ
         archive.contains("RUNNEL_CACHE_URL=$'http://s3.test/bucket/project/1/deps?X-Amz-Signature=put-deps-sig' RUNNEL_CACHE_HEAD_URL=$'http://s3.test/bucket/project/1/deps?X-Amz-Signature=head-deps-sig' "),
         "{archive}"
     );
-    assert!(archive.contains("--max-uploaded-archive-size 1024"), "{archive}");
+    assert!(
+        archive.contains("--max-uploaded-archive-size 1024"),
+        "{archive}"
+    );
     for method in ["get", "head", "put"] {
         let query = runnel_types::Secret::new(format!("X-Amz-Signature={method}-deps-sig"));
         assert!(plan.masked_values.contains(&query), "{method}");
@@ -329,6 +332,9 @@ fn a_distributed_cache_hands_presigned_urls_to_the_helpers_through_their_environ
     // Without a distributed cache nothing changes.
     let local = plan_ok(&job, &opts());
     let local_archive = render(&stage_script(&local, "archive_cache"));
-    assert!(!local_archive.contains("RUNNEL_CACHE_URL"), "{local_archive}");
+    assert!(
+        !local_archive.contains("RUNNEL_CACHE_URL"),
+        "{local_archive}"
+    );
     assert!(!local_archive.contains("--max-uploaded"), "{local_archive}");
 }

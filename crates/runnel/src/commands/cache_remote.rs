@@ -101,10 +101,11 @@ impl RemoteObject {
         let client = match builder().build() {
             Ok(client) => client,
             // No usable CA store (a minimal image): plain HTTP still works.
-            Err(_) if parsed.scheme() == "http" => builder()
-                .tls_certs_only(Vec::new())
-                .build()
-                .map_err(|e| anyhow::anyhow!("cannot set up an HTTP client: {}", e.without_url()))?,
+            Err(_) if parsed.scheme() == "http" => {
+                builder().tls_certs_only(Vec::new()).build().map_err(|e| {
+                    anyhow::anyhow!("cannot set up an HTTP client: {}", e.without_url())
+                })?
+            }
             Err(error) => anyhow::bail!("cannot set up an HTTP client: {}", error.without_url()),
         };
         Ok(Self {
@@ -167,8 +168,7 @@ impl RemoteObject {
             out.write_all(&chunk).await.map_err(write_error)?;
         }
         out.flush().await.map_err(write_error)?;
-        temp.persist(archive)
-            .map_err(|e| write_error(e.error))?;
+        temp.persist(archive).map_err(|e| write_error(e.error))?;
         Ok(Download::Downloaded)
     }
 
@@ -189,11 +189,17 @@ impl RemoteObject {
         retrying(|| self.try_upload(archive, size, &content_md5)).await
     }
 
-    async fn try_upload(&self, archive: &Path, size: u64, content_md5: &str) -> Result<Upload, Failure> {
+    async fn try_upload(
+        &self,
+        archive: &Path,
+        size: u64,
+        content_md5: &str,
+    ) -> Result<Upload, Failure> {
         let file = fs_err::tokio::File::open(archive)
             .await
             .map_err(|e| Failure::fatal(anyhow::Error::new(e)))?;
-        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.into_parts().0));
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file.into_parts().0));
         let response = self
             .client
             .put(&self.url)
@@ -294,7 +300,9 @@ async fn md5_hex(file: &Path) -> anyhow::Result<Option<String>> {
             Ok(reader) => reader,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => {
-                return Err(anyhow::Error::new(error).context(format!("cannot read {}", file.display())));
+                return Err(
+                    anyhow::Error::new(error).context(format!("cannot read {}", file.display()))
+                );
             }
         };
         let mut hasher = md5::Md5::new();

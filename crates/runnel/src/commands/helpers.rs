@@ -146,7 +146,9 @@ async fn download_cache(args: &CacheExtractorArgs, file: &Path, url: &str) {
         Ok(Download::Missing) => warn(&format!(
             "Cache file does not exist on the shared cache server (404 Not Found){fallback}"
         )),
-        Err(error) => warn(&format!("Failed to download the cache: {error:#}{fallback}")),
+        Err(error) => warn(&format!(
+            "Failed to download the cache: {error:#}{fallback}"
+        )),
     }
 }
 

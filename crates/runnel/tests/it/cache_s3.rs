@@ -114,7 +114,13 @@ fn cache_config(address: &str, secret: &str, shared: bool, extra: &str) -> Strin
 /// No part of a presigned URL's signature may reach the trace.
 #[track_caller]
 fn assert_no_signature(trace: &str) {
-    for needle in ["X-Amz-Signature", "X-Amz-Credential", "X-Amz-Date", ACCESS_KEY, SECRET_KEY] {
+    for needle in [
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        ACCESS_KEY,
+        SECRET_KEY,
+    ] {
         assert!(!trace.contains(needle), "{needle} in the trace:\n{trace}");
     }
 }
@@ -284,11 +290,15 @@ async fn an_unreachable_s3_server_only_warns() {
     let trace = view.trace_text();
     assert_eq!(view.status, RemoteStatus::Success, "{trace}");
     assert!(
-        trace.contains(&format!("Failed to download the cache: GET http://{address}/")),
+        trace.contains(&format!(
+            "Failed to download the cache: GET http://{address}/"
+        )),
         "{trace}"
     );
     assert!(
-        trace.contains(&format!("Failed to upload the cache: PUT http://{address}/")),
+        trace.contains(&format!(
+            "Failed to upload the cache: PUT http://{address}/"
+        )),
         "{trace}"
     );
     assert!(trace.contains("Job succeeded"), "{trace}");
