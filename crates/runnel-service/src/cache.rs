@@ -392,6 +392,8 @@ mod tests {
         assert_ne!(urls.get, urls.put);
         assert_ne!(urls.get, urls.head);
         assert_eq!(cache.max_uploaded_archive_size(), 42);
+        // Plan options are debug-printed; the secret key must not be.
+        assert!(!format!("{cache:?}").contains("wJalr"), "{cache:?}");
         let shared = remote(&cache_config(
             s3_config(Some("127.0.0.1:9000")),
             "pre",
