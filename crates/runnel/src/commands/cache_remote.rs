@@ -48,15 +48,6 @@ pub(crate) enum Download {
     Downloaded,
 }
 
-/// How an upload ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Upload {
-    /// The object already has the local archive's content.
-    Unchanged,
-    /// The archive was uploaded.
-    Uploaded,
-}
-
 /// A failed try, and whether another may succeed.
 struct Failure {
     error: anyhow::Error,
@@ -172,17 +163,24 @@ impl RemoteObject {
         Ok(Download::Downloaded)
     }
 
-    /// Uploads `archive` with a streamed PUT, unless the object already has its content.
-    pub(crate) async fn upload(&self, archive: &Path) -> anyhow::Result<Upload> {
+    /// Whether the object already has `archive`'s content (its `HEAD` shows the archive's MD5
+    /// as `ETag`); any doubt is "no".
+    pub(crate) async fn holds(&self, archive: &Path) -> bool {
+        let Some(head) = &self.head_url else {
+            return false;
+        };
+        let Ok(Some(md5)) = md5_hex(archive).await else {
+            return false;
+        };
+        self.remote_etag(head).await.as_deref() == Some(md5.as_str())
+    }
+
+    /// Uploads `archive` with a streamed PUT.
+    pub(crate) async fn upload(&self, archive: &Path) -> anyhow::Result<()> {
         let size = fs_err::tokio::metadata(archive).await?.len();
         let md5 = md5_hex(archive)
             .await?
             .with_context(|| format!("{} disappeared", archive.display()))?;
-        if let Some(head) = &self.head_url
-            && self.remote_etag(head).await.as_deref() == Some(md5.as_str())
-        {
-            return Ok(Upload::Unchanged);
-        }
         let content_md5 = hex::decode(&md5)
             .map(|raw| base64::engine::general_purpose::STANDARD.encode(raw))
             .context("MD5 digest")?;
@@ -194,7 +192,7 @@ impl RemoteObject {
         archive: &Path,
         size: u64,
         content_md5: &str,
-    ) -> Result<Upload, Failure> {
+    ) -> Result<(), Failure> {
         let file = fs_err::tokio::File::open(archive)
             .await
             .map_err(|e| Failure::fatal(anyhow::Error::new(e)))?;
@@ -212,7 +210,7 @@ impl RemoteObject {
             .map_err(|e| self.transport("PUT", e))?;
         let status = response.status();
         if status.is_success() {
-            Ok(Upload::Uploaded)
+            Ok(())
         } else {
             Err(self.status("PUT", status))
         }

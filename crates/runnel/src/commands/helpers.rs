@@ -25,7 +25,7 @@ use runnel_api::{ArtifactDownload, ArtifactUpload, Client};
 use runnel_archive::{ArchiveFormat, ArchiveOptions, CompressionLevel, PathSpec, Selection};
 use runnel_types::{ArtifactFormat, JobId, JobToken};
 
-use super::cache_remote::{Download, RemoteObject, Upload};
+use super::cache_remote::{Download, RemoteObject};
 use super::{Context, client_for, redact_url};
 use crate::cli::{
     ArtifactsDownloaderArgs, ArtifactsUploaderArgs, CacheArchiverArgs, CacheExtractorArgs,
@@ -177,15 +177,16 @@ async fn upload_cache(args: &CacheArchiverArgs, file: &Path, url: &str) -> ExitC
         }
     };
     let name = file.file_name().unwrap_or_default().to_string_lossy();
+    if remote.holds(file).await {
+        say(&format!(
+            "{name} is already on the shared cache server at {} (same ETag); not uploading it again",
+            remote.address()
+        ));
+        return ExitCode::SUCCESS;
+    }
     say(&format!("Uploading {name} to {}", remote.address()));
     match remote.upload(file).await {
-        Ok(Upload::Uploaded) => ExitCode::SUCCESS,
-        Ok(Upload::Unchanged) => {
-            say(&format!(
-                "{name} is already on the shared cache server (same ETag); not uploading it again"
-            ));
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             warn(&format!("Failed to upload the cache: {error:#}"));
             ExitCode::FAILURE
