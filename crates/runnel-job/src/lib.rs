@@ -49,6 +49,7 @@ mod git;
 mod options;
 mod outcome;
 mod plan;
+mod remote_cache;
 mod script;
 mod settings;
 mod stages;
@@ -63,6 +64,7 @@ pub use outcome::{FinalStatus, JobOutcome, preparing_executor_message, timeout_m
 pub use plan::{
     DEFAULT_AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JobPlan, PlanError, Timeouts, plan,
 };
+pub use remote_cache::{CACHE_HEAD_URL_ENV, CACHE_URL_ENV, CacheUrls, RemoteCache};
 pub use settings::{GitStrategy, JobSettings, SubmoduleStrategy};
 pub use stages::{JobStatus, PlannedStage, StageKind, StageWhen, TimeoutKind, stage_description};
 pub use variables::{JobVariables, expand};

@@ -4,6 +4,10 @@
 //! This crate deliberately does not read `config.toml` itself (no dependency on
 //! `runnel-config`), the environment, the clock or the filesystem: every host fact arrives here.
 
+use std::sync::Arc;
+
+use crate::remote_cache::RemoteCache;
+
 /// Which executor runs the job; it decides the environment flavour and the builds-dir layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ExecutorKind {
@@ -139,4 +143,7 @@ pub struct PlanOptions {
     pub tls_ca: Option<String>,
     /// `CI_RUNNER_EXECUTABLE_ARCH`, e.g. `linux/amd64`.
     pub os_arch: String,
+    /// The distributed cache (`[runners.cache]`), if one is configured: presigned URLs for the
+    /// cache helpers. `None` keeps caches local.
+    pub remote_cache: Option<Arc<dyn RemoteCache>>,
 }

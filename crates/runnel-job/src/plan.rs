@@ -128,7 +128,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         legacy_eval: feature_flags.legacy_bash_eval(),
         xtrace: settings.debug_trace,
     };
-    let stages = StageContext {
+    let context = StageContext {
         job,
         opts,
         variables: &variables,
@@ -136,8 +136,14 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         settings: &settings,
         flags: &feature_flags,
         style,
+    };
+    let stages = context.stages();
+    let mut masked_values = masked_values;
+    for secret in context.remote_cache_secrets() {
+        if !masked_values.contains(&secret) {
+            masked_values.push(secret);
+        }
     }
-    .stages();
 
     Ok(JobPlan {
         header: header_lines(opts, &feature_flags),

@@ -102,8 +102,33 @@ pub(crate) async fn run_job(job: JobSpec, context: JobContext) -> JobSummary {
 }
 
 async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc<R>) -> String {
-    let options = plan_options(context);
-    let planned = runnel_job::plan(&job, &options);
+    let mut options = plan_options(context);
+    let cache_warning = match crate::cache::remote_cache(
+        context
+            .runner
+            .config
+            .as_ref()
+            .and_then(|c| c.cache.as_ref()),
+        &context.runner.token.short(),
+        job.info.project_id,
+        job.timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(runnel_job::DEFAULT_JOB_TIMEOUT),
+        std::time::SystemTime::now(),
+    ) {
+        Ok(remote) => {
+            options.remote_cache = remote;
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "distributed cache disabled for this job");
+            Some(error.to_string())
+        }
+    };
+    let planned = runnel_job::plan(&job, &options).map(|mut plan| {
+        plan.warnings.extend(cache_warning);
+        plan
+    });
     let trace = match JobTrace::new(trace_config(&planned, context)) {
         Ok(trace) => trace,
         Err(error) => {
@@ -793,6 +818,7 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         clone_url: runner.clone_url.clone().unwrap_or_default(),
         tls_ca: None,
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),
+        remote_cache: None,
     }
 }
 

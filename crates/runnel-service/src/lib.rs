@@ -8,6 +8,7 @@
 //! It does not parse TOML or JSON itself (`runnel-config` and `runnel-api` do), and it does not
 //! generate scripts (`runnel-job` does).
 
+mod cache;
 mod daemon;
 mod http;
 mod job;

@@ -517,10 +517,17 @@ pub(crate) struct CacheArchiverArgs {
     /// The local cache archive.
     #[arg(long)]
     pub(crate) file: Option<PathBuf>,
-    /// Remote cache URL (not supported yet: only the local archive is written).
-    #[arg(long)]
+    /// Presigned PUT URL of the distributed cache object (the planner passes it in the
+    /// environment: it carries a signature).
+    #[arg(long, env = "RUNNEL_CACHE_URL", hide_env_values = true)]
     pub(crate) url: Option<String>,
-    /// Transfer timeout in minutes (accepted for compatibility).
+    /// Presigned HEAD URL of the same object, to skip uploading an unchanged archive.
+    #[arg(long, env = "RUNNEL_CACHE_HEAD_URL", hide_env_values = true)]
+    pub(crate) check_url: Option<String>,
+    /// Archives larger than this many bytes are kept local only; 0 = no limit.
+    #[arg(long, env = "CACHE_MAX_UPLOADED_ARCHIVE_SIZE", default_value_t = 0)]
+    pub(crate) max_uploaded_archive_size: u64,
+    /// Timeout of each transfer request, in minutes.
     #[arg(long, default_value_t = 10)]
     pub(crate) timeout: u64,
     /// fastest, fast, default, slow or slowest.
@@ -537,10 +544,14 @@ pub(crate) struct CacheExtractorArgs {
     /// The local cache archive.
     #[arg(long)]
     pub(crate) file: Option<PathBuf>,
-    /// Remote cache URL (not supported yet: only the local archive is read).
-    #[arg(long)]
+    /// Presigned GET URL of the distributed cache object (the planner passes it in the
+    /// environment: it carries a signature).
+    #[arg(long, env = "RUNNEL_CACHE_URL", hide_env_values = true)]
     pub(crate) url: Option<String>,
-    /// Transfer timeout in minutes (accepted for compatibility).
+    /// Presigned HEAD URL of the same object (accepted; the GET asks with `If-None-Match`).
+    #[arg(long, env = "RUNNEL_CACHE_HEAD_URL", hide_env_values = true)]
+    pub(crate) head_url: Option<String>,
+    /// Timeout of each transfer request, in minutes.
     #[arg(long, default_value_t = 10)]
     pub(crate) timeout: u64,
 }

@@ -10,14 +10,20 @@
 //! stage exports, and a dependency's token is handed over as an environment assignment in
 //! front of the command (it stays out of the process list).
 //!
-//! Deliberately not here: distributed (S3/GCS/Azure) cache URLs, artifact metadata
-//! generation, and the helpers themselves (the `runnel` binary).
+//! With a distributed cache ([`crate::PlanOptions::remote_cache`]) each cache helper also gets
+//! the presigned URLs of its key's object, as environment assignments in front of the command
+//! (never as arguments), and [`StageContext::remote_cache_secrets`] hands their signed queries
+//! to the trace masker.
+//!
+//! Deliberately not here: signing cache URLs (the daemon does), artifact metadata generation,
+//! and the helpers themselves (the `runnel` binary).
 
 use runnel_archive::cache_key::{self, LOCAL_ARCHIVE_NAME};
-use runnel_types::{ArtifactSpec, CachePolicy, CacheSpec, Dependency};
+use runnel_types::{ArtifactSpec, CachePolicy, CacheSpec, Dependency, Secret};
 
 use super::{PlannedStage, StageContext, StageKind, StageWhen};
 use crate::dirs::join;
+use crate::remote_cache::{CACHE_HEAD_URL_ENV, CACHE_URL_ENV, CacheUrls};
 use crate::script::{ANSI_BOLD_GREEN, ANSI_RESET, ScriptWriter};
 
 /// Yellow, as the official `Warningf`.
@@ -68,11 +74,14 @@ impl StageContext<'_> {
         Some(stage)
     }
 
-    fn write_restore_cache(&self, w: &mut ScriptWriter, cache: &CacheSpec) {
+    /// The keys to try for `cache`, in order (its key, `fallback_keys`, `CACHE_FALLBACK_KEY`),
+    /// and a warning for each that cannot be used.
+    fn restore_keys(&self, cache: &CacheSpec) -> (Vec<String>, Vec<String>) {
         let mut keys: Vec<String> = Vec::new();
+        let mut warnings = Vec::new();
         match self.cache_key(&cache.key) {
             Ok(key) => keys.push(key),
-            Err(message) => warning(w, &message),
+            Err(message) => warnings.push(message),
         }
         let fallbacks = cache
             .fallback_keys
@@ -83,8 +92,51 @@ impl StageContext<'_> {
             match self.cache_key(raw) {
                 Ok(key) if !keys.contains(&key) => keys.push(key),
                 Ok(_) => {}
-                Err(message) => warning(w, &message),
+                Err(message) => warnings.push(message),
             }
+        }
+        (keys, warnings)
+    }
+
+    /// The presigned URLs for `key`, when a distributed cache is configured.
+    fn remote_urls(&self, key: &str) -> Option<CacheUrls> {
+        self.opts.remote_cache.as_ref()?.urls(key)
+    }
+
+    /// The signed queries of every presigned URL the cache stages carry, for the masker
+    /// (a debug trace would otherwise show them).
+    pub(crate) fn remote_cache_secrets(&self) -> Vec<Secret> {
+        if self.opts.remote_cache.is_none() {
+            return Vec::new();
+        }
+        let mut keys: Vec<String> = Vec::new();
+        for cache in &self.job.cache {
+            keys.extend(self.restore_keys(cache).0);
+        }
+        let mut secrets: Vec<Secret> = Vec::new();
+        for urls in keys.iter().filter_map(|key| self.remote_urls(key)) {
+            for query in urls.signed_queries() {
+                if !secrets.contains(&query) {
+                    secrets.push(query);
+                }
+            }
+        }
+        secrets
+    }
+
+    /// `VAR=<url> …` assignments to put in front of a cache helper command.
+    fn url_assignments(w: &ScriptWriter, url: &Secret, head: &Secret) -> String {
+        format!(
+            "{CACHE_URL_ENV}={} {CACHE_HEAD_URL_ENV}={} ",
+            w.quote(url.expose()),
+            w.quote(head.expose())
+        )
+    }
+
+    fn write_restore_cache(&self, w: &mut ScriptWriter, cache: &CacheSpec) {
+        let (keys, warnings) = self.restore_keys(cache);
+        for message in &warnings {
+            warning(w, message);
         }
         if keys.is_empty() {
             return;
@@ -100,7 +152,11 @@ impl StageContext<'_> {
                 &command,
                 &["cache-extractor", "--file", &archive, "--timeout", &timeout],
             );
-            w.open(&format!("if {line}; then"));
+            let env = self
+                .remote_urls(key)
+                .map(|urls| Self::url_assignments(w, &urls.get, &urls.head))
+                .unwrap_or_default();
+            w.open(&format!("if {env}{line}; then"));
             opened += 1;
             notice(w, "Successfully extracted cache");
             w.else_branch();
@@ -212,11 +268,24 @@ impl StageContext<'_> {
         if cache.untracked {
             args.push("--untracked".into());
         }
+        let urls = self.remote_urls(&key);
+        let max_size = self
+            .opts
+            .remote_cache
+            .as_ref()
+            .map_or(0, |remote| remote.max_uploaded_archive_size());
+        if urls.is_some() && max_size > 0 {
+            args.push("--max-uploaded-archive-size".into());
+            args.push(max_size.to_string());
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.open_helper_guard(w);
         notice(w, &format!("Creating cache {key}..."));
         let line = w.command_line(&self.runner_command(), &args);
-        w.open(&format!("if {line}; then"));
+        let env = urls
+            .map(|urls| Self::url_assignments(w, &urls.put, &urls.head))
+            .unwrap_or_default();
+        w.open(&format!("if {env}{line}; then"));
         notice(w, "Created cache");
         w.else_branch();
         warning(w, "Failed to create cache");

@@ -278,3 +278,63 @@ fn every_transfer_script_is_valid_bash() {
         assert_eq!(code, 0, "{} body: {stderr}\n{body}", stage.name);
     }
 }
+
+/// A distributed cache that "signs" by appending the method and key.
+#[derive(Debug)]
+struct FakeRemote;
+
+impl runnel_job::RemoteCache for FakeRemote {
+    fn urls(&self, key: &str) -> Option<runnel_job::CacheUrls> {
+        let url = |method: &str| {
+            runnel_types::Secret::new(format!(
+                "http://s3.test/bucket/project/1/{key}?X-Amz-Signature={method}-{key}-sig"
+            ))
+        };
+        (key != "local-only").then(|| runnel_job::CacheUrls {
+            get: url("get"),
+            head: url("head"),
+            put: url("put"),
+        })
+    }
+
+    fn max_uploaded_archive_size(&self) -> u64 {
+        1024
+    }
+}
+
+#[test]
+fn a_distributed_cache_hands_presigned_urls_to_the_helpers_through_their_environment() {
+    let mut job = job();
+    job.cache.push(CacheSpec {
+        fallback_keys: vec!["local-only".into()],
+        ..cache("deps", &["vendor/"])
+    });
+    let options = runnel_job::PlanOptions {
+        remote_cache: Some(std::sync::Arc::new(FakeRemote)),
+        ..opts()
+    };
+    let plan = plan_ok(&job, &options);
+    let restore = render(&stage_script(&plan, "restore_cache"));
+    assert_snapshot!(restore);
+    let archive = render(&stage_script(&plan, "archive_cache"));
+    assert!(
+        archive.contains("RUNNEL_CACHE_URL=$'http://s3.test/bucket/project/1/deps?X-Amz-Signature=put-deps-sig' RUNNEL_CACHE_HEAD_URL=$'http://s3.test/bucket/project/1/deps?X-Amz-Signature=head-deps-sig' "),
+        "{archive}"
+    );
+    assert!(
+        archive.contains("--max-uploaded-archive-size 1024"),
+        "{archive}"
+    );
+    for method in ["get", "head", "put"] {
+        let query = runnel_types::Secret::new(format!("X-Amz-Signature={method}-deps-sig"));
+        assert!(plan.masked_values.contains(&query), "{method}");
+    }
+    // Without a distributed cache nothing changes.
+    let local = plan_ok(&job, &opts());
+    let local_archive = render(&stage_script(&local, "archive_cache"));
+    assert!(
+        !local_archive.contains("RUNNEL_CACHE_URL"),
+        "{local_archive}"
+    );
+    assert!(!local_archive.contains("--max-uploaded"), "{local_archive}");
+}

@@ -8,8 +8,12 @@
 //! `CI_JOB_TOKEN`/`CI_SERVER_URL`/`CI_JOB_ID` in the environment; a token is only ever shown
 //! in its short form.
 //!
-//! Not here: the distributed cache (`--url` presigned transfers are refused with a warning and
-//! the local archive is used), artifact metadata generation, and the `zipzstd` format.
+//! With a distributed cache the cache helpers also transfer the archive through presigned
+//! URLs ([`super::cache_remote`]); the local archive stays the working copy, and any trouble
+//! with the remote object is a warning, never a failed job.
+//!
+//! Not here: GCS/Azure `--gocloud-url` transfers, artifact metadata generation, and the
+//! `zipzstd` format.
 
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -21,6 +25,7 @@ use runnel_api::{ArtifactDownload, ArtifactUpload, Client};
 use runnel_archive::{ArchiveFormat, ArchiveOptions, CompressionLevel, PathSpec, Selection};
 use runnel_types::{ArtifactFormat, JobId, JobToken};
 
+use super::cache_remote::{Download, RemoteObject};
 use super::{Context, client_for, redact_url};
 use crate::cli::{
     ArtifactsDownloaderArgs, ArtifactsUploaderArgs, CacheArchiverArgs, CacheExtractorArgs,
@@ -49,28 +54,144 @@ pub(crate) async fn download_artifacts(
     finish(download(args).await)
 }
 
-/// `cache-archiver`: write the selected paths to the local cache archive.
-pub(crate) fn archive_cache(
+/// `cache-archiver`: write the selected paths to the local cache archive, then upload it to
+/// the distributed cache if there is one.
+pub(crate) async fn archive_cache(
     args: &CacheArchiverArgs,
     context: &Context,
 ) -> anyhow::Result<ExitCode> {
     quiet_logs(context);
-    finish(archive(args))
+    let file = match cache_file(args.file.as_deref()) {
+        Ok(file) => file,
+        Err(error) => return finish(Err(error)),
+    };
+    let archived = match archive(args, file) {
+        Ok(archived) => archived,
+        Err(error) => return finish(Err(error)),
+    };
+    // An up-to-date archive is still offered for upload: the object may be missing or differ
+    // (the upload skips an object with the same content).
+    match non_empty(args.url.as_deref()) {
+        Some(url) => Ok(upload_cache(args, file, url).await),
+        None if archived == Archived::UpToDate => Ok(ExitCode::SUCCESS),
+        None => {
+            say(
+                "No URL provided, cache will not be uploaded to shared cache server. Cache will be stored only locally.",
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
-/// `cache-extractor`: extract the local cache archive here.
-pub(crate) fn extract_cache(
+/// `cache-extractor`: download the distributed cache object if there is one, then extract
+/// the local cache archive here.
+pub(crate) async fn extract_cache(
     args: &CacheExtractorArgs,
     context: &Context,
 ) -> anyhow::Result<ExitCode> {
     quiet_logs(context);
-    if let Ok(file) = cache_file(args.file.as_deref())
-        && !file.exists()
-    {
+    let file = match cache_file(args.file.as_deref()) {
+        Ok(file) => file,
+        Err(error) => return finish(Err(error)),
+    };
+    match non_empty(args.url.as_deref()) {
+        Some(url) => download_cache(args, file, url).await,
+        None => say(
+            "No URL provided, cache will not be downloaded from shared cache server. Instead a local version of cache will be extracted.",
+        ),
+    }
+    if !file.exists() {
         warn(&format!("{}: cache file does not exist", file.display()));
         return Ok(ExitCode::FAILURE);
     }
-    finish(extract(args))
+    finish(extract(file))
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+/// The file name the official helpers show for a cache archive (no extension).
+fn archive_label(file: &Path) -> String {
+    file.file_stem()
+        .map_or_else(|| "cache".to_owned(), |s| s.to_string_lossy().into_owned())
+}
+
+/// Brings the remote object into the local archive; every problem is a warning, after which
+/// the local archive (if any) is used.
+async fn download_cache(args: &CacheExtractorArgs, file: &Path, url: &str) {
+    let remote = match RemoteObject::new(url, args.head_url.as_deref(), args.timeout) {
+        Ok(remote) => remote,
+        Err(error) => {
+            warn(&format!("{error:#}"));
+            return;
+        }
+    };
+    say(&format!(
+        "Downloading {} from {}",
+        archive_label(file),
+        remote.address()
+    ));
+    let fallback = if file.exists() {
+        "; using the local cache archive"
+    } else {
+        ""
+    };
+    match remote.download(file).await {
+        Ok(Download::Downloaded) => {}
+        Ok(Download::UpToDate) => say(&format!(
+            "{} is up to date",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        )),
+        Ok(Download::Missing) => warn(&format!(
+            "Cache file does not exist on the shared cache server (404 Not Found){fallback}"
+        )),
+        Err(error) => warn(&format!(
+            "Failed to download the cache: {error:#}{fallback}"
+        )),
+    }
+}
+
+/// Uploads the local archive; a failure warns and exits 1 (the stage then says "Failed to
+/// create cache"), but never fails the job.
+async fn upload_cache(args: &CacheArchiverArgs, file: &Path, url: &str) -> ExitCode {
+    let size = match std::fs::metadata(file) {
+        Ok(metadata) => metadata.len(),
+        Err(error) => {
+            warn(&format!("{}: {error}", file.display()));
+            return ExitCode::FAILURE;
+        }
+    };
+    let limit = args.max_uploaded_archive_size;
+    if limit != 0 && size > limit {
+        warn(&format!(
+            "Cache archive size ({size}) is too big (Limit is set to {limit}). Cache will be stored only locally."
+        ));
+        return ExitCode::SUCCESS;
+    }
+    let remote = match RemoteObject::new(url, args.check_url.as_deref(), args.timeout) {
+        Ok(remote) => remote,
+        Err(error) => {
+            warn(&format!("{error:#}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    if remote.holds(file).await {
+        say(&format!(
+            "{name} is already on the shared cache server at {} (same ETag); not uploading it again",
+            remote.address()
+        ));
+        return ExitCode::SUCCESS;
+    }
+    say(&format!("Uploading {name} to {}", remote.address()));
+    match remote.upload(file).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            warn(&format!("Failed to upload the cache: {error:#}"));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Daemon-style logs would land in the job log; keep only what the user asked for.
@@ -392,11 +513,17 @@ fn cache_file(file: Option<&Path>) -> anyhow::Result<&Path> {
         .context("missing the cache file (--file)")
 }
 
-fn archive(args: &CacheArchiverArgs) -> anyhow::Result<()> {
-    let file = cache_file(args.file.as_deref())?;
-    if args.url.as_deref().is_some_and(|u| !u.is_empty()) {
-        warn("the distributed cache is not supported yet; only the local cache is saved");
-    }
+/// What [`archive`] did to the local archive.
+#[derive(Debug, PartialEq, Eq)]
+enum Archived {
+    /// It already held the selection.
+    UpToDate,
+    /// It was (re)written.
+    Written,
+}
+
+/// Writes the local archive unless it is up to date.
+fn archive(args: &CacheArchiverArgs, file: &Path) -> anyhow::Result<Archived> {
     let format = match args.compression_format.trim() {
         "" | "zip" => ArchiveFormat::Zip,
         "tarzstd" => ArchiveFormat::TarZstd,
@@ -411,7 +538,7 @@ fn archive(args: &CacheArchiverArgs) -> anyhow::Result<()> {
     let selection = select_files(&dir, &args.files)?;
     if up_to_date(file, &selection) {
         say("Archive is up to date!");
-        return Ok(());
+        return Ok(Archived::UpToDate);
     }
     let parent = file
         .parent()
@@ -435,7 +562,7 @@ fn archive(args: &CacheArchiverArgs) -> anyhow::Result<()> {
     temp.persist(file)
         .map_err(|error| error.error)
         .with_context(|| format!("failed to save the cache archive {}", file.display()))?;
-    Ok(())
+    Ok(Archived::Written)
 }
 
 /// Whether the zip at `file` already holds exactly `selection`, none of it newer than the
@@ -475,11 +602,7 @@ fn up_to_date(file: &Path, selection: &Selection) -> bool {
     names == selected
 }
 
-fn extract(args: &CacheExtractorArgs) -> anyhow::Result<()> {
-    let file = cache_file(args.file.as_deref())?;
-    if args.url.as_deref().is_some_and(|u| !u.is_empty()) {
-        warn("the distributed cache is not supported yet; only the local cache is read");
-    }
+fn extract(file: &Path) -> anyhow::Result<()> {
     let dir = project_dir()?;
     let summary = runnel_archive::extract_file(file, &dir)
         .with_context(|| format!("failed to extract the cache archive {}", file.display()))?;

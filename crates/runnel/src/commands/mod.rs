@@ -1,6 +1,7 @@
 //! The commands: one module each, all returning `anyhow::Result` with context that names the
 //! file, URL or runner involved.
 
+mod cache_remote;
 mod helpers;
 mod lint;
 mod list;
@@ -49,8 +50,8 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
         Command::Docker(DockerCommand::BuildHelperImage(args)) => build_helper_image(args).await,
         Command::ArtifactsUploader(args) => helpers::upload_artifacts(*args, &context).await,
         Command::ArtifactsDownloader(args) => helpers::download_artifacts(args, &context).await,
-        Command::CacheArchiver(args) => helpers::archive_cache(&args, &context),
-        Command::CacheExtractor(args) => helpers::extract_cache(&args, &context),
+        Command::CacheArchiver(args) => helpers::archive_cache(&args, &context).await,
+        Command::CacheExtractor(args) => helpers::extract_cache(&args, &context).await,
     }
 }
 

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A `runnel run` daemon with its own config, builds and cache dirs, and fake GitLab.
-struct Daemon {
+pub(crate) struct Daemon {
     fake: FakeGitlab,
     dir: TempDir,
     _child: tokio::process::Child,
@@ -27,6 +27,14 @@ impl Daemon {
 
     /// `cache_dir` overrides the default `<temp>/cache`.
     async fn start_with_cache_dir(cache_dir: Option<PathBuf>) -> Self {
+        Self::start_with_runner_config(cache_dir, "").await
+    }
+
+    /// `runner_config` is appended to the `[[runners]]` entry (e.g. a `[runners.cache]` table).
+    pub(crate) async fn start_with_runner_config(
+        cache_dir: Option<PathBuf>,
+        runner_config: &str,
+    ) -> Self {
         let fake = FakeGitlab::start(FakeConfig {
             long_poll: Duration::from_secs(2),
             trace_update_interval_secs: 1,
@@ -38,7 +46,7 @@ impl Daemon {
         let token = fake.create_runner_token();
         let cache = cache_dir.unwrap_or_else(|| dir.path().join("cache"));
         let config = format!(
-            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\n\n[[runners]]\n  name = \"test\"\n  url = \"{url}\"\n  token = \"{token}\"\n  executor = \"shell\"\n  builds_dir = \"{builds}\"\n  cache_dir = \"{cache}\"\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n",
+            "concurrent = 1\ncheck_interval = 1\nshutdown_timeout = 10\n\n[[runners]]\n  name = \"test\"\n  url = \"{url}\"\n  token = \"{token}\"\n  executor = \"shell\"\n  builds_dir = \"{builds}\"\n  cache_dir = \"{cache}\"\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n{runner_config}",
             url = fake.url(),
             builds = dir.path().join("builds").display(),
             cache = cache.display(),
@@ -73,7 +81,7 @@ impl Daemon {
     }
 
     /// Runs one job to its end.
-    async fn run(&self, job: JobBuilder) -> JobView {
+    pub(crate) async fn run(&self, job: JobBuilder) -> JobView {
         let id = self.fake.enqueue(job);
         match self
             .fake
@@ -85,13 +93,13 @@ impl Daemon {
         }
     }
 
-    fn cache_root(&self) -> PathBuf {
+    pub(crate) fn cache_root(&self) -> PathBuf {
         self.dir.path().join("cache")
     }
 }
 
 /// Every job starts from an empty project dir, so only restored or downloaded files are there.
-fn job(name: &str) -> JobBuilder {
+pub(crate) fn job(name: &str) -> JobBuilder {
     JobBuilder::new(name).git_strategy(GitStrategy::Empty)
 }
 
@@ -105,7 +113,7 @@ fn zip_names(data: &[u8]) -> Vec<String> {
     names
 }
 
-fn zip_entry(data: &[u8], name: &str) -> String {
+pub(crate) fn zip_entry(data: &[u8], name: &str) -> String {
     let mut archive = zip::ZipArchive::new(Cursor::new(data)).expect("a zip archive");
     let mut entry = archive.by_name(name).expect("the entry");
     let mut text = String::new();
@@ -383,7 +391,7 @@ async fn a_hostile_artifact_is_never_extracted_outside_the_project() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return found;
@@ -399,7 +407,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn cache_entry(key: &str, policy: &str, fallback_keys: &[&str]) -> serde_json::Value {
+pub(crate) fn cache_entry(key: &str, policy: &str, fallback_keys: &[&str]) -> serde_json::Value {
     json!([{
         "key": key,
         "untracked": false,

@@ -1,5 +1,6 @@
 //! Integration tests: the real `runnel` binary against the fake coordinator and real processes.
 
+mod cache_s3;
 mod commands;
 mod docker;
 mod git_sources;
