@@ -1,6 +1,7 @@
 //! The commands: one module each, all returning `anyhow::Result` with context that names the
 //! file, URL or runner involved.
 
+mod exec;
 mod helpers;
 mod lint;
 mod list;
@@ -47,6 +48,7 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
         Command::Restart(args) => service::control(args, service::Operation::Restart).await,
         Command::Status(args) => service::control(args, service::Operation::Status).await,
         Command::Docker(DockerCommand::BuildHelperImage(args)) => build_helper_image(args).await,
+        Command::Exec(args) => exec::run(*args).await,
         Command::ArtifactsUploader(args) => helpers::upload_artifacts(*args, &context).await,
         Command::ArtifactsDownloader(args) => helpers::download_artifacts(args, &context).await,
         Command::CacheArchiver(args) => helpers::archive_cache(&args, &context),

@@ -2,6 +2,7 @@
 
 mod commands;
 mod docker;
+mod exec;
 mod git_sources;
 mod job_data;
 mod register;
