@@ -424,3 +424,61 @@ test:
         .assert_line("[test] in docker changed");
     assert_eq!(left, Vec::<String>::new(), "containers left behind");
 }
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_running_and_pending_jobs_and_leaves_no_process() {
+    let pipeline = "stages: [one, two]\nslow:\n  stage: one\n  script:\n    - echo $$ > $CI_BUILDS_DIR/script.pid\n    - sleep 300\nlater:\n  stage: two\n  script: [echo should-not-run]\n";
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["exec", "--executor", "shell", "--plain", "-C"])
+        .arg(dir.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid_file = dir.path().join(".runnel/builds/script.pid");
+    let script_pid = tokio::time::timeout(EXEC_TIMEOUT, async {
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the job's script started");
+    assert!(alive(script_pid));
+    let runnel = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(runnel, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("runnel exec stopped after Ctrl-C")
+        .unwrap();
+    let run = Exec {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    run.assert_code(1)
+        .assert_status("[slow] canceled")
+        .assert_status("[later] canceled");
+    assert!(!run.stdout.contains("should-not-run"), "{}", run.output());
+    assert!(!alive(script_pid), "the job's shell survived Ctrl-C");
+}
