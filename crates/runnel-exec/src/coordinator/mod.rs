@@ -17,7 +17,7 @@ mod git;
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -139,7 +139,7 @@ pub(crate) struct Coordinator {
 impl Coordinator {
     /// Listens on `ip` (an ephemeral port) and serves until [`Self::shutdown`].
     pub(crate) async fn start(
-        ip: std::net::IpAddr,
+        ip: IpAddr,
         runners: Vec<(String, RunnerKind)>,
         git_root: PathBuf,
         max_running: usize,
@@ -593,5 +593,105 @@ async fn download_artifacts(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("cannot read {}: {error}", path.display()),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_are_handed_out_traced_and_finished_with_tokens_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
+        let coordinator = Coordinator::start(
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            runners,
+            dir.path().to_path_buf(),
+            1,
+            tx,
+        )
+        .await
+        .unwrap();
+        let log_file = dir.path().join("logs/job.log");
+        coordinator
+            .enqueue(NewJob {
+                id: 7,
+                token: "job-token".to_owned(),
+                kind: RunnerKind::Shell,
+                payload: b"{\"id\":7}".to_vec(),
+                log_file: log_file.clone(),
+                artifacts_dir: dir.path().join("artifacts"),
+            })
+            .unwrap();
+        let http = reqwest::Client::new();
+        let api = format!("{}/api/v4", coordinator.url);
+        let request = |token: &str| {
+            http.post(format!("{api}/jobs/request"))
+                .body(format!("{{\"token\":\"{token}\"}}"))
+                .send()
+        };
+        assert_eq!(request("wrong").await.unwrap().status(), 403);
+        let picked = request("runner-token").await.unwrap();
+        assert_eq!(picked.status(), 201);
+        assert_eq!(picked.text().await.unwrap(), "{\"id\":7}");
+        assert!(matches!(
+            events.recv().await,
+            Some(CoordinatorEvent::Started(7))
+        ));
+
+        let patch = |range: &str, token: &str, body: &'static str| {
+            http.patch(format!("{api}/jobs/7/trace"))
+                .header("JOB-TOKEN", token)
+                .header("Content-Range", range)
+                .body(body)
+                .send()
+        };
+        assert_eq!(patch("0-4", "wrong", "hello").await.unwrap().status(), 403);
+        let gap = patch("5-9", "job-token", "world").await.unwrap();
+        assert_eq!(gap.status(), 416);
+        assert_eq!(gap.headers()["Range"], "0-0");
+        let first = patch("0-4", "job-token", "hello").await.unwrap();
+        assert_eq!(first.status(), 202);
+        assert_eq!(first.headers()["Range"], "0-5");
+        match events.recv().await {
+            Some(CoordinatorEvent::Output(7, bytes)) => assert_eq!(bytes, b"hello"),
+            other => panic!("expected output, got {other:?}"),
+        }
+
+        let denied = http
+            .get(format!("{api}/jobs/7/artifacts"))
+            .header("JOB-TOKEN", "someone-else")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 403);
+
+        let done = http
+            .put(format!("{api}/jobs/7"))
+            .header("JOB-TOKEN", "job-token")
+            .body(r#"{"token":"job-token","state":"failed","failure_reason":"script_failure","exit_code":3}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 200);
+        match events.recv().await {
+            Some(CoordinatorEvent::Finished {
+                id: 7,
+                success: false,
+                failure_reason,
+                exit_code: Some(3),
+            }) => assert_eq!(failure_reason.as_deref(), Some("script_failure")),
+            other => panic!("expected the final state, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&log_file).unwrap(), "hello");
+
+        // Nothing queued: the request is held, then answered 204 when the run closes.
+        let held = tokio::spawn(request("runner-token"));
+        tokio::task::yield_now().await;
+        coordinator.close();
+        assert_eq!(held.await.unwrap().unwrap().status(), 204);
+        coordinator.shutdown().await;
     }
 }
