@@ -413,7 +413,7 @@ fn service_config(
                     options
                         .helper_image
                         .as_deref()
-                        .unwrap_or(runnel_executor_helper_default()),
+                        .unwrap_or(runnel_executor_docker::DEFAULT_HELPER_IMAGE),
                 ),
                 toml_string(&format!("{}:/cache", state.join("cache").to_string_lossy())),
             )),
@@ -437,11 +437,6 @@ fn service_config(
             .map(RunnerSpec::from_config)
             .collect(),
     })
-}
-
-/// The helper image `runnel docker build-helper-image` tags by default.
-fn runnel_executor_helper_default() -> &'static str {
-    "runnel-helper:latest"
 }
 
 /// The per-run facts every payload needs.
