@@ -19,7 +19,8 @@
 //! | upload artifacts `POST jobs/:id/artifacts` | [`Client::upload_artifacts`] |
 //! | download artifacts `GET jobs/:id/artifacts` | [`Client::download_artifacts`], [`Client::download_artifacts_to_file`] |
 //!
-//! Job payloads become [`runnel_types::JobSpec`]; wire structs never leave this crate. What
+//! Job payloads become [`runnel_types::JobSpec`] (and back, [`encode_job_payload`], for the
+//! coordinator `runnel exec` serves); wire structs never leave this crate. What
 //! this crate does not do: decide when to poll, chunk or resend traces, retry final updates,
 //! or build and extract archives. Those belong to the daemon and the job crates.
 
@@ -27,6 +28,7 @@ mod artifacts;
 mod client;
 mod error;
 mod info;
+mod job_payload;
 mod job_response;
 mod jobs;
 mod lenient;
@@ -38,6 +40,7 @@ pub use artifacts::{ArtifactDownload, ArtifactUpload};
 pub use client::{Client, ClientConfig};
 pub use error::{ApiError, SafeUrl};
 pub use info::{Features, RunnerInfo};
+pub use job_payload::encode_job_payload;
 pub use jobs::{
     JobRequest, JobRequestResult, JobUpdate, PatchOutcome, PatchResult, RemoteStatus,
     TRACE_PATCH_LIMIT, TracePatch, TraceSummary, UpdateOutcome, UpdateResult,

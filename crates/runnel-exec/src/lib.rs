@@ -5,11 +5,35 @@
 //! (`runnel-service`) with the shell or docker executor, so "works locally" means "works in CI".
 //! What a person sees is decoupled from running: the scheduler emits [`Event`]s and a
 //! [`Reporter`] (plain lines, or a live terminal view) renders them.
+//!
+//! - [`prepare`] reads the repository (read-only), loads and evaluates the CI file and applies
+//!   the job selection; [`Prepared::run`] snapshots the working tree ([`source`]), starts the
+//!   coordinator (`coordinator`) and the daemon, and schedules the jobs (`run`).
+//! - Everything a run writes lives under `<project>/.runnel/`: `git/` (the snapshot repository),
+//!   `builds/`, `cache/`, `logs/<pipeline>/<job>.log`, `artifacts/<pipeline>/<job>/`.
 
+mod coordinator;
+mod error;
 pub mod event;
 pub mod list;
+mod run;
+pub mod source;
 pub mod view;
 
+pub use error::ExecError;
 pub use event::{Event, JobResult, JobStatus, PipelineJob, Reporter};
 pub use list::render_list;
-pub use view::{LiveReporter, PlainReporter, render_frame, render_summary, stdout_reporter};
+pub use run::{ExecOptions, ExecutorChoice, Prepared, prepare};
+pub use view::{
+    LiveReporter, PlainReporter, colours_enabled, render_frame, render_summary, stdout_reporter,
+};
+
+/// GitLab's slug of `text`, or `fallback` when nothing is left of it.
+pub(crate) fn slug_or(text: &str, fallback: &str) -> String {
+    let slug = runnel_pipeline::slug(text);
+    if slug.is_empty() {
+        fallback.to_owned()
+    } else {
+        slug
+    }
+}

@@ -404,6 +404,7 @@ pub(crate) async fn run(
                 stop => break Some(stop),
             },
             _ = reload_tick.tick() => reload(&shared, source.as_ref(), &on_reload, &mut loaded_at, false),
+            () = shared.options.stop.cancelled() => break None,
             _ = idle_tick.tick(), if shared.options.wait_timeout.is_some() || shared.options.max_builds.is_some() => {
                 if single_done(&shared) {
                     break None;
@@ -426,7 +427,7 @@ pub(crate) async fn run(
             );
             shared.abort.cancel();
         }
-        None => tracing::info!("run-single limits reached; stopping"),
+        None => tracing::info!("run-single limits reached or stop requested; stopping"),
     }
     if let Err(error) = feeder.await {
         tracing::error!(%error, "the job feeder stopped unexpectedly");

@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub wait_timeout: Option<Duration>,
     /// Serve metrics here (`--listen-address`); wins over config.toml's `listen_address`.
     pub listen_address: Option<String>,
+    /// Fired by an embedding program (`runnel exec`) to stop like SIGQUIT: no new jobs, running
+    /// jobs finish, then [`run`] returns.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Why the daemon stopped with an error.

@@ -264,6 +264,13 @@ pub(crate) fn render_load_error(error: &runnel_config::LoadError) -> String {
         .join("\n")
 }
 
+impl RunnerSpec {
+    /// A `[[runners]]` entry of a parsed config.toml, resolved (defaults applied).
+    pub fn from_config(runner: &RunnerConfig) -> Self {
+        runner_spec(runner)
+    }
+}
+
 fn runner_spec(runner: &RunnerConfig) -> RunnerSpec {
     RunnerSpec {
         name: runner.name.clone(),

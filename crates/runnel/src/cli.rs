@@ -89,6 +89,8 @@ pub(crate) enum Command {
     /// Docker executor tools.
     #[command(subcommand)]
     Docker(DockerCommand),
+    /// Run this project's .gitlab-ci.yml locally, the way GitLab would run it.
+    Exec(Box<ExecArgs>),
     /// Job helper: archive paths and upload them as job artifacts.
     #[command(hide = true)]
     ArtifactsUploader(Box<ArtifactsUploaderArgs>),
@@ -101,6 +103,54 @@ pub(crate) enum Command {
     /// Job helper: extract a local cache file here.
     #[command(hide = true)]
     CacheExtractor(CacheExtractorArgs),
+}
+
+/// `runnel exec` flags.
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// Jobs to run (job or instance names); default: the whole pipeline.
+    #[arg(value_name = "JOB")]
+    pub(crate) jobs: Vec<String>,
+    /// The project directory.
+    #[arg(short = 'C', value_name = "DIR", default_value = ".")]
+    pub(crate) directory: PathBuf,
+    /// The CI file, relative to the project directory.
+    #[arg(long, default_value = ".gitlab-ci.yml")]
+    pub(crate) file: String,
+    /// Print the pipeline (stages, jobs, needs, why jobs are skipped) and exit.
+    #[arg(long)]
+    pub(crate) list: bool,
+    /// Also run the jobs that the named jobs `needs`, transitively.
+    #[arg(long)]
+    pub(crate) needs: bool,
+    /// The executor; default: docker for jobs with an image when Docker answers, else shell.
+    #[arg(long, value_enum)]
+    pub(crate) executor: Option<ExecExecutor>,
+    /// Jobs running at once (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrency: Option<usize>,
+    /// A variable that overrides the CI file (KEY=VALUE; repeatable); its value is masked.
+    #[arg(long = "variable", value_name = "KEY=VALUE")]
+    pub(crate) variables: Vec<String>,
+    /// A file of variables (KEY=VALUE lines, or a YAML map of strings); values are masked.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) variables_file: Option<PathBuf>,
+    /// Plain output (one line per log line) even on a terminal.
+    #[arg(long)]
+    pub(crate) plain: bool,
+    /// Run `when: manual` and `when: delayed` jobs instead of skipping them.
+    #[arg(long)]
+    pub(crate) manual: bool,
+    /// The docker helper image (default: runnel-helper:latest, from `runnel docker build-helper-image`).
+    #[arg(long, value_name = "IMAGE")]
+    pub(crate) helper_image: Option<String>,
+}
+
+/// `runnel exec --executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExecExecutor {
+    Shell,
+    Docker,
 }
 
 /// `runnel docker …`.

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if cli.global.debug {
         LogLevel::Debug
+    } else if matches!(cli.command, cli::Command::Exec(_)) {
+        // The daemon inside `runnel exec` is an implementation detail: only its problems show.
+        cli.global.log_level.unwrap_or(LogLevel::Warning)
     } else {
         cli.global.log_level.unwrap_or(LogLevel::Info)
     };

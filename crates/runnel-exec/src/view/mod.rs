@@ -40,6 +40,11 @@ pub fn stdout_reporter(plain: bool) -> Box<dyn crate::Reporter> {
     }
 }
 
+/// Whether output to stdout should be coloured (a terminal, `NO_COLOR`/`CLICOLOR*` honoured).
+pub fn colours_enabled() -> bool {
+    console::colors_enabled()
+}
+
 /// How many lines of a running job the live view keeps.
 const TAIL_LINES: usize = 3;
 
@@ -105,6 +110,7 @@ impl LineBuffer {
 /// a `\r` keeps only the text after it (the last state of a progress line), and, unless
 /// `keep_ansi`, ANSI escape sequences are stripped.
 pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
+    let raw = strip_trace_prefix(raw);
     let raw = raw.strip_suffix('\r').unwrap_or(raw);
     // Most lines have neither markers nor carriage returns.
     if !raw.contains(['\r', '\x1b']) {
@@ -128,6 +134,33 @@ pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
     } else {
         visible.into_owned()
     })
+}
+
+/// A line of a timestamped trace without its prefix: the RFC 3339 UTC time, a space, the
+/// two-digit stream number, `O` or `E`, and ` ` (a new line) or `+` (a continued line), as in
+/// `2026-11-28T05:00:18.234321Z 00O+`. Other lines come back unchanged.
+pub fn strip_trace_prefix(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let head = line.get(..40).unwrap_or(line);
+    let Some(zone) = head.find("Z ") else {
+        return line;
+    };
+    let looks_like_time = zone >= 19
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes[10] == b'T'
+        && bytes[..4].iter().all(u8::is_ascii_digit);
+    let tag = zone + 2;
+    let tagged = bytes.len() >= tag + 4
+        && bytes[tag].is_ascii_hexdigit()
+        && bytes[tag + 1].is_ascii_hexdigit()
+        && matches!(bytes[tag + 2], b'O' | b'E')
+        && matches!(bytes[tag + 3], b' ' | b'+');
+    if looks_like_time && tagged {
+        &line[tag + 4..]
+    } else {
+        line
+    }
 }
 
 /// `text` without ANSI escape sequences (CSI such as colours and erases, OSC such as titles and
@@ -472,6 +505,36 @@ pub(crate) fn fit(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamped_trace_lines_lose_their_prefix() {
+        assert_eq!(
+            strip_trace_prefix("2026-11-28T04:41:57.643656Z 01O secret is [MASKED]"),
+            "secret is [MASKED]"
+        );
+        assert_eq!(
+            clean_line(
+                "2026-11-28T04:41:56.783840Z 00O+\x1b[0K\x1b[36;1mPreparing\x1b[0;m",
+                false
+            )
+            .as_deref(),
+            Some("Preparing")
+        );
+        assert_eq!(
+            clean_line(
+                "2026-11-28T05:00:18.234439Z 00O section_start:1795842018:prepare_executor\r\x1b[0K",
+                false
+            ),
+            None
+        );
+        assert_eq!(strip_trace_prefix("2026-11-28T05:33:00.023204Z 01O "), "");
+        assert_eq!(strip_trace_prefix("2026 was a year"), "2026 was a year");
+        assert_eq!(strip_trace_prefix("short"), "short");
+        assert_eq!(
+            strip_trace_prefix("2026-11-28T04:41:57Z 1"),
+            "2026-11-28T04:41:57Z 1"
+        );
+    }
 
     fn lines(chunks: &[&[u8]]) -> Vec<String> {
         let mut buf = LineBuffer::default();

@@ -2,6 +2,7 @@
 //! file, URL or runner involved.
 
 mod cache_remote;
+mod exec;
 mod helpers;
 mod lint;
 mod list;
@@ -48,6 +49,7 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
         Command::Restart(args) => service::control(args, service::Operation::Restart).await,
         Command::Status(args) => service::control(args, service::Operation::Status).await,
         Command::Docker(DockerCommand::BuildHelperImage(args)) => build_helper_image(args).await,
+        Command::Exec(args) => exec::run(*args).await,
         Command::ArtifactsUploader(args) => helpers::upload_artifacts(*args, &context).await,
         Command::ArtifactsDownloader(args) => helpers::download_artifacts(args, &context).await,
         Command::CacheArchiver(args) => helpers::archive_cache(&args, &context).await,

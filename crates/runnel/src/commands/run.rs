@@ -49,6 +49,7 @@ pub(crate) async fn run_single(args: RunSingleArgs, context: Context) -> anyhow:
         max_builds: (args.max_builds > 0).then_some(args.max_builds),
         wait_timeout: (args.wait_timeout > 0).then(|| Duration::from_secs(args.wait_timeout)),
         listen_address: None,
+        ..RunOptions::default()
     };
     let path = super::config_path(&args.config);
     let source: Arc<dyn ConfigSource> = match &args.runner_name {

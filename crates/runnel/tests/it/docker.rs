@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::run::{Daemon, Setup, final_update, job};
 
 /// A `FROM scratch` image with the host's static busybox.
-const IMAGE: &str = "runnel-e2e-busybox:1";
+pub(crate) const IMAGE: &str = "runnel-e2e-busybox:1";
 /// Busybox `httpd` serving `hello-from-service` on port 8080.
 const WEB: &str = "runnel-e2e-web:1";
 /// The busybox image plus the host's glibc git (for HTTP), its libraries and the runnel
@@ -131,7 +131,7 @@ fn copy_with_libraries(binary: &Path, inside: Option<&str>, rootfs: &Path) {
 /// binary linking a new library gets a new base); the helper is tagged with the binary's size
 /// and modification time, so a rebuilt binary gets a fresh helper and an unchanged one is
 /// reused.
-async fn ensure_git_helper() -> String {
+pub(crate) async fn ensure_git_helper() -> String {
     ensure_image();
     let exe = env!("CARGO_BIN_EXE_runnel");
     let meta = std::fs::metadata(exe).unwrap();

@@ -3,6 +3,7 @@
 mod cache_s3;
 mod commands;
 mod docker;
+mod exec;
 mod git_sources;
 mod job_data;
 mod register;

@@ -1,0 +1,697 @@
+//! The in-process coordinator: the subset of GitLab's runner API that the daemon uses, served
+//! on an ephemeral port for one local pipeline.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `POST /api/v4/jobs/request` | hands the next queued job for the asking runner (201 with the payload), else holds the request until one is queued (long polling) and answers 204 |
+//! | `PUT /api/v4/jobs/:id` | `running`, then the final `success`/`failed` with `failure_reason` and `exit_code` |
+//! | `PATCH /api/v4/jobs/:id/trace` | appends at the `Content-Range` offset (416 with `Range` otherwise), to the job's log file and as [`CoordinatorEvent::Output`] |
+//! | `POST`/`GET /api/v4/jobs/:id/artifacts` | stores uploads under `.runnel/artifacts/`; serves the archive to the job and its dependants |
+//! | `/<project>.git/…` | the source snapshot through `git http-backend` ([`git`]) |
+//!
+//! Every job route checks the job's random token (`JOB-TOKEN`), and job requests check the
+//! runner token. What the scheduler needs to know comes out as [`CoordinatorEvent`]s. The JSON
+//! payload itself is made by `runnel_api::encode_job_payload`.
+
+mod git;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{patch, post, put};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ExecError;
+
+/// How long a job request is held when no job is queued.
+const LONG_POLL: Duration = Duration::from_secs(20);
+/// `X-GitLab-Trace-Update-Interval`: the smallest the runner accepts, for a live log.
+const TRACE_INTERVAL: &str = "1";
+
+/// Which runner (executor) a job is queued for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum RunnerKind {
+    Shell,
+    Docker,
+}
+
+/// What happened to a job, for the scheduler.
+#[derive(Debug)]
+pub(crate) enum CoordinatorEvent {
+    /// A runner took the job.
+    Started(u64),
+    /// Trace bytes (already masked by the runner).
+    Output(u64, Vec<u8>),
+    /// The final update.
+    Finished {
+        id: u64,
+        success: bool,
+        failure_reason: Option<String>,
+        exit_code: Option<i32>,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum JobState {
+    Queued,
+    Running,
+    Done,
+}
+
+#[derive(Debug)]
+struct JobRecord {
+    token: String,
+    kind: RunnerKind,
+    payload: Option<Vec<u8>>,
+    state: JobState,
+    trace_len: u64,
+    log: Option<std::fs::File>,
+    artifacts_dir: PathBuf,
+    /// The archive artifact: file and name as uploaded.
+    archive: Option<(PathBuf, String, u64)>,
+    /// Tokens of dependants allowed to download the archive.
+    readers: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    jobs: HashMap<u64, JobRecord>,
+    queue: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    queue_version: watch::Sender<u64>,
+    events: mpsc::UnboundedSender<CoordinatorEvent>,
+    runners: Vec<(String, RunnerKind)>,
+    git_root: PathBuf,
+    /// At most this many jobs run at once (`--concurrency`).
+    max_running: usize,
+    /// Fired at the end of the pipeline: held job requests are answered at once.
+    closing: CancellationToken,
+    /// Fired on interruption: running jobs are told `Job-Status: canceled`.
+    canceled: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A job to queue.
+#[derive(Debug)]
+pub(crate) struct NewJob {
+    pub(crate) id: u64,
+    pub(crate) token: String,
+    pub(crate) kind: RunnerKind,
+    pub(crate) payload: Vec<u8>,
+    /// The job's log file (created or appended to).
+    pub(crate) log_file: PathBuf,
+    /// Where the job's artifacts are stored.
+    pub(crate) artifacts_dir: PathBuf,
+}
+
+/// The running coordinator.
+#[derive(Debug)]
+pub(crate) struct Coordinator {
+    shared: Arc<Shared>,
+    /// The base URL runners use (`http://<ip>:<port>`).
+    pub(crate) url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Coordinator {
+    /// Listens on `ip` (an ephemeral port) and serves until [`Self::shutdown`].
+    pub(crate) async fn start(
+        ip: IpAddr,
+        runners: Vec<(String, RunnerKind)>,
+        git_root: PathBuf,
+        max_running: usize,
+        events: mpsc::UnboundedSender<CoordinatorEvent>,
+    ) -> Result<Self, ExecError> {
+        let address = SocketAddr::new(ip, 0);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ExecError::Listen {
+                address: address.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ExecError::Listen {
+            address: address.to_string(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::default(),
+            queue_version: watch::Sender::new(0),
+            events,
+            runners,
+            git_root,
+            max_running: max_running.max(1),
+            closing: CancellationToken::new(),
+            canceled: CancellationToken::new(),
+        });
+        let api = Router::new()
+            .route("/jobs/request", post(request_job))
+            .route("/jobs/{id}", put(update_job))
+            .route("/jobs/{id}/trace", patch(patch_trace))
+            .route(
+                "/jobs/{id}/artifacts",
+                post(upload_artifacts).get(download_artifacts),
+            );
+        let router = Router::new()
+            .nest("/api/v4", api)
+            .fallback(git::serve)
+            .layer(DefaultBodyLimit::disable())
+            .with_state(Arc::clone(&shared));
+        let closing = shared.closing.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { closing.cancelled().await });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "local coordinator stopped");
+            }
+        });
+        Ok(Self {
+            shared,
+            url: format!("http://{local}"),
+            server,
+        })
+    }
+
+    /// Queues a job for its runner.
+    pub(crate) fn enqueue(&self, job: NewJob) -> Result<(), ExecError> {
+        if let Some(parent) = job.log_file.parent() {
+            std::fs::create_dir_all(parent).map_err(ExecError::io("create", parent))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&job.log_file)
+            .map_err(ExecError::io("open log file", &job.log_file))?;
+        let mut inner = self.shared.lock();
+        inner.jobs.insert(
+            job.id,
+            JobRecord {
+                token: job.token,
+                kind: job.kind,
+                payload: Some(job.payload),
+                state: JobState::Queued,
+                trace_len: 0,
+                log: Some(log),
+                artifacts_dir: job.artifacts_dir,
+                archive: None,
+                readers: Vec::new(),
+            },
+        );
+        inner.queue.push(job.id);
+        drop(inner);
+        self.shared.queue_version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// The archive artifact of job `id` (file name and size), allowing `reader` (a dependant's
+    /// token) to download it.
+    pub(crate) fn share_archive(&self, id: u64, reader: &str) -> Option<(String, u64)> {
+        let mut inner = self.shared.lock();
+        let job = inner.jobs.get_mut(&id)?;
+        let (_, name, size) = job.archive.clone()?;
+        job.readers.push(reader.to_owned());
+        Some((name, size))
+    }
+
+    /// Removes queued jobs (they were never picked up) and tells running ones to stop.
+    pub(crate) fn cancel(&self) -> Vec<u64> {
+        self.shared.canceled.cancel();
+        let mut inner = self.shared.lock();
+        let queued = std::mem::take(&mut inner.queue);
+        for id in &queued {
+            if let Some(job) = inner.jobs.get_mut(id) {
+                job.state = JobState::Done;
+                job.payload = None;
+            }
+        }
+        queued
+    }
+
+    /// Answers held requests and stops serving once the daemon is gone.
+    pub(crate) fn close(&self) {
+        self.shared.closing.cancel();
+    }
+
+    /// Waits for the server to end (after [`Self::close`] and the daemon's exit).
+    pub(crate) async fn shutdown(self) {
+        self.shared.closing.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(5), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+    }
+}
+
+type AppState = State<Arc<Shared>>;
+
+fn status_header(shared: &Shared, state: &JobState) -> HeaderValue {
+    HeaderValue::from_static(match state {
+        _ if shared.canceled.is_cancelled() => "canceled",
+        JobState::Done => "success",
+        _ => "running",
+    })
+}
+
+fn plain(status: StatusCode, message: &str) -> Response {
+    (status, message.to_owned()).into_response()
+}
+
+fn job_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get("JOB-TOKEN").and_then(|v| v.to_str().ok())
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestBody {
+    token: Option<String>,
+}
+
+/// `POST /jobs/request`.
+async fn request_job(State(shared): AppState, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<RequestBody>(&body) else {
+        return plain(StatusCode::BAD_REQUEST, "400 invalid JSON");
+    };
+    let Some(kind) = shared
+        .runners
+        .iter()
+        .find(|(token, _)| Some(token.as_str()) == body.token.as_deref())
+        .map(|(_, kind)| *kind)
+    else {
+        return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+    };
+    let mut version = shared.queue_version.subscribe();
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    loop {
+        version.borrow_and_update();
+        if shared.closing.is_cancelled() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        let picked = {
+            let mut inner = shared.lock();
+            let Inner { jobs, queue } = &mut *inner;
+            let running = jobs
+                .values()
+                .filter(|j| j.state == JobState::Running)
+                .count();
+            let position = queue
+                .iter()
+                .position(|id| jobs.get(id).is_some_and(|j| j.kind == kind))
+                .filter(|_| running < shared.max_running);
+            position.and_then(|at| {
+                let id = queue.remove(at);
+                let job = jobs.get_mut(&id)?;
+                job.state = JobState::Running;
+                Some((id, job.payload.take()?))
+            })
+        };
+        if let Some((id, payload)) = picked {
+            shared.events.send(CoordinatorEvent::Started(id)).ok();
+            return (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/json")],
+                payload,
+            )
+                .into_response();
+        }
+        tokio::select! {
+            changed = version.changed() => if changed.is_err() {
+                return StatusCode::NO_CONTENT.into_response();
+            },
+            () = tokio::time::sleep_until(deadline) => return StatusCode::NO_CONTENT.into_response(),
+            () = shared.closing.cancelled() => return StatusCode::NO_CONTENT.into_response(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateBody {
+    token: Option<String>,
+    state: Option<String>,
+    failure_reason: Option<String>,
+    exit_code: Option<i64>,
+}
+
+/// `PUT /jobs/:id`.
+async fn update_job(
+    State(shared): AppState,
+    UrlPath(id): UrlPath<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(body) = serde_json::from_slice::<UpdateBody>(&body) else {
+        return plain(StatusCode::BAD_REQUEST, "400 invalid JSON");
+    };
+    let mut inner = shared.lock();
+    let Some(job) = inner.jobs.get_mut(&id) else {
+        return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+    };
+    let token = body.token.as_deref().or_else(|| job_token(&headers));
+    if token != Some(job.token.as_str()) {
+        return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let success = match body.state.as_deref() {
+        Some("running") => {
+            let status = status_header(&shared, &job.state);
+            return (StatusCode::OK, [("Job-Status", status)]).into_response();
+        }
+        Some("success") => true,
+        Some("failed") => false,
+        other => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!("400 state is invalid: {other:?}"),
+            );
+        }
+    };
+    if job.state != JobState::Done {
+        job.state = JobState::Done;
+        if let Some(mut log) = job.log.take() {
+            log.flush().ok();
+        }
+        shared
+            .events
+            .send(CoordinatorEvent::Finished {
+                id,
+                success,
+                failure_reason: body.failure_reason.filter(|r| !r.is_empty()),
+                exit_code: body.exit_code.and_then(|c| i32::try_from(c).ok()),
+            })
+            .ok();
+        drop(inner);
+        // A slot is free: held requests look at the queue again.
+        shared.queue_version.send_modify(|v| *v += 1);
+    }
+    let status = if success { "success" } else { "failed" };
+    (StatusCode::OK, [("Job-Status", status)]).into_response()
+}
+
+/// `PATCH /jobs/:id/trace`.
+async fn patch_trace(
+    State(shared): AppState,
+    UrlPath(id): UrlPath<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = shared.lock();
+    let Some(job) = inner.jobs.get_mut(&id) else {
+        return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+    };
+    if job_token(&headers) != Some(job.token.as_str()) {
+        return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+    }
+    let range = headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(start, end)| Some((start.parse::<u64>().ok()?, end.parse::<u64>().ok()?)));
+    let Some((start, end)) = range else {
+        return plain(StatusCode::BAD_REQUEST, "400 invalid Content-Range");
+    };
+    let len = body.len() as u64;
+    let status = status_header(&shared, &job.state);
+    let interval = (
+        "X-GitLab-Trace-Update-Interval",
+        HeaderValue::from_static(TRACE_INTERVAL),
+    );
+    if start != job.trace_len || end.checked_sub(start).map(|d| d + 1) != Some(len) {
+        let range = format!("0-{}", job.trace_len);
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [("Range", range)],
+            [("Job-Status", status), interval],
+        )
+            .into_response();
+    }
+    job.trace_len += len;
+    if let Some(log) = job.log.as_mut()
+        && let Err(error) = log.write_all(&body)
+    {
+        tracing::warn!(job = id, %error, "cannot write the job log file");
+    }
+    shared
+        .events
+        .send(CoordinatorEvent::Output(id, body.to_vec()))
+        .ok();
+    let range = format!("0-{}", job.trace_len);
+    (
+        StatusCode::ACCEPTED,
+        [("Range", range)],
+        [("Job-Status", status), interval],
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadParams {
+    artifact_type: Option<String>,
+}
+
+/// `POST /jobs/:id/artifacts`: a multipart upload with a `file` part.
+async fn upload_artifacts(
+    State(shared): AppState,
+    UrlPath(id): UrlPath<u64>,
+    Query(params): Query<UploadParams>,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> Response {
+    let dir = {
+        let inner = shared.lock();
+        let Some(job) = inner.jobs.get(&id) else {
+            return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+        };
+        if job_token(&headers) != Some(job.token.as_str()) {
+            return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+        }
+        job.artifacts_dir.clone()
+    };
+    let archive = params
+        .artifact_type
+        .as_deref()
+        .is_none_or(|t| t == "archive");
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => return plain(StatusCode::BAD_REQUEST, "400 file is missing"),
+            Err(error) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("400 bad multipart body: {error}"),
+                );
+            }
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = field
+            .file_name()
+            .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_owned())
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .unwrap_or_else(|| "artifacts.zip".to_owned());
+        match store(&dir, &name, field).await {
+            Ok((path, size)) => {
+                if archive {
+                    let mut inner = shared.lock();
+                    if let Some(job) = inner.jobs.get_mut(&id) {
+                        job.archive = Some((path, name, size));
+                    }
+                }
+                return (StatusCode::CREATED, "{}").into_response();
+            }
+            Err(message) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &message),
+        }
+    }
+}
+
+async fn store(
+    dir: &Path,
+    name: &str,
+    mut field: axum::extract::multipart::Field<'_>,
+) -> Result<(PathBuf, u64), String> {
+    use tokio::io::AsyncWriteExt as _;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(name);
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut size = 0u64;
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| format!("upload interrupted: {e}"))?
+    {
+        size += chunk.len() as u64;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok((path, size))
+}
+
+/// `GET /jobs/:id/artifacts`: the archive, for the job itself or a dependant.
+async fn download_artifacts(
+    State(shared): AppState,
+    UrlPath(id): UrlPath<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let (path, name) = {
+        let inner = shared.lock();
+        let Some(job) = inner.jobs.get(&id) else {
+            return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+        };
+        let token = job_token(&headers).unwrap_or("");
+        if token != job.token && !job.readers.iter().any(|r| r == token) {
+            return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+        }
+        match &job.archive {
+            Some((path, name, _)) => (path.clone(), name.clone()),
+            None => return plain(StatusCode::NOT_FOUND, "404 Artifact Not Found"),
+        }
+    };
+    match tokio::fs::File::open(&path).await {
+        Ok(file) => {
+            let disposition = format!("attachment; filename=\"{}\"", name.replace('"', ""));
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+            )
+                .into_response()
+        }
+        Err(error) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot read {}: {error}", path.display()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_are_handed_out_traced_and_finished_with_tokens_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
+        let coordinator = Coordinator::start(
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            runners,
+            dir.path().to_path_buf(),
+            1,
+            tx,
+        )
+        .await
+        .unwrap();
+        let log_file = dir.path().join("logs/job.log");
+        coordinator
+            .enqueue(NewJob {
+                id: 7,
+                token: "job-token".to_owned(),
+                kind: RunnerKind::Shell,
+                payload: b"{\"id\":7}".to_vec(),
+                log_file: log_file.clone(),
+                artifacts_dir: dir.path().join("artifacts"),
+            })
+            .unwrap();
+        let http = reqwest::Client::new();
+        let api = format!("{}/api/v4", coordinator.url);
+        let request = |token: &str| {
+            http.post(format!("{api}/jobs/request"))
+                .body(format!("{{\"token\":\"{token}\"}}"))
+                .send()
+        };
+        assert_eq!(request("wrong").await.unwrap().status(), 403);
+        let picked = request("runner-token").await.unwrap();
+        assert_eq!(picked.status(), 201);
+        assert_eq!(picked.text().await.unwrap(), "{\"id\":7}");
+        assert!(matches!(
+            events.recv().await,
+            Some(CoordinatorEvent::Started(7))
+        ));
+
+        let patch = |range: &str, token: &str, body: &'static str| {
+            http.patch(format!("{api}/jobs/7/trace"))
+                .header("JOB-TOKEN", token)
+                .header("Content-Range", range)
+                .body(body)
+                .send()
+        };
+        assert_eq!(patch("0-4", "wrong", "hello").await.unwrap().status(), 403);
+        let gap = patch("5-9", "job-token", "world").await.unwrap();
+        assert_eq!(gap.status(), 416);
+        assert_eq!(gap.headers()["Range"], "0-0");
+        let first = patch("0-4", "job-token", "hello").await.unwrap();
+        assert_eq!(first.status(), 202);
+        assert_eq!(first.headers()["Range"], "0-5");
+        match events.recv().await {
+            Some(CoordinatorEvent::Output(7, bytes)) => assert_eq!(bytes, b"hello"),
+            other => panic!("expected output, got {other:?}"),
+        }
+
+        let denied = http
+            .get(format!("{api}/jobs/7/artifacts"))
+            .header("JOB-TOKEN", "someone-else")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 403);
+
+        let done = http
+            .put(format!("{api}/jobs/7"))
+            .header("JOB-TOKEN", "job-token")
+            .body(r#"{"token":"job-token","state":"failed","failure_reason":"script_failure","exit_code":3}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 200);
+        match events.recv().await {
+            Some(CoordinatorEvent::Finished {
+                id: 7,
+                success: false,
+                failure_reason,
+                exit_code: Some(3),
+            }) => assert_eq!(failure_reason.as_deref(), Some("script_failure")),
+            other => panic!("expected the final state, got {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&log_file).unwrap(), "hello");
+
+        // Nothing queued: the request is held, then answered 204 when the run closes.
+        let held = tokio::spawn(request("runner-token"));
+        tokio::task::yield_now().await;
+        coordinator.close();
+        assert_eq!(held.await.unwrap().unwrap().status(), 204);
+        coordinator.shutdown().await;
+    }
+}

@@ -1,0 +1,298 @@
+//! The project as git sees it: facts for the predefined variables (read from the user's own
+//! repository, never written), and the snapshot commit the jobs check out.
+//!
+//! The snapshot is the working tree as it is, uncommitted and untracked-but-not-ignored files
+//! included: `git add -A` into a private index and object store (`.runnel/git/source.git`, with
+//! `GIT_WORK_TREE` pointing at the project), `write-tree`, `commit-tree` with the real HEAD's
+//! message and author. The user's `.git` is only read (`rev-parse`, `log`, `diff`), with
+//! `GIT_OPTIONAL_LOCKS=0` so that not even the index stat cache is refreshed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::error::ExecError;
+
+/// What the user's checkout says about the pipeline GitLab would create for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepoFacts {
+    /// Whether the project directory is inside a git work tree.
+    pub is_repo: bool,
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    /// The real HEAD commit, when there is one.
+    pub head: Option<String>,
+    pub message: String,
+    pub author_name: String,
+    pub author_email: String,
+    /// ISO 8601 author date of HEAD.
+    pub author_date: String,
+    pub default_branch: String,
+    /// `group/project`, from the `origin` remote, else `local/<directory name>`.
+    pub project_path: String,
+    /// Files changed by HEAD plus uncommitted and untracked ones; `None` outside a repo.
+    pub changed_files: Option<Vec<String>>,
+}
+
+async fn git_in(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Result<String, ExecError> {
+    let mut command = Command::new("git");
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let output = command.output().await.map_err(|error| ExecError::Git {
+        args: args.join(" "),
+        dir: dir.to_path_buf(),
+        message: format!("cannot start git: {error}"),
+    })?;
+    if !output.status.success() {
+        return Err(ExecError::Git {
+            args: args.join(" "),
+            dir: dir.to_path_buf(),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A read-only query of the user's repository: `None` when git says no.
+async fn query(dir: &Path, args: &[&str]) -> Option<String> {
+    git_in(dir, args, &[])
+        .await
+        .ok()
+        .map(|out| out.trim_end_matches('\n').to_owned())
+        .filter(|out| !out.is_empty())
+}
+
+/// `group/sub/project` from a remote URL (`https://host/group/project.git`,
+/// `git@host:group/project.git`, `ssh://git@host:22/group/project`).
+pub(crate) fn project_path_from_url(url: &str) -> Option<String> {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest.split_once('/')?.1,
+        None => url.split_once(':')?.1,
+    };
+    let path = rest
+        .trim_matches('/')
+        .trim_end_matches(".git")
+        .trim_matches('/');
+    (path.contains('/') && !path.split('/').any(|s| s.is_empty() || s == ".."))
+        .then(|| path.to_owned())
+}
+
+/// Reads the facts of the checkout at `dir` (never writing to it).
+pub async fn read_facts(dir: &Path) -> RepoFacts {
+    let dir_name = dir
+        .file_name()
+        .map(|n| crate::slug_or(&n.to_string_lossy(), "project"))
+        .unwrap_or_else(|| "project".to_owned());
+    let local_path = format!("local/{dir_name}");
+    if query(dir, &["rev-parse", "--is-inside-work-tree"])
+        .await
+        .as_deref()
+        != Some("true")
+    {
+        return RepoFacts {
+            default_branch: "main".to_owned(),
+            project_path: local_path,
+            ..RepoFacts::default()
+        };
+    }
+    let branch = query(dir, &["symbolic-ref", "--short", "-q", "HEAD"]).await;
+    let head = query(dir, &["rev-parse", "-q", "--verify", "HEAD^{commit}"]).await;
+    let tag = match (&branch, &head) {
+        (None, Some(_)) => query(dir, &["describe", "--tags", "--exact-match", "HEAD"]).await,
+        _ => None,
+    };
+    let log = match head {
+        Some(_) => query(dir, &["log", "-1", "--format=%an%x00%ae%x00%aI%x00%B"]).await,
+        None => None,
+    };
+    let mut parts = log.as_deref().unwrap_or("").splitn(4, '\0');
+    let mut next = || parts.next().unwrap_or("").to_owned();
+    let (author_name, author_email, author_date, message) = (next(), next(), next(), next());
+    let default_branch = match query(
+        dir,
+        &["symbolic-ref", "--short", "-q", "refs/remotes/origin/HEAD"],
+    )
+    .await
+    {
+        Some(origin) => origin.trim_start_matches("origin/").to_owned(),
+        None => match query(dir, &["config", "init.defaultBranch"]).await {
+            Some(configured) => configured,
+            None => "main".to_owned(),
+        },
+    };
+    let project_path = query(dir, &["remote", "get-url", "origin"])
+        .await
+        .and_then(|url| project_path_from_url(&url))
+        .unwrap_or(local_path);
+    let mut changed = Vec::new();
+    let lists: [&[&str]; 3] = [
+        &[
+            "diff-tree",
+            "--no-commit-id",
+            "--name-only",
+            "-r",
+            "--root",
+            "HEAD",
+        ],
+        &["diff", "--name-only", "HEAD"],
+        &["ls-files", "--others", "--exclude-standard"],
+    ];
+    for args in lists {
+        if let Some(out) = query(dir, args).await {
+            changed.extend(out.lines().map(str::to_owned));
+        }
+    }
+    changed.sort();
+    changed.dedup();
+    RepoFacts {
+        is_repo: true,
+        branch,
+        tag,
+        head,
+        message: message.trim_end_matches('\n').to_owned(),
+        author_name,
+        author_email,
+        author_date,
+        default_branch,
+        project_path,
+        changed_files: Some(changed),
+    }
+}
+
+/// The snapshot: a commit of the working tree in `.runnel/git/source.git`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The commit jobs check out (`CI_COMMIT_SHA`).
+    pub sha: String,
+    /// The bare repository served over smart HTTP.
+    pub repo: PathBuf,
+}
+
+/// Commits the working tree of `project` into `state_dir/git/source.git` and points `refs` at it.
+pub async fn snapshot(
+    project: &Path,
+    state_dir: &Path,
+    facts: &RepoFacts,
+    refs: &[String],
+) -> Result<Snapshot, ExecError> {
+    let git_dir = state_dir.join("git");
+    let repo = git_dir.join("source.git");
+    if !repo.join("HEAD").exists() {
+        std::fs::create_dir_all(&git_dir).map_err(ExecError::io("create", &git_dir))?;
+        let repo_arg = repo.to_string_lossy().into_owned();
+        git_in(project, &["init", "-q", "--bare", &repo_arg], &[]).await?;
+    }
+    // The user's own excludes apply too, and `.runnel/` itself is never part of the source.
+    let mut exclude = String::from("/.runnel/\n");
+    if facts.is_repo
+        && let Some(info) = query(project, &["rev-parse", "--git-path", "info/exclude"]).await
+        && let Ok(text) = std::fs::read_to_string(project.join(info))
+    {
+        exclude.push_str(&text);
+    }
+    let info_dir = repo.join("info");
+    std::fs::create_dir_all(&info_dir).map_err(ExecError::io("create", &info_dir))?;
+    let exclude_path = info_dir.join("exclude");
+    std::fs::write(&exclude_path, exclude).map_err(ExecError::io("write", &exclude_path))?;
+
+    let index = git_dir.join("index");
+    let envs: [(&str, &Path); 3] = [
+        ("GIT_DIR", &repo),
+        ("GIT_WORK_TREE", project),
+        ("GIT_INDEX_FILE", &index),
+    ];
+    git_in(project, &["add", "-A", "--ignore-errors", "."], &envs).await?;
+    let tree = git_in(project, &["write-tree"], &envs).await?;
+    let tree = tree.trim();
+    let message = if facts.message.trim().is_empty() {
+        "runnel exec: working tree snapshot".to_owned()
+    } else {
+        facts.message.clone()
+    };
+    let name = if facts.author_name.is_empty() {
+        "Runnel"
+    } else {
+        &facts.author_name
+    };
+    let email = if facts.author_email.is_empty() {
+        "runnel@localhost"
+    } else {
+        &facts.author_email
+    };
+    let mut command = Command::new("git");
+    command
+        .args(["commit-tree", tree, "-m", &message])
+        .current_dir(project)
+        .env("GIT_DIR", &repo)
+        .env("GIT_INDEX_FILE", &index)
+        .env("GIT_AUTHOR_NAME", name)
+        .env("GIT_AUTHOR_EMAIL", email)
+        .env("GIT_COMMITTER_NAME", name)
+        .env("GIT_COMMITTER_EMAIL", email)
+        .stdin(Stdio::null());
+    if !facts.author_date.is_empty() {
+        command.env("GIT_AUTHOR_DATE", &facts.author_date);
+    }
+    let output = command.output().await.map_err(|error| ExecError::Git {
+        args: "commit-tree".to_owned(),
+        dir: repo.clone(),
+        message: error.to_string(),
+    })?;
+    if !output.status.success() {
+        return Err(ExecError::Git {
+            args: "commit-tree".to_owned(),
+            dir: repo.clone(),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let sha = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    for name in refs {
+        git_in(project, &["update-ref", name, &sha], &envs).await?;
+    }
+    Ok(Snapshot { sha, repo })
+}
+
+/// The last commit of the user's repository that touched `files` (for `cache:key:files`).
+pub(crate) fn last_commit_of(project: &Path, files: &[String]) -> Option<String> {
+    let mut command = std::process::Command::new("git");
+    command
+        .args(["log", "-1", "--format=%H", "--"])
+        .args(files)
+        .current_dir(project)
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        .stdin(Stdio::null());
+    let output = command.output().ok()?;
+    let sha = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !sha.is_empty()).then_some(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_paths_come_from_remote_urls() {
+        let cases = [
+            (
+                "https://gitlab.com/group/sub/proj.git",
+                Some("group/sub/proj"),
+            ),
+            ("git@gitlab.com:group/proj.git", Some("group/proj")),
+            ("ssh://git@host:2222/group/proj", Some("group/proj")),
+            ("https://host/proj.git", None),
+            ("/srv/repos/x", None),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(project_path_from_url(url).as_deref(), expected, "{url}");
+        }
+    }
+}

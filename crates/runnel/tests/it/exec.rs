@@ -1,0 +1,484 @@
+//! `runnel exec`: real pipelines from a temporary git repository, run by the real binary with
+//! its in-process coordinator, the daemon and the shell or docker executor.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// How long one `runnel exec` may take.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(240);
+
+struct Exec {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Exec {
+    fn output(&self) -> String {
+        format!("{}\n--- stderr ---\n{}", self.stdout, self.stderr)
+    }
+
+    #[track_caller]
+    fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "exit code\n{}", self.output());
+        self
+    }
+
+    /// A job's final status line (`[job] failed, exit code 1 (log: …)`).
+    #[track_caller]
+    fn assert_status(&self, prefix: &str) -> &Self {
+        assert!(
+            self.stdout
+                .lines()
+                .any(|l| l == prefix || l.starts_with(&format!("{prefix} (log: "))),
+            "no status line {prefix:?} in\n{}",
+            self.output()
+        );
+        self
+    }
+
+    #[track_caller]
+    fn assert_line(&self, line: &str) -> &Self {
+        assert!(
+            self.stdout.lines().any(|l| l == line),
+            "no line {line:?} in\n{}",
+            self.output()
+        );
+        self
+    }
+
+    /// The position of the first line equal to `line`.
+    #[track_caller]
+    fn position(&self, line: &str) -> usize {
+        self.stdout
+            .lines()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("no line {line:?} in\n{}", self.output()))
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args([
+            "-c",
+            "user.name=Test Author",
+            "-c",
+            "user.email=author@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A git repository on branch `main` with `files` committed.
+fn repo(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    git(dir.path(), &["add", "-A"]);
+    git(
+        dir.path(),
+        &["commit", "-q", "-m", "Initial commit\n\nWith a body"],
+    );
+    dir
+}
+
+async fn exec(dir: &Path, args: &[&str]) -> Exec {
+    let home = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"));
+    command
+        .arg("exec")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(host) = std::env::var_os("DOCKER_HOST") {
+        command.env("DOCKER_HOST", host);
+    }
+    let output = tokio::time::timeout(EXEC_TIMEOUT, command.output())
+        .await
+        .expect("runnel exec finished in time")
+        .expect("runnel exec runs");
+    Exec {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+const PIPELINE: &str = r#"stages: [build, test, deploy]
+variables:
+  GREETING: hello
+build:
+  stage: build
+  script:
+    - echo "built from $(cat input.txt) and $(cat untracked.txt)" > out.txt
+    - echo "secret is $SECRET and $FILE_SECRET"
+    - mkdir -p vendor && echo "run-$CI_PIPELINE_ID" >> vendor/cache.txt
+    - echo "cache has $(tr '\n' ' ' < vendor/cache.txt)"
+    - echo "sha $CI_COMMIT_SHA head $(git rev-parse HEAD)"
+  artifacts:
+    paths: [out.txt]
+  cache:
+    key: deps
+    paths: [vendor/]
+test:
+  stage: test
+  needs: [build]
+  script:
+    - cat out.txt
+    - echo "branch $CI_COMMIT_BRANCH title $CI_COMMIT_TITLE greeting $GREETING"
+lint:
+  stage: test
+  script:
+    - echo lint-ran
+deploy:
+  stage: deploy
+  rules:
+    - if: $CI_COMMIT_BRANCH == "production"
+  script:
+    - echo should-not-run
+"#;
+
+#[tokio::test]
+async fn pipeline_runs_in_order_with_artifacts_caches_masking_and_the_working_tree() {
+    let dir = repo(&[(".gitlab-ci.yml", PIPELINE), ("input.txt", "committed\n")]);
+    // Uncommitted and untracked changes are what the jobs see.
+    std::fs::write(dir.path().join("input.txt"), "uncommitted\n").unwrap();
+    std::fs::write(dir.path().join("untracked.txt"), "untracked\n").unwrap();
+    std::fs::write(
+        dir.path().join("secrets.env"),
+        "FILE_SECRET=file-secret-value-42\n",
+    )
+    .unwrap();
+    let status_before = git(
+        dir.path(),
+        &["status", "--porcelain", "--untracked-files=all"],
+    );
+    let head_before = git(dir.path(), &["rev-parse", "HEAD"]);
+    let secrets = dir.path().join("secrets.env");
+    let secrets = secrets.to_str().unwrap();
+    let args = [
+        "--executor",
+        "shell",
+        "--plain",
+        "--variable",
+        "SECRET=hunter2-very-secret",
+        "--variables-file",
+        secrets,
+    ];
+
+    let first = exec(dir.path(), &args).await;
+    first
+        .assert_code(0)
+        .assert_line("[test] built from uncommitted and untracked")
+        .assert_line("[test] branch main title Initial commit greeting hello")
+        .assert_line("[build] secret is [MASKED] and [MASKED]")
+        .assert_line("[build] cache has run-1 ")
+        .assert_line("[lint] lint-ran")
+        .assert_line("[deploy] skipped");
+    assert!(!first.output().contains("hunter2"), "{}", first.output());
+    assert!(!first.output().contains("file-secret-value-42"));
+    assert!(!first.output().contains("should-not-run"));
+    let build_done = first
+        .stdout
+        .lines()
+        .position(|l| l.starts_with("[build] passed"))
+        .expect("build passed");
+    assert!(
+        build_done < first.position("[test] started"),
+        "needs order\n{}",
+        first.output()
+    );
+    assert!(
+        build_done < first.position("[lint] started"),
+        "stage order\n{}",
+        first.output()
+    );
+    let sha_line = first
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("[build] sha "))
+        .expect("sha line");
+    let words: Vec<&str> = sha_line.split_whitespace().collect();
+    assert_eq!(
+        words[2], words[4],
+        "CI_COMMIT_SHA is the checked-out snapshot"
+    );
+
+    // The full log is saved, masked.
+    let log = std::fs::read_to_string(dir.path().join(".runnel/logs/1/build.log")).unwrap();
+    assert!(log.contains("secret is [MASKED] and [MASKED]"), "{log}");
+    assert!(!log.contains("hunter2") && !log.contains("file-secret-value-42"));
+    assert!(dir.path().join(".runnel/artifacts/1/build").is_dir());
+
+    // The user's repository is untouched.
+    assert_eq!(
+        git(
+            dir.path(),
+            &["status", "--porcelain", "--untracked-files=all"]
+        ),
+        status_before
+    );
+    assert_eq!(git(dir.path(), &["rev-parse", "HEAD"]), head_before);
+
+    // The cache persists to the next run.
+    let second = exec(dir.path(), &args).await;
+    second
+        .assert_code(0)
+        .assert_line("[build] cache has run-1 run-2 ");
+}
+
+#[tokio::test]
+async fn failures_skip_later_stages_while_always_and_allowed_failures_behave() {
+    let pipeline = r#"stages: [one, two, three]
+flaky:
+  stage: one
+  script: [echo flaky, exit 3]
+  allow_failure:
+    exit_codes: [3]
+broken:
+  stage: one
+  script: [echo about-to-fail, exit 1]
+later:
+  stage: two
+  script: [echo should-not-run]
+cleanup:
+  stage: three
+  when: always
+  script: [echo cleanup-ran]
+on_fail:
+  stage: three
+  when: on_failure
+  script: [echo on-failure-ran]
+retried:
+  stage: one
+  retry: 1
+  script:
+    - echo attempt >> $CI_BUILDS_DIR/attempts-$CI_PIPELINE_ID
+    - cat $CI_BUILDS_DIR/attempts-$CI_PIPELINE_ID
+    - test $(wc -l < $CI_BUILDS_DIR/attempts-$CI_PIPELINE_ID) -ge 2
+"#;
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let run = exec(dir.path(), &["--executor", "shell", "--plain"]).await;
+    run.assert_code(1)
+        .assert_status("[flaky] failed (allowed to fail), exit code 3")
+        .assert_status("[broken] failed, exit code 1")
+        .assert_status("[retried] passed")
+        .assert_status("[later] skipped")
+        .assert_line("[cleanup] cleanup-ran")
+        .assert_line("[on_fail] on-failure-ran")
+        .assert_line("[retried] attempt");
+    assert!(
+        run.stdout.contains("Job failed; retrying (attempt 2 of 2)"),
+        "{}",
+        run.output()
+    );
+    assert!(!run.stdout.contains("should-not-run"), "{}", run.output());
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("[retried] passed"))
+    );
+    assert!(run.stdout.contains("pipeline failed"));
+}
+
+#[tokio::test]
+async fn job_selection_listing_and_bad_input() {
+    let dir = repo(&[(".gitlab-ci.yml", PIPELINE), ("input.txt", "committed\n")]);
+    std::fs::write(dir.path().join("untracked.txt"), "u\n").unwrap();
+    let run = exec(
+        dir.path(),
+        &[
+            "--executor",
+            "shell",
+            "--plain",
+            "test",
+            "--needs",
+            "--variable",
+            "SECRET=s3cr3t-value",
+        ],
+    )
+    .await;
+    run.assert_code(0)
+        .assert_line("[test] built from committed and u")
+        .assert_line("[lint] skipped");
+    assert!(!run.stdout.contains("lint-ran"));
+
+    let listed = exec(dir.path(), &["--list"]).await;
+    listed.assert_code(0);
+    assert!(
+        listed
+            .stdout
+            .contains("test   test   on_success  false          [build]"),
+        "{}",
+        listed.output()
+    );
+    assert!(
+        listed
+            .stdout
+            .contains("deploy (deploy): excluded by its rules"),
+        "{}",
+        listed.output()
+    );
+
+    exec(dir.path(), &["nope"]).await.assert_code(2);
+    let bad = exec(dir.path(), &["--variable", "no equals sign"]).await;
+    bad.assert_code(2);
+    std::fs::write(
+        dir.path().join("broken.yml"),
+        "job:\n  script: [x]\n  when: sometimes\n",
+    )
+    .unwrap();
+    let invalid = exec(dir.path(), &["--file", "broken.yml"]).await;
+    invalid.assert_code(2);
+    assert!(
+        invalid.stderr.contains("broken.yml:"),
+        "{}",
+        invalid.output()
+    );
+}
+
+/// Removes the docker objects of the runner `runnel exec` used in `dir`, returning the names
+/// of containers that were still there.
+fn sweep_docker(dir: &Path) -> Vec<String> {
+    let Ok(token) = std::fs::read_to_string(dir.join(".runnel/runner-token")) else {
+        return Vec::new();
+    };
+    let short = runnel_types::short_token(&format!("{}-docker", token.trim()));
+    let label = format!("label=com.gitlab.gitlab-runner.runner.id={short}");
+    let docker = |args: &[&str]| {
+        let output = Command::new("docker").args(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let containers = docker(&["ps", "-a", "-q", "--filter", &label]);
+    for (list, remove) in [
+        (&["ps", "-a", "-q"][..], &["rm", "-f"][..]),
+        (&["network", "ls", "-q"][..], &["network", "rm"][..]),
+        (&["volume", "ls", "-q"][..], &["volume", "rm", "-f"][..]),
+    ] {
+        for name in docker(&[list, &["--filter", &label]].concat()) {
+            docker(&[remove, &[name.as_str()]].concat());
+        }
+    }
+    containers
+}
+
+#[tokio::test]
+async fn docker_pipeline_passes_artifacts_between_containers() {
+    let helper = crate::docker::ensure_git_helper().await;
+    let image = crate::docker::IMAGE;
+    let pipeline = format!(
+        r#"image: {image}
+stages: [build, test]
+build:
+  stage: build
+  script:
+    - echo "in docker $(cat input.txt)" > out.txt
+    - echo "dir ${{CI_PROJECT_DIR%%/local/*}}"
+  artifacts:
+    paths: [out.txt]
+test:
+  stage: test
+  script:
+    - cat out.txt
+"#
+    );
+    let dir = repo(&[(".gitlab-ci.yml", &pipeline), ("input.txt", "committed\n")]);
+    std::fs::write(dir.path().join("input.txt"), "changed\n").unwrap();
+    let run = exec(
+        dir.path(),
+        &["--executor", "docker", "--plain", "--helper-image", &helper],
+    )
+    .await;
+    let left = sweep_docker(dir.path());
+    run.assert_code(0)
+        .assert_line("[build] dir /builds")
+        .assert_line("[test] in docker changed");
+    assert_eq!(left, Vec::<String>::new(), "containers left behind");
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_running_and_pending_jobs_and_leaves_no_process() {
+    let pipeline = "stages: [one, two]\nslow:\n  stage: one\n  script:\n    - echo $$ > $CI_BUILDS_DIR/script.pid\n    - sleep 300\nlater:\n  stage: two\n  script: [echo should-not-run]\n";
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["exec", "--executor", "shell", "--plain", "-C"])
+        .arg(dir.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid_file = dir.path().join(".runnel/builds/script.pid");
+    let script_pid = tokio::time::timeout(EXEC_TIMEOUT, async {
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the job's script started");
+    assert!(alive(script_pid));
+    let runnel = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(runnel, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("runnel exec stopped after Ctrl-C")
+        .unwrap();
+    let run = Exec {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    run.assert_code(1)
+        .assert_status("[slow] canceled")
+        .assert_status("[later] canceled");
+    assert!(!run.stdout.contains("should-not-run"), "{}", run.output());
+    assert!(!alive(script_pid), "the job's shell survived Ctrl-C");
+}
