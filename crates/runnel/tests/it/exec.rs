@@ -516,3 +516,47 @@ async fn ctrl_c_cancels_running_and_pending_jobs_and_leaves_no_process() {
     assert!(!run.stdout.contains("should-not-run"), "{}", run.output());
     assert!(!alive(script_pid), "the job's shell survived Ctrl-C");
 }
+
+/// Copies `from` into `to`, recursively (the demo project, without any `.runnel/` state).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_name() == ".runnel" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_readme_demo_runs_its_matrix_artifacts_cache_and_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    copy_tree(&demo, dir.path());
+
+    let first = exec(dir.path(), &["--plain"]).await;
+    first
+        .assert_code(0)
+        .assert_status("[build] passed")
+        .assert_status("[test: [en]] passed")
+        .assert_status("[test: [fr]] passed")
+        .assert_status("[test: [de]] passed")
+        .assert_line("[test: [fr]] Bonjour de greet 1.0")
+        .assert_line("[build] Building greet 1.0 (build number 1 on this machine)")
+        .assert_line("[deploy] skipped")
+        .assert_line("[nightly-report] skipped");
+
+    // The cache survives between runs; a variable brings the rules-gated job in.
+    let second = exec(dir.path(), &["--plain", "--variable", "DEPLOY=yes"]).await;
+    second
+        .assert_code(0)
+        .assert_line("[build] Building greet 1.0 (build number 2 on this machine)")
+        .assert_status("[deploy] passed")
+        .assert_line("[deploy] Deploying Hello from greet 1.0");
+}
