@@ -22,7 +22,9 @@ pub struct FakeConfig {
     pub registration_tokens: Vec<String>,
     /// Accepts the traffic of minimal third-party runner libraries that GitLab accepts but the
     /// official runner never sends (off by default, so tests stay strict about Runnel):
-    /// `POST /jobs/request` without the `RUNNER-TOKEN` header (the body `token` authenticates),
+    /// `POST /jobs/request` without the `RUNNER-TOKEN` header (the body `token` authenticates)
+    /// or without `system_id` (older runners); `PATCH /jobs/:id/trace` whose `Content-Range`
+    /// end does not match the body length (only the start offset is used, as GitLab does);
     /// and `PUT /jobs/:id` without the `JOB-TOKEN` header (the body `token` authenticates),
     /// without `info`, and final updates without `output` (GitLab skips the trace checksum for
     /// runners that do not send one). The benchmark's peer runners need it.

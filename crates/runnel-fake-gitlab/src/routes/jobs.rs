@@ -73,15 +73,16 @@ pub(super) async fn request(
         runner_token(&headers, body.token.as_deref())?
     };
     require_info(body.info.as_ref())?;
-    let system_id = body
-        .system_id
-        .as_deref()
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| ApiError::bad_request("system_id is missing"))?;
+    let system_id = body.system_id.as_deref().filter(|id| !id.is_empty());
+    if system_id.is_none() && !state.lenient_clients {
+        return Err(ApiError::bad_request("system_id is missing"));
+    }
     let (runner_id, paused) = {
         let mut inner = state.lock();
         let runner = authenticate_runner(&mut inner, token)?;
-        record_manager(runner, system_id)?;
+        if let Some(system_id) = system_id {
+            record_manager(runner, system_id)?;
+        }
         (runner.id, runner.paused)
     };
     if paused {

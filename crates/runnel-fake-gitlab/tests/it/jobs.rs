@@ -463,6 +463,9 @@ async fn strict_fake_refuses_library_style_traffic() {
     let fake = start().await;
     let (id, _, statuses) = library_style_job(&fake).await;
     assert_eq!(statuses, vec![403, 202, 403], "no RUNNER-TOKEN / JOB-TOKEN header");
+    let token = fake.job(id).unwrap().token;
+    let exclusive_end = patch_trace(&fake, id, token.expose(), "3-6", b"abc").await;
+    assert_eq!(exclusive_end.status(), 400, "Content-Range end must match the body");
     assert_eq!(fake.job(id).unwrap().status, RemoteStatus::Running);
 }
 
@@ -498,6 +501,16 @@ async fn lenient_fake_accepts_library_style_traffic_but_still_checks_tokens() {
         .await
         .unwrap();
     assert_eq!(mismatched.status(), 403);
+    // Older clients: no system_id, an exclusive Content-Range end (only the start is used).
+    let no_system_id = client()
+        .post(api(&fake, "jobs/request"))
+        .json(&json!({"token": fake.create_runner_token(), "info": info()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_system_id.status(), 204);
+    assert_eq!(patch_trace(&fake, other, &other_token, "0-3", b"abc").await.status(), 202);
+    assert_eq!(patch_trace(&fake, other, &other_token, "0-3", b"abc").await.status(), 416);
     // A client that does send `output` is still held to the checksum.
     let checked = put_job(
         &fake,
