@@ -179,11 +179,14 @@ fn meta(args: &Args, plan: &Plan) -> Meta {
     let started_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let peers = [("rust_peer", &plan.rust_peer), ("python_peer", &plan.python_peer)]
-        .into_iter()
-        .filter(|_| plan.scenarios.contains(&Scenario::Peers))
-        .filter_map(|(name, path)| Some((name.to_owned(), path.as_ref()?.display().to_string())))
-        .collect();
+    let peers = [
+        ("rust_peer", &plan.rust_peer),
+        ("python_peer", &plan.python_peer),
+    ]
+    .into_iter()
+    .filter(|_| plan.scenarios.contains(&Scenario::Peers))
+    .filter_map(|(name, path)| Some((name.to_owned(), path.as_ref()?.display().to_string())))
+    .collect();
     let parameters = [
         ("throughput_jobs", u64::from(plan.throughput_jobs)),
         ("scale_jobs", u64::from(plan.scale_jobs)),

@@ -74,7 +74,10 @@ pub fn load_font(font: &Path) -> Result<(), PlotError> {
 
 /// Writes every plot the report has data for into `dir`; returns the files written and the
 /// plots skipped for lack of data.
-pub fn write_all(report: &Report, dir: &Path) -> Result<(Vec<PathBuf>, Vec<&'static str>), PlotError> {
+pub fn write_all(
+    report: &Report,
+    dir: &Path,
+) -> Result<(Vec<PathBuf>, Vec<&'static str>), PlotError> {
     std::fs::create_dir_all(dir).map_err(|source| PlotError::Dir {
         path: dir.to_owned(),
         source,
@@ -106,12 +109,31 @@ fn draw_error(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> PlotError + '_ 
     }
 }
 
-const PICKUP_SERIES: [(&str, &str); 5] = [
-    ("pickup_long_poll_ci1_ms", "Runnel, long polling, check_interval 1 s"),
-    ("pickup_long_poll_ci3_ms", "Runnel, long polling, check_interval 3 s"),
-    ("pickup_no_long_poll_ci1_ms", "Runnel, no long polling, 1 s (to running PUT)"),
-    ("peers_runnel_pickup_ms", "Runnel, no long polling, 1 s (to hand-out)"),
-    ("peers_rust_pickup_ms", "gitlab-runner crate peer, polling 1 s (to hand-out)"),
+const PICKUP_SERIES: [(&str, &str); 6] = [
+    (
+        "pickup_long_poll_ci1_ms",
+        "Runnel, long polling, check_interval 1 s",
+    ),
+    (
+        "pickup_long_poll_ci3_ms",
+        "Runnel, long polling, check_interval 3 s",
+    ),
+    (
+        "pickup_no_long_poll_ci1_ms",
+        "Runnel, no long polling, 1 s (to running PUT)",
+    ),
+    (
+        "pickup_no_long_poll_ci3_ms",
+        "Runnel, no long polling, 3 s (to running PUT)",
+    ),
+    (
+        "peers_runnel_pickup_ms",
+        "Runnel, no long polling, 1 s (to hand-out)",
+    ),
+    (
+        "peers_rust_pickup_ms",
+        "gitlab-runner crate peer, polling 1 s (to hand-out)",
+    ),
 ];
 
 fn pickup_latency(report: &Report, path: &Path) -> Result<bool, PlotError> {
@@ -137,6 +159,8 @@ fn pickup_latency(report: &Report, path: &Path) -> Result<bool, PlotError> {
         .filter_map(|(_, s)| s.last())
         .fold(0.0, |a: f64, &b| a.max(b))
         .max(low * 10.0);
+    let low = 10_f64.powf(low.log10().floor());
+    let high = 10_f64.powf(high.log10().ceil());
     let err = draw_error(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -145,10 +169,11 @@ fn pickup_latency(report: &Report, path: &Path) -> Result<bool, PlotError> {
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d((low / 2.0..high * 2.0).log_scale(), 0.0..1.0)
+        .build_cartesian_2d((low..high).log_scale(), 0.0..1.0)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
+        .x_label_formatter(&one_two_five)
         .x_desc("ms from enqueue (log scale)")
         .y_desc("fraction of jobs picked up")
         .label_style((FAMILY, 14))
@@ -162,15 +187,21 @@ fn pickup_latency(report: &Report, path: &Path) -> Result<bool, PlotError> {
         let points: Vec<(f64, f64)> = samples
             .iter()
             .enumerate()
-            .map(|(i, &v)| (v.max(low / 2.0), (i + 1) as f64 / n))
+            .map(|(i, &v)| (v.max(low), (i + 1) as f64 / n))
             .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| err(&e))?
             .label(format!("{label} (n={})", samples.len()))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
-            .draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
             .map_err(|e| err(&e))?;
     }
     chart
@@ -218,11 +249,13 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d((2.0_f64..128.0).log_scale(), 0.0..top)
+        .build_cartesian_2d(1.0_f64..7.0, 0.0..top)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("concurrent (log scale)")
+        .x_labels(7)
+        .x_label_formatter(&|v: &f64| format!("{}", 2_f64.powf(v.round())))
+        .x_desc("concurrent (log2 scale)")
         .y_desc("jobs per second (median, min-max bar)")
         .label_style((FAMILY, 14))
         .draw()
@@ -231,15 +264,17 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
     if !runnel.is_empty() {
         chart
             .draw_series(LineSeries::new(
-                runnel.iter().map(|(c, s)| (*c, s.median)),
+                runnel.iter().map(|(c, s)| (c.log2(), s.median)),
                 blue.stroke_width(2),
             ))
             .map_err(|e| err(&e))?
             .label("Runnel (throughput scenario)")
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2))
+            });
         chart
             .draw_series(runnel.iter().map(|(c, s)| {
-                ErrorBar::new_vertical(*c, s.min, s.median, s.max, blue.filled(), 8)
+                ErrorBar::new_vertical(c.log2(), s.min, s.median, s.max, blue.filled(), 8)
             }))
             .map_err(|e| err(&e))?;
     }
@@ -248,10 +283,14 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
         "gitlab-runner crate peer (alternated)",
     ];
     for (index, ((c, s), label)) in peer.iter().zip(labels).enumerate() {
-        let color = if index == 0 { GREEN.to_rgba() } else { RED.to_rgba() };
-        // Side by side around x = 4.
+        let color = if index == 0 {
+            GREEN.to_rgba()
+        } else {
+            RED.to_rgba()
+        };
+        // Side by side, just right of x = 4.
         #[allow(clippy::cast_precision_loss)]
-        let x = c * (1.0 + 0.08 * (index as f64 + 1.0));
+        let x = c.log2() + 0.08 * (index as f64 + 1.0);
         chart
             .draw_series(std::iter::once(ErrorBar::new_vertical(
                 x,
@@ -265,7 +304,11 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
             .label(label)
             .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
         chart
-            .draw_series(std::iter::once(Circle::new((x, s.median), 5, color.filled())))
+            .draw_series(std::iter::once(Circle::new(
+                (x, s.median),
+                5,
+                color.filled(),
+            )))
             .map_err(|e| err(&e))?;
     }
     chart
@@ -293,7 +336,10 @@ fn rss_running_jobs(report: &Report, path: &Path) -> Result<bool, PlotError> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Memory against running jobs (shell executor, `sleep`)", (FAMILY, 24))
+        .caption(
+            "Memory against running jobs (shell executor, `sleep`)",
+            (FAMILY, 24),
+        )
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
@@ -317,12 +363,19 @@ fn rss_running_jobs(report: &Report, path: &Path) -> Result<bool, PlotError> {
     let blue = BLUE.to_rgba();
     let red = RED.to_rgba();
     chart
-        .draw_series(runner.iter().map(|&(x, y)| Circle::new((x, y / 1024.0), 3, blue.filled())))
+        .draw_series(
+            runner
+                .iter()
+                .map(|&(x, y)| Circle::new((x, y / 1024.0), 3, blue.filled())),
+        )
         .map_err(|e| err(&e))?
         .label("Runnel process RSS (left axis)")
         .legend(move |(x, y)| Circle::new((x + 10, y), 4, blue.filled()));
     chart
-        .draw_secondary_series(tree.iter().map(|&(x, y)| Cross::new((x, y / 1024.0), 3, red)))
+        .draw_secondary_series(
+            tree.iter()
+                .map(|&(x, y)| Cross::new((x, y / 1024.0), 3, red)),
+        )
         .map_err(|e| err(&e))?
         .label("whole tree RSS (right axis)")
         .legend(move |(x, y)| Cross::new((x + 10, y), 4, red));
@@ -336,4 +389,33 @@ fn rss_running_jobs(report: &Report, path: &Path) -> Result<bool, PlotError> {
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(true)
+}
+
+/// Labels only 1, 2 and 5 times a power of ten (a log axis otherwise crowds its labels).
+fn one_two_five(value: &f64) -> String {
+    let exponent = value.log10().floor();
+    let leading = (value / 10_f64.powf(exponent)).round();
+    if ![1.0, 2.0, 5.0].contains(&leading) {
+        return String::new();
+    }
+    let rounded = leading * 10_f64.powf(exponent);
+    if rounded >= 1.0 {
+        format!("{rounded:.0}")
+    } else {
+        format!("{rounded}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_axis_labels_only_one_two_five() {
+        let labels: Vec<String> = [0.1, 0.3, 1.0, 2.0, 3.0, 5.0, 7.0, 20.0, 1000.0]
+            .iter()
+            .map(one_two_five)
+            .collect();
+        assert_eq!(labels, ["0.1", "", "1", "2", "", "5", "", "20", "1000"]);
+    }
 }

@@ -186,8 +186,10 @@ impl FakeGitlab {
             let job = inner.jobs.get(&id).ok_or(FakeError::UnknownJob { id })?;
             Ok(predicate(&job.view).then(|| job.view.clone()))
         };
-        self.wait_until(&format!("job {id}"), timeout, check, || self.describe_job(id))
-            .await
+        self.wait_until(&format!("job {id}"), timeout, check, || {
+            self.describe_job(id)
+        })
+        .await
     }
 
     /// A snapshot of one job without its trace and upload bodies (cheap at any trace size).
@@ -204,7 +206,9 @@ impl FakeGitlab {
     pub fn trace_since(&self, id: u64, offset: u64) -> Option<Vec<u8>> {
         let inner = self.state.lock();
         let trace = &inner.jobs.get(&id)?.view.trace;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(trace.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(trace.len());
         Some(trace[start..].to_vec())
     }
 
@@ -220,8 +224,10 @@ impl FakeGitlab {
             let progress = self.job_progress(id).ok_or(FakeError::UnknownJob { id })?;
             Ok(predicate(&progress).then_some(progress))
         };
-        self.wait_until(&format!("job {id}"), timeout, check, || self.describe_job(id))
-            .await
+        self.wait_until(&format!("job {id}"), timeout, check, || {
+            self.describe_job(id)
+        })
+        .await
     }
 
     fn describe_job(&self, id: u64) -> String {

@@ -117,7 +117,10 @@ async fn pickup(plan: &Plan, peer: &Path, report: &mut Report) -> Result<(), Ben
         }
         report.record("peers_runnel_pickup_ms", pair[0]);
         report.record("peers_rust_pickup_ms", pair[1]);
-        report.record("peers_rust_pickup_ratio", pair[1] / pair[0].max(f64::EPSILON));
+        report.record(
+            "peers_rust_pickup_ratio",
+            pair[1] / pair[0].max(f64::EPSILON),
+        );
     }
     runnel.stop(Stop::Graceful).await;
     rust.stop(Stop::Graceful).await;

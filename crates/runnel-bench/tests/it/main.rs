@@ -118,7 +118,9 @@ fn quick_run_reports_every_metric() {
     for def in required().filter(|def| def.unit == "ratio") {
         let samples = metrics[def.name]["samples"].as_array().expect("samples");
         assert!(
-            samples.iter().all(|v| v.as_f64().is_some_and(|r| r > 0.0 && r.is_finite())),
+            samples
+                .iter()
+                .all(|v| v.as_f64().is_some_and(|r| r > 0.0 && r.is_finite())),
             "{}: {samples:?}",
             def.name
         );

@@ -462,10 +462,18 @@ async fn library_style_job(fake: &runnel_fake_gitlab::FakeGitlab) -> (u64, Strin
 async fn strict_fake_refuses_library_style_traffic() {
     let fake = start().await;
     let (id, _, statuses) = library_style_job(&fake).await;
-    assert_eq!(statuses, vec![403, 202, 403], "no RUNNER-TOKEN / JOB-TOKEN header");
+    assert_eq!(
+        statuses,
+        vec![403, 202, 403],
+        "no RUNNER-TOKEN / JOB-TOKEN header"
+    );
     let token = fake.job(id).unwrap().token;
     let exclusive_end = patch_trace(&fake, id, token.expose(), "3-6", b"abc").await;
-    assert_eq!(exclusive_end.status(), 400, "Content-Range end must match the body");
+    assert_eq!(
+        exclusive_end.status(),
+        400,
+        "Content-Range end must match the body"
+    );
     assert_eq!(fake.job(id).unwrap().status, RemoteStatus::Running);
 }
 
@@ -509,8 +517,18 @@ async fn lenient_fake_accepts_library_style_traffic_but_still_checks_tokens() {
         .await
         .unwrap();
     assert_eq!(no_system_id.status(), 204);
-    assert_eq!(patch_trace(&fake, other, &other_token, "0-3", b"abc").await.status(), 202);
-    assert_eq!(patch_trace(&fake, other, &other_token, "0-3", b"abc").await.status(), 416);
+    assert_eq!(
+        patch_trace(&fake, other, &other_token, "0-3", b"abc")
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        patch_trace(&fake, other, &other_token, "0-3", b"abc")
+            .await
+            .status(),
+        416
+    );
     // A client that does send `output` is still held to the checksum.
     let checked = put_job(
         &fake,
@@ -528,8 +546,18 @@ async fn progress_and_trace_since_read_without_the_whole_trace() {
     let id = fake.enqueue(JobBuilder::new("build").script(["true"]));
     let (taken, token) = take_job(&fake).await;
     assert_eq!(taken, id);
-    assert_eq!(patch_trace(&fake, id, &token, "0-5", b"hello\n").await.status(), 202);
-    assert_eq!(patch_trace(&fake, id, &token, "6-11", b"world\n").await.status(), 202);
+    assert_eq!(
+        patch_trace(&fake, id, &token, "0-5", b"hello\n")
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        patch_trace(&fake, id, &token, "6-11", b"world\n")
+            .await
+            .status(),
+        202
+    );
     let progress = fake.job_progress(id).unwrap();
     assert_eq!(progress.trace_len, 12);
     assert_eq!(progress.patches.len(), 2);
