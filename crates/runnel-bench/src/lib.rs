@@ -14,6 +14,7 @@
 //! `/proc`), and it measures the runner on the same machine as the fake, so both share CPUs.
 
 pub mod error;
+pub mod plots;
 pub mod procfs;
 pub mod report;
 pub mod runner;
@@ -22,4 +23,4 @@ pub mod stats;
 
 pub use error::BenchError;
 pub use report::{METRICS, MetricDef, Report, Scenario};
-pub use scenarios::{Plan, run};
+pub use scenarios::{Plan, default_python_peer, run};

@@ -42,6 +42,25 @@ struct Args {
     /// Seconds the runner polls before idle memory is read [default: 10].
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// Require the peer runners (fail if the Rust peer is missing) [default: use the ones found].
+    #[arg(long, conflicts_with = "no_peers")]
+    peers: bool,
+    /// Skip the peer runners.
+    #[arg(long)]
+    no_peers: bool,
+    /// The Rust peer [default: `runnel-bench-peer` next to this executable].
+    #[arg(long)]
+    rust_peer: Option<PathBuf>,
+    /// gitlab-python-runner's `gitlab-runner.py` [default:
+    /// `$HOME/.cache/runnel-bench/pyrunner/bin/gitlab-runner.py` if it exists].
+    #[arg(long)]
+    python_peer: Option<PathBuf>,
+    /// Write PNG plots into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// TrueType font for the plots' text.
+    #[arg(long, default_value = runnel_bench::plots::DEFAULT_FONT)]
+    plot_font: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -76,10 +95,36 @@ async fn run(args: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let plan = plan(&args, runnel);
+    let mut plan = plan(&args, runnel);
+    if let Err(message) = choose_peers(&args, &mut plan) {
+        eprintln!("runnel-bench: {message}");
+        return ExitCode::from(2);
+    }
+    if args.plots.is_some()
+        && let Err(error) = runnel_bench::plots::load_font(&args.plot_font)
+    {
+        eprintln!("runnel-bench: {error} (pass --plot-font PATH)");
+        return ExitCode::from(2);
+    }
     let mut report = Report::new(meta(&args, &plan));
     runnel_bench::run(&plan, &mut report).await;
     print!("{}", report.table());
+    if let Some(dir) = &args.plots {
+        match runnel_bench::plots::write_all(&report, dir) {
+            Ok((written, skipped)) => {
+                for path in written {
+                    eprintln!("runnel-bench: wrote {}", path.display());
+                }
+                for name in skipped {
+                    eprintln!("runnel-bench: no data for {name}; not drawn");
+                }
+            }
+            Err(error) => {
+                eprintln!("runnel-bench: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(path) = &args.json {
         let text = match serde_json::to_string_pretty(&report.to_json()) {
             Ok(text) => text,
@@ -134,6 +179,14 @@ fn meta(args: &Args, plan: &Plan) -> Meta {
     let started_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    let peers = [
+        ("rust_peer", &plan.rust_peer),
+        ("python_peer", &plan.python_peer),
+    ]
+    .into_iter()
+    .filter(|_| plan.scenarios.contains(&Scenario::Peers))
+    .filter_map(|(name, path)| Some((name.to_owned(), path.as_ref()?.display().to_string())))
+    .collect();
     let parameters = [
         ("throughput_jobs", u64::from(plan.throughput_jobs)),
         ("scale_jobs", u64::from(plan.scale_jobs)),
@@ -153,11 +206,49 @@ fn meta(args: &Args, plan: &Plan) -> Meta {
         repetitions: plan.repetitions,
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         parameters,
+        peers,
     }
 }
 
 /// `runnel` in the directory of this executable (the cargo target dir).
 fn default_runnel() -> Option<PathBuf> {
+    sibling("runnel")
+}
+
+/// `name` in the directory of this executable.
+fn sibling(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.join("runnel"))
+    Some(exe.parent()?.join(name))
+}
+
+/// Fills in the peers the run measures: none with `--no-peers`; else the given or found ones
+/// (with `--peers`, a missing Rust peer is an error).
+fn choose_peers(args: &Args, plan: &mut Plan) -> Result<(), String> {
+    if args.no_peers {
+        plan.scenarios.retain(|s| *s != Scenario::Peers);
+        return Ok(());
+    }
+    let rust = args
+        .rust_peer
+        .clone()
+        .or_else(|| sibling("runnel-bench-peer"));
+    plan.rust_peer = match rust {
+        Some(path) if path.is_file() => Some(path),
+        Some(path) if args.peers || args.rust_peer.is_some() => {
+            return Err(format!(
+                "Rust peer {} does not exist (build it: cargo build --release -p runnel-bench-peer)",
+                path.display()
+            ));
+        }
+        _ => None,
+    };
+    plan.python_peer = match &args.python_peer {
+        Some(path) if path.is_file() => Some(path.clone()),
+        Some(path) => return Err(format!("Python peer {} does not exist", path.display())),
+        None => runnel_bench::default_python_peer(),
+    };
+    if plan.rust_peer.is_none() && plan.python_peer.is_none() {
+        tracing::warn!("no peer runner found; the peers scenario is skipped");
+    }
+    Ok(())
 }

@@ -30,11 +30,13 @@ pub enum Scenario {
     Scale,
     /// A job printing many megabytes: throughput, CPU and latency of the log path.
     Log,
+    /// Runnel and independent peer runners measured alternately, with ratios.
+    Peers,
 }
 
 impl Scenario {
     /// All scenarios in run order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Floors,
         Self::Idle,
         Self::Pickup,
@@ -42,6 +44,7 @@ impl Scenario {
         Self::Throughput,
         Self::Scale,
         Self::Log,
+        Self::Peers,
     ];
 
     /// The lowercase name.
@@ -54,6 +57,7 @@ impl Scenario {
             Self::Throughput => "throughput",
             Self::Scale => "scale",
             Self::Log => "log",
+            Self::Peers => "peers",
         }
     }
 }
@@ -249,7 +253,108 @@ pub const METRICS: &[MetricDef] = &[
         Scenario::Log,
         "as log_plain_latency_max_ms, masked",
     ),
+    metric(
+        "peers_runnel_idle_rss_kib",
+        "KiB",
+        Scenario::Peers,
+        "Runnel's idle VmRSS, measured alternately with the peers",
+    ),
+    metric(
+        "peers_rust_idle_rss_kib",
+        "KiB",
+        Scenario::Peers,
+        "idle VmRSS of the gitlab-runner-crate peer (polls every 3 s)",
+    ),
+    metric(
+        "peers_rust_idle_rss_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_rust_idle_rss_kib / peers_runnel_idle_rss_kib, per repetition",
+    ),
+    metric(
+        "peers_python_idle_rss_kib",
+        "KiB",
+        Scenario::Peers,
+        "idle VmRSS of gitlab-python-runner (polls every 40 s)",
+    ),
+    metric(
+        "peers_python_idle_rss_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_python_idle_rss_kib / peers_runnel_idle_rss_kib, per repetition",
+    ),
+    metric(
+        "peers_runnel_pickup_ms",
+        "ms",
+        Scenario::Peers,
+        "Runnel: enqueue to job handed out, no long polling, check_interval 1 s",
+    ),
+    metric(
+        "peers_rust_pickup_ms",
+        "ms",
+        Scenario::Peers,
+        "gitlab-runner-crate peer: enqueue to job handed out, polling every 1 s",
+    ),
+    metric(
+        "peers_rust_pickup_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_rust_pickup_ms / peers_runnel_pickup_ms, per repetition (same enqueue phase)",
+    ),
+    metric(
+        "peers_runnel_e2e_ms",
+        "ms",
+        Scenario::Peers,
+        "Runnel: trivial job from handed out to accepted `success`",
+    ),
+    metric(
+        "peers_rust_e2e_ms",
+        "ms",
+        Scenario::Peers,
+        "gitlab-runner-crate peer: trivial job from handed out to accepted `success`",
+    ),
+    metric(
+        "peers_rust_e2e_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_rust_e2e_ms / peers_runnel_e2e_ms, per repetition",
+    ),
+    metric(
+        "peers_python_e2e_ms",
+        "ms",
+        Scenario::Peers,
+        "gitlab-python-runner: trivial job (with its forced clone) from handed out to `success`",
+    ),
+    metric(
+        "peers_python_e2e_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_python_e2e_ms / peers_runnel_e2e_ms, per repetition",
+    ),
+    metric(
+        "peers_runnel_throughput_c4_jobs_per_s",
+        "jobs/s",
+        Scenario::Peers,
+        "Runnel: trivial jobs per second at concurrent 4, alternated with the peer",
+    ),
+    metric(
+        "peers_rust_throughput_c4_jobs_per_s",
+        "jobs/s",
+        Scenario::Peers,
+        "gitlab-runner-crate peer: trivial jobs per second, 4 at a time",
+    ),
+    metric(
+        "peers_rust_throughput_c4_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_rust_throughput_c4_jobs_per_s / Runnel's, per repetition",
+    ),
 ];
+
+/// Metrics of the Python peer: produced only when `gitlab-python-runner` is installed.
+pub fn is_python_peer_metric(name: &str) -> bool {
+    name.starts_with("peers_python_")
+}
 
 /// Looks up a metric's definition.
 pub fn metric_def(name: &str) -> Option<&'static MetricDef> {
@@ -282,6 +387,8 @@ pub struct Meta {
     pub cpus: usize,
     /// The scale and size parameters actually used.
     pub parameters: BTreeMap<String, u64>,
+    /// The peer runners measured, by kind (`rust_peer`, `python_peer`), with their paths.
+    pub peers: BTreeMap<String, String>,
 }
 
 /// Samples collected so far.
@@ -290,6 +397,8 @@ pub struct Report {
     /// Facts about the run.
     pub meta: Meta,
     samples: BTreeMap<&'static str, Vec<f64>>,
+    /// Curves for the plots: `(x, y)` points by name (e.g. runner RSS against running jobs).
+    series: BTreeMap<&'static str, Vec<(f64, f64)>>,
     /// Scenarios that failed.
     pub errors: Vec<ScenarioError>,
 }
@@ -300,8 +409,19 @@ impl Report {
         Self {
             meta,
             samples: BTreeMap::new(),
+            series: BTreeMap::new(),
             errors: Vec::new(),
         }
+    }
+
+    /// Adds one `(x, y)` point to curve `name` (plotted, and written under `series` in JSON).
+    pub fn record_point(&mut self, name: &'static str, x: f64, y: f64) {
+        self.series.entry(name).or_default().push((x, y));
+    }
+
+    /// The points of curve `name` so far.
+    pub fn points(&self, name: &str) -> &[(f64, f64)] {
+        self.series.get(name).map_or(&[], Vec::as_slice)
     }
 
     /// Adds one sample of metric `name`.
@@ -339,7 +459,12 @@ impl Report {
                 );
             }
         }
-        json!({ "meta": self.meta, "metrics": metrics, "errors": self.errors })
+        json!({
+            "meta": self.meta,
+            "metrics": metrics,
+            "series": self.series,
+            "errors": self.errors,
+        })
     }
 
     /// The human table: one row per metric with samples, then the errors.

@@ -69,19 +69,28 @@ impl RunnerProcess {
         let config = dir.join("config.toml");
         let text = config_toml(fake.url(), &fake.create_runner_token(), settings, dir);
         write_private(&config, &text)?;
-        let log = dir.join("runner.log");
-        let log_file = std::fs::File::create(&log).map_err(|source| BenchError::Io {
-            doing: "create runner log",
-            path: log.clone(),
-            source,
-        })?;
         let mut command = Command::new(runnel);
         command
             .arg("--log-level")
             .arg(log_level())
             .arg("run")
             .arg("-c")
-            .arg(&config)
+            .arg(&config);
+        let runner = Self::spawn(command, runnel, dir)?;
+        tracing::debug!(pid = runner.pid, config = %config.display(), "runner started");
+        Ok(runner)
+    }
+
+    /// Starts `command` (whose program is `program`) in `dir` with `HOME=dir`, no stdin,
+    /// stdout discarded and stderr in `dir/runner.log`: how every runner, Runnel or peer, runs.
+    pub fn spawn(mut command: Command, program: &Path, dir: &Path) -> Result<Self, BenchError> {
+        let log = dir.join("runner.log");
+        let log_file = std::fs::File::create(&log).map_err(|source| BenchError::Io {
+            doing: "create runner log",
+            path: log.clone(),
+            source,
+        })?;
+        command
             .current_dir(dir)
             .env("HOME", dir)
             .stdin(Stdio::null())
@@ -89,14 +98,13 @@ impl RunnerProcess {
             .stderr(log_file)
             .kill_on_drop(true);
         let child = command.spawn().map_err(|source| BenchError::Spawn {
-            path: runnel.to_owned(),
+            path: program.to_owned(),
             source,
         })?;
         let pid = child.id().ok_or_else(|| BenchError::RunnerExited {
             status: "exited before its pid was read".to_owned(),
             log_tail: String::new(),
         })?;
-        tracing::debug!(pid, config = %config.display(), "runner started");
         Ok(Self { child, pid, log })
     }
 
@@ -193,7 +201,7 @@ fn config_toml(url: &str, token: &str, settings: RunnerSettings, dir: &Path) -> 
     )
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), BenchError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), BenchError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |source| BenchError::Io {

@@ -20,6 +20,15 @@ pub struct FakeConfig {
     pub token_lifetime: Option<Duration>,
     /// Registration tokens accepted by the legacy `POST /runners` from the start.
     pub registration_tokens: Vec<String>,
+    /// Accepts the traffic of minimal third-party runner libraries that GitLab accepts but the
+    /// official runner never sends (off by default, so tests stay strict about Runnel):
+    /// `POST /jobs/request` without the `RUNNER-TOKEN` header (the body `token` authenticates)
+    /// or without `system_id` (older runners); `PATCH /jobs/:id/trace` whose `Content-Range`
+    /// end does not match the body length (only the start offset is used, as GitLab does);
+    /// and `PUT /jobs/:id` without the `JOB-TOKEN` header (the body `token` authenticates),
+    /// without `info`, and final updates without `output` (GitLab skips the trace checksum for
+    /// runners that do not send one). The benchmark's peer runners need it.
+    pub lenient_clients: bool,
 }
 
 impl Default for FakeConfig {
@@ -30,6 +39,7 @@ impl Default for FakeConfig {
             trace_update_interval_secs: 3,
             token_lifetime: None,
             registration_tokens: Vec::new(),
+            lenient_clients: false,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::faults::{EndpointFilter, FaultAction};
 use crate::routes;
 use crate::server;
 use crate::state::{AUTH_TOKEN_PREFIX, ArtifactUploadMode, RunnerSettings, State, random_token};
-use crate::view::{JobView, RemoteStatus, RequestRecord, RunnerKind, RunnerView};
+use crate::view::{JobProgress, JobView, RemoteStatus, RequestRecord, RunnerKind, RunnerView};
 
 /// A runner created through the test API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,22 +179,68 @@ impl FakeGitlab {
         predicate: impl Fn(&JobView) -> bool,
         timeout: Duration,
     ) -> Result<JobView, FakeError> {
+        // The predicate sees the job in place, under the state lock; only a match is copied,
+        // so waiting on a job with a large trace does not copy the trace at every change.
         let check = || {
-            let view = self.job(id).ok_or(FakeError::UnknownJob { id })?;
-            Ok(predicate(&view).then_some(view))
+            let inner = self.state.lock();
+            let job = inner.jobs.get(&id).ok_or(FakeError::UnknownJob { id })?;
+            Ok(predicate(&job.view).then(|| job.view.clone()))
         };
-        let describe = || match self.job(id) {
-            Some(view) => format!(
+        self.wait_until(&format!("job {id}"), timeout, check, || {
+            self.describe_job(id)
+        })
+        .await
+    }
+
+    /// A snapshot of one job without its trace and upload bodies (cheap at any trace size).
+    pub fn job_progress(&self, id: u64) -> Option<JobProgress> {
+        self.state
+            .lock()
+            .jobs
+            .get(&id)
+            .map(|job| JobProgress::of(&job.view))
+    }
+
+    /// The trace bytes of job `id` from byte `offset` on (empty when `offset` is at or past
+    /// the end): lets a harness search only what arrived since its last look.
+    pub fn trace_since(&self, id: u64, offset: u64) -> Option<Vec<u8>> {
+        let inner = self.state.lock();
+        let trace = &inner.jobs.get(&id)?.view.trace;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(trace.len());
+        Some(trace[start..].to_vec())
+    }
+
+    /// Like [`Self::wait_for_job_state`], on the job's [`JobProgress`]: nothing proportional
+    /// to the trace is copied while waiting.
+    pub async fn wait_for_job_progress(
+        &self,
+        id: u64,
+        predicate: impl Fn(&JobProgress) -> bool,
+        timeout: Duration,
+    ) -> Result<JobProgress, FakeError> {
+        let check = || {
+            let progress = self.job_progress(id).ok_or(FakeError::UnknownJob { id })?;
+            Ok(predicate(&progress).then_some(progress))
+        };
+        self.wait_until(&format!("job {id}"), timeout, check, || {
+            self.describe_job(id)
+        })
+        .await
+    }
+
+    fn describe_job(&self, id: u64) -> String {
+        match self.job_progress(id) {
+            Some(progress) => format!(
                 "status {}, {} updates, {} patches, {} trace bytes",
-                view.status,
-                view.updates.len(),
-                view.patches.len(),
-                view.trace.len()
+                progress.status,
+                progress.updates.len(),
+                progress.patches.len(),
+                progress.trace_len
             ),
             None => "no such job".to_owned(),
-        };
-        self.wait_until(&format!("job {id}"), timeout, check, describe)
-            .await
+        }
     }
 
     /// Waits until some logged request satisfies `predicate`, and returns it.

@@ -59,6 +59,6 @@ pub use faults::{Endpoint, EndpointFilter};
 pub use git::{CommitBuilder, RepoHandle};
 pub use state::{ArtifactUploadMode, RunnerSettings};
 pub use view::{
-    ArtifactRecord, JobView, PatchRecord, RemoteStatus, RequestRecord, RunnerKind, RunnerView,
-    StatusChange, UpdateRecord,
+    ArtifactRecord, JobProgress, JobView, PatchRecord, RemoteStatus, RequestRecord, RunnerKind,
+    RunnerView, StatusChange, UpdateRecord,
 };

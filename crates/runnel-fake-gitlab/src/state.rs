@@ -116,6 +116,8 @@ pub(crate) struct State {
     pub(crate) url: String,
     pub(crate) long_poll: Duration,
     pub(crate) token_lifetime: Option<Duration>,
+    /// [`FakeConfig::lenient_clients`].
+    pub(crate) lenient_clients: bool,
     pub(crate) shutdown: CancellationToken,
     /// Repositories served over git smart HTTP.
     pub(crate) git: GitHost,
@@ -139,6 +141,7 @@ impl State {
             url,
             long_poll: config.long_poll,
             token_lifetime: config.token_lifetime,
+            lenient_clients: config.lenient_clients,
             shutdown: CancellationToken::new(),
             git: GitHost::default(),
         }

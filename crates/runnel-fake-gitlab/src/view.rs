@@ -186,6 +186,50 @@ impl JobView {
     }
 }
 
+/// What a job's progress looks like without its trace and upload bodies: cheap to copy, so
+/// harnesses can check it as often as they like while a job prints hundreds of megabytes.
+/// [`crate::FakeGitlab::trace_since`] reads only the trace bytes not seen yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobProgress {
+    /// Job id.
+    pub id: u64,
+    /// Current remote status.
+    pub status: RemoteStatus,
+    /// Every status the job had, oldest first, starting with `pending`.
+    pub history: Vec<StatusChange>,
+    /// The runner the job was handed to.
+    pub runner_id: Option<u64>,
+    /// Bytes of trace accepted so far.
+    pub trace_len: u64,
+    /// Every trace PATCH, in arrival order.
+    pub patches: Vec<PatchRecord>,
+    /// Every job PUT that passed authentication, in arrival order.
+    pub updates: Vec<UpdateRecord>,
+    /// How many uploads were stored.
+    pub artifacts: usize,
+}
+
+impl JobProgress {
+    /// The progress part of `view`.
+    pub fn of(view: &JobView) -> Self {
+        Self {
+            id: view.id,
+            status: view.status,
+            history: view.history.clone(),
+            runner_id: view.runner_id,
+            trace_len: view.trace.len() as u64,
+            patches: view.patches.clone(),
+            updates: view.updates.clone(),
+            artifacts: view.artifacts.len(),
+        }
+    }
+
+    /// Whether the job is in an end state.
+    pub fn is_finished(&self) -> bool {
+        self.status.is_final()
+    }
+}
+
 /// How a runner came to exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,8 +9,10 @@
 //!   that holds it. The fake's clock is tied to the wall clock at enqueue time (the `pending`
 //!   entry), with an error of half the enqueue call's duration.
 //!
-//! It measures the runner, not the fake: the fake stores every byte in memory, which is fine
-//! for a few hundred MB but not for gigabytes.
+//! It measures the runner, not the fake: waiting for the job reads only its progress (status,
+//! patch records), never the trace, so checking does not slow the fake's trace handling down;
+//! the trace is copied once, after the job ended. The fake stores every byte in memory, which
+//! is fine for a few hundred MB but not for gigabytes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +81,7 @@ async fn measure(plan: &Plan, variant: &Variant, report: &mut Report) -> Result<
     let id = session.fake.enqueue(job);
     let after = unix_secs(SystemTime::now());
     let timeout = Duration::from_secs(120 + u64::from(plan.log_mb) * 2);
+    // Waiting looks at the job's progress only; the trace is copied once, at the end.
     let view = session.wait_success(id, timeout).await?;
     let cpu = procfs::cpu_seconds(pid)? - cpu_before;
     // Wall-clock second at which the fake's clock read zero.

@@ -10,14 +10,19 @@ mod e2e;
 mod floors;
 mod idle;
 mod log;
+mod peers;
 mod pickup;
 mod scale;
 mod throughput;
 
+pub use peers::default_python_peer;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use runnel_fake_gitlab::{FakeConfig, FakeGitlab, GitStrategy, JobBuilder, JobView, RemoteStatus};
+use runnel_fake_gitlab::{
+    FakeConfig, FakeGitlab, GitStrategy, JobBuilder, JobProgress, JobView, RemoteStatus,
+};
 use tempfile::TempDir;
 
 use crate::error::BenchError;
@@ -56,6 +61,10 @@ pub struct Plan {
     pub scale_window: Duration,
     /// Megabytes (10^6 bytes) the log job prints.
     pub log_mb: u32,
+    /// The Rust peer (`runnel-bench-peer`); `None` skips it.
+    pub rust_peer: Option<PathBuf>,
+    /// The Python peer (`gitlab-python-runner`'s `gitlab-runner.py`); `None` skips it.
+    pub python_peer: Option<PathBuf>,
 }
 
 impl Plan {
@@ -73,6 +82,8 @@ impl Plan {
             scale_sleep_secs: 600,
             scale_window: Duration::from_secs(5),
             log_mb: 200,
+            rust_peer: None,
+            python_peer: None,
         }
     }
 
@@ -107,6 +118,7 @@ pub async fn run(plan: &Plan, report: &mut Report) {
             Scenario::Throughput => throughput::run(plan, report).await,
             Scenario::Scale => scale::run(plan, report).await,
             Scenario::Log => log::run(plan, report).await,
+            Scenario::Peers => peers::run(plan, report).await,
         };
         if let Err(error) = result {
             let chain = error_chain(&error);
@@ -153,19 +165,7 @@ impl Session {
         })
         .await
         .map_err(BenchError::fake("starting"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("runnel-bench-")
-            .tempdir()
-            .map_err(|source| BenchError::Io {
-                doing: "create temp dir in",
-                path: std::env::temp_dir(),
-                source,
-            })?;
-        let mut dir = dir;
-        if std::env::var_os("RUNNEL_BENCH_KEEP").is_some() {
-            dir.disable_cleanup(true);
-            tracing::info!(dir = %dir.path().display(), "keeping the scenario directory");
-        }
+        let dir = scenario_dir()?;
         let mut runner = RunnerProcess::start(&plan.runnel, &fake, settings, dir.path()).await?;
         let polled = fake
             .wait_for_request(|r| r.path == "/api/v4/jobs/request", READY_TIMEOUT)
@@ -202,14 +202,28 @@ impl Session {
         Ok(())
     }
 
-    /// Waits until job `id` is final and checks it succeeded.
+    /// Waits until job `id` is final and checks it succeeded; returns the whole job (one copy
+    /// of its trace, taken at the end).
     async fn wait_success(&mut self, id: u64, timeout: Duration) -> Result<JobView, BenchError> {
+        self.wait_success_progress(id, timeout).await?;
+        self.fake
+            .job(id)
+            .ok_or_else(|| BenchError::Missing(format!("job {id} vanished from the fake")))
+    }
+
+    /// Waits until job `id` is final and checks it succeeded, looking only at its progress:
+    /// nothing proportional to the trace is copied while the job runs.
+    async fn wait_success_progress(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<JobProgress, BenchError> {
         let waited = self
             .fake
-            .wait_for_job_state(id, JobView::is_finished, timeout)
+            .wait_for_job_progress(id, JobProgress::is_finished, timeout)
             .await;
-        let view = match waited {
-            Ok(view) => view,
+        let progress = match waited {
+            Ok(progress) => progress,
             Err(source) => {
                 self.runner.check_alive()?;
                 return Err(BenchError::Job {
@@ -219,15 +233,15 @@ impl Session {
                 });
             }
         };
-        if view.status == RemoteStatus::Success {
-            Ok(view)
+        if progress.status == RemoteStatus::Success {
+            Ok(progress)
         } else {
             Err(BenchError::Job {
                 job: id,
                 problem: format!(
                     "ended {} instead of success; trace tail: {}",
-                    view.status,
-                    trace_tail(&view)
+                    progress.status,
+                    trace_tail(&self.fake, &progress)
                 ),
                 log_tail: self.runner.log_tail(),
             })
@@ -250,6 +264,23 @@ impl Session {
             }
         }
     }
+}
+
+/// A fresh scenario directory (kept when `RUNNEL_BENCH_KEEP` is set).
+fn scenario_dir() -> Result<TempDir, BenchError> {
+    let mut dir = tempfile::Builder::new()
+        .prefix("runnel-bench-")
+        .tempdir()
+        .map_err(|source| BenchError::Io {
+            doing: "create temp dir in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    if std::env::var_os("RUNNEL_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        tracing::info!(dir = %dir.path().display(), "keeping the scenario directory");
+    }
+    Ok(dir)
 }
 
 /// `true` with no git work: the smallest job.
@@ -281,13 +312,12 @@ fn ack_at(view: &JobView) -> Option<Duration> {
         .map(|u| u.at)
 }
 
-fn trace_tail(view: &JobView) -> String {
-    let text = view.trace_text();
-    let start = text.len().saturating_sub(400);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
-    text[start..].to_owned()
+/// The last 400 bytes or so of the job's trace, read without copying the rest.
+fn trace_tail(fake: &FakeGitlab, progress: &JobProgress) -> String {
+    let bytes = fake
+        .trace_since(progress.id, progress.trace_len.saturating_sub(400))
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn millis(duration: Duration) -> f64 {

@@ -41,8 +41,21 @@ pub(super) async fn run(plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         // Wait until every job is acked, or until the first one finishes (sleep too short to
         // have them all at once); then until the sleeps have started.
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut next_point = Instant::now();
         loop {
             session.runner.check_alive()?;
+            // The memory curve for the plot: runner and tree RSS against running jobs.
+            if Instant::now() >= next_point {
+                next_point = Instant::now() + Duration::from_millis(500);
+                let running = procfs::count_descendants_named(pid, "sleep")?;
+                let memory = procfs::tree_memory(pid)?;
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    let jobs = running as f64;
+                    report.record_point("scale_runner_rss_kib", jobs, memory.root_kib as f64);
+                    report.record_point("scale_tree_rss_kib", jobs, memory.tree_kib as f64);
+                }
+            }
             let views: Vec<_> = ids.iter().filter_map(|&id| session.fake.job(id)).collect();
             let acked = views.iter().filter(|v| ack_at(v).is_some()).count();
             let finished = views.iter().any(|v| v.is_finished());
@@ -68,6 +81,12 @@ pub(super) async fn run(plan: &Plan, report: &mut Report) -> Result<(), BenchErr
             )));
         }
         let loaded = procfs::tree_memory(pid)?;
+        #[allow(clippy::cast_precision_loss)]
+        {
+            let jobs = running as f64;
+            report.record_point("scale_runner_rss_kib", jobs, loaded.root_kib as f64);
+            report.record_point("scale_tree_rss_kib", jobs, loaded.tree_kib as f64);
+        }
         let cpu_before = procfs::cpu_seconds(pid)?;
         let start = Instant::now();
         tokio::time::sleep(plan.scale_window).await;

@@ -8,13 +8,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use runnel_bench::METRICS;
+use runnel_bench::report::is_python_peer_metric;
 use serde_json::Value;
 
 /// Fails a hung run; a quick run takes well under a minute.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Builds `runnel` into the target dir this test binary came from (a no-op when it is fresh)
-/// and returns its path: cargo gives a test only its own package's binaries.
+/// Builds `runnel` and the Rust peer (`runnel-bench-peer`, found by `runnel-bench` next to
+/// itself) into the target dir this test binary came from (a no-op when they are fresh) and
+/// returns runnel's path: cargo gives a test only its own package's binaries.
 fn runnel_binary() -> PathBuf {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_runnel-bench"));
     let profile_dir = bench.parent().expect("bench binary has a directory");
@@ -31,6 +33,10 @@ fn runnel_binary() -> PathBuf {
             "runnel",
             "--bin",
             "runnel",
+            "-p",
+            "runnel-bench-peer",
+            "--bin",
+            "runnel-bench-peer",
             "--profile",
             profile,
         ])
@@ -42,13 +48,16 @@ fn runnel_binary() -> PathBuf {
     profile_dir.join("runnel")
 }
 
-fn run_quick(runnel: &Path, json: &Path) -> std::process::Output {
+fn run_quick(runnel: &Path, json: &Path, plots: &Path) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel-bench"))
         .arg("--quick")
+        .arg("--peers")
         .arg("--runnel")
         .arg(runnel)
         .arg("--json")
         .arg(json)
+        .arg("--plots")
+        .arg(plots)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -73,7 +82,8 @@ fn quick_run_reports_every_metric() {
     let runnel = runnel_binary();
     let dir = tempfile::tempdir().expect("temp dir");
     let json_path = dir.path().join("perf.json");
-    let output = run_quick(&runnel, &json_path);
+    let plots = dir.path().join("img");
+    let output = run_quick(&runnel, &json_path, &plots);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -87,13 +97,51 @@ fn quick_run_reports_every_metric() {
     assert_eq!(report["errors"], Value::Array(Vec::new()), "{text}");
     assert_eq!(report["meta"]["quick"], true);
     let metrics = report["metrics"].as_object().expect("metrics object");
-    let missing: Vec<&str> = METRICS
-        .iter()
+    // The Python peer is measured only where gitlab-python-runner is installed.
+    let required = || {
+        METRICS
+            .iter()
+            .filter(|def| !is_python_peer_metric(def.name) || metrics.contains_key(def.name))
+    };
+    let missing: Vec<&str> = required()
         .map(|def| def.name)
         .filter(|name| !metrics.contains_key(*name))
         .collect();
     assert!(missing.is_empty(), "metrics missing: {missing:?}\n{text}");
-    for def in METRICS {
+    assert!(
+        report["meta"]["peers"]["rust_peer"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("runnel-bench-peer")),
+        "{text}"
+    );
+    // Ratios are peer / runnel of positive numbers.
+    for def in required().filter(|def| def.unit == "ratio") {
+        let samples = metrics[def.name]["samples"].as_array().expect("samples");
+        assert!(
+            samples
+                .iter()
+                .all(|v| v.as_f64().is_some_and(|r| r > 0.0 && r.is_finite())),
+            "{}: {samples:?}",
+            def.name
+        );
+    }
+    // The quick run draws every plot as a real PNG.
+    for name in [
+        "pickup_latency.png",
+        "throughput_concurrency.png",
+        "rss_running_jobs.png",
+    ] {
+        let png = std::fs::read(plots.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name} is not a PNG");
+        assert!(png.len() > 10_000, "{name} is suspiciously small");
+    }
+    assert!(
+        !report["series"]["scale_runner_rss_kib"]
+            .as_array()
+            .expect("RSS curve")
+            .is_empty()
+    );
+    for def in required() {
         let metric = &metrics[def.name];
         for key in ["min", "median", "max"] {
             assert!(

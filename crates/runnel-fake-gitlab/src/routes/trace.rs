@@ -45,7 +45,9 @@ pub(super) async fn patch(
     let len = body.len() as u64;
     let current = job.view.trace.len() as u64;
     let reset = start == 0 && current > 0 && job.trace_reset_allowed;
-    let outcome = if end.checked_sub(start).and_then(|span| span.checked_add(1)) != Some(len) {
+    let end_matches = end.checked_sub(start).and_then(|span| span.checked_add(1)) == Some(len);
+    // Lenient mode uses only the start offset, as GitLab does.
+    let outcome = if !end_matches && !state.lenient_clients {
         Err(ApiError::bad_request(format!(
             "Content-Range {raw_range:?} does not match the body length {len}"
         )))

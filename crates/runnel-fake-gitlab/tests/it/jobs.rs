@@ -426,3 +426,160 @@ async fn shutdown_answers_held_polls() {
         .unwrap();
     assert_eq!(response.status(), 204);
 }
+
+/// What a minimal runner library sends: the runner token only in the body, job updates with
+/// the token only in the body, no `info` and no `output`.
+async fn library_style_job(fake: &runnel_fake_gitlab::FakeGitlab) -> (u64, String, Vec<u16>) {
+    let runner = fake.create_runner_token();
+    let id = fake.enqueue(JobBuilder::new("build").script(["true"]));
+    let request = client()
+        .post(api(fake, "jobs/request"))
+        .json(&json!({"token": runner, "system_id": SYSTEM_ID, "info": {"features": {"refspecs": true}}}))
+        .send()
+        .await
+        .unwrap();
+    let mut statuses = vec![request.status().as_u16()];
+    let token = if request.status() == 201 {
+        let payload: Value = request.json().await.unwrap();
+        payload["token"].as_str().unwrap().to_owned()
+    } else {
+        // Strict mode refuses the request: take the job the official way to test the PUT.
+        take_job(fake).await.1
+    };
+    let trace = patch_trace(fake, id, &token, "0-2", b"ok\n").await;
+    statuses.push(trace.status().as_u16());
+    let done = client()
+        .put(api(fake, &format!("jobs/{id}")))
+        .json(&json!({"token": token, "state": "success"}))
+        .send()
+        .await
+        .unwrap();
+    statuses.push(done.status().as_u16());
+    (id, token, statuses)
+}
+
+#[tokio::test]
+async fn strict_fake_refuses_library_style_traffic() {
+    let fake = start().await;
+    let (id, _, statuses) = library_style_job(&fake).await;
+    assert_eq!(
+        statuses,
+        vec![403, 202, 403],
+        "no RUNNER-TOKEN / JOB-TOKEN header"
+    );
+    let token = fake.job(id).unwrap().token;
+    let exclusive_end = patch_trace(&fake, id, token.expose(), "3-6", b"abc").await;
+    assert_eq!(
+        exclusive_end.status(),
+        400,
+        "Content-Range end must match the body"
+    );
+    assert_eq!(fake.job(id).unwrap().status, RemoteStatus::Running);
+}
+
+#[tokio::test]
+async fn lenient_fake_accepts_library_style_traffic_but_still_checks_tokens() {
+    let fake = start_with(FakeConfig {
+        lenient_clients: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    let (id, token, statuses) = library_style_job(&fake).await;
+    assert_eq!(statuses, vec![201, 202, 200]);
+    let job = fake.job(id).unwrap();
+    assert_eq!(job.status, RemoteStatus::Success);
+    assert_eq!(job.trace, b"ok\n");
+
+    // The body token still has to be the job's, and a present header must match it.
+    let other = fake.enqueue(JobBuilder::new("other").script(["true"]));
+    let (taken, other_token) = take_job(&fake).await;
+    assert_eq!(taken, other);
+    let wrong = client()
+        .put(api(&fake, &format!("jobs/{other}")))
+        .json(&json!({"token": token, "state": "success"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let mismatched = client()
+        .put(api(&fake, &format!("jobs/{other}")))
+        .header("JOB-TOKEN", &token)
+        .json(&json!({"token": other_token, "state": "success"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatched.status(), 403);
+    // Older clients: no system_id, an exclusive Content-Range end (only the start is used).
+    let no_system_id = client()
+        .post(api(&fake, "jobs/request"))
+        .json(&json!({"token": fake.create_runner_token(), "info": info()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_system_id.status(), 204);
+    assert_eq!(
+        patch_trace(&fake, other, &other_token, "0-3", b"abc")
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        patch_trace(&fake, other, &other_token, "0-3", b"abc")
+            .await
+            .status(),
+        416
+    );
+    // A client that does send `output` is still held to the checksum.
+    let checked = put_job(
+        &fake,
+        other,
+        &other_token,
+        json!({"state": "success", "output": {"bytesize": 5, "checksum": checksum(b"wrong")}}),
+    )
+    .await;
+    assert_eq!(checked.status(), 412);
+}
+
+#[tokio::test]
+async fn progress_and_trace_since_read_without_the_whole_trace() {
+    let fake = start().await;
+    let id = fake.enqueue(JobBuilder::new("build").script(["true"]));
+    let (taken, token) = take_job(&fake).await;
+    assert_eq!(taken, id);
+    assert_eq!(
+        patch_trace(&fake, id, &token, "0-5", b"hello\n")
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        patch_trace(&fake, id, &token, "6-11", b"world\n")
+            .await
+            .status(),
+        202
+    );
+    let progress = fake.job_progress(id).unwrap();
+    assert_eq!(progress.trace_len, 12);
+    assert_eq!(progress.patches.len(), 2);
+    assert_eq!(progress.status, RemoteStatus::Running);
+    assert!(!progress.is_finished());
+    assert_eq!(fake.trace_since(id, 6).unwrap(), b"world\n");
+    assert_eq!(fake.trace_since(id, 12).unwrap(), b"");
+    assert_eq!(fake.trace_since(id, 99).unwrap(), b"");
+    assert!(fake.trace_since(id + 1, 0).is_none());
+
+    let waiter = {
+        let done = put_job(
+            &fake,
+            id,
+            &token,
+            json!({"state": "success", "output": {"bytesize": 12, "checksum": checksum(b"hello\nworld\n")}}),
+        );
+        let wait = fake.wait_for_job_progress(id, |p| p.is_finished(), WAIT);
+        let (response, progress) = tokio::join!(done, wait);
+        assert_eq!(response.status(), 200);
+        progress.unwrap()
+    };
+    assert_eq!(waiter.status, RemoteStatus::Success);
+    assert_eq!(waiter.updates.len(), 1);
+}
