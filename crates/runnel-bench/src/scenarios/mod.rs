@@ -6,6 +6,8 @@
 //! GitLab would see, not when this process happened to notice. Scenarios do not assert on
 //! speed: they report numbers and fail only when a job did not run correctly.
 
+mod archive;
+mod docker;
 mod e2e;
 mod floors;
 mod idle;
@@ -56,6 +58,10 @@ pub struct Plan {
     pub scale_window: Duration,
     /// Megabytes (10^6 bytes) the log job prints.
     pub log_mb: u32,
+    /// Megabytes (10^6 bytes) in the archive scenario's tree.
+    pub archive_mb: u32,
+    /// Files in the archive scenario's tree.
+    pub archive_files: u32,
 }
 
 impl Plan {
@@ -73,6 +79,8 @@ impl Plan {
             scale_sleep_secs: 600,
             scale_window: Duration::from_secs(5),
             log_mb: 200,
+            archive_mb: 1000,
+            archive_files: 50_000,
         }
     }
 
@@ -86,6 +94,8 @@ impl Plan {
             scale_jobs: 6,
             scale_window: Duration::from_secs(1),
             log_mb: 2,
+            archive_mb: 4,
+            archive_files: 200,
             ..Self::full(runnel)
         }
     }
@@ -107,6 +117,8 @@ pub async fn run(plan: &Plan, report: &mut Report) {
             Scenario::Throughput => throughput::run(plan, report).await,
             Scenario::Scale => scale::run(plan, report).await,
             Scenario::Log => log::run(plan, report).await,
+            Scenario::Docker => docker::run(plan, report).await,
+            Scenario::Archive => archive::run(plan, report).await,
         };
         if let Err(error) = result {
             let chain = error_chain(&error);
@@ -250,6 +262,23 @@ impl Session {
             }
         }
     }
+}
+
+/// A fresh temp directory for a scenario, kept when `RUNNEL_BENCH_KEEP` is set.
+fn scenario_dir() -> Result<TempDir, BenchError> {
+    let mut dir = tempfile::Builder::new()
+        .prefix("runnel-bench-")
+        .tempdir()
+        .map_err(|source| BenchError::Io {
+            doing: "create temp dir in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    if std::env::var_os("RUNNEL_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        tracing::info!(dir = %dir.path().display(), "keeping the scenario directory");
+    }
+    Ok(dir)
 }
 
 /// `true` with no git work: the smallest job.
