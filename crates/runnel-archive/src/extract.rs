@@ -449,7 +449,10 @@ impl Seek for SharedFile {
             SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
         };
         self.position = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the archive")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the archive",
+            )
         })?;
         Ok(self.position)
     }
@@ -541,7 +544,12 @@ impl Sink {
             Ok(_) if bytes.len() as u64 <= QUEUED_FILE_MAX => {
                 self.queue(entry, mode, mtime, Data::Bytes(bytes));
             }
-            Ok(_) => self.file(entry, mode, mtime, &mut io::Cursor::new(bytes).chain(reader)),
+            Ok(_) => self.file(
+                entry,
+                mode,
+                mtime,
+                &mut io::Cursor::new(bytes).chain(reader),
+            ),
             Err(error) => self.fail(entry, error),
         }
     }

@@ -109,7 +109,10 @@ fn measure(plan: &Plan) -> Result<Vec<Round>, BenchError> {
         round.push("archive_runnel_zip_create_s", create.secs);
         round.push("archive_runnel_zip_extract_s", extract.secs);
         round.push("archive_runnel_zip_create_mb_per_s", tree_mb / create.secs);
-        round.push("archive_runnel_zip_extract_mb_per_s", tree_mb / extract.secs);
+        round.push(
+            "archive_runnel_zip_extract_mb_per_s",
+            tree_mb / extract.secs,
+        );
         round.push("archive_runnel_zip_mb", file_mb(&zip)?);
         round.push("archive_runnel_zip_create_peak_rss_mib", mib(create));
         round.push("archive_runnel_zip_extract_peak_rss_mib", mib(extract));
@@ -134,7 +137,10 @@ fn measure(plan: &Plan) -> Result<Vec<Round>, BenchError> {
         }
         round.push("archive_runnel_tarzst_create_s", create.secs);
         round.push("archive_runnel_tarzst_extract_s", extract.secs);
-        round.push("archive_runnel_tarzst_create_mb_per_s", tree_mb / create.secs);
+        round.push(
+            "archive_runnel_tarzst_create_mb_per_s",
+            tree_mb / create.secs,
+        );
         round.push(
             "archive_runnel_tarzst_extract_mb_per_s",
             tree_mb / extract.secs,
@@ -452,7 +458,10 @@ fn generate(root: &Path, bytes: u64, files: u32) -> Result<TreeStats, BenchError
     ]
     .into_iter()
     .flat_map(|(kind, count, total)| {
-        std::iter::repeat_n((kind, total / count.max(1)), usize::try_from(count).unwrap_or(0))
+        std::iter::repeat_n(
+            (kind, total / count.max(1)),
+            usize::try_from(count).unwrap_or(0),
+        )
     })
     .collect();
     let mut rng = Rng(0x5EED_0F_A2C4_1FE5);
@@ -516,7 +525,9 @@ fn vocabulary(rng: &mut Rng) -> Vec<Vec<u8>> {
 
 /// Source-like lines: indentation, skewed word choice, punctuation.
 fn text(rng: &mut Rng, vocabulary: &[Vec<u8>], size: usize, out: &mut Vec<u8>) {
-    const PUNCT: &[&[u8]] = &[b" = ", b"(", b"); ", b".", b", ", b" { ", b" }", b" + ", b": "];
+    const PUNCT: &[&[u8]] = &[
+        b" = ", b"(", b"); ", b".", b", ", b" { ", b" }", b" + ", b": ",
+    ];
     while out.len() < size {
         let indent = rng.below(4) as usize * 2;
         out.extend(std::iter::repeat_n(b' ', indent));

@@ -148,16 +148,17 @@ async fn start_session(
 /// The daemon's unix socket: `DOCKER_HOST` when it is a `unix://` address, else the default.
 fn upstream_socket() -> Result<PathBuf, BenchError> {
     match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.is_empty() => host
-            .strip_prefix("unix://")
-            .map(PathBuf::from)
-            .ok_or_else(|| BenchError::Tool {
-                command: "docker".to_owned(),
-                problem: format!(
-                    "DOCKER_HOST={host} is not a unix socket; the docker scenario counts \
+        Ok(host) if !host.is_empty() => {
+            host.strip_prefix("unix://")
+                .map(PathBuf::from)
+                .ok_or_else(|| BenchError::Tool {
+                    command: "docker".to_owned(),
+                    problem: format!(
+                        "DOCKER_HOST={host} is not a unix socket; the docker scenario counts \
                      requests through a unix-socket proxy"
-                ),
-            }),
+                    ),
+                })
+        }
         _ => Ok(PathBuf::from("/var/run/docker.sock")),
     }
 }
@@ -209,7 +210,13 @@ async fn ensure_image() -> Result<(), BenchError> {
                 .to_owned(),
         })?;
     let context = scenario_dir()?;
-    let io = |doing, path: PathBuf| move |source| BenchError::Io { doing, path, source };
+    let io = |doing, path: PathBuf| {
+        move |source| BenchError::Io {
+            doing,
+            path,
+            source,
+        }
+    };
     let target = context.path().join("busybox");
     std::fs::copy(busybox, &target).map_err(io("copy busybox to", target.clone()))?;
     let dockerfile = context.path().join("Dockerfile");
@@ -248,7 +255,14 @@ async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
     }
     let home = scenario_dir()?;
     let output = Command::new(runnel)
-        .args(["docker", "build-helper-image", "--from", IMAGE, "--tag", &tag])
+        .args([
+            "docker",
+            "build-helper-image",
+            "--from",
+            IMAGE,
+            "--tag",
+            &tag,
+        ])
         .env("HOME", home.path())
         .stdin(std::process::Stdio::null())
         .output()
@@ -439,7 +453,9 @@ impl RequestParser {
                     }
                 }
                 State::Body(left) => {
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                    let take = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
                     input = &input[take..];
                     *left -= take as u64;
                     if *left == 0 {
@@ -462,7 +478,9 @@ impl RequestParser {
                     };
                 }
                 State::ChunkData(left) => {
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                    let take = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len());
                     input = &input[take..];
                     *left -= take as u64;
                     if *left == 0 {
