@@ -3,9 +3,8 @@
 //! `host` wins over `DOCKER_HOST`, which wins over the default socket. `tcp://` addresses use
 //! TLS when `tls_verify` is set or `tls_cert_path` is given (`ca.pem`, `cert.pem`, `key.pem` in
 //! that directory, like the docker CLI; `DOCKER_CERT_PATH` and `~/.docker` are the fallbacks).
-//! The API version is negotiated by [`negotiate`] (or [`ping`], which also checks that the
-//! daemon answers), since daemons as old as API 1.41 are common; a negotiated client can be
-//! reused. This module does not retry.
+//! The API version is negotiated on the first request by [`ping`], since daemons as old as
+//! API 1.41 are common. This module does not retry.
 
 use std::path::PathBuf;
 
@@ -94,31 +93,19 @@ pub fn connect_to(
 
 /// Checks that the daemon answers and agrees on an API version; returns the negotiated client.
 pub async fn ping(docker: Docker, host: &str) -> Result<Docker, DockerError> {
-    let docker = negotiate(docker, host).await?;
-    check(&docker, host).await?;
-    Ok(docker)
-}
-
-/// Agrees on an API version with the daemon (one `GET /version`); returns the negotiated
-/// client, which can be kept for later requests.
-pub async fn negotiate(docker: Docker, host: &str) -> Result<Docker, DockerError> {
-    docker
+    let docker = docker
         .negotiate_version()
         .await
         .map_err(|source| DockerError::Unreachable {
             host: host.to_owned(),
             source: Box::new(source),
-        })
-}
-
-/// Checks that the daemon answers (one `GET /_ping`).
-pub async fn check(docker: &Docker, host: &str) -> Result<(), DockerError> {
+        })?;
     docker
         .ping()
         .await
-        .map(drop)
         .map_err(|source| DockerError::Unreachable {
             host: host.to_owned(),
             source: Box::new(source),
-        })
+        })?;
+    Ok(docker)
 }

@@ -101,9 +101,6 @@ struct Shared {
     slots: Mutex<BTreeSet<u32>>,
     /// Ids of the jobs this provider's executors are running, which leftover removal spares.
     active_jobs: Mutex<BTreeSet<u64>>,
-    /// The client with the API version negotiated by the first successful connection, so later
-    /// jobs skip the `GET /version` round trip (they still ping the daemon).
-    negotiated: Mutex<Option<Docker>>,
 }
 
 impl DockerProvider {
@@ -118,7 +115,6 @@ impl DockerProvider {
                 settings,
                 slots: Mutex::new(BTreeSet::new()),
                 active_jobs: Mutex::new(BTreeSet::new()),
-                negotiated: Mutex::new(None),
             }),
         })
     }
@@ -157,21 +153,9 @@ impl DockerProvider {
 }
 
 impl Shared {
-    /// A client for the daemon, checked with one ping. The API version is negotiated once per
-    /// provider; a failed negotiation is retried by the next call.
     async fn connect(&self) -> Result<Docker, DockerError> {
-        let cached = lock(&self.negotiated).clone();
-        let docker = match cached {
-            Some(docker) => docker,
-            None => {
-                let docker = client::connect(&self.options.config)?;
-                let docker = client::negotiate(docker, &self.host).await?;
-                *lock(&self.negotiated) = Some(docker.clone());
-                docker
-            }
-        };
-        client::check(&docker, &self.host).await?;
-        Ok(docker)
+        let docker = client::connect(&self.options.config)?;
+        client::ping(docker, &self.host).await
     }
 }
 
