@@ -464,7 +464,7 @@ fn generate(root: &Path, bytes: u64, files: u32) -> Result<TreeStats, BenchError
         )
     })
     .collect();
-    let mut rng = Rng(0x5EED_0F_A2C4_1FE5);
+    let mut rng = Rng(0x005E_ED0F_A2C4_1FE5);
     // Fisher–Yates, so every directory gets a mix.
     for i in (1..kinds.len()).rev() {
         let j = usize::try_from(rng.below(i as u64 + 1)).unwrap_or(0);
