@@ -70,6 +70,14 @@ pub enum BenchError {
     /// A measurement the scenario needs was not produced (the fake saw no such record).
     #[error("missing measurement: {0}")]
     Missing(String),
+    /// A measured command (runnel helper, peer tool, docker CLI) could not run or failed.
+    #[error("`{command}` {problem}")]
+    Tool {
+        /// The command, e.g. `zip -r`.
+        command: String,
+        /// What went wrong, with the end of its output when there is any.
+        problem: String,
+    },
     /// The loopback HTTP floor request failed.
     #[error("loopback request to {url} failed")]
     Http {

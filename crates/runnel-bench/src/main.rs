@@ -39,6 +39,12 @@ struct Args {
     /// Megabytes the log job prints [default: 200].
     #[arg(long)]
     log_mb: Option<u32>,
+    /// Megabytes in the archive scenario's generated tree [default: 1000].
+    #[arg(long)]
+    archive_mb: Option<u32>,
+    /// Files in the archive scenario's generated tree [default: 50000].
+    #[arg(long)]
+    archive_files: Option<u32>,
     /// Seconds the runner polls before idle memory is read [default: 10].
     #[arg(long)]
     idle_secs: Option<u64>,
@@ -169,6 +175,12 @@ fn plan(args: &Args, runnel: PathBuf) -> Plan {
     if let Some(mb) = args.log_mb {
         plan.log_mb = mb.max(1);
     }
+    if let Some(mb) = args.archive_mb {
+        plan.archive_mb = mb.max(1);
+    }
+    if let Some(files) = args.archive_files {
+        plan.archive_files = files.max(4);
+    }
     if let Some(secs) = args.idle_secs {
         plan.idle = std::time::Duration::from_secs(secs);
     }
@@ -194,6 +206,8 @@ fn meta(args: &Args, plan: &Plan) -> Meta {
         ("log_mb", u64::from(plan.log_mb)),
         ("idle_secs", plan.idle.as_secs()),
         ("floor_samples", u64::from(plan.floor_samples)),
+        ("archive_mb", u64::from(plan.archive_mb)),
+        ("archive_files", u64::from(plan.archive_files)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

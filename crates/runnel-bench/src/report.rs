@@ -32,11 +32,15 @@ pub enum Scenario {
     Log,
     /// Runnel and independent peer runners measured alternately, with ratios.
     Peers,
+    /// A trivial job with the docker executor: end to end time and Docker API round trips.
+    Docker,
+    /// Cache archives of a generated tree: runnel against zip and tar+zstd.
+    Archive,
 }
 
 impl Scenario {
     /// All scenarios in run order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::Floors,
         Self::Idle,
         Self::Pickup,
@@ -45,6 +49,8 @@ impl Scenario {
         Self::Scale,
         Self::Log,
         Self::Peers,
+        Self::Docker,
+        Self::Archive,
     ];
 
     /// The lowercase name.
@@ -58,6 +64,8 @@ impl Scenario {
             Self::Scale => "scale",
             Self::Log => "log",
             Self::Peers => "peers",
+            Self::Docker => "docker",
+            Self::Archive => "archive",
         }
     }
 }
@@ -348,6 +356,180 @@ pub const METRICS: &[MetricDef] = &[
         "ratio",
         Scenario::Peers,
         "peers_rust_throughput_c4_jobs_per_s / Runnel's, per repetition",
+    ),
+    metric(
+        "docker_floor_run_ms",
+        "ms",
+        Scenario::Docker,
+        "`docker run --rm` of `true` in the busybox image with the docker CLI",
+    ),
+    metric(
+        "docker_trivial_ms",
+        "ms",
+        Scenario::Docker,
+        "enqueue to accepted `success` of `true` with the docker executor, long polling",
+    ),
+    metric(
+        "docker_api_requests",
+        "requests",
+        Scenario::Docker,
+        "GitLab API requests the runner made for that job (job request included)",
+    ),
+    metric(
+        "docker_engine_requests",
+        "requests",
+        Scenario::Docker,
+        "Docker Engine API requests the runner made for that job",
+    ),
+    metric(
+        "archive_tree_mb",
+        "MB",
+        Scenario::Archive,
+        "bytes in the generated tree's files",
+    ),
+    metric(
+        "archive_runnel_zip_create_s",
+        "s",
+        Scenario::Archive,
+        "`runnel cache-archiver`, zip (deflate 5, parallel)",
+    ),
+    metric(
+        "archive_runnel_zip_extract_s",
+        "s",
+        Scenario::Archive,
+        "`runnel cache-extractor` of that zip",
+    ),
+    metric(
+        "archive_runnel_zip_create_mb_per_s",
+        "MB/s",
+        Scenario::Archive,
+        "tree MB per second of the zip create",
+    ),
+    metric(
+        "archive_runnel_zip_extract_mb_per_s",
+        "MB/s",
+        Scenario::Archive,
+        "tree MB per second of the zip extract",
+    ),
+    metric(
+        "archive_runnel_zip_mb",
+        "MB",
+        Scenario::Archive,
+        "size of runnel's zip",
+    ),
+    metric(
+        "archive_runnel_zip_create_peak_rss_mib",
+        "MiB",
+        Scenario::Archive,
+        "peak RSS of the zip create",
+    ),
+    metric(
+        "archive_runnel_zip_extract_peak_rss_mib",
+        "MiB",
+        Scenario::Archive,
+        "peak RSS of the zip extract",
+    ),
+    metric(
+        "archive_runnel_tarzst_create_s",
+        "s",
+        Scenario::Archive,
+        "`runnel cache-archiver`, CACHE_COMPRESSION_FORMAT=tarzstd (zstd 3)",
+    ),
+    metric(
+        "archive_runnel_tarzst_extract_s",
+        "s",
+        Scenario::Archive,
+        "`runnel cache-extractor` of that tar.zst",
+    ),
+    metric(
+        "archive_runnel_tarzst_create_mb_per_s",
+        "MB/s",
+        Scenario::Archive,
+        "tree MB per second of the tar.zst create",
+    ),
+    metric(
+        "archive_runnel_tarzst_extract_mb_per_s",
+        "MB/s",
+        Scenario::Archive,
+        "tree MB per second of the tar.zst extract",
+    ),
+    metric(
+        "archive_runnel_tarzst_mb",
+        "MB",
+        Scenario::Archive,
+        "size of runnel's tar.zst",
+    ),
+    metric(
+        "archive_runnel_tarzst_create_peak_rss_mib",
+        "MiB",
+        Scenario::Archive,
+        "peak RSS of the tar.zst create",
+    ),
+    metric(
+        "archive_runnel_tarzst_extract_peak_rss_mib",
+        "MiB",
+        Scenario::Archive,
+        "peak RSS of the tar.zst extract",
+    ),
+    metric(
+        "archive_zip_r_create_s",
+        "s",
+        Scenario::Archive,
+        "`zip -r -q` (deflate 6, one thread)",
+    ),
+    metric(
+        "archive_unzip_extract_s",
+        "s",
+        Scenario::Archive,
+        "`unzip -q` of that zip",
+    ),
+    metric(
+        "archive_zip_r_mb",
+        "MB",
+        Scenario::Archive,
+        "size of zip's archive",
+    ),
+    metric(
+        "archive_zip_create_speedup",
+        "x",
+        Scenario::Archive,
+        "zip -r time divided by runnel's zip create time (same round)",
+    ),
+    metric(
+        "archive_zip_extract_speedup",
+        "x",
+        Scenario::Archive,
+        "unzip time divided by runnel's zip extract time (same round)",
+    ),
+    metric(
+        "archive_tar_zstd_create_s",
+        "s",
+        Scenario::Archive,
+        "`tar -cf - | zstd -T0 -q` (zstd 3, all cores)",
+    ),
+    metric(
+        "archive_zstd_tar_extract_s",
+        "s",
+        Scenario::Archive,
+        "`zstd -d | tar -xf -` of that archive",
+    ),
+    metric(
+        "archive_tar_zstd_mb",
+        "MB",
+        Scenario::Archive,
+        "size of that tar.zst",
+    ),
+    metric(
+        "archive_tarzst_create_vs_peer",
+        "x",
+        Scenario::Archive,
+        "runnel's tar.zst create time divided by tar | zstd -T0's (same round)",
+    ),
+    metric(
+        "archive_tarzst_extract_vs_peer",
+        "x",
+        Scenario::Archive,
+        "runnel's tar.zst extract time divided by zstd -d | tar -x's (same round)",
     ),
 ];
 

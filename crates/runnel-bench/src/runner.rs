@@ -66,9 +66,19 @@ impl RunnerProcess {
         settings: RunnerSettings,
         dir: &Path,
     ) -> Result<Self, BenchError> {
-        let config = dir.join("config.toml");
         let text = config_toml(fake.url(), &fake.create_runner_token(), settings, dir);
-        write_private(&config, &text)?;
+        Self::start_with_config(runnel, &text, dir).await
+    }
+
+    /// Writes `text` as `dir/config.toml` and starts `runnel run` on it (for scenarios that
+    /// need another executor than the shell one).
+    pub async fn start_with_config(
+        runnel: &Path,
+        text: &str,
+        dir: &Path,
+    ) -> Result<Self, BenchError> {
+        let config = dir.join("config.toml");
+        write_private(&config, text)?;
         let mut command = Command::new(runnel);
         command
             .arg("--log-level")

@@ -5,7 +5,7 @@
 
 use std::io::{Cursor, Write};
 
-use runnel_archive::{ArchiveFormat, ExtractSummary, extract};
+use runnel_archive::{ArchiveFormat, ExtractSummary, extract, extract_file};
 use zip::write::SimpleFileOptions;
 
 use crate::Scratch;
@@ -96,6 +96,20 @@ fn attack(items: &[Item]) -> String {
             ArchiveFormat::Zip => hostile_zip(items, &outside),
             _ => hostile_tar_zstd(items, &outside),
         };
+        if format == ArchiveFormat::Zip {
+            // From a file, a zip is decompressed by the parallel writers: the same rules hold.
+            let from_file = Scratch::new();
+            let outside = from_file.outside.display().to_string();
+            let archive = from_file.outside.with_extension("zip");
+            std::fs::write(&archive, hostile_zip(items, &outside)).expect("write archive");
+            let summary = extract_file(&archive, &from_file.project).expect("extract file");
+            assert_eq!(
+                Scratch::listing(&from_file.outside),
+                Vec::<String>::new(),
+                "a zip file wrote outside the project"
+            );
+            results.push(render(&from_file, &summary));
+        }
         let summary = extract(Cursor::new(bytes), format, &scratch.project).expect("extract");
         assert_eq!(
             Scratch::listing(&scratch.outside),
@@ -104,9 +118,10 @@ fn attack(items: &[Item]) -> String {
         );
         results.push(render(&scratch, &summary));
     }
-    let [zip, tar] = results.as_slice() else {
+    let [zip_file, zip, tar] = results.as_slice() else {
         unreachable!()
     };
+    assert_eq!(zip_file, zip, "zip from a file and from memory disagree");
     assert_eq!(zip, tar, "zip and tar+zstd disagree");
     zip.clone()
 }

@@ -6,6 +6,8 @@
 //! GitLab would see, not when this process happened to notice. Scenarios do not assert on
 //! speed: they report numbers and fail only when a job did not run correctly.
 
+mod archive;
+mod docker;
 mod e2e;
 mod floors;
 mod idle;
@@ -65,6 +67,10 @@ pub struct Plan {
     pub rust_peer: Option<PathBuf>,
     /// The Python peer (`gitlab-python-runner`'s `gitlab-runner.py`); `None` skips it.
     pub python_peer: Option<PathBuf>,
+    /// Megabytes (10^6 bytes) in the archive scenario's tree.
+    pub archive_mb: u32,
+    /// Files in the archive scenario's tree.
+    pub archive_files: u32,
 }
 
 impl Plan {
@@ -84,6 +90,8 @@ impl Plan {
             log_mb: 200,
             rust_peer: None,
             python_peer: None,
+            archive_mb: 1000,
+            archive_files: 50_000,
         }
     }
 
@@ -97,6 +105,8 @@ impl Plan {
             scale_jobs: 6,
             scale_window: Duration::from_secs(1),
             log_mb: 2,
+            archive_mb: 4,
+            archive_files: 200,
             ..Self::full(runnel)
         }
     }
@@ -119,6 +129,8 @@ pub async fn run(plan: &Plan, report: &mut Report) {
             Scenario::Scale => scale::run(plan, report).await,
             Scenario::Log => log::run(plan, report).await,
             Scenario::Peers => peers::run(plan, report).await,
+            Scenario::Docker => docker::run(plan, report).await,
+            Scenario::Archive => archive::run(plan, report).await,
         };
         if let Err(error) = result {
             let chain = error_chain(&error);

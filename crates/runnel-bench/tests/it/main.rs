@@ -11,8 +11,9 @@ use runnel_bench::METRICS;
 use runnel_bench::report::is_python_peer_metric;
 use serde_json::Value;
 
-/// Fails a hung run; a quick run takes well under a minute.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Fails a hung run; a quick run takes about a minute (the docker scenario may first build its
+/// images).
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Builds `runnel` and the Rust peer (`runnel-bench-peer`, found by `runnel-bench` next to
 /// itself) into the target dir this test binary came from (a no-op when they are fresh) and
