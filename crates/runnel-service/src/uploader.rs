@@ -391,7 +391,11 @@ mod tests {
         };
         let observe = async {
             tokio::time::sleep(FIRST_SEND_DELAY - Duration::from_millis(1)).await;
-            assert_eq!(remote.calls(), vec![], "output waits for more within the window");
+            assert_eq!(
+                remote.calls(),
+                vec![],
+                "output waits for more within the window"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
             assert_eq!(remote.calls(), vec![Call::Patch { offset: 0, len: 6 }]);
             stop.cancel();
