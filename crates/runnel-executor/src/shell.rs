@@ -173,10 +173,8 @@ impl ShellExecutor {
             .session
             .as_ref()
             .is_some_and(|session| session.is_alive() && session.env() == cmd.env);
-        if !reusable {
-            if let Some(old) = self.session.take() {
-                old.close().await;
-            }
+        if !reusable && let Some(old) = self.session.take() {
+            old.close().await;
         }
         let session = match self.session.take() {
             Some(session) => session,
