@@ -44,6 +44,10 @@ use tracing::{debug, warn};
 use crate::executor::EnvKeys;
 use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
 
+mod session;
+
+pub use session::Session;
+
 /// How output is read: the largest chunk handed to the sink at once.
 const READ_CHUNK: usize = 64 * 1024;
 

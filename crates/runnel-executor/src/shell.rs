@@ -1,8 +1,10 @@
 //! The shell executor: runs each stage's script on the runner's host.
 //!
-//! Like the official shell executor, every stage starts a login shell (`bash -l`, or `sh -l`)
-//! with the script on stdin and the runner's own environment; the script exports the job
-//! variables and `cd`s into the project itself. The process starts in the builds directory.
+//! Like the official shell executor, stages run in a login shell (`bash -l`, or `sh -l`) with
+//! the script on stdin and the runner's own environment; the script exports the job variables
+//! and `cd`s into the project itself. The process starts in the builds directory. Unlike it, one
+//! login shell serves all stages of a job, each stage in its own subshell
+//! ([`crate::process::Session`]): the profile is read once per job, not once per stage.
 //! With a configured `user`, the shell is started through `su -s /bin/<shell> <user> -c
 //! '<shell> -l'`, which needs the runner to run as root.
 //!
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::process::{self, KillPolicy, ProcessSpec, StopWhen};
+use crate::process::{KillPolicy, ProcessSpec, Session, StopWhen};
 use crate::{
     BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, PrepareContext,
     Provider, Shell, StageCommand, StageExit,
@@ -129,17 +131,24 @@ impl Provider for ShellProvider {
             options: Arc::clone(&self.options),
             invocation: Arc::clone(&self.invocation),
             builds_dir: None,
+            session: None,
         }))
     }
 }
 
-/// Runs one job's stages as shell processes on the host; made by [`ShellProvider`].
+/// Runs one job's stages on the host; made by [`ShellProvider`].
+///
+/// The stages of a job run in one shell [`Session`] (each in its own subshell), so a job starts
+/// the login shell once rather than once per stage. A stage that is stopped, or a shell that
+/// exits, ends the session; the next stage starts a new one.
 #[derive(Debug)]
 pub struct ShellExecutor {
     options: Arc<ShellOptions>,
     invocation: Arc<Invocation>,
     /// Where processes start; set by `prepare`.
     builds_dir: Option<PathBuf>,
+    /// The shell the stages run in, once the first stage started it.
+    session: Option<Session>,
 }
 
 impl ShellExecutor {
@@ -154,25 +163,47 @@ impl ShellExecutor {
     }
 
     async fn run_stage(
-        &self,
+        &mut self,
         cmd: StageCommand<'_>,
         sink: &dyn OutputSink,
         cancel: CancellationToken,
     ) -> Result<StageExit, ExecutorError> {
         debug!(stage = cmd.stage, kind = ?cmd.kind, program = self.invocation.program, "running stage");
-        let args: Vec<&str> = self.invocation.args.iter().map(String::as_str).collect();
-        let spec = ProcessSpec {
-            program: &self.invocation.program,
-            args: &args,
-            cwd: self.builds_dir.as_deref(),
-            env: cmd.env,
-            stdin: cmd.script.as_bytes(),
+        let reusable = self
+            .session
+            .as_ref()
+            .is_some_and(|session| session.is_alive() && session.env() == cmd.env);
+        if !reusable && let Some(old) = self.session.take() {
+            old.close().await;
+        }
+        let session = match self.session.take() {
+            Some(session) => session,
+            None => {
+                let args: Vec<&str> = self.invocation.args.iter().map(String::as_str).collect();
+                let spec = ProcessSpec {
+                    program: &self.invocation.program,
+                    args: &args,
+                    cwd: self.builds_dir.as_deref(),
+                    env: cmd.env,
+                    stdin: &[],
+                };
+                Session::start(&spec, sink)?
+            }
         };
+        let session = self.session.insert(session);
         let stop = StopWhen {
             cancel: &cancel,
             deadline: cmd.deadline,
         };
-        process::run(spec, sink, stop, &self.options.kill).await
+        session
+            .run(cmd.script, sink, stop, &self.options.kill)
+            .await
+    }
+
+    async fn end_session(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
     }
 }
 
@@ -211,10 +242,11 @@ impl Executor for ShellExecutor {
         Box::pin(self.run_stage(cmd, sink, cancel))
     }
 
-    /// Nothing to release: the shell executor keeps builds directories between jobs.
+    /// Ends the job's shell session (and what its stages left running); builds directories
+    /// stay between jobs.
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
         self.builds_dir = None;
-        Box::pin(async {})
+        Box::pin(self.end_session())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Streams a job's trace to GitLab while it runs, then delivers the final state.
 //!
-//! Cadence: the first bytes after a quiet spell go out at once (a user watching the job sees
-//! output within a fraction of a second), then appends are batched at the update interval GitLab
+//! Cadence: the first bytes after a quiet spell go out after a short coalescing window
+//! ([`FIRST_SEND_DELAY`]: a user watching the job sees output within a fraction of a second, and
+//! a job that ends within the window costs one append instead of two), then appends are batched
+//! at the update interval GitLab
 //! asks for (`X-GitLab-Trace-Update-Interval`, default 3 s), each time sending everything that is
 //! pending. With nothing to send, a keep-alive `PUT` goes out after 30 s of silence, as the
 //! official runner does, so GitLab knows the job is alive and can tell it about a cancel.
@@ -27,6 +29,8 @@ const PATCH_LIMIT: usize = 1024 * 1024;
 pub(crate) const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(3);
 /// GitLab may not slow us down beyond this.
 const MAX_UPDATE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// How long the first output after a quiet spell waits for more before it is sent.
+const FIRST_SEND_DELAY: Duration = Duration::from_millis(100);
 /// Keep-alive period when there is nothing to send.
 const FORCE_SEND_INTERVAL: Duration = Duration::from_secs(30);
 /// First and largest pause between attempts of the final update.
@@ -63,6 +67,8 @@ pub(crate) struct TraceUploader<R> {
     sent: u64,
     interval: Duration,
     last_patch: Option<Instant>,
+    /// When the uploader noticed output that is not sent yet.
+    pending_since: Option<Instant>,
     last_contact: Instant,
     /// GitLab no longer accepts trace appends for this job (404).
     trace_gone: bool,
@@ -77,6 +83,7 @@ impl<R: JobRemote> TraceUploader<R> {
             sent: 0,
             interval: DEFAULT_UPDATE_INTERVAL,
             last_patch: None,
+            pending_since: None,
             last_contact: Instant::now(),
             trace_gone: false,
         }
@@ -91,15 +98,18 @@ impl<R: JobRemote> TraceUploader<R> {
     pub(crate) async fn stream(&mut self, stop: &CancellationToken) {
         loop {
             if self.has_pending() {
+                let noticed = *self.pending_since.get_or_insert_with(Instant::now);
+                let coalesced = noticed + FIRST_SEND_DELAY;
                 let due = self
                     .last_patch
-                    .map_or_else(Instant::now, |at| at + self.interval);
+                    .map_or(coalesced, |at| (at + self.interval).max(coalesced));
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = sleep_until(due) => {}
                 }
                 // Send everything that is pending, not one chunk per interval: a fast job's
                 // log must not fall behind (1 MiB per 3 s is all the official loop sends).
+                self.pending_since = None;
                 if let Err(error) = self.flush().await {
                     tracing::debug!(%error, "trace update deferred");
                 }
@@ -371,7 +381,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_first_output_goes_out_at_once() {
+    async fn the_first_output_goes_out_after_the_coalescing_window() {
         let remote = Arc::new(Scripted::default());
         let trace = trace_with("hello\n");
         let mut uploader = TraceUploader::new(Arc::clone(&remote), trace, RemoteSignals::default());
@@ -380,7 +390,13 @@ mod tests {
             uploader.stream(&stop).await;
         };
         let observe = async {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(FIRST_SEND_DELAY - Duration::from_millis(1)).await;
+            assert_eq!(
+                remote.calls(),
+                vec![],
+                "output waits for more within the window"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
             assert_eq!(remote.calls(), vec![Call::Patch { offset: 0, len: 6 }]);
             stop.cancel();
         };

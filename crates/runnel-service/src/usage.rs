@@ -51,10 +51,10 @@ impl JobUsage {
         SAMPLER.watch(self);
     }
 
-    /// The figures so far (a last sample is taken first).
+    /// The figures so far (a last sample of this job's processes is taken first).
     pub(crate) fn finish(self: &Arc<Self>) -> Usage {
-        SAMPLER.sample_now();
         SAMPLER.forget(self);
+        SAMPLER.sample(self, Instant::now());
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         Usage {
             measured: !state.groups.is_empty(),
@@ -210,9 +210,14 @@ impl Sampler {
         }
         let now = Instant::now();
         for job in jobs {
-            let stats: Vec<ProcStat> = job.leaders().into_iter().flat_map(tree_stats).collect();
-            job.record(&stats, now, self.page_size, self.ticks_per_second);
+            self.sample(&job, now);
         }
+    }
+
+    /// Samples one job's processes.
+    fn sample(&self, job: &JobUsage, now: Instant) {
+        let stats: Vec<ProcStat> = job.leaders().into_iter().flat_map(tree_stats).collect();
+        job.record(&stats, now, self.page_size, self.ticks_per_second);
     }
 }
 

@@ -319,3 +319,165 @@ async fn a_configured_user_runs_scripts_through_su() {
     assert_eq!(result.expect("stage runs"), StageExit::Exited(0));
     assert_eq!(sink.stdout(), "nobody\n");
 }
+
+/// A prepared shell executor in `root`, as the job runner holds it between stages.
+async fn prepared(root: &Path, kill: KillPolicy) -> Box<dyn runnel_executor::Executor> {
+    let provider = ShellProvider::new(ShellOptions {
+        kill,
+        ..ShellOptions::default()
+    })
+    .expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let job = JobSpec::default();
+    let (builds_dir, cache_dir) = (root.join("builds"), root.join("cache"));
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: &cache_dir,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    executor
+}
+
+/// Runs one stage of `executor` and returns its exit and output.
+async fn run_stage(
+    executor: &mut dyn runnel_executor::Executor,
+    cmd: StageCommand<'_>,
+) -> (StageExit, Recorder) {
+    let sink = Recorder::default();
+    let result = within(
+        "the stage",
+        executor.run(cmd, &sink, CancellationToken::new()),
+    )
+    .await;
+    (result.expect("stage runs"), sink)
+}
+
+#[tokio::test]
+async fn the_stages_of_a_job_share_one_shell_but_not_its_state() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+
+    let first =
+        "echo $$; cd /; STAGE_VAR=set; export EXPORTED=set; trap 'echo trapped' EXIT; exit 3";
+    let (exit, sink) = run_stage(executor.as_mut(), stage(first)).await;
+    assert_eq!(
+        exit,
+        StageExit::Exited(3),
+        "a stage's exit ends only the stage"
+    );
+    let lines = sink.stdout();
+    let mut lines = lines.lines();
+    let shell = lines.next().expect("the shell's pid").to_owned();
+    assert_eq!(
+        lines.next(),
+        Some("trapped"),
+        "the stage's EXIT trap ran at its end"
+    );
+
+    let second = "echo $$; pwd -P; echo \"${STAGE_VAR:-unset} ${EXPORTED:-unset}\"; shopt -q login_shell && echo login";
+    let (exit, sink) = run_stage(executor.as_mut(), stage(second)).await;
+    executor.cleanup().await;
+
+    assert_eq!(exit, StageExit::Exited(0));
+    let builds = root
+        .path()
+        .join("builds")
+        .canonicalize()
+        .expect("builds dir");
+    assert_eq!(
+        sink.stdout(),
+        format!("{shell}\n{}\nunset unset\nlogin\n", builds.display()),
+        "same shell process, fresh directory, variables and traps"
+    );
+}
+
+#[tokio::test]
+async fn output_is_split_exactly_at_the_stage_boundary() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+
+    // No trailing newline, a NUL and a marker-like prefix in the output, on both streams.
+    let first = r"printf 'out\000RUNNEL-'; printf 'err' >&2; printf '%s' $$ >&2";
+    let (exit, first_sink) = run_stage(executor.as_mut(), stage(first)).await;
+    let (exit2, second_sink) = run_stage(
+        executor.as_mut(),
+        stage("printf next; printf next-err >&2; false"),
+    )
+    .await;
+    executor.cleanup().await;
+
+    assert_eq!(exit, StageExit::Exited(0));
+    assert_eq!(
+        first_sink.bytes(runnel_executor::OutputStream::Stdout),
+        b"out\0RUNNEL-"
+    );
+    assert!(
+        first_sink.stderr().starts_with("err"),
+        "{}",
+        first_sink.stderr()
+    );
+    assert_eq!(exit2, StageExit::Exited(1));
+    assert_eq!(second_sink.stdout(), "next");
+    assert_eq!(second_sink.stderr(), "next-err");
+}
+
+#[tokio::test]
+async fn a_stopped_stage_ends_the_session_and_the_next_stage_starts_a_new_shell() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let kill = KillPolicy {
+        grace: std::time::Duration::from_millis(200),
+        ..KillPolicy::default()
+    };
+    let mut executor = prepared(root.path(), kill).await;
+    let pid_file = root.path().join("background.pid");
+
+    let first = format!("sleep 1000 & echo $! > {}; echo $$", pid_file.display());
+    let (exit, sink) = run_stage(executor.as_mut(), stage(&first)).await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let first_shell = sink.stdout();
+    let background = crate::support::read_pid(&pid_file).await;
+    assert!(
+        crate::support::is_running(background),
+        "a background process lives on until the session ends"
+    );
+
+    let timed_out = StageCommand {
+        deadline: Some(tokio::time::Instant::now() + std::time::Duration::from_millis(300)),
+        ..stage("echo $$; sleep 1000")
+    };
+    let (exit, sink) = run_stage(executor.as_mut(), timed_out).await;
+    assert_eq!(exit, StageExit::TimedOut);
+    assert_eq!(sink.stdout(), first_shell);
+    crate::support::assert_gone(background).await;
+
+    let (exit, sink) = run_stage(executor.as_mut(), stage("echo $$")).await;
+    executor.cleanup().await;
+    assert_eq!(exit, StageExit::Exited(0));
+    assert_ne!(sink.stdout(), first_shell, "a new shell after the stop");
+}
+
+#[tokio::test]
+async fn a_shell_killed_by_its_stage_reports_the_signal_and_is_replaced() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+
+    let (exit, _) = run_stage(
+        executor.as_mut(),
+        stage("echo dying; kill -KILL $$; sleep 5"),
+    )
+    .await;
+    assert_eq!(exit, StageExit::Signaled(9));
+
+    let (exit, sink) = run_stage(executor.as_mut(), stage("echo alive")).await;
+    assert_eq!(exit, StageExit::Exited(0));
+    assert_eq!(sink.stdout(), "alive\n");
+
+    let pid_file = root.path().join("left.pid");
+    let left = format!("sleep 1000 & echo $! > {}", pid_file.display());
+    let (exit, _) = run_stage(executor.as_mut(), stage(&left)).await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let background = crate::support::read_pid(&pid_file).await;
+    executor.cleanup().await;
+    crate::support::assert_gone(background).await;
+}

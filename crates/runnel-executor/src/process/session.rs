@@ -1,0 +1,423 @@
+//! A shell session: one shell process that runs a job's stage scripts one after another.
+//!
+//! Starting a login shell is the largest fixed cost of a stage (`bash -l` reads the profile,
+//! which often runs `id -u` and more). A [`Session`] starts the shell once per job and feeds it
+//! one stage at a time on stdin, each stage in its own subshell:
+//!
+//! ```text
+//! (
+//! <stage script>
+//! ) </dev/null
+//! printf '\000RUNNEL-<nonce>:%d\000' "$?"; printf '\000RUNNEL-<nonce>\000' >&2
+//! ```
+//!
+//! The subshell keeps the stages apart as separate shells did (variables, `cd`, traps, `exit`
+//! only end the stage), and `$?` is the stage's exit status. The two markers come after
+//! everything the stage's processes wrote, because the shell writes them once the subshell has
+//! exited, so the runner knows where a stage's output ends on both streams without closing them;
+//! the markers are removed from the output. The nonce is random per session, so output cannot
+//! end a stage by chance. The shell then waits on stdin for the next stage; the runner decides
+//! in between what comes next, as with separate shells.
+//!
+//! A stage that is cancelled or times out takes the whole session down (the process group is
+//! stopped as [`super::run`] stops it); so does a shell that exits on its own. The caller then
+//! starts a new session for the next stage. Processes a stage leaves in the background stay in
+//! the session's process group until the session ends, as they would under the official runner
+//! until the job ends; [`Session::close`] kills them.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io;
+use std::pin::pin;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use super::{End, ExitWatch, KillPolicy, ProcessGroup, ProcessSpec, StopWhen, stage_exit};
+use super::{READ_CHUNK, terminate, until};
+use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
+
+/// A running shell that accepts stage scripts; see the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    group: ProcessGroup,
+    watch: ExitWatch,
+    stdin: Option<ChildStdin>,
+    stdout: Marked<ChildStdout>,
+    stderr: Marked<ChildStderr>,
+    /// `\0RUNNEL-<nonce>`: the start of both markers.
+    marker: Vec<u8>,
+    /// The extra environment the shell was started with.
+    env: Vec<(String, String)>,
+    alive: bool,
+}
+
+impl Session {
+    /// Starts the shell described by `spec` (its `stdin` is ignored: stages come through
+    /// [`Session::run`]) and reports its process group to `sink`.
+    pub fn start(spec: &ProcessSpec<'_>, sink: &dyn OutputSink) -> Result<Self, ExecutorError> {
+        let watch = ExitWatch::new()?;
+        let mut group = ProcessGroup::spawn(spec)?;
+        let pipes = group.take_pipes()?;
+        debug!(
+            program = spec.program,
+            pid = group.pid(),
+            "started shell session"
+        );
+        sink.process_group_started(group.pid());
+        Ok(Session {
+            group,
+            watch,
+            stdin: Some(pipes.stdin),
+            stdout: Marked::new(pipes.stdout),
+            stderr: Marked::new(pipes.stderr),
+            marker: format!("\0RUNNEL-{}", nonce()).into_bytes(),
+            env: spec.env.to_vec(),
+            alive: true,
+        })
+    }
+
+    /// Whether the next stage can run in this session (the shell is still waiting for input).
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+
+    /// The extra environment the shell was started with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// Runs one stage script in a subshell of the session, streaming its output into `sink`,
+    /// and returns how it ended. Stopping (cancellation, deadline) works as in [`super::run`]
+    /// and ends the session; so does the shell exiting.
+    pub async fn run(
+        &mut self,
+        script: &str,
+        sink: &dyn OutputSink,
+        stop: StopWhen<'_>,
+        policy: &KillPolicy,
+    ) -> Result<StageExit, ExecutorError> {
+        if !self.alive {
+            return Err(self.closed_error());
+        }
+        let input = self.stage_input(script);
+        let pid = self.group.pid();
+        let (end, reported) = {
+            let Session {
+                group,
+                watch,
+                stdin,
+                stdout,
+                stderr,
+                marker,
+                ..
+            } = self;
+            let program = group.program.clone();
+            let leader = group.leader;
+            let marker: &[u8] = marker;
+            let io = async {
+                let write = async {
+                    match stdin.as_mut() {
+                        Some(stdin) => match stdin.write_all(&input).await {
+                            // The shell is gone; its end shows on the output streams.
+                            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+                            result => result,
+                        },
+                        None => Ok(()),
+                    }
+                };
+                let (written, out, err) = tokio::join!(
+                    write,
+                    stdout.until_marker(marker, OutputStream::Stdout, sink),
+                    stderr.until_marker(marker, OutputStream::Stderr, sink),
+                );
+                let read_error = |stream| {
+                    let program = program.clone();
+                    move |source| ExecutorError::ReadOutput {
+                        program,
+                        pid,
+                        stream,
+                        source,
+                    }
+                };
+                let out = out.map_err(read_error(OutputStream::Stdout))?;
+                let err = err.map_err(read_error(OutputStream::Stderr))?;
+                written.map_err(|source| ExecutorError::WriteStdin {
+                    program: program.clone(),
+                    pid,
+                    source,
+                })?;
+                Ok::<_, ExecutorError>(out.zip(err).map(|(status, _)| status))
+            };
+            let mut io = pin!(io);
+            let ended = tokio::select! {
+                biased;
+                result = &mut io => Ended::Io(result),
+                () = watch.exited(leader) => Ended::ShellExited,
+                () = stop.cancel.cancelled() => Ended::Stopped(End::Cancelled),
+                () = until(stop.deadline) => Ended::Stopped(End::TimedOut),
+            };
+            // What the shell said about the stage, if it got that far, and why the session ends.
+            match ended {
+                Ended::Io(Ok(Some(payload))) => match parse_status(&payload) {
+                    Some(code) => return Ok(StageExit::Exited(code)),
+                    None => (
+                        Err(ExecutorError::ReadOutput {
+                            program: program.clone(),
+                            pid,
+                            stream: OutputStream::Stdout,
+                            source: io::Error::other("malformed stage status from the shell"),
+                        }),
+                        None,
+                    ),
+                },
+                Ended::Io(Err(error)) => (Err(error), None),
+                // Both streams closed without a marker: the shell is exiting.
+                Ended::Io(Ok(None)) => {
+                    let end = tokio::select! {
+                        biased;
+                        () = watch.exited(leader) => End::Exited,
+                        () = stop.cancel.cancelled() => End::Cancelled,
+                        () = until(stop.deadline) => End::TimedOut,
+                    };
+                    match end {
+                        End::Exited => (Ok(end), None),
+                        _ => (terminate(group, watch, policy).await.map(|()| end), None),
+                    }
+                }
+                Ended::ShellExited => {
+                    group.signal(Signal::SIGKILL);
+                    let drained = timeout(policy.drain, &mut io).await;
+                    (Ok(End::Exited), drained.ok().and_then(Result::ok).flatten())
+                }
+                Ended::Stopped(end) => {
+                    debug!(pid, reason = ?end, "stopping shell session");
+                    match terminate(group, watch, policy).await {
+                        Ok(()) => {
+                            group.signal(Signal::SIGKILL);
+                            // Keep what the stage printed before it was stopped.
+                            if timeout(policy.drain, &mut io).await.is_err() {
+                                warn!(pid, "output still open after the shell session was killed");
+                            }
+                            (Ok(end), None)
+                        }
+                        Err(error) => (Err(error), None),
+                    }
+                }
+            }
+        };
+        let end = match end {
+            Ok(end) => end,
+            Err(error) => {
+                self.shut_down().await;
+                return Err(error);
+            }
+        };
+        // The session is over: kill what the stages left behind and reap the shell.
+        self.alive = false;
+        self.stdin = None;
+        self.group.signal(Signal::SIGKILL);
+        let status = self.group.reap()?;
+        debug!(pid, %status, "shell session ended");
+        Ok(match end {
+            // The stage finished just as the shell went away: its own status counts.
+            End::Exited => reported
+                .as_deref()
+                .and_then(parse_status)
+                .map_or_else(|| stage_exit(status), StageExit::Exited),
+            End::Cancelled => StageExit::Cancelled,
+            End::TimedOut => StageExit::TimedOut,
+        })
+    }
+
+    /// Ends the session: kills the shell and anything the stages left behind, and reaps it.
+    pub async fn close(mut self) {
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
+        if !self.alive {
+            return;
+        }
+        self.alive = false;
+        self.stdin = None;
+        // Between stages the shell only waits for input, so nothing is lost by killing it.
+        self.group.signal(Signal::SIGKILL);
+        let leader = self.group.leader;
+        if timeout(KILL_WAIT, self.watch.exited(leader)).await.is_err() {
+            warn!(
+                pid = self.group.pid(),
+                "shell session did not exit after SIGKILL"
+            );
+            return;
+        }
+        if let Err(error) = self.group.reap() {
+            warn!(%error, "failed to reap the shell session");
+        }
+    }
+
+    fn closed_error(&self) -> ExecutorError {
+        ExecutorError::WriteStdin {
+            program: self.group.program.clone(),
+            pid: self.group.pid(),
+            source: io::Error::new(io::ErrorKind::BrokenPipe, "the shell session has ended"),
+        }
+    }
+
+    /// The text that runs `script` as one stage.
+    fn stage_input(&self, script: &str) -> Vec<u8> {
+        // The marker is `\0RUNNEL-<hex>`; printf spells the NUL as `\000`.
+        let marker = String::from_utf8_lossy(self.marker.get(1..).unwrap_or_default());
+        let mut input = String::with_capacity(script.len() + 128);
+        input.push_str("(\n");
+        input.push_str(script);
+        input.push_str("\n) </dev/null\n");
+        input.push_str(&format!(
+            "printf '\\000{marker}:%d\\000' \"$?\"; printf '\\000{marker}\\000' >&2\n"
+        ));
+        input.into_bytes()
+    }
+}
+
+/// How long to wait for a killed shell before leaving it to the drop guard.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What ended the wait for a stage.
+enum Ended {
+    /// Both markers arrived (`Some(status)`), or both streams closed (`None`).
+    Io(Result<Option<Vec<u8>>, ExecutorError>),
+    ShellExited,
+    Stopped(End),
+}
+
+fn parse_status(payload: &[u8]) -> Option<i32> {
+    let text = std::str::from_utf8(payload).ok()?;
+    text.strip_prefix(':')?.parse().ok()
+}
+
+/// 128 random bits in hex, from the standard library's randomly keyed hasher.
+fn nonce() -> String {
+    let a = RandomState::new().hash_one(std::process::id());
+    let b = RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{a:016x}{b:016x}")
+}
+
+/// An output stream that carries stage markers.
+#[derive(Debug)]
+struct Marked<R> {
+    reader: R,
+    /// Bytes read but not yet handed on: a possible marker start, or what followed a marker.
+    pending: Vec<u8>,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> Marked<R> {
+    fn new(reader: R) -> Self {
+        Marked {
+            reader,
+            pending: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Hands output to `sink` until the next marker, which is consumed; returns what followed
+    /// `marker` up to its closing NUL, or `None` at end of file.
+    async fn until_marker(
+        &mut self,
+        marker: &[u8],
+        stream: OutputStream,
+        sink: &dyn OutputSink,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0; READ_CHUNK];
+        loop {
+            if let Some(payload) = self.take_marker(marker, stream, sink) {
+                return Ok(Some(payload));
+            }
+            if self.eof {
+                if !self.pending.is_empty() {
+                    sink.write(stream, &self.pending);
+                    self.pending.clear();
+                }
+                return Ok(None);
+            }
+            let read = self.reader.read(&mut buf).await?;
+            match buf.get(..read).filter(|chunk| !chunk.is_empty()) {
+                Some(chunk) => self.pending.extend_from_slice(chunk),
+                None => self.eof = true,
+            }
+        }
+    }
+
+    /// Passes on everything before a marker, or everything that cannot start one; takes a
+    /// complete marker out of the buffer.
+    fn take_marker(
+        &mut self,
+        marker: &[u8],
+        stream: OutputStream,
+        sink: &dyn OutputSink,
+    ) -> Option<Vec<u8>> {
+        let pending = &self.pending;
+        let (emit, found) = match find(pending, marker) {
+            Some(start) => (start, true),
+            None => (pending.len() - partial_suffix(pending, marker), false),
+        };
+        if emit > 0 {
+            if let Some(out) = self.pending.get(..emit) {
+                sink.write(stream, out);
+            }
+            self.pending.drain(..emit);
+        }
+        if !found {
+            return None;
+        }
+        let rest = self.pending.get(marker.len()..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        let payload = rest.get(..end)?.to_vec();
+        self.pending.drain(..marker.len() + end + 1);
+        Some(payload)
+    }
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the longest end of `bytes` that is a proper start of `marker`.
+fn partial_suffix(bytes: &[u8], marker: &[u8]) -> usize {
+    let longest = marker.len().saturating_sub(1).min(bytes.len());
+    (1..=longest)
+        .rev()
+        .find(|&k| marker.get(..k).is_some_and(|start| bytes.ends_with(start)))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_markers_are_held_back_only_when_they_could_be_one() {
+        let marker = b"\0RUNNEL-ab";
+        assert_eq!(partial_suffix(b"hello", marker), 0);
+        assert_eq!(partial_suffix(b"hello\0", marker), 1);
+        assert_eq!(partial_suffix(b"hello\0RUN", marker), 4);
+        assert_eq!(partial_suffix(b"hello\0RUNX", marker), 0);
+        assert_eq!(partial_suffix(b"\0RUNNEL-a", marker), 9);
+        assert_eq!(find(b"xx\0RUNNEL-ab:0\0yy", marker), Some(2));
+    }
+
+    #[test]
+    fn statuses_parse() {
+        assert_eq!(parse_status(b":0"), Some(0));
+        assert_eq!(parse_status(b":137"), Some(137));
+        assert_eq!(parse_status(b""), None);
+        assert_eq!(parse_status(b":x"), None);
+    }
+}
