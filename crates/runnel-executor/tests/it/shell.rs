@@ -334,6 +334,7 @@ async fn prepared(root: &Path, kill: KillPolicy) -> Box<dyn runnel_executor::Exe
         job: &job,
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
+        debug_services: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     executor
