@@ -126,16 +126,7 @@ async fn start_session(
         socket = proxy.path.display(),
     );
     let mut runner = RunnerProcess::start_with_config(&plan.runnel, &text, dir.path()).await?;
-    let polled = fake
-        .wait_for_request(|r| r.path == "/api/v4/jobs/request", READY_TIMEOUT)
-        .await;
-    if let Err(source) = polled {
-        runner.check_alive()?;
-        return Err(BenchError::Fake {
-            doing: "waiting for the docker runner's first job request".to_owned(),
-            source,
-        });
-    }
+    super::wait_for_first_poll(&fake, &mut runner, "the docker runner").await?;
     let session = Session {
         fake,
         runner,

@@ -179,16 +179,7 @@ impl Session {
         .map_err(BenchError::fake("starting"))?;
         let dir = scenario_dir()?;
         let mut runner = RunnerProcess::start(&plan.runnel, &fake, settings, dir.path()).await?;
-        let polled = fake
-            .wait_for_request(|r| r.path == "/api/v4/jobs/request", READY_TIMEOUT)
-            .await;
-        if let Err(source) = polled {
-            runner.check_alive()?;
-            return Err(BenchError::Fake {
-                doing: "waiting for the runner's first job request".to_owned(),
-                source,
-            });
-        }
+        wait_for_first_poll(&fake, &mut runner, "the runner").await?;
         let session = Self {
             fake,
             runner,
@@ -276,6 +267,26 @@ impl Session {
             }
         }
     }
+}
+
+/// Waits until `runner` (named `who` in the error) has made its first job request; a runner
+/// that died instead is reported as such.
+pub(crate) async fn wait_for_first_poll(
+    fake: &FakeGitlab,
+    runner: &mut RunnerProcess,
+    who: &str,
+) -> Result<(), BenchError> {
+    let polled = fake
+        .wait_for_request(|r| r.path == "/api/v4/jobs/request", READY_TIMEOUT)
+        .await;
+    if let Err(source) = polled {
+        runner.check_alive()?;
+        return Err(BenchError::Fake {
+            doing: format!("waiting for {who}'s first job request"),
+            source,
+        });
+    }
+    Ok(())
 }
 
 /// A fresh scenario directory (kept when `RUNNEL_BENCH_KEEP` is set).

@@ -28,7 +28,7 @@ use runnel_fake_gitlab::{FakeConfig, FakeGitlab, JobProgress, RemoteStatus};
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::{JOB_TIMEOUT, Plan, READY_TIMEOUT, Session, millis, trivial_job};
+use super::{JOB_TIMEOUT, Plan, Session, millis, trivial_job};
 use crate::error::BenchError;
 use crate::procfs;
 use crate::report::Report;
@@ -316,16 +316,7 @@ impl Session {
             }
         };
         let mut runner = RunnerProcess::spawn(command, program, dir.path())?;
-        let polled = fake
-            .wait_for_request(|r| r.path == "/api/v4/jobs/request", READY_TIMEOUT)
-            .await;
-        if let Err(source) = polled {
-            runner.check_alive()?;
-            return Err(BenchError::Fake {
-                doing: "waiting for the peer's first job request".to_owned(),
-                source,
-            });
-        }
+        super::wait_for_first_poll(&fake, &mut runner, "the peer").await?;
         Ok(Self {
             fake,
             runner,
