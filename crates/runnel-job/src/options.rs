@@ -131,6 +131,10 @@ pub struct PlanOptions {
     pub debug_trace_disabled: bool,
     /// The host name shown in `Running on $(hostname) via <hostname>...`; empty omits it.
     pub hostname: String,
+    /// The name of the host the scripts run on, when the daemon knows it (the shell executor
+    /// runs them on its own host): written into `Running on … via …` literally, where
+    /// `$(hostname)` would start a process that prints the same. `None` keeps `$(hostname)`.
+    pub script_host: Option<String>,
     /// Path of the runner binary, for helper stages (cache, artifacts).
     pub runner_command: String,
     /// The GitLab URL from the runner's configuration, which artifact helpers talk to (it can

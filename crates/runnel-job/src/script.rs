@@ -91,17 +91,6 @@ impl ScriptWriter {
         self.check_for_errors();
     }
 
-    /// A command whose arguments are double-quoted, so `$VAR` in them still expands.
-    pub(crate) fn command_arg_expand(&mut self, name: &str, args: &[&str]) {
-        let mut line = self.quote(name);
-        for arg in args {
-            line.push(' ');
-            line.push_str(&double_quote(arg));
-        }
-        self.line(&line);
-        self.check_for_errors();
-    }
-
     pub(crate) fn command_line(&self, name: &str, args: &[&str]) -> String {
         let mut line = self.quote(name);
         for arg in args {
@@ -115,8 +104,12 @@ impl ScriptWriter {
         self.command("cd", &[dir]);
     }
 
+    /// `mkdir -p <dir>`, skipped when the directory exists (a test is a builtin; `mkdir` is a
+    /// process, and most stages find their directories already made).
     pub(crate) fn mkdir(&mut self, dir: &str) {
-        self.command("mkdir", &["-p", dir]);
+        let dir = self.quote(dir);
+        self.line(&format!("test -d {dir} || mkdir -p {dir}"));
+        self.check_for_errors();
     }
 
     /// `rm -r -f <dir>`, preceded by a `chmod` when `set_permissions` is on.
@@ -129,8 +122,24 @@ impl ScriptWriter {
         self.command("rm", &["-r", "-f", dir]);
     }
 
+    /// `rm -f <file>`, run only when something is there to remove.
     pub(crate) fn rm_file(&mut self, file: &str) {
-        self.command("rm", &["-f", file]);
+        let file = self.quote(file);
+        self.remove_existing(&file);
+    }
+
+    /// Like [`Self::rm_file`], but the path is double-quoted, so `$VAR` in it still expands.
+    pub(crate) fn rm_file_arg_expand(&mut self, file: &str) {
+        self.remove_existing(&double_quote(file));
+    }
+
+    /// `rm -f <quoted>` behind a test for the file (or a dangling symlink): the same effect,
+    /// without starting a process for the files a fresh job does not have.
+    fn remove_existing(&mut self, quoted: &str) {
+        self.line(&format!(
+            "if [ -e {quoted} ] || [ -L {quoted} ]; then rm -f {quoted}; fi"
+        ));
+        self.check_for_errors();
     }
 
     fn echo_colored(&mut self, color: &str, text: &str) {
@@ -153,7 +162,7 @@ impl ScriptWriter {
         if variable.file {
             let path = format!("{temp_dir}/{}", variable.key);
             let value = self.quote(&variable.value);
-            self.line(&format!("mkdir -p {}", double_quote(temp_dir)));
+            self.mkdir_expand(temp_dir);
             self.line(&format!("printf '%s' {value} > {}", double_quote(&path)));
             self.line(&format!("export {key}={}", double_quote(&path)));
         } else {
@@ -164,12 +173,19 @@ impl ScriptWriter {
 
     /// Reads the dotenv file earlier stages wrote through `$GITLAB_ENV`.
     pub(crate) fn source_env(&mut self, env_file: &str, temp_dir: &str) {
-        self.line(&format!("mkdir -p {}", double_quote(temp_dir)));
-        self.line(&format!("touch {}", double_quote(env_file)));
+        self.mkdir_expand(temp_dir);
+        // `touch` without a process: creates the file if missing, keeps its contents.
+        self.line(&format!(": >> {}", double_quote(env_file)));
         self.line(&format!(
             "while read -r line; do export \"$line\"; done < {}",
             double_quote(env_file)
         ));
+    }
+
+    /// [`Self::mkdir`] with the path double-quoted, so `$VAR` in it still expands.
+    fn mkdir_expand(&mut self, dir: &str) {
+        let dir = double_quote(dir);
+        self.line(&format!("test -d {dir} || mkdir -p {dir}"));
     }
 
     /// `printf` of a collapsed section start marker for `FF_SCRIPT_SECTIONS`.
@@ -194,7 +210,13 @@ impl ScriptWriter {
         if style.xtrace {
             out.push_str("set -o xtrace\n");
         }
-        out.push_str("case \"$(set -o)\" in *pipefail*) set -o pipefail;; esac; set -o errexit\n");
+        match style.shell {
+            // Every bash has pipefail; asking `set -o` costs a subshell per stage.
+            Shell::Bash => out.push_str("set -o pipefail; set -o errexit\n"),
+            Shell::Sh => out.push_str(
+                "case \"$(set -o)\" in *pipefail*) set -o pipefail;; esac; set -o errexit\n",
+            ),
+        }
         out.push_str("set +o noclobber\n");
         let body = style.quoting.quote(&self.body);
         if style.legacy_eval {

@@ -220,14 +220,19 @@ impl StageContext<'_> {
     fn prepare_stage(&self) -> PlannedStage {
         let mut w = self.writer();
         let host = &self.opts.hostname;
+        // A known host name goes in literally when it cannot mean anything to the shell.
+        let here = match self.opts.script_host.as_deref() {
+            Some(name) if is_plain_host_name(name) => name,
+            _ => "$(hostname)",
+        };
         let message = if host.is_empty() {
-            "Running on $(hostname)...".to_owned()
+            format!("Running on {here}...")
         } else {
-            format!("Running on $(hostname) via {host}...")
+            format!("Running on {here} via {host}...")
         };
         w.line(&format!("echo {}", double_quote(&message)));
-        w.command_arg_expand("rm", &["-f", &self.temp_file(ENV_FILE)]);
-        w.command_arg_expand("rm", &["-f", &self.temp_file(MASKING_DB)]);
+        w.rm_file_arg_expand(&self.temp_file(ENV_FILE));
+        w.rm_file_arg_expand(&self.temp_file(MASKING_DB));
         let script = w.finish();
         self.stage(
             "prepare_script",
@@ -406,4 +411,12 @@ impl StageContext<'_> {
     pub(crate) fn ext_git_config(&self) -> String {
         self.temp_file(EXT_GIT_CONFIG)
     }
+}
+
+/// Letters, digits, `-`, `.` and `_` only: safe inside a double-quoted shell word.
+fn is_plain_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }

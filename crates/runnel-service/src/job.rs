@@ -813,6 +813,10 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         custom_build_dir: runner.custom_build_dir_enabled,
         debug_trace_disabled: runner.debug_trace_disabled,
         hostname: String::new(),
+        // The shell executor runs the scripts here, so `$(hostname)` would print this.
+        script_host: (runner.executor == "shell")
+            .then(|| nix::unistd::gethostname().ok()?.into_string().ok())
+            .flatten(),
         runner_command,
         server_url: runner.url.clone(),
         clone_url: runner.clone_url.clone().unwrap_or_default(),

@@ -173,3 +173,46 @@ fn clone_then_fetch_checks_out_the_job_commit() {
         "git clean removed untracked files"
     );
 }
+
+/// The directory and file steps skip their process when there is nothing to do, and still do
+/// what `mkdir -p`, `touch` and `rm -f` did: create, keep contents, remove files and dangling
+/// symlinks, and fail the stage when the path is in the way.
+#[test]
+fn guarded_file_steps_behave_like_the_commands() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let plan = plan_in(tmp.path(), vec![script_step(&["echo hi"])]);
+    let temp_dir = std::path::Path::new(&plan.dirs.temp_dir);
+    let env_file = temp_dir.join("gitlab_runner_env");
+    let masking_db = temp_dir.join("masking.db");
+
+    // get_sources creates both directories and an empty env file from nothing.
+    let (code, _, stderr) = run_bash(&stage_script(&plan, "get_sources"), tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(std::path::Path::new(&plan.dirs.project_dir).is_dir());
+    assert_eq!(std::fs::read(&env_file).expect("env file"), b"");
+
+    // A later stage keeps what earlier stages exported through $GITLAB_ENV.
+    std::fs::write(&env_file, "FROM_ENV=kept\n").expect("write env file");
+    let plan_echo = plan_in(tmp.path(), vec![script_step(&["echo \"env=$FROM_ENV\""])]);
+    let (code, stdout, stderr) = run_bash(&stage_script(&plan_echo, "step_script"), tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("env=kept"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(&env_file).expect("env file"),
+        "FROM_ENV=kept\n"
+    );
+
+    // Cleanup removes files and dangling symlinks, and is happy when they are already gone.
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &masking_db).expect("symlink");
+    let (code, _, stderr) = run_bash(&stage_script(&plan, "cleanup_file_variables"), tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!env_file.exists());
+    assert!(std::fs::symlink_metadata(&masking_db).is_err());
+    let (code, _, stderr) = run_bash(&stage_script(&plan, "cleanup_file_variables"), tmp.path());
+    assert_eq!(code, 0, "{stderr}");
+
+    // A directory where a file should be removed fails the stage, as `rm -f` does.
+    std::fs::create_dir_all(&env_file).expect("dir in the way");
+    let (code, _, _) = run_bash(&stage_script(&plan, "prepare_script"), tmp.path());
+    assert_ne!(code, 0);
+}

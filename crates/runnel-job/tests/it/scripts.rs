@@ -206,3 +206,21 @@ fn prepare_without_hostname() {
         "{script}"
     );
 }
+
+#[test]
+fn prepare_names_a_known_script_host_without_a_process() {
+    let mut opts = opts();
+    opts.script_host = Some("build-01.example".into());
+    let script = render(&stage_script(&plan_ok(&job(), &opts), "prepare_script"));
+    assert!(
+        script.contains("echo \"Running on build-01.example via runner-host...\"\n"),
+        "{script}"
+    );
+    // A name the shell could read as code falls back to asking the host.
+    opts.script_host = Some("evil$(reboot)".into());
+    let script = render(&stage_script(&plan_ok(&job(), &opts), "prepare_script"));
+    assert!(
+        script.contains("echo \"Running on $(hostname) via runner-host...\"\n"),
+        "{script}"
+    );
+}

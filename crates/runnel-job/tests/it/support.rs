@@ -70,6 +70,7 @@ pub(crate) fn opts() -> PlanOptions {
         builds_dir: "/home/runner/builds".into(),
         cache_dir: "/home/runner/cache".into(),
         hostname: "runner-host".into(),
+        script_host: None,
         runner_command: "/usr/bin/runnel".into(),
         os_arch: "linux/amd64".into(),
         ..PlanOptions::default()
