@@ -1,7 +1,8 @@
 //! The shell executor: runs each stage's script on the runner's host.
 //!
 //! Like the official shell executor, stages run in a login shell (`bash -l`, or `sh -l`) with
-//! the script on stdin and the runner's own environment; the script exports the job variables
+//! the runner's own environment (the script comes through a private file the shell sources
+//! rather than byte by byte on stdin, see [`ScriptDelivery`]); the script exports the job variables
 //! and `cd`s into the project itself. The process starts in the builds directory. Unlike it, one
 //! login shell serves all stages of a job, each stage in its own subshell
 //! ([`crate::process::Session`]): the profile is read once per job, not once per stage.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::process::{KillPolicy, ProcessSpec, Session, StopWhen};
+use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, Session, StopWhen};
 use crate::{
     BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, PrepareContext,
     Provider, Shell, StageCommand, StageExit,
@@ -187,7 +188,13 @@ impl ShellExecutor {
                     env: cmd.env,
                     stdin: &[],
                 };
-                Session::start(&spec, sink)?
+                // A shell of our own user can read our private files; one behind `su` cannot.
+                let delivery = if self.options.user.is_none() {
+                    ScriptDelivery::Files
+                } else {
+                    ScriptDelivery::Stdin
+                };
+                Session::start(&spec, delivery, sink)?
             }
         };
         let session = self.session.insert(session);

@@ -11,6 +11,14 @@
 //! printf '\000RUNNEL-<nonce>:%d\000' "$?"; printf '\000RUNNEL-<nonce>\000' >&2
 //! ```
 //!
+//! How the script reaches the shell is a [`ScriptDelivery`]. On stdin, as the official runner
+//! does, the shell must read its input one byte per `read` call (input from a pipe cannot be
+//! put back for the commands that share it), which for the few kilobytes of a stage script
+//! costs more CPU than the rest of a trivial job's shell work. With [`ScriptDelivery::Files`]
+//! each stage script is written to a private file (mode 0600 in a 0700 directory of the
+//! session, removed when the stage ends) and stdin only carries `( . '<file>' ) </dev/null`,
+//! which the shell reads in one go; the stage runs exactly as it would from stdin.
+//!
 //! The subshell keeps the stages apart as separate shells did (variables, `cd`, traps, `exit`
 //! only end the stage), and `$?` is the stage's exit status. The two markers come after
 //! everything the stage's processes wrote, because the shell writes them once the subshell has
@@ -28,6 +36,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 
 use nix::sys::signal::Signal;
@@ -39,6 +48,17 @@ use tracing::{debug, warn};
 use super::{End, ExitWatch, KillPolicy, ProcessGroup, ProcessSpec, StopWhen, stage_exit};
 use super::{READ_CHUNK, terminate, until};
 use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
+
+/// How a [`Session`] hands each stage script to its shell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScriptDelivery {
+    /// The whole script on stdin, as the official runner sends it.
+    #[default]
+    Stdin,
+    /// The script in a private file the shell sources; needs the shell to run as the runner's
+    /// own user (it reads a directory only that user can).
+    Files,
+}
 
 /// A running shell that accepts stage scripts; see the module documentation.
 #[derive(Debug)]
@@ -53,12 +73,34 @@ pub struct Session {
     /// The extra environment the shell was started with.
     env: Vec<(String, String)>,
     alive: bool,
+    /// With [`ScriptDelivery::Files`]: the session's private directory for stage scripts.
+    scripts: Option<tempfile::TempDir>,
+    /// Stage scripts written so far (names the next file).
+    stages: u32,
 }
 
 impl Session {
     /// Starts the shell described by `spec` (its `stdin` is ignored: stages come through
     /// [`Session::run`]) and reports its process group to `sink`.
-    pub fn start(spec: &ProcessSpec<'_>, sink: &dyn OutputSink) -> Result<Self, ExecutorError> {
+    pub fn start(
+        spec: &ProcessSpec<'_>,
+        delivery: ScriptDelivery,
+        sink: &dyn OutputSink,
+    ) -> Result<Self, ExecutorError> {
+        let scripts = match delivery {
+            ScriptDelivery::Stdin => None,
+            // `tempfile` makes the directory 0700; it goes away with the session.
+            ScriptDelivery::Files => Some(
+                tempfile::Builder::new()
+                    .prefix("runnel-session-")
+                    .tempdir()
+                    .map_err(|source| ExecutorError::CreateDir {
+                        purpose: "stage scripts",
+                        path: std::env::temp_dir(),
+                        source,
+                    })?,
+            ),
+        };
         let watch = ExitWatch::new()?;
         let mut group = ProcessGroup::spawn(spec)?;
         let pipes = group.take_pipes()?;
@@ -77,6 +119,8 @@ impl Session {
             marker: format!("\0RUNNEL-{}", nonce()).into_bytes(),
             env: spec.env.to_vec(),
             alive: true,
+            scripts,
+            stages: 0,
         })
     }
 
@@ -103,7 +147,8 @@ impl Session {
         if !self.alive {
             return Err(self.closed_error());
         }
-        let input = self.stage_input(script);
+        let (input, script_file) = self.stage_input(script)?;
+        let _remove_script = script_file.map(RemoveOnDrop);
         let pid = self.group.pid();
         let (end, reported) = {
             let Session {
@@ -267,18 +312,58 @@ impl Session {
         }
     }
 
-    /// The text that runs `script` as one stage.
-    fn stage_input(&self, script: &str) -> Vec<u8> {
+    /// The text that runs `script` as one stage, and the file it was written to, if any.
+    fn stage_input(&mut self, script: &str) -> Result<(Vec<u8>, Option<PathBuf>), ExecutorError> {
         // The marker is `\0RUNNEL-<hex>`; printf spells the NUL as `\000`.
         let marker = String::from_utf8_lossy(self.marker.get(1..).unwrap_or_default());
         let mut input = String::with_capacity(script.len() + 128);
-        input.push_str("(\n");
-        input.push_str(script);
-        input.push_str("\n) </dev/null\n");
+        let file = match &self.scripts {
+            None => {
+                input.push_str("(\n");
+                input.push_str(script);
+                input.push_str("\n) </dev/null\n");
+                None
+            }
+            Some(dir) => {
+                self.stages += 1;
+                let path = dir.path().join(format!("stage-{}.sh", self.stages));
+                write_private(&path, script).map_err(|source| ExecutorError::WriteScript {
+                    path: path.clone(),
+                    source,
+                })?;
+                // The directory comes from `tempfile`: letters, digits and `-`, `_`, `.`, `/`.
+                input.push_str(&format!("( . '{}' ) </dev/null\n", path.display()));
+                Some(path)
+            }
+        };
         input.push_str(&format!(
             "printf '\\000{marker}:%d\\000' \"$?\"; printf '\\000{marker}\\000' >&2\n"
         ));
-        input.into_bytes()
+        Ok((input.into_bytes(), file))
+    }
+}
+
+/// Writes `text` to a new file only its owner can read. Synchronous: a stage script is a few
+/// kilobytes, less work than handing the write to another thread.
+fn write_private(path: &Path, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+/// Removes a stage's script file once the stage is over, however it ended.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.0) {
+            debug!(path = %self.0.display(), %error, "could not remove a stage script");
+        }
     }
 }
 
