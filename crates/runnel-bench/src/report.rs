@@ -238,6 +238,12 @@ pub const METRICS: &[MetricDef] = &[
         "largest such delay",
     ),
     metric(
+        "log_plain_first_line_ms",
+        "ms",
+        Scenario::Log,
+        "that delay for the first line the script prints",
+    ),
+    metric(
         "log_masked_mb_per_s",
         "MB/s",
         Scenario::Log,
@@ -260,6 +266,12 @@ pub const METRICS: &[MetricDef] = &[
         "ms",
         Scenario::Log,
         "as log_plain_latency_max_ms, masked",
+    ),
+    metric(
+        "log_masked_first_line_ms",
+        "ms",
+        Scenario::Log,
+        "as log_plain_first_line_ms, masked",
     ),
     metric(
         "peers_runnel_idle_rss_kib",

@@ -87,12 +87,12 @@ pub(crate) async fn run_job(job: JobSpec, context: JobContext) -> JobSummary {
         token: job.token.clone(),
         info: runner_info(&context.runner),
     });
-    // Every daemon log line about this job carries its id, runner and current stage.
+    // Every daemon log line about this job carries its id and runner (and, in a stage, the
+    // stage's name from its own span).
     let span = tracing::info_span!(
         "job",
         job = %job_id,
         runner = %context.runner.token.short(),
-        stage = tracing::field::Empty,
     );
     let summary = supervise(job, &context, remote).instrument(span).await;
     JobSummary {
@@ -363,10 +363,16 @@ async fn execute(
         let (deadline, cancel) = stage_limits(stage, plan, job_deadline, &cancels);
         section(trace, sections, &stage.name, &stage.description);
         context.tracked.set_stage(&stage.name);
-        tracing::Span::current().record("stage", stage.name.as_str());
-        tracing::debug!("stage started");
+        // A child span per stage: recording into the job span would make text logs repeat
+        // `stage=` once per stage so far.
+        let stage_span = tracing::info_span!("stage", stage = %stage.name);
         let stage_started = Instant::now();
-        let result = run_stage(executor.as_mut(), stage, status, &sink, deadline, &cancel).await;
+        let result = async {
+            tracing::debug!("stage started");
+            run_stage(executor.as_mut(), stage, status, &sink, deadline, &cancel).await
+        }
+        .instrument(stage_span)
+        .await;
         let took = stage_started.elapsed();
         crate::metrics::metrics()
             .stage_duration

@@ -5,7 +5,9 @@
 //! a job that ends within the window costs one append instead of two), then appends are batched
 //! at the update interval GitLab
 //! asks for (`X-GitLab-Trace-Update-Interval`, default 3 s), each time sending everything that is
-//! pending. With nothing to send, a keep-alive `PUT` goes out after 30 s of silence, as the
+//! pending. A whole patch (1 MiB) of pending output is sent at once rather than at the next
+//! interval: batching cannot make it bigger, and a chatty job's log then reaches GitLab while
+//! it runs instead of piling up for the final flush. With nothing to send, a keep-alive `PUT` goes out after 30 s of silence, as the
 //! official runner does, so GitLab knows the job is alive and can tell it about a cancel.
 //!
 //! Nothing is lost: the sent offset only moves when GitLab accepts bytes; 416 answers move it to
@@ -72,6 +74,8 @@ pub(crate) struct TraceUploader<R> {
     last_contact: Instant,
     /// GitLab no longer accepts trace appends for this job (404).
     trace_gone: bool,
+    /// After a failed append, no early (full-patch) append before this time.
+    retry_after: Option<Instant>,
 }
 
 impl<R: JobRemote> TraceUploader<R> {
@@ -86,6 +90,7 @@ impl<R: JobRemote> TraceUploader<R> {
             pending_since: None,
             last_contact: Instant::now(),
             trace_gone: false,
+            retry_after: None,
         }
     }
 
@@ -98,20 +103,39 @@ impl<R: JobRemote> TraceUploader<R> {
     pub(crate) async fn stream(&mut self, stop: &CancellationToken) {
         loop {
             if self.has_pending() {
+                // A full patch goes out at once: the interval batches small appends, and a
+                // full one is as big as an append gets (the same requests, sent earlier).
+                if self.full_patch_pending() && !self.backing_off() {
+                    if let Some(error) = self.send_chunk().await {
+                        tracing::debug!(%error, "trace update deferred");
+                        self.retry_after = Some(Instant::now() + self.interval);
+                    }
+                    continue;
+                }
                 let noticed = *self.pending_since.get_or_insert_with(Instant::now);
                 let coalesced = noticed + FIRST_SEND_DELAY;
                 let due = self
                     .last_patch
                     .map_or(coalesced, |at| (at + self.interval).max(coalesced));
+                // Wake up early when a full patch has built up (not while backing off, and
+                // not once the log is finished: nothing more will come).
+                let trace = self.trace.clone();
+                let full_at = usize::try_from(self.sent)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(PATCH_LIMIT - 1);
+                let watch_growth = !self.backing_off() && !trace.is_finished();
                 tokio::select! {
                     () = stop.cancelled() => return,
+                    () = trace.changed(full_at), if watch_growth => continue,
                     () = sleep_until(due) => {}
                 }
                 // Send everything that is pending, not one chunk per interval: a fast job's
                 // log must not fall behind (1 MiB per 3 s is all the official loop sends).
                 self.pending_since = None;
+                self.retry_after = None;
                 if let Err(error) = self.flush().await {
                     tracing::debug!(%error, "trace update deferred");
+                    self.retry_after = Some(Instant::now() + self.interval);
                 }
             } else {
                 let keepalive_due = self.last_contact + FORCE_SEND_INTERVAL;
@@ -164,6 +188,16 @@ impl<R: JobRemote> TraceUploader<R> {
             sleep(backoff).await;
             backoff = (backoff * 2).min(FINAL_BACKOFF_MAX);
         }
+    }
+
+    /// Whether at least a whole patch of output waits to be sent.
+    fn full_patch_pending(&self) -> bool {
+        !self.trace_gone && self.trace_len() >= self.sent + PATCH_LIMIT as u64
+    }
+
+    /// Whether a failed append asked for a pause before the next early one.
+    fn backing_off(&self) -> bool {
+        self.retry_after.is_some_and(|at| Instant::now() < at)
     }
 
     fn has_pending(&self) -> bool {
@@ -398,6 +432,50 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
             assert_eq!(remote.calls(), vec![Call::Patch { offset: 0, len: 6 }]);
+            stop.cancel();
+        };
+        tokio::join!(streaming, observe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_patch_goes_out_without_waiting_for_the_interval() {
+        let remote = Arc::new(Scripted::default());
+        let trace = JobTrace::new(TraceConfig {
+            limit_bytes: 8 * PATCH_LIMIT,
+            ..TraceConfig::default()
+        })
+        .unwrap();
+        let mut writer = trace.writer(Stream::SCRIPT_STDOUT);
+        writer.write_bytes(b"hello\n");
+        let mut uploader =
+            TraceUploader::new(Arc::clone(&remote), trace.clone(), RemoteSignals::default());
+        let stop = CancellationToken::new();
+        let streaming = async {
+            uploader.stream(&stop).await;
+        };
+        let observe = async {
+            tokio::time::sleep(FIRST_SEND_DELAY * 2).await;
+            assert_eq!(remote.calls(), vec![Call::Patch { offset: 0, len: 6 }]);
+            // Well inside the interval, one and a half patches of output arrive.
+            let line = [b'x'; 1023].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+            for _ in 0..(PATCH_LIMIT * 3 / 2 / line.len()) {
+                writer.write_bytes(&line);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let calls = remote.calls();
+            assert_eq!(calls.len(), 2, "{calls:?}");
+            assert_eq!(
+                calls[1],
+                Call::Patch {
+                    offset: 6,
+                    len: PATCH_LIMIT
+                }
+            );
+            // The partial rest still waits for the interval.
+            tokio::time::sleep(DEFAULT_UPDATE_INTERVAL / 2).await;
+            assert_eq!(remote.calls().len(), 2);
+            tokio::time::sleep(DEFAULT_UPDATE_INTERVAL).await;
+            assert_eq!(remote.calls().len(), 3);
             stop.cancel();
         };
         tokio::join!(streaming, observe);

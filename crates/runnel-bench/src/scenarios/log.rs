@@ -6,7 +6,7 @@
 //!   of the patch holding the last marker.
 //! - CPU: the runner process's utime+stime over the job, per 100 MB.
 //! - Latency: for each marker, from its print time to the arrival of the first accepted patch
-//!   that holds it. The fake's clock is tied to the wall clock at enqueue time (the `pending`
+//!   that holds it; the first marker is the first line the script prints (first-line latency). The fake's clock is tied to the wall clock at enqueue time (the `pending`
 //!   entry), with an error of half the enqueue call's duration.
 //!
 //! It measures the runner, not the fake: waiting for the job reads only its progress (status,
@@ -38,6 +38,7 @@ struct Variant {
     cpu: &'static str,
     latency_median: &'static str,
     latency_max: &'static str,
+    first_line: &'static str,
 }
 
 const VARIANTS: [Variant; 2] = [
@@ -47,6 +48,7 @@ const VARIANTS: [Variant; 2] = [
         cpu: "log_plain_cpu_s_per_100mb",
         latency_median: "log_plain_latency_median_ms",
         latency_max: "log_plain_latency_max_ms",
+        first_line: "log_plain_first_line_ms",
     },
     Variant {
         masked: true,
@@ -54,6 +56,7 @@ const VARIANTS: [Variant; 2] = [
         cpu: "log_masked_cpu_s_per_100mb",
         latency_median: "log_masked_latency_median_ms",
         latency_max: "log_masked_latency_max_ms",
+        first_line: "log_masked_first_line_ms",
     },
 ];
 
@@ -107,6 +110,8 @@ async fn measure(plan: &Plan, variant: &Variant, report: &mut Report) -> Result<
     report.record(variant.mb_per_s, megabytes / span);
     report.record(variant.cpu, cpu * 100.0 / megabytes.max(f64::EPSILON));
     report.record(variant.latency_median, median(&latencies).unwrap_or(0.0));
+    // The first marker is the first line the script prints.
+    report.record(variant.first_line, latencies.first().copied().unwrap_or(0.0));
     report.record(
         variant.latency_max,
         latencies.iter().copied().fold(0.0, f64::max),
