@@ -457,7 +457,11 @@ mod tests {
             tokio::time::sleep(FIRST_SEND_DELAY * 2).await;
             assert_eq!(remote.calls(), vec![Call::Patch { offset: 0, len: 6 }]);
             // Well inside the interval, one and a half patches of output arrive.
-            let line = [b'x'; 1023].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+            let line = [b'x'; 1023]
+                .iter()
+                .chain(b"\n")
+                .copied()
+                .collect::<Vec<u8>>();
             for _ in 0..(PATCH_LIMIT * 3 / 2 / line.len()) {
                 writer.write_bytes(&line);
             }

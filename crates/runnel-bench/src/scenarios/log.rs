@@ -111,7 +111,10 @@ async fn measure(plan: &Plan, variant: &Variant, report: &mut Report) -> Result<
     report.record(variant.cpu, cpu * 100.0 / megabytes.max(f64::EPSILON));
     report.record(variant.latency_median, median(&latencies).unwrap_or(0.0));
     // The first marker is the first line the script prints.
-    report.record(variant.first_line, latencies.first().copied().unwrap_or(0.0));
+    report.record(
+        variant.first_line,
+        latencies.first().copied().unwrap_or(0.0),
+    );
     report.record(
         variant.latency_max,
         latencies.iter().copied().fold(0.0, f64::max),

@@ -104,6 +104,10 @@ impl Session {
         let watch = ExitWatch::new()?;
         let mut group = ProcessGroup::spawn(spec)?;
         let pipes = group.take_pipes()?;
+        // Room for a burst of output while the runner is busy with the last one, so a
+        // chatty job keeps running instead of blocking on a full 64 KiB pipe.
+        grow_pipe(&pipes.stdout);
+        grow_pipe(&pipes.stderr);
         debug!(
             program = spec.program,
             pid = group.pid(),
@@ -383,6 +387,19 @@ fn parse_status(payload: &[u8]) -> Option<i32> {
     text.strip_prefix(':')?.parse().ok()
 }
 
+/// Output pipes hold this much before the job's writes block (Linux's default is 64 KiB;
+/// 1 MiB is the default `pipe-max-size`, so no privilege is needed). Pages are only taken
+/// while output waits in the pipe.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// Best effort: a pipe that cannot grow keeps working at its default size.
+fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
+    use nix::fcntl::{FcntlArg, fcntl};
+    if let Err(error) = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        debug!(%error, "could not grow an output pipe");
+    }
+}
+
 /// 128 random bits in hex, from the standard library's randomly keyed hasher.
 fn nonce() -> String {
     let a = RandomState::new().hash_one(std::process::id());
@@ -466,12 +483,13 @@ impl<R: AsyncRead + Unpin> Marked<R> {
     }
 }
 
-/// Where `needle` first occurs in `haystack`.
+/// Where `needle` first occurs in `haystack` (SIMD search: every byte of a stage's output
+/// passes through here).
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
+    if needle.is_empty() {
         return None;
     }
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// The length of the longest end of `bytes` that is a proper start of `marker`.
