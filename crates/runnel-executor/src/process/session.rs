@@ -89,10 +89,11 @@ impl Session {
     ) -> Result<Self, ExecutorError> {
         let scripts = match delivery {
             ScriptDelivery::Stdin => None,
-            // `tempfile` makes the directory 0700; it goes away with the session.
+            // Only the runner's user may enter it; it goes away with the session.
             ScriptDelivery::Files => Some(
                 tempfile::Builder::new()
                     .prefix("runnel-session-")
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                     .tempdir()
                     .map_err(|source| ExecutorError::CreateDir {
                         purpose: "stage scripts",

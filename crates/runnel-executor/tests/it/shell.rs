@@ -482,3 +482,44 @@ async fn a_shell_killed_by_its_stage_reports_the_signal_and_is_replaced() {
     executor.cleanup().await;
     crate::support::assert_gone(background).await;
 }
+
+/// The script reaches the shell as a private file, not on stdin (which bash would read one
+/// byte per system call); the file is gone once its stage ends, the directory with the session.
+#[tokio::test]
+async fn stage_scripts_come_from_private_files_removed_after_each_stage() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+    // `BASH_SOURCE` names the file the shell is reading; copy its mode before it goes away.
+    let script = "echo \"$BASH_SOURCE\"; stat -c %a \"$BASH_SOURCE\" \"$(dirname \"$BASH_SOURCE\")\"; \
+                  read -t 0.2 line && echo \"stdin: $line\"; echo done";
+    let (exit, sink) = run_stage(executor.as_mut(), stage(script)).await;
+    assert_eq!(exit, StageExit::Exited(0), "{}", sink.stderr());
+    let out = sink.stdout();
+    let mut lines = out.lines();
+    let file = std::path::PathBuf::from(lines.next().expect("script path"));
+    assert_eq!(lines.next(), Some("600"), "the script file is private");
+    assert_eq!(lines.next(), Some("700"), "so is its directory");
+    assert_eq!(lines.next(), Some("done"), "stdin is /dev/null: {out}");
+    assert!(
+        !file.exists(),
+        "{} is removed after its stage",
+        file.display()
+    );
+    let dir = file.parent().expect("script dir").to_path_buf();
+    assert!(
+        dir.is_dir(),
+        "the session keeps its directory between stages"
+    );
+    assert_eq!(
+        std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777,
+        0o700
+    );
+    executor.cleanup().await;
+    assert!(
+        !dir.exists(),
+        "{} is removed with the session",
+        dir.display()
+    );
+}

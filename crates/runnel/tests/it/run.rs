@@ -904,11 +904,13 @@ async fn json_log_lines_carry_the_job_fields() {
         .iter()
         .find(|l| l["fields"]["message"] == "stage started" && l["span"]["stage"] == "step_script")
         .unwrap_or_else(|| panic!("no stage line in:\n{log}"));
-    assert_eq!(stage_line["span"]["job"], id.to_string());
-    assert_eq!(
-        stage_line["span"]["runner"],
-        runnel_types::short_token(&daemon.token)
-    );
+    // The stage is the current span; the job's id and runner come from the enclosing one.
+    let job_span = stage_line["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|span| span["name"] == "job"))
+        .unwrap_or_else(|| panic!("no job span around the stage line: {stage_line}"));
+    assert_eq!(job_span["job"], id.to_string());
+    assert_eq!(job_span["runner"], runnel_types::short_token(&daemon.token));
     assert!(
         !log.contains(&daemon.token),
         "the token never reaches the log"
