@@ -47,6 +47,9 @@ pub(crate) struct Timestamper {
     /// second stays the same.
     date: Vec<u8>,
     date_second: Option<i64>,
+    /// The header of the lines of the current write, without the continuation flag; empty
+    /// until the first line of the write needs it.
+    stamp: Vec<u8>,
 }
 
 impl Timestamper {
@@ -58,6 +61,7 @@ impl Timestamper {
             continuation: false,
             date: Vec::with_capacity(20),
             date_second: None,
+            stamp: Vec::with_capacity(40),
         }
     }
 
@@ -71,22 +75,32 @@ impl Timestamper {
     }
 
     fn push_header(&mut self, out: &mut Vec<u8>) {
+        if self.stamp.is_empty() {
+            self.read_clock();
+        }
+        out.extend_from_slice(&self.stamp);
+        out.push(if self.continuation { b'+' } else { b' ' });
+        self.continuation = false;
+    }
+
+    /// Reads the clock into `stamp`: everything of a header but the continuation flag.
+    fn read_clock(&mut self) {
         let now = self.clock.now().to_offset(UtcOffset::UTC);
         if self.date_second != Some(now.unix_timestamp()) {
             self.date_second = Some(now.unix_timestamp());
             self.date.clear();
             format_date(&mut self.date, now);
         }
-        out.extend_from_slice(&self.date);
-        push_digits(out, now.microsecond(), 6);
-        out.extend_from_slice(b"Z ");
-        out.extend_from_slice(&hex_byte(self.stream.id));
-        out.push(match self.stream.kind {
+        let stamp = &mut self.stamp;
+        stamp.clear();
+        stamp.extend_from_slice(&self.date);
+        push_digits(stamp, now.microsecond(), 6);
+        stamp.extend_from_slice(b"Z ");
+        stamp.extend_from_slice(&hex_byte(self.stream.id));
+        stamp.push(match self.stream.kind {
             StreamKind::Stdout => b'O',
             StreamKind::Stderr => b'E',
         });
-        out.push(if self.continuation { b'+' } else { b' ' });
-        self.continuation = false;
     }
 
     /// Emits the current line with `rest` appended, ends it, and marks the next line as
@@ -101,6 +115,9 @@ impl Timestamper {
 
 impl Stage for Timestamper {
     fn write(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Output {
+        // The lines of one write arrived together: they share one reading of the clock
+        // (read on the first header; a chatty job prints hundreds of lines per write).
+        self.stamp.clear();
         while let Some(newline) = memchr::memchr(b'\n', input) {
             let (line, rest) = input.split_at(newline + 1);
             self.start_line(out);
@@ -233,10 +250,23 @@ mod tests {
     #[test]
     fn the_date_follows_the_clock_across_seconds() {
         let start = datetime!(2026-12-31 23:59:59.9995 +01:00);
-        let out = stamp_from(start, Stream::RUNNER, &["a\nb\n"]);
+        let out = stamp_from(start, Stream::RUNNER, &["a\n", "b\n"]);
         assert_eq!(
             out,
             "2026-12-31T22:59:59.999500Z 00O a\n2026-12-31T23:00:00.000500Z 00O b\n"
+        );
+    }
+
+    #[test]
+    fn the_lines_of_one_write_share_one_reading_of_the_clock() {
+        // The ticking clock advances on every read: one reading per write, not per line.
+        let out = stamp(Stream::SCRIPT_STDOUT, &["a\nb\nc\n", "d\n"]);
+        assert_eq!(
+            out,
+            "2026-01-01T10:00:00.123456Z 01O a\n\
+             2026-01-01T10:00:00.123456Z 01O b\n\
+             2026-01-01T10:00:00.123456Z 01O c\n\
+             2026-01-01T10:00:00.124456Z 01O d\n"
         );
     }
 }
