@@ -124,6 +124,12 @@ impl StageContext<'_> {
         secrets
     }
 
+    /// `VAR= …` in front of a cache helper command without a distributed cache: a job variable
+    /// of the same name must not send the cache anywhere.
+    fn no_url_assignments() -> String {
+        format!("{CACHE_URL_ENV}= {CACHE_HEAD_URL_ENV}= ")
+    }
+
     /// `VAR=<url> …` assignments to put in front of a cache helper command.
     fn url_assignments(w: &ScriptWriter, url: &Secret, head: &Secret) -> String {
         format!(
@@ -155,7 +161,7 @@ impl StageContext<'_> {
             let env = self
                 .remote_urls(key)
                 .map(|urls| Self::url_assignments(w, &urls.get, &urls.head))
-                .unwrap_or_default();
+                .unwrap_or_else(Self::no_url_assignments);
             w.open(&format!("if {env}{line}; then"));
             opened += 1;
             notice(w, "Successfully extracted cache");
@@ -284,7 +290,7 @@ impl StageContext<'_> {
         let line = w.command_line(&self.runner_command(), &args);
         let env = urls
             .map(|urls| Self::url_assignments(w, &urls.put, &urls.head))
-            .unwrap_or_default();
+            .unwrap_or_else(Self::no_url_assignments);
         w.open(&format!("if {env}{line}; then"));
         notice(w, "Created cache");
         w.else_branch();

@@ -329,11 +329,12 @@ fn a_distributed_cache_hands_presigned_urls_to_the_helpers_through_their_environ
         let query = runnel_types::Secret::new(format!("X-Amz-Signature={method}-deps-sig"));
         assert!(plan.masked_values.contains(&query), "{method}");
     }
-    // Without a distributed cache nothing changes.
+    // Without a distributed cache the helpers get empty URLs, so a job variable of the same
+    // name cannot send the cache anywhere.
     let local = plan_ok(&job, &opts());
     let local_archive = render(&stage_script(&local, "archive_cache"));
     assert!(
-        !local_archive.contains("RUNNEL_CACHE_URL"),
+        local_archive.contains("if RUNNEL_CACHE_URL= RUNNEL_CACHE_HEAD_URL= /usr/bin/runnel"),
         "{local_archive}"
     );
     assert!(!local_archive.contains("--max-uploaded"), "{local_archive}");
