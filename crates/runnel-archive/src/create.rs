@@ -2,10 +2,25 @@
 //!
 //! Speed: zip and gzip entries are independent, so regular files up to [`PARALLEL_MAX_FILE`]
 //! are compressed on the rayon pool in batches of at most [`BATCH_BYTES`] input bytes and then
-//! appended in selection order (the output stays deterministic and memory stays bounded);
-//! bigger files are streamed straight into the output. Tar+zstd is one stream, so it uses
-//! zstd's worker threads instead. Writers never seek: zip entries use data descriptors, so the
+//! appended in selection order (the output stays deterministic and memory stays bounded).
+//! Tar+zstd is one stream, so it uses zstd's worker threads instead. Writers never seek, so the
 //! output can be a pipe or an HTTP body.
+//!
+//! Zip specifics (the `zip` crate cannot append data compressed elsewhere, so the container is
+//! written by [`crate::zipwrite`]):
+//! - a small file is read whole and deflated in one call by libdeflate (`compress_small_file`),
+//!   with one compressor per rayon thread and level, reused across files; its CRC and sizes are
+//!   known before its header is written;
+//! - a bigger file is streamed in [`CHUNK`]-sized pieces, two per worker at a time, each
+//!   deflated by its own zlib stream ending in a sync flush; the pieces form one deflate stream
+//!   closed by an empty final block, and the entry ends with a data descriptor
+//!   (`stream_big_file`);
+//! - data that looks incompressible (`looks_incompressible`: samples deflated at the fastest
+//!   level do not shrink) is stored, as a stored entry or as stored deflate blocks, instead of
+//!   spending deflate's time to the same result;
+//! - `CACHE_COMPRESSION_LEVEL` keeps its meaning: `fastest` stores, the others map to
+//!   libdeflate levels 1, 5, 9 and 12 (libdeflate's 5 matches zlib's 5 in size) and, for the
+//!   chunks of big files, zlib levels 1, 5, 7 and 9.
 //!
 //! Metadata: zip entries carry unix permissions and an extended timestamp (whole seconds);
 //! tar headers carry mode and mtime; gzip members carry the mtime. Ownership is not stored.
@@ -24,8 +39,9 @@ use crate::zipwrite::{self, Kind, Method, Sizes, ZipStream};
 
 /// Files up to this size are compressed in parallel in memory; larger ones are streamed.
 const PARALLEL_MAX_FILE: u64 = 32 * 1024 * 1024;
-/// Upper bound on the input bytes of one parallel batch (bounds memory use).
-const BATCH_BYTES: u64 = 128 * 1024 * 1024;
+/// Upper bound on the input bytes of one parallel batch (bounds memory use: two batches are
+/// in flight, one being written while the next is compressed).
+const BATCH_BYTES: u64 = 64 * 1024 * 1024;
 /// Upper bound on the entries of one parallel batch.
 const BATCH_ENTRIES: usize = 4096;
 /// Read buffer for streaming file contents.
@@ -155,7 +171,8 @@ fn batches(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
 }
 
 /// Prepares every entry of each batch on the rayon pool and hands the results to `emit` in
-/// order.
+/// order, on the calling thread. While one batch is emitted the next one is prepared, so the
+/// workers keep compressing while the output is written (at most two batches are in memory).
 fn parallel_in_order<T, E>(
     entries: &[Entry],
     prepare: impl Fn(&Entry) -> Result<T, E> + Sync,
@@ -165,13 +182,34 @@ where
     T: Send,
     E: Send,
 {
-    for batch in batches(entries) {
-        let prepared: Vec<Result<T, E>> = batch.par_iter().map(&prepare).collect();
-        for (entry, item) in batch.iter().zip(prepared) {
-            emit(entry, item?)?;
+    let prepare_batch =
+        |batch: &[Entry]| -> Vec<Result<T, E>> { batch.par_iter().map(&prepare).collect() };
+    let mut batches = batches(entries);
+    let Some(first) = batches.next() else {
+        return Ok(());
+    };
+    let mut current = (first, prepare_batch(first));
+    loop {
+        let next = batches.next();
+        let mut next_prepared = None;
+        let emitted = rayon::in_place_scope(|scope| {
+            if let Some(batch) = next {
+                let slot = &mut next_prepared;
+                let prepare_batch = &prepare_batch;
+                scope.spawn(move |_| *slot = Some(prepare_batch(batch)));
+            }
+            let (batch, prepared) = current;
+            batch
+                .iter()
+                .zip(prepared)
+                .try_for_each(|(entry, item)| emit(entry, item?))
+        });
+        emitted?;
+        match (next, next_prepared) {
+            (Some(batch), Some(prepared)) => current = (batch, prepared),
+            _ => return Ok(()),
         }
     }
-    Ok(())
 }
 
 fn is_small_file(entry: &Entry) -> bool {
@@ -725,7 +763,10 @@ mod tests {
         let sizes: Vec<Vec<&str>> = batches(&entries)
             .map(|batch| batch.iter().map(|e| e.path.as_str()).collect())
             .collect();
-        assert_eq!(sizes, [vec!["a", "b", "c", "d"], vec!["e", "huge", "f"]]);
+        assert_eq!(
+            sizes,
+            [vec!["a", "b"], vec!["c", "d"], vec!["e", "huge", "f"]]
+        );
     }
 
     #[test]

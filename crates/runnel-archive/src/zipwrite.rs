@@ -242,7 +242,7 @@ impl<W: Write> ZipStream<W> {
         put32(&mut buf, END_OF_CENTRAL_DIRECTORY);
         put16(&mut buf, 0); // this disk
         put16(&mut buf, 0); // disk with the central directory
-        let short_entries = u16::try_from(entries).unwrap_or(0xFFFF).min(0xFFFF);
+        let short_entries = u16::try_from(entries).unwrap_or(0xFFFF);
         put16(&mut buf, short_entries);
         put16(&mut buf, short_entries);
         put32(&mut buf, clamp32(central_len));
