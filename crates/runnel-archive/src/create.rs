@@ -388,6 +388,14 @@ fn with_compressor<T>(
     })
 }
 
+thread_local! {
+    /// Deflate output buffer of this rayon thread, reused across small files.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer bigger than this is freed after use (rare big files do not pin memory).
+const SCRATCH_KEEP: usize = 1024 * 1024;
+
 /// Data at least this long is probed before it is deflated.
 const PROBE_MIN: usize = 256 * 1024;
 /// Bytes of one probe sample.
@@ -439,22 +447,32 @@ fn compress_small_file(path: &Path, level: CompressionLevel) -> io::Result<ZipIt
     if looks_incompressible(&data)? {
         return stored(data);
     }
-    // Room for exactly the input: output that would not fit is not worth deflating.
-    let mut deflated = vec![0; data.len()];
-    let written = with_compressor(level, |compressor| {
-        compressor.deflate_compress(&data, &mut deflated).ok()
+    let deflated = SCRATCH.with_borrow_mut(|scratch| -> io::Result<Option<Vec<u8>>> {
+        // Room for exactly the input: output that would not fit is not worth deflating.
+        scratch.resize(data.len(), 0);
+        let written = with_compressor(level, |compressor| {
+            compressor.deflate_compress(&data, scratch).ok()
+        })?;
+        // Copied out at its exact size: a batch holds many of these until they are written.
+        let deflated = written
+            .filter(|&written| written < data.len())
+            .and_then(|written| scratch.get(..written))
+            .map(<[u8]>::to_vec);
+        if scratch.capacity() > SCRATCH_KEEP {
+            *scratch = Vec::new();
+        }
+        Ok(deflated)
     })?;
-    match written {
-        Some(written) if written < data.len() => {
-            deflated.truncate(written);
+    match deflated {
+        Some(deflated) => {
             let sizes = Sizes {
                 crc,
                 uncompressed,
-                compressed: written as u64,
+                compressed: deflated.len() as u64,
             };
             Ok(ZipItem::File(Method::Deflated, sizes, deflated))
         }
-        _ => stored(data),
+        None => stored(data),
     }
 }
 
