@@ -548,4 +548,79 @@ mod tests {
         last.read_to_end(&mut back).expect("read");
         assert_eq!(back, b"tail");
     }
+
+    /// An archive whose first `prefix` bytes read as zeros, followed by `data`: lets the reader
+    /// check offsets past 4 GiB without writing 4 GiB.
+    struct Prefixed {
+        prefix: u64,
+        data: Vec<u8>,
+        pos: u64,
+    }
+
+    impl Read for Prefixed {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos < self.prefix {
+                let zeros = usize::try_from(self.prefix - self.pos)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                buf[..zeros].fill(0);
+                self.pos += zeros as u64;
+                return Ok(zeros);
+            }
+            let start = usize::try_from(self.pos - self.prefix).expect("in memory");
+            let rest = self.data.get(start..).unwrap_or_default();
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.pos += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl io::Seek for Prefixed {
+        fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+            let len = self.prefix + self.data.len() as u64;
+            let target = match pos {
+                io::SeekFrom::Start(n) => Some(n),
+                io::SeekFrom::End(d) => len.checked_add_signed(d),
+                io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            };
+            self.pos = target.ok_or_else(|| io::Error::other("seek before start"))?;
+            Ok(self.pos)
+        }
+    }
+
+    #[test]
+    fn entries_past_4_gib_get_zip64_offsets() {
+        let prefix = 5 * 1024 * 1024 * 1024_u64;
+        let mut zip = ZipStream::new(Vec::new());
+        // As if 5 GiB of entries had been written already.
+        zip.offset = prefix;
+        let data = b"after the 4 GiB mark";
+        let sizes = Sizes {
+            crc: crc32fast::hash(data),
+            uncompressed: data.len() as u64,
+            compressed: data.len() as u64,
+        };
+        zip.add(&meta("late"), Method::Stored, sizes, data)
+            .expect("add");
+        let streamed = zip
+            .start_streamed(&meta("late-streamed"), Method::Stored, false)
+            .expect("start");
+        zip.write_data(data).expect("data");
+        zip.finish_streamed(streamed, sizes).expect("descriptor");
+        let out = zip.finish().expect("finish");
+        let reader = Prefixed {
+            prefix,
+            data: out,
+            pos: 0,
+        };
+        let mut archive = zip::ZipArchive::new(reader).expect("valid zip64 archive");
+        for name in ["late", "late-streamed"] {
+            let mut entry = archive.by_name(name).expect("entry");
+            assert!(entry.header_start() >= prefix, "{name}");
+            let mut back = Vec::new();
+            entry.read_to_end(&mut back).expect("read");
+            assert_eq!(back, data, "{name}");
+        }
+    }
 }
