@@ -406,8 +406,8 @@ const PROBE_SAMPLES: usize = 8;
 /// Whether `data` looks incompressible (random or already compressed), judged by deflating
 /// [`PROBE_SAMPLES`] samples spread over it at libdeflate's fastest level: if they do not
 /// shrink by at least 1/32, deflate would spend its time emitting stored blocks anyway
-/// (at around 100 MB/s per core), so the caller stores the data instead. Deterministic, and
-/// it costs about 1/32 of deflating data of the minimum size [`PROBE_MIN`].
+/// (at around 100 MB/s per core), so the caller stores the data instead. Deterministic; the
+/// probe deflates at most 128 KiB at the fastest level (1/32 of a big file's [`CHUNK`]).
 fn looks_incompressible(data: &[u8]) -> io::Result<bool> {
     if data.len() < PROBE_MIN {
         return Ok(false);
