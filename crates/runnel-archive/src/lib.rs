@@ -43,6 +43,7 @@ mod extract;
 mod format;
 mod select;
 mod time;
+mod zipwrite;
 
 pub use create::{ArchiveError, ArchiveOptions, ArchiveSummary, create_archive};
 pub use extract::{
