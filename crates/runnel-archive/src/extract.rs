@@ -267,46 +267,52 @@ pub fn extract<R: Read + Seek>(
 
 fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink) -> io::Result<()> {
     let mut archive = zip::ZipArchive::new(reader)?;
-    for index in 0..archive.len() {
-        let mut file = archive.by_index(index)?;
-        let name = String::from_utf8_lossy(file.name_raw()).into_owned();
-        let mode = file.unix_mode();
-        let mtime = zip_mtime(&file);
-        let kind = mode.map_or(0, |mode| mode & S_IFMT);
-        if file.is_dir() || kind == S_IFDIR {
-            sink.dir(&name, mode, mtime);
-        } else if file.is_symlink() {
-            let target = read_link_target(&mut file)?;
-            sink.symlink(&name, &target, mtime);
-        } else if matches!(kind, 0 | S_IFREG) {
-            let size = file.size();
-            sink.file_buffered(&name, mode, mtime, size, &mut file);
-        } else {
-            sink.reject(&name, Rejection::UnsupportedType);
-        }
-    }
-    Ok(())
+    walk_zip(&mut archive, sink, |sink, entry, _index, file| {
+        let size = file.size();
+        sink.file_buffered(&entry.name, entry.mode, entry.mtime, size, file);
+    })
 }
 
 /// [`extract_zip`] for an archive the parallel writers can read themselves: regular files are
 /// queued by index and decompressed by the workers.
 fn extract_zip_shared(mut archive: zip::ZipArchive<SharedFile>, sink: &mut Sink) -> io::Result<()> {
     sink.zip = Some(archive.clone());
+    walk_zip(&mut archive, sink, |sink, entry, index, _file| {
+        sink.queue(&entry.name, entry.mode, entry.mtime, Data::ZipIndex(index));
+    })
+}
+
+/// What a zip entry says about itself.
+struct ZipEntry {
+    name: String,
+    mode: Option<u32>,
+    mtime: Option<i64>,
+}
+
+/// Hands every entry of `archive` to `sink`: directories, symlinks and rejections here, regular
+/// files to `file` (which reads or queues them).
+fn walk_zip<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    sink: &mut Sink,
+    mut file: impl FnMut(&mut Sink, &ZipEntry, usize, &mut zip::read::ZipFile<'_, R>),
+) -> io::Result<()> {
     for index in 0..archive.len() {
-        let mut file = archive.by_index(index)?;
-        let name = String::from_utf8_lossy(file.name_raw()).into_owned();
-        let mode = file.unix_mode();
-        let mtime = zip_mtime(&file);
-        let kind = mode.map_or(0, |mode| mode & S_IFMT);
-        if file.is_dir() || kind == S_IFDIR {
-            sink.dir(&name, mode, mtime);
-        } else if file.is_symlink() {
-            let target = read_link_target(&mut file)?;
-            sink.symlink(&name, &target, mtime);
+        let mut zip_file = archive.by_index(index)?;
+        let entry = ZipEntry {
+            name: String::from_utf8_lossy(zip_file.name_raw()).into_owned(),
+            mode: zip_file.unix_mode(),
+            mtime: zip_mtime(&zip_file),
+        };
+        let kind = entry.mode.map_or(0, |mode| mode & S_IFMT);
+        if zip_file.is_dir() || kind == S_IFDIR {
+            sink.dir(&entry.name, entry.mode, entry.mtime);
+        } else if zip_file.is_symlink() {
+            let target = read_link_target(&mut zip_file)?;
+            sink.symlink(&entry.name, &target, entry.mtime);
         } else if matches!(kind, 0 | S_IFREG) {
-            sink.queue(&name, mode, mtime, Data::ZipIndex(index));
+            file(sink, &entry, index, &mut zip_file);
         } else {
-            sink.reject(&name, Rejection::UnsupportedType);
+            sink.reject(&entry.name, Rejection::UnsupportedType);
         }
     }
     Ok(())

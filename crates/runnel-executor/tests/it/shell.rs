@@ -28,17 +28,7 @@ async fn run_job(
     root: &Path,
     cmd: StageCommand<'_>,
 ) -> (Result<StageExit, ExecutorError>, Recorder) {
-    let provider = ShellProvider::new(options).expect("valid options");
-    let mut executor = provider.create().expect("create executor");
-    let job = JobSpec::default();
-    let (builds_dir, cache_dir) = (root.join("builds"), root.join("cache"));
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: &cache_dir,
-        debug_services: false,
-    };
-    executor.prepare(&ctx).await.expect("prepare");
+    let mut executor = prepared_with(options, root).await;
     let sink = Recorder::default();
     let result = within(
         "the stage",
@@ -322,11 +312,16 @@ async fn a_configured_user_runs_scripts_through_su() {
 
 /// A prepared shell executor in `root`, as the job runner holds it between stages.
 async fn prepared(root: &Path, kill: KillPolicy) -> Box<dyn runnel_executor::Executor> {
-    let provider = ShellProvider::new(ShellOptions {
+    let options = ShellOptions {
         kill,
         ..ShellOptions::default()
-    })
-    .expect("valid options");
+    };
+    prepared_with(options, root).await
+}
+
+/// A shell executor with `options`, prepared in `root`.
+async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_executor::Executor> {
+    let provider = ShellProvider::new(options).expect("valid options");
     let mut executor = provider.create().expect("create executor");
     let job = JobSpec::default();
     let (builds_dir, cache_dir) = (root.join("builds"), root.join("cache"));
