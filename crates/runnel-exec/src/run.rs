@@ -57,8 +57,11 @@ pub struct ExecOptions {
     pub executor: ExecutorChoice,
     /// Jobs running at once.
     pub concurrency: usize,
-    /// `--variable`/`--variables-file` values: they override the YAML and are masked.
+    /// `--variable`/`--variables-file` values: they override the YAML; not masked.
     pub variables: Vec<(String, String)>,
+    /// `--secret` values: they override the YAML and `--variable`, and are masked in every log
+    /// (so they must be maskable by GitLab's rule: see [`runnel_pipeline::unmaskable_reason`]).
+    pub secrets: Vec<(String, String)>,
     /// Run `when: manual` (and delayed) jobs instead of skipping them.
     pub manual: bool,
     /// The docker helper image (default: the one `runnel docker build-helper-image` makes).
@@ -77,6 +80,7 @@ impl Default for ExecOptions {
             executor: ExecutorChoice::Auto,
             concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             variables: Vec::new(),
+            secrets: Vec::new(),
             manual: false,
             helper_image: None,
             default_image: "alpine:latest".to_owned(),
@@ -153,6 +157,13 @@ pub async fn prepare(mut options: ExecOptions) -> Result<Prepared, ExecError> {
             "--concurrency must be at least 1".to_owned(),
         ));
     }
+    for (key, value) in &options.secrets {
+        if let Some(reason) = runnel_pipeline::unmaskable_reason(value) {
+            return Err(ExecError::Usage(format!(
+                "--secret {key}: GitLab cannot mask this value because {reason}; pass values that need no masking with --variable"
+            )));
+        }
+    }
     let facts = source::read_facts(&options.project_dir).await;
     let pipeline_id = next_pipeline_id(&state_dir(&options.project_dir));
     let files = ProjectFiles {
@@ -168,6 +179,7 @@ pub async fn prepare(mut options: ExecOptions) -> Result<Prepared, ExecError> {
         default_branch: facts.default_branch.clone(),
         source: String::new(),
         project_path: facts.project_path.clone(),
+        server_url: facts.server_url.clone().unwrap_or_default(),
         pipeline_id,
     };
     let context = Context {
@@ -175,7 +187,8 @@ pub async fn prepare(mut options: ExecOptions) -> Result<Prepared, ExecError> {
         overrides: options
             .variables
             .iter()
-            .map(|(k, v)| masked_variable(k, v))
+            .map(|(k, v)| Variable::new(k.as_str(), v.as_str()))
+            .chain(options.secrets.iter().map(|(k, v)| masked_variable(k, v)))
             .collect(),
         changed_files: facts.changed_files.clone(),
         files: files.list(),
@@ -241,11 +254,16 @@ fn select(
             }
         }
     }
+    let waiting = waiting_for_manual(plan, options.manual);
     let mut selected = Vec::new();
     let mut jobs = Vec::new();
     for job in &plan.jobs {
         let skipped = if !chosen.contains(&job.name) {
             Some("not selected".to_owned())
+        } else if let Some(manual) = waiting.get(job.name.as_str()) {
+            Some(format!(
+                "waits for manual job `{manual}` (play it with --manual)"
+            ))
         } else {
             match job.when {
                 When::Manual if !options.manual => {
@@ -291,6 +309,35 @@ fn select(
     }
     jobs.sort_by_key(|(stage, _)| *stage);
     Ok((selected, jobs.into_iter().map(|(_, j)| j).collect()))
+}
+
+/// Jobs that GitLab would leave waiting because a manual (or delayed) job that is not played
+/// comes before them: one they `need`, or a blocking one (`allow_failure: false`) of an earlier
+/// stage; and, transitively, the jobs after those. Each maps to the manual job it waits for.
+fn waiting_for_manual(plan: &Plan, manual: bool) -> HashMap<&str, &str> {
+    let mut waiting: HashMap<&str, &str> = HashMap::new();
+    if manual {
+        return waiting;
+    }
+    for &i in &plan.order {
+        let job = &plan.jobs[i];
+        let needed = |name: &str| job.needs.iter().flatten().any(|n| n.job == name);
+        for after in &job.after {
+            let Some(upstream) = plan.job(after) else {
+                continue;
+            };
+            let unplayed = matches!(upstream.when, When::Manual | When::Delayed);
+            if unplayed && (needed(after) || upstream.allow_failure == AllowFailure::No) {
+                waiting.insert(&job.name, &upstream.name);
+                break;
+            }
+            if let Some(&manual) = waiting.get(after.as_str()) {
+                waiting.insert(&job.name, manual);
+                break;
+            }
+        }
+    }
+    waiting
 }
 
 /// Where a node of the run is.
@@ -463,6 +510,24 @@ impl Prepared {
             .filter_map(|job| Some((job.name.clone(), job.skipped.clone()?)))
             .collect();
         crate::render_list(&self.plan, self.warnings(), &skipped, colour)
+    }
+
+    /// What a person should know about the source the jobs get: a dirty working tree is run as
+    /// a snapshot commit, not as HEAD.
+    pub fn source_note(&self) -> Option<String> {
+        if !self.facts.is_repo || !self.facts.dirty {
+            return None;
+        }
+        Some(match &self.facts.head {
+            Some(head) => format!(
+                "the working tree has uncommitted or untracked changes: jobs run a snapshot commit of it, so CI_COMMIT_SHA is not HEAD ({})",
+                head.get(..8).unwrap_or(head)
+            ),
+            None => {
+                "the repository has no commit yet: jobs run a snapshot commit of the working tree"
+                    .to_owned()
+            }
+        })
     }
 
     /// Pipeline warnings (unsupported keys), with file and line.
@@ -807,7 +872,8 @@ impl Prepared {
                 })
             })
             .collect();
-        self.complete_spec(&mut spec, id, &token, context, dependencies);
+        self.complete_spec(&mut spec, id, &token, context, dependencies)
+            .map_err(|message| ExecError::Usage(format!("job `{}`: {message}", nodes[i].name)))?;
         let node = &mut nodes[i];
         node.job_id = id;
         node.token = token.clone();
@@ -831,7 +897,7 @@ impl Prepared {
         token: &str,
         context: &RunContext,
         dependencies: Vec<Dependency>,
-    ) {
+    ) -> Result<(), String> {
         let (host_port, protocol) = match context.url.split_once("://") {
             Some((protocol, rest)) => (rest.to_owned(), protocol.to_owned()),
             None => (context.url.clone(), "http".to_owned()),
@@ -920,7 +986,7 @@ impl Prepared {
         server.push(repository);
         let masked_keys: BTreeSet<&str> = self
             .options
-            .variables
+            .secrets
             .iter()
             .map(|(k, _)| k.as_str())
             .collect();
@@ -937,7 +1003,9 @@ impl Prepared {
             "CI_COMMIT_SHORT_SHA",
             context.sha.get(..8).unwrap_or(&context.sha).to_owned(),
         ));
-        spec.variables = server;
+        // What GitLab's server does before it sends a job: nested references expanded.
+        spec.variables = runnel_pipeline::expand_for_runner(&server)?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -31,8 +31,14 @@ pub struct RepoFacts {
     pub default_branch: String,
     /// `group/project`, from the `origin` remote, else `local/<directory name>`.
     pub project_path: String,
+    /// The GitLab instance of the `origin` remote (`https://gitlab.example.com`), without
+    /// credentials; `None` without a network remote.
+    pub server_url: Option<String>,
     /// Files changed by HEAD plus uncommitted and untracked ones; `None` outside a repo.
     pub changed_files: Option<Vec<String>>,
+    /// Whether the working tree differs from HEAD (changes, or untracked files that are not
+    /// ignored); true outside a repository and when git cannot tell.
+    pub dirty: bool,
 }
 
 async fn git_in(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Result<String, ExecError> {
@@ -86,6 +92,44 @@ pub(crate) fn project_path_from_url(url: &str) -> Option<String> {
         .then(|| path.to_owned())
 }
 
+/// The web URL of the GitLab instance behind a remote URL: `https://host[:port]` for HTTP(S)
+/// remotes (credentials dropped), `https://host` for SSH and git remotes (their port is not the
+/// web port); `None` for local paths.
+pub(crate) fn server_url_from_remote(url: &str) -> Option<String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None => {
+            // scp-like `user@host:path`; a plain path has no `:` before its first `/`.
+            let (host_part, _) = url.split_once(':')?;
+            if host_part.contains('/') || host_part.is_empty() {
+                return None;
+            }
+            let host = host_part.rsplit('@').next()?;
+            return valid_host(host).then(|| format!("https://{host}"));
+        }
+    };
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit('@').next()?;
+    match scheme.as_str() {
+        "http" | "https" => {
+            let host = host_port.split(':').next()?;
+            valid_host(host).then(|| format!("{scheme}://{host_port}"))
+        }
+        "ssh" | "git" | "git+ssh" | "ssh+git" => {
+            let host = host_port.split(':').next()?;
+            valid_host(host).then(|| format!("https://{host}"))
+        }
+        _ => None,
+    }
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// Reads the facts of the checkout at `dir` (never writing to it).
 pub async fn read_facts(dir: &Path) -> RepoFacts {
     let dir_name = dir
@@ -101,6 +145,7 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
         return RepoFacts {
             default_branch: "main".to_owned(),
             project_path: local_path,
+            dirty: true,
             ..RepoFacts::default()
         };
     }
@@ -129,10 +174,12 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
             None => "main".to_owned(),
         },
     };
-    let project_path = query(dir, &["remote", "get-url", "origin"])
-        .await
-        .and_then(|url| project_path_from_url(&url))
+    let origin = query(dir, &["remote", "get-url", "origin"]).await;
+    let project_path = origin
+        .as_deref()
+        .and_then(project_path_from_url)
         .unwrap_or(local_path);
+    let server_url = origin.as_deref().and_then(server_url_from_remote);
     let mut changed = Vec::new();
     let lists: [&[&str]; 3] = [
         &[
@@ -153,6 +200,16 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
     }
     changed.sort();
     changed.dedup();
+    let dirty = match git_in(
+        dir,
+        &["status", "--porcelain", "--untracked-files=normal"],
+        &[],
+    )
+    .await
+    {
+        Ok(out) => !out.trim().is_empty(),
+        Err(_) => true,
+    };
     RepoFacts {
         is_repo: true,
         branch,
@@ -164,7 +221,9 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
         author_date,
         default_branch,
         project_path,
+        server_url,
         changed_files: Some(changed),
+        dirty,
     }
 }
 
@@ -175,6 +234,8 @@ pub struct Snapshot {
     pub sha: String,
     /// The bare repository served over smart HTTP.
     pub repo: PathBuf,
+    /// True when `sha` is HEAD itself (a clean working tree), false for a snapshot commit.
+    pub is_head: bool,
 }
 
 /// Commits the working tree of `project` into `state_dir/git/source.git` and points `refs` at it.
@@ -203,6 +264,72 @@ pub async fn snapshot(
     std::fs::create_dir_all(&info_dir).map_err(ExecError::io("create", &info_dir))?;
     let exclude_path = info_dir.join("exclude");
     std::fs::write(&exclude_path, exclude).map_err(ExecError::io("write", &exclude_path))?;
+
+    // The user's objects are reachable from the snapshot repository (read-only, through
+    // `objects/info/alternates`), so a clean tree is served as HEAD itself and a dirty one
+    // stores only what changed.
+    let alternates = repo.join("objects").join("info").join("alternates");
+    let objects = match facts.is_repo {
+        true => query(
+            project,
+            &[
+                "rev-parse",
+                "--path-format=absolute",
+                "--git-path",
+                "objects",
+            ],
+        )
+        .await
+        .filter(|path| Path::new(path).is_dir()),
+        false => None,
+    };
+    match &objects {
+        Some(objects) => {
+            if let Some(parent) = alternates.parent() {
+                std::fs::create_dir_all(parent).map_err(ExecError::io("create", parent))?;
+            }
+            std::fs::write(&alternates, format!("{objects}\n"))
+                .map_err(ExecError::io("write", &alternates))?;
+            // A shallow checkout's boundary commits have no parents here either.
+            let shallow = repo.join("shallow");
+            match query(
+                project,
+                &[
+                    "rev-parse",
+                    "--path-format=absolute",
+                    "--git-path",
+                    "shallow",
+                ],
+            )
+            .await
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            {
+                Some(text) => {
+                    std::fs::write(&shallow, text).map_err(ExecError::io("write", &shallow))?
+                }
+                None => {
+                    let _ = std::fs::remove_file(&shallow);
+                }
+            }
+        }
+        None => {
+            let _ = std::fs::remove_file(&alternates);
+        }
+    }
+    if objects.is_some()
+        && !facts.dirty
+        && let Some(head) = &facts.head
+    {
+        let envs: [(&str, &Path); 1] = [("GIT_DIR", &repo)];
+        for name in refs {
+            git_in(project, &["update-ref", name, head], &envs).await?;
+        }
+        return Ok(Snapshot {
+            sha: head.clone(),
+            repo,
+            is_head: true,
+        });
+    }
 
     let index = git_dir.join("index");
     let envs: [(&str, &Path); 3] = [
@@ -258,7 +385,11 @@ pub async fn snapshot(
     for name in refs {
         git_in(project, &["update-ref", name, &sha], &envs).await?;
     }
-    Ok(Snapshot { sha, repo })
+    Ok(Snapshot {
+        sha,
+        repo,
+        is_head: false,
+    })
 }
 
 /// The last commit of the user's repository that touched `files` (for `cache:key:files`).
@@ -278,6 +409,25 @@ pub(crate) fn last_commit_of(project: &Path, files: &[String]) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_urls_come_from_remote_urls() {
+        let cases = [
+            (
+                "https://user:secret@gitlab.gnome.org/GNOME/gtk.git",
+                Some("https://gitlab.gnome.org"),
+            ),
+            ("http://host:8080/g/p", Some("http://host:8080")),
+            ("git@gitlab.com:group/proj.git", Some("https://gitlab.com")),
+            ("ssh://git@host:2222/group/proj", Some("https://host")),
+            ("/srv/repos/x", None),
+            ("../x", None),
+            ("file:///srv/x.git", None),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(server_url_from_remote(url).as_deref(), expected, "{url}");
+        }
+    }
 
     #[test]
     fn project_paths_come_from_remote_urls() {

@@ -40,6 +40,15 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
+    /// An include outside the project (remote, project, template, component) could not be
+    /// read: names the include, what was tried and how to make it available.
+    #[error("{at}: cannot include {include}: tried {tried}; {hint}")]
+    External {
+        at: Location,
+        include: String,
+        tried: String,
+        hint: String,
+    },
     /// The text is not valid YAML.
     #[error("parse YAML at {at}: {message}")]
     Yaml { at: Location, message: String },

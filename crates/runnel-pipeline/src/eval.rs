@@ -80,6 +80,8 @@ pub struct PlannedNeed {
 /// Why GitLab would not create the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotCreated {
+    /// The file defines no (visible) job at all.
+    Empty,
     /// No `workflow:rules` entry matched, or the matching one said `when: never`.
     Workflow,
     /// Rules left no job at all.
@@ -91,6 +93,7 @@ pub enum NotCreated {
 impl NotCreated {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Empty => "the CI file defines no jobs (only hidden `.templates` or nothing)",
             Self::Workflow => "workflow:rules do not create this pipeline",
             Self::NoJobs => "no job matches its rules",
             Self::OnlyPrePost => "only .pre and .post jobs would run",
@@ -381,7 +384,8 @@ fn refs_match(refs: &Refs, scope: &Scope, cx: &Context) -> bool {
 /// One parallel instance before rules: name and its extra variables.
 fn instances(job: &Job) -> Vec<(String, Vec<VarDef>)> {
     match &job.parallel {
-        None => vec![(job.name.clone(), Vec::new())],
+        // GitLab sets `CI_NODE_TOTAL` to 1 for every job; `CI_NODE_INDEX` only with `parallel`.
+        None => vec![(job.name.clone(), vec![VarDef::new("CI_NODE_TOTAL", "1")])],
         Some(Parallel::Count(n)) => (1..=*n)
             .map(|i| {
                 (
@@ -412,6 +416,12 @@ fn instances(job: &Job) -> Vec<(String, Vec<VarDef>)> {
                 .collect()
         }
     }
+}
+
+/// The instance names of a job (`test 1/3`, `build: [linux, amd64]`; the job's own name
+/// without `parallel`).
+pub(crate) fn instance_names(job: &Job) -> Vec<String> {
+    instances(job).into_iter().map(|(name, _)| name).collect()
 }
 
 /// Every combination of a `parallel:matrix`, in GitLab's order: entries in order, and within
@@ -465,6 +475,16 @@ fn matrix_expression(value: &str, job: &PlannedJob) -> String {
 /// Evaluates `pipeline` for one run.
 pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError> {
     let globals = to_variables(&pipeline.variables);
+    if pipeline.jobs.is_empty() {
+        return Ok(Plan {
+            created: false,
+            not_created: Some(NotCreated::Empty),
+            name: pipeline.workflow.name.clone(),
+            stages: pipeline.stages.clone(),
+            excluded: hidden_jobs(pipeline).collect(),
+            ..Plan::default()
+        });
+    }
     let mut workflow_vars = Vec::new();
     if let Some(rules) = &pipeline.workflow.rules {
         let scope = Scope::new(&[&cx.predefined, &globals, &cx.overrides]);
@@ -477,7 +497,7 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
                 return Ok(Plan {
                     created: false,
                     not_created: Some(NotCreated::Workflow),
-                    name: pipeline.workflow.name.clone(),
+                    name: workflow_name(pipeline, cx, &globals, &[]),
                     stages: pipeline.stages.clone(),
                     ..Plan::default()
                 });
@@ -620,6 +640,13 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
             for layer in [&inherited, &job_vars, &extra, &rule_vars, &cx.overrides] {
                 variables.extend(layer.iter().cloned());
             }
+            // GitLab refuses to create a pipeline whose job variables reference each other in
+            // a cycle.
+            crate::vars::check_variable_cycles(&variables).map_err(|message| {
+                PipelineError::Evaluate {
+                    message: format!("job `{name}`: {message}"),
+                }
+            })?;
             planned.push((
                 PlannedJob {
                     name,
@@ -644,12 +671,9 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
     let excluded: Vec<Excluded> = excluded
         .into_iter()
         .map(|(_, _, e)| e)
-        .chain(pipeline.hidden.iter().map(|name| Excluded {
-            name: name.clone(),
-            stage: None,
-            reason: "hidden job (its name starts with `.`): a template that never runs".to_owned(),
-        }))
+        .chain(hidden_jobs(pipeline))
         .collect();
+    let name = workflow_name(pipeline, cx, &globals, &workflow_vars);
 
     // Instances of each configured job that made it into the pipeline.
     let mut by_base: HashMap<String, Vec<String>> = HashMap::new();
@@ -765,7 +789,7 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
         return Ok(Plan {
             created: false,
             not_created,
-            name: pipeline.workflow.name.clone(),
+            name,
             stages: pipeline.stages.clone(),
             excluded,
             ..Plan::default()
@@ -775,12 +799,33 @@ pub fn evaluate(pipeline: &Pipeline, cx: &Context) -> Result<Plan, PipelineError
     Ok(Plan {
         created: true,
         not_created: None,
-        name: pipeline.workflow.name.clone(),
+        name,
         stages: pipeline.stages.clone(),
         jobs,
         order,
         excluded,
     })
+}
+
+/// The hidden (`.name`) jobs, as exclusions.
+fn hidden_jobs(pipeline: &Pipeline) -> impl Iterator<Item = Excluded> + '_ {
+    pipeline.hidden.iter().map(|name| Excluded {
+        name: name.clone(),
+        stage: None,
+        reason: "hidden job (its name starts with `.`): a template that never runs".to_owned(),
+    })
+}
+
+/// `workflow:name` with the pipeline's variables expanded, as GitLab shows it.
+fn workflow_name(
+    pipeline: &Pipeline,
+    cx: &Context,
+    globals: &[Variable],
+    workflow_vars: &[Variable],
+) -> Option<String> {
+    let name = pipeline.workflow.name.as_ref()?;
+    let scope = Scope::new(&[&cx.predefined, globals, workflow_vars, &cx.overrides]);
+    Some(expand(name, &|k| scope.get(k)))
 }
 
 /// `rules: no rule matches` (with the count when there are several).

@@ -226,10 +226,16 @@ fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
     Ok(out)
 }
 
+/// More tokens than this make an expression nobody writes by hand (and a deep tree to walk).
+const MAX_TOKENS: usize = 1000;
+/// Parentheses and `!` nested deeper than this are refused (the parser recurses on them).
+const MAX_NESTING: usize = 50;
+
 struct ParseState {
     toks: Vec<(Tok, usize)>,
     pos: usize,
     len: usize,
+    depth: usize,
 }
 
 impl ParseState {
@@ -311,9 +317,24 @@ impl ParseState {
                 })?;
                 Node::Regex(Pattern { source, regex })
             }
-            Tok::Not => Node::Not(Box::new(self.unary()?)),
+            Tok::Not | Tok::LParen if self.depth >= MAX_NESTING => {
+                return Err(ExprError {
+                    column: col + 1,
+                    message: format!(
+                        "parentheses and `!` are nested more than {MAX_NESTING} levels deep"
+                    ),
+                });
+            }
+            Tok::Not => {
+                self.depth += 1;
+                let inner = self.unary()?;
+                self.depth -= 1;
+                Node::Not(Box::new(inner))
+            }
             Tok::LParen => {
+                self.depth += 1;
                 let inner = self.or()?;
+                self.depth -= 1;
                 if self.peek() != Some(&Tok::RParen) {
                     return Err(self.error("expected `)`"));
                 }
@@ -367,10 +388,17 @@ impl Expr {
                 message: "empty expression".to_owned(),
             });
         }
+        if toks.len() > MAX_TOKENS {
+            return Err(ExprError {
+                column: toks[MAX_TOKENS].1 + 1,
+                message: format!("the expression has more than {MAX_TOKENS} tokens"),
+            });
+        }
         let mut state = ParseState {
             toks,
             pos: 0,
             len: input.chars().count(),
+            depth: 0,
         };
         let root = state.or()?;
         if state.pos < state.toks.len() {

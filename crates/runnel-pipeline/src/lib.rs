@@ -27,22 +27,25 @@
 mod error;
 mod eval;
 mod expr;
+mod inputs;
 mod load;
 mod local;
 mod model;
 mod resolve;
 mod source;
 mod spec;
+mod vars;
 mod yaml;
 
 pub use error::{Location, PipelineError, Warning};
 pub use eval::{Context, Excluded, NotCreated, Plan, PlannedJob, PlannedNeed, evaluate, expand};
 pub use expr::{Expr, ExprError};
-pub use load::{load, parse_duration};
+pub use load::{LoadOptions, load, load_with, parse_duration};
 pub use local::{LocalRun, slug};
 pub use model::{
     AllowFailure, Artifacts, Cache, CacheKey, CachePolicy, Condition, Environment, Image, Inherit,
     Job, Matrix, Need, Parallel, Pipeline, Refs, Retry, Rule, SaveWhen, VarDef, When, Workflow,
 };
-pub use source::{MemoryFiles, SourceFiles};
+pub use source::{External, FetchError, MemoryFiles, SourceFiles};
 pub use spec::{SpecOptions, to_job_spec};
+pub use vars::{check_variable_cycles, expand_for_runner, unmaskable_reason};

@@ -66,12 +66,14 @@ const JOB_KEYS: &[&str] = &[
     "identity",
     "image",
     "inherit",
+    "inputs",
     "interruptible",
     "manual_confirmation",
     "needs",
     "only",
     "pages",
     "parallel",
+    "publish",
     "release",
     "resource_group",
     "retry",
@@ -97,15 +99,39 @@ const UNSUPPORTED_JOB_KEYS: &[&str] = &[
     "identity",
     "manual_confirmation",
     "pages",
+    "publish",
     "release",
     "secrets",
 ];
 
-/// Loads `path` (usually `.gitlab-ci.yml`) and everything it includes.
+/// What a load needs besides the files: the variables that include paths and `include:rules`
+/// see (predefined and user variables; later entries win) and the changed files for
+/// `include:rules:changes` (`None`: unknown, so every `changes` matches).
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub variables: Vec<runnel_types::Variable>,
+    pub changed_files: Option<Vec<String>>,
+}
+
+/// Loads `path` (usually `.gitlab-ci.yml`) and everything it includes, with no variables.
 pub fn load(src: &dyn SourceFiles, path: &str) -> Result<Pipeline, PipelineError> {
+    load_with(src, path, &LoadOptions::default())
+}
+
+/// Loads `path` and everything it includes, evaluating include values and `include:rules`
+/// with `options`.
+pub fn load_with(
+    src: &dyn SourceFiles,
+    path: &str,
+    options: &LoadOptions,
+) -> Result<Pipeline, PipelineError> {
     let mut warnings = Vec::new();
     let mut files = Vec::new();
-    let mut root = resolve::read_with_includes(src, path, &mut files, &mut warnings)?;
+    let cx = resolve::IncludeContext {
+        variables: &options.variables,
+        changed_files: options.changed_files.as_deref(),
+    };
+    let mut root = resolve::read_with_includes(src, path, cx, &mut files, &mut warnings)?;
     resolve::resolve_extends(&mut root)?;
     resolve::resolve_references(&mut root)?;
     let mut cx = Cx {
@@ -118,8 +144,37 @@ pub fn load(src: &dyn SourceFiles, path: &str) -> Result<Pipeline, PipelineError
     let rank = |file: &str| pipeline.files.iter().position(|f| f == file);
     let mut warnings = std::mem::take(&mut pipeline.warnings);
     warnings.sort_by_key(|w| (rank(&w.at.file), w.at.line, w.at.column));
-    pipeline.warnings = warnings;
+    pipeline.warnings = dedup_warnings(warnings);
     Ok(pipeline)
+}
+
+/// One warning per place: a key that `default:`, `extends` or an anchor gives to many jobs is
+/// reported once, with the number of jobs it concerns.
+fn dedup_warnings(warnings: Vec<Warning>) -> Vec<Warning> {
+    // The message without its `job `name`: ` prefix.
+    fn topic(message: &str) -> &str {
+        message
+            .strip_prefix("job `")
+            .and_then(|rest| rest.split_once("`: "))
+            .map_or(message, |(_, topic)| topic)
+    }
+    let mut out: Vec<(Warning, usize)> = Vec::new();
+    for warning in warnings {
+        let same = |w: &Warning| w.at == warning.at && topic(&w.message) == topic(&warning.message);
+        match out.iter_mut().find(|(w, _)| same(w)) {
+            Some((_, count)) => *count += 1,
+            None => out.push((warning, 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(mut w, count)| {
+            if count > 1 {
+                w.message
+                    .push_str(&format!(" (and {} more jobs)", count - 1));
+            }
+            w
+        })
+        .collect()
 }
 
 struct Cx {
@@ -155,10 +210,10 @@ impl Cx {
             None => Workflow::default(),
         };
         if let Some((key, _)) = root.get_entry("spec") {
-            self.warn(
+            return Err(PipelineError::invalid(
                 &key.loc,
-                "spec:inputs is not supported locally; ignored".to_owned(),
-            );
+                "`spec` must be in a header document of its own, followed by `---`".to_owned(),
+            ));
         }
 
         // `default:`, completed by the deprecated top-level forms.
@@ -222,7 +277,22 @@ impl Cx {
                 jobs.push(job);
             }
         }
-        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        // Names a need or a dependency may use: job names and the instance names of `parallel`
+        // jobs (`build: [linux, amd64]`, `test 2/3`), each with the index of its job.
+        let mut owner: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (index, job) in jobs.iter().enumerate() {
+            owner.insert(job.name.clone(), index);
+            if job.parallel.is_some() {
+                for name in crate::eval::instance_names(job) {
+                    owner.entry(name).or_insert(index);
+                }
+            }
+        }
+        let stage_index = |name: &str| {
+            owner
+                .get(name)
+                .and_then(|&i| stages.iter().position(|s| *s == jobs[i].stage))
+        };
         for job in &jobs {
             let all_needs = job.needs.iter().flatten().chain(
                 job.rules
@@ -243,11 +313,6 @@ impl Cx {
                 }
                 seen.push(&need.job);
             }
-            let stage_index = |name: &str| {
-                jobs.iter()
-                    .find(|j| j.name == name)
-                    .and_then(|j| stages.iter().position(|s| *s == j.stage))
-            };
             let own_stage = stage_index(&job.name);
             for need in all_needs {
                 if stage_index(&need.job) > own_stage {
@@ -259,7 +324,7 @@ impl Cx {
                         ),
                     });
                 }
-                if !need.optional && !names.contains(&need.job.as_str()) {
+                if !need.optional && !owner.contains_key(&need.job) {
                     return Err(PipelineError::Invalid {
                         at: need.at.clone(),
                         message: format!(
@@ -271,12 +336,13 @@ impl Cx {
             }
         }
         for (job, dep, at) in &self.dependency_checks {
-            let stage_of = |name: &str| {
-                jobs.iter()
-                    .find(|j| j.name == name)
-                    .and_then(|j| stages.iter().position(|s| *s == j.stage))
-            };
-            if stage_of(dep) > stage_of(job) {
+            if !owner.contains_key(dep) && !self.job_names.contains(dep) {
+                return Err(PipelineError::Invalid {
+                    at: at.clone(),
+                    message: format!("job `{job}` depends on `{dep}`, which is not defined"),
+                });
+            }
+            if stage_index(dep) > stage_index(job) {
                 return Err(PipelineError::Invalid {
                     at: at.clone(),
                     message: format!(
@@ -360,6 +426,14 @@ impl Cx {
                 format!("job `{name}`: trigger jobs (downstream pipelines) are not supported locally; job skipped"),
             );
             return Ok(None);
+        }
+        if let Some(inputs) = map.get("inputs") {
+            return err(
+                inputs,
+                format!(
+                    "job `{name}`: job `inputs` (`$[[ job.inputs.* ]]`) are not supported by runnel exec"
+                ),
+            );
         }
         if let Some(run) = map.get("run") {
             self.warn(
@@ -530,12 +604,12 @@ impl Cx {
         )
     }
 
-    /// A string or a list of strings.
+    /// A string or a list of strings; nested lists (from anchors or `!reference`) are
+    /// flattened, as GitLab does.
     fn strings(&mut self, node: &Node, what: &str) -> Result<Vec<String>, PipelineError> {
-        match &node.value {
-            Value::Seq(items) => items.iter().map(|i| self.string(i, what)).collect(),
-            _ => Ok(vec![self.string(node, what)?]),
-        }
+        let mut flat = Vec::new();
+        flatten(node, &mut flat);
+        flat.into_iter().map(|i| self.string(i, what)).collect()
     }
 
     /// A script: a string, or a list of strings and nested lists (flattened).
@@ -584,29 +658,15 @@ impl Cx {
         let mut out = Vec::new();
         for (key, value) in &map.entries {
             let var = match &value.value {
-                Value::Scalar { text, kind } => {
-                    if matches!(kind, ScalarKind::Bool(_)) {
-                        self.warn(
-                            &value.loc,
-                            format!("variable `{}` is a boolean; GitLab rejects that, quote it (\"{text}\")", key.name),
-                        );
-                    }
-                    let text = if *kind == ScalarKind::Null {
-                        String::new()
-                    } else {
-                        text.clone()
-                    };
-                    VarDef::new(key.name.clone(), text)
-                }
+                Value::Scalar { .. } => VarDef::new(key.name.clone(), scalar_value(value)),
                 Value::Map(spec) => {
                     let mut var = VarDef::new(key.name.clone(), String::new());
                     for (k, v) in &spec.entries {
                         match k.name.as_str() {
                             "value" => {
-                                var.value = if v.is_null() {
-                                    String::new()
-                                } else {
-                                    self.string(v, "variable value")?
+                                var.value = match &v.value {
+                                    Value::Scalar { .. } => scalar_value(v),
+                                    _ => self.string(v, "variable value")?,
                                 }
                             }
                             "description" => {
@@ -675,19 +735,11 @@ impl Cx {
     }
 
     fn dependencies(&mut self, job: &str, node: &Node) -> Result<Vec<String>, PipelineError> {
-        let items: Vec<&Node> = match &node.value {
-            Value::Seq(items) => items.iter().collect(),
-            _ => vec![node],
-        };
+        let mut items = Vec::new();
+        flatten(node, &mut items);
         let mut out = Vec::new();
         for item in items {
             let dep = self.string(item, "dependencies")?;
-            if !self.job_names.contains(&dep) {
-                return err(
-                    item,
-                    format!("job `{job}` depends on `{dep}`, which is not defined"),
-                );
-            }
             self.dependency_checks
                 .push((job.to_owned(), dep.clone(), item.loc.location()));
             out.push(dep);
@@ -777,6 +829,11 @@ impl Cx {
     }
 
     fn rules(&mut self, node: &Node) -> Result<Vec<Rule>, PipelineError> {
+        self.rules_of(node, false)
+    }
+
+    /// `rules` of a job, or of `workflow` (which may also hold `auto_cancel`).
+    fn rules_of(&mut self, node: &Node, workflow: bool) -> Result<Vec<Rule>, PipelineError> {
         let mut flat = Vec::new();
         flatten(node, &mut flat);
         let mut out = Vec::new();
@@ -801,10 +858,16 @@ impl Cx {
                     "allow_failure" => rule.allow_failure = Some(self.allow_failure(v, false)?),
                     "variables" => rule.variables = self.variables(v, "rules:variables")?,
                     "needs" => rule.needs = Some(self.needs(v)?),
-                    "interruptible" => {
+                    "interruptible" if !workflow => {
                         self.warn(
                             &k.loc,
-                            "rules:interruptible is not supported locally; ignored".to_owned(),
+                            "rules:interruptible only matters on a GitLab server (auto-cancel); ignored locally".to_owned(),
+                        );
+                    }
+                    "auto_cancel" if workflow => {
+                        self.warn(
+                            &k.loc,
+                            "workflow:rules:auto_cancel only matters on a GitLab server; ignored locally".to_owned(),
                         );
                     }
                     other => {
@@ -831,7 +894,7 @@ impl Cx {
         for (k, v) in &map.entries {
             match k.name.as_str() {
                 "name" => wf.name = Some(self.string(v, "workflow:name")?),
-                "rules" => wf.rules = Some(self.rules(v)?),
+                "rules" => wf.rules = Some(self.rules_of(v, true)?),
                 other => self.warn(
                     &k.loc,
                     format!("workflow:{other} is not supported locally; ignored"),
@@ -970,7 +1033,11 @@ impl Cx {
 
     fn services(&mut self, node: &Node) -> Result<Vec<Image>, PipelineError> {
         match &node.value {
-            Value::Seq(items) => items.iter().map(|i| self.image(i, true)).collect(),
+            Value::Seq(_) => {
+                let mut flat = Vec::new();
+                flatten(node, &mut flat);
+                flat.into_iter().map(|i| self.image(i, true)).collect()
+            }
             _ => err(
                 node,
                 format!("services must be a list, not {}", node.type_name()),
@@ -979,10 +1046,8 @@ impl Cx {
     }
 
     fn needs(&mut self, node: &Node) -> Result<Vec<Need>, PipelineError> {
-        let items: Vec<&Node> = match &node.value {
-            Value::Seq(items) => items.iter().collect(),
-            _ => vec![node],
-        };
+        let mut items = Vec::new();
+        flatten(node, &mut items);
         let mut out = Vec::new();
         for item in items {
             if let Some(job) = item.as_scalar() {
@@ -1101,11 +1166,11 @@ impl Cx {
         Ok(a)
     }
 
+    /// One cache or a list of them; nested lists (`cache: [*list_anchor]`) are flattened.
     fn caches(&mut self, node: &Node) -> Result<Vec<Cache>, PipelineError> {
-        match &node.value {
-            Value::Seq(items) => items.iter().map(|i| self.cache(i)).collect(),
-            _ => Ok(vec![self.cache(node)?]),
-        }
+        let mut flat = Vec::new();
+        flatten(node, &mut flat);
+        flat.into_iter().map(|i| self.cache(i)).collect()
     }
 
     fn cache(&mut self, node: &Node) -> Result<Cache, PipelineError> {
@@ -1124,8 +1189,15 @@ impl Cx {
                 "key" => {
                     c.key = match v.as_map() {
                         Some(km) => {
-                            let Some(files) = present(km, "files") else {
-                                return err(v, "cache:key needs `files`".to_owned());
+                            // `files_commits` keys on the files' last commit, which is what
+                            // `files` is computed from here too.
+                            let Some(files) =
+                                present(km, "files").or_else(|| present(km, "files_commits"))
+                            else {
+                                return err(
+                                    v,
+                                    "cache:key needs `files` or `files_commits`".to_owned(),
+                                );
                             };
                             CacheKey::Files {
                                 files: self.strings(files, "cache:key:files")?,
@@ -1181,13 +1253,6 @@ impl Cx {
             };
         }
         let entries = self.matrix(node)?;
-        let total = crate::eval::matrix_combinations(&entries).len();
-        if total > 200 {
-            return err(
-                node,
-                format!("parallel:matrix would create {total} jobs; at most 200 are allowed"),
-            );
-        }
         Ok(Parallel::Matrix(entries))
     }
 
@@ -1214,6 +1279,26 @@ impl Cx {
                 entry.push((k.name.clone(), self.strings(v, "parallel:matrix value")?));
             }
             out.push(entry);
+        }
+        // Counted before anything is expanded: a few variables of many values multiply.
+        let total = out
+            .iter()
+            .fold(0usize, |sum, entry: &Vec<(String, Vec<String>)>| {
+                let product = entry
+                    .iter()
+                    .fold(1usize, |p, (_, values)| p.saturating_mul(values.len()));
+                sum.saturating_add(product)
+            });
+        if total > 200 {
+            let shown = if total == usize::MAX {
+                "more than 2^64".to_owned()
+            } else {
+                total.to_string()
+            };
+            return err(
+                node,
+                format!("parallel:matrix would create {shown} jobs; at most 200 are allowed"),
+            );
         }
         Ok(out)
     }
@@ -1343,6 +1428,29 @@ fn check_needs_cycles(jobs: &[Job]) -> Result<(), PipelineError> {
         }
     }
     Ok(())
+}
+
+/// A scalar variable value as GitLab stores it (Ruby's `to_s` of what Psych read): booleans
+/// become `true`/`false`, integers their decimal form, null the empty string.
+fn scalar_value(node: &Node) -> String {
+    match &node.value {
+        Value::Scalar {
+            kind: ScalarKind::Bool(b),
+            ..
+        } => b.to_string(),
+        Value::Scalar {
+            kind: ScalarKind::Null,
+            ..
+        } => String::new(),
+        Value::Scalar {
+            kind: ScalarKind::Int,
+            text,
+        } => node
+            .as_int()
+            .map_or_else(|| text.clone(), |n| n.to_string()),
+        Value::Scalar { text, .. } => text.clone(),
+        _ => String::new(),
+    }
 }
 
 /// Flattens nested lists (as `!reference` in `rules` or `matrix` produces them).

@@ -23,6 +23,11 @@ pub struct LocalRun {
     pub source: String,
     /// `group/subgroup/project`.
     pub project_path: String,
+    /// The GitLab instance the project lives on (`https://gitlab.example.com[:port]`, from the
+    /// `origin` remote); empty when unknown. It gives `CI_SERVER_*`, `CI_PROJECT_URL`,
+    /// `CI_API_V4_URL`, `CI_REGISTRY*` and (on gitlab.com) `CI_PAGES_*`, so that rules such as
+    /// `$CI_SERVER_HOST == "gitlab.gnome.org"` see what they would see there.
+    pub server_url: String,
     pub pipeline_id: u64,
 }
 
@@ -109,9 +114,62 @@ impl LocalRun {
             add("CI_PROJECT_PATH", &self.project_path);
             add("CI_PROJECT_PATH_SLUG", &slug(&self.project_path));
             add("CI_PROJECT_NAMESPACE", namespace);
+            add(
+                "CI_PROJECT_ROOT_NAMESPACE",
+                self.project_path.split('/').next().unwrap_or_default(),
+            );
             add("CI_PROJECT_NAME", name);
         }
+        self.server_variables(&mut add);
         vars
+    }
+
+    /// The variables GitLab derives from its own URL.
+    fn server_variables(&self, add: &mut dyn FnMut(&str, &str)) {
+        let Some((protocol, host_port)) = self.server_url.split_once("://") else {
+            return;
+        };
+        let host_port = host_port.trim_end_matches('/');
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, port.to_owned()),
+            None => (
+                host_port,
+                if protocol == "http" { "80" } else { "443" }.to_owned(),
+            ),
+        };
+        let url = format!("{protocol}://{host_port}");
+        add("CI_SERVER_URL", &url);
+        add("CI_SERVER_HOST", host);
+        add("CI_SERVER_PORT", &port);
+        add("CI_SERVER_PROTOCOL", protocol);
+        add("CI_SERVER_FQDN", host_port);
+        add("CI_SERVER_NAME", "GitLab");
+        add("CI_API_V4_URL", &format!("{url}/api/v4"));
+        add("CI_API_GRAPHQL_URL", &format!("{url}/api/graphql"));
+        if self.project_path.is_empty() {
+            return;
+        }
+        add("CI_PROJECT_URL", &format!("{url}/{}", self.project_path));
+        // GitLab.com's registry; self-managed instances usually follow the same pattern
+        // (override with `--variable CI_REGISTRY=… --variable CI_REGISTRY_IMAGE=…`).
+        let registry = format!("registry.{host}");
+        add(
+            "CI_REGISTRY_IMAGE",
+            &format!("{registry}/{}", self.project_path.to_lowercase()),
+        );
+        add("CI_REGISTRY", &registry);
+        if host == "gitlab.com" {
+            let (top, rest) = self
+                .project_path
+                .split_once('/')
+                .unwrap_or((&self.project_path, ""));
+            let domain = "gitlab.io";
+            add("CI_PAGES_DOMAIN", domain);
+            add(
+                "CI_PAGES_URL",
+                &format!("https://{}.{domain}/{rest}", top.to_lowercase()),
+            );
+        }
     }
 }
 
@@ -125,6 +183,44 @@ mod tests {
         assert_eq!(slug("-v1.0-"), "v1-0");
         assert_eq!(slug(&"a".repeat(80)).len(), 63);
         assert_eq!(slug(&format!("{}/x", "a".repeat(62))), "a".repeat(62));
+    }
+
+    #[test]
+    fn server_variables_follow_the_origin() {
+        let run = LocalRun {
+            project_path: "Group/Sub/Proj".into(),
+            server_url: "https://gitlab.com".into(),
+            ..LocalRun::default()
+        };
+        let vars = run.predefined_variables();
+        let get = |k: &str| vars.iter().find(|v| v.key == k).map(|v| v.value.as_str());
+        assert_eq!(get("CI_SERVER_HOST"), Some("gitlab.com"));
+        assert_eq!(get("CI_SERVER_PORT"), Some("443"));
+        assert_eq!(
+            get("CI_PROJECT_URL"),
+            Some("https://gitlab.com/Group/Sub/Proj")
+        );
+        assert_eq!(get("CI_API_V4_URL"), Some("https://gitlab.com/api/v4"));
+        assert_eq!(
+            get("CI_REGISTRY_IMAGE"),
+            Some("registry.gitlab.com/group/sub/proj")
+        );
+        assert_eq!(
+            get("CI_PAGES_URL"),
+            Some("https://group.gitlab.io/Sub/Proj")
+        );
+        let other = LocalRun {
+            project_path: "g/p".into(),
+            server_url: "http://git.local:8080".into(),
+            ..LocalRun::default()
+        };
+        let vars = other.predefined_variables();
+        let get = |k: &str| vars.iter().find(|v| v.key == k).map(|v| v.value.as_str());
+        assert_eq!(get("CI_SERVER_FQDN"), Some("git.local:8080"));
+        assert_eq!(get("CI_SERVER_PORT"), Some("8080"));
+        assert_eq!(get("CI_PAGES_URL"), None);
+        let none = LocalRun::default().predefined_variables();
+        assert!(none.iter().all(|v| v.key != "CI_SERVER_URL"));
     }
 
     #[test]

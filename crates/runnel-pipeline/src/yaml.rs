@@ -249,22 +249,81 @@ fn resolve_plain(text: &str) -> ScalarKind {
     ScalarKind::Str
 }
 
-/// Deeper nesting than this is refused (it would only serve to exhaust the stack).
+/// Deeper nesting than this is refused (it would only serve to exhaust the stack), also when
+/// aliases build it.
 const MAX_DEPTH: usize = 200;
 /// Alias expansion may not build more nodes than this ("billion laughs" documents).
 pub(crate) const MAX_NODES: usize = 500_000;
+/// Nor more bytes (scalar text plus a little per node): a few aliases of a long string expand
+/// to gigabytes. GitLab's own limit on a loaded configuration is of the same order.
+pub(crate) const MAX_BYTES: usize = 32 << 20;
+/// What one node costs besides its text.
+const NODE_BYTES: usize = 16;
 
-pub(crate) fn node_count(node: &Node) -> usize {
-    match &node.value {
-        Value::Seq(items) => 1 + items.iter().map(node_count).sum::<usize>(),
-        Value::Map(map) => {
-            1 + map
-                .entries
-                .iter()
-                .map(|(_, v)| 1 + node_count(v))
-                .sum::<usize>()
+/// What documents may still build: shared by every file of one pipeline load, so that
+/// includes cannot multiply it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    pub(crate) nodes: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            nodes: MAX_NODES,
+            bytes: MAX_BYTES,
         }
-        Value::Scalar { .. } | Value::Reference(_) => 1,
+    }
+}
+
+/// Size of a tree: nodes, bytes and depth.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Weight {
+    pub(crate) nodes: usize,
+    pub(crate) bytes: usize,
+    pub(crate) depth: usize,
+}
+
+pub(crate) fn weight(node: &Node) -> Weight {
+    match &node.value {
+        Value::Seq(items) => items.iter().map(weight).fold(
+            Weight {
+                nodes: 1,
+                bytes: NODE_BYTES,
+                depth: 1,
+            },
+            |acc, w| Weight {
+                nodes: acc.nodes + w.nodes,
+                bytes: acc.bytes + w.bytes,
+                depth: acc.depth.max(w.depth + 1),
+            },
+        ),
+        Value::Map(map) => map.entries.iter().fold(
+            Weight {
+                nodes: 1,
+                bytes: NODE_BYTES,
+                depth: 1,
+            },
+            |acc, (k, v)| {
+                let w = weight(v);
+                Weight {
+                    nodes: acc.nodes + 1 + w.nodes,
+                    bytes: acc.bytes + NODE_BYTES + k.name.len() + w.bytes,
+                    depth: acc.depth.max(w.depth + 1),
+                }
+            },
+        ),
+        Value::Scalar { text, .. } => Weight {
+            nodes: 1,
+            bytes: NODE_BYTES + text.len(),
+            depth: 1,
+        },
+        Value::Reference(path) => Weight {
+            nodes: 1,
+            bytes: NODE_BYTES + path.iter().map(String::len).sum::<usize>(),
+            depth: 1,
+        },
     }
 }
 
@@ -284,10 +343,33 @@ enum Frame {
 }
 
 /// Parses every YAML document of `text` (an empty stream is one empty map).
+#[cfg(test)]
 pub(crate) fn load(text: &str, file: &str) -> Result<Vec<Node>, PipelineError> {
+    load_within(text, file, &mut Budget::default())
+}
+
+/// [`load`], spending `budget` on what aliases build (and on the text itself).
+pub(crate) fn load_within(
+    text: &str,
+    file: &str,
+    budget: &mut Budget,
+) -> Result<Vec<Node>, PipelineError> {
     let file: Arc<str> = Arc::from(file);
-    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
-    let mut nodes = 0usize;
+    let mut anchors: HashMap<usize, (Node, Weight)> = HashMap::new();
+    if text.len() > budget.bytes {
+        return Err(PipelineError::Yaml {
+            at: Location {
+                file: file.to_string(),
+                line: 1,
+                column: 1,
+            },
+            message: format!(
+                "the configuration is larger than {} MiB in all",
+                MAX_BYTES >> 20
+            ),
+        });
+    }
+    budget.bytes -= text.len();
     let mut stack: Vec<Frame> = Vec::new();
     let mut roots: Vec<Node> = Vec::new();
     let yaml_error = |loc: &Loc, message: String| PipelineError::Yaml {
@@ -316,13 +398,26 @@ pub(crate) fn load(text: &str, file: &str) -> Result<Vec<Node>, PipelineError> {
             Event::DocumentStart(_) => None,
             Event::Alias(id) => match anchors.get(&id) {
                 Some((node, size)) => {
-                    nodes += size;
-                    if nodes > MAX_NODES {
+                    if size.nodes > budget.nodes {
                         return Err(yaml_error(
                             &loc,
                             format!("aliases expand to more than {MAX_NODES} nodes"),
                         ));
                     }
+                    if size.bytes > budget.bytes {
+                        return Err(yaml_error(
+                            &loc,
+                            format!("aliases expand to more than {} MiB", MAX_BYTES >> 20),
+                        ));
+                    }
+                    if stack.len() + size.depth > MAX_DEPTH {
+                        return Err(yaml_error(
+                            &loc,
+                            format!("nested more than {MAX_DEPTH} levels deep (through aliases)"),
+                        ));
+                    }
+                    budget.nodes -= size.nodes;
+                    budget.bytes -= size.bytes;
                     Some((node.clone(), 0))
                 }
                 None => return Err(yaml_error(&loc, "unknown alias".to_owned())),
@@ -459,7 +554,7 @@ pub(crate) fn load(text: &str, file: &str) -> Result<Vec<Node>, PipelineError> {
             continue;
         };
         if anchor != 0 {
-            let size = node_count(&node);
+            let size = weight(&node);
             anchors.insert(anchor, (node.clone(), size));
         }
         match stack.last_mut() {

@@ -129,12 +129,19 @@ pub(crate) struct ExecArgs {
     /// Jobs running at once (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub(crate) concurrency: Option<usize>,
-    /// A variable that overrides the CI file (KEY=VALUE; repeatable); its value is masked.
+    /// A variable that overrides the CI file (KEY=VALUE; repeatable); not masked.
     #[arg(long = "variable", value_name = "KEY=VALUE")]
     pub(crate) variables: Vec<String>,
-    /// A file of variables (KEY=VALUE lines, or a YAML map of strings); values are masked.
+    /// A file of variables (KEY=VALUE lines, or a YAML map of strings); not masked.
     #[arg(long, value_name = "FILE")]
     pub(crate) variables_file: Option<PathBuf>,
+    /// A masked variable (KEY=VALUE; repeatable): replaced by [MASKED] in every log. As in
+    /// GitLab, the value must be at least 8 characters from A-Z a-z 0-9 + / = @ : . ~ - _.
+    #[arg(long = "secret", value_name = "KEY=VALUE")]
+    pub(crate) secrets: Vec<String>,
+    /// A file of masked variables (same format as --variables-file).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) secrets_file: Option<PathBuf>,
     /// Plain output (one line per log line) even on a terminal.
     #[arg(long)]
     pub(crate) plain: bool,

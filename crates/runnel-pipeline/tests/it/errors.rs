@@ -131,12 +131,16 @@ fn a_missing_root_file_is_a_read_error() {
 
 #[test]
 fn several_documents_need_a_spec_header() {
-    let with_spec = crate::files("spec:\n  inputs:\n    env:\n---\njob:\n  script: x\n");
+    let with_spec = crate::files(
+        "spec:\n  inputs:\n    env:\n      default: dev\n---\njob:\n  script: echo $[[ inputs.env ]]\n",
+    );
     let p = crate::load_files(&with_spec);
     assert_eq!(p.jobs.len(), 1);
+    assert_eq!(p.jobs[0].script, ["echo dev"]);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     assert_eq!(
-        p.warnings[0].to_string(),
-        ".gitlab-ci.yml:1:1: spec:inputs headers are not supported locally; ignored"
+        load_err("spec:\n  inputs:\n    env:\n---\njob:\n  script: x\n"),
+        ".gitlab-ci.yml:5:1: `env` input: required value has not been provided"
     );
     assert_eq!(
         load_err("a:\n  script: x\n---\nb:\n  script: y\n"),

@@ -231,7 +231,7 @@ isolated:
 "#;
     let cx = push_context(&[]);
     let p = plan(yaml, &cx);
-    assert_eq!(p.name.as_deref(), Some("Pipeline for $CI_COMMIT_BRANCH"));
+    assert_eq!(p.name.as_deref(), Some("Pipeline for main"));
     insta::assert_snapshot!(render(&p, &cx));
     let draft = push_context(&[("CI_COMMIT_MESSAGE", "wip-draft")]);
     assert!(!plan(yaml, &draft).created);

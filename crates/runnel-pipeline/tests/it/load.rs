@@ -320,12 +320,6 @@ fn include_string_form_and_recursive_glob() {
 fn unsupported_things_are_warnings_with_lines() {
     let p = load_ok(
         r#"
-include:
-  - local: ci/$CI_COMMIT_REF_SLUG.yml
-  - remote: https://example.invalid/ci.yml
-  - template: Auto-DevOps.gitlab-ci.yml
-  - project: group/other
-    file: ci.yml
 downstream:
   trigger: group/other
 job:

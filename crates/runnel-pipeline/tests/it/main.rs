@@ -3,6 +3,8 @@
 mod demo;
 mod errors;
 mod eval;
+mod gitlab;
+mod includes;
 mod load;
 mod spec;
 
@@ -129,7 +131,13 @@ pub(crate) fn render(plan: &Plan, cx: &Context) -> String {
 pub(crate) fn own_vars(j: &PlannedJob, cx: &Context) -> Vec<String> {
     let mut seen: Vec<(String, String)> = Vec::new();
     for v in &j.variables {
-        if cx.predefined.contains(v) || v.key == "CI_JOB_NAME" || v.key == "CI_JOB_STAGE" {
+        // `CI_NODE_TOTAL=1` is on every job without `parallel` (tested in eval.rs).
+        let default_node_total = v.key == "CI_NODE_TOTAL" && v.value == "1";
+        if cx.predefined.contains(v)
+            || v.key == "CI_JOB_NAME"
+            || v.key == "CI_JOB_STAGE"
+            || default_node_total
+        {
             continue;
         }
         seen.retain(|(k, _)| *k != v.key);

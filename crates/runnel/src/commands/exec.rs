@@ -16,8 +16,17 @@ const BAD_INPUT: u8 = 2;
 
 /// Runs `runnel exec`.
 pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let variables = match variables(&args) {
-        Ok(variables) => variables,
+    let parsed = variables(
+        args.variables_file.as_deref(),
+        &args.variables,
+        "--variable",
+    )
+    .and_then(|plain| {
+        let secrets = variables(args.secrets_file.as_deref(), &args.secrets, "--secret")?;
+        Ok((plain, secrets))
+    });
+    let (variables, secrets) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => return Ok(bad_input(&error)),
     };
     let defaults = ExecOptions::default();
@@ -33,6 +42,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         },
         concurrency: args.concurrency.unwrap_or(defaults.concurrency),
         variables,
+        secrets,
         manual: args.manual,
         helper_image: args.helper_image.clone(),
         ..defaults
@@ -50,6 +60,9 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     }
     for warning in prepared.warnings() {
         eprintln!("warning: {warning}");
+    }
+    if let Some(note) = prepared.source_note() {
+        eprintln!("note: {note}");
     }
     if prepared.selected.is_empty() {
         if let Some(reason) = prepared.plan.not_created {
@@ -83,10 +96,15 @@ fn bad_input(error: &anyhow::Error) -> ExitCode {
     ExitCode::from(BAD_INPUT)
 }
 
-/// `--variable` and `--variables-file` values, in order (later ones win).
-fn variables(args: &ExecArgs) -> anyhow::Result<Vec<(String, String)>> {
+/// `--variable` and `--variables-file` (or `--secret` and `--secrets-file`) values, in order
+/// (later ones win).
+fn variables(
+    file: Option<&std::path::Path>,
+    given: &[String],
+    flag: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    if let Some(path) = &args.variables_file {
+    if let Some(path) = file {
         let text = fs_err::read_to_string(path)?;
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -103,13 +121,13 @@ fn variables(args: &ExecArgs) -> anyhow::Result<Vec<(String, String)>> {
             out.push((key, value));
         }
     }
-    for raw in &args.variables {
+    for raw in given {
         let (key, value) = raw
             .split_once('=')
             .filter(|(key, _)| valid_key(key))
             .with_context(|| {
                 format!(
-                    "--variable {:?}: expected KEY=VALUE",
+                    "{flag} {:?}: expected KEY=VALUE",
                     raw.split('=').next().unwrap_or("")
                 )
             })?;
