@@ -224,9 +224,9 @@ async fn pipeline_runs_in_order_with_artifacts_caches_masking_and_the_working_tr
         "--executor",
         "shell",
         "--plain",
-        "--variable",
+        "--secret",
         "SECRET=hunter2-very-secret",
-        "--variables-file",
+        "--secrets-file",
         secrets,
     ];
 
@@ -353,7 +353,7 @@ async fn job_selection_listing_and_bad_input() {
             "--plain",
             "test",
             "--needs",
-            "--variable",
+            "--secret",
             "SECRET=s3cr3t-value",
         ],
     )
@@ -559,4 +559,138 @@ async fn the_readme_demo_runs_its_matrix_artifacts_cache_and_rules() {
         .assert_line("[build] Building greet 1.0 (build number 2 on this machine)")
         .assert_status("[deploy] passed")
         .assert_line("[deploy] Deploying Hello from greet 1.0");
+}
+
+const SEMANTICS: &str = r#"stages: [prepare, test, deploy]
+variables:
+  NESTED: "[$COMBINED]"
+  GREETING: hello
+  RAW:
+    value: "$GREETING stays"
+    expand: false
+canonical:
+  stage: prepare
+  rules:
+    - if: $CI_SERVER_HOST == "gitlab.example.com" && $CI_PROJECT_URL == "https://gitlab.example.com/group/proj"
+  script:
+    - echo "nested $NESTED raw $RAW"
+    - echo "nodes total=$CI_NODE_TOTAL index=${CI_NODE_INDEX:-unset}"
+    - echo "sha $CI_COMMIT_SHA"
+    - echo "deploy $DEPLOY token $TOKEN"
+    - echo "registry $CI_REGISTRY_IMAGE api $CI_API_V4_URL"
+prep:
+  stage: prepare
+  when: manual
+  script: [echo prep-ran]
+test:
+  stage: test
+  needs: [prep]
+  script: [echo test-ran]
+deploy:
+  stage: deploy
+  script: [echo deploy-ran]
+"#;
+
+#[tokio::test]
+async fn exec_follows_gitlab_semantics_for_variables_sources_and_manual_needs() {
+    let dir = repo(&[(".gitlab-ci.yml", SEMANTICS)]);
+    // COMBINED is defined after NESTED references it: expansion is order independent.
+    std::fs::write(
+        dir.path().join(".gitlab-ci.yml"),
+        SEMANTICS.replace(
+            "  GREETING: hello\n",
+            "  GREETING: hello\n  COMBINED: \"$GREETING-$TARGET\"\n  TARGET: world\n",
+        ),
+    )
+    .unwrap();
+    git(dir.path(), &["commit", "-qam", "combined"]);
+    git(
+        dir.path(),
+        &[
+            "remote",
+            "add",
+            "origin",
+            "https://gitlab.example.com/group/proj.git",
+        ],
+    );
+    let head = git(dir.path(), &["rev-parse", "HEAD"]).trim().to_owned();
+    let run = exec(
+        dir.path(),
+        &[
+            "--executor",
+            "shell",
+            "--plain",
+            "--variable",
+            "DEPLOY=yes",
+            "--secret",
+            "TOKEN=glpat-0123456789abcdef",
+        ],
+    )
+    .await;
+    run.assert_code(0)
+        .assert_line("[canonical] nested [hello-world] raw $GREETING stays")
+        .assert_line("[canonical] nodes total=1 index=unset")
+        .assert_line(&format!("[canonical] sha {head}"))
+        .assert_line("[canonical] deploy yes token [MASKED]")
+        .assert_line(
+            "[canonical] registry registry.gitlab.example.com/group/proj api https://gitlab.example.com/api/v4",
+        )
+        .assert_status("[prep] skipped")
+        .assert_status("[test] skipped")
+        // A later stage waits for the waiting job, as in GitLab.
+        .assert_status("[deploy] skipped");
+    assert!(!run.stdout.contains("test-ran"), "{}", run.output());
+    assert!(
+        run.stdout
+            .contains("deploy    | ⊘ skipped: waits for manual job `prep`"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        !run.stderr.contains("snapshot commit"),
+        "a clean tree runs HEAD: {}",
+        run.output()
+    );
+
+    let listed = exec(dir.path(), &["--list"]).await;
+    listed.assert_code(0);
+    assert!(
+        listed
+            .stdout
+            .contains("waits for manual job `prep` (play it with --manual)"),
+        "{}",
+        listed.output()
+    );
+
+    // `--manual` plays it, and the job that needs it runs.
+    let played = exec(dir.path(), &["--executor", "shell", "--plain", "--manual"]).await;
+    played
+        .assert_code(0)
+        .assert_line("[prep] prep-ran")
+        .assert_line("[test] test-ran")
+        .assert_line("[deploy] deploy-ran");
+
+    // A dirty tree runs a snapshot commit and says so.
+    std::fs::write(dir.path().join("new.txt"), "x\n").unwrap();
+    let dirty = exec(dir.path(), &["--executor", "shell", "--plain", "canonical"]).await;
+    dirty.assert_code(0);
+    assert!(
+        dirty.stderr.contains("jobs run a snapshot commit of it"),
+        "{}",
+        dirty.output()
+    );
+    assert!(
+        !dirty.stdout.contains(&format!("sha {head}")),
+        "{}",
+        dirty.output()
+    );
+
+    // GitLab refuses to mask short values; so does --secret.
+    let short = exec(dir.path(), &["--list", "--secret", "PIN=1234"]).await;
+    short.assert_code(2);
+    assert!(
+        short.stderr.contains("--secret PIN") && short.stderr.contains("shorter than 8"),
+        "{}",
+        short.output()
+    );
 }
