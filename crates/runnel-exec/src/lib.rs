@@ -15,6 +15,7 @@
 mod coordinator;
 mod error;
 pub mod event;
+mod includes;
 pub mod list;
 mod run;
 pub mod source;
@@ -22,6 +23,7 @@ pub mod view;
 
 pub use error::ExecError;
 pub use event::{Event, JobResult, JobStatus, PipelineJob, Reporter};
+pub use includes::IncludeSettings;
 pub use list::render_list;
 pub use run::{ExecOptions, ExecutorChoice, Prepared, prepare};
 pub use view::{

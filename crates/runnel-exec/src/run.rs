@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use runnel_pipeline::{
-    AllowFailure, Context, LocalRun, Pipeline, Plan, PlannedJob, SourceFiles, SpecOptions, Warning,
-    When, evaluate, load, slug, to_job_spec,
+    AllowFailure, Context, LoadOptions, LocalRun, Pipeline, Plan, PlannedJob, SourceFiles,
+    SpecOptions, Warning, When, evaluate, load_with, slug, to_job_spec,
 };
 use runnel_service::{FixedConfigSource, RunOptions, RunnerSpec, ServiceConfig};
 use runnel_types::{
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::coordinator::{Coordinator, CoordinatorEvent, NewJob, RunnerKind};
 use crate::error::ExecError;
 use crate::event::{Event, JobResult, JobStatus, PipelineJob, Reporter};
+use crate::includes::{Files, IncludeSettings};
 use crate::source::{self, RepoFacts};
 
 /// Which executor runs the jobs.
@@ -68,6 +69,12 @@ pub struct ExecOptions {
     pub helper_image: Option<String>,
     /// The image of docker jobs that name none.
     pub default_image: String,
+    /// Read external includes from `.runnel/includes/` only (`--offline`).
+    pub offline: bool,
+    /// `GITLAB_TOKEN`, for `include: project`, `template` and `component` of private projects.
+    pub gitlab_token: Option<String>,
+    /// `CI_JOB_TOKEN`, the same inside a CI job.
+    pub job_token: Option<String>,
 }
 
 impl Default for ExecOptions {
@@ -84,34 +91,10 @@ impl Default for ExecOptions {
             manual: false,
             helper_image: None,
             default_image: "alpine:latest".to_owned(),
+            offline: false,
+            gitlab_token: None,
+            job_token: None,
         }
-    }
-}
-
-/// The project's files, for `include: local` and `rules:exists`.
-struct ProjectFiles {
-    root: PathBuf,
-}
-
-impl SourceFiles for ProjectFiles {
-    fn read(&self, path: &str) -> std::io::Result<String> {
-        std::fs::read_to_string(self.root.join(path.trim_start_matches('/')))
-    }
-
-    fn list(&self) -> Vec<String> {
-        walkdir::WalkDir::new(&self.root)
-            .into_iter()
-            .filter_entry(|e| {
-                let name = e.file_name().to_string_lossy();
-                e.depth() == 0 || (name != ".git" && name != ".runnel")
-            })
-            .flatten()
-            .filter(|e| e.file_type().is_file())
-            .filter_map(|e| {
-                let relative = e.path().strip_prefix(&self.root).ok()?;
-                Some(relative.to_string_lossy().replace('\\', "/"))
-            })
-            .collect()
     }
 }
 
@@ -166,10 +149,15 @@ pub async fn prepare(mut options: ExecOptions) -> Result<Prepared, ExecError> {
     }
     let facts = source::read_facts(&options.project_dir).await;
     let pipeline_id = next_pipeline_id(&state_dir(&options.project_dir));
-    let files = ProjectFiles {
-        root: options.project_dir.clone(),
-    };
-    let pipeline = load(&files, &options.file)?;
+    let files = Files::new(
+        options.project_dir.clone(),
+        IncludeSettings {
+            server_url: facts.server_url.clone(),
+            offline: options.offline,
+            gitlab_token: options.gitlab_token.clone(),
+            job_token: options.job_token.clone(),
+        },
+    );
     let local = LocalRun {
         branch: facts.branch.clone(),
         tag: facts.tag.clone(),
@@ -182,14 +170,30 @@ pub async fn prepare(mut options: ExecOptions) -> Result<Prepared, ExecError> {
         server_url: facts.server_url.clone().unwrap_or_default(),
         pipeline_id,
     };
+    let predefined = local.predefined_variables();
+    let overrides: Vec<Variable> = options
+        .variables
+        .iter()
+        .map(|(k, v)| Variable::new(k.as_str(), v.as_str()))
+        .chain(options.secrets.iter().map(|(k, v)| masked_variable(k, v)))
+        .collect();
+    // Include values and `include:rules` see the predefined and the user's variables. Loading
+    // may fetch includes (blocking HTTP on a runtime handle), so it runs off the async threads.
+    let load_options = LoadOptions {
+        variables: predefined.iter().chain(&overrides).cloned().collect(),
+        changed_files: facts.changed_files.clone(),
+    };
+    let file = options.file.clone();
+    let (pipeline, files) = tokio::task::spawn_blocking(move || {
+        let pipeline = load_with(&files, &file, &load_options);
+        (pipeline, files)
+    })
+    .await
+    .map_err(|error| ExecError::Config(format!("loading the CI file failed: {error}")))?;
+    let pipeline = pipeline?;
     let context = Context {
-        predefined: local.predefined_variables(),
-        overrides: options
-            .variables
-            .iter()
-            .map(|(k, v)| Variable::new(k.as_str(), v.as_str()))
-            .chain(options.secrets.iter().map(|(k, v)| masked_variable(k, v)))
-            .collect(),
+        predefined,
+        overrides,
         changed_files: facts.changed_files.clone(),
         files: files.list(),
     };

@@ -148,6 +148,11 @@ pub(crate) struct ExecArgs {
     /// Run `when: manual` and `when: delayed` jobs instead of skipping them.
     #[arg(long)]
     pub(crate) manual: bool,
+    /// Read remote, project, template and component includes from `.runnel/includes/` only
+    /// (what earlier runs fetched). Private projects need GITLAB_TOKEN (or CI_JOB_TOKEN) in the
+    /// environment when fetching.
+    #[arg(long)]
+    pub(crate) offline: bool,
     /// The docker helper image (default: runnel-helper:latest, from `runnel docker build-helper-image`).
     #[arg(long, value_name = "IMAGE")]
     pub(crate) helper_image: Option<String>,

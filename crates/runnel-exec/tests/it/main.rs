@@ -2,6 +2,7 @@
 //! the live frame, `--list` and the pipeline corpus.
 
 mod corpus;
+mod includes;
 mod list;
 mod view;
 

@@ -45,6 +45,10 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         secrets,
         manual: args.manual,
         helper_image: args.helper_image.clone(),
+        offline: args.offline,
+        // Tokens come from the environment only, never from arguments.
+        gitlab_token: std::env::var("GITLAB_TOKEN").ok().filter(|t| !t.is_empty()),
+        job_token: std::env::var("CI_JOB_TOKEN").ok().filter(|t| !t.is_empty()),
         ..defaults
     };
     let prepared = match runnel_exec::prepare(options).await {
