@@ -227,7 +227,9 @@ pub(crate) fn apply(
         None => None,
     };
     let Some(spec) = spec else {
-        if given.is_some_and(|g| !g.is_null()) {
+        let given_any =
+            given.is_some_and(|g| g.as_map().map_or(!g.is_null(), |m| !m.entries.is_empty()));
+        if given_any {
             return invalid(
                 at,
                 "given inputs not defined in the `spec` section of the included configuration file"

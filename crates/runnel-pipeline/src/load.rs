@@ -41,6 +41,7 @@ const DEFAULT_KEYS: &[&str] = &[
     "cache",
     "hooks",
     "id_tokens",
+    "identity",
     "image",
     "interruptible",
     "retry",

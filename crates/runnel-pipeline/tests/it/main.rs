@@ -6,6 +6,7 @@ mod eval;
 mod gitlab;
 mod includes;
 mod load;
+mod schema;
 mod spec;
 
 use std::fmt::Write as _;
