@@ -19,7 +19,7 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// Every file under `dir`, relative to it, `/`-separated.
-fn walk(dir: &Path, root: &Path, files: &mut Vec<String>) {
+pub(crate) fn walk(dir: &Path, root: &Path, files: &mut Vec<String>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|e| {

@@ -4,6 +4,7 @@
 mod corpus;
 mod includes;
 mod list;
+mod real_world;
 mod view;
 
 use std::io::Write;
