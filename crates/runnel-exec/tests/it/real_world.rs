@@ -3,10 +3,13 @@
 //! includes live outside the project stops with the one error that names the include (the
 //! fixtures hold no other project's files), which is snapshotted too.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use runnel_exec::render_list;
-use runnel_pipeline::{Context, LoadOptions, LocalRun, MemoryFiles, evaluate, load_with};
+use runnel_pipeline::{
+    Context, External, FetchError, LoadOptions, LocalRun, MemoryFiles, SourceFiles, evaluate,
+    load_with,
+};
 
 use crate::corpus::walk;
 
@@ -18,6 +21,47 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// A project's files, and the other projects' files under `tests/real-world/_external/`
+/// (`project/<path>@<ref>/<file>`, `template/<name>`, `component/<address>.yml`,
+/// `remote/<url without scheme>`), copied from their public mirrors like the projects' own.
+struct Fixture {
+    files: MemoryFiles,
+    external: PathBuf,
+}
+
+impl SourceFiles for Fixture {
+    fn read(&self, path: &str) -> std::io::Result<String> {
+        self.files.read(path)
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.files.list()
+    }
+
+    fn fetch(&self, include: &External) -> Result<String, FetchError> {
+        let relative = match include {
+            External::Project {
+                project,
+                reference,
+                file,
+            } => format!(
+                "project/{project}@{}/{file}",
+                reference.as_deref().unwrap_or("HEAD")
+            ),
+            External::Template { name } => format!("template/{name}"),
+            External::Component { address } => format!("component/{address}.yml"),
+            External::Remote { url } => format!(
+                "remote/{}",
+                url.split_once("://").map_or(url.as_str(), |(_, rest)| rest)
+            ),
+        };
+        std::fs::read_to_string(self.external.join(&relative)).map_err(|_| FetchError {
+            tried: format!("tests/real-world/_external/{relative}"),
+            hint: "that project's files are not part of the fixtures".to_owned(),
+        })
+    }
 }
 
 /// `--list` of one project directory, or its error.
@@ -55,7 +99,11 @@ fn list(dir: &Path) -> String {
         variables: cx.predefined.clone(),
         changed_files: None,
     };
-    let pipeline = match load_with(&files, ".gitlab-ci.yml", &options) {
+    let fixture = Fixture {
+        files,
+        external: dir.parent().unwrap().join("_external"),
+    };
+    let pipeline = match load_with(&fixture, ".gitlab-ci.yml", &options) {
         Ok(pipeline) => pipeline,
         Err(error) => return format!("error: {}\n", chain(&error)),
     };
@@ -71,7 +119,7 @@ fn real_world_pipelines_list_like_gitlab() {
     let mut projects: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
         .flatten()
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && e.file_name() != "_external")
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     projects.sort();
