@@ -1164,7 +1164,7 @@ mod tests {
 
     fn plan_of(yaml: &str) -> (Pipeline, Plan) {
         let files = MemoryFiles::new().with(".gitlab-ci.yml", yaml);
-        let pipeline = load(&files, ".gitlab-ci.yml").unwrap();
+        let pipeline = runnel_pipeline::load(&files, ".gitlab-ci.yml").unwrap();
         let plan = evaluate(&pipeline, &Context::default()).unwrap();
         (pipeline, plan)
     }

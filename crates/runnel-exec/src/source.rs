@@ -307,14 +307,10 @@ pub async fn snapshot(
                 Some(text) => {
                     std::fs::write(&shallow, text).map_err(ExecError::io("write", &shallow))?
                 }
-                None => {
-                    let _ = std::fs::remove_file(&shallow);
-                }
+                None => remove_if_present(&shallow)?,
             }
         }
-        None => {
-            let _ = std::fs::remove_file(&alternates);
-        }
+        None => remove_if_present(&alternates)?,
     }
     if objects.is_some()
         && !facts.dirty
@@ -390,6 +386,16 @@ pub async fn snapshot(
         repo,
         is_head: false,
     })
+}
+
+/// Removes `path`; a file that is not there is fine.
+fn remove_if_present(path: &Path) -> Result<(), ExecError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(ExecError::io("remove", path)(error))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The last commit of the user's repository that touched `files` (for `cache:key:files`).

@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn long_chains_do_not_recurse() {
         let vars: Vec<Variable> = (0..20_000)
-            .map(|i| var(&format!("V{i}"), &format!("${}", format!("V{}", i + 1))))
+            .map(|i| var(&format!("V{i}"), &format!("$V{}", i + 1)))
             .collect();
         let out = expand_for_runner(&vars).unwrap();
         assert_eq!(get(&out, "V0"), "$V20000");

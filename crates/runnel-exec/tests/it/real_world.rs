@@ -70,7 +70,8 @@ fn list(dir: &Path) -> String {
     walk(dir, dir, &mut paths);
     let mut files = MemoryFiles::new();
     for path in paths.iter().filter(|p| *p != "ORIGIN") {
-        let text = std::fs::read_to_string(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let text =
+            std::fs::read_to_string(dir.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         files.insert(path, &text);
     }
     let origin = std::fs::read_to_string(dir.join("ORIGIN")).unwrap();
