@@ -264,9 +264,13 @@ fn select(
     for job in &plan.jobs {
         let skipped = if !chosen.contains(&job.name) {
             Some("not selected".to_owned())
-        } else if let Some(manual) = waiting.get(job.name.as_str()) {
+        } else if let Some(upstream) = waiting.get(job.name.as_str()) {
+            let kind = match plan.job(upstream).map(|j| j.when) {
+                Some(When::Delayed) => "delayed",
+                _ => "manual",
+            };
             Some(format!(
-                "waits for manual job `{manual}` (play it with --manual)"
+                "waits for {kind} job `{upstream}` (play it with --manual)"
             ))
         } else {
             match job.when {

@@ -68,6 +68,14 @@ pub enum PipelineError {
     Evaluate { message: String },
 }
 
+/// `text`, cut to its first 120 characters with `…` when longer (for quoting input in errors).
+pub(crate) fn shorten(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 impl PipelineError {
     pub(crate) fn invalid(loc: &Loc, message: String) -> Self {
         Self::Invalid {

@@ -801,7 +801,7 @@ impl Cx {
         let source = self.string(node, "if")?;
         let expr = Expr::parse(&source).map_err(|e| PipelineError::Expression {
             at: node.loc.location(),
-            expression: source.clone(),
+            expression: crate::error::shorten(&source),
             message: e.to_string(),
         })?;
         Ok(Condition {

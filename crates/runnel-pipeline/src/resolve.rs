@@ -526,7 +526,7 @@ impl Includes<'_> {
                         let source = value.as_scalar().unwrap_or_default();
                         let expr = Expr::parse(source).map_err(|e| PipelineError::Expression {
                             at: value.loc.location(),
-                            expression: source.to_owned(),
+                            expression: crate::error::shorten(source),
                             message: e.to_string(),
                         })?;
                         if !expr.evaluate(&|k| self.lookup(k)) {
