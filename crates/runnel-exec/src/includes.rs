@@ -48,17 +48,46 @@ pub(crate) struct Files {
     pub(crate) root: PathBuf,
     pub(crate) settings: IncludeSettings,
     pub(crate) handle: tokio::runtime::Handle,
-    pub(crate) client: Option<reqwest::Client>,
+    pub(crate) client: Option<Clients>,
+}
+
+/// Requests without credentials follow redirects anywhere; requests with a token follow them
+/// only on the same host, so the token never reaches another one.
+pub(crate) struct Clients {
+    open: reqwest::Client,
+    authenticated: reqwest::Client,
 }
 
 impl Files {
     pub(crate) fn new(root: PathBuf, settings: IncludeSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("runnel-exec/", env!("CARGO_PKG_VERSION")))
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .ok();
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("runnel-exec/", env!("CARGO_PKG_VERSION")))
+                .timeout(REQUEST_TIMEOUT)
+        };
+        let same_host = reqwest::redirect::Policy::custom(|attempt| {
+            let host = attempt.url().host_str().map(str::to_owned);
+            let first = attempt.previous().first().and_then(|u| u.host_str());
+            if attempt.previous().len() > 5 {
+                attempt.error("too many redirects")
+            } else if host.as_deref() != first {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = match (
+            builder()
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .build(),
+            builder().redirect(same_host).build(),
+        ) {
+            (Ok(open), Ok(authenticated)) => Some(Clients {
+                open,
+                authenticated,
+            }),
+            _ => None,
+        };
         Self {
             root,
             settings,
@@ -316,7 +345,7 @@ impl Files {
 }
 
 async fn get(
-    client: &reqwest::Client,
+    client: &Clients,
     request: &Request,
     settings: &IncludeSettings,
 ) -> Result<String, Failure> {
@@ -372,12 +401,16 @@ async fn get(
 }
 
 async fn get_body(
-    client: &reqwest::Client,
+    client: &Clients,
     url: &str,
     authenticated: bool,
     settings: &IncludeSettings,
 ) -> Result<String, Failure> {
-    let mut builder = client.get(url);
+    let mut builder = if authenticated {
+        client.authenticated.get(url)
+    } else {
+        client.open.get(url)
+    };
     if authenticated {
         if let Some(token) = &settings.gitlab_token {
             builder = builder.header("PRIVATE-TOKEN", token);
@@ -390,6 +423,15 @@ async fn get_body(
         denied: false,
     })?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(Failure {
+            message: format!(
+                "HTTP {}: a redirect to another host, not followed with credentials",
+                status.as_u16()
+            ),
+            denied: false,
+        });
+    }
     if !status.is_success() {
         return Err(Failure {
             message: format!("HTTP {}", status.as_u16()),

@@ -19,6 +19,10 @@ use runnel_exec::{ExecOptions, prepare};
 #[derive(Default)]
 struct Server {
     requests: AtomicUsize,
+    /// Where `redirect/…` projects send their files (another host name of this server).
+    redirect_to: std::sync::Mutex<String>,
+    /// Requests that reached `/elsewhere` with a token.
+    leaked: AtomicUsize,
     /// (project, file, ref) → text
     files: HashMap<(String, String, String), String>,
 }
@@ -37,6 +41,19 @@ async fn raw_file(
     headers: HeaderMap,
 ) -> axum::response::Response {
     server.requests.fetch_add(1, Ordering::SeqCst);
+    if project.starts_with("redirect/") {
+        let target = server
+            .redirect_to
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        return (
+            StatusCode::FOUND,
+            [(axum::http::header::LOCATION, target)],
+            "",
+        )
+            .into_response();
+    }
     if project.starts_with("private/")
         && headers.get("PRIVATE-TOKEN").and_then(|v| v.to_str().ok()) != Some(TOKEN)
     {
@@ -67,23 +84,35 @@ async fn template(
     .into_response()
 }
 
+async fn elsewhere(State(server): State<Arc<Server>>, headers: HeaderMap) -> impl IntoResponse {
+    if headers.contains_key("PRIVATE-TOKEN") || headers.contains_key("JOB-TOKEN") {
+        server.leaked.fetch_add(1, Ordering::SeqCst);
+    }
+    "elsewhere:\n  script: [x]\n"
+}
+
 async fn releases(State(server): State<Arc<Server>>) -> impl IntoResponse {
     server.requests.fetch_add(1, Ordering::SeqCst);
     axum::Json(serde_json::json!([{ "tag_name": "2.0" }]))
 }
 
 async fn serve(server: Arc<Server>) -> (String, tokio::task::JoinHandle<()>) {
+    let state = Arc::clone(&server);
     let app = Router::new()
         .route("/ci/remote.yml", get(remote))
+        .route("/elsewhere", get(elsewhere))
         .route(
             "/api/v4/projects/{project}/repository/files/{file}/raw",
             get(raw_file),
         )
         .route("/api/v4/templates/gitlab_ci_ymls/{name}", get(template))
         .route("/api/v4/projects/{project}/releases", get(releases))
-        .with_state(server);
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    if let Ok(mut target) = server.redirect_to.lock() {
+        *target = format!("http://localhost:{}/elsewhere", address.port());
+    }
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.ok();
     });
@@ -284,4 +313,23 @@ async fn an_unreachable_include_is_one_error_that_says_what_to_do() {
         .await
         .unwrap_or_else(|e| panic!("prepare: {e}"));
     assert_eq!(prepared.plan.jobs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_do_not_follow_redirects_to_other_hosts() {
+    let server = Arc::new(Server::default());
+    let (host, _task) = serve(Arc::clone(&server)).await;
+    let dir = repo(
+        &host,
+        "include:\n  - project: redirect/shared\n    file: ci.yml\njob:\n  script: [x]\n",
+    );
+    let error = prepare(options(dir.path(), false, true))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("a redirect to another host, not followed with credentials"),
+        "{error}"
+    );
+    assert_eq!(server.leaked.load(Ordering::SeqCst), 0);
 }
