@@ -694,3 +694,26 @@ async fn exec_follows_gitlab_semantics_for_variables_sources_and_manual_needs() 
         short.output()
     );
 }
+
+#[tokio::test]
+async fn offline_runs_name_the_include_they_lack() {
+    let dir = repo(&[(
+        ".gitlab-ci.yml",
+        "include:\n  - project: group/templates\n    ref: v2\n    file: ci/build.yml\nbuild:\n  extends: .build\n",
+    )]);
+    let run = exec(dir.path(), &["--list", "--offline"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(
+            ".gitlab-ci.yml:4:11: cannot include project `group/templates@v2:ci/build.yml`: tried the cache only (--offline)"
+        ),
+        "{}",
+        run.output()
+    );
+    assert!(
+        run.stderr.contains("run once without --offline"),
+        "{}",
+        run.output()
+    );
+    assert!(!run.stderr.contains("extends"), "{}", run.output());
+}
