@@ -543,6 +543,41 @@ impl Prepared {
         &self.pipeline.warnings
     }
 
+    /// Refuses to run a job whose `secrets:` the user did not pass (`--secret`): runnel exec
+    /// fetches no secret store, and a job without them would run with them empty.
+    pub fn check_secrets(&self) -> Result<(), ExecError> {
+        let given: BTreeSet<&str> = self
+            .options
+            .secrets
+            .iter()
+            .chain(&self.options.variables)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut missing = Vec::new();
+        for name in &self.selected {
+            let Some(job) = self.plan.job(name) else {
+                continue;
+            };
+            let lacking: Vec<&str> = job
+                .job
+                .secrets
+                .iter()
+                .map(|(secret, _)| secret.as_str())
+                .filter(|secret| !given.contains(secret))
+                .collect();
+            if !lacking.is_empty() {
+                missing.push(format!("`{name}` needs {}", lacking.join(", ")));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ExecError::Usage(format!(
+            "jobs use `secrets:`, which runnel exec does not fetch from a secret store: {}; pass each with --secret NAME=VALUE (a file variable unless the secret says `file: false`)",
+            missing.join("; ")
+        )))
+    }
+
     /// Runs the pipeline; `Ok(true)` when it succeeded. `cancel` interrupts it (Ctrl-C):
     /// queued jobs are dropped, running ones are told to stop and still clean up.
     pub async fn run(
@@ -550,6 +585,7 @@ impl Prepared {
         reporter: &mut dyn Reporter,
         cancel: CancellationToken,
     ) -> Result<bool, ExecError> {
+        self.check_secrets()?;
         let started = Instant::now();
         let project = self.options.project_dir.clone();
         let state = state_dir(&project);
@@ -998,10 +1034,18 @@ impl Prepared {
             .iter()
             .map(|(k, _)| k.as_str())
             .collect();
+        let planned_secrets: &[(String, bool)] = self
+            .plan
+            .job(&name)
+            .map_or(&[], |j| j.job.secrets.as_slice());
         let mut job_vars = std::mem::take(&mut spec.variables);
         for variable in &mut job_vars {
             if masked_keys.contains(variable.key.as_str()) {
                 variable.masked = true;
+            }
+            // A `secrets:` entry is a file variable unless it says `file: false`, as in GitLab.
+            if let Some((_, file)) = planned_secrets.iter().find(|(k, _)| *k == variable.key) {
+                variable.file = *file;
             }
         }
         server.extend(job_vars);

@@ -102,7 +102,6 @@ const UNSUPPORTED_JOB_KEYS: &[&str] = &[
     "pages",
     "publish",
     "release",
-    "secrets",
 ];
 
 /// What a load needs besides the files: the variables that include paths and `include:rules`
@@ -577,6 +576,10 @@ impl Cx {
             resource_group: present(map, "resource_group")
                 .map(|n| self.string(n, "resource_group"))
                 .transpose()?,
+            secrets: match present(map, "secrets") {
+                Some(node) => self.secrets(name, node)?,
+                None => Vec::new(),
+            },
         };
         Ok(Some(job))
     }
@@ -745,6 +748,34 @@ impl Cx {
                 .push((job.to_owned(), dep.clone(), item.loc.location()));
             out.push(dep);
         }
+        Ok(out)
+    }
+
+    /// `secrets:` names and their `file:` flags; a warning says how to provide them.
+    fn secrets(&mut self, job: &str, node: &Node) -> Result<Vec<(String, bool)>, PipelineError> {
+        let Some(map) = node.as_map() else {
+            return err(
+                node,
+                format!("secrets must be a hash, not {}", node.type_name()),
+            );
+        };
+        let mut out = Vec::new();
+        for (key, value) in &map.entries {
+            let file = value
+                .as_map()
+                .and_then(|m| m.get("file"))
+                .and_then(Node::as_bool)
+                .unwrap_or(true);
+            out.push((key.name.clone(), file));
+        }
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        self.warn(
+            &node.loc,
+            format!(
+                "job `{job}`: `secrets` ({}) are not fetched locally; pass each with --secret NAME=VALUE or the job does not run",
+                names.join(", ")
+            ),
+        );
         Ok(out)
     }
 

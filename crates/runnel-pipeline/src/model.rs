@@ -305,6 +305,9 @@ pub struct Job {
     pub coverage: Option<String>,
     pub environment: Option<Environment>,
     pub resource_group: Option<String>,
+    /// `secrets:`: the variables an external secret store would provide, with whether each is
+    /// a file variable (`file:`, default true). `runnel exec` fetches none: the user passes them.
+    pub secrets: Vec<(String, bool)>,
 }
 
 /// A loaded pipeline definition.

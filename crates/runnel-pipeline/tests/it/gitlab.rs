@@ -219,6 +219,9 @@ fn deeply_nested_rule_expressions_are_refused_not_a_crash() {
             "{}",
             &error[..error.len().min(300)]
         );
-        assert!(error.len() < 400, "the error quotes the expression shortened");
+        assert!(
+            error.len() < 400,
+            "the error quotes the expression shortened"
+        );
     }
 }

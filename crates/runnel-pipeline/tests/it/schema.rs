@@ -122,7 +122,7 @@ fn every_schema_keyword_loads() {
     let warnings: Vec<String> = pipeline.warnings.iter().map(ToString::to_string).collect();
     for expected in [
         "workflow:auto_cancel",
-        "`secrets` is not supported locally",
+        "are not fetched locally; pass each with --secret NAME=VALUE",
         "trigger jobs (downstream pipelines) are not supported locally",
         "`run` (CI steps) is not supported locally",
     ] {

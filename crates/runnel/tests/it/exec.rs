@@ -717,3 +717,43 @@ async fn offline_runs_name_the_include_they_lack() {
     );
     assert!(!run.stderr.contains("extends"), "{}", run.output());
 }
+
+#[tokio::test]
+async fn secrets_are_passed_by_the_user_or_the_job_does_not_run() {
+    let pipeline = r#"deploy:
+  secrets:
+    DB_PASSWORD:
+      vault: production/db/password@ops
+    API_KEY:
+      vault: production/api/key@ops
+      file: false
+  script:
+    - echo "file $(cat "$DB_PASSWORD") key $API_KEY"
+    - test -f "$DB_PASSWORD"
+"#;
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let refused = exec(dir.path(), &["--executor", "shell", "--plain"]).await;
+    refused.assert_code(1);
+    assert!(
+        refused
+            .stderr
+            .contains("`deploy` needs DB_PASSWORD, API_KEY; pass each with --secret NAME=VALUE"),
+        "{}",
+        refused.output()
+    );
+    let run = exec(
+        dir.path(),
+        &[
+            "--executor",
+            "shell",
+            "--plain",
+            "--secret",
+            "DB_PASSWORD=correct-horse-battery",
+            "--secret",
+            "API_KEY=abcdefgh12345678",
+        ],
+    )
+    .await;
+    run.assert_code(0)
+        .assert_line("[deploy] file [MASKED] key [MASKED]");
+}
