@@ -27,6 +27,8 @@ use sha2::Digest as _;
 
 /// Included files larger than this are refused (GitLab's own limit is of the same order).
 const MAX_INCLUDE_BYTES: usize = 4 << 20;
+/// Local CI files larger than this are not read.
+const MAX_LOCAL_BYTES: u64 = 32 << 20;
 /// One request may take this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -110,7 +112,19 @@ impl SourceFiles for Files {
                 "a local include may not leave the project (`..`)",
             ));
         }
-        std::fs::read_to_string(self.root.join(relative))
+        let path = self.root.join(relative);
+        // Bounded before reading: the loader refuses more than this in all anyway.
+        let size = std::fs::metadata(&path)?.len();
+        if size > MAX_LOCAL_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the file is {size} bytes; CI files larger than {} MiB are refused",
+                    MAX_LOCAL_BYTES >> 20
+                ),
+            ));
+        }
+        std::fs::read_to_string(path)
     }
 
     fn list(&self) -> Vec<String> {
