@@ -69,6 +69,8 @@ pub struct ExecOptions {
     pub helper_image: Option<String>,
     /// The image of docker jobs that name none.
     pub default_image: String,
+    /// Pipeline inputs for the CI file's `spec:inputs` (`--input NAME=VALUE`; values as YAML).
+    pub inputs: Vec<(String, String)>,
     /// Read external includes from `.runnel/includes/` only (`--offline`).
     pub offline: bool,
     /// `GITLAB_TOKEN`, for `include: project`, `template` and `component` of private projects.
@@ -91,6 +93,7 @@ impl Default for ExecOptions {
             manual: false,
             helper_image: None,
             default_image: "alpine:latest".to_owned(),
+            inputs: Vec::new(),
             offline: false,
             gitlab_token: None,
             job_token: None,
@@ -182,6 +185,7 @@ pub async fn prepare(mut options: ExecOptions) -> Result<Prepared, ExecError> {
     let load_options = LoadOptions {
         variables: predefined.iter().chain(&overrides).cloned().collect(),
         changed_files: facts.changed_files.clone(),
+        inputs: options.inputs.clone(),
     };
     let file = options.file.clone();
     let (pipeline, files) = tokio::task::spawn_blocking(move || {

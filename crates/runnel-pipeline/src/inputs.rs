@@ -91,7 +91,7 @@ fn resolve(
         return invalid(
             at,
             format!(
-                "unknown input arguments: {} (the included file's spec:inputs declares: {})",
+                "unknown input arguments: {} (the file's spec:inputs declares: {})",
                 unknown.join(", "),
                 declared
                     .keys()

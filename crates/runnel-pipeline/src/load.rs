@@ -111,6 +111,9 @@ const UNSUPPORTED_JOB_KEYS: &[&str] = &[
 pub struct LoadOptions {
     pub variables: Vec<runnel_types::Variable>,
     pub changed_files: Option<Vec<String>>,
+    /// Pipeline inputs for the root file's `spec:inputs` (`NAME`, value as YAML: `3`, `true`,
+    /// `[a, b]` or text).
+    pub inputs: Vec<(String, String)>,
 }
 
 /// Loads `path` (usually `.gitlab-ci.yml`) and everything it includes, with no variables.
@@ -130,6 +133,7 @@ pub fn load_with(
     let cx = resolve::IncludeContext {
         variables: &options.variables,
         changed_files: options.changed_files.as_deref(),
+        inputs: &options.inputs,
     };
     let mut root = resolve::read_with_includes(src, path, cx, &mut files, &mut warnings)?;
     resolve::resolve_extends(&mut root)?;

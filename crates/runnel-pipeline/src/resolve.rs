@@ -36,6 +36,8 @@ pub(crate) struct IncludeContext<'a> {
     pub(crate) variables: &'a [Variable],
     /// Changed files for `rules:changes` (`None`: unknown, every `changes` matches).
     pub(crate) changed_files: Option<&'a [String]>,
+    /// Pipeline inputs of the root file.
+    pub(crate) inputs: &'a [(String, String)],
 }
 
 /// Where a file came from: its `include: local` entries are read from the same place.
@@ -91,11 +93,12 @@ pub(crate) fn read_with_includes(
         files: Vec::new(),
         warnings: Vec::new(),
     };
+    let root_inputs = pipeline_inputs(cx.inputs)?;
     let result = includes.load_file(
         &Target::Local(path.to_owned()),
         &Origin::Project,
         None,
-        None,
+        root_inputs.as_ref(),
         None,
     );
     files.append(&mut includes.files);
@@ -123,6 +126,44 @@ pub(crate) fn read_with_includes(
         });
     }
     Ok(root)
+}
+
+/// Pipeline inputs (`--input NAME=VALUE`) as the hash an `include:inputs` would be: each value
+/// read as YAML, so `3` is a number, `true` a boolean and `[a, b]` a list.
+fn pipeline_inputs(inputs: &[(String, String)]) -> Result<Option<Node>, PipelineError> {
+    if inputs.is_empty() {
+        return Ok(None);
+    }
+    let loc = Loc {
+        file: "--input".into(),
+        line: 1,
+        column: 1,
+    };
+    let mut map = Map::default();
+    for (name, text) in inputs {
+        let mut budget = yaml::Budget::default();
+        let value = match yaml::load_within(text, &format!("--input {name}"), &mut budget) {
+            Ok(mut docs) if docs.len() == 1 && !text.trim().is_empty() => docs.remove(0),
+            _ => Node {
+                value: Value::Scalar {
+                    text: text.clone(),
+                    kind: yaml::ScalarKind::Str,
+                },
+                loc: loc.clone(),
+            },
+        };
+        map.insert(
+            yaml::Key {
+                name: name.clone(),
+                loc: loc.clone(),
+            },
+            value,
+        );
+    }
+    Ok(Some(Node {
+        value: Value::Map(map),
+        loc,
+    }))
 }
 
 /// A stable text of a node's value (no positions), to recognise repeated `inputs`.

@@ -148,6 +148,10 @@ pub(crate) struct ExecArgs {
     /// Run `when: manual` and `when: delayed` jobs instead of skipping them.
     #[arg(long)]
     pub(crate) manual: bool,
+    /// A pipeline input for the CI file's `spec:inputs` (NAME=VALUE; repeatable). The value is
+    /// read as YAML: `3` is a number, `true` a boolean, `[a, b]` a list.
+    #[arg(long = "input", value_name = "NAME=VALUE")]
+    pub(crate) inputs: Vec<String>,
     /// Read remote, project, template and component includes from `.runnel/includes/` only
     /// (what earlier runs fetched). Private projects need GITLAB_TOKEN (or CI_JOB_TOKEN) in the
     /// environment when fetching.

@@ -99,6 +99,7 @@ fn list(dir: &Path) -> String {
     let options = LoadOptions {
         variables: cx.predefined.clone(),
         changed_files: None,
+        inputs: Vec::new(),
     };
     let fixture = Fixture {
         files,

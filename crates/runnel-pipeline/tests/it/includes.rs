@@ -64,6 +64,7 @@ from-template:
     let options = LoadOptions {
         variables: vec![Variable::new("CI_SERVER_FQDN", "gitlab.example.com")],
         changed_files: None,
+        inputs: Vec::new(),
     };
     let pipeline =
         load_with(&files, ".gitlab-ci.yml", &options).unwrap_or_else(|e| panic!("{}", chain(&e)));
@@ -138,6 +139,7 @@ include:
     let options = LoadOptions {
         variables: vec![Variable::new("CI_COMMIT_BRANCH", "main")],
         changed_files: None,
+        inputs: Vec::new(),
     };
     let pipeline =
         load_with(&files, ".gitlab-ci.yml", &options).unwrap_or_else(|e| panic!("{}", chain(&e)));
@@ -232,4 +234,42 @@ fn remote_integrity_is_checked() {
     assert!(error.contains("checking its integrity"), "{error}");
     assert!(error.contains(good), "{error}");
     assert_eq!(load_files(&files(good)).jobs.len(), 1);
+}
+
+#[test]
+fn pipeline_inputs_fill_the_root_spec() {
+    let files = MemoryFiles::new().with(
+        ".gitlab-ci.yml",
+        "spec:\n  inputs:\n    environment:\n      options: [staging, production]\n    replicas:\n      type: number\n      default: 1\n    regions:\n      type: array\n      default: [eu]\n---\ndeploy:\n  script:\n    - echo $[[ inputs.environment ]] x$[[ inputs.replicas ]]\n  parallel:\n    matrix:\n      - REGION: $[[ inputs.regions ]]\n",
+    );
+    let with = |inputs: &[(&str, &str)]| {
+        let options = LoadOptions {
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..LoadOptions::default()
+        };
+        load_with(&files, ".gitlab-ci.yml", &options).map_err(|e| chain(&e))
+    };
+    let pipeline = with(&[
+        ("environment", "production"),
+        ("replicas", "3"),
+        ("regions", "[eu, us]"),
+    ])
+    .unwrap();
+    assert_eq!(pipeline.jobs[0].script, ["echo production x3"]);
+    assert!(matches!(
+        &pipeline.jobs[0].parallel,
+        Some(runnel_pipeline::Parallel::Matrix(m)) if m[0][0].1 == ["eu", "us"]
+    ));
+    assert_eq!(
+        with(&[]).unwrap_err(),
+        ".gitlab-ci.yml:12:1: `environment` input: required value has not been provided"
+    );
+    assert!(
+        with(&[("environment", "qa")])
+            .unwrap_err()
+            .contains("not in the list of allowed options (staging, production)")
+    );
 }

@@ -101,6 +101,7 @@ fn every_schema_keyword_loads() {
     let options = LoadOptions {
         variables: cx.predefined.clone(),
         changed_files: None,
+        inputs: Vec::new(),
     };
     let pipeline = load_with(&kitchen_sink(), ".gitlab-ci.yml", &options)
         .unwrap_or_else(|e| panic!("{}", chain(&e)));

@@ -29,6 +29,23 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         Ok(parsed) => parsed,
         Err(error) => return Ok(bad_input(&error)),
     };
+    let mut inputs = Vec::new();
+    for raw in &args.inputs {
+        match raw.split_once('=').filter(|(name, _)| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }) {
+            Some((name, value)) => inputs.push((name.to_owned(), value.to_owned())),
+            None => {
+                return Ok(bad_input(&anyhow::anyhow!(
+                    "--input {:?}: expected NAME=VALUE",
+                    raw.split('=').next().unwrap_or("")
+                )));
+            }
+        }
+    }
     let defaults = ExecOptions::default();
     let options = ExecOptions {
         project_dir: args.directory.clone(),
@@ -45,6 +62,7 @@ pub(crate) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         secrets,
         manual: args.manual,
         helper_image: args.helper_image.clone(),
+        inputs,
         offline: args.offline,
         // Tokens come from the environment only, never from arguments.
         gitlab_token: std::env::var("GITLAB_TOKEN").ok().filter(|t| !t.is_empty()),
