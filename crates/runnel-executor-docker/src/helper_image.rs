@@ -244,6 +244,12 @@ impl BuiltinHelper {
         ));
         let started = Instant::now();
         let id = self.build(docker).await?;
+        if find_tool("git-lfs").is_none() {
+            log.push(
+                "WARNING: git-lfs is not installed on this host, so the helper image has none: Git LFS files stay pointers (install git-lfs and restart the runner to fix)"
+                    .to_owned(),
+            );
+        }
         log.push(format!(
             "Built helper image {} ({}) in {:.1}s",
             self.tag,

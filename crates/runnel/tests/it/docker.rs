@@ -56,7 +56,7 @@ fn build(tag: &str, context: &Path) {
     );
 }
 
-fn ensure_image() {
+pub(crate) fn ensure_image() {
     let _guard = BUILDS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -713,7 +713,7 @@ fn peak_memory(pid: u32) -> u64 {
 }
 
 #[tokio::test]
-async fn a_service_writing_without_newlines_cannot_grow_the_daemon() {
+async fn output_without_newlines_cannot_grow_the_daemon() {
     ensure_image();
     let daemon = Daemon::start(Setup {
         runner: "  output_limit = 256".to_owned(),
@@ -756,6 +756,21 @@ async fn a_service_writing_without_newlines_cannot_grow_the_daemon() {
     assert!(
         grown < 16 << 20,
         "the daemon grew by {} MiB for a service writing 40 MB without newlines",
+        grown >> 20
+    );
+    // Nor can a job that never ends its line.
+    let before = peak_memory(pid);
+    let id = daemon.fake.enqueue(job("endless-line").script([
+        "head -c 40000000 /dev/zero | tr '\\0' y",
+        "echo",
+        "echo done",
+    ]));
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    let grown = peak_memory(pid).saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "the daemon grew by {} MiB for a job writing 40 MB without newlines",
         grown >> 20
     );
     assert_nothing_left(&daemon);
