@@ -445,7 +445,7 @@ impl DockerExecutor {
         )
         .await;
         self.note_lines(&mut log);
-        let helper_image = helper_image?;
+        let (helper_image, helper_name) = helper_image?;
 
         let names = JobNames::random(
             &settings.short_token,
@@ -541,11 +541,6 @@ impl DockerExecutor {
         // Containers stop by themselves after the job's timeout and a grace, even when this
         // runner is gone by then.
         let hard_deadline = crate::watchdog::hard_deadline(job.timeout, shared.hard_stop_grace);
-        let helper_name = if settings.helper_image.is_empty() {
-            helper_image.clone()
-        } else {
-            settings.helper_image.clone()
-        };
         let helper = ContainerCreateBody {
             image: Some(helper_image),
             // Files the helper writes (sources, caches) must stay writable for any job user.

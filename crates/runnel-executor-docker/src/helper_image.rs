@@ -704,7 +704,8 @@ pub fn helper_needs(job: &JobSpec) -> Vec<&'static str> {
     needs
 }
 
-/// The id of the helper image a job uses: Runnel's own ([`BuiltinHelper`] for `binary`, else
+/// The id and the name (for `allowed_privileged_images`) of the helper image a job uses:
+/// Runnel's own ([`BuiltinHelper`] for `binary`, else
 /// the running executable) when `configured` is empty, else the configured one, got by
 /// `policies` (a pull only for a fully qualified name) and refused when it is not a Runnel
 /// helper but `job` needs one. Lines for the job log go to `log`.
@@ -717,10 +718,11 @@ pub(crate) async fn resolve(
     policies: &[runnel_config::PullPolicy],
     job: &JobSpec,
     log: &mut Vec<String>,
-) -> Result<String, DockerError> {
+) -> Result<(String, String), DockerError> {
     if configured.is_empty() {
         let helper = BuiltinHelper::cached(binary).await?;
-        return helper.ensure(docker, host, log).await;
+        let id = helper.ensure(docker, host, log).await?;
+        return Ok((id, helper.tag().to_owned()));
     }
     let inspect = if is_qualified(configured) {
         let id = crate::image::ensure_image(
@@ -759,7 +761,10 @@ pub(crate) async fn resolve(
             needs: needs.join(", "),
         });
     }
-    Ok(inspect.id.unwrap_or_else(|| configured.to_owned()))
+    Ok((
+        inspect.id.unwrap_or_else(|| configured.to_owned()),
+        configured.to_owned(),
+    ))
 }
 
 /// Whether image labels mark a Runnel helper.
