@@ -98,6 +98,32 @@ async fn containers_of(docker: &Docker, job: &JobSpec) -> Vec<String> {
         .collect()
 }
 
+/// Removes the job's volumes: its reusable cache volume outlives the job by design.
+async fn remove_volumes(docker: &Docker, job: &JobSpec) {
+    let volumes = docker
+        .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("com.gitlab.gitlab-runner.job.id={}", job.id.0)],
+            )])),
+        }))
+        .await
+        .expect("list volumes")
+        .volumes
+        .unwrap_or_default();
+    for volume in volumes {
+        if let Err(error) = docker
+            .remove_volume(
+                &volume.name,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            eprintln!("could not remove volume {}: {error}", volume.name);
+        }
+    }
+}
+
 fn error_text(error: &ExecutorError) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
@@ -154,6 +180,7 @@ async fn no_container_is_privileged_when_the_allow_lists_match_nothing() {
     }
     executor.cleanup().await;
     assert!(containers_of(&docker, &job).await.is_empty());
+    remove_volumes(&docker, &job).await;
 }
 
 #[tokio::test]
@@ -183,7 +210,7 @@ async fn invalid_service_aliases_fail_the_job_before_anything_is_created() {
 
 #[tokio::test]
 async fn a_configured_helper_that_is_not_runnels_fails_jobs_that_need_it() {
-    let _docker = setup().await;
+    let docker = setup().await;
     // A plain busybox image as helper_image: fine for a job without artifacts or caches…
     let provider = provider(BUSYBOX, None, "pull_policy = \"never\"");
     let plain = job(Some(BUSYBOX));
@@ -192,6 +219,7 @@ async fn a_configured_helper_that_is_not_runnels_fails_jobs_that_need_it() {
         .await
         .expect("a job that needs no helper commands runs");
     executor.cleanup().await;
+    remove_volumes(&docker, &plain).await;
     // …but a job with artifacts fails at its start, naming the fix.
     let mut with_artifacts = job(Some(BUSYBOX));
     with_artifacts
@@ -344,6 +372,8 @@ async fn runnels_own_helper_is_built_locally_and_never_taken_from_another_origin
         sink.text(OutputStream::Stdout)
     );
     executor.cleanup().await;
+    remove_volumes(&docker, &job).await;
+    remove_volumes(&docker, &second).await;
     if let Err(error) = docker
         .remove_image(&tag, None::<RemoveImageOptions>, None)
         .await
@@ -398,6 +428,7 @@ async fn containers_stop_by_themselves_after_the_timeout_and_grace() {
     );
     executor.cleanup().await;
     assert!(containers_of(&docker, &job).await.is_empty());
+    remove_volumes(&docker, &job).await;
 }
 
 #[tokio::test]
@@ -444,6 +475,7 @@ async fn a_service_writing_without_newlines_gives_bounded_lines() {
     assert!(stdout.contains("job-done\n"));
     executor.cleanup().await;
     assert!(containers_of(&docker, &job).await.is_empty());
+    remove_volumes(&docker, &job).await;
 }
 
 #[tokio::test]
@@ -472,4 +504,5 @@ async fn the_containers_cpu_and_memory_are_reported() {
     assert!(usage.peak_cores > 0.0, "{usage:?}");
     executor.cleanup().await;
     assert!(containers_of(&docker, &job).await.is_empty());
+    remove_volumes(&docker, &job).await;
 }
