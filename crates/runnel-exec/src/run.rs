@@ -464,16 +464,16 @@ fn service_config(
                 toml_string(&state.join("cache").to_string_lossy()),
             )),
             RunnerKind::Docker => text.push_str(&format!(
-                "[[runners]]\nname = \"runnel-exec-docker\"\nurl = {}\ntoken = {}\nexecutor = \"docker\"\nrequest_concurrency = 1\n[runners.docker]\nimage = {}\nhelper_image = {}\npull_policy = [\"if-not-present\"]\nvolumes = [{}]\n",
+                "[[runners]]\nname = \"runnel-exec-docker\"\nurl = {}\ntoken = {}\nexecutor = \"docker\"\nrequest_concurrency = 1\n[runners.docker]\nimage = {}\n{}pull_policy = [\"if-not-present\"]\nvolumes = [{}]\n",
                 toml_string(url),
                 toml_string(token),
                 toml_string(&options.default_image),
-                toml_string(
-                    options
-                        .helper_image
-                        .as_deref()
-                        .unwrap_or(runnel_executor_docker::DEFAULT_HELPER_IMAGE),
-                ),
+                // Without one, the daemon uses the helper image Runnel builds itself.
+                options
+                    .helper_image
+                    .as_deref()
+                    .map(|image| format!("helper_image = {}\n", toml_string(image)))
+                    .unwrap_or_default(),
                 toml_string(&format!("{}:/cache", state.join("cache").to_string_lossy())),
             )),
         }

@@ -135,6 +135,66 @@ pub enum DockerError {
         message: String,
     },
 
+    /// A name the job controls (a service alias) cannot be used.
+    #[error("the {what} `{value}` is invalid: {reason}")]
+    InvalidName {
+        /// What the name is (`service alias`).
+        what: &'static str,
+        /// The name as the job gave it (after variable expansion).
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The host files for Runnel's own helper image could not be collected.
+    #[error("cannot assemble Runnel's helper image from this host: {message}")]
+    HelperAssembly {
+        /// What is missing or failed (names the file or tool).
+        message: String,
+    },
+
+    /// The runner binary does not run in a helper image (wrong C library, missing loader).
+    #[error(
+        "the runnel binary cannot run in helper image `{image}` (`{command} --version` {outcome}); \
+         its C library or loader does not suit this binary: run `runnel docker build-helper-image` \
+         without `--from` for a self-contained helper image, or use a base with the same C library"
+    )]
+    HelperNotRunnable {
+        /// The image (tag) that was tried.
+        image: String,
+        /// The command tried.
+        command: String,
+        /// What happened (exit code and output).
+        outcome: String,
+    },
+
+    /// The configured `helper_image` is not a Runnel helper but the job needs one.
+    #[error(
+        "helper_image `{image}` is not a Runnel helper image (it lacks the label \
+         com.gitlab.gitlab-runner.helper=runnel), and this job needs Runnel's helper for {needs}: \
+         remove `helper_image` from [runners.docker] to use the helper Runnel builds itself, or \
+         build one with `runnel docker build-helper-image --from {image} --tag <tag>`"
+    )]
+    NotARunnelHelper {
+        /// The configured image.
+        image: String,
+        /// What the job needs the helper for (`artifacts`, `caches`, …).
+        needs: String,
+    },
+
+    /// A configured helper image would have to be pulled by a name that does not say which
+    /// registry it comes from.
+    #[error(
+        "helper_image `{image}` is not present locally and Runnel does not pull a helper image by \
+         an unqualified name (it would come from Docker Hub): give a fully qualified name \
+         (registry.example.com/group/helper:tag), build it locally with \
+         `runnel docker build-helper-image`, or remove `helper_image` to use Runnel's own helper"
+    )]
+    UnqualifiedHelperPull {
+        /// The configured image.
+        image: String,
+    },
+
     /// `run` was called before a successful `prepare`.
     #[error("stage `{stage}` cannot run: the job's containers were not prepared")]
     NotPrepared {
@@ -152,7 +212,11 @@ impl DockerError {
             | DockerError::MissingSection { .. }
             | DockerError::NoImage
             | DockerError::NotAllowed { .. }
-            | DockerError::PullPolicyNotAllowed { .. } => FailureReason::RunnerConfigurationError,
+            | DockerError::PullPolicyNotAllowed { .. }
+            | DockerError::NotARunnelHelper { .. }
+            | DockerError::UnqualifiedHelperPull { .. }
+            | DockerError::HelperNotRunnable { .. } => FailureReason::RunnerConfigurationError,
+            DockerError::InvalidName { .. } => FailureReason::ScriptFailure,
             _ => FailureReason::RunnerSystemFailure,
         }
     }

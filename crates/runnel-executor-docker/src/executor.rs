@@ -25,7 +25,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, Vol
 use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, RemoveVolumeOptions,
 };
-use runnel_config::{DockerConfig, PullPolicy, RunnerConfig};
+use runnel_config::{DockerConfig, RunnerConfig};
 use runnel_executor::{
     BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream,
     PrepareContext, Provider, Shell, StageCommand, StageExit, StageKind,
@@ -33,7 +33,7 @@ use runnel_executor::{
 use runnel_types::{ImageSpec, JobSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::image::{check_allowed, effective_pull_policies, ensure_image, privileged_allowed};
+use crate::image::{check_allowed, effective_pull_policies, ensure_image};
 use crate::naming::{JobNames, LabelContext, ObjectType, labels, service_aliases, split_aliases};
 use crate::options::{ContainerRole, DockerOptions, VolumeSpec};
 use crate::services::{
@@ -66,10 +66,6 @@ pub const DOCKER_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
     shared_builds_dir: false,
 };
 
-/// The helper image used when `[runners.docker] helper_image` is not set: build it with
-/// [`crate::build_helper_image`] (`runnel docker build-helper-image`).
-pub const DEFAULT_HELPER_IMAGE: &str = "runnel-helper:latest";
-
 /// How long cleanup may take in all.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -84,8 +80,11 @@ pub struct DockerSettings {
     pub gitlab_url: String,
     /// The shell scripts are written for.
     pub shell: Shell,
-    /// The helper image (`helper_image`, or [`DEFAULT_HELPER_IMAGE`]).
+    /// The configured `helper_image`; empty for Runnel's own helper image, which it assembles
+    /// on first use ([`crate::helper_image`]).
     pub helper_image: String,
+    /// The runner binary for Runnel's own helper image (default: the running executable).
+    pub helper_binary: Option<std::path::PathBuf>,
 }
 
 /// Creates Docker executors for one `[[runners]]` entry.
@@ -102,6 +101,8 @@ struct Shared {
     slots: Mutex<BTreeSet<u32>>,
     /// Ids of the jobs this provider's executors are running, which leftover removal spares.
     active_jobs: Mutex<BTreeSet<u64>>,
+    /// How long after a job's timeout its containers stop by themselves.
+    hard_stop_grace: Duration,
 }
 
 impl DockerProvider {
@@ -116,8 +117,18 @@ impl DockerProvider {
                 settings,
                 slots: Mutex::new(BTreeSet::new()),
                 active_jobs: Mutex::new(BTreeSet::new()),
+                hard_stop_grace: crate::watchdog::HARD_STOP_GRACE,
             }),
         })
+    }
+
+    /// Sets how long after a job's timeout its containers stop by themselves (default
+    /// [`crate::watchdog::HARD_STOP_GRACE`]). Only before the first job.
+    pub fn with_hard_stop_grace(mut self, grace: Duration) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.hard_stop_grace = grace;
+        }
+        self
     }
 
     /// A provider for a `[[runners]]` entry, which needs a `[runners.docker]` section.
@@ -137,11 +148,8 @@ impl DockerProvider {
             runner_id: runner.id.unwrap_or(0),
             gitlab_url: runner.url.clone(),
             shell,
-            helper_image: config
-                .helper_image
-                .clone()
-                .filter(|image| !image.is_empty())
-                .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_owned()),
+            helper_image: config.helper_image.clone().unwrap_or_default(),
+            helper_binary: None,
         };
         Self::new(settings, config)
     }
@@ -327,6 +335,8 @@ pub struct DockerExecutor {
     /// Service output streamed into the job log (`CI_DEBUG_SERVICES`).
     service_logs: Option<ServiceLogFollower>,
     job_id: Option<u64>,
+    /// CPU and memory of the job's containers, from their stats.
+    resources: crate::resources::ResourceMonitor,
 }
 
 impl DockerExecutor {
@@ -343,6 +353,7 @@ impl DockerExecutor {
             pending_output: Vec::new(),
             service_logs: None,
             job_id: None,
+            resources: crate::resources::ResourceMonitor::default(),
         }
     }
 
@@ -422,17 +433,19 @@ impl DockerExecutor {
             self.note_lines(&mut log);
             pulled?;
         }
-        // The helper image is local (built with `runnel docker build-helper-image`) or pulled
-        // once; its "found locally" line is not worth a job-log line.
-        ensure_image(
+        // Runnel's own helper image (built on first use, never pulled), or the configured one.
+        let helper_image = crate::helper_image::resolve(
             &docker,
+            &shared.host,
             &settings.helper_image,
-            &[PullPolicy::IfNotPresent],
-            None,
-            "",
-            &mut Vec::new(),
+            settings.helper_binary.as_deref(),
+            &options.pull_policies(),
+            job,
+            &mut log,
         )
-        .await?;
+        .await;
+        self.note_lines(&mut log);
+        let (helper_image, helper_name) = helper_image?;
 
         let names = JobNames::random(
             &settings.short_token,
@@ -490,18 +503,12 @@ impl DockerExecutor {
                     aliases,
                     labels: labels(&label_ctx, job, ObjectType::Service, Some(&service.name)),
                     env: service_env(&job.variables, service),
-                    host_config: HostConfig {
-                        privileged: Some(privileged_allowed(
-                            config.services_privileged.unwrap_or(config.privileged),
-                            &service.name,
-                            &config.allowed_privileged_services,
-                        )),
-                        ..options.host_config(
-                            ContainerRole::Service,
-                            Vec::new(),
-                            network.as_deref(),
-                        )
-                    },
+                    host_config: options.host_config(
+                        ContainerRole::Service,
+                        &service.name,
+                        Vec::new(),
+                        network.as_deref(),
+                    ),
                     network: network.as_deref(),
                 },
             )
@@ -531,13 +538,21 @@ impl DockerExecutor {
         self.wait_for(&docker, &started, network.as_deref()).await;
 
         let shell_command = detect_shell_command(settings.shell, false);
+        // Containers stop by themselves after the job's timeout and a grace, even when this
+        // runner is gone by then.
+        let hard_deadline = crate::watchdog::hard_deadline(job.timeout, shared.hard_stop_grace);
         let helper = ContainerCreateBody {
-            image: Some(settings.helper_image.clone()),
+            image: Some(helper_image),
             // Files the helper writes (sources, caches) must stay writable for any job user.
-            cmd: Some(detect_shell_command(settings.shell, true)),
+            cmd: Some(crate::watchdog::with_hard_deadline(
+                detect_shell_command(settings.shell, true),
+                hard_deadline,
+            )),
             labels: Some(labels(&label_ctx, job, ObjectType::Predefined, None)),
+            // The helper runs the job's own hooks: it is privileged only as the allow-list says.
             host_config: Some(options.host_config(
                 ContainerRole::Job,
+                &helper_name,
                 binds.clone(),
                 network.as_deref(),
             )),
@@ -581,19 +596,17 @@ impl DockerExecutor {
             .filter(|entrypoint| !entrypoint.is_empty() && !config.disable_entrypoint_overwrite);
         let build = ContainerCreateBody {
             image: Some(image_id),
-            cmd: Some(shell_command),
+            cmd: Some(crate::watchdog::with_hard_deadline(
+                shell_command,
+                hard_deadline,
+            )),
             entrypoint,
             user,
             hostname: config.hostname.clone().filter(|name| !name.is_empty()),
             labels: Some(labels(&label_ctx, job, ObjectType::Build, None)),
             host_config: Some(HostConfig {
                 links,
-                privileged: Some(privileged_allowed(
-                    config.privileged,
-                    &image,
-                    &config.allowed_privileged_images,
-                )),
-                ..options.host_config(ContainerRole::Job, binds, network.as_deref())
+                ..options.host_config(ContainerRole::Job, &image, binds, network.as_deref())
             }),
             ..stdin_container()
         };
@@ -610,6 +623,11 @@ impl DockerExecutor {
             service.name = expand_job_variables(job, &service.name);
             for alias in &mut service.aliases {
                 *alias = expand_job_variables(job, alias);
+                crate::naming::check_alias(alias).map_err(|reason| DockerError::InvalidName {
+                    what: "service alias",
+                    value: alias.clone(),
+                    reason,
+                })?;
             }
             check_allowed("service", &service.name, &config.allowed_services)?;
             services.push(service);
@@ -1041,7 +1059,8 @@ impl Executor for DockerExecutor {
                 id: &container.id,
                 name: &container.name,
             };
-            run_stage(
+            self.resources.follow(docker, &container.id);
+            let exit = run_stage(
                 docker,
                 target,
                 cmd.stage,
@@ -1052,7 +1071,11 @@ impl Executor for DockerExecutor {
                 self.service_logs.as_mut(),
             )
             .await
-            .map_err(ExecutorError::from)
+            .map_err(ExecutorError::from);
+            if self.resources.is_following() {
+                sink.resources_used(self.resources.usage());
+            }
+            exit
         })
     }
 

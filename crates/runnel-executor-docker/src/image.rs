@@ -7,8 +7,9 @@
 //! - [`ensure_image`]: tries the policies in order: `never` needs the image locally,
 //!   `if-not-present` pulls only when it is missing, `always` pulls. When all fail the error names
 //!   the image and every policy tried, and maps to `image_pull_failure`.
-//! - [`build_helper_image`]: builds the helper image locally from a base image and the runner's
-//!   own binary, so no registry is needed.
+//! - [`build_helper_image`]: builds a helper image locally from a base image and the runner's
+//!   own binary (refusing a base where the binary cannot run), so no registry is needed; Runnel's
+//!   own self-contained helper image is [`crate::helper_image`]'s.
 //!
 //! Registry credentials (`DOCKER_AUTH_CONFIG`, job credentials) are not handled yet.
 
@@ -16,7 +17,9 @@ use std::path::Path;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
-use bollard::query_parameters::{BuildImageOptions, CreateImageOptions};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateImageOptions, RemoveImageOptions, TagImageOptions,
+};
 use futures::StreamExt;
 use globset::GlobBuilder;
 use runnel_config::PullPolicy;
@@ -189,7 +192,9 @@ pub const HELPER_RUNNER_COMMAND: &str = "/usr/bin/gitlab-runner-helper";
 /// from the base image; the base needs a POSIX shell at `/bin/sh` (or `/busybox/sh`) to run
 /// stages. The base image must be available locally or pullable; it is not pulled otherwise.
 ///
-/// Returns the built image id.
+/// The binary is then run in the image (`--version`): when it cannot run there (a glibc
+/// binary on a musl or static busybox base), the image is removed again and the error says
+/// why. Returns the built image id.
 pub async fn build_helper_image(
     docker: &Docker,
     base: &str,
@@ -201,34 +206,78 @@ pub async fn build_helper_image(
         source,
     })?;
     let dockerfile = format!(
-        "FROM {base}\nCOPY rootfs/ /\nENTRYPOINT []\nLABEL com.gitlab.gitlab-runner.helper=\"runnel\"\n"
+        "FROM {base}\nCOPY rootfs/ /\nENTRYPOINT []\nLABEL {}=\"runnel\" {}=\"{}\"\n",
+        crate::helper_image::LABEL_HELPER,
+        crate::helper_image::LABEL_VERSION,
+        crate::helper_image::RUNNEL_VERSION,
     );
     let context =
         helper_context(&dockerfile, &binary).map_err(|source| DockerError::BuildContext {
             path: runner_binary.to_owned(),
             source,
         })?;
-    build_image(docker, tag, context).await
+    let id = build_image(docker, tag, context).await?;
+    let check = crate::helper_image::check_runs(
+        docker,
+        &id,
+        tag,
+        vec![HELPER_RUNNER_COMMAND.to_owned(), "--version".to_owned()],
+    )
+    .await;
+    if let Err(error) = check {
+        if let Err(remove) = docker
+            .remove_image(tag, None::<RemoveImageOptions>, None)
+            .await
+        {
+            tracing::warn!(image = tag, error = %remove, "failed to remove the unusable helper image");
+        }
+        return Err(error);
+    }
+    Ok(id)
 }
 
-/// `runnel docker build-helper-image --from <base> [--tag <tag>]`: builds the helper image
-/// (`tag`, else [`crate::DEFAULT_HELPER_IMAGE`]) from `base` with the running executable, on
-/// the daemon `host` names (else `DOCKER_HOST`, else the default socket). Returns the tag and
-/// the image id.
+/// `runnel docker build-helper-image [--from <base>] [--tag <tag>]` on the daemon `host` names
+/// (else `DOCKER_HOST`, else the default socket), with the running executable. Without a base
+/// it builds Runnel's own helper image, the one jobs use when `helper_image` is unset
+/// ([`crate::helper_image::BuiltinHelper`]), and also tags it `tag` when given. With a base,
+/// the image is tagged `tag`, else `runnel-helper:latest`. Returns the tag and the image id.
 pub async fn build_helper_image_from_current_exe(
     host: Option<&str>,
-    base: &str,
+    base: Option<&str>,
     tag: Option<&str>,
 ) -> Result<(String, String), DockerError> {
-    let tag = tag.unwrap_or(crate::DEFAULT_HELPER_IMAGE).to_owned();
-    let exe = std::env::current_exe().map_err(|source| DockerError::BuildContext {
-        path: "(the running executable)".into(),
-        source,
-    })?;
     let host = crate::client::host_or_default(host);
     let tls_verify = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|value| !value.is_empty());
     let docker = crate::client::connect_to(Some(&host), tls_verify, None)?;
     let docker = crate::client::ping(docker, &host).await?;
+    let Some(base) = base else {
+        let helper = crate::helper_image::BuiltinHelper::cached(None).await?;
+        let mut log = Vec::new();
+        let id = helper.ensure(&docker, &host, &mut log).await?;
+        for line in log {
+            tracing::info!("{line}");
+        }
+        let Some(tag) = tag else {
+            return Ok((helper.tag().to_owned(), id));
+        };
+        let (repo, version) = crate::naming::split_image(tag);
+        docker
+            .tag_image(
+                &id,
+                Some(TagImageOptions {
+                    repo: Some(repo.to_owned()),
+                    tag: Some(version.to_owned()),
+                }),
+            )
+            .await
+            .map_err(|source| DockerError::api("tag image", tag, source))?;
+        return Ok((tag.to_owned(), id));
+    };
+    let tag = tag.unwrap_or("runnel-helper:latest").to_owned();
+    let exe = std::env::current_exe().map_err(|source| DockerError::BuildContext {
+        path: "(the running executable)".into(),
+        source,
+    })?;
     let id = build_helper_image(&docker, base, &tag, &exe).await?;
     Ok((tag, id))
 }

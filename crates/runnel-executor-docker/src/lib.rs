@@ -14,6 +14,8 @@
 //! - [`naming`]: container, volume and network names and `com.gitlab.gitlab-runner.*` labels.
 //! - [`image`]: allowed images, pull policies, and [`build_helper_image`], which builds the
 //!   helper image locally from a base image and the runner binary.
+//! - [`helper_image`]: Runnel's own helper image and the checks of a configured one.
+//! - [`watchdog`]: the hard stop inside job containers at the timeout plus a grace.
 //! - [`client`]: connecting to the daemon (`host`, `DOCKER_HOST`, TLS).
 //! - [`auth`]: registry credentials for pulls (`DOCKER_AUTH_CONFIG`, job credentials).
 //!
@@ -23,22 +25,14 @@
 //!
 //! # The helper image
 //!
-//! Runnel does not pull the official helper image: it builds its own from any base image and
-//! the running `runnel` binary ([`build_helper_image_from_current_exe`], behind
-//! `runnel docker build-helper-image --from <base>`). The generated build context is
-//!
-//! ```text
-//! Dockerfile                 FROM <base> / COPY rootfs/ / / ENTRYPOINT []
-//! rootfs/usr/bin/runnel      the binary
-//! rootfs/usr/bin/gitlab-runner-helper -> runnel
-//! ```
-//!
-//! so the base provides the shell (`/bin/sh` at least), `git` and anything else the
-//! predefined stages call, and its C library must suit the binary (a glibc build of runnel
-//! needs a glibc base such as `debian:bookworm-slim` with `git` installed). The image is tagged
-//! [`DEFAULT_HELPER_IMAGE`] unless told otherwise, which is also what jobs use when
-//! `[runners.docker] helper_image` is unset. It is used when present locally and pulled
-//! otherwise.
+//! Runnel does not pull the official helper image. With no `helper_image` configured, it
+//! assembles its own on first use, `FROM scratch` with the running binary, the host's git and
+//! shell tools and every library they need ([`helper_image`]), tagged per Runnel version and
+//! binary, verified by its labels, never pulled; `runnel docker build-helper-image` builds the
+//! same image on demand. `--from <base>` instead puts the binary on a base image
+//! ([`build_helper_image`]), refusing a base where the binary cannot run. A configured
+//! `helper_image` is pulled only by a fully qualified name, and a job that needs Runnel's
+//! helper commands fails at start when it is not a Runnel helper.
 //!
 //! This crate does not generate scripts, format the job log or talk to GitLab.
 
@@ -46,16 +40,18 @@ pub mod auth;
 pub mod client;
 mod error;
 pub mod executor;
+pub mod helper_image;
 pub mod image;
 pub mod naming;
 pub mod options;
+mod resources;
 mod services;
 mod stage;
+pub mod watchdog;
 
 pub use error::DockerError;
 pub use executor::{
-    DEFAULT_HELPER_IMAGE, DOCKER_EXECUTOR_INFO, DockerExecutor, DockerProvider, DockerSettings,
-    detect_shell_command,
+    DOCKER_EXECUTOR_INFO, DockerExecutor, DockerProvider, DockerSettings, detect_shell_command,
 };
 pub use image::{
     HELPER_RUNNER_COMMAND, build_helper_image, build_helper_image_from_current_exe, build_image,

@@ -156,7 +156,7 @@ pub fn labels(
         "job.url",
         format!(
             "{}/{}/-/jobs/{}",
-            ctx.gitlab_url.trim_end_matches('/'),
+            without_userinfo(ctx.gitlab_url).trim_end_matches('/'),
             job.info.project_full_path,
             job.id.0
         ),
@@ -182,6 +182,45 @@ pub fn labels(
         put("service.version", version.to_owned());
     }
     labels
+}
+
+/// `url` without a `user:password@` part, so labels (which anyone who can list containers
+/// reads) never carry credentials.
+pub fn without_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return std::borrow::Cow::Borrowed(url);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => std::borrow::Cow::Owned(format!("{scheme}://{}", &rest[at + 1..])),
+        None => std::borrow::Cow::Borrowed(url),
+    }
+}
+
+/// Why a service alias cannot be used, if it cannot: an alias is a host name on the job's
+/// network, so it is 1 to 253 characters of dot-separated parts of at most 63 letters, digits,
+/// `-` and `_` (`__` appears in the official derived aliases), no part starting or ending with
+/// `-`. GitLab and the official runner refuse anything else; so does Runnel, rather than hand
+/// newlines, `$(...)` or option-like words to Docker.
+pub fn check_alias(alias: &str) -> Result<(), &'static str> {
+    if alias.is_empty() || alias.len() > 253 {
+        return Err("a host name has 1 to 253 characters");
+    }
+    for part in alias.split('.') {
+        if part.is_empty() || part.len() > 63 {
+            return Err("each dot-separated part of a host name has 1 to 63 characters");
+        }
+        if !part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            return Err("a host name has only letters, digits, `-`, `_` and `.`");
+        }
+        if part.starts_with('-') || part.ends_with('-') {
+            return Err("a part of a host name does not start or end with `-`");
+        }
+    }
+    Ok(())
 }
 
 /// Splits `registry/name:tag@digest` into the name and the tag (`latest` when none).
@@ -247,6 +286,62 @@ mod tests {
         runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-tmp-c33bcaa1fd2c77edfc3893b41966cea8
         "
         );
+    }
+
+    #[test]
+    fn labels_show_the_gitlab_url_without_credentials() {
+        assert_eq!(
+            without_userinfo("https://user:s3cret@gitlab.example.com/"),
+            "https://gitlab.example.com/"
+        );
+        assert_eq!(
+            without_userinfo("http://tok@host:8080/path/a@b"),
+            "http://host:8080/path/a@b"
+        );
+        assert_eq!(
+            without_userinfo("https://gitlab.example.com"),
+            "https://gitlab.example.com"
+        );
+        let extra = std::collections::BTreeMap::new();
+        let ctx = LabelContext {
+            short_token: "abc",
+            slot: 0,
+            gitlab_url: "https://u:p4ss@gitlab.example.com",
+            extra: &extra,
+        };
+        let mut job = JobSpec::default();
+        job.info.project_full_path = "g/p".into();
+        job.id = runnel_types::JobId(5);
+        let labels = labels(&ctx, &job, ObjectType::Build, None);
+        assert_eq!(
+            labels
+                .get("com.gitlab.gitlab-runner.job.url")
+                .map(String::as_str),
+            Some("https://gitlab.example.com/g/p/-/jobs/5")
+        );
+        assert!(!labels.values().any(|value| value.contains("p4ss")));
+    }
+
+    #[test]
+    fn aliases_must_be_host_names() {
+        for good in ["db", "my-db", "tutum__wordpress", "a.b-c.d", "x1"] {
+            assert_eq!(check_alias(good), Ok(()), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "--privileged",
+            "x y",
+            "y\nz",
+            "$(id)",
+            "-v",
+            "a..b",
+            "db-",
+            long.as_str(),
+        ] {
+            assert!(check_alias(bad).is_err(), "{bad:?}");
+        }
+        insta::assert_snapshot!(check_alias("$(id)").err().unwrap_or_default(), @"a host name has only letters, digits, `-`, `_` and `.`");
     }
 
     #[test]

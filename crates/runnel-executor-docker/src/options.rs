@@ -165,11 +165,33 @@ impl DockerOptions {
         self.config.pull_policies()
     }
 
-    /// The host config of a container of `role`, with `binds` mounted and attached to `network`
-    /// (the per-job network, or `None` when `network_mode` is set or unset networks are used).
+    /// Whether a container of `role` running `image` is privileged, the official rule for
+    /// every container (build, helper, services): `privileged` (`services_privileged` for
+    /// services, else `privileged`) and `image` allowed by `allowed_privileged_images`
+    /// (`allowed_privileged_services`); an empty list allows every image.
+    pub fn privileged(&self, role: ContainerRole, image: &str) -> bool {
+        let config = &self.config;
+        match role {
+            ContainerRole::Job => crate::image::privileged_allowed(
+                config.privileged,
+                image,
+                &config.allowed_privileged_images,
+            ),
+            ContainerRole::Service => crate::image::privileged_allowed(
+                config.services_privileged.unwrap_or(config.privileged),
+                image,
+                &config.allowed_privileged_services,
+            ),
+        }
+    }
+
+    /// The host config of a container of `role` running `image`, with `binds` mounted and
+    /// attached to `network` (the per-job network, or `None` when `network_mode` is set or unset
+    /// networks are used).
     pub fn host_config(
         &self,
         role: ContainerRole,
+        image: &str,
         binds: Vec<String>,
         network: Option<&str>,
     ) -> HostConfig {
@@ -186,10 +208,7 @@ impl DockerOptions {
                     .collect::<HashMap<_, _>>()
             })
         };
-        let privileged = match role {
-            ContainerRole::Job => config.privileged,
-            ContainerRole::Service => config.services_privileged.unwrap_or(config.privileged),
-        };
+        let privileged = self.privileged(role, image);
         let network_mode = match network {
             Some(network) => Some(network.to_owned()),
             None => config.network_mode.clone(),
@@ -437,10 +456,42 @@ nofile = "1024:2048"
         let options = DockerOptions::from_config(&config).expect("valid options");
         let job = options.host_config(
             ContainerRole::Job,
+            "alpine:3",
             vec!["vol:/builds".into()],
             Some("net-1"),
         );
-        let service = options.host_config(ContainerRole::Service, Vec::new(), Some("net-1"));
+        let service = options.host_config(
+            ContainerRole::Service,
+            "postgres:16",
+            Vec::new(),
+            Some("net-1"),
+        );
         insta::assert_json_snapshot!("job_and_service_host_config", (job, service));
+    }
+
+    #[test]
+    fn every_container_is_privileged_only_as_the_allow_lists_say() {
+        let restrictive = DockerOptions::from_config(&docker_config(
+            "privileged = true\nallowed_privileged_images = [\"docker:*-dind\"]\nallowed_privileged_services = [\"docker:*-dind\"]",
+        ))
+        .expect("valid options");
+        // The helper image is checked like any other (it runs the job's hooks).
+        for image in ["runnel-helper:0.1.0-abc", "alpine:3"] {
+            assert!(
+                !restrictive.privileged(ContainerRole::Job, image),
+                "{image}"
+            );
+            let host = restrictive.host_config(ContainerRole::Job, image, Vec::new(), None);
+            assert_eq!(host.privileged, Some(false), "{image}");
+        }
+        assert!(restrictive.privileged(ContainerRole::Job, "docker:27-dind"));
+        assert!(restrictive.privileged(ContainerRole::Service, "docker:27-dind"));
+        assert!(!restrictive.privileged(ContainerRole::Service, "postgres:16"));
+        let open =
+            DockerOptions::from_config(&docker_config("privileged = true")).expect("valid options");
+        assert!(open.privileged(ContainerRole::Job, "runnel-helper:x"));
+        let off = DockerOptions::from_config(&docker_config("")).expect("valid options");
+        assert!(!off.privileged(ContainerRole::Job, "docker:27-dind"));
+        assert!(!off.privileged(ContainerRole::Service, "docker:27-dind"));
     }
 }

@@ -30,6 +30,20 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// How long one TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The longest service line kept whole: a service writing without newlines gets its output
+/// cut into lines of this size, so no buffer grows with it.
+pub(crate) const MAX_SERVICE_LINE: usize = 16 * 1024;
+
+/// How many service lines wait for the job log at most (all services together); when the log
+/// does not take them, the followers stop reading until it does (Docker keeps the rest).
+const SERVICE_LINE_QUEUE: usize = 64;
+
+/// How much of a service's last output the "didn't start properly" warning shows at most.
+const MAX_WARNING_LOGS: usize = 64 * 1024;
+
+/// How much `/proc/net/tcp*` text is read at most.
+const MAX_SOCKET_TABLE: usize = 1024 * 1024;
+
 /// A started service container.
 #[derive(Clone, Debug)]
 pub(crate) struct StartedService {
@@ -285,7 +299,9 @@ async fn listening_ports(docker: &Docker, container: &str) -> Option<Vec<u16>> {
     let mut text = Vec::new();
     let collect = async {
         while let Some(Ok(chunk)) = output.next().await {
-            text.extend_from_slice(chunk.as_ref());
+            if text.len() < MAX_SOCKET_TABLE {
+                text.extend_from_slice(chunk.as_ref());
+            }
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT * 5, collect)
@@ -333,10 +349,13 @@ fn log_name(image: &str, aliases: &[String]) -> String {
 /// Streams the output of every service container into the job log while the job runs
 /// (`CI_DEBUG_SERVICES`). One task per service follows its log and sends complete lines,
 /// each `[service:<name>] <timestamp> <text>`; the stage runner writes them into the trace
-/// between lines of the job's own output. Dropping the follower stops the tasks.
+/// between lines of the job's own output (where they count against `output_limit` like any
+/// output). Memory is bounded whatever the services write: a line longer than
+/// [`MAX_SERVICE_LINE`] is cut, at most [`SERVICE_LINE_QUEUE`] lines wait, and a follower
+/// whose lines are not taken stops reading. Dropping the follower stops the tasks.
 #[derive(Debug)]
 pub(crate) struct ServiceLogFollower {
-    lines: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    lines: tokio::sync::mpsc::Receiver<Vec<u8>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Every sender is gone: all services stopped writing.
     closed: bool,
@@ -345,7 +364,7 @@ pub(crate) struct ServiceLogFollower {
 impl ServiceLogFollower {
     /// Starts following `services` from their first line.
     pub(crate) fn start(docker: &Docker, services: &[StartedService]) -> Self {
-        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, lines) = tokio::sync::mpsc::channel(SERVICE_LINE_QUEUE);
         let tasks = services
             .iter()
             .map(|service| {
@@ -364,24 +383,16 @@ impl ServiceLogFollower {
                             ..LogsOptions::default()
                         }),
                     );
-                    let mut partial = Vec::new();
+                    let mut splitter = LineSplitter::new(prefix);
                     while let Some(Ok(chunk)) = logs.next().await {
-                        partial.extend_from_slice(chunk.as_ref());
-                        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-                            let rest = partial.split_off(end + 1);
-                            let mut line = prefix.as_bytes().to_vec();
-                            line.extend_from_slice(&partial);
-                            partial = rest;
-                            if sender.send(line).is_err() {
+                        for line in splitter.push(chunk.as_ref()) {
+                            if sender.send(line).await.is_err() {
                                 return;
                             }
                         }
                     }
-                    if !partial.is_empty() {
-                        let mut line = prefix.into_bytes();
-                        line.extend_from_slice(&partial);
-                        line.push(b'\n');
-                        drop(sender.send(line));
+                    if let Some(line) = splitter.finish() {
+                        drop(sender.send(line).await);
                     }
                 })
             })
@@ -421,6 +432,55 @@ impl Drop for ServiceLogFollower {
     }
 }
 
+/// Cuts a service's output into prefixed lines of at most [`MAX_SERVICE_LINE`] bytes.
+struct LineSplitter {
+    prefix: Vec<u8>,
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn new(prefix: String) -> Self {
+        Self {
+            prefix: prefix.into_bytes(),
+            partial: Vec::new(),
+        }
+    }
+
+    /// The complete lines `bytes` finishes (each with its newline).
+    fn push(&mut self, mut bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        while !bytes.is_empty() {
+            let room = MAX_SERVICE_LINE - self.partial.len();
+            let take = bytes
+                .iter()
+                .take(room)
+                .position(|&b| b == b'\n')
+                .map_or(room.min(bytes.len()), |end| end + 1);
+            self.partial.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.partial.last() == Some(&b'\n') || self.partial.len() >= MAX_SERVICE_LINE {
+                lines.push(self.line());
+            }
+        }
+        lines
+    }
+
+    /// What is left, as a line of its own.
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        (!self.partial.is_empty()).then(|| self.line())
+    }
+
+    fn line(&mut self) -> Vec<u8> {
+        let mut line = Vec::with_capacity(self.prefix.len() + self.partial.len() + 1);
+        line.extend_from_slice(&self.prefix);
+        line.append(&mut self.partial);
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        line
+    }
+}
+
 /// The last lines of a service's output.
 async fn service_logs(docker: &Docker, service: &StartedService) -> String {
     let mut logs = docker.logs(
@@ -436,7 +496,20 @@ async fn service_logs(docker: &Docker, service: &StartedService) -> String {
     let mut text = String::new();
     let collect = async {
         while let Some(Ok(chunk)) = logs.next().await {
-            text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+            // The last lines may be one endless line: keep its start only.
+            let room = MAX_WARNING_LOGS.saturating_sub(text.len());
+            if room == 0 {
+                continue;
+            }
+            let chunk = String::from_utf8_lossy(chunk.as_ref());
+            let mut end = room.min(chunk.len());
+            while !chunk.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.push_str(&chunk[..end]);
+            if text.len() >= MAX_WARNING_LOGS {
+                text.push_str("\n(service output cut at 64 KiB)\n");
+            }
         }
     };
     // Logs that take too long are cut short, not waited for.
@@ -467,6 +540,19 @@ mod tests {
                 .collect(),
             ..ImageSpec::default()
         }
+    }
+
+    #[test]
+    fn service_output_without_newlines_is_cut_into_bounded_lines() {
+        let mut splitter = LineSplitter::new("[s] ".to_owned());
+        assert_eq!(splitter.push(b"a\nbc"), [b"[s] a\n".to_vec()]);
+        assert_eq!(splitter.push(b"d\n"), [b"[s] bcd\n".to_vec()]);
+        let endless = vec![b'y'; MAX_SERVICE_LINE * 3 + 10];
+        let lines = splitter.push(&endless);
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|line| line.len() == MAX_SERVICE_LINE + 5));
+        assert_eq!(splitter.finish(), Some(b"[s] yyyyyyyyyy\n".to_vec()));
+        assert_eq!(splitter.finish(), None);
     }
 
     #[test]

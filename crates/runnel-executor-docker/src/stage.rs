@@ -148,7 +148,7 @@ pub(crate) async fn run_stage(
             () = async { stopper.as_mut().expect("guarded by the select condition").await }, if stopper.is_some() => {
                 stopper = None;
             },
-            Some(line) = async { service_logs.as_deref_mut().expect("guarded by the select condition").next_line().await }, if service_logs.is_some() => {
+            Some(line) = async { service_logs.as_deref_mut().expect("guarded by the select condition").next_line().await }, if service_logs.is_some() && interleave.can_hold() => {
                 interleave.service_line(sink, line);
             },
         }
@@ -166,21 +166,32 @@ pub(crate) async fn run_stage(
     exit
 }
 
+/// At most this many bytes of service lines are held back while the job's output is in the
+/// middle of a line; then no more are taken until it ends the line (or the stage ends).
+const MAX_HELD: usize = 256 * 1024;
+
 /// Puts service lines between the job's lines: held back while the job's output is in the
 /// middle of a line, written as soon as it ends one.
 #[derive(Default)]
 struct Interleave {
     mid_line: bool,
     held: Vec<Vec<u8>>,
+    held_bytes: usize,
 }
 
 impl Interleave {
+    /// Whether another service line may be taken (the held ones stay bounded).
+    fn can_hold(&self) -> bool {
+        self.held_bytes < MAX_HELD
+    }
+
     fn job_output(&mut self, sink: &dyn OutputSink, stream: OutputStream, bytes: &[u8]) {
         sink.write(stream, bytes);
         if let Some(&last) = bytes.last() {
             self.mid_line = last != b'\n';
         }
         if !self.mid_line {
+            self.held_bytes = 0;
             for line in self.held.drain(..) {
                 sink.write(OutputStream::Stdout, &line);
             }
@@ -189,6 +200,7 @@ impl Interleave {
 
     fn service_line(&mut self, sink: &dyn OutputSink, line: Vec<u8>) {
         if self.mid_line {
+            self.held_bytes += line.len();
             self.held.push(line);
         } else {
             sink.write(OutputStream::Stdout, &line);
@@ -204,6 +216,7 @@ impl Interleave {
             sink.write(OutputStream::Stdout, b"\n");
             self.mid_line = false;
         }
+        self.held_bytes = 0;
         for line in self.held.drain(..) {
             sink.write(OutputStream::Stdout, &line);
         }

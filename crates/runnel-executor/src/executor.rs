@@ -69,6 +69,24 @@ pub trait OutputSink: Send + Sync {
     fn process_group_started(&self, pid: u32) {
         let _ = pid;
     }
+
+    /// What the job's containers (or other processes not on this host) used so far, as the
+    /// executor measured it: cumulative for the job, so each call replaces the previous one.
+    /// The default ignores it.
+    fn resources_used(&self, usage: ResourceUsage) {
+        let _ = usage;
+    }
+}
+
+/// CPU and memory a job used where the runner cannot see its processes (containers).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ResourceUsage {
+    /// The highest memory use seen (bytes, page cache not counted).
+    pub peak_memory_bytes: u64,
+    /// CPU time used (seconds, all cores).
+    pub cpu_seconds: f64,
+    /// The highest CPU use seen, in cores.
+    pub peak_cores: f64,
 }
 
 /// Where a stage runs, for executors that have more than one place to run things.

@@ -637,6 +637,10 @@ impl OutputSink for TraceSink {
     fn process_group_started(&self, pid: u32) {
         self.usage.add_group(pid);
     }
+
+    fn resources_used(&self, usage: runnel_executor::ResourceUsage) {
+        self.usage.report(usage);
+    }
 }
 
 fn section(trace: &JobTrace, markers: bool, name: &str, description: &str) {

@@ -38,6 +38,8 @@ struct UsageState {
     ticks: HashMap<u32, u64>,
     usage: Usage,
     last: Option<(Instant, u64)>,
+    /// What the executor measured itself (a docker job's containers), cumulative.
+    reported: Option<runnel_executor::ResourceUsage>,
 }
 
 impl JobUsage {
@@ -51,15 +53,32 @@ impl JobUsage {
         SAMPLER.watch(self);
     }
 
-    /// The figures so far (a last sample of this job's processes is taken first).
+    /// Records what the executor measured where this host's `/proc` cannot see (containers);
+    /// cumulative for the job, so it replaces what was reported before.
+    pub(crate) fn report(&self, reported: runnel_executor::ResourceUsage) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reported = Some(reported);
+    }
+
+    /// The figures so far (a last sample of this job's processes is taken first), with what
+    /// the executor reported added.
     pub(crate) fn finish(self: &Arc<Self>) -> Usage {
         SAMPLER.forget(self);
         SAMPLER.sample(self, Instant::now());
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        Usage {
+        let mut usage = Usage {
             measured: !state.groups.is_empty(),
             ..state.usage
+        };
+        if let Some(reported) = state.reported {
+            usage.measured = true;
+            usage.peak_rss_bytes = usage.peak_rss_bytes.max(reported.peak_memory_bytes);
+            usage.cpu_seconds += reported.cpu_seconds;
+            usage.peak_cores = usage.peak_cores.max(reported.peak_cores);
         }
+        usage
     }
 
     fn leaders(&self) -> Vec<u32> {
@@ -253,6 +272,30 @@ mod tests {
     fn garbage_is_ignored() {
         assert_eq!(parse_stat("nonsense"), None);
         assert_eq!(parse_stat("12 (x) S 1"), None);
+    }
+
+    #[tokio::test]
+    async fn figures_an_executor_reports_count_for_the_job() {
+        let usage = Arc::new(JobUsage::default());
+        assert!(!usage.finish().measured);
+        let usage = Arc::new(JobUsage::default());
+        usage.report(runnel_executor::ResourceUsage {
+            peak_memory_bytes: 1,
+            cpu_seconds: 0.5,
+            peak_cores: 0.2,
+        });
+        // Cumulative: the later report replaces the earlier one.
+        usage.report(runnel_executor::ResourceUsage {
+            peak_memory_bytes: 8 << 20,
+            cpu_seconds: 1.5,
+            peak_cores: 0.75,
+        });
+        let result = usage.finish();
+        assert!(result.measured);
+        assert_eq!(
+            describe(&result),
+            "peak memory 8.0 MiB, CPU time 1.50 s, peak CPU 0.75 cores"
+        );
     }
 
     #[tokio::test]

@@ -157,7 +157,7 @@ pub(crate) struct ExecArgs {
     /// environment when fetching.
     #[arg(long)]
     pub(crate) offline: bool,
-    /// The docker helper image (default: runnel-helper:latest, from `runnel docker build-helper-image`).
+    /// The docker helper image (default: the one Runnel builds itself on first use).
     #[arg(long, value_name = "IMAGE")]
     pub(crate) helper_image: Option<String>,
 }
@@ -172,18 +172,22 @@ pub(crate) enum ExecExecutor {
 /// `runnel docker …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum DockerCommand {
-    /// Build the helper image (this `runnel` binary on top of a base image that has git) locally,
-    /// for `[runners.docker] helper_image`.
+    /// Build the helper image locally: by default the self-contained one jobs use when
+    /// `helper_image` is unset (this binary, the host's git and their libraries, FROM scratch);
+    /// with `--from`, this binary on top of a base image, for `[runners.docker] helper_image`.
     BuildHelperImage(BuildHelperImageArgs),
 }
 
 /// `runnel docker build-helper-image` flags.
 #[derive(Debug, Args)]
 pub(crate) struct BuildHelperImageArgs {
-    /// The base image (must have a shell, and git for git sources; glibc-based for this binary).
+    /// A base image to put this binary on (must have a shell, git for git sources, and a C
+    /// library this binary runs with: checked by running it). Default: no base, a
+    /// self-contained image.
     #[arg(long = "from")]
-    pub(crate) base: String,
-    /// The tag to give the image (default runnel-helper:latest).
+    pub(crate) base: Option<String>,
+    /// The tag to give the image (default: runnel-helper:<version>-<digest> without --from,
+    /// runnel-helper:latest with it).
     #[arg(long)]
     pub(crate) tag: Option<String>,
     /// Docker daemon address (default DOCKER_HOST or the local socket).

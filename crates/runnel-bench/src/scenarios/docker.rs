@@ -3,9 +3,9 @@
 //! executor's `e2e` figure; and the Docker Engine API requests the runner makes for it.
 //!
 //! Images are built locally as the runnel integration tests build them (no registry needed):
-//! [`IMAGE`] is `FROM scratch` plus the host's static busybox, and the helper image is
-//! `runnel docker build-helper-image --from` that image with the binary under test, tagged by
-//! the binary's size and mtime so an unchanged binary reuses it. `pull_policy = ["never"]`.
+//! [`IMAGE`] is `FROM scratch` plus the host's static busybox, and the helper image is the one
+//! `runnel docker build-helper-image` assembles with the binary under test, tagged by the
+//! binary's size and mtime so an unchanged binary reuses it. `pull_policy = ["never"]`.
 //!
 //! The runner's `[runners.docker] host` points at a counting proxy ([`EngineProxy`]) on a unix
 //! socket in the scenario directory, which relays every byte to the real daemon and counts the
@@ -223,7 +223,7 @@ async fn ensure_image() -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The helper image `runnel docker build-helper-image` makes from [`IMAGE`] and `runnel`;
+/// Runnel's own helper image, as `runnel docker build-helper-image` makes it with `runnel`;
 /// returns its tag.
 async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
     let meta = std::fs::metadata(runnel).map_err(|source| BenchError::Io {
@@ -246,14 +246,7 @@ async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
     }
     let home = scenario_dir()?;
     let output = Command::new(runnel)
-        .args([
-            "docker",
-            "build-helper-image",
-            "--from",
-            IMAGE,
-            "--tag",
-            &tag,
-        ])
+        .args(["docker", "build-helper-image", "--tag", &tag])
         .env("HOME", home.path())
         .stdin(std::process::Stdio::null())
         .output()
@@ -264,7 +257,7 @@ async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
         })?;
     if !output.status.success() {
         return Err(BenchError::Tool {
-            command: format!("runnel docker build-helper-image --from {IMAGE} --tag {tag}"),
+            command: format!("runnel docker build-helper-image --tag {tag}"),
             problem: format!(
                 "exited {}: {}{}",
                 output.status,

@@ -33,6 +33,7 @@ fn provider_for(short_token: &str, section: &str) -> DockerProvider {
         gitlab_url: "https://gitlab.example.com".to_owned(),
         shell: Shell::Sh,
         helper_image: HELPER.to_owned(),
+        helper_binary: None,
     };
     DockerProvider::new(settings, &docker_config(section)).expect("valid provider")
 }

@@ -4,6 +4,7 @@
 //! Docker is required: when the daemon is not reachable the tests fail with a message saying so.
 
 mod executor;
+mod hardening;
 mod images;
 mod planned;
 mod support;

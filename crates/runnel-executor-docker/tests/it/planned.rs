@@ -25,6 +25,7 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         gitlab_url: "https://gitlab.example.com".to_owned(),
         shell: Shell::Bash,
         helper_image: HELPER_BASH.to_owned(),
+        helper_binary: None,
     };
     let provider = DockerProvider::new(
         settings,

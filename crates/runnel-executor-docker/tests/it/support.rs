@@ -66,6 +66,8 @@ pub(crate) fn job(image: Option<&str>) -> JobSpec {
 pub(crate) struct Collect {
     chunks: Mutex<Vec<(OutputStream, Vec<u8>)>>,
     changed: Notify,
+    /// The last resource figures the executor reported.
+    pub(crate) resources: Mutex<Option<runnel_executor::ResourceUsage>>,
 }
 
 impl Collect {
@@ -108,5 +110,9 @@ impl OutputSink for Collect {
             .expect("sink lock")
             .push((stream, bytes.to_vec()));
         self.changed.notify_waiters();
+    }
+
+    fn resources_used(&self, usage: runnel_executor::ResourceUsage) {
+        *self.resources.lock().expect("sink lock") = Some(usage);
     }
 }

@@ -28,6 +28,7 @@ use crate::script::{ANSI_BOLD_GREEN, ANSI_RESET, ScriptWriter};
 
 /// Yellow, as the official `Warningf`.
 const ANSI_YELLOW: &str = "\x1b[0;33m";
+const ANSI_BOLD_RED: &str = "\x1b[31;1m";
 
 /// Which job outcome an archive or upload stage is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -369,7 +370,18 @@ impl StageContext<'_> {
         self.open_helper_guard(w);
         notice(w, "Uploading artifacts...");
         w.command(&self.runner_command(), &args);
-        self.close_helper_guard(w, "Uploading artifacts");
+        // Unlike a cache, artifacts are part of the job's result: no helper, no success.
+        w.else_branch();
+        let line = format!(
+            "echo {} >&2",
+            w.quote(&format!(
+                "{ANSI_BOLD_RED}ERROR: Missing {}: artifacts cannot be uploaded. The helper image must be a Runnel helper image (unset helper_image to use the one Runnel builds itself).{ANSI_RESET}",
+                self.runner_command()
+            ))
+        );
+        w.line(&line);
+        w.line("exit 1");
+        w.close("fi");
     }
 
     /// The resolved key for a cache key as written (job variables expanded, then the default

@@ -61,12 +61,20 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
 async fn build_helper_image(args: BuildHelperImageArgs) -> anyhow::Result<ExitCode> {
     let (tag, id) = runnel_executor_docker::build_helper_image_from_current_exe(
         args.host.as_deref(),
-        &args.base,
+        args.base.as_deref(),
         args.tag.as_deref(),
     )
     .await
-    .with_context(|| format!("cannot build the helper image from {}", args.base))?;
-    tracing::info!(image = %tag, id = %id, "helper image built; set [runners.docker] helper_image to use it");
+    .with_context(|| match &args.base {
+        Some(base) => format!("cannot build the helper image from {base}"),
+        None => "cannot build Runnel's helper image".to_owned(),
+    })?;
+    if args.base.is_some() {
+        tracing::info!(image = %tag, id = %id, "helper image built; set [runners.docker] helper_image to use it");
+    } else {
+        tracing::info!(image = %tag, id = %id, "helper image ready; jobs without helper_image use it");
+    }
+    println!("{tag}");
     Ok(ExitCode::SUCCESS)
 }
 

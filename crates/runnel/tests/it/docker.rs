@@ -56,7 +56,7 @@ fn build(tag: &str, context: &Path) {
     );
 }
 
-fn ensure_image() {
+pub(crate) fn ensure_image() {
     let _guard = BUILDS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -383,10 +383,11 @@ async fn a_missing_image_fails_the_job_with_a_clear_message() {
 }
 
 #[tokio::test]
-async fn build_helper_image_puts_this_binary_into_the_image() {
+async fn build_helper_image_refuses_a_base_where_this_binary_cannot_run() {
     ensure_image();
     let home = tempfile::tempdir().unwrap();
-    let tag = "runnel-e2e-helper:test";
+    let tag = format!("runnel-e2e-helper-refused:{}", std::process::id());
+    // A static busybox image has no C library and no loader for this (dynamic) binary.
     let run = crate::support::run_runnel(
         &[
             "docker",
@@ -394,31 +395,186 @@ async fn build_helper_image_puts_this_binary_into_the_image() {
             "--from",
             IMAGE,
             "--tag",
-            tag,
+            &tag,
         ],
         "",
         home.path(),
     )
     .await;
+    assert!(!run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "the runnel binary cannot run in helper image `{tag}`"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("run `runnel docker build-helper-image` without `--from`"),
+        "the fix is named: {}",
+        run.stderr
+    );
+    assert!(!image_exists(&tag), "the unusable image is not left behind");
+}
+
+#[tokio::test]
+async fn build_helper_image_without_a_base_is_self_contained() {
+    ensure_image();
+    let home = tempfile::tempdir().unwrap();
+    let tag = "runnel-e2e-own-helper:test";
+    let run = crate::support::run_runnel(
+        &["docker", "build-helper-image", "--tag", tag],
+        "",
+        home.path(),
+    )
+    .await;
     run.assert_success();
-    let listed = docker(&[
+    let versioned = run.stdout.trim().to_owned();
+    assert_eq!(versioned, tag, "{}", run.stderr);
+    // FROM scratch: everything the helper runs comes with it.
+    let ran = docker(&[
         "run",
         "--rm",
+        "--network",
+        "none",
         tag,
-        "/bin/ls",
-        "/usr/bin/runnel",
-        "/usr/bin/gitlab-runner-helper",
+        "sh",
+        "-c",
+        "gitlab-runner-helper --version && git --version && git lfs version && ls /bin/bash",
     ]);
-    let stdout = String::from_utf8_lossy(&listed.stdout);
+    let stdout = String::from_utf8_lossy(&ran.stdout);
     assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
+        ran.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ran.stderr)
     );
+    assert!(stdout.contains("git version "), "{stdout}");
+    assert!(stdout.contains("git-lfs/"), "{stdout}");
+    docker(&["rmi", tag]);
+}
+
+/// `[runners.docker]` with an image and nothing about a helper: Runnel's own helper.
+fn own_helper_setup(extra: &str) -> Setup {
+    Setup {
+        executor: Some("docker"),
+        // The fake listens on loopback: the containers share the host's network to reach it.
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    pull_policy = [\"never\"]\n    network_mode = \"host\"\n{extra}"
+        ),
+        ..Setup::default()
+    }
+}
+
+#[tokio::test]
+async fn without_helper_image_jobs_clone_cache_and_upload_artifacts_in_a_static_image() {
+    ensure_image();
+    let daemon = Daemon::start(own_helper_setup("")).await;
+    let _sweep = Sweep::new(&daemon);
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "from-the-repository\n")
+        .create()
+        .unwrap();
+    let cache = json!([{
+        "key": "deps",
+        "untracked": false,
+        "policy": "pull-push",
+        "paths": ["vendor/"],
+        "when": "on_success",
+        "fallback_keys": [],
+    }]);
+    let first = daemon.fake.enqueue(
+        JobBuilder::new("build")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .script([
+                "cat README.md",
+                "mkdir -p out vendor",
+                "echo built > out/result.txt",
+                "echo cached-v1 > vendor/lib.txt",
+            ])
+            .extra("cache", cache.clone())
+            .extra(
+                "artifacts",
+                json!([{
+                    "name": "result",
+                    "paths": ["out/"],
+                    "when": "on_success",
+                    "artifact_type": "archive",
+                    "artifact_format": "zip",
+                    "expire_in": "1 day"
+                }]),
+            ),
+    );
+    let view = daemon.finished(first).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("Created fresh repository."), "{trace}");
+    assert!(trace.contains("from-the-repository\n"), "{trace}");
+    assert!(trace.contains("Created cache"), "{trace}");
     assert!(
-        stdout.contains("/usr/bin/runnel") && stdout.contains("/usr/bin/gitlab-runner-helper"),
-        "{stdout}"
+        trace.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"),
+        "{trace}"
     );
+    assert!(trace.contains("Resource usage: peak memory "), "{trace}");
+    assert_eq!(view.artifacts.len(), 1, "{:?}", view.artifacts);
+    assert_eq!(
+        zip_entry(&view.artifacts[0].data, "out/result.txt"),
+        "built\n"
+    );
+
+    // The next job restores the cache with the same helper, which is not built again.
+    let second = daemon.fake.enqueue(
+        JobBuilder::new("use")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .script(["cat vendor/lib.txt"])
+            .extra("cache", cache),
+    );
+    let view = daemon.finished(second).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("Successfully extracted cache"), "{trace}");
+    assert!(trace.contains("cached-v1\n"), "{trace}");
+    assert!(!trace.contains("Building Runnel's helper image"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn a_helper_image_that_is_not_runnels_fails_a_job_with_artifacts() {
+    ensure_image();
+    // The busybox image as helper_image: no runner binary in it.
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("needs-helper")
+            .script(["mkdir -p out", "echo built > out/result.txt"])
+            .extra(
+                "artifacts",
+                json!([{
+                    "name": "result",
+                    "paths": ["out/"],
+                    "when": "on_success",
+                    "artifact_type": "archive",
+                    "artifact_format": "zip",
+                    "expire_in": "1 day"
+                }]),
+            ),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains(&format!(
+            "helper_image `{IMAGE}` is not a Runnel helper image"
+        )),
+        "{trace}"
+    );
+    assert!(trace.contains("remove `helper_image`"), "{trace}");
+    assert!(view.artifacts.is_empty());
+    assert_nothing_left(&daemon);
 }
 
 #[tokio::test]
@@ -535,6 +691,88 @@ async fn ci_debug_services_streams_service_output_into_the_job_log() {
         let (stamp, _text) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
         assert!(stamp.ends_with('Z') && stamp.contains('T'), "{line:?}");
     }
+    assert_nothing_left(&daemon);
+}
+
+/// The peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon runs");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("VmHWM in /proc/<pid>/status")
+        * 1024
+}
+
+#[tokio::test]
+async fn output_without_newlines_cannot_grow_the_daemon() {
+    ensure_image();
+    let daemon = Daemon::start(Setup {
+        runner: "  output_limit = 256".to_owned(),
+        ..docker_setup_with(IMAGE, "    wait_for_services_timeout = 1\n")
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let pid = daemon.pid().expect("the daemon runs");
+    let noisy_job = |bytes: u64| {
+        job("noisy-service")
+            .variable("CI_DEBUG_SERVICES", "true")
+            .extra(
+                "services",
+                json!([{
+                    "name": WEB,
+                    "alias": "noisy",
+                    "command": ["sh", "-c", format!("yes | head -c {bytes} | tr -d '\\n'; echo; echo noisy-finished; exec sleep 300")]
+                }]),
+            )
+            .script(["sleep 8", "echo job-line-done"])
+    };
+    // The same job with a quiet service first: what any such job costs is not counted.
+    let quiet = daemon.fake.enqueue(noisy_job(100));
+    let view = daemon.finished(quiet).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    let before = peak_memory(pid);
+    // 40 MB without a newline, `yes`-like; the job waits for it to be streamed.
+    let id = daemon.fake.enqueue(noisy_job(40_000_000));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("[service:runnel-e2e-web-noisy] "), "{trace}");
+    assert!(trace.contains("Job's log exceeded limit"), "{trace}");
+    let grown = peak_memory(pid).saturating_sub(before);
+    eprintln!(
+        "daemon peak memory: {} KiB before, grown by {} KiB",
+        before >> 10,
+        grown >> 10
+    );
+    assert!(
+        grown < 16 << 20,
+        "the daemon grew by {} MiB for a service writing 40 MB without newlines",
+        grown >> 20
+    );
+    // Nor can a job that never ends its line.
+    let before = peak_memory(pid);
+    let id = daemon.fake.enqueue(job("endless-line").script([
+        "head -c 40000000 /dev/zero | tr '\\0' y",
+        "echo",
+        "echo done",
+    ]));
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    let grown = peak_memory(pid).saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "the daemon grew by {} MiB for a job writing 40 MB without newlines",
+        grown >> 20
+    );
     assert_nothing_left(&daemon);
 }
 

@@ -427,7 +427,8 @@ fn sweep_docker(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn docker_pipeline_passes_artifacts_between_containers() {
-    let helper = crate::docker::ensure_git_helper().await;
+    // No --helper-image: the helper Runnel builds itself, in a static busybox job image.
+    crate::docker::ensure_image();
     let image = crate::docker::IMAGE;
     let pipeline = format!(
         r#"image: {image}
@@ -447,11 +448,7 @@ test:
     );
     let dir = repo(&[(".gitlab-ci.yml", &pipeline), ("input.txt", "committed\n")]);
     std::fs::write(dir.path().join("input.txt"), "changed\n").unwrap();
-    let run = exec(
-        dir.path(),
-        &["--executor", "docker", "--plain", "--helper-image", &helper],
-    )
-    .await;
+    let run = exec(dir.path(), &["--executor", "docker", "--plain"]).await;
     let left = sweep_docker(dir.path());
     run.assert_code(0)
         .assert_line("[build] dir /builds")

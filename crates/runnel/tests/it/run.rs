@@ -48,6 +48,11 @@ fn quick_fake() -> FakeConfig {
 }
 
 impl Daemon {
+    /// The daemon's process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(tokio::process::Child::id)
+    }
+
     pub(crate) async fn start(setup: Setup) -> Self {
         let fake = FakeGitlab::start(setup.fake.unwrap_or_else(quick_fake))
             .await
