@@ -34,8 +34,9 @@ pub mod shell;
 
 pub use error::ExecutorError;
 pub use executor::{
-    BoxFuture, Executor, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream, PrepareContext,
-    Provider, Shell, StageCommand, StageExit, StageKind,
+    BoxFuture, ConfigureContext, Executor, ExecutorFeatures, ExecutorInfo, OutputSink,
+    OutputStream, PlanOverrides, PrepareContext, Provider, Shell, StageCommand, StageExit,
+    StageKind,
 };
 pub use process::KillPolicy;
 pub use shell::{SHELL_EXECUTOR_INFO, ShellExecutor, ShellOptions, ShellProvider};
