@@ -2,6 +2,7 @@
 
 mod cache_s3;
 mod commands;
+mod custom;
 mod docker;
 mod exec;
 mod git_sources;
