@@ -10,5 +10,6 @@ mod job_data;
 mod register;
 mod run;
 mod service;
+mod ssh;
 mod support;
 mod tidy;
