@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! Provider::create()           once per job             -> Box<dyn Executor>
+//! Executor::configure(ctx)     once, before planning    -> PlanOverrides (custom, ssh)
 //! Executor::prepare(ctx)       once                     directories, containers, …
 //! Executor::banner()           once, into the job log   "Using Shell (bash) executor..."
 //! Executor::run(stage, …)      once per stage           -> StageExit (Exited / Signaled / …)
