@@ -255,7 +255,10 @@ fn read_build_exit_code(path: &Path) -> Result<Option<i32>, ()> {
     let mut text = String::new();
     // The first line is all that counts; a few bytes are plenty.
     let read = file.take(64).read_to_string(&mut text);
-    let _ = std::fs::remove_file(path);
+    // Read once: a later stage must not inherit this stage's code.
+    if let Err(error) = std::fs::remove_file(path) {
+        debug!(%error, "cannot remove BUILD_EXIT_CODE_FILE");
+    }
     let first = text.lines().next().unwrap_or_default().trim();
     match read {
         Ok(_) => first.parse().map(Some).map_err(|_| ()),

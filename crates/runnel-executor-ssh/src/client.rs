@@ -344,7 +344,9 @@ impl Connection {
         let (mut read, write) = channel.split();
         let input = async {
             let result = write.data(script).await;
-            let _ = write.eof().await;
+            if let Err(error) = write.eof().await {
+                debug!(%error, stage, "cannot close the stage's stdin");
+            }
             result
         };
         let mut input = std::pin::pin!(input);
@@ -386,8 +388,10 @@ impl Connection {
                 () = until(kill_at), if kill_at.is_some() && exit.is_none() => {
                     kill_at = None;
                     warn!(stage, pgid = ?pgid.pgid, "stage ignored SIGTERM on the SSH host, sending SIGKILL");
-                    if !self.signal_group(pgid.pgid, "KILL").await {
-                        let _ = write.signal(Sig::KILL).await;
+                    if !self.signal_group(pgid.pgid, "KILL").await
+                        && let Err(error) = write.signal(Sig::KILL).await
+                    {
+                            debug!(%error, stage, "cannot signal the stage's channel");
                     }
                     give_up_at = Some(Instant::now() + FORCE);
                 }
@@ -396,8 +400,10 @@ impl Connection {
             }
             if stopped.is_some() && kill_at.is_none() && give_up_at.is_none() && exit.is_none() {
                 debug!(stage, pgid = ?pgid.pgid, "stopping stage on the SSH host");
-                if !self.signal_group(pgid.pgid, "TERM").await {
-                    let _ = write.signal(Sig::TERM).await;
+                if !self.signal_group(pgid.pgid, "TERM").await
+                    && let Err(error) = write.signal(Sig::TERM).await
+                {
+                    debug!(%error, stage, "cannot signal the stage's channel");
                 }
                 kill_at = Some(Instant::now() + grace);
             }
@@ -408,7 +414,9 @@ impl Connection {
             }
         }
         pgid.flush(sink);
-        let _ = write.close().await;
+        if let Err(error) = write.close().await {
+            debug!(%error, stage, "cannot close the stage's channel");
+        }
         match (stopped, exit) {
             (Some(stop), _) => Ok(stop),
             (None, Some(exit)) => Ok(exit),

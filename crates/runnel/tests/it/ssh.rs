@@ -24,8 +24,9 @@ struct Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.kill().is_ok() && self.child.wait().is_err() {
+            eprintln!("sshd {} was not reaped", self.child.id());
+        }
     }
 }
 
@@ -128,7 +129,7 @@ impl Sshd {
     }
 }
 
-async fn ssh_daemon(sshd: &Sshd, concurrent: usize, runner: &str, ssh: String) -> Daemon {
+async fn ssh_daemon(concurrent: usize, runner: &str, ssh: String) -> Daemon {
     Daemon::start(Setup {
         concurrent,
         executor: Some("ssh"),
@@ -168,7 +169,7 @@ fn read_pid(path: &Path) -> i32 {
 #[tokio::test]
 async fn key_login_runs_the_job_suite_on_the_ssh_host() {
     let sshd = Sshd::start().await;
-    let daemon = ssh_daemon(&sshd, 6, "  limit = 6", sshd.section("")).await;
+    let daemon = ssh_daemon(6, "  limit = 6", sshd.section("")).await;
     let secret = "s3cr3t-value-0123456789";
     let marks = sshd.dir.path().display().to_string();
     let ok = daemon.fake.enqueue(
@@ -275,7 +276,7 @@ async fn key_login_runs_the_job_suite_on_the_ssh_host() {
 #[tokio::test]
 async fn cancel_timeout_and_leftover_processes_stop_on_the_ssh_host() {
     let sshd = Sshd::start().await;
-    let daemon = ssh_daemon(&sshd, 3, "  limit = 3", sshd.section("")).await;
+    let daemon = ssh_daemon(3, "  limit = 3", sshd.section("")).await;
     let p = |name: &str| sshd.path(name).display().to_string();
     let leaves = daemon.fake.enqueue(job("ssh-leaves").script([
         format!("sleep 300 >/dev/null 2>&1 & echo $! > {}", p("left.pid")),
@@ -335,7 +336,7 @@ async fn cancel_timeout_and_leftover_processes_stop_on_the_ssh_host() {
 #[tokio::test]
 async fn artifacts_need_the_runner_binary_on_the_ssh_host() {
     let sshd = Sshd::start().await;
-    let daemon = ssh_daemon(&sshd, 1, "", sshd.section("")).await;
+    let daemon = ssh_daemon(1, "", sshd.section("")).await;
     let id = daemon.fake.enqueue(
         job("ssh-artifacts")
             .script(["mkdir -p out && echo hello > out/a.txt"])
@@ -386,7 +387,9 @@ fn password_user() -> String {
     assert!(chpasswd.wait().unwrap().success(), "chpasswd");
     // Debian's skeleton .bash_logout ends login shells with status 1 when clear_console is
     // missing, which fails every stage (the official runner's documented pitfall too).
-    let _ = std::fs::remove_file(format!("/home/{PASSWORD_USER}/.bash_logout"));
+    if let Err(error) = std::fs::remove_file(format!("/home/{PASSWORD_USER}/.bash_logout")) {
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+    }
     password
 }
 
@@ -399,7 +402,7 @@ async fn password_login_and_host_key_checks() {
         sshd.port,
         sshd.known_hosts("host_key.pub").display(),
     );
-    let daemon = ssh_daemon(&sshd, 1, "", section).await;
+    let daemon = ssh_daemon(1, "", section).await;
     // The builds dir lives in the daemon's private temp dir: let the test user in.
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -421,7 +424,11 @@ async fn password_login_and_host_key_checks() {
     assert!(!trace.contains(&password), "{trace}");
     drop(daemon);
     // Nobody logs in with that password again.
-    let _ = Command::new("passwd").args(["-l", PASSWORD_USER]).output();
+    let locked = Command::new("passwd")
+        .args(["-l", PASSWORD_USER])
+        .output()
+        .unwrap();
+    assert!(locked.status.success(), "passwd -l {PASSWORD_USER}");
 
     // A known_hosts file with another key for this host: a clear system failure.
     keygen(&sshd.path("other_key"));
@@ -431,7 +438,7 @@ async fn password_login_and_host_key_checks() {
         sshd.path("client_key").display(),
         sshd.known_hosts("other_key.pub").display(),
     );
-    let daemon = ssh_daemon(&sshd, 1, "", wrong.clone()).await;
+    let daemon = ssh_daemon(1, "", wrong.clone()).await;
     let id = daemon
         .fake
         .enqueue(job("ssh-wrong-key").script(["echo must-not-run"]));
@@ -456,7 +463,7 @@ async fn password_login_and_host_key_checks() {
 
     // The same file with checking disabled: the job runs.
     let lax = format!("{wrong}    disable_strict_host_key_checking = true\n");
-    let daemon = ssh_daemon(&sshd, 1, "", lax).await;
+    let daemon = ssh_daemon(1, "", lax).await;
     let id = daemon
         .fake
         .enqueue(job("ssh-lax").script(["echo ran-anyway"]));
@@ -475,7 +482,7 @@ async fn an_unknown_or_unreachable_host_fails_the_job_clearly() {
         sshd.path("client_key").display(),
         sshd.path("empty_known_hosts").display(),
     );
-    let daemon = ssh_daemon(&sshd, 1, "", unknown).await;
+    let daemon = ssh_daemon(1, "", unknown).await;
     let id = daemon
         .fake
         .enqueue(job("ssh-unknown").script(["echo must-not-run"]));
@@ -495,7 +502,7 @@ async fn an_unknown_or_unreachable_host_fails_the_job_clearly() {
         "  [runners.ssh]\n    host = \"127.0.0.1\"\n    port = \"{closed}\"\n    user = \"root\"\n    identity_file = \"{}\"\n    disable_strict_host_key_checking = true\n",
         sshd.path("client_key").display(),
     );
-    let daemon = ssh_daemon(&sshd, 1, "", unreachable).await;
+    let daemon = ssh_daemon(1, "", unreachable).await;
     let id = daemon
         .fake
         .enqueue(job("ssh-unreachable").script(["echo must-not-run"]));
