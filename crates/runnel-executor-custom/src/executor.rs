@@ -176,14 +176,6 @@ impl ConfigOutput {
             }),
             _ => Ok(dir.clone()),
         };
-        let builds_dir = absolute("builds_dir", &self.builds_dir)?;
-        let cache_dir = absolute("cache_dir", &self.cache_dir)?;
-        if builds_dir.is_none() && !options.builds_dir_configured {
-            return Err(CustomError::BuildsDirNotConfigured);
-        }
-        if cache_dir.is_none() && !options.cache_dir_configured {
-            return Err(CustomError::CacheDirNotConfigured);
-        }
         let shell = match self.shell.as_deref() {
             None => None,
             Some("bash") => Some(Shell::Bash),
@@ -194,6 +186,14 @@ impl ConfigOutput {
                 });
             }
         };
+        let builds_dir = absolute("builds_dir", &self.builds_dir)?;
+        let cache_dir = absolute("cache_dir", &self.cache_dir)?;
+        if builds_dir.is_none() && !options.builds_dir_configured {
+            return Err(CustomError::BuildsDirNotConfigured);
+        }
+        if cache_dir.is_none() && !options.cache_dir_configured {
+            return Err(CustomError::CacheDirNotConfigured);
+        }
         Ok(PlanOverrides {
             builds_dir,
             cache_dir,
