@@ -17,6 +17,11 @@ use tracing::{debug, warn};
 
 use crate::{SshError, SshOptions};
 
+/// How long one TCP connection attempt may take (a silent host would otherwise hold the job
+/// for the system's SYN timeout per attempt).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the SSH handshake may take once the TCP connection is up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to keep reading after a stage's shell exited and its group was killed.
 const DRAIN: Duration = Duration::from_secs(5);
 /// How long to wait for a stopped stage after `SIGKILL` before giving up on it.
@@ -174,10 +179,13 @@ impl Connection {
             nodelay: true,
             ..client::Config::default()
         });
-        let handshake = client::connect_stream(config, stream, verifier);
+        let handshake = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            client::connect_stream(config, stream, verifier),
+        );
         let mut handle = tokio::select! {
             () = cancel.cancelled() => return Err(SshError::Cancelled { address }),
-            result = handshake => result.map_err(|source| {
+            result = handshake => result.unwrap_or_else(|_| Err(russh::Error::ConnectionTimeout)).map_err(|source| {
                 refusal
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -244,10 +252,16 @@ impl Connection {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let connect = tokio::net::TcpStream::connect((options.host.as_str(), options.port));
+            let connect = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio::net::TcpStream::connect((options.host.as_str(), options.port)),
+            );
             let result = tokio::select! {
                 () = cancel.cancelled() => return Err(SshError::Cancelled { address: address.to_owned() }),
-                result = connect => result,
+                result = connect => result.unwrap_or_else(|_| Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                ))),
             };
             match result {
                 Ok(stream) => return Ok(stream),

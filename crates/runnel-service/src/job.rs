@@ -803,6 +803,18 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
                 .map_err(|error| error_chain(&error))?;
             Ok(Box::new(provider))
         }
+        "custom" | "ssh"
+            if runner
+                .shell
+                .as_deref()
+                .is_some_and(|shell| !matches!(shell, "bash" | "sh")) =>
+        {
+            Err(format!(
+                "the {} executor runs bash or sh scripts; shell = {:?} is not supported by this build of Runnel",
+                runner.executor,
+                runner.shell.as_deref().unwrap_or_default()
+            ))
+        }
         "custom" => {
             let config = runner.config.as_ref().ok_or_else(|| {
                 "the custom executor needs a [runners.custom] section in config.toml".to_owned()

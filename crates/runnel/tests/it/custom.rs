@@ -427,3 +427,21 @@ async fn a_docker_driver_runs_the_stages_in_a_container_it_creates() {
         assert!(gone, "container {name} was not removed");
     }
 }
+
+#[tokio::test]
+async fn a_shell_runnel_cannot_generate_fails_the_job_loudly() {
+    let root = tempfile::tempdir().unwrap();
+    let daemon = host_daemon(root.path(), 1, "  shell = \"pwsh\"").await;
+    let id = daemon
+        .fake
+        .enqueue(job("custom-pwsh").script(["echo must-not-run"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains("shell = \"pwsh\" is not supported by this build of Runnel"),
+        "{trace}"
+    );
+    assert!(!trace.contains("must-not-run\n"), "{trace}");
+    assert_eq!(driver_log(root.path()), "", "no driver step ran");
+}
