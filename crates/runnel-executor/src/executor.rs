@@ -2,8 +2,9 @@
 //!
 //! A [`Provider`] is built once per `[[runners]]` entry from its configuration. It describes the
 //! executor ([`ExecutorInfo`]: name, features reported to GitLab, default shell and directories)
-//! and creates one [`Executor`] per job. The job runner then calls [`Executor::prepare`] once,
-//! [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
+//! and creates one [`Executor`] per job. The job runner then calls [`Executor::configure`] once
+//! (before the stages are planned for good: custom's `config_exec` and the SSH host can decide
+//! directories), [`Executor::prepare`] once, [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
 //! a failure or a cancellation.
 //!
 //! The shape fits executors that run stages in different places: a stage says whether it is a
