@@ -2,8 +2,9 @@
 //!
 //! A [`Provider`] is built once per `[[runners]]` entry from its configuration. It describes the
 //! executor ([`ExecutorInfo`]: name, features reported to GitLab, default shell and directories)
-//! and creates one [`Executor`] per job. The job runner then calls [`Executor::prepare`] once,
-//! [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
+//! and creates one [`Executor`] per job. The job runner then calls [`Executor::configure`] once
+//! (before the stages are planned for good: custom's `config_exec` and the SSH host can decide
+//! directories), [`Executor::prepare`] once, [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
 //! a failure or a cancellation.
 //!
 //! The shape fits executors that run stages in different places: a stage says whether it is a
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use runnel_types::JobSpec;
 use tokio::time::Instant;
@@ -183,6 +185,57 @@ pub struct PrepareContext<'a> {
     pub debug_services: bool,
 }
 
+/// What an executor may look at before the job's scripts are planned
+/// ([`Executor::configure`]).
+#[derive(Clone)]
+pub struct ConfigureContext<'a> {
+    /// The job.
+    pub job: &'a JobSpec,
+    /// Every job variable in official order, expanded (predefined ones included), as the
+    /// planner resolved them with the configured directories.
+    pub variables: &'a [(String, String)],
+    /// The job as GitLab sent it (the JSON of the job request's answer).
+    pub job_response: &'a [u8],
+    /// Where the executor's own output goes (into the job log), for this and later calls.
+    pub sink: Arc<dyn OutputSink>,
+    /// Fired when the job is cancelled or aborted.
+    pub cancel: CancellationToken,
+}
+
+impl fmt::Debug for ConfigureContext<'_> {
+    /// Variable values and the job payload hold secrets: only sizes and keys are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigureContext")
+            .field("job", &self.job.id)
+            .field("variables", &EnvKeys(self.variables))
+            .field("job_response_bytes", &self.job_response.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings an executor learned in [`Executor::configure`] that change how the job is planned
+/// (the custom executor's `config_exec`). `None` keeps the runner's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanOverrides {
+    /// The absolute builds directory, as the scripts see it.
+    pub builds_dir: Option<String>,
+    /// The absolute cache directory, as the scripts see it.
+    pub cache_dir: Option<String>,
+    /// Whether builds directories are shared between jobs (nested by token and slot).
+    pub builds_dir_is_shared: Option<bool>,
+    /// The host name for `Running on … via <hostname>...`.
+    pub hostname: Option<String>,
+    /// The shell the scripts are generated for.
+    pub shell: Option<Shell>,
+}
+
+impl PlanOverrides {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        self == &PlanOverrides::default()
+    }
+}
+
 /// The shells the executors can run scripts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Shell {
@@ -297,6 +350,19 @@ pub trait Executor: Send {
     /// The line announcing the executor in the job log, without colours or newline, such as
     /// `Using Shell (bash) executor...`. Call it after [`prepare`](Executor::prepare).
     fn banner(&self) -> String;
+
+    /// Runs once before the job's scripts are planned, with the job's variables and a sink
+    /// into the job log; returns settings that change the plan. Most executors need nothing
+    /// here (the default); the custom executor runs its `config_exec`, the SSH executor
+    /// connects. A failure here is reported like a failure of
+    /// [`prepare`](Executor::prepare), and [`cleanup`](Executor::cleanup) still runs.
+    fn configure<'a>(
+        &'a mut self,
+        ctx: ConfigureContext<'a>,
+    ) -> BoxFuture<'a, Result<PlanOverrides, ExecutorError>> {
+        let _ = ctx;
+        Box::pin(async { Ok(PlanOverrides::default()) })
+    }
 
     /// Sets up the job's environment: directories here, containers for docker.
     fn prepare<'a>(

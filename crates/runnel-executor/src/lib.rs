@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! Provider::create()           once per job             -> Box<dyn Executor>
+//! Executor::configure(ctx)     once, before planning    -> PlanOverrides (custom, ssh)
 //! Executor::prepare(ctx)       once                     directories, containers, …
 //! Executor::banner()           once, into the job log   "Using Shell (bash) executor..."
 //! Executor::run(stage, …)      once per stage           -> StageExit (Exited / Signaled / …)
@@ -34,8 +35,9 @@ pub mod shell;
 
 pub use error::ExecutorError;
 pub use executor::{
-    BoxFuture, Executor, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream, PrepareContext,
-    Provider, ResourceUsage, Shell, StageCommand, StageExit, StageKind,
+    BoxFuture, ConfigureContext, Executor, ExecutorFeatures, ExecutorInfo, OutputSink,
+    OutputStream, PlanOverrides, PrepareContext, Provider, ResourceUsage, Shell, StageCommand,
+    StageExit, StageKind,
 };
 pub use process::KillPolicy;
 pub use shell::{SHELL_EXECUTOR_INFO, ShellExecutor, ShellOptions, ShellProvider};

@@ -25,7 +25,10 @@ pub struct Directories {
 /// The project dir relative to the builds dir when `GIT_CLONE_PATH` is not used.
 pub(crate) fn unique_dir(job: &JobSpec, opts: &PlanOptions, strategy: GitStrategy) -> String {
     let slug = project_slug(job);
-    let dir = if opts.executor.has_shared_builds_dir() {
+    let shared = opts
+        .shared_builds_dir
+        .unwrap_or_else(|| opts.executor.has_shared_builds_dir());
+    let dir = if shared {
         format!("{}/{}/{slug}", opts.short_token, opts.concurrent_project_id)
     } else {
         slug

@@ -107,6 +107,10 @@ pub struct PlanOptions {
     pub shell: Shell,
     /// Absolute builds dir (as seen by the job).
     pub builds_dir: String,
+    /// Whether builds dirs are shared between jobs (project dirs nested under
+    /// `<short token>/<concurrent project id>/`), when the executor decides it at run time (the
+    /// custom executor's `builds_dir_is_shared`); `None` takes the executor kind's default.
+    pub shared_builds_dir: Option<bool>,
     /// Absolute cache dir (as seen by the job).
     pub cache_dir: String,
     /// `CI_CONCURRENT_ID`: the job's slot among this runner's running jobs.

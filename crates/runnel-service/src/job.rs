@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use runnel_api::{Client, Features, RunnerInfo};
 use runnel_executor::{
-    Executor, OutputSink, OutputStream, PrepareContext, Provider, StageCommand, StageExit,
+    ConfigureContext, Executor, OutputSink, OutputStream, PrepareContext, Provider, StageCommand,
+    StageExit,
 };
 use runnel_job::{
     ExecutorKind, JobOutcome, JobPlan, JobStatus, PlanOptions, PlannedStage, Shell, StageWhen,
@@ -62,6 +63,18 @@ pub(crate) fn runner_info(runner: &RunnerSpec) -> RunnerInfo {
     let executor = match runner.executor.as_str() {
         "shell" => Features::shell_executor(),
         "docker" => Features::docker_executor(),
+        // The official custom and ssh executors' feature sets.
+        "custom" => Features {
+            variables: true,
+            shared: true,
+            service_variables: true,
+            ..Features::default()
+        },
+        "ssh" => Features {
+            variables: true,
+            shared: true,
+            ..Features::default()
+        },
         _ => Features::default(),
     };
     let mut features = Features::network_client() | Features::shell() | executor;
@@ -179,7 +192,7 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     let started = Instant::now();
     let usage = Arc::new(JobUsage::default());
     let outcome = match planned {
-        Ok(plan) => execute(&job, &plan, context, &trace, &signals, &usage).await,
+        Ok(plan) => execute(&job, &plan, &options, context, &trace, &signals, &usage).await,
         Err(error) => {
             write_header_lines(&trace, &header_without_plan(context, &options));
             JobOutcome::SystemFailure {
@@ -287,6 +300,7 @@ enum Stop {
 async fn execute(
     job: &JobSpec,
     plan: &JobPlan,
+    options: &PlanOptions,
     context: &JobContext,
     trace: &JobTrace,
     signals: &RemoteSignals,
@@ -315,6 +329,28 @@ async fn execute(
         "prepare_executor",
         &runnel_job::preparing_executor_message(executor_kind(&context.runner)),
     );
+    let cancels = Cancels::link(signals, context);
+    // Executors whose environment decides directories or shell (custom's config_exec, the SSH
+    // host's home) say so before the stages are planned for good.
+    let replanned = match configure(
+        executor.as_mut(),
+        job,
+        plan,
+        options,
+        trace,
+        usage,
+        &cancels,
+    )
+    .await
+    {
+        Ok(replanned) => replanned,
+        Err(outcome) => {
+            section_end(trace, sections, "prepare_executor");
+            executor.cleanup().await;
+            return outcome;
+        }
+    };
+    let plan = replanned.as_ref().unwrap_or(plan);
     let prepared = {
         let builds_dir = PathBuf::from(&plan.dirs.builds_dir);
         let cache_dir = PathBuf::from(&plan.dirs.cache_dir);
@@ -326,8 +362,12 @@ async fn execute(
         };
         executor.prepare(&prepare).await
     };
-    // The banner names what `prepare` resolved (the docker image, for one).
-    trace.println(&executor.banner());
+    // The banner names what `prepare` resolved (the docker image, for one). An executor that
+    // wrote its own while configuring returns none.
+    let banner = executor.banner();
+    if !banner.is_empty() {
+        trace.println(&banner);
+    }
     section_end(trace, sections, "prepare_executor");
     if let Err(error) = prepared {
         executor.cleanup().await;
@@ -341,7 +381,6 @@ async fn execute(
         context.config.system_id.clone(),
     ];
     let mut durations: Vec<(String, Duration)> = Vec::new();
-    let cancels = Cancels::link(signals, context);
     let mut outcome: Option<JobOutcome> = None;
     let mut aborted = false;
     for stage in &plan.stages {
@@ -428,6 +467,63 @@ async fn execute(
         .collect();
     trace.println(&format!("Stage durations: {}", timings.join(", ")));
     outcome.unwrap_or(JobOutcome::Success)
+}
+
+/// Lets the executor configure itself with the job's variables; plans the job again when it
+/// changed a directory, the host name or the shell. `Ok(None)` keeps `plan`.
+async fn configure(
+    executor: &mut dyn Executor,
+    job: &JobSpec,
+    plan: &JobPlan,
+    options: &PlanOptions,
+    trace: &JobTrace,
+    usage: &Arc<JobUsage>,
+    cancels: &Cancels,
+) -> Result<Option<JobPlan>, JobOutcome> {
+    let variables: Vec<(String, String)> = plan
+        .variables
+        .iter()
+        .map(|v| (v.key.clone(), v.value.clone()))
+        .collect();
+    let job_response = runnel_api::encode_job_payload(job);
+    let ctx = ConfigureContext {
+        job,
+        variables: &variables,
+        job_response: &job_response,
+        sink: Arc::new(TraceSink::new(trace, Arc::clone(usage))),
+        cancel: cancels.soft.clone(),
+    };
+    let overrides = executor
+        .configure(ctx)
+        .await
+        .map_err(|error| executor_failure(&error))?;
+    if overrides.is_empty() {
+        return Ok(None);
+    }
+    let mut options = options.clone();
+    if let Some(dir) = overrides.builds_dir {
+        options.builds_dir = dir;
+    }
+    if let Some(dir) = overrides.cache_dir {
+        options.cache_dir = dir;
+    }
+    if let Some(shared) = overrides.builds_dir_is_shared {
+        options.shared_builds_dir = Some(shared);
+    }
+    if let Some(hostname) = overrides.hostname {
+        options.hostname = hostname;
+    }
+    if let Some(shell) = overrides.shell {
+        options.shell = match shell {
+            runnel_executor::Shell::Bash => Shell::Bash,
+            runnel_executor::Shell::Sh => Shell::Sh,
+        };
+    }
+    runnel_job::plan(job, &options)
+        .map(Some)
+        .map_err(|error| JobOutcome::SystemFailure {
+            message: error.to_string(),
+        })
 }
 
 /// What one stage run amounted to.
@@ -584,7 +680,7 @@ async fn run_stage(
         last = executor
             .run(command, sink, cancel.clone())
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| error_chain(&e));
         match &last {
             Ok(exit) if exit.success() => break,
             Ok(StageExit::Cancelled | StageExit::TimedOut) => break,
@@ -711,6 +807,38 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
                 .map_err(|error| error_chain(&error))?;
             Ok(Box::new(provider))
         }
+        "custom" | "ssh"
+            if runner
+                .shell
+                .as_deref()
+                .is_some_and(|shell| !matches!(shell, "bash" | "sh")) =>
+        {
+            Err(format!(
+                "the {} executor runs bash or sh scripts; shell = {:?} is not supported by this build of Runnel",
+                runner.executor,
+                runner.shell.as_deref().unwrap_or_default()
+            ))
+        }
+        "custom" => {
+            let config = runner.config.as_ref().ok_or_else(|| {
+                "the custom executor needs a [runners.custom] section in config.toml".to_owned()
+            })?;
+            Ok(Box::new(
+                runnel_executor_custom::CustomProvider::from_runner(config),
+            ))
+        }
+        "ssh" => {
+            let config = runner.config.as_ref().ok_or_else(|| {
+                "the ssh executor needs a [runners.ssh] section in config.toml".to_owned()
+            })?;
+            let shell = match shell_of(runner) {
+                Shell::Bash => runnel_executor::Shell::Bash,
+                Shell::Sh => runnel_executor::Shell::Sh,
+            };
+            let provider = runnel_executor_ssh::SshProvider::from_runner(config, shell)
+                .map_err(|error| error_chain(&error))?;
+            Ok(Box::new(provider))
+        }
         other => Err(format!(
             "the {other:?} executor is not supported by this build of Runnel"
         )),
@@ -721,6 +849,8 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
 fn executor_kind(runner: &RunnerSpec) -> ExecutorKind {
     match runner.executor.as_str() {
         "docker" => ExecutorKind::Docker,
+        "custom" => ExecutorKind::Custom,
+        "ssh" => ExecutorKind::Ssh,
         _ => ExecutorKind::Shell,
     }
 }
@@ -796,6 +926,13 @@ fn plan_options(context: &JobContext) -> PlanOptions {
                 .unwrap_or_else(|_| "runnel".to_owned()),
         )
     };
+    // Helpers run on the SSH host, through the runner binary installed there (the official
+    // executor calls `gitlab-runner` the same way); the transfer stages say when it is missing.
+    let runner_command = if runner.executor == "ssh" {
+        runnel_executor_ssh::REMOTE_RUNNER_COMMAND.to_owned()
+    } else {
+        runner_command
+    };
     PlanOptions {
         runner_name: runner.name.clone(),
         short_token: runner.token.short(),
@@ -807,6 +944,7 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         executor: executor_kind(runner),
         shell: shell_of(runner),
         builds_dir: dirs.0,
+        shared_builds_dir: None,
         cache_dir: dirs.1,
         concurrent_id: u32::try_from(context.concurrent_id).unwrap_or(u32::MAX),
         concurrent_project_id: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
@@ -822,7 +960,11 @@ fn plan_options(context: &JobContext) -> PlanOptions {
             .collect(),
         custom_build_dir: runner.custom_build_dir_enabled,
         debug_trace_disabled: runner.debug_trace_disabled,
-        hostname: String::new(),
+        // The SSH executor names the runner's host too (`Running on $(hostname) via …`).
+        hostname: (runner.executor == "ssh")
+            .then(|| nix::unistd::gethostname().ok()?.into_string().ok())
+            .flatten()
+            .unwrap_or_default(),
         // The shell executor runs the scripts here, so `$(hostname)` would print this.
         script_host: (runner.executor == "shell")
             .then(|| nix::unistd::gethostname().ok()?.into_string().ok())

@@ -78,6 +78,8 @@ impl RunnerSpec {
         match self.executor.as_str() {
             "shell" => true,
             "docker" => self.config.as_ref().is_some_and(|c| c.docker.is_some()),
+            // Without their section, each job fails with a configuration error, as officially.
+            "custom" | "ssh" => self.config.is_some(),
             _ => false,
         }
     }

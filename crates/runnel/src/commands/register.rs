@@ -456,13 +456,17 @@ fn save<R: BufRead>(
                 ssh.insert(key, answer);
             }
         }
+        if runner.ssh_disable_strict_host_key_checking {
+            ssh.insert("disable_strict_host_key_checking", true);
+        }
+        if let Some(file) = &runner.ssh_known_hosts_file {
+            ssh.insert("known_hosts_file", file.clone());
+        }
         new.sections.push(("ssh".to_owned(), ssh));
     } else if executor == "custom" {
-        let mut custom = RawTable::new();
-        if let Some(run_exec) = &runner.custom_run_exec {
-            custom.insert("run_exec", run_exec.clone());
-        }
-        new.sections.push(("custom".to_owned(), custom));
+        // As officially, the custom executor asks nothing: its programs come from flags.
+        new.sections
+            .push(("custom".to_owned(), runner.custom.section()));
     }
     file.add_runner(&new)
         .context("cannot add the runner to the configuration")?;

@@ -2,6 +2,7 @@
 
 mod cache_s3;
 mod commands;
+mod custom;
 mod docker;
 mod exec;
 mod git_sources;
@@ -9,5 +10,6 @@ mod job_data;
 mod register;
 mod run;
 mod service;
+mod ssh;
 mod support;
 mod tidy;

@@ -353,3 +353,122 @@ async fn registering_into_an_official_config_keeps_it_byte_for_byte() {
     assert_eq!(file.config().runners.len(), 4);
     assert_eq!(file.config().runners[3].name, "added");
 }
+
+#[tokio::test]
+async fn custom_flags_fill_the_custom_section() {
+    let env = TestEnv::new().await;
+    let token = env.fake.create_runner_token();
+    let run = env
+        .runnel(
+            &[
+                "register",
+                "--non-interactive",
+                "--url",
+                env.url(),
+                "--token",
+                &token,
+                "--executor",
+                "custom",
+                "--builds-dir",
+                "/builds",
+                "--custom-config-exec",
+                "/opt/driver/config.sh",
+                "--custom-config-args",
+                "a",
+                "--custom-config-args",
+                "b",
+                "--custom-config-exec-timeout",
+                "30",
+                "--custom-prepare-exec",
+                "/opt/driver/prepare.sh",
+                "--custom-prepare-exec-timeout",
+                "40",
+                "--custom-run-exec",
+                "/opt/driver/run.sh",
+                "--custom-run-args=--verbose",
+                "--custom-cleanup-exec",
+                "/opt/driver/cleanup.sh",
+                "--custom-cleanup-args",
+                "now",
+                "--custom-cleanup-exec-timeout",
+                "50",
+                "--custom-graceful-kill-timeout",
+                "5",
+                "--custom-force-kill-timeout",
+                "6",
+            ],
+            "",
+        )
+        .await;
+    run.assert_success();
+    let file = ConfigFile::load(env.config_path()).unwrap();
+    let custom = file.config().runners[0]
+        .custom
+        .clone()
+        .expect("[runners.custom]");
+    assert_eq!(custom.config_exec.as_deref(), Some("/opt/driver/config.sh"));
+    assert_eq!(custom.config_args, ["a", "b"]);
+    assert_eq!(custom.config_exec_timeout, Some(30));
+    assert_eq!(
+        custom.prepare_exec.as_deref(),
+        Some("/opt/driver/prepare.sh")
+    );
+    assert_eq!(custom.prepare_exec_timeout, Some(40));
+    assert_eq!(custom.run_exec.as_deref(), Some("/opt/driver/run.sh"));
+    assert_eq!(custom.run_args, ["--verbose"]);
+    assert_eq!(
+        custom.cleanup_exec.as_deref(),
+        Some("/opt/driver/cleanup.sh")
+    );
+    assert_eq!(custom.cleanup_args, ["now"]);
+    assert_eq!(custom.cleanup_exec_timeout, Some(50));
+    assert_eq!(custom.graceful_kill_timeout, Some(5));
+    assert_eq!(custom.force_kill_timeout, Some(6));
+}
+
+#[tokio::test]
+async fn interactive_ssh_registration_asks_the_official_questions() {
+    let env = TestEnv::new().await;
+    let token = env.fake.create_runner_token();
+    // URL, token, name, executor, then host, port, user, password, identity file.
+    let answers = format!(
+        "{}\n{token}\nssh-runner\nssh\nbuild.example.com\n2222\ndeploy\n\n/keys/id_ed25519\n",
+        env.url()
+    );
+    let run = env
+        .runnel(
+            &[
+                "register",
+                "--ssh-known-hosts-file",
+                "/etc/runnel/known_hosts",
+            ],
+            &answers,
+        )
+        .await;
+    run.assert_success();
+    for question in [
+        "Enter the SSH server address (for example, my.server.com):",
+        "Enter the SSH server port (for example, 22):",
+        "Enter the SSH user (for example, root):",
+        "Enter the SSH password (for example, docker.io):",
+        "Enter the path to the SSH identity file (for example, /home/user/.ssh/id_rsa):",
+    ] {
+        assert!(
+            run.stdout.contains(question),
+            "{question} not asked:\n{}",
+            run.stdout
+        );
+    }
+    let file = ConfigFile::load(env.config_path()).unwrap();
+    let ssh = file.config().runners[0].ssh.clone().expect("[runners.ssh]");
+    assert_eq!(ssh.host.as_deref(), Some("build.example.com"));
+    assert_eq!(ssh.port.as_deref(), Some("2222"));
+    assert_eq!(ssh.user.as_deref(), Some("deploy"));
+    assert!(ssh.password.is_none());
+    assert_eq!(ssh.identity_file.as_deref(), Some("/keys/id_ed25519"));
+    assert_eq!(
+        ssh.known_hosts_file.as_deref(),
+        Some("/etc/runnel/known_hosts")
+    );
+    assert_eq!(ssh.disable_strict_host_key_checking, None);
+}

@@ -118,7 +118,7 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
     }
 
@@ -151,7 +151,7 @@ impl Daemon {
     }
 
     /// Waits until the job's trace contains `needle`.
-    async fn printed(&self, id: u64, needle: &str) -> JobView {
+    pub(crate) async fn printed(&self, id: u64, needle: &str) -> JobView {
         let needle = needle.to_owned();
         let seen = move |v: &JobView| v.trace_text().contains(&needle);
         match self.fake.wait_for_job_state(id, seen, JOB_TIMEOUT).await {
