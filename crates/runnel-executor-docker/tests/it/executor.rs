@@ -29,6 +29,8 @@ fn provider(section: &str) -> DockerProvider {
 fn provider_for(short_token: &str, section: &str) -> DockerProvider {
     let settings = DockerSettings {
         short_token: short_token.to_owned(),
+        token: format!("glrt-{}", short_token).into(),
+        system_id: "s_0123456789ab".to_owned(),
         runner_id: 7,
         gitlab_url: "https://gitlab.example.com".to_owned(),
         shell: Shell::Sh,
@@ -49,6 +51,8 @@ async fn prepare(executor: &mut Box<dyn Executor>, job: &JobSpec) -> Result<(), 
         builds_dir: Path::new("/builds"),
         cache_dir: Path::new("/cache"),
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await
@@ -225,7 +229,7 @@ async fn stages_run_in_their_containers_and_share_the_builds_volume() {
     );
     assert!(
         containers.iter().all(|name| name.starts_with(&format!(
-            "/runner-tEsT1234-project-{}-concurrent-0-",
+            "/runner-test1234-project-{}-concurrent-0-",
             job.info.project_id
         ))),
         "{containers:?}"
@@ -394,7 +398,7 @@ async fn a_service_that_never_listens_gets_the_official_warning() {
     assert_eq!(exit, StageExit::Exited(0));
     let stdout = sink.text(OutputStream::Stdout);
     assert!(
-        stdout.contains("*** WARNING: Service runner-tEsT1234-project-"),
+        stdout.contains("*** WARNING: Service runner-test1234-project-"),
         "{stdout}"
     );
     assert!(
@@ -565,22 +569,71 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
     wait_until_gone(&docker, &job).await;
 }
 
+/// A network with `name` labelled as an object of `job` on runner `token`, as a killed run
+/// leaves it; created through the API without a duplicate check, which engines before API
+/// 1.44 accept, so two of them may share a name.
+async fn leftover_network(docker: &Docker, name: &str, token: &str, job: &JobSpec) -> String {
+    let labels = HashMap::from([
+        (
+            "com.gitlab.gitlab-runner.managed".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "com.gitlab.gitlab-runner.runner.id".to_owned(),
+            token.to_owned(),
+        ),
+        (
+            "com.gitlab.gitlab-runner.job.id".to_owned(),
+            job.id.0.to_string(),
+        ),
+    ]);
+    docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            labels: Some(labels),
+            ..Default::default()
+        })
+        .await
+        .expect("create a leftover network")
+        .id
+}
+
 #[tokio::test]
 async fn leftovers_of_a_crashed_runner_are_removed_but_running_jobs_are_spared() {
     let docker = setup().await;
     // Its own token: other tests' jobs run in other providers and must not be touched.
-    let token = format!("lEfT{}", std::process::id() % 10_000);
+    let token = format!("left{}", std::process::id() % 10_000);
     let crashed = provider_for(&token, "pull_policy = \"never\"\ndisable_cache = true");
     let lost_job = job(Some(BUSYBOX));
     let mut lost = crashed.create().expect("executor");
     prepare(&mut lost, &lost_job).await.expect("prepare");
     // A crash: neither cleanup nor drop runs.
     std::mem::forget(lost);
+    // Two leftovers of one name (an engine that accepted the duplicate).
+    let duplicate = format!("{token}-duplicate-network");
+    let first = leftover_network(&docker, &duplicate, &token, &lost_job).await;
+    let second = leftover_network(&docker, &duplicate, &token, &lost_job).await;
 
+    // The restarted runner: another provider, as another process would have.
     let restarted = provider_for(&token, "pull_policy = \"never\"\ndisable_cache = true");
     let running_job = job(Some(BUSYBOX));
+    // The name this job's network gets is taken by a leftover: the job still runs.
+    let taken = format!(
+        "runner-{token}-{}-0-{}",
+        running_job.info.project_id, running_job.id.0
+    );
+    let squatter = leftover_network(&docker, &taken, &token, &lost_job).await;
     let mut running = restarted.create().expect("executor");
     prepare(&mut running, &running_job).await.expect("prepare");
+    let sink = Collect::new();
+    let exit = run(&mut running, StageKind::Build, "echo still-runs\n", &sink).await;
+    assert_eq!(
+        exit,
+        StageExit::Exited(0),
+        "{}",
+        sink.text(OutputStream::Stderr)
+    );
+    assert!(sink.text(OutputStream::Stdout).ends_with("still-runs\n"));
 
     let removed = restarted
         .remove_leftovers()
@@ -594,6 +647,12 @@ async fn leftovers_of_a_crashed_runner_are_removed_but_running_jobs_are_spared()
         removed.iter().any(|name| name.ends_with("-predefined")),
         "{removed:?}"
     );
+    for id in [first, second, squatter] {
+        assert!(
+            docker.inspect_network(&id, None).await.is_err(),
+            "leftover network {id} was removed"
+        );
+    }
     let (containers, networks, volumes) = leftovers(&docker, &running_job).await;
     assert_eq!((containers.len(), networks.len(), volumes.len()), (2, 1, 2));
 

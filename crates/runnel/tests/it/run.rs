@@ -77,6 +77,20 @@ impl Daemon {
         daemon
     }
 
+    /// Starts `runnel run` again (after it exited) with the configuration `setup` describes,
+    /// against the same fake GitLab, directory and token.
+    pub(crate) fn restart(&mut self, setup: &Setup) {
+        let executor = setup.executor.unwrap_or("shell");
+        let runner = format!("  executor = \"{executor}\"\n{}", setup.runner);
+        self.write_config(
+            setup.concurrent.max(1),
+            setup.global,
+            &runner,
+            &setup.tables,
+        );
+        self.spawn(&["run"]);
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -113,11 +127,11 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let pid = self
             .child
             .as_ref()
@@ -126,7 +140,7 @@ impl Daemon {
         kill(Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
     }
 
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("daemon running");
         match tokio::time::timeout(JOB_TIMEOUT, child.wait()).await {
             Ok(status) => status.unwrap(),
@@ -146,7 +160,7 @@ impl Daemon {
     }
 
     /// Waits until the job's trace contains `needle`.
-    async fn printed(&self, id: u64, needle: &str) -> JobView {
+    pub(crate) async fn printed(&self, id: u64, needle: &str) -> JobView {
         let needle = needle.to_owned();
         let seen = move |v: &JobView| v.trace_text().contains(&needle);
         match self.fake.wait_for_job_state(id, seen, JOB_TIMEOUT).await {
