@@ -43,7 +43,7 @@ use crate::services::{
     ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
     wait_for_services,
 };
-use crate::stage::{Target, run_stage};
+use crate::stage::{Session, Target, run_stage};
 use crate::{DockerError, client};
 
 /// What the Docker executor is and reports.
@@ -396,6 +396,11 @@ pub struct DockerExecutor {
     pending_output: Vec<u8>,
     /// Service output streamed into the job log (`CI_DEBUG_SERVICES`).
     service_logs: Option<ServiceLogFollower>,
+    /// The shell sessions of the started helper and build containers.
+    predefined_session: Option<Session>,
+    build_session: Option<Session>,
+    /// The stage marker nonce of this job's sessions.
+    nonce: String,
     /// Registered from the start of `prepare` until this executor is dropped (after cleanup).
     active: Option<ActiveJob>,
 }
@@ -413,6 +418,9 @@ impl DockerExecutor {
             build: None,
             pending_output: Vec::new(),
             service_logs: None,
+            predefined_session: None,
+            build_session: None,
+            nonce: crate::stage::nonce(),
             active: None,
         }
     }
@@ -978,6 +986,8 @@ impl DockerExecutor {
         let docker = self.docker.clone()?;
         self.predefined = None;
         self.build = None;
+        self.predefined_session = None;
+        self.build_session = None;
         let created = Created {
             docker,
             containers: std::mem::take(&mut self.containers),
@@ -1071,7 +1081,8 @@ fn stdin_container() -> ContainerCreateBody {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        // Stdin stays open between stages: the shell serves every stage of the job.
+        stdin_once: Some(false),
         tty: Some(false),
         ..ContainerCreateBody::default()
     }
@@ -1176,9 +1187,9 @@ impl Executor for DockerExecutor {
                 );
             }
             let script = with_env(cmd.env, cmd.script);
-            let container = match cmd.kind {
-                StageKind::Predefined => self.predefined.as_ref(),
-                StageKind::Build => self.build.as_ref(),
+            let (container, session) = match cmd.kind {
+                StageKind::Predefined => (self.predefined.as_ref(), &mut self.predefined_session),
+                StageKind::Build => (self.build.as_ref(), &mut self.build_session),
             };
             let (Some(container), Some(docker)) = (container, self.docker.as_ref()) else {
                 return Err(DockerError::NotPrepared {
@@ -1193,6 +1204,8 @@ impl Executor for DockerExecutor {
             run_stage(
                 docker,
                 target,
+                session,
+                &self.nonce,
                 cmd.stage,
                 &script,
                 sink,

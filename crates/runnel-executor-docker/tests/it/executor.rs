@@ -249,6 +249,74 @@ async fn stages_run_in_their_containers_and_share_the_builds_volume() {
     remove_cache_volumes(&docker, &job).await;
 }
 
+/// The container's start time, as the daemon reports it.
+async fn started_at(docker: &Docker, name: &str) -> String {
+    docker
+        .inspect_container(name, None)
+        .await
+        .expect("inspect container")
+        .state
+        .and_then(|state| state.started_at)
+        .unwrap_or_default()
+}
+
+/// #13.4: one container start serves every stage; each stage still runs in a shell of its own
+/// (variables, `cd`, `exit` end with the stage), and the markers never reach the output.
+#[tokio::test]
+async fn stages_share_one_container_start_but_not_their_shell_state() {
+    let docker = setup().await;
+    let provider = provider("pull_policy = \"never\"\ndisable_cache = true");
+    let job = job(Some(BUSYBOX));
+    let mut executor = provider.create().expect("executor");
+    prepare(&mut executor, &job).await.expect("prepare");
+    let sink = Collect::new();
+    let exit = run(
+        &mut executor,
+        StageKind::Build,
+        "export LEAK=1\ncd /tmp\necho first\nexit 7\n",
+        &sink,
+    )
+    .await;
+    assert_eq!(exit, StageExit::Exited(7));
+    assert!(
+        sink.text(OutputStream::Stdout).ends_with(" ...\nfirst\n"),
+        "{}",
+        sink.text(OutputStream::Stdout)
+    );
+    let (containers, _, _) = leftovers(&docker, &job).await;
+    let build = containers
+        .into_iter()
+        .find(|name| name.ends_with("-build"))
+        .expect("a build container");
+    let build = build.trim_start_matches('/');
+    let started = started_at(&docker, build).await;
+
+    let sink = Collect::new();
+    let exit = run(
+        &mut executor,
+        StageKind::Build,
+        "echo \"leak=${LEAK:-none} dir=$(pwd)\"; printf 'no newline'; echo err >&2\n",
+        &sink,
+    )
+    .await;
+    assert_eq!(exit, StageExit::Exited(0));
+    assert_eq!(
+        sink.text(OutputStream::Stdout),
+        "leak=none dir=/\nno newline"
+    );
+    assert_eq!(sink.text(OutputStream::Stderr), "err\n");
+    assert_eq!(
+        started_at(&docker, build).await,
+        started,
+        "the second stage ran without starting the container again"
+    );
+
+    tokio::time::timeout(STEP_TIMEOUT, executor.cleanup())
+        .await
+        .expect("cleanup hung");
+    assert_eq!(leftovers(&docker, &job).await, (vec![], vec![], vec![]));
+}
+
 #[tokio::test]
 async fn cancel_and_deadline_stop_a_sleeping_stage() {
     let docker = setup().await;
