@@ -1,12 +1,14 @@
 //! The Docker executor: [`DockerProvider`] per `[[runners]]` entry, [`DockerExecutor`] per job.
 //!
 //! `prepare` follows the official container model: it checks and gets the images (pull
-//! policies, `allowed_*`), creates the per-job network (unless `network_mode` is set), the
-//! builds volume and the cache volumes, starts the services and waits for them, then creates the
-//! helper ("predefined") container from the helper image and the build container from the job's
-//! image. Both run a shell that reads its script from stdin and are started again for every
-//! stage (the `stage` module). `cleanup` removes the containers, the temporary volumes and the
-//! network, also after a failure or a cancellation; reusable cache volumes stay.
+//! policies, `allowed_*`), creates the per-job network (with `FF_NETWORK_PER_BUILD` or
+//! services, unless `network_mode` is set), the builds volume (the slot's reusable one for
+//! `GIT_STRATEGY=fetch`, a temporary one otherwise) and the cache volumes, starts the services
+//! and waits for them, then creates the helper ("predefined") container from the helper image
+//! and the build container from the job's image and starts both: their shells read the stages
+//! from stdin, one after another (the `stage` module). `cleanup` removes the containers, the
+//! temporary volumes and the network (by id), also after a failure or a cancellation; reusable
+//! volumes stay.
 //!
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
@@ -43,7 +45,7 @@ use crate::services::{
     ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
     wait_for_services,
 };
-use crate::stage::{Session, Target, run_stage};
+use crate::stage::{Session, Target, open_session, run_stage};
 use crate::{DockerError, client};
 
 /// What the Docker executor is and reports.
@@ -375,6 +377,15 @@ struct Container {
     name: String,
 }
 
+impl Container {
+    fn target(&self) -> Target<'_> {
+        Target {
+            id: &self.id,
+            name: &self.name,
+        }
+    }
+}
+
 /// The per-job network, removed by id.
 #[derive(Clone, Debug)]
 struct Network {
@@ -534,7 +545,11 @@ impl DockerExecutor {
             extra: &config.container_labels,
         };
 
-        if config.network_mode.as_deref().is_none_or(str::is_empty) {
+        // A job network as the official runner makes one with FF_NETWORK_PER_BUILD; without
+        // the flag the official runner uses the default bridge, which Runnel also does for
+        // jobs without services (it keeps a job network for services instead of legacy links).
+        let wants_network = ctx.network_per_build || !services.is_empty();
+        if wants_network && config.network_mode.as_deref().is_none_or(str::is_empty) {
             let mut network_options = HashMap::new();
             if config.network_mtu > 0 {
                 network_options.insert(
@@ -726,6 +741,16 @@ impl DockerExecutor {
             ..stdin_container()
         };
         self.build = Some(self.create_container(names.build(), build).await?);
+
+        // Both shells start now, side by side: the stages then only feed them.
+        if let (Some(predefined), Some(build)) = (&self.predefined, &self.build) {
+            let (helper_session, build_session) = tokio::join!(
+                open_session(&docker, predefined.target()),
+                open_session(&docker, build.target()),
+            );
+            self.predefined_session = Some(helper_session?);
+            self.build_session = Some(build_session?);
+        }
         Ok(())
     }
 
@@ -1030,27 +1055,30 @@ impl Created {
     /// Removes everything, services and build containers first; problems are logged.
     async fn remove(self) {
         let docker = self.docker;
-        for container in self.containers.iter().rev() {
-            let removed = docker
-                .remove_container(
-                    &container.id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        link: false,
-                    }),
-                )
-                .await;
-            match removed {
-                Ok(())
-                | Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(error) => {
-                    tracing::warn!(container = %container.name, %error, "failed to remove container");
+        // The containers go side by side; volumes and the network once they are gone.
+        let removals = self.containers.iter().rev().map(|container| {
+            let docker = &docker;
+            async move {
+                let removed = docker
+                    .remove_container(
+                        &container.id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            link: false,
+                        }),
+                    )
+                    .await;
+                match removed {
+                    Ok(()) => {}
+                    Err(error) if is_not_found(&error) => {}
+                    Err(error) => {
+                        tracing::warn!(container = %container.name, %error, "failed to remove container");
+                    }
                 }
             }
-        }
+        });
+        futures::future::join_all(removals).await;
         for volume in &self.temporary_volumes {
             if self.keep_volumes {
                 continue;

@@ -60,6 +60,32 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Attaches to `target` and starts it: its shell then waits for stages.
+pub(crate) async fn open_session(
+    docker: &Docker,
+    target: Target<'_>,
+) -> Result<Session, DockerError> {
+    let attached = docker
+        .attach_container(
+            target.id,
+            Some(AttachContainerOptions {
+                stream: true,
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                logs: false,
+                detach_keys: None,
+            }),
+        )
+        .await
+        .map_err(|source| DockerError::api("attach to container", target.name, source))?;
+    docker
+        .start_container(target.id, None)
+        .await
+        .map_err(|source| DockerError::api("start container", target.name, source))?;
+    Ok(Session { attached })
+}
+
 /// What a stage sends to the session shell: the script in a subshell with stdin closed, then
 /// the two end markers (the status on stdout, a bare marker on stderr), written by the shell
 /// once the subshell has exited, so they follow everything the stage wrote on either stream.
@@ -112,25 +138,7 @@ pub(crate) async fn run_stage(
         }
     }
     if session.is_none() {
-        let attached = docker
-            .attach_container(
-                target.id,
-                Some(AttachContainerOptions {
-                    stream: true,
-                    stdin: true,
-                    stdout: true,
-                    stderr: true,
-                    logs: false,
-                    detach_keys: None,
-                }),
-            )
-            .await
-            .map_err(|source| DockerError::api("attach to container", target.name, source))?;
-        docker
-            .start_container(target.id, None)
-            .await
-            .map_err(|source| DockerError::api("start container", target.name, source))?;
-        *session = Some(Session { attached });
+        *session = Some(open_session(docker, target).await?);
     }
     let Some(live) = session.as_mut() else {
         return Err(DockerError::NotPrepared {

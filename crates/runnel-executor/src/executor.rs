@@ -169,6 +169,9 @@ pub struct PrepareContext<'a> {
     /// The job's git strategy is `fetch`: container executors keep the builds directory of
     /// the slot for the next job.
     pub git_fetch: bool,
+    /// `FF_NETWORK_PER_BUILD`: the docker executor creates a network for the job even when it
+    /// has no services.
+    pub network_per_build: bool,
 }
 
 /// The shells the executors can run scripts with.

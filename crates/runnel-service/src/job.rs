@@ -343,6 +343,7 @@ async fn execute(
             debug_services: plan.settings.debug_services,
             project_slot: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
             git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
+            network_per_build: plan.feature_flags.network_per_build(),
         };
         executor.prepare(&prepare).await
     };

@@ -46,6 +46,15 @@ async fn setup() -> Docker {
 }
 
 async fn prepare(executor: &mut Box<dyn Executor>, job: &JobSpec) -> Result<(), ExecutorError> {
+    prepare_with(executor, job, false).await
+}
+
+/// `prepare` with `FF_NETWORK_PER_BUILD` as given.
+async fn prepare_with(
+    executor: &mut Box<dyn Executor>,
+    job: &JobSpec,
+    network_per_build: bool,
+) -> Result<(), ExecutorError> {
     let ctx = PrepareContext {
         job,
         builds_dir: Path::new("/builds"),
@@ -53,6 +62,7 @@ async fn prepare(executor: &mut Box<dyn Executor>, job: &JobSpec) -> Result<(), 
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await
@@ -234,7 +244,8 @@ async fn stages_run_in_their_containers_and_share_the_builds_volume() {
         ))),
         "{containers:?}"
     );
-    assert_eq!(networks.len(), 1, "{networks:?}");
+    // No services and FF_NETWORK_PER_BUILD off: the default bridge, as the official runner.
+    assert_eq!(networks.len(), 0, "{networks:?}");
     assert_eq!(volumes.len(), 1, "{volumes:?}");
 
     tokio::time::timeout(STEP_TIMEOUT, executor.cleanup())
@@ -612,7 +623,8 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
         }
     });
     abandoned.await.expect("the stage never started");
-    // The stage future is dropped here: its container must stop.
+    // The stage future is dropped here: its container must stop (the helper's idle shell
+    // waits for the next stage until the executor goes).
     let stopped = async {
         loop {
             let containers = docker
@@ -623,7 +635,11 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
                 }))
                 .await
                 .expect("list running containers");
-            if containers.is_empty() {
+            let build_running = containers
+                .iter()
+                .flat_map(|c| c.names.iter().flatten())
+                .any(|name| name.ends_with("-build"));
+            if !build_running {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -674,7 +690,9 @@ async fn leftovers_of_a_crashed_runner_are_removed_but_running_jobs_are_spared()
     let crashed = provider_for(&token, "pull_policy = \"never\"\ndisable_cache = true");
     let lost_job = job(Some(BUSYBOX));
     let mut lost = crashed.create().expect("executor");
-    prepare(&mut lost, &lost_job).await.expect("prepare");
+    prepare_with(&mut lost, &lost_job, true)
+        .await
+        .expect("prepare");
     // A crash: neither cleanup nor drop runs.
     std::mem::forget(lost);
     // Two leftovers of one name (an engine that accepted the duplicate).
@@ -692,7 +710,9 @@ async fn leftovers_of_a_crashed_runner_are_removed_but_running_jobs_are_spared()
     );
     let squatter = leftover_network(&docker, &taken, &token, &lost_job).await;
     let mut running = restarted.create().expect("executor");
-    prepare(&mut running, &running_job).await.expect("prepare");
+    prepare_with(&mut running, &running_job, true)
+        .await
+        .expect("prepare");
     let sink = Collect::new();
     let exit = run(&mut running, StageKind::Build, "echo still-runs\n", &sink).await;
     assert_eq!(

@@ -76,6 +76,7 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await

@@ -137,6 +137,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     std::fs::remove_dir(&missing).expect("remove the builds dir again");
@@ -168,6 +169,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -200,6 +202,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -229,6 +232,7 @@ async fn cancelling_a_stage_reports_cancelled() {
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -288,6 +292,7 @@ async fn run_job_boxed(
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -342,6 +347,7 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
         debug_services: false,
         project_slot: 0,
         git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     executor

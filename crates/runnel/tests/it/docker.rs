@@ -634,6 +634,8 @@ async fn a_canceled_job_stops_and_its_containers_are_removed() {
     let _sweep = Sweep::new(&daemon);
     let id = daemon.fake.enqueue(
         job("cancel-me")
+            // A job network although the job has no services, as the official flag asks.
+            .variable("FF_NETWORK_PER_BUILD", "true")
             .script(["echo started", "sleep 60", "echo not-reached"])
             .after_script(["echo \"after-cancel status=$CI_JOB_STATUS\""]),
     );
@@ -867,9 +869,12 @@ async fn a_runner_killed_mid_job_restarts_with_four_queued_jobs_and_removes_the_
     };
     let mut daemon = Daemon::start(tables(1)).await;
     let _sweep = Sweep::new(&daemon);
-    let killed = daemon
-        .fake
-        .enqueue(job("killed").script(["echo started", "sleep 300"]));
+    // Job networks (FF_NETWORK_PER_BUILD) for all: the observed race was about networks.
+    let killed = daemon.fake.enqueue(
+        job("killed")
+            .variable("FF_NETWORK_PER_BUILD", "true")
+            .script(["echo started", "sleep 300"]),
+    );
     daemon.printed(killed, "started\n").await;
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait_exit().await;
@@ -882,9 +887,11 @@ async fn a_runner_killed_mid_job_restarts_with_four_queued_jobs_and_removes_the_
     let script = rendezvous(4);
     let queued: Vec<u64> = (0..4)
         .map(|n| {
-            daemon
-                .fake
-                .enqueue(job(&format!("queued-{n}")).script(script.clone()))
+            daemon.fake.enqueue(
+                job(&format!("queued-{n}"))
+                    .variable("FF_NETWORK_PER_BUILD", "true")
+                    .script(script.clone()),
+            )
         })
         .collect();
     daemon.restart(&tables(4));
