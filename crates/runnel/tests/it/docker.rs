@@ -1011,3 +1011,27 @@ async fn fetching_jobs_reuse_the_checkout_of_their_slot() {
     assert!(trace.contains("\ntwo\n"), "{trace}");
     assert_nothing_left(&daemon);
 }
+
+/// #13.3: `[runners.custom_build_dir]` is on by default for docker, as in the official runner:
+/// a job may pick its directory with `GIT_CLONE_PATH` without the section in config.toml.
+#[tokio::test]
+async fn git_clone_path_works_without_a_custom_build_dir_section() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("clone-path")
+            .variable("GIT_CLONE_PATH", "$CI_BUILDS_DIR/custom/place")
+            .script(["echo \"dir=$CI_PROJECT_DIR pwd=$(pwd)\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let builds = daemon.dir.path().join("builds");
+    let expected = format!("{}/custom/place", builds.display());
+    assert!(
+        trace.contains(&format!("dir={expected} pwd={expected}\n")),
+        "{trace}"
+    );
+    assert_nothing_left(&daemon);
+}
