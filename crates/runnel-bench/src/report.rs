@@ -382,6 +382,12 @@ pub const METRICS: &[MetricDef] = &[
         "enqueue to accepted `success` of `true` with the docker executor, long polling",
     ),
     metric(
+        "docker_trivial_ratio",
+        "ratio",
+        Scenario::Docker,
+        "docker_trivial_ms / the docker_floor_run_ms measured right before it, per repetition",
+    ),
+    metric(
         "docker_api_requests",
         "requests",
         Scenario::Docker,

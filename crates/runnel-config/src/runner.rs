@@ -326,19 +326,24 @@ impl RunnerConfig {
         self.feature_flags.get(name).copied()
     }
 
-    /// Whether jobs may pick their own build dir with `GIT_CLONE_PATH`.
+    /// `[runners.custom_build_dir] enabled` as written; `None` when not set, where the
+    /// executor's default applies (on for docker, off for shell, as the official runner).
+    pub fn custom_build_dir_setting(&self) -> Option<bool> {
+        self.custom_build_dir.as_ref().and_then(|dir| dir.enabled)
+    }
+
+    /// Whether the configuration explicitly lets jobs pick their own build dir with
+    /// `GIT_CLONE_PATH` (see [`Self::custom_build_dir_setting`] for the default).
     pub fn custom_build_dir_enabled(&self) -> bool {
-        self.custom_build_dir
-            .as_ref()
-            .is_some_and(|dir| dir.enabled)
+        self.custom_build_dir_setting() == Some(true)
     }
 }
 
 section! {
     /// `[runners.custom_build_dir]`.
     pub struct CustomBuildDir {
-        /// Allows `GIT_CLONE_PATH`.
-        "enabled" => enabled: bool,
+        /// Allows `GIT_CLONE_PATH`; unset means the executor's default.
+        "enabled" => enabled: Option<bool>,
     }
 }
 

@@ -1,12 +1,14 @@
 //! The Docker executor: [`DockerProvider`] per `[[runners]]` entry, [`DockerExecutor`] per job.
 //!
 //! `prepare` follows the official container model: it checks and gets the images (pull
-//! policies, `allowed_*`), creates the per-job network (unless `network_mode` is set), the
-//! builds volume and the cache volumes, starts the services and waits for them, then creates the
-//! helper ("predefined") container from the helper image and the build container from the job's
-//! image. Both run a shell that reads its script from stdin and are started again for every
-//! stage (the `stage` module). `cleanup` removes the containers, the temporary volumes and the
-//! network, also after a failure or a cancellation; reusable cache volumes stay.
+//! policies, `allowed_*`), creates the per-job network (with `FF_NETWORK_PER_BUILD` or
+//! services, unless `network_mode` is set), the builds volume (the slot's reusable one for
+//! `GIT_STRATEGY=fetch`, a temporary one otherwise) and the cache volumes, starts the services
+//! and waits for them, then creates the helper ("predefined") container from the helper image
+//! and the build container from the job's image and starts both: their shells read the stages
+//! from stdin, one after another (the `stage` module). `cleanup` removes the containers, the
+//! temporary volumes and the network (by id), also after a failure or a cancellation; reusable
+//! volumes stay.
 //!
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
@@ -17,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,17 +33,19 @@ use runnel_executor::{
     BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream,
     PrepareContext, Provider, Shell, StageCommand, StageExit, StageKind,
 };
-use runnel_types::{ImageSpec, JobSpec};
+use runnel_types::{ImageSpec, JobSpec, RunnerToken};
 use tokio_util::sync::CancellationToken;
 
 use crate::image::{check_allowed, effective_pull_policies, ensure_image};
-use crate::naming::{JobNames, LabelContext, ObjectType, labels, service_aliases, split_aliases};
+use crate::naming::{
+    JobNames, LabelContext, NameParts, ObjectType, labels, service_aliases, split_aliases,
+};
 use crate::options::{ContainerRole, DockerOptions, VolumeSpec};
 use crate::services::{
     ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
     wait_for_services,
 };
-use crate::stage::{Target, run_stage};
+use crate::stage::{Session, Target, open_session, run_stage};
 use crate::{DockerError, client};
 
 /// What the Docker executor is and reports.
@@ -66,6 +71,9 @@ pub const DOCKER_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
     shared_builds_dir: false,
 };
 
+/// How often a name that is taken is replaced by another before creating fails.
+const NAME_ATTEMPTS: u32 = 3;
+
 /// How long cleanup may take in all.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
@@ -74,6 +82,10 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub struct DockerSettings {
     /// The short runner token, for names and labels.
     pub short_token: String,
+    /// The full runner token: hashed into the names of reusable volumes, never shown.
+    pub token: RunnerToken,
+    /// The runner's system id, hashed into the names of reusable volumes.
+    pub system_id: String,
     /// The runner id (`[[runners]] id`, 0 when unknown).
     pub runner_id: u64,
     /// The GitLab URL, for the `job.url` label.
@@ -87,7 +99,8 @@ pub struct DockerSettings {
     pub helper_binary: Option<std::path::PathBuf>,
 }
 
-/// Creates Docker executors for one `[[runners]]` entry.
+/// Creates Docker executors for one `[[runners]]` entry. Build it once per entry and keep it:
+/// it holds the negotiated client and what it learnt about the helper image.
 #[derive(Debug)]
 pub struct DockerProvider {
     shared: Arc<Shared>,
@@ -98,16 +111,44 @@ struct Shared {
     host: String,
     options: DockerOptions,
     settings: DockerSettings,
-    slots: Mutex<BTreeSet<u32>>,
-    /// Ids of the jobs this provider's executors are running, which leftover removal spares.
-    active_jobs: Mutex<BTreeSet<u64>>,
+    /// The client with the negotiated API version, made by the first job that reached the
+    /// daemon.
+    client: tokio::sync::OnceCell<Docker>,
+    active_jobs: ActiveJobs,
     /// How long after a job's timeout its containers stop by themselves.
     hard_stop_grace: Duration,
 }
 
+/// The ids of the jobs a runner's executors run or are preparing: leftover removal spares
+/// their objects. Shared by the providers that follow each other on reloads.
+type ActiveJobs = Arc<Mutex<BTreeSet<u64>>>;
+
+/// A job registered in its runner's [`ActiveJobs`] until dropped.
+#[derive(Debug)]
+struct ActiveJob {
+    jobs: ActiveJobs,
+    job_id: u64,
+}
+
+impl ActiveJob {
+    fn register(jobs: &ActiveJobs, job_id: u64) -> Self {
+        lock(jobs).insert(job_id);
+        ActiveJob {
+            jobs: Arc::clone(jobs),
+            job_id,
+        }
+    }
+}
+
+impl Drop for ActiveJob {
+    fn drop(&mut self) {
+        lock(&self.jobs).remove(&self.job_id);
+    }
+}
+
 impl DockerProvider {
     /// A provider for `settings` and `[runners.docker]` `config`. The values are checked now;
-    /// the daemon is contacted by each job's `prepare`, so it may start after the runner.
+    /// the daemon is contacted by the first job's `prepare`, so it may start after the runner.
     pub fn new(settings: DockerSettings, config: &DockerConfig) -> Result<Self, DockerError> {
         let options = DockerOptions::from_config(config)?;
         Ok(DockerProvider {
@@ -115,8 +156,8 @@ impl DockerProvider {
                 host: client::docker_host(config),
                 options,
                 settings,
-                slots: Mutex::new(BTreeSet::new()),
-                active_jobs: Mutex::new(BTreeSet::new()),
+                client: tokio::sync::OnceCell::new(),
+                active_jobs: ActiveJobs::default(),
                 hard_stop_grace: crate::watchdog::HARD_STOP_GRACE,
             }),
         })
@@ -131,8 +172,19 @@ impl DockerProvider {
         self
     }
 
-    /// A provider for a `[[runners]]` entry, which needs a `[runners.docker]` section.
-    pub fn from_runner(runner: &RunnerConfig) -> Result<Self, DockerError> {
+    /// This (new) provider replaces `previous` for the same runner, after a reload changed
+    /// its configuration: the jobs `previous` still runs stay spared by leftover removal.
+    #[must_use]
+    pub fn succeeding(mut self, previous: &DockerProvider) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.active_jobs = Arc::clone(&previous.shared.active_jobs);
+        }
+        self
+    }
+
+    /// A provider for a `[[runners]]` entry, which needs a `[runners.docker]` section;
+    /// `system_id` is the runner's `.runner_system_id`.
+    pub fn from_runner(runner: &RunnerConfig, system_id: &str) -> Result<Self, DockerError> {
         let config = runner
             .docker
             .as_ref()
@@ -145,6 +197,8 @@ impl DockerProvider {
         };
         let settings = DockerSettings {
             short_token: runner.token.short(),
+            token: runner.token.clone(),
+            system_id: system_id.to_owned(),
             runner_id: runner.id.unwrap_or(0),
             gitlab_url: runner.url.clone(),
             shell,
@@ -162,40 +216,69 @@ impl DockerProvider {
 }
 
 impl Shared {
+    /// The negotiated client: the first call negotiates the API version and pings, later
+    /// calls reuse it (a failure is not kept, so the next job tries again).
     async fn connect(&self) -> Result<Docker, DockerError> {
-        let docker = client::connect(&self.options.config)?;
-        client::ping(docker, &self.host).await
+        self.client
+            .get_or_try_init(|| async {
+                let docker = client::connect(&self.options.config)?;
+                client::ping(docker, &self.host).await
+            })
+            .await
+            .cloned()
     }
+}
+
+/// Docker's answer for a name that is taken.
+fn is_conflict(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
+/// Docker's answer for an object that is gone.
+fn is_not_found(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 impl DockerProvider {
     /// Removes the containers, networks and temporary volumes that earlier runs with this
-    /// runner's token left behind (a crash, a killed runner), sparing the jobs this provider
-    /// runs now. Reusable cache volumes are kept. Returns the names of what was removed.
+    /// runner's token left behind (a crash, a killed runner), sparing every job this provider
+    /// (and the ones it succeeded) runs or is preparing: an object is checked against them after it was listed, and a job
+    /// registers before it creates anything, so a job starting during the sweep is never
+    /// touched. Objects are removed by id, so leftovers sharing a name all go. Reusable
+    /// volumes (caches, the builds volumes of fetching jobs) are kept. Returns the names of
+    /// what was removed.
     ///
-    /// Call it when the runner starts (and, if wanted, when idle): objects are matched by the
-    /// `runner.id` label (the short token), so another process running jobs with the same token
-    /// on the same daemon would lose its containers.
+    /// Objects are matched by the `runner.id` label (the short token), so another process
+    /// running jobs with the same token on the same daemon would lose its containers.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, DockerError> {
         let docker = self.shared.connect().await?;
+        let short_token = self.shared.settings.short_token.as_str();
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![
                 format!("{}.managed=true", crate::naming::LABEL_PREFIX),
-                format!(
-                    "{}.runner.id={}",
-                    crate::naming::LABEL_PREFIX,
-                    self.shared.settings.short_token
-                ),
+                format!("{}.runner.id={short_token}", crate::naming::LABEL_PREFIX),
             ],
         )]);
-        let active = lock(&self.shared.active_jobs).clone();
         let job_label = format!("{}.job.id", crate::naming::LABEL_PREFIX);
-        let is_active = |labels: Option<&HashMap<String, String>>| {
+        // Asked for each object after it was listed, never from an earlier copy.
+        let spared = |labels: Option<&HashMap<String, String>>| {
             labels
                 .and_then(|labels| labels.get(&job_label))
                 .and_then(|id| id.parse::<u64>().ok())
-                .is_some_and(|id| active.contains(&id))
+                .is_some_and(|id| lock(&self.shared.active_jobs).contains(&id))
         };
         let mut removed = Vec::new();
         let containers = docker
@@ -207,7 +290,7 @@ impl DockerProvider {
             .await
             .map_err(|source| DockerError::api("list leftover containers", "", source))?;
         for container in containers {
-            if is_active(container.labels.as_ref()) {
+            if spared(container.labels.as_ref()) {
                 continue;
             }
             let Some(id) = container.id else { continue };
@@ -222,6 +305,7 @@ impl DockerProvider {
             };
             match docker.remove_container(&id, Some(options)).await {
                 Ok(()) => removed.push(name.trim_start_matches('/').to_owned()),
+                Err(error) if is_not_found(&error) => {}
                 Err(error) => {
                     tracing::warn!(container = %name, %error, "failed to remove leftover container")
                 }
@@ -234,12 +318,14 @@ impl DockerProvider {
             .await
             .map_err(|source| DockerError::api("list leftover networks", "", source))?;
         for network in networks {
-            if is_active(network.labels.as_ref()) {
+            if spared(network.labels.as_ref()) {
                 continue;
             }
-            let Some(name) = network.name else { continue };
-            match docker.remove_network(&name).await {
+            let Some(id) = network.id else { continue };
+            let name = network.name.unwrap_or_else(|| id.clone());
+            match docker.remove_network(&id).await {
                 Ok(()) => removed.push(name),
+                Err(error) if is_not_found(&error) => {}
                 Err(error) => {
                     tracing::warn!(network = %name, %error, "failed to remove leftover network")
                 }
@@ -253,8 +339,8 @@ impl DockerProvider {
             .map_err(|source| DockerError::api("list leftover volumes", "", source))?;
         let reusable = format!("{}.reusable", crate::naming::LABEL_PREFIX);
         for volume in volumes.volumes.unwrap_or_default() {
-            if is_active(Some(&volume.labels))
-                || volume.labels.get(&reusable).map(String::as_str) == Some("true")
+            if volume.labels.get(&reusable).map(String::as_str) == Some("true")
+                || spared(Some(&volume.labels))
             {
                 continue;
             }
@@ -263,6 +349,7 @@ impl DockerProvider {
                 .await
             {
                 Ok(()) => removed.push(volume.name),
+                Err(error) if is_not_found(&error) => {}
                 Err(error) => {
                     tracing::warn!(volume = %volume.name, %error, "failed to remove leftover volume")
                 }
@@ -288,31 +375,6 @@ impl Provider for DockerProvider {
     }
 }
 
-/// A concurrency slot, released on drop.
-#[derive(Debug)]
-struct Slot {
-    shared: Arc<Shared>,
-    number: u32,
-}
-
-impl Slot {
-    fn take(shared: Arc<Shared>) -> Self {
-        let number = {
-            let mut slots = lock(&shared.slots);
-            let number = (0..).find(|n| !slots.contains(n)).unwrap_or(0);
-            slots.insert(number);
-            number
-        };
-        Slot { shared, number }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        lock(&self.shared.slots).remove(&self.number);
-    }
-}
-
 /// A created container.
 #[derive(Clone, Debug)]
 struct Container {
@@ -320,13 +382,29 @@ struct Container {
     name: String,
 }
 
+impl Container {
+    fn target(&self) -> Target<'_> {
+        Target {
+            id: &self.id,
+            name: &self.name,
+        }
+    }
+}
+
+/// The per-job network, removed by id.
+#[derive(Clone, Debug)]
+struct Network {
+    id: String,
+    name: String,
+}
+
 /// Runs one job's stages in containers.
 #[derive(Debug)]
 pub struct DockerExecutor {
-    slot: Slot,
+    shared: Arc<Shared>,
     docker: Option<Docker>,
     image: Option<String>,
-    network: Option<String>,
+    network: Option<Network>,
     containers: Vec<Container>,
     temporary_volumes: Vec<String>,
     predefined: Option<Container>,
@@ -337,12 +415,19 @@ pub struct DockerExecutor {
     job_id: Option<u64>,
     /// CPU and memory of the job's containers, from their stats.
     resources: crate::resources::ResourceMonitor,
+    /// The shell sessions of the started helper and build containers.
+    predefined_session: Option<Session>,
+    build_session: Option<Session>,
+    /// The stage marker nonce of this job's sessions.
+    nonce: String,
+    /// Registered from the start of `prepare` until this executor is dropped (after cleanup).
+    active: Option<ActiveJob>,
 }
 
 impl DockerExecutor {
     fn new(shared: Arc<Shared>) -> Self {
         DockerExecutor {
-            slot: Slot::take(shared),
+            shared,
             docker: None,
             image: None,
             network: None,
@@ -354,11 +439,15 @@ impl DockerExecutor {
             service_logs: None,
             job_id: None,
             resources: crate::resources::ResourceMonitor::default(),
+            predefined_session: None,
+            build_session: None,
+            nonce: crate::stage::nonce(),
+            active: None,
         }
     }
 
     fn shared(&self) -> &Shared {
-        &self.slot.shared
+        &self.shared
     }
 
     /// The names of the containers this executor created, helper first.
@@ -367,14 +456,14 @@ impl DockerExecutor {
     }
 
     async fn prepare_job(&mut self, ctx: &PrepareContext<'_>) -> Result<(), DockerError> {
-        let shared = Arc::clone(&self.slot.shared);
+        let shared = Arc::clone(&self.shared);
         let options = &shared.options;
         let config = &options.config;
         let settings = &shared.settings;
         let job = ctx.job;
-        if self.job_id.is_none() {
-            self.job_id = Some(job.id.0);
-            lock(&shared.active_jobs).insert(job.id.0);
+        if self.active.is_none() {
+            // Before anything is created: the leftover sweep must see this job as running.
+            self.active = Some(ActiveJob::register(&shared.active_jobs, job.id.0));
         }
         let docker = shared.connect().await?;
         self.docker = Some(docker.clone());
@@ -447,21 +536,27 @@ impl DockerExecutor {
         self.note_lines(&mut log);
         let (helper_image, helper_name) = helper_image?;
 
-        let names = JobNames::random(
-            &settings.short_token,
-            job.info.project_id,
-            self.slot.number,
-            job.id.0,
-        );
+        let names = JobNames::random(&NameParts {
+            short_token: &settings.short_token,
+            token: settings.token.expose(),
+            system_id: &settings.system_id,
+            project_id: job.info.project_id,
+            slot: ctx.project_slot,
+            job_id: job.id.0,
+            protected: crate::naming::is_protected(job),
+        });
         let label_ctx = LabelContext {
             short_token: &settings.short_token,
-            slot: self.slot.number,
+            slot: ctx.project_slot,
             gitlab_url: &settings.gitlab_url,
             extra: &config.container_labels,
         };
 
-        if config.network_mode.as_deref().is_none_or(str::is_empty) {
-            let name = names.network();
+        // A job network as the official runner makes one with FF_NETWORK_PER_BUILD; without
+        // the flag the official runner uses the default bridge, which Runnel also does for
+        // jobs without services (it keeps a job network for services instead of legacy links).
+        let wants_network = ctx.network_per_build || !services.is_empty();
+        if wants_network && config.network_mode.as_deref().is_none_or(str::is_empty) {
             let mut network_options = HashMap::new();
             if config.network_mtu > 0 {
                 network_options.insert(
@@ -469,20 +564,56 @@ impl DockerExecutor {
                     config.network_mtu.to_string(),
                 );
             }
-            docker
-                .create_network(NetworkCreateRequest {
-                    name: name.clone(),
-                    driver: Some("bridge".to_owned()),
-                    enable_ipv6: config.enable_ipv6.then_some(true),
-                    options: Some(network_options),
-                    labels: Some(labels(&label_ctx, job, ObjectType::Network, None)),
-                    ..NetworkCreateRequest::default()
-                })
-                .await
-                .map_err(|source| DockerError::api("create network", name.clone(), source))?;
-            self.network = Some(name);
+            let mut name = names.network();
+            // Engines before API 1.44 accept a second network of a name (bollard sends no
+            // duplicate check), after which the name is ambiguous and containers on it cannot
+            // start: a name a leftover holds is not used again.
+            let free = matches!(
+                docker.inspect_network(&name, None).await,
+                Err(ref error) if is_not_found(error)
+            );
+            if !free {
+                tracing::debug!(network = %name, "network name taken; using another");
+                name = format!("{}-{}", names.network(), crate::naming::random_part());
+            }
+            let mut attempt = 0;
+            loop {
+                let created = docker
+                    .create_network(NetworkCreateRequest {
+                        name: name.clone(),
+                        driver: Some("bridge".to_owned()),
+                        enable_ipv6: config.enable_ipv6.then_some(true),
+                        options: Some(network_options.clone()),
+                        labels: Some(labels(&label_ctx, job, ObjectType::Network, None)),
+                        ..NetworkCreateRequest::default()
+                    })
+                    .await;
+                match created {
+                    Ok(created) => {
+                        self.network = Some(Network {
+                            id: created.id,
+                            name,
+                        });
+                        break;
+                    }
+                    // The name is taken (a leftover of a killed run): another name, never a
+                    // failed job. The leftover goes with the next sweep.
+                    Err(error) if is_conflict(&error) && attempt < NAME_ATTEMPTS => {
+                        attempt += 1;
+                        tracing::debug!(network = %name, "network name taken; using another");
+                        name = format!("{}-{}", names.network(), crate::naming::random_part());
+                    }
+                    Err(source) => {
+                        return Err(DockerError::api("create network", name, source));
+                    }
+                }
+            }
         }
-        let network = self.network.clone();
+        // Containers join the network by id: on engines that accept duplicate network names
+        // (API < 1.44 without CheckDuplicate), a leftover with the same name would make the
+        // name ambiguous.
+        let network = self.network.as_ref().map(|network| network.id.clone());
+        let network_name = self.network.as_ref().map(|network| network.name.clone());
 
         let binds = self.volumes(ctx, &names, &label_ctx).await?;
 
@@ -535,7 +666,8 @@ impl DockerExecutor {
             // From the first line each service wrote, so its start-up is in the log too.
             self.service_logs = Some(ServiceLogFollower::start(&docker, &started));
         }
-        self.wait_for(&docker, &started, network.as_deref()).await;
+        self.wait_for(&docker, &started, network_name.as_deref())
+            .await;
 
         let shell_command = detect_shell_command(settings.shell, false);
         // Containers stop by themselves after the job's timeout and a grace, even when this
@@ -558,7 +690,12 @@ impl DockerExecutor {
             )),
             ..stdin_container()
         };
-        self.predefined = Some(self.create_container(names.predefined(), helper).await?);
+        let predefined = self.create_container(names.predefined(), helper).await;
+        if predefined.is_err() {
+            // Perhaps the helper image went away: the next job looks for it again.
+            shared.helper_ready.store(false, Ordering::Release);
+        }
+        self.predefined = Some(predefined?);
 
         let user = job_image
             .map(|image| image.docker_user.clone())
@@ -611,6 +748,16 @@ impl DockerExecutor {
             ..stdin_container()
         };
         self.build = Some(self.create_container(names.build(), build).await?);
+
+        // Both shells start now, side by side: the stages then only feed them.
+        if let (Some(predefined), Some(build)) = (&self.predefined, &self.build) {
+            let (helper_session, build_session) = tokio::join!(
+                open_session(&docker, predefined.target()),
+                open_session(&docker, build.target()),
+            );
+            self.predefined_session = Some(helper_session?);
+            self.build_session = Some(build_session?);
+        }
         Ok(())
     }
 
@@ -676,7 +823,7 @@ impl DockerExecutor {
         names: &JobNames,
         label_ctx: &LabelContext<'_>,
     ) -> Result<Vec<String>, DockerError> {
-        let shared = Arc::clone(&self.slot.shared);
+        let shared = Arc::clone(&self.shared);
         let options = &shared.options;
         let config = &options.config;
         let mut specs = options.volumes.clone();
@@ -689,11 +836,22 @@ impl DockerExecutor {
         let builds_dir = path_text(ctx.builds_dir);
         let mut binds = Vec::new();
         if !specs.iter().any(|spec| spec.container_path() == builds_dir) {
-            let name = names.temporary_volume(&builds_dir);
-            self.create_volume(&name, ctx.job, label_ctx, &builds_dir, false)
-                .await?;
-            self.temporary_volumes.push(name.clone());
-            binds.push(format!("{name}:{builds_dir}"));
+            if ctx.git_fetch {
+                // As the official runner: a fetching job keeps its checkout in the slot's
+                // builds volume (a cache volume), so the next job of the slot fetches into it.
+                specs.insert(
+                    0,
+                    VolumeSpec::Cache {
+                        container: builds_dir,
+                    },
+                );
+            } else {
+                let name = names.temporary_volume(&builds_dir);
+                self.create_volume(&name, ctx.job, label_ctx, &builds_dir, false)
+                    .await?;
+                self.temporary_volumes.push(name.clone());
+                binds.push(format!("{name}:{builds_dir}"));
+            }
         }
         for spec in specs {
             match spec {
@@ -716,10 +874,9 @@ impl DockerExecutor {
                         config.cache_dir.as_deref().filter(|dir| !dir.is_empty())
                     {
                         let host = format!(
-                            "{}/{}/{}",
+                            "{}/{}",
                             dir.trim_end_matches('/'),
-                            names.unique,
-                            crate::naming::path_hash(&container)
+                            names.cache_dir_path(&container)
                         );
                         binds.push(format!("{host}:{container}"));
                     } else {
@@ -752,6 +909,10 @@ impl DockerExecutor {
             format!("{}.reusable", crate::naming::LABEL_PREFIX),
             reusable.to_string(),
         );
+        volume_labels.insert(
+            format!("{}.protected", crate::naming::LABEL_PREFIX),
+            crate::naming::is_protected(job).to_string(),
+        );
         let request = VolumeCreateRequest {
             name: Some(name.to_owned()),
             driver: config
@@ -775,22 +936,36 @@ impl DockerExecutor {
         Ok(())
     }
 
+    /// Creates a container named `name`, or, when that name is taken (a leftover), named
+    /// `name` with a random suffix: a name collision never fails a job.
     async fn create_container(
         &mut self,
         name: String,
         body: ContainerCreateBody,
     ) -> Result<Container, DockerError> {
-        let created = self
-            .client()?
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..CreateContainerOptions::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|source| DockerError::api("create container", name.clone(), source))?;
+        let docker = self.client()?;
+        let mut name = name;
+        let mut attempt = 0;
+        let created = loop {
+            let created = docker
+                .create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(name.clone()),
+                        ..CreateContainerOptions::default()
+                    }),
+                    body.clone(),
+                )
+                .await;
+            match created {
+                Ok(created) => break created,
+                Err(error) if is_conflict(&error) && attempt < NAME_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::debug!(container = %name, "container name taken; using another");
+                    name = format!("{name}-{}", crate::naming::random_part());
+                }
+                Err(source) => return Err(DockerError::api("create container", name, source)),
+            }
+        };
         for warning in &created.warnings {
             tracing::warn!(container = %name, warning, "docker warning");
         }
@@ -848,6 +1023,8 @@ impl DockerExecutor {
         let docker = self.docker.clone()?;
         self.predefined = None;
         self.build = None;
+        self.predefined_session = None;
+        self.build_session = None;
         let created = Created {
             docker,
             containers: std::mem::take(&mut self.containers),
@@ -862,9 +1039,6 @@ impl DockerExecutor {
 impl Drop for DockerExecutor {
     /// A job abandoned without `cleanup` still gets its objects removed, in the background.
     fn drop(&mut self) {
-        if let Some(job_id) = self.job_id {
-            lock(&self.shared().active_jobs).remove(&job_id);
-        }
         let (Some(created), Ok(runtime)) =
             (self.take_created(), tokio::runtime::Handle::try_current())
         else {
@@ -881,7 +1055,7 @@ struct Created {
     docker: Docker,
     containers: Vec<Container>,
     temporary_volumes: Vec<String>,
-    network: Option<String>,
+    network: Option<Network>,
     keep_volumes: bool,
 }
 
@@ -893,27 +1067,30 @@ impl Created {
     /// Removes everything, services and build containers first; problems are logged.
     async fn remove(self) {
         let docker = self.docker;
-        for container in self.containers.iter().rev() {
-            let removed = docker
-                .remove_container(
-                    &container.id,
-                    Some(RemoveContainerOptions {
-                        force: true,
-                        v: true,
-                        link: false,
-                    }),
-                )
-                .await;
-            match removed {
-                Ok(())
-                | Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {}
-                Err(error) => {
-                    tracing::warn!(container = %container.name, %error, "failed to remove container");
+        // The containers go side by side; volumes and the network once they are gone.
+        let removals = self.containers.iter().rev().map(|container| {
+            let docker = &docker;
+            async move {
+                let removed = docker
+                    .remove_container(
+                        &container.id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            v: true,
+                            link: false,
+                        }),
+                    )
+                    .await;
+                match removed {
+                    Ok(()) => {}
+                    Err(error) if is_not_found(&error) => {}
+                    Err(error) => {
+                        tracing::warn!(container = %container.name, %error, "failed to remove container");
+                    }
                 }
             }
-        }
+        });
+        futures::future::join_all(removals).await;
         for volume in &self.temporary_volumes {
             if self.keep_volumes {
                 continue;
@@ -925,10 +1102,14 @@ impl Created {
                 tracing::warn!(volume = %volume, %error, "failed to remove volume");
             }
         }
-        if let Some(network) = &self.network
-            && let Err(error) = docker.remove_network(network).await
-        {
-            tracing::warn!(network = %network, %error, "failed to remove network");
+        if let Some(network) = &self.network {
+            match docker.remove_network(&network.id).await {
+                Ok(()) => {}
+                Err(error) if is_not_found(&error) => {}
+                Err(error) => {
+                    tracing::warn!(network = %network.name, %error, "failed to remove network");
+                }
+            }
         }
     }
 }
@@ -940,7 +1121,8 @@ fn stdin_container() -> ContainerCreateBody {
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        // Stdin stays open between stages: the shell serves every stage of the job.
+        stdin_once: Some(false),
         tty: Some(false),
         ..ContainerCreateBody::default()
     }
@@ -1045,9 +1227,9 @@ impl Executor for DockerExecutor {
                 );
             }
             let script = with_env(cmd.env, cmd.script);
-            let container = match cmd.kind {
-                StageKind::Predefined => self.predefined.as_ref(),
-                StageKind::Build => self.build.as_ref(),
+            let (container, session) = match cmd.kind {
+                StageKind::Predefined => (self.predefined.as_ref(), &mut self.predefined_session),
+                StageKind::Build => (self.build.as_ref(), &mut self.build_session),
             };
             let (Some(container), Some(docker)) = (container, self.docker.as_ref()) else {
                 return Err(DockerError::NotPrepared {
@@ -1063,6 +1245,8 @@ impl Executor for DockerExecutor {
             let exit = run_stage(
                 docker,
                 target,
+                session,
+                &self.nonce,
                 cmd.stage,
                 &script,
                 sink,
@@ -1115,7 +1299,7 @@ helper_image = "my-helper:1"
 "#;
         let file = runnel_config::ConfigFile::parse("config.toml", text, |_| None).expect("config");
         let runner = &file.config().runners[0];
-        let provider = DockerProvider::from_runner(runner).expect("provider");
+        let provider = DockerProvider::from_runner(runner, "s_0123456789ab").expect("provider");
         let settings = &provider.shared.settings;
         assert_eq!(
             (
@@ -1130,7 +1314,7 @@ helper_image = "my-helper:1"
 
         let mut without_section = runner.clone();
         without_section.docker = None;
-        let error = DockerProvider::from_runner(&without_section)
+        let error = DockerProvider::from_runner(&without_section, "s_0123456789ab")
             .err()
             .map(|e| e.to_string());
         insta::assert_snapshot!(error.unwrap_or_default(), @"runner `docker-runner` uses the docker executor but has no [runners.docker] section");

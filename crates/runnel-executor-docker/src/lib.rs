@@ -1,7 +1,7 @@
 //! The Docker executor: jobs run in containers on a Docker daemon, the official runner's way.
 //!
 //! ```text
-//! DockerProvider::from_runner(&runner)      once per [[runners]] entry (no request yet)
+//! DockerProvider::from_runner(&runner, id)  once per [[runners]] entry (no request yet)
 //!   create()                                one DockerExecutor per job, in a concurrency slot
 //!   prepare(ctx)   images (pull policy, allowed_*), per-job network, /builds and /cache
 //!                  volumes, services (+ wait), helper "predefined" and "build" containers

@@ -1,7 +1,12 @@
 //! Names and labels of everything the executor creates, as the official runner makes them.
 //!
 //! Containers are `runner-<short token>-project-<project id>-concurrent-<slot>-<random>-<role>`
-//! where the role is `predefined`, `build` or `<service>-<index>`; every object carries the
+//! where the role is `predefined`, `build` or `<service>-<index>` and the slot is the job's
+//! per-project concurrency slot; the network is `runner-<short>-<project>-<slot>-<job id>`;
+//! reusable volumes are `runner-<hash>-cache-<md5 of the path>`, where the hash covers the full
+//! token, the system id, the project and the slot, so every slot of a project has its own
+//! (`-protected` added for protected refs); temporary volumes are
+//! `<container prefix>-cache-<md5 of the path>`. Every object carries the
 //! `com.gitlab.gitlab-runner.*` labels so that leftovers can be found and removed. Service host
 //! aliases follow the official rules (`tutum/wordpress:1` → `tutum-wordpress`,
 //! `tutum__wordpress`). This module is pure: it does not talk to Docker.
@@ -10,6 +15,7 @@ use std::collections::HashMap;
 
 use md5::Digest as _;
 use runnel_types::JobSpec;
+use sha2::Digest as _;
 
 /// The prefix of every label the executor sets.
 pub const LABEL_PREFIX: &str = "com.gitlab.gitlab-runner";
@@ -42,33 +48,82 @@ impl ObjectType {
     }
 }
 
+/// What names are made of, besides the random part.
+#[derive(Clone, Copy, Debug)]
+pub struct NameParts<'a> {
+    /// The short runner token (the official `ShortDescription`).
+    pub short_token: &'a str,
+    /// The full runner token; only its SHA-256 (with the other parts) reaches a name.
+    pub token: &'a str,
+    /// The runner's system id (`.runner_system_id`).
+    pub system_id: &'a str,
+    /// The job's project.
+    pub project_id: u64,
+    /// The job's per-project concurrency slot (`CI_CONCURRENT_PROJECT_ID`).
+    pub slot: u32,
+    /// The job id.
+    pub job_id: u64,
+    /// Volumes get the `-protected` suffix (a protected ref, or a `-protected` cache key).
+    pub protected: bool,
+}
+
 /// The names of one job's objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobNames {
-    /// `runner-<short>-project-<pid>-concurrent-<n>`: shared by the slot's reusable volumes.
+    /// `runner-<short>-project-<pid>-concurrent-<slot>` (RFC 1123): the official
+    /// `ProjectUniqueName`.
     pub unique: String,
-    /// `<unique>-<random>`: the prefix of this job's containers.
+    /// `<unique>-<random>`: the prefix of this job's containers and temporary volumes.
     pub prefix: String,
-    /// The job id, for the network name.
-    pub job_id: u64,
+    /// `runner-<32 hex>`: the official `ProjectRealUniqueName`, a truncated SHA-256 of the
+    /// full token, the system id, the project and the slot; names the slot's reusable volumes
+    /// and its directory under `cache_dir`.
+    pub real_unique: String,
+    /// `runner-<short>-<pid>-<slot>-<job id>` (RFC 1123): the per-job network.
+    network: String,
+    protected: bool,
 }
 
 impl JobNames {
-    /// Names for a job of `project_id` in concurrency `slot`, with the 8-character `random` part.
-    pub fn new(short_token: &str, project_id: u64, slot: u32, random: &str, job_id: u64) -> Self {
-        let unique = format!("runner-{short_token}-project-{project_id}-concurrent-{slot}");
+    /// Names for `parts` with the 8-character `random` part.
+    pub fn new(parts: &NameParts<'_>, random: &str) -> Self {
+        let unique = rfc1123(&format!(
+            "runner-{}-project-{}-concurrent-{}",
+            parts.short_token, parts.project_id, parts.slot
+        ));
         let prefix = format!("{unique}-{random}");
+        let digest = sha2::Sha256::digest(
+            format!(
+                "{}-{}-{}-{}",
+                parts.token, parts.system_id, parts.project_id, parts.slot
+            )
+            .as_bytes(),
+        );
+        let real_unique = format!("runner-{}", hex::encode(&digest[..16]));
+        let network = rfc1123(&format!(
+            "runner-{}-{}-{}-{}",
+            parts.short_token, parts.project_id, parts.slot, parts.job_id
+        ));
         JobNames {
             unique,
             prefix,
-            job_id,
+            real_unique,
+            network,
+            protected: parts.protected,
         }
     }
 
     /// Names with a fresh random part.
-    pub fn random(short_token: &str, project_id: u64, slot: u32, job_id: u64) -> Self {
-        let random = format!("{:08x}", rand::random::<u32>());
-        Self::new(short_token, project_id, slot, &random, job_id)
+    pub fn random(parts: &NameParts<'_>) -> Self {
+        Self::new(parts, &random_part())
+    }
+
+    /// The same names with a new random part, after a container name collision.
+    pub fn rerolled(&self) -> Self {
+        JobNames {
+            prefix: format!("{}-{}", self.unique, random_part()),
+            ..self.clone()
+        }
     }
 
     /// The helper container.
@@ -102,18 +157,70 @@ impl JobNames {
 
     /// The per-job network.
     pub fn network(&self) -> String {
-        format!("{}-job-{}-network", self.unique, self.job_id)
+        self.network.clone()
     }
 
-    /// A reusable cache volume for `destination` (kept between jobs of the slot).
+    /// The slot's reusable volume for `destination`, kept between jobs.
     pub fn cache_volume(&self, destination: &str) -> String {
-        format!("{}-cache-{}", self.unique, path_hash(destination))
+        self.with_protected(format!(
+            "{}-cache-{}",
+            self.real_unique,
+            path_hash(destination)
+        ))
     }
 
     /// A temporary volume for `destination`, removed with the job.
     pub fn temporary_volume(&self, destination: &str) -> String {
-        format!("{}-tmp-{}", self.prefix, path_hash(destination))
+        self.with_protected(format!("{}-cache-{}", self.prefix, path_hash(destination)))
     }
+
+    /// Where `destination` lives under `[runners.docker] cache_dir`, relative to it.
+    pub fn cache_dir_path(&self, destination: &str) -> String {
+        format!(
+            "{}/{}",
+            self.real_unique,
+            self.with_protected(path_hash(destination))
+        )
+    }
+
+    /// Whether volumes carry the `-protected` suffix.
+    pub fn protected(&self) -> bool {
+        self.protected
+    }
+
+    fn with_protected(&self, name: String) -> String {
+        if self.protected {
+            name + "-protected"
+        } else {
+            name
+        }
+    }
+}
+
+/// 8 random hex digits.
+pub(crate) fn random_part() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// `name` as the official runner makes names DNS-compatible: lower case, only `[-a-z0-9]`
+/// (others dropped), starting with a letter or digit, at most 63 characters.
+pub fn rfc1123(name: &str) -> String {
+    let kept: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+        .collect();
+    let trimmed = kept.trim_start_matches('-');
+    trimmed.chars().take(63).collect()
+}
+
+/// Whether a job's volumes are protected: its ref is protected, or one of its cache keys ends
+/// in `-protected` (not `-non_protected`), as the official runner decides.
+pub fn is_protected(job: &JobSpec) -> bool {
+    job.git.protected == Some(true)
+        || job.cache.iter().any(|cache| {
+            cache.key.ends_with("-protected") && !cache.key.ends_with("-non_protected")
+        })
 }
 
 /// The hash of a container path in volume names and cache bind paths: the MD5 hex digest, as
@@ -264,7 +371,16 @@ mod tests {
 
     #[test]
     fn names_follow_the_official_pattern() {
-        let names = JobNames::new("xyzABC12", 42, 3, "0a1b2c3d", 1001);
+        let parts = NameParts {
+            short_token: "xyzABC12",
+            token: "glrt-xyzABC12_full_token",
+            system_id: "s_0123456789ab",
+            project_id: 42,
+            slot: 3,
+            job_id: 1001,
+            protected: false,
+        };
+        let names = JobNames::new(&parts, "0a1b2c3d");
         insta::assert_snapshot!(
             [
                 names.predefined(),
@@ -274,18 +390,70 @@ mod tests {
                 names.network(),
                 names.cache_volume("/cache"),
                 names.temporary_volume("/builds"),
+                names.cache_dir_path("/builds"),
             ]
             .join("\n"),
             @r"
-        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-predefined
-        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-build
-        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-tutum-wordpress-0
-        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-registry.example.com-5000-db-postgres-1
-        runner-xyzABC12-project-42-concurrent-3-job-1001-network
-        runner-xyzABC12-project-42-concurrent-3-cache-3c3f060a0374fc8bc39395164f415a70
-        runner-xyzABC12-project-42-concurrent-3-0a1b2c3d-tmp-c33bcaa1fd2c77edfc3893b41966cea8
+        runner-xyzabc12-project-42-concurrent-3-0a1b2c3d-predefined
+        runner-xyzabc12-project-42-concurrent-3-0a1b2c3d-build
+        runner-xyzabc12-project-42-concurrent-3-0a1b2c3d-tutum-wordpress-0
+        runner-xyzabc12-project-42-concurrent-3-0a1b2c3d-registry.example.com-5000-db-postgres-1
+        runner-xyzabc12-42-3-1001
+        runner-8f4b4666ee44ef080c16b765b7375cbb-cache-3c3f060a0374fc8bc39395164f415a70
+        runner-xyzabc12-project-42-concurrent-3-0a1b2c3d-cache-c33bcaa1fd2c77edfc3893b41966cea8
+        runner-8f4b4666ee44ef080c16b765b7375cbb/c33bcaa1fd2c77edfc3893b41966cea8
         "
         );
+        // The hashed part changes with every input but the job.
+        let other_slot = JobNames::new(&NameParts { slot: 4, ..parts }, "0a1b2c3d");
+        assert_ne!(other_slot.real_unique, names.real_unique);
+        let other_job = JobNames::new(&NameParts { job_id: 7, ..parts }, "ffffffff");
+        assert_eq!(other_job.real_unique, names.real_unique);
+        assert_eq!(
+            other_job.cache_volume("/cache"),
+            names.cache_volume("/cache")
+        );
+        let protected = JobNames::new(
+            &NameParts {
+                protected: true,
+                ..parts
+            },
+            "0a1b2c3d",
+        );
+        assert_eq!(
+            protected.cache_volume("/cache"),
+            format!("{}-protected", names.cache_volume("/cache"))
+        );
+        assert_eq!(
+            protected.temporary_volume("/builds"),
+            format!("{}-protected", names.temporary_volume("/builds"))
+        );
+        let rerolled = names.rerolled();
+        assert_ne!(rerolled.prefix, names.prefix);
+        assert_eq!(rerolled.unique, names.unique);
+    }
+
+    #[test]
+    fn names_are_made_dns_compatible_like_the_official_runner() {
+        assert_eq!(rfc1123("runner-AB_c.d-project-1"), "runner-abcd-project-1");
+        assert_eq!(rfc1123("--_x"), "x");
+        assert_eq!(rfc1123(&"a".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn protection_follows_the_ref_and_the_cache_keys() {
+        let mut job = JobSpec::default();
+        assert!(!is_protected(&job));
+        job.cache.push(runnel_types::CacheSpec {
+            key: "deps-non_protected".to_owned(),
+            ..runnel_types::CacheSpec::default()
+        });
+        assert!(!is_protected(&job));
+        job.cache[0].key = "deps-protected".to_owned();
+        assert!(is_protected(&job));
+        job.cache.clear();
+        job.git.protected = Some(true);
+        assert!(is_protected(&job));
     }
 
     #[test]

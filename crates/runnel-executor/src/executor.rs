@@ -183,6 +183,15 @@ pub struct PrepareContext<'a> {
     pub cache_dir: &'a Path,
     /// `CI_DEBUG_SERVICES`: stream the output of service containers into the job log.
     pub debug_services: bool,
+    /// The job's per-project concurrency slot (`CI_CONCURRENT_PROJECT_ID`): container
+    /// executors name the slot's reusable volumes after it.
+    pub project_slot: u32,
+    /// The job's git strategy is `fetch`: container executors keep the builds directory of
+    /// the slot for the next job.
+    pub git_fetch: bool,
+    /// `FF_NETWORK_PER_BUILD`: the docker executor creates a network for the job even when it
+    /// has no services.
+    pub network_per_build: bool,
 }
 
 /// What an executor may look at before the job's scripts are planned

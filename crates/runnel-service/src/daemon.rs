@@ -173,6 +173,18 @@ pub(crate) struct RunnerState {
     pub(crate) slot_ids: Arc<SlotIds>,
     /// Removed from the configuration: no more polling.
     retired: CancellationToken,
+    /// The docker provider of this entry, with the section and system id it was made from:
+    /// made once and reused by every job (its concurrency slots, negotiated client and the
+    /// jobs the leftover sweep spares live there), made again only when those change.
+    docker: Mutex<Option<DockerProviderCache>>,
+}
+
+/// A docker provider and what it was made from.
+#[derive(Debug)]
+struct DockerProviderCache {
+    entry: Arc<runnel_config::RunnerConfig>,
+    system_id: String,
+    provider: Arc<runnel_executor_docker::DockerProvider>,
 }
 
 impl RunnerState {
@@ -187,7 +199,43 @@ impl RunnerState {
             failure_log: Mutex::new(FailureLog::default()),
             slot_ids: Arc::default(),
             retired: CancellationToken::new(),
+            docker: Mutex::new(None),
         })
+    }
+
+    /// The docker provider for `spec`: the one made before when `spec`'s `[[runners]]` entry
+    /// and `system_id` are unchanged, else a new one (kept for the next jobs).
+    pub(crate) fn docker_provider(
+        &self,
+        spec: &RunnerSpec,
+        system_id: &str,
+    ) -> Result<Arc<runnel_executor_docker::DockerProvider>, String> {
+        let entry = spec.config.as_ref().ok_or_else(|| {
+            "the docker executor needs a [runners.docker] section in config.toml".to_owned()
+        })?;
+        let mut cached = self
+            .docker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cache) = cached.as_ref()
+            && cache.system_id == system_id
+            && (Arc::ptr_eq(&cache.entry, entry) || cache.entry == *entry)
+        {
+            return Ok(Arc::clone(&cache.provider));
+        }
+        let mut provider = runnel_executor_docker::DockerProvider::from_runner(entry, system_id)
+            .map_err(|error| crate::job::error_chain(&error))?;
+        if let Some(previous) = cached.as_ref() {
+            // Jobs of the previous configuration still run: the sweep must keep sparing them.
+            provider = provider.succeeding(&previous.provider);
+        }
+        let provider = Arc::new(provider);
+        *cached = Some(DockerProviderCache {
+            entry: Arc::clone(entry),
+            system_id: system_id.to_owned(),
+            provider: Arc::clone(&provider),
+        });
+        Ok(provider)
     }
 
     pub(crate) fn spec(&self) -> Arc<RunnerSpec> {
@@ -384,7 +432,7 @@ pub(crate) async fn run(
         runners = config.runners.len(),
         "Runnel started; polling GitLab for jobs"
     );
-    sweep_docker_leftovers(&config);
+    sweep_docker_leftovers(&shared, &config);
 
     let feeder = tokio::spawn(feed(Arc::clone(&shared), requeue_rx));
     let rotation = tokio::spawn(crate::rotation::rotate_tokens(
@@ -472,21 +520,23 @@ pub(crate) async fn run(
 }
 
 /// Removes containers, networks and volumes that a crashed earlier run of a docker runner left
-/// behind (found by their labels; running jobs are spared). Runs in the background.
-fn sweep_docker_leftovers(config: &ServiceConfig) {
-    for runner in config.runners.iter().filter(|r| r.executor == "docker") {
-        let Some(entry) = runner.config.clone() else {
+/// behind (found by their labels; the jobs this process runs or is starting are spared). Runs
+/// in the background, with the provider the runner's jobs use.
+fn sweep_docker_leftovers(shared: &Shared, config: &ServiceConfig) {
+    for runner in shared.runners() {
+        let spec = runner.spec();
+        if spec.executor != "docker" {
             continue;
+        }
+        let short = spec.token.short();
+        let provider = match runner.docker_provider(&spec, &config.system_id) {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(runner = %short, %error, "cannot check for docker leftovers");
+                continue;
+            }
         };
-        let short = runner.token.short();
         tokio::spawn(async move {
-            let provider = match runnel_executor_docker::DockerProvider::from_runner(&entry) {
-                Ok(provider) => provider,
-                Err(error) => {
-                    tracing::warn!(runner = %short, %error, "cannot check for docker leftovers");
-                    return;
-                }
-            };
             match provider.remove_leftovers().await {
                 Ok(removed) if removed.is_empty() => {}
                 Ok(removed) => {
@@ -798,6 +848,11 @@ async fn run_received_job(
         config.system_id.clone(),
     ];
     let tracked = shared.running.register(job.id, labels, spec.url.clone());
+    let provider = crate::job::JobProvider(crate::job::provider_for(
+        &spec,
+        config.user.as_deref(),
+        || runner.docker_provider(&spec, &config.system_id),
+    ));
     let context = JobContext {
         tracked,
         runner: spec,
@@ -805,6 +860,7 @@ async fn run_received_job(
         client,
         concurrent_id: slot.index,
         concurrent_project_id: project_slot.index,
+        provider,
         interrupt: shared.abort.clone(),
     };
     let outcome = run_job(job, context).await;

@@ -46,8 +46,22 @@ pub(crate) struct JobContext {
     pub(crate) client: Arc<Client>,
     pub(crate) concurrent_id: usize,
     pub(crate) concurrent_project_id: usize,
+    /// The executor provider of the runner (or why there is none).
+    pub(crate) provider: JobProvider,
     /// Fired when the runner is stopping forcefully.
     pub(crate) interrupt: CancellationToken,
+}
+
+/// The provider a job's executor comes from, or why there is none.
+pub(crate) struct JobProvider(pub(crate) Result<Arc<dyn Provider>, String>);
+
+impl std::fmt::Debug for JobProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(provider) => write!(f, "JobProvider({})", provider.info().name),
+            Err(message) => write!(f, "JobProvider(Err({message:?}))"),
+        }
+    }
 }
 
 /// A one-line account of how a job ended, for the daemon log.
@@ -315,9 +329,13 @@ async fn execute(
     let sections = job.features.trace_sections;
 
     // prepare_executor
-    let provider = match provider_for(&context.runner, context.config.user.as_deref()) {
-        Ok(provider) => provider,
-        Err(message) => return JobOutcome::SystemFailure { message },
+    let provider = match &context.provider.0 {
+        Ok(provider) => Arc::clone(provider),
+        Err(message) => {
+            return JobOutcome::SystemFailure {
+                message: message.clone(),
+            };
+        }
     };
     let mut executor = match provider.create() {
         Ok(executor) => executor,
@@ -359,6 +377,9 @@ async fn execute(
             builds_dir: &builds_dir,
             cache_dir: &cache_dir,
             debug_services: plan.settings.debug_services,
+            project_slot: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
+            git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
+            network_per_build: plan.feature_flags.network_per_build(),
         };
         executor.prepare(&prepare).await
     };
@@ -783,7 +804,13 @@ fn header_without_plan(context: &JobContext, options: &PlanOptions) -> Vec<Strin
     ]
 }
 
-fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provider>, String> {
+/// The executor provider for a job of `runner`: docker providers live as long as their
+/// `[[runners]]` entry (`docker`, from the daemon's runner state), shell ones are made per job.
+pub(crate) fn provider_for(
+    runner: &RunnerSpec,
+    user: Option<&str>,
+    docker: impl FnOnce() -> Result<Arc<runnel_executor_docker::DockerProvider>, String>,
+) -> Result<Arc<dyn Provider>, String> {
     match runner.executor.as_str() {
         "shell" => {
             let shell = shell_of(runner);
@@ -797,15 +824,7 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
             };
             let provider =
                 runnel_executor::ShellProvider::new(options).map_err(|e| e.to_string())?;
-            Ok(Box::new(provider))
-        }
-        "docker" => {
-            let config = runner.config.as_ref().ok_or_else(|| {
-                "the docker executor needs a [runners.docker] section in config.toml".to_owned()
-            })?;
-            let provider = runnel_executor_docker::DockerProvider::from_runner(config)
-                .map_err(|error| error_chain(&error))?;
-            Ok(Box::new(provider))
+            Ok(Arc::new(provider))
         }
         "custom" | "ssh"
             if runner
@@ -823,7 +842,7 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
             let config = runner.config.as_ref().ok_or_else(|| {
                 "the custom executor needs a [runners.custom] section in config.toml".to_owned()
             })?;
-            Ok(Box::new(
+            Ok(Arc::new(
                 runnel_executor_custom::CustomProvider::from_runner(config),
             ))
         }
@@ -837,8 +856,9 @@ fn provider_for(runner: &RunnerSpec, user: Option<&str>) -> Result<Box<dyn Provi
             };
             let provider = runnel_executor_ssh::SshProvider::from_runner(config, shell)
                 .map_err(|error| error_chain(&error))?;
-            Ok(Box::new(provider))
+            Ok(Arc::new(provider))
         }
+        "docker" => Ok(docker()?),
         other => Err(format!(
             "the {other:?} executor is not supported by this build of Runnel"
         )),
@@ -958,7 +978,10 @@ fn plan_options(context: &JobContext) -> PlanOptions {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
-        custom_build_dir: runner.custom_build_dir_enabled,
+        // Official defaults when unset: on for docker, off for shell.
+        custom_build_dir: runner
+            .custom_build_dir_enabled
+            .unwrap_or(executor_kind(runner) == ExecutorKind::Docker),
         debug_trace_disabled: runner.debug_trace_disabled,
         // The SSH executor names the runner's host too (`Running on $(hostname) via …`).
         hostname: (runner.executor == "ssh")

@@ -29,6 +29,8 @@ fn provider(section: &str) -> DockerProvider {
 fn provider_for(short_token: &str, section: &str) -> DockerProvider {
     let settings = DockerSettings {
         short_token: short_token.to_owned(),
+        token: format!("glrt-{}", short_token).into(),
+        system_id: "s_0123456789ab".to_owned(),
         runner_id: 7,
         gitlab_url: "https://gitlab.example.com".to_owned(),
         shell: Shell::Sh,
@@ -45,11 +47,23 @@ async fn setup() -> Docker {
 }
 
 async fn prepare(executor: &mut Box<dyn Executor>, job: &JobSpec) -> Result<(), ExecutorError> {
+    prepare_with(executor, job, false).await
+}
+
+/// `prepare` with `FF_NETWORK_PER_BUILD` as given.
+async fn prepare_with(
+    executor: &mut Box<dyn Executor>,
+    job: &JobSpec,
+    network_per_build: bool,
+) -> Result<(), ExecutorError> {
     let ctx = PrepareContext {
         job,
         builds_dir: Path::new("/builds"),
         cache_dir: Path::new("/cache"),
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await
@@ -226,12 +240,13 @@ async fn stages_run_in_their_containers_and_share_the_builds_volume() {
     );
     assert!(
         containers.iter().all(|name| name.starts_with(&format!(
-            "/runner-tEsT1234-project-{}-concurrent-0-",
+            "/runner-test1234-project-{}-concurrent-0-",
             job.info.project_id
         ))),
         "{containers:?}"
     );
-    assert_eq!(networks.len(), 1, "{networks:?}");
+    // No services and FF_NETWORK_PER_BUILD off: the default bridge, as the official runner.
+    assert_eq!(networks.len(), 0, "{networks:?}");
     assert_eq!(volumes.len(), 1, "{volumes:?}");
 
     tokio::time::timeout(STEP_TIMEOUT, executor.cleanup())
@@ -244,6 +259,74 @@ async fn stages_run_in_their_containers_and_share_the_builds_volume() {
         "cleanup left objects behind"
     );
     remove_cache_volumes(&docker, &job).await;
+}
+
+/// The container's start time, as the daemon reports it.
+async fn started_at(docker: &Docker, name: &str) -> String {
+    docker
+        .inspect_container(name, None)
+        .await
+        .expect("inspect container")
+        .state
+        .and_then(|state| state.started_at)
+        .unwrap_or_default()
+}
+
+/// #13.4: one container start serves every stage; each stage still runs in a shell of its own
+/// (variables, `cd`, `exit` end with the stage), and the markers never reach the output.
+#[tokio::test]
+async fn stages_share_one_container_start_but_not_their_shell_state() {
+    let docker = setup().await;
+    let provider = provider("pull_policy = \"never\"\ndisable_cache = true");
+    let job = job(Some(BUSYBOX));
+    let mut executor = provider.create().expect("executor");
+    prepare(&mut executor, &job).await.expect("prepare");
+    let sink = Collect::new();
+    let exit = run(
+        &mut executor,
+        StageKind::Build,
+        "export LEAK=1\ncd /tmp\necho first\nexit 7\n",
+        &sink,
+    )
+    .await;
+    assert_eq!(exit, StageExit::Exited(7));
+    assert!(
+        sink.text(OutputStream::Stdout).ends_with(" ...\nfirst\n"),
+        "{}",
+        sink.text(OutputStream::Stdout)
+    );
+    let (containers, _, _) = leftovers(&docker, &job).await;
+    let build = containers
+        .into_iter()
+        .find(|name| name.ends_with("-build"))
+        .expect("a build container");
+    let build = build.trim_start_matches('/');
+    let started = started_at(&docker, build).await;
+
+    let sink = Collect::new();
+    let exit = run(
+        &mut executor,
+        StageKind::Build,
+        "echo \"leak=${LEAK:-none} dir=$(pwd)\"; printf 'no newline'; echo err >&2\n",
+        &sink,
+    )
+    .await;
+    assert_eq!(exit, StageExit::Exited(0));
+    assert_eq!(
+        sink.text(OutputStream::Stdout),
+        "leak=none dir=/\nno newline"
+    );
+    assert_eq!(sink.text(OutputStream::Stderr), "err\n");
+    assert_eq!(
+        started_at(&docker, build).await,
+        started,
+        "the second stage ran without starting the container again"
+    );
+
+    tokio::time::timeout(STEP_TIMEOUT, executor.cleanup())
+        .await
+        .expect("cleanup hung");
+    assert_eq!(leftovers(&docker, &job).await, (vec![], vec![], vec![]));
 }
 
 #[tokio::test]
@@ -395,7 +478,7 @@ async fn a_service_that_never_listens_gets_the_official_warning() {
     assert_eq!(exit, StageExit::Exited(0));
     let stdout = sink.text(OutputStream::Stdout);
     assert!(
-        stdout.contains("*** WARNING: Service runner-tEsT1234-project-"),
+        stdout.contains("*** WARNING: Service runner-test1234-project-"),
         "{stdout}"
     );
     assert!(
@@ -541,7 +624,8 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
         }
     });
     abandoned.await.expect("the stage never started");
-    // The stage future is dropped here: its container must stop.
+    // The stage future is dropped here: its container must stop (the helper's idle shell
+    // waits for the next stage until the executor goes).
     let stopped = async {
         loop {
             let containers = docker
@@ -552,7 +636,11 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
                 }))
                 .await
                 .expect("list running containers");
-            if containers.is_empty() {
+            let build_running = containers
+                .iter()
+                .flat_map(|c| c.names.iter().flatten())
+                .any(|name| name.ends_with("-build"));
+            if !build_running {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -566,22 +654,75 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
     wait_until_gone(&docker, &job).await;
 }
 
+/// A network with `name` labelled as an object of `job` on runner `token`, as a killed run
+/// leaves it; created through the API without a duplicate check, which engines before API
+/// 1.44 accept, so two of them may share a name.
+async fn leftover_network(docker: &Docker, name: &str, token: &str, job: &JobSpec) -> String {
+    let labels = HashMap::from([
+        (
+            "com.gitlab.gitlab-runner.managed".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "com.gitlab.gitlab-runner.runner.id".to_owned(),
+            token.to_owned(),
+        ),
+        (
+            "com.gitlab.gitlab-runner.job.id".to_owned(),
+            job.id.0.to_string(),
+        ),
+    ]);
+    docker
+        .create_network(bollard::models::NetworkCreateRequest {
+            name: name.to_owned(),
+            labels: Some(labels),
+            ..Default::default()
+        })
+        .await
+        .expect("create a leftover network")
+        .id
+}
+
 #[tokio::test]
 async fn leftovers_of_a_crashed_runner_are_removed_but_running_jobs_are_spared() {
     let docker = setup().await;
     // Its own token: other tests' jobs run in other providers and must not be touched.
-    let token = format!("lEfT{}", std::process::id() % 10_000);
+    let token = format!("left{}", std::process::id() % 10_000);
     let crashed = provider_for(&token, "pull_policy = \"never\"\ndisable_cache = true");
     let lost_job = job(Some(BUSYBOX));
     let mut lost = crashed.create().expect("executor");
-    prepare(&mut lost, &lost_job).await.expect("prepare");
+    prepare_with(&mut lost, &lost_job, true)
+        .await
+        .expect("prepare");
     // A crash: neither cleanup nor drop runs.
     std::mem::forget(lost);
+    // Two leftovers of one name (an engine that accepted the duplicate).
+    let duplicate = format!("{token}-duplicate-network");
+    let first = leftover_network(&docker, &duplicate, &token, &lost_job).await;
+    let second = leftover_network(&docker, &duplicate, &token, &lost_job).await;
 
+    // The restarted runner: another provider, as another process would have.
     let restarted = provider_for(&token, "pull_policy = \"never\"\ndisable_cache = true");
     let running_job = job(Some(BUSYBOX));
+    // The name this job's network gets is taken by a leftover: the job still runs.
+    let taken = format!(
+        "runner-{token}-{}-0-{}",
+        running_job.info.project_id, running_job.id.0
+    );
+    let squatter = leftover_network(&docker, &taken, &token, &lost_job).await;
     let mut running = restarted.create().expect("executor");
-    prepare(&mut running, &running_job).await.expect("prepare");
+    prepare_with(&mut running, &running_job, true)
+        .await
+        .expect("prepare");
+    let sink = Collect::new();
+    let exit = run(&mut running, StageKind::Build, "echo still-runs\n", &sink).await;
+    assert_eq!(
+        exit,
+        StageExit::Exited(0),
+        "{}",
+        sink.text(OutputStream::Stderr)
+    );
+    assert!(sink.text(OutputStream::Stdout).ends_with("still-runs\n"));
 
     let removed = restarted
         .remove_leftovers()
@@ -595,6 +736,12 @@ async fn leftovers_of_a_crashed_runner_are_removed_but_running_jobs_are_spared()
         removed.iter().any(|name| name.ends_with("-predefined")),
         "{removed:?}"
     );
+    for id in [first, second, squatter] {
+        assert!(
+            docker.inspect_network(&id, None).await.is_err(),
+            "leftover network {id} was removed"
+        );
+    }
     let (containers, networks, volumes) = leftovers(&docker, &running_job).await;
     assert_eq!((containers.len(), networks.len(), volumes.len()), (2, 1, 2));
 

@@ -21,6 +21,8 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
     images::ensure(&docker).await;
     let settings = DockerSettings {
         short_token: "pLaN5678".to_owned(),
+        token: format!("glrt-{}", "pLaN5678").into(),
+        system_id: "s_0123456789ab".to_owned(),
         runner_id: 1,
         gitlab_url: "https://gitlab.example.com".to_owned(),
         shell: Shell::Bash,
@@ -73,6 +75,9 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         builds_dir: Path::new("/builds"),
         cache_dir: Path::new("/cache"),
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await

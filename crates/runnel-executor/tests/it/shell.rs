@@ -135,6 +135,9 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         builds_dir: &missing,
         cache_dir: &missing,
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     std::fs::remove_dir(&missing).expect("remove the builds dir again");
@@ -164,6 +167,9 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         builds_dir: &builds_dir,
         cache_dir: root.path(),
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -194,6 +200,9 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -221,6 +230,9 @@ async fn cancelling_a_stage_reports_cancelled() {
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -278,6 +290,9 @@ async fn run_job_boxed(
         builds_dir: &dir,
         cache_dir: &dir,
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -330,6 +345,9 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
         builds_dir: &builds_dir,
         cache_dir: &cache_dir,
         debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     executor

@@ -138,7 +138,7 @@ fn config_from_flags(
         pre_build_script: runner.pre_build_script.clone(),
         post_build_script: runner.post_build_script.clone(),
         feature_flags: BTreeMap::new(),
-        custom_build_dir_enabled: false,
+        custom_build_dir_enabled: None,
         debug_trace_disabled: false,
         strict_check_interval: false,
         unhealthy_requests_limit: 3,

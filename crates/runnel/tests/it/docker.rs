@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
+use md5::Digest as _;
 use runnel_fake_gitlab::{GitStrategy, JobBuilder, RemoteStatus};
 use serde_json::json;
 
@@ -315,6 +316,19 @@ impl Drop for Sweep {
             }
         }
     }
+}
+
+/// The official `ProjectRealUniqueName` of `project`'s concurrency `slot` on this runner:
+/// `runner-` and the first 16 bytes of the SHA-256 of `<token>-<system id>-<project>-<slot>`,
+/// in hex (computed here independently of the executor's code).
+fn real_unique_name(daemon: &Daemon, project: u64, slot: u32) -> String {
+    use sha2::Digest as _;
+    let system_id = std::fs::read_to_string(daemon.dir.path().join(".runner_system_id"))
+        .expect("the daemon wrote its system id");
+    let digest = sha2::Sha256::digest(
+        format!("{}-{}-{project}-{slot}", daemon.token, system_id.trim()).as_bytes(),
+    );
+    format!("runner-{}", hex::encode(&digest[..16]))
 }
 
 fn zip_names(data: &[u8]) -> Vec<String> {
@@ -858,6 +872,8 @@ async fn a_canceled_job_stops_and_its_containers_are_removed() {
     let _sweep = Sweep::new(&daemon);
     let id = daemon.fake.enqueue(
         job("cancel-me")
+            // A job network although the job has no services, as the official flag asks.
+            .variable("FF_NETWORK_PER_BUILD", "true")
             .script(["echo started", "sleep 60", "echo not-reached"])
             .after_script(["echo \"after-cancel status=$CI_JOB_STATUS\""]),
     );
@@ -942,11 +958,11 @@ async fn a_cache_volume_is_shared_by_the_jobs_of_a_project() {
         "volume",
         Some("label=com.gitlab.gitlab-runner.reusable=true"),
     );
-    let short = runnel_types::short_token(&daemon.token);
     assert!(
-        // The official name: the MD5 of `/cache`, so volumes survive a swap of runners.
+        // The official name, so volumes survive a swap of runners.
         reusable.contains(&format!(
-            "runner-{short}-project-1-concurrent-0-cache-3c3f060a0374fc8bc39395164f415a70"
+            "{}-cache-3c3f060a0374fc8bc39395164f415a70",
+            real_unique_name(&daemon, 1, 0)
         )),
         "the cache volume is kept between jobs: {reusable:?}"
     );
@@ -1035,5 +1051,225 @@ async fn a_glibc_helper_clones_over_http_and_uploads_artifacts() {
     assert_eq!(artifact.filename, "result.zip");
     assert_eq!(zip_names(&artifact.data), ["out/", "out/result.txt"]);
     assert_eq!(zip_entry(&artifact.data, "out/result.txt"), "built\n");
+    assert_nothing_left(&daemon);
+}
+
+/// The objects (`container`, `network`, `volume`) of job `id` that are not reusable volumes.
+fn objects_of_job(daemon: &Daemon, id: u64) -> Vec<String> {
+    let job = format!("label=com.gitlab.gitlab-runner.job.id={id}");
+    let mut left = labelled(daemon, "container", Some(&job));
+    left.extend(labelled(daemon, "network", Some(&job)));
+    left.extend(
+        labelled(daemon, "volume", Some(&job))
+            .into_iter()
+            .filter(|volume| {
+                let inspected = docker(&[
+                    "volume",
+                    "inspect",
+                    "--format",
+                    "{{index .Labels \"com.gitlab.gitlab-runner.reusable\"}}",
+                    volume,
+                ]);
+                String::from_utf8_lossy(&inspected.stdout).trim() != "true"
+            }),
+    );
+    left
+}
+
+/// A script line that waits (at most a minute) until `count` jobs have written their marker
+/// into the host directory mounted at `/together`, so those jobs provably run at once.
+fn rendezvous(count: usize) -> [String; 2] {
+    [
+        "touch /together/$CI_JOB_ID".to_owned(),
+        format!(
+            "i=0; while [ $(ls /together | wc -l) -lt {count} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo \"together=$(ls /together | wc -l) slot=$CI_CONCURRENT_PROJECT_ID\""
+        ),
+    ]
+}
+
+/// #13.2: a runner killed with SIGKILL while a job's shell still runs in its container, then
+/// started again at `concurrent = 4` with four jobs of one project queued. The start-up sweep
+/// of the killed run's objects races the first four jobs: it must not touch them, they must
+/// all succeed, each in its own per-project slot, and within a minute nothing of the killed
+/// job may be left.
+#[tokio::test]
+async fn a_runner_killed_mid_job_restarts_with_four_queued_jobs_and_removes_the_leftovers() {
+    ensure_image();
+    let together = tempfile::tempdir().unwrap();
+    let tables = |concurrent: usize| Setup {
+        concurrent,
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"never\"]\n    volumes = [\"{}:/together\"]\n",
+            together.path().display()
+        ),
+        ..Setup::default()
+    };
+    let mut daemon = Daemon::start(tables(1)).await;
+    let _sweep = Sweep::new(&daemon);
+    // Job networks (FF_NETWORK_PER_BUILD) for all: the observed race was about networks.
+    let killed = daemon.fake.enqueue(
+        job("killed")
+            .variable("FF_NETWORK_PER_BUILD", "true")
+            .script(["echo started", "sleep 300"]),
+    );
+    daemon.printed(killed, "started\n").await;
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait_exit().await;
+    let left = objects_of_job(&daemon, killed);
+    assert!(
+        left.len() >= 4,
+        "the killed job left its containers, network and builds volume: {left:?}"
+    );
+
+    let script = rendezvous(4);
+    let queued: Vec<u64> = (0..4)
+        .map(|n| {
+            daemon.fake.enqueue(
+                job(&format!("queued-{n}"))
+                    .variable("FF_NETWORK_PER_BUILD", "true")
+                    .script(script.clone()),
+            )
+        })
+        .collect();
+    daemon.restart(&tables(4));
+    let mut slots = Vec::new();
+    for id in &queued {
+        let view = daemon.finished(*id).await;
+        let trace = view.trace_text();
+        assert_eq!(
+            view.status,
+            RemoteStatus::Success,
+            "{trace}\nrunnel log:\n{}",
+            daemon.log()
+        );
+        let line = trace
+            .lines()
+            .find(|line| line.starts_with("together="))
+            .unwrap_or_else(|| panic!("no rendezvous line: {trace}"));
+        assert!(line.starts_with("together=4 "), "{trace}");
+        slots.push(line.rsplit('=').next().unwrap().to_owned());
+    }
+    slots.sort();
+    assert_eq!(
+        slots,
+        ["0", "1", "2", "3"],
+        "each concurrent job of the project has its own slot"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = objects_of_job(&daemon, killed);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed job's objects are still there after a minute: {left:?}\nrunnel log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(
+        !daemon.log().contains("failed to remove"),
+        "every removal worked: {}",
+        daemon.log()
+    );
+    assert_nothing_left(&daemon);
+}
+
+/// #13.3: with `GIT_STRATEGY=fetch` the checkout lives in the slot's builds volume (named as
+/// the official runner names it, and kept), so the next job of the slot fetches into it
+/// instead of cloning afresh.
+#[tokio::test]
+async fn fetching_jobs_reuse_the_checkout_of_their_slot() {
+    let helper = ensure_git_helper().await;
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    pull_policy = [\"never\"]\n    network_mode = \"host\"\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let first_sha = repo
+        .commit("main", "first")
+        .file("README.md", "one\n")
+        .create()
+        .unwrap();
+    let fetch_job = |sha: &str| {
+        JobBuilder::new("fetch")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+            .variable("GIT_LFS_SKIP_SMUDGE", "1")
+            .script(["cat README.md"])
+    };
+    let first = daemon.fake.enqueue(fetch_job(&first_sha));
+    let view = daemon.finished(first).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("Created fresh repository."), "{trace}");
+    let builds_volume = format!(
+        "{}-cache-{}",
+        real_unique_name(&daemon, 1, 0),
+        // The test config sets builds_dir, which is the path inside the containers.
+        hex::encode(md5::Md5::digest(
+            daemon.dir.path().join("builds").display().to_string()
+        ))
+    );
+    let reusable = labelled(
+        &daemon,
+        "volume",
+        Some("label=com.gitlab.gitlab-runner.reusable=true"),
+    );
+    assert!(
+        reusable.contains(&builds_volume),
+        "the slot's builds volume is kept: {reusable:?}"
+    );
+
+    let second_sha = repo
+        .commit("main", "second")
+        .file("README.md", "two\n")
+        .create()
+        .unwrap();
+    let second = daemon.fake.enqueue(fetch_job(&second_sha));
+    let view = daemon.finished(second).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("Reinitialized existing Git repository in "),
+        "{trace}"
+    );
+    assert!(
+        !trace.contains("Created fresh repository."),
+        "the second job fetched into the first one's checkout: {trace}"
+    );
+    assert!(trace.contains("\ntwo\n"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+/// #13.3: `[runners.custom_build_dir]` is on by default for docker, as in the official runner:
+/// a job may pick its directory with `GIT_CLONE_PATH` without the section in config.toml.
+#[tokio::test]
+async fn git_clone_path_works_without_a_custom_build_dir_section() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("clone-path")
+            .variable("GIT_CLONE_PATH", "$CI_BUILDS_DIR/custom/place")
+            .script(["echo \"dir=$CI_PROJECT_DIR pwd=$(pwd)\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let builds = daemon.dir.path().join("builds");
+    let expected = format!("{}/custom/place", builds.display());
+    assert!(
+        trace.contains(&format!("dir={expected} pwd={expected}\n")),
+        "{trace}"
+    );
     assert_nothing_left(&daemon);
 }

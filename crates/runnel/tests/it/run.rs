@@ -82,6 +82,20 @@ impl Daemon {
         daemon
     }
 
+    /// Starts `runnel run` again (after it exited) with the configuration `setup` describes,
+    /// against the same fake GitLab, directory and token.
+    pub(crate) fn restart(&mut self, setup: &Setup) {
+        let executor = setup.executor.unwrap_or("shell");
+        let runner = format!("  executor = \"{executor}\"\n{}", setup.runner);
+        self.write_config(
+            setup.concurrent.max(1),
+            setup.global,
+            &runner,
+            &setup.tables,
+        );
+        self.spawn(&["run"]);
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
@@ -122,7 +136,7 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let pid = self
             .child
             .as_ref()
@@ -131,7 +145,7 @@ impl Daemon {
         kill(Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
     }
 
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("daemon running");
         match tokio::time::timeout(JOB_TIMEOUT, child.wait()).await {
             Ok(status) => status.unwrap(),
