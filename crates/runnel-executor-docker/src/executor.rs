@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -412,7 +411,6 @@ pub struct DockerExecutor {
     pending_output: Vec<u8>,
     /// Service output streamed into the job log (`CI_DEBUG_SERVICES`).
     service_logs: Option<ServiceLogFollower>,
-    job_id: Option<u64>,
     /// CPU and memory of the job's containers, from their stats.
     resources: crate::resources::ResourceMonitor,
     /// The shell sessions of the started helper and build containers.
@@ -437,7 +435,6 @@ impl DockerExecutor {
             build: None,
             pending_output: Vec::new(),
             service_logs: None,
-            job_id: None,
             resources: crate::resources::ResourceMonitor::default(),
             predefined_session: None,
             build_session: None,
@@ -690,12 +687,7 @@ impl DockerExecutor {
             )),
             ..stdin_container()
         };
-        let predefined = self.create_container(names.predefined(), helper).await;
-        if predefined.is_err() {
-            // Perhaps the helper image went away: the next job looks for it again.
-            shared.helper_ready.store(false, Ordering::Release);
-        }
-        self.predefined = Some(predefined?);
+        self.predefined = Some(self.create_container(names.predefined(), helper).await?);
 
         let user = job_image
             .map(|image| image.docker_user.clone())
