@@ -22,6 +22,8 @@ pub(crate) struct Daemon {
     child: Option<tokio::process::Child>,
     /// Logging flags for `runnel run` (default `--log-level debug`).
     log_args: Vec<&'static str>,
+    /// Extra environment variables for the daemon.
+    env: Vec<(String, String)>,
 }
 
 /// Extra lines for the `[[runners]]` entry and global settings.
@@ -37,6 +39,8 @@ pub(crate) struct Setup {
     pub(crate) fake: Option<FakeConfig>,
     /// Logging flags instead of `--log-level debug`.
     pub(crate) log_args: Option<Vec<&'static str>>,
+    /// Extra environment variables for the daemon.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 fn quick_fake() -> FakeConfig {
@@ -64,6 +68,7 @@ impl Daemon {
             token,
             child: None,
             log_args,
+            env: setup.env.clone(),
         };
         let executor = setup.executor.unwrap_or("shell");
         let runner = format!("  executor = \"{executor}\"\n{}", setup.runner);
@@ -77,7 +82,7 @@ impl Daemon {
         daemon
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
 
@@ -93,8 +98,13 @@ impl Daemon {
         std::fs::write(self.config_path(), text).unwrap();
     }
 
-    fn spawn(&mut self, args: &[&str]) {
-        let log = std::fs::File::create(self.dir.path().join("runnel.log")).unwrap();
+    pub(crate) fn spawn(&mut self, args: &[&str]) {
+        // Appended to, so a restarted daemon's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("runnel.log"))
+            .unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
             .args(args)
             .arg("-c")
@@ -103,6 +113,7 @@ impl Daemon {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -113,11 +124,11 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let pid = self
             .child
             .as_ref()
@@ -126,7 +137,7 @@ impl Daemon {
         kill(Pid::from_raw(i32::try_from(pid).unwrap()), signal).unwrap();
     }
 
-    async fn wait_exit(&mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("daemon running");
         match tokio::time::timeout(JOB_TIMEOUT, child.wait()).await {
             Ok(status) => status.unwrap(),
@@ -146,7 +157,7 @@ impl Daemon {
     }
 
     /// Waits until the job's trace contains `needle`.
-    async fn printed(&self, id: u64, needle: &str) -> JobView {
+    pub(crate) async fn printed(&self, id: u64, needle: &str) -> JobView {
         let needle = needle.to_owned();
         let seen = move |v: &JobView| v.trace_text().contains(&needle);
         match self.fake.wait_for_job_state(id, seen, JOB_TIMEOUT).await {
