@@ -84,8 +84,12 @@ mod tests {
     use super::*;
 
     fn tag() -> String {
-        format!("test-{}-{:?}", std::process::id(), std::thread::current().id())
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        format!(
+            "test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "")
     }
 
     #[test]

@@ -366,7 +366,12 @@ struct JobRun<'a> {
     journal_failed: &'a CancellationToken,
 }
 
-async fn execute(job: &JobSpec, plan: &JobPlan, context: &JobContext, run: &JobRun<'_>) -> JobOutcome {
+async fn execute(
+    job: &JobSpec,
+    plan: &JobPlan,
+    context: &JobContext,
+    run: &JobRun<'_>,
+) -> JobOutcome {
     let outcome = execute_stages(job, plan, context, run).await;
     // Nothing the job started outlives it, also what left its process group.
     let tag = run.tag.to_owned();
@@ -482,7 +487,16 @@ async fn execute_stages(
         let stage_started = Instant::now();
         let result = async {
             tracing::debug!("stage started");
-            run_stage(executor.as_mut(), stage, status, &sink, &stage_env, deadline, &cancel).await
+            run_stage(
+                executor.as_mut(),
+                stage,
+                status,
+                &sink,
+                &stage_env,
+                deadline,
+                &cancel,
+            )
+            .await
         }
         .instrument(stage_span)
         .await;

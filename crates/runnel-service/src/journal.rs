@@ -333,9 +333,7 @@ impl Journal {
             let path = path.to_path_buf();
             move |source| JournalError::Read { path, source }
         };
-        let size = std::fs::metadata(&path)
-            .map_err(read_error(&path))?
-            .len();
+        let size = std::fs::metadata(&path).map_err(read_error(&path))?.len();
         if size > MAX_RECORD_BYTES {
             return Err(JournalError::Invalid {
                 path,
@@ -627,7 +625,11 @@ pub struct Undelivered {
 
 /// Finishes pending jobs until `stop` fires: at once, again when a job leaves work behind,
 /// and with a backoff (1 s doubling to 60 s) while something is left.
-pub(crate) async fn redeliver(journal: Arc<Journal>, resolve: Arc<Resolve>, stop: CancellationToken) {
+pub(crate) async fn redeliver(
+    journal: Arc<Journal>,
+    resolve: Arc<Resolve>,
+    stop: CancellationToken,
+) {
     let mut pause = REDELIVERY_MIN;
     loop {
         let left = redeliver_once(&journal, resolve.as_ref()).await;
@@ -735,7 +737,9 @@ async fn abandon(
         failure_reason: Some(FailureReason::RunnerSystemFailure),
         exit_code: None,
     });
-    journal.store(record).map_err(|e| crate::job::error_chain(&e))
+    journal
+        .store(record)
+        .map_err(|e| crate::job::error_chain(&e))
 }
 
 /// Sends the rest of the log and the final state, once (the caller retries later).
@@ -762,7 +766,10 @@ async fn deliver(
     uploader.resume_at(record.acked.min(log.len() as u64));
     match uploader.finish(state, 0).await {
         Delivery::Accepted => {
-            tracing::info!(bytes = log.len(), "delivered a journaled job's log and final state");
+            tracing::info!(
+                bytes = log.len(),
+                "delivered a journaled job's log and final state"
+            );
             journal.discard(&record.name());
             Ok(())
         }

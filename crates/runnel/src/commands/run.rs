@@ -29,6 +29,7 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
         service = args.service.as_deref().unwrap_or("runnel"),
         "Starting runnel"
     );
+    let journal = journal_dir(args.journal_dir.as_deref(), &path);
     let source = FileConfigSource::new(
         path,
         None,
@@ -39,7 +40,7 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
     );
     let options = RunOptions {
         listen_address: args.listen_address.clone(),
-        journal_dir: Some(journal_dir(args.journal_dir.as_deref(), &path)),
+        journal_dir: Some(journal),
         ..RunOptions::default()
     };
     serve(Arc::new(source), options, context).await

@@ -56,6 +56,17 @@ fn journal_files(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits until the journal holds no job (it is cleared just after GitLab accepted the job).
+async fn journal_emptied(dir: &Path) -> bool {
+    for _ in 0..100 {
+        if journal_files(dir).is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Whether `pid` is still a live process (a zombie is not).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -126,11 +137,17 @@ async fn a_daemon_killed_mid_job_fails_the_job_and_kills_its_processes_on_restar
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(journaled.contains(&expected_lines("before", 20)), "{journaled}");
+    assert!(
+        journaled.contains(&expected_lines("before", 20)),
+        "{journaled}"
+    );
 
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit().await;
-    assert!(alive(escaped), "the escaped process outlives a SIGKILLed runner");
+    assert!(
+        alive(escaped),
+        "the escaped process outlives a SIGKILLed runner"
+    );
     assert_eq!(
         daemon.fake.job(id).unwrap().status,
         RemoteStatus::Running,
@@ -155,10 +172,16 @@ async fn a_daemon_killed_mid_job_fails_the_job_and_kills_its_processes_on_restar
         trace.contains("the runner was restarted while this job was running"),
         "{trace}"
     );
-    assert!(trace.starts_with(&journaled), "the journaled log, then the line:\n{trace}");
+    assert!(
+        trace.starts_with(&journaled),
+        "the journaled log, then the line:\n{trace}"
+    );
     assert!(wait_dead(escaped).await, "the escaped process was killed");
-    assert!(wait_dead(background).await, "the job's own processes were killed");
-    assert!(journal_files(&dir).is_empty(), "{:?}", journal_files(&dir));
+    assert!(
+        wait_dead(background).await,
+        "the job's own processes were killed"
+    );
+    assert!(journal_emptied(&dir).await, "{:?}", journal_files(&dir));
 
     // The restarted daemon runs new jobs as usual.
     let next = daemon.fake.enqueue(job("next").script(["echo next"]));
@@ -198,14 +221,11 @@ async fn an_outage_longer_than_the_retry_budget_loses_no_byte_and_delivers_the_f
     assert_eq!(view.status, RemoteStatus::Success, "log:\n{}", daemon.log());
     assert_lines_once(&view, "line", 40, &daemon.log());
     let numbers: String = (1..=3000).map(|i| format!("{i}\n")).collect();
-    assert!(view.trace_text().contains(&numbers), "the output after the outage arrived");
-    for _ in 0..50 {
-        if journal_files(&dir).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(journal_files(&dir).is_empty(), "{:?}", journal_files(&dir));
+    assert!(
+        view.trace_text().contains(&numbers),
+        "the output after the outage arrived"
+    );
+    assert!(journal_emptied(&dir).await, "{:?}", journal_files(&dir));
 }
 
 #[tokio::test]
@@ -223,7 +243,7 @@ async fn run_single_exits_non_zero_naming_an_undelivered_job_and_the_next_start_
     std::fs::write(
         &config,
         format!(
-            "concurrent = 1\ncheck_interval = 1\n\n[[runners]]\n  name = \"single\"\n  url = \"{}\"\n  token = \"{token}\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n  job_status_final_update_retry_limit = 1\n",
+            "concurrent = 1\ncheck_interval = 1\n\n[[runners]]\n  name = \"single\"\n  url = \"{}\"\n  token = \"{token}\"\n  executor = \"shell\"\n  builds_dir = \"{}\"\n  job_status_final_update_retry_limit = 1\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n",
             fake.url(),
             dir.path().join("builds").display()
         ),
@@ -257,7 +277,8 @@ async fn run_single_exits_non_zero_naming_an_undelivered_job_and_the_next_start_
     };
     first.assert_failure();
     assert!(
-        first.stderr.contains(&format!("job {id}")) && first.stderr.contains("could not be delivered"),
+        first.stderr.contains(&format!("job {id}"))
+            && first.stderr.contains("could not be delivered"),
         "says which job:\n{}",
         first.stderr
     );
@@ -308,7 +329,10 @@ async fn resets_after_gitlab_applied_a_patch_and_502_storms_duplicate_and_lose_n
     assert_eq!(view.status, RemoteStatus::Success, "log:\n{}", daemon.log());
     assert_lines_once(&view, "line", 40, &daemon.log());
     let answers: Vec<u16> = view.patches.iter().map(|p| p.status).collect();
-    assert!(answers.contains(&416), "a lost answer was resolved by a 416: {answers:?}");
+    assert!(
+        answers.contains(&416),
+        "a lost answer was resolved by a 416: {answers:?}"
+    );
 }
 
 #[tokio::test]
@@ -337,7 +361,9 @@ async fn a_full_disk_while_journaling_fails_the_job_clearly_and_the_daemon_lives
         "{trace}"
     );
     // The daemon goes on running jobs.
-    let next = daemon.fake.enqueue(job("after").script(["echo still here"]));
+    let next = daemon
+        .fake
+        .enqueue(job("after").script(["echo still here"]));
     let view = daemon.finished(next).await;
     assert_eq!(view.status, RemoteStatus::Success, "log:\n{}", daemon.log());
     daemon.signal(Signal::SIGQUIT);
@@ -358,7 +384,11 @@ async fn a_second_daemon_on_the_same_journal_is_refused_at_start() {
     )
     .await;
     run.assert_failure();
-    assert!(run.stderr.contains("in use by another runnel process"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("in use by another runnel process"),
+        "{}",
+        run.stderr
+    );
     daemon.signal(Signal::SIGQUIT);
     daemon.wait_exit().await;
 }

@@ -792,6 +792,7 @@ async fn tokens_are_rotated_and_saved_before_they_expire() {
         token: token.clone(),
         child: None,
         log_args,
+        env: Vec::new(),
     };
     daemon.spawn(&["run"]);
     let mut rotated = None;
