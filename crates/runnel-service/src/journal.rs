@@ -54,7 +54,9 @@ const TEST_DISK_LIMIT_VARIABLE: &str = "RUNNEL_TEST_JOURNAL_DISK_BYTES";
 /// A journal that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot create or open the job journal directory {path}")]
+    #[error(
+        "cannot create or open the job journal directory {path} (it must be writable by the runner; choose another with --journal-dir)"
+    )]
     Dir {
         path: PathBuf,
         #[source]
@@ -625,31 +627,22 @@ pub struct Undelivered {
 
 /// Finishes pending jobs until `stop` fires: at once, again when a job leaves work behind,
 /// and with a backoff (1 s doubling to 60 s) while something is left.
-pub(crate) async fn redeliver(
-    journal: Arc<Journal>,
-    resolve: Arc<Resolve>,
-    stop: CancellationToken,
-) {
+pub(crate) async fn redeliver(journal: Arc<Journal>, resolve: Arc<Resolve>, stop: CancellationToken) {
     let mut pause = REDELIVERY_MIN;
     loop {
         let left = redeliver_once(&journal, resolve.as_ref()).await;
+        // A notification while the pass ran is kept (`notify_one` stores a permit).
         if left.is_empty() {
             pause = REDELIVERY_MIN;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = journal.pending_added.notified() => pause = REDELIVERY_MIN,
-            () = tokio::time::sleep(pause) => {
-                if !left.is_empty() {
-                    pause = (pause * 2).min(REDELIVERY_MAX);
-                }
-            }
-        }
-        if left.is_empty() {
-            // Nothing to retry: sleep until a job leaves work behind.
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = journal.pending_added.notified() => {}
+            }
+        } else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = journal.pending_added.notified() => pause = REDELIVERY_MIN,
+                () = tokio::time::sleep(pause) => pause = (pause * 2).min(REDELIVERY_MAX),
             }
         }
     }
