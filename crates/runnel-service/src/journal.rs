@@ -627,7 +627,11 @@ pub struct Undelivered {
 
 /// Finishes pending jobs until `stop` fires: at once, again when a job leaves work behind,
 /// and with a backoff (1 s doubling to 60 s) while something is left.
-pub(crate) async fn redeliver(journal: Arc<Journal>, resolve: Arc<Resolve>, stop: CancellationToken) {
+pub(crate) async fn redeliver(
+    journal: Arc<Journal>,
+    resolve: Arc<Resolve>,
+    stop: CancellationToken,
+) {
     let mut pause = REDELIVERY_MIN;
     loop {
         let left = redeliver_once(&journal, resolve.as_ref()).await;
