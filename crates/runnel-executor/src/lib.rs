@@ -18,6 +18,8 @@
 //! - [`process`]: the one place that spawns job processes. Each runs in its own process group
 //!   that is killed and reaped on drop, on cancellation (`SIGTERM`, then `SIGKILL`) and, for
 //!   leftover background processes, when the main process exits.
+//! - [`contain`]: every process of a job carries a tag in its environment, so the job's
+//!   processes can be found and killed after they left its group, or after a runner crash.
 //! - [`shell`]: the shell executor (`bash -l` or `sh -l` with the script on stdin, optionally
 //!   through `su` as another user).
 //!
@@ -28,6 +30,7 @@
 //! which stage runs when: those are `runnel-job`, `runnel-trace`, `runnel-api` and
 //! `runnel-service`.
 
+pub mod contain;
 mod error;
 mod executor;
 pub mod process;

@@ -388,6 +388,20 @@ impl FakeGitlab {
             .for_requests(filter.into(), count, FaultAction::Drop);
     }
 
+    /// Handles the next `count` matching requests, then closes the connection without the
+    /// answer: a connection reset after GitLab applied a trace append or a state update.
+    pub fn lose_answers_next(&self, filter: impl Into<EndpointFilter>, count: u32) {
+        self.state
+            .lock()
+            .faults
+            .for_requests(filter.into(), count, FaultAction::LoseAnswer);
+    }
+
+    /// Ends every injected fault at once (the coordinator is back).
+    pub fn clear_faults(&self) {
+        self.state.lock().faults.clear();
+    }
+
     /// Closes the connection without an answer for every API request during `duration`.
     pub fn drop_connections_for(&self, duration: Duration) {
         let until = Instant::now() + duration;

@@ -94,6 +94,9 @@ pub(crate) enum FaultAction {
     Respond(u16),
     /// Close the connection without answering.
     Drop,
+    /// Handle the request (its effects happen), then close the connection without answering:
+    /// the client cannot tell whether it was applied.
+    LoseAnswer,
 }
 
 /// How long a fault stays active.
@@ -133,6 +136,10 @@ impl Faults {
             action,
             lifetime: Lifetime::Until(until),
         });
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.active.clear();
     }
 
     /// The fault that applies to a request to `endpoint` now, consuming one use of it.

@@ -127,6 +127,13 @@ async fn handle(
             return Err(DroppedConnection);
         }
         Some(FaultAction::Respond(code)) => injected(code),
+        Some(FaultAction::LoseAnswer) => {
+            let response = route(app, request).await;
+            record.status = Some(response.status().as_u16());
+            debug!(method = %record.method, path = %record.path, "handled, then dropping the connection (fault)");
+            log(&state, record);
+            return Err(DroppedConnection);
+        }
         None => route(app, request).await,
     };
     record.status = Some(response.status().as_u16());

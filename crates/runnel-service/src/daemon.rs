@@ -346,6 +346,7 @@ pub(crate) struct Shared {
     builds: std::sync::atomic::AtomicU64,
     last_activity: Mutex<Instant>,
     pub(crate) running: Arc<RunningJobs>,
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Shared {
@@ -390,6 +391,10 @@ pub(crate) async fn run(
     }
     warn_about(&config);
     on_reload(&config);
+    let journal = match &options.journal_dir {
+        Some(dir) => Some(crate::journal::Journal::open(dir)?),
+        None => None,
+    };
     let mut signals = Signals::install()?;
     let (requeue, requeue_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -404,6 +409,7 @@ pub(crate) async fn run(
         builds: std::sync::atomic::AtomicU64::new(0),
         last_activity: Mutex::new(Instant::now()),
         running: Arc::default(),
+        journal,
     });
     apply_runners(&shared, &config)?;
     metrics()
@@ -434,6 +440,16 @@ pub(crate) async fn run(
     );
     sweep_docker_leftovers(&shared, &config);
 
+    // Jobs a crashed predecessor was running, and final states not delivered yet.
+    let stop_redelivery = CancellationToken::new();
+    let redelivery = shared.journal.as_ref().map(|journal| {
+        tracing::info!(dir = %journal.dir().display(), "job journal");
+        tokio::spawn(crate::journal::redeliver(
+            Arc::clone(journal),
+            resolver(&shared),
+            stop_redelivery.clone(),
+        ))
+    });
     let feeder = tokio::spawn(feed(Arc::clone(&shared), requeue_rx));
     let rotation = tokio::spawn(crate::rotation::rotate_tokens(
         Arc::clone(&shared),
@@ -503,7 +519,13 @@ pub(crate) async fn run(
                         Ok(Ok(())) => {}
                     }
                 }
-                return Ok(());
+                stop_redelivery.cancel();
+                if let Some(redelivery) = redelivery
+                    && let Err(error) = redelivery.await
+                {
+                    tracing::error!(%error, "the journal redelivery task failed");
+                }
+                return deliver_before_exit(&shared).await;
             }
             signal = signals.next() => match signal {
                 Signal::Reload => {}
@@ -517,6 +539,55 @@ pub(crate) async fn run(
             () = timeout => return Err(ServiceError::ShutdownTimeout(shutdown_timeout)),
         }
     }
+}
+
+/// How a journaled job reaches GitLab: through its runner's client when the runner is still
+/// configured (same URL and token), else through a client made from the journaled URL.
+fn resolver(shared: &Arc<Shared>) -> Arc<crate::journal::Resolve> {
+    let shared = Arc::downgrade(shared);
+    Arc::new(move |record: &crate::journal::Record| {
+        let shared = shared.upgrade()?;
+        let runner = shared.runners().into_iter().find(|runner| {
+            let spec = runner.spec();
+            spec.url == record.url() && spec.token.short() == record.runner()
+        });
+        if let Some(runner) = runner {
+            let spec = runner.spec();
+            return Some(crate::journal::Route {
+                client: runner.client(),
+                info: crate::job::runner_info(&spec),
+            });
+        }
+        let config = ClientConfig {
+            url: record.url().to_owned(),
+            ..ClientConfig::default()
+        };
+        let client = Client::new(config)
+            .map_err(|error| tracing::warn!(%error, "cannot make a client for a journaled job"))
+            .ok()?;
+        Some(crate::journal::Route {
+            client: Arc::new(client),
+            info: runnel_api::RunnerInfo {
+                executor: record.executor().to_owned(),
+                ..runnel_api::RunnerInfo::default()
+            },
+        })
+    })
+}
+
+/// The last attempt to deliver what the journal holds; an error names every job left.
+async fn deliver_before_exit(shared: &Arc<Shared>) -> Result<(), ServiceError> {
+    let Some(journal) = &shared.journal else {
+        return Ok(());
+    };
+    let left = crate::journal::redeliver_once(journal, resolver(shared).as_ref()).await;
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::Undelivered {
+        jobs: left,
+        dir: journal.dir().to_path_buf(),
+    })
 }
 
 /// Removes containers, networks and volumes that a crashed earlier run of a docker runner left
@@ -862,6 +933,7 @@ async fn run_received_job(
         concurrent_project_id: project_slot.index,
         provider,
         interrupt: shared.abort.clone(),
+        journal: shared.journal.clone(),
     };
     let outcome = run_job(job, context).await;
     tracing::info!(job = %outcome.job, state = %outcome.summary, "job finished");

@@ -50,6 +50,8 @@ pub(crate) struct JobContext {
     pub(crate) provider: JobProvider,
     /// Fired when the runner is stopping forcefully.
     pub(crate) interrupt: CancellationToken,
+    /// Where the job's state is kept on disk (`None`: memory only).
+    pub(crate) journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// The provider a job's executor comes from, or why there is none.
@@ -175,6 +177,36 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         }
     };
     let signals = RemoteSignals::default();
+    // Every process of the job carries this tag, so none outlives it (runnel_executor::contain).
+    let tag = job_tag();
+    let journal = match &context.journal {
+        None => None,
+        Some(journal) => {
+            let record = crate::journal::Record::new(
+                job.id,
+                &job.token,
+                &context.runner.url,
+                &context.runner.token.short(),
+                &context.runner.executor,
+                &tag,
+            );
+            match journal.begin(record) {
+                Ok(journal) => Some(journal),
+                Err(error) => {
+                    let message = error_chain(&error);
+                    tracing::error!(error = %message, "cannot start the job journal");
+                    trace.error(&format!("the job journal could not be written: {message}"));
+                    return finish_early(&job, context, &remote, trace).await;
+                }
+            }
+        }
+    };
+    let follower = journal
+        .as_ref()
+        .map(|journal| journal.follow(trace.clone()));
+    let journal_failed = journal
+        .as_ref()
+        .map_or_else(CancellationToken::new, |j| j.failed().clone());
 
     // Two-phase commit: tell GitLab at once that we have the job.
     let ack = remote
@@ -187,6 +219,10 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         })
         .await;
     if ack.outcome == UpdateReply::Abort || ack.status == RemoteStatus::Gone {
+        trace.finish();
+        if let Some(journal) = &journal {
+            journal.remove();
+        }
         return "dropped: GitLab no longer wants this job".to_owned();
     }
     if ack.status == RemoteStatus::Canceling {
@@ -206,7 +242,17 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     let started = Instant::now();
     let usage = Arc::new(JobUsage::default());
     let outcome = match planned {
-        Ok(plan) => execute(&job, &plan, &options, context, &trace, &signals, &usage).await,
+        Ok(plan) => {
+            let run = JobRun {
+                trace: &trace,
+                signals: &signals,
+                usage: &usage,
+                tag: &tag,
+                journal: journal.as_ref(),
+                journal_failed: &journal_failed,
+            };
+            execute(&job, &plan, &options, context, &run).await
+        }
         Err(error) => {
             write_header_lines(&trace, &header_without_plan(context, &options));
             JobOutcome::SystemFailure {
@@ -244,6 +290,11 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         trace.info(&final_status.trace_line);
     }
     trace.finish();
+    // The whole log is on disk before the final state is: a crash from here on is redelivered.
+    let journaled = match follower {
+        Some(follower) => follower.await.unwrap_or(false),
+        None => false,
+    };
     stop_streaming.cancel();
     let mut uploader = match streaming.await {
         Ok(uploader) => uploader,
@@ -257,6 +308,11 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         failure_reason: reason,
         exit_code: final_status.exit_code,
     };
+    if let Some(journal) = &journal
+        && journaled
+    {
+        journal.set_final(&state, uploader.sent());
+    }
     let delivery = uploader
         .finish(state, context.runner.final_update_retry_limit)
         .await;
@@ -265,8 +321,20 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         Delivery::Aborted => {
             tracing::warn!(job = %job.id, "GitLab refused the final update: the job was canceled or removed")
         }
+        Delivery::GaveUp(error) if journaled => {
+            tracing::error!(job = %job.id, %error, sent = uploader.sent(), "the final job update could not be delivered; the job journal keeps it and it will be retried")
+        }
         Delivery::GaveUp(error) => {
             tracing::error!(job = %job.id, %error, sent = uploader.sent(), "the final job update could not be delivered")
+        }
+    }
+    if let Some(journal) = &journal {
+        match &delivery {
+            Delivery::GaveUp(_) if journaled => {
+                journal.set_final_acked(uploader.sent());
+                journal.keep_pending();
+            }
+            _ => journal.remove(),
         }
     }
     format!("{} ({delivery:?})", final_status.state.as_str())
@@ -309,6 +377,20 @@ enum Stop {
     Aborted,
     /// The runner is shutting down.
     Interrupted,
+    /// The job journal cannot be written: the job's state would not survive a crash.
+    JournalFailed,
+}
+
+/// What one job run shares between its stages.
+struct JobRun<'a> {
+    trace: &'a JobTrace,
+    signals: &'a RemoteSignals,
+    usage: &'a Arc<JobUsage>,
+    /// The environment tag of the job's processes.
+    tag: &'a str,
+    journal: Option<&'a Arc<crate::journal::JobJournal>>,
+    /// Fired when the job journal cannot be written.
+    journal_failed: &'a CancellationToken,
 }
 
 async fn execute(
@@ -316,10 +398,38 @@ async fn execute(
     plan: &JobPlan,
     options: &PlanOptions,
     context: &JobContext,
-    trace: &JobTrace,
-    signals: &RemoteSignals,
-    usage: &Arc<JobUsage>,
+    run: &JobRun<'_>,
 ) -> JobOutcome {
+    let outcome = execute_stages(job, plan, options, context, run).await;
+    // Nothing the job started outlives it, also what left its process group.
+    let tag = run.tag.to_owned();
+    let killed = tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
+        .await
+        .unwrap_or(0);
+    if killed > 0 {
+        tracing::info!(killed, "killed processes the job left running");
+    }
+    if run.journal_failed.is_cancelled() {
+        let message = run
+            .journal
+            .and_then(|j| j.error())
+            .unwrap_or_else(|| "unknown error".to_owned());
+        return JobOutcome::SystemFailure {
+            message: format!("the job journal could not be written: {message}"),
+        };
+    }
+    outcome
+}
+
+async fn execute_stages(
+    job: &JobSpec,
+    plan: &JobPlan,
+    options: &PlanOptions,
+    context: &JobContext,
+    run: &JobRun<'_>,
+) -> JobOutcome {
+    let (trace, signals, usage) = (run.trace, run.signals, run.usage);
+    let journal_failed = run.journal_failed;
     write_header_lines(trace, &plan.header);
     for warning in &plan.warnings {
         trace.warning(warning);
@@ -347,7 +457,7 @@ async fn execute(
         "prepare_executor",
         &runnel_job::preparing_executor_message(executor_kind(&context.runner)),
     );
-    let cancels = Cancels::link(signals, context);
+    let cancels = Cancels::link(signals, context, journal_failed);
     // Executors whose environment decides directories or shell (custom's config_exec, the SSH
     // host's home) say so before the stages are planned for good.
     let replanned = match configure(
@@ -395,7 +505,16 @@ async fn execute(
         return executor_failure(&error);
     }
 
-    let sink = TraceSink::new(trace, Arc::clone(usage));
+    let sink = TraceSink::new(trace, Arc::clone(usage), run.journal.cloned());
+    // Only the shell executor's processes run on this host, where the tag can find them.
+    let stage_env = if context.runner.executor == "shell" {
+        vec![(
+            runnel_executor::contain::JOB_TAG_VARIABLE.to_owned(),
+            run.tag.to_owned(),
+        )]
+    } else {
+        Vec::new()
+    };
     let labels = [
         context.runner.token.short(),
         context.runner.name.clone(),
@@ -429,7 +548,16 @@ async fn execute(
         let stage_started = Instant::now();
         let result = async {
             tracing::debug!("stage started");
-            run_stage(executor.as_mut(), stage, status, &sink, deadline, &cancel).await
+            run_stage(
+                executor.as_mut(),
+                stage,
+                status,
+                &sink,
+                &stage_env,
+                deadline,
+                &cancel,
+            )
+            .await
         }
         .instrument(stage_span)
         .await;
@@ -440,7 +568,7 @@ async fn execute(
             .observe(took.as_secs_f64());
         durations.push((stage.name.clone(), took));
         section_end(trace, sections, &stage.name);
-        let stop = stop_reason(signals, context);
+        let stop = stop_reason(signals, context, journal_failed);
         match classify(stage, result, stop, deadline, plan) {
             StageResult::Ok => {}
             StageResult::Ignored(message) => trace.warning(&message),
@@ -453,7 +581,12 @@ async fn execute(
                 }
             }
         }
-        if outcome.is_some() && matches!(stop, Some(Stop::Interrupted | Stop::Aborted)) {
+        if outcome.is_some()
+            && matches!(
+                stop,
+                Some(Stop::Interrupted | Stop::Aborted | Stop::JournalFailed)
+            )
+        {
             // Nothing but cleanup runs after an abort.
             aborted = true;
         }
@@ -472,6 +605,7 @@ async fn execute(
                 cleanup,
                 JobStatus::Failed,
                 &sink,
+                &stage_env,
                 deadline,
                 &never,
             )
@@ -581,6 +715,9 @@ fn classify(
             Some(Stop::Aborted) => JobOutcome::SystemFailure {
                 message: "job aborted by GitLab".to_owned(),
             },
+            Some(Stop::JournalFailed) => JobOutcome::SystemFailure {
+                message: "the job journal could not be written".to_owned(),
+            },
             Some(Stop::Canceled) | None => JobOutcome::Canceled,
         },
         Ok(exit) => JobOutcome::ScriptFailure {
@@ -605,8 +742,14 @@ fn classify(
     StageResult::Failed(failure)
 }
 
-fn stop_reason(signals: &RemoteSignals, context: &JobContext) -> Option<Stop> {
-    if context.interrupt.is_cancelled() {
+fn stop_reason(
+    signals: &RemoteSignals,
+    context: &JobContext,
+    journal_failed: &CancellationToken,
+) -> Option<Stop> {
+    if journal_failed.is_cancelled() {
+        Some(Stop::JournalFailed)
+    } else if context.interrupt.is_cancelled() {
         Some(Stop::Interrupted)
     } else if signals.abort.is_cancelled() {
         Some(Stop::Aborted)
@@ -625,18 +768,24 @@ struct Cancels {
 }
 
 impl Cancels {
-    fn link(signals: &RemoteSignals, context: &JobContext) -> Self {
+    fn link(
+        signals: &RemoteSignals,
+        context: &JobContext,
+        journal_failed: &CancellationToken,
+    ) -> Self {
         let hard = CancellationToken::new();
         let soft = hard.child_token();
-        let (abort, interrupt, target) = (
+        let (abort, interrupt, journal, target) = (
             signals.abort.clone(),
             context.interrupt.clone(),
+            journal_failed.clone(),
             hard.clone(),
         );
         tokio::spawn(async move {
             tokio::select! {
                 () = abort.cancelled() => target.cancel(),
                 () = interrupt.cancelled() => target.cancel(),
+                () = journal.cancelled() => target.cancel(),
                 () = target.cancelled() => {}
             }
         });
@@ -683,6 +832,7 @@ async fn run_stage(
     stage: &PlannedStage,
     status: JobStatus,
     sink: &TraceSink,
+    env: &[(String, String)],
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<StageExit, String> {
@@ -695,7 +845,7 @@ async fn run_stage(
                 runnel_job::StageKind::Predefined => runnel_executor::StageKind::Predefined,
                 runnel_job::StageKind::Build => runnel_executor::StageKind::Build,
             },
-            env: &[],
+            env,
             deadline: Some(deadline),
         };
         last = executor
@@ -724,15 +874,21 @@ async fn run_stage(
 struct TraceSink {
     trace: JobTrace,
     usage: Arc<JobUsage>,
+    journal: Option<Arc<crate::journal::JobJournal>>,
     stdout: std::sync::Mutex<runnel_trace::TraceWriter>,
     stderr: std::sync::Mutex<runnel_trace::TraceWriter>,
 }
 
 impl TraceSink {
-    fn new(trace: &JobTrace, usage: Arc<JobUsage>) -> Self {
+    fn new(
+        trace: &JobTrace,
+        usage: Arc<JobUsage>,
+        journal: Option<Arc<crate::journal::JobJournal>>,
+    ) -> Self {
         Self {
             trace: trace.clone(),
             usage,
+            journal,
             stdout: std::sync::Mutex::new(trace.writer(runnel_trace::Stream::SCRIPT_STDOUT)),
             stderr: std::sync::Mutex::new(trace.writer(runnel_trace::Stream::SCRIPT_STDERR)),
         }
@@ -753,11 +909,19 @@ impl OutputSink for TraceSink {
 
     fn process_group_started(&self, pid: u32) {
         self.usage.add_group(pid);
+        if let Some(journal) = &self.journal {
+            journal.add_process_group(pid);
+        }
     }
 
     fn resources_used(&self, usage: runnel_executor::ResourceUsage) {
         self.usage.report(usage);
     }
+}
+
+/// A random tag for the job's processes (128 bits, hex).
+fn job_tag() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn section(trace: &JobTrace, markers: bool, name: &str, description: &str) {

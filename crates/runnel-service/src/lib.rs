@@ -12,6 +12,7 @@ mod cache;
 mod daemon;
 mod http;
 mod job;
+mod journal;
 mod metrics;
 mod remote;
 mod rotation;
@@ -22,6 +23,7 @@ mod usage;
 
 use std::time::Duration;
 
+pub use journal::{Journal, JournalError, Undelivered};
 pub use metrics::record_log_event;
 pub use settings::{
     ConfigSource, FileConfigSource, FixedConfigSource, Overrides, RunnerSpec, ServiceConfig,
@@ -39,6 +41,9 @@ pub struct RunOptions {
     /// Fired by an embedding program (`runnel exec`) to stop like SIGQUIT: no new jobs, running
     /// jobs finish, then [`run`] returns.
     pub stop: tokio_util::sync::CancellationToken,
+    /// The job journal directory (`--journal-dir`, by default beside config.toml); `None` keeps
+    /// jobs in memory only (`runnel exec`, whose coordinator lives in the same process).
+    pub journal_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the daemon stopped with an error.
@@ -64,8 +69,32 @@ pub enum ServiceError {
     ShutdownTimeout(Duration),
     #[error("forced exit on a repeated stop signal")]
     ForcedExit,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "the final state of {} could not be delivered; kept in the job journal {} for the next start",
+        describe_undelivered(.jobs),
+        .dir.display()
+    )]
+    Undelivered {
+        jobs: Vec<Undelivered>,
+        dir: std::path::PathBuf,
+    },
     #[error("internal state lock poisoned")]
     Poisoned,
+}
+
+fn describe_undelivered(jobs: &[Undelivered]) -> String {
+    jobs.iter()
+        .map(|job| {
+            if job.url.is_empty() {
+                format!("{} ({})", job.job, job.reason)
+            } else {
+                format!("{} of {} (last error: {})", job.job, job.url, job.reason)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs the daemon until a stop signal (or run-single's limits) and until every job has ended.

@@ -94,6 +94,12 @@ impl<R: JobRemote> TraceUploader<R> {
         }
     }
 
+    /// Continues from `offset` (acknowledged by an earlier process); a wrong offset is
+    /// corrected by GitLab's 416 answer.
+    pub(crate) fn resume_at(&mut self, offset: u64) {
+        self.sent = offset.min(self.trace_len());
+    }
+
     /// Bytes GitLab has acknowledged so far.
     pub(crate) fn sent(&self) -> u64 {
         self.sent

@@ -108,6 +108,20 @@ impl JobTrace {
         })
     }
 
+    /// A finished log holding `bytes` as they are, unfiltered: a log read back from the job
+    /// journal after a restart, which went through the filters when it was first written.
+    pub fn recovered(bytes: &[u8]) -> Result<Self, TraceError> {
+        let trace = Self::new(TraceConfig {
+            masked: Vec::new(),
+            token_prefixes: Vec::new(),
+            limit_bytes: usize::MAX,
+            timestamps: false,
+        })?;
+        trace.append(bytes);
+        trace.finish();
+        Ok(trace)
+    }
+
     /// A writer for one output stream. Give each stream (stdout, stderr, each service) its
     /// own writer, and flush or drop it before [`JobTrace::finish`].
     pub fn writer(&self, stream: Stream) -> TraceWriter {

@@ -528,6 +528,10 @@ pub(crate) struct RunArgs {
     /// Log to the system log.
     #[arg(long, env = "LOG_SYSLOG")]
     pub(crate) syslog: bool,
+    /// Job journal directory: each running job's state, kept to finish it after a crash or an
+    /// outage (default: `runnel-journal` beside config.toml; 0700, one daemon per directory).
+    #[arg(long, env = "RUNNEL_JOURNAL_DIR")]
+    pub(crate) journal_dir: Option<PathBuf>,
 }
 
 /// `run-single` flags (reference 1.3).
@@ -544,6 +548,10 @@ pub(crate) struct RunSingleArgs {
     /// Exit after this many jobs (0 = never).
     #[arg(long, default_value_t = 0)]
     pub(crate) max_builds: u64,
+    /// Job journal directory: each running job's state, kept to finish it after a crash or an
+    /// outage (default: `runnel-journal` beside config.toml; 0700, one daemon per directory).
+    #[arg(long, env = "RUNNEL_JOURNAL_DIR")]
+    pub(crate) journal_dir: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) runner: RunnerArgs,
 }

@@ -130,3 +130,20 @@ fn handles_can_move_between_tasks() {
     shared::<JobTrace>();
     owned::<runnel_trace::TraceWriter>();
 }
+
+#[test]
+fn a_recovered_log_keeps_its_bytes_and_checksum_unfiltered() {
+    // What a journal holds was filtered when it was written: reading it back must not mask,
+    // repair or stamp it again.
+    let bytes = b"glpat-[MASKED] \xff raw\n";
+    let recovered = JobTrace::recovered(bytes).unwrap();
+    assert!(recovered.is_finished());
+    assert_eq!(&recovered.read_from(0, 100).unwrap()[..], bytes);
+    assert_eq!(recovered.bytesize(), bytes.len());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(bytes);
+    assert_eq!(recovered.crc32(), hasher.finalize());
+    // Nothing more can be written to it.
+    recovered.println("late");
+    assert_eq!(recovered.len(), bytes.len());
+}

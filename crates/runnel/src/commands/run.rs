@@ -29,6 +29,7 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
         service = args.service.as_deref().unwrap_or("runnel"),
         "Starting runnel"
     );
+    let journal = journal_dir(args.journal_dir.as_deref(), &path);
     let source = FileConfigSource::new(
         path,
         None,
@@ -39,19 +40,21 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
     );
     let options = RunOptions {
         listen_address: args.listen_address.clone(),
+        journal_dir: Some(journal),
         ..RunOptions::default()
     };
     serve(Arc::new(source), options, context).await
 }
 
 pub(crate) async fn run_single(args: RunSingleArgs, context: Context) -> anyhow::Result<ExitCode> {
+    let path = super::config_path(&args.config);
     let options = RunOptions {
         max_builds: (args.max_builds > 0).then_some(args.max_builds),
         wait_timeout: (args.wait_timeout > 0).then(|| Duration::from_secs(args.wait_timeout)),
         listen_address: None,
+        journal_dir: Some(journal_dir(args.journal_dir.as_deref(), &path)),
         ..RunOptions::default()
     };
-    let path = super::config_path(&args.config);
     let source: Arc<dyn ConfigSource> = match &args.runner_name {
         Some(name) => Arc::new(FileConfigSource::new(
             path,
@@ -92,6 +95,20 @@ async fn serve(
         .context("runner stopped with an error")?;
     tracing::info!("runnel stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The job journal directory: the flag's, or `runnel-journal` beside config.toml.
+fn journal_dir(flag: Option<&std::path::Path>, config: &std::path::Path) -> std::path::PathBuf {
+    flag.map_or_else(
+        || {
+            config
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("runnel-journal")
+        },
+        std::path::Path::to_path_buf,
+    )
 }
 
 /// `run-single` without `--runner`: one runner described entirely by flags.

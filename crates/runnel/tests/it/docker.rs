@@ -1272,4 +1272,51 @@ async fn git_clone_path_works_without_a_custom_build_dir_section() {
         "{trace}"
     );
     assert_nothing_left(&daemon);
+
+#[tokio::test]
+async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart() {
+    ensure_image();
+    let mut daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("killed-in-docker").script(["echo started", "sleep 600"]));
+    let seen = |v: &runnel_fake_gitlab::JobView| v.trace_text().contains("started\n");
+    daemon
+        .fake
+        .wait_for_job_state(id, seen, std::time::Duration::from_secs(90))
+        .await
+        .expect("the job started");
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait_exit().await;
+    assert!(
+        !labelled(&daemon, "container", None).is_empty(),
+        "the job's containers outlive a SIGKILLed runner"
+    );
+
+    daemon.spawn(&["run"]);
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    assert!(trace.contains("started\n"), "the log the job had: {trace}");
+    assert!(
+        trace.contains("the runner was restarted while this job was running"),
+        "{trace}"
+    );
+    // The start removes what the crashed run left (by label), in the background.
+    for _ in 0..300 {
+        if labelled(&daemon, "container", None).is_empty()
+            && labelled(&daemon, "network", None).is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_nothing_left(&daemon);
+    daemon.signal(nix::sys::signal::Signal::SIGQUIT);
+    daemon.wait_exit().await;
 }

@@ -7,6 +7,7 @@ mod docker;
 mod exec;
 mod git_sources;
 mod job_data;
+mod journal;
 mod register;
 mod run;
 mod service;

@@ -22,6 +22,8 @@ pub(crate) struct Daemon {
     child: Option<tokio::process::Child>,
     /// Logging flags for `runnel run` (default `--log-level debug`).
     log_args: Vec<&'static str>,
+    /// Extra environment variables for the daemon.
+    env: Vec<(String, String)>,
 }
 
 /// Extra lines for the `[[runners]]` entry and global settings.
@@ -37,6 +39,8 @@ pub(crate) struct Setup {
     pub(crate) fake: Option<FakeConfig>,
     /// Logging flags instead of `--log-level debug`.
     pub(crate) log_args: Option<Vec<&'static str>>,
+    /// Extra environment variables for the daemon.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 fn quick_fake() -> FakeConfig {
@@ -69,6 +73,7 @@ impl Daemon {
             token,
             child: None,
             log_args,
+            env: setup.env.clone(),
         };
         let executor = setup.executor.unwrap_or("shell");
         let runner = format!("  executor = \"{executor}\"\n{}", setup.runner);
@@ -96,7 +101,7 @@ impl Daemon {
         self.spawn(&["run"]);
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
     }
 
@@ -112,8 +117,13 @@ impl Daemon {
         std::fs::write(self.config_path(), text).unwrap();
     }
 
-    fn spawn(&mut self, args: &[&str]) {
-        let log = std::fs::File::create(self.dir.path().join("runnel.log")).unwrap();
+    pub(crate) fn spawn(&mut self, args: &[&str]) {
+        // Appended to, so a restarted daemon's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("runnel.log"))
+            .unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
             .args(args)
             .arg("-c")
@@ -122,6 +132,7 @@ impl Daemon {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -800,6 +811,7 @@ async fn tokens_are_rotated_and_saved_before_they_expire() {
         token: token.clone(),
         child: None,
         log_args,
+        env: Vec::new(),
     };
     daemon.spawn(&["run"]);
     let mut rotated = None;

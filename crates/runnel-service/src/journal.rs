@@ -1,0 +1,876 @@
+//! The job journal: every running job's state on disk as well as in memory.
+//!
+//! A runner that is killed, or that cannot reach GitLab for longer than its retry budget, must
+//! not lose a job. So each job has two files in the journal directory (0700, beside
+//! config.toml unless `--journal-dir` says otherwise):
+//!
+//! - `job-<id>-<runner>.json` (0600): what is needed to finish the job without the process
+//!   that ran it: the coordinator URL, job id and job token, the tag its processes carry
+//!   ([`runnel_executor::contain`]), its process groups, how many trace bytes GitLab has
+//!   acknowledged, and the final state once it is known. Rewritten whole (write, rename) on
+//!   the few events that change it.
+//! - `job-<id>-<runner>.log` (0600): the job log as sent to GitLab (masked), appended by a
+//!   follower task as the log grows. It is bounded by the job's output limit, and it is the
+//!   whole log, not only the unacknowledged tail: a 412 answer asks for the whole log again.
+//!
+//! Both are removed once GitLab accepted the final state (or said the job is gone). What is
+//! left is *pending*: a job whose final update was abandoned after the retry budget, or whose
+//! runner died. [`redeliver`] finishes pending jobs: a job that was still running has its
+//! remaining processes killed and is reported failed (`runner_system_failure`) with the log it
+//! had and a line saying the runner was restarted; then the rest of the log and the final
+//! state are delivered with the usual 416/412 handling. One daemon owns a journal directory at
+//! a time (an exclusive `flock` on `.lock`), so every record not owned by a running job of
+//! this daemon is pending.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use runnel_api::{Client, RunnerInfo};
+use runnel_trace::JobTrace;
+use runnel_types::{FailureReason, JobId, JobState, JobToken};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::remote::ApiRemote;
+use crate::uploader::{Delivery, FinalState, RemoteSignals, TraceUploader};
+
+/// The journal format this build writes and reads.
+const FORMAT_VERSION: u32 = 1;
+/// The largest metadata file read back (they are a few hundred bytes).
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// Pause between redelivery passes: starts here after new work, doubles up to the cap.
+const REDELIVERY_MIN: Duration = Duration::from_secs(1);
+const REDELIVERY_MAX: Duration = Duration::from_secs(60);
+/// Makes log writes fail with "no space left on device" once a job's log file would exceed
+/// this many bytes: a test hook standing in for a full disk.
+const TEST_DISK_LIMIT_VARIABLE: &str = "RUNNEL_TEST_JOURNAL_DISK_BYTES";
+
+/// A journal that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(
+        "cannot create or open the job journal directory {path} (it must be writable by the runner; choose another with --journal-dir)"
+    )]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the job journal directory {path} is in use by another runnel process (one daemon per journal directory; give this one its own with --journal-dir)"
+    )]
+    InUse { path: PathBuf },
+    #[error("cannot write the job journal {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the job journal {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the job journal {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The final state as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FinalRecord {
+    state: String,
+    failure_reason: Option<String>,
+    exit_code: Option<i32>,
+}
+
+/// One job's metadata file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    version: u32,
+    job_id: u64,
+    /// The runner's `url`.
+    url: String,
+    /// The runner's short token, to find its client settings again.
+    runner: String,
+    /// The job token (this file is 0600).
+    token: String,
+    executor: String,
+    /// The environment tag of the job's processes.
+    tag: String,
+    /// The daemon that ran the job.
+    runnel_pid: u32,
+    /// Unix time the job started.
+    started_at: i64,
+    /// Process groups the job started (informational: the tag finds every process).
+    process_groups: Vec<u32>,
+    /// Trace bytes GitLab acknowledged when this file was last written.
+    acked: u64,
+    final_state: Option<FinalRecord>,
+}
+
+impl Record {
+    /// A record for a job that starts now.
+    pub(crate) fn new(
+        job: JobId,
+        token: &JobToken,
+        url: &str,
+        runner: &str,
+        executor: &str,
+        tag: &str,
+    ) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            job_id: job.0,
+            url: url.to_owned(),
+            runner: runner.to_owned(),
+            token: token.expose().to_owned(),
+            executor: executor.to_owned(),
+            tag: tag.to_owned(),
+            runnel_pid: std::process::id(),
+            started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            process_groups: Vec::new(),
+            acked: 0,
+            final_state: None,
+        }
+    }
+
+    /// The runner's `url` (to pick the client for a redelivery).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The runner's short token.
+    pub(crate) fn runner(&self) -> &str {
+        &self.runner
+    }
+
+    /// The executor name.
+    pub(crate) fn executor(&self) -> &str {
+        &self.executor
+    }
+
+    fn name(&self) -> String {
+        let runner: String = self
+            .runner
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        format!("job-{}-{runner}", self.job_id)
+    }
+
+    fn final_state(&self) -> Option<FinalState> {
+        let record = self.final_state.as_ref()?;
+        let state = match record.state.as_str() {
+            "success" => JobState::Success,
+            "failed" => JobState::Failed,
+            _ => return None,
+        };
+        Some(FinalState {
+            state,
+            failure_reason: record.failure_reason.as_deref().and_then(failure_reason),
+            exit_code: record.exit_code,
+        })
+    }
+
+    fn set_final(&mut self, state: &FinalState) {
+        self.final_state = Some(FinalRecord {
+            state: state.state.as_str().to_owned(),
+            failure_reason: state.failure_reason.map(|r| r.as_str().to_owned()),
+            exit_code: state.exit_code,
+        });
+    }
+}
+
+fn failure_reason(name: &str) -> Option<FailureReason> {
+    use FailureReason as R;
+    [
+        R::ScriptFailure,
+        R::RunnerSystemFailure,
+        R::JobExecutionTimeout,
+        R::ImagePullFailure,
+        R::RunnerConfigurationError,
+        R::RunnerExternalDependencyFailure,
+        R::RunnerInterrupted,
+        R::UnknownFailure,
+        R::JobCanceled,
+    ]
+    .into_iter()
+    .find(|r| r.as_str() == name)
+}
+
+/// The journal directory of one daemon.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    /// Held for the daemon's lifetime: one daemon per directory.
+    _lock: nix::fcntl::Flock<File>,
+    /// Records of jobs this daemon is running (not pending).
+    active: Mutex<HashSet<String>>,
+    /// Woken when a job leaves work behind (an abandoned final update).
+    pending_added: Notify,
+    disk_limit: Option<u64>,
+}
+
+impl Journal {
+    /// Opens (creating it 0700 if needed) and locks the journal directory `dir`.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
+        let dir_error = |source| JournalError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_error)?;
+        // An existing directory keeps its mode: tighten it (it holds job tokens).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
+        let lock_path = dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(dir_error)?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| match errno {
+                nix::errno::Errno::EWOULDBLOCK => JournalError::InUse {
+                    path: dir.to_path_buf(),
+                },
+                other => dir_error(std::io::Error::from(other)),
+            })?;
+        let disk_limit = std::env::var(TEST_DISK_LIMIT_VARIABLE)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        Ok(Arc::new(Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            active: Mutex::default(),
+            pending_added: Notify::new(),
+            disk_limit,
+        }))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts the journal of a job: writes its record and an empty log.
+    pub(crate) fn begin(self: &Arc<Self>, record: Record) -> Result<Arc<JobJournal>, JournalError> {
+        let name = record.name();
+        let log_path = self.dir.join(format!("{name}.log"));
+        let log = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(|source| JournalError::Write {
+                path: log_path.clone(),
+                source,
+            })?;
+        self.lock_active().insert(name.clone());
+        let journal = Arc::new(JobJournal {
+            journal: Arc::clone(self),
+            name,
+            record: Mutex::new(record),
+            log: Mutex::new(Some(log)),
+            log_path,
+            failed: CancellationToken::new(),
+            error: Mutex::new(None),
+            released: std::sync::atomic::AtomicBool::new(false),
+        });
+        if let Err(error) = journal.save() {
+            journal.remove();
+            return Err(error);
+        }
+        Ok(journal)
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Names of records no running job of this daemon owns, oldest name first.
+    pub(crate) fn pending(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let active = self.lock_active();
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_owned)
+            })
+            .filter(|name| name.starts_with("job-") && !active.contains(name))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Reads a record and its log.
+    pub(crate) fn load(&self, name: &str) -> Result<(Record, Vec<u8>), JournalError> {
+        let path = self.record_path(name);
+        let read_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| JournalError::Read { path, source }
+        };
+        let size = std::fs::metadata(&path).map_err(read_error(&path))?.len();
+        if size > MAX_RECORD_BYTES {
+            return Err(JournalError::Invalid {
+                path,
+                message: format!("{size} bytes, more than a record can be"),
+            });
+        }
+        let text = std::fs::read(&path).map_err(read_error(&path))?;
+        let record: Record =
+            serde_json::from_slice(&text).map_err(|error| JournalError::Invalid {
+                path: path.clone(),
+                message: error.to_string(),
+            })?;
+        if record.version != FORMAT_VERSION {
+            return Err(JournalError::Invalid {
+                path,
+                message: format!(
+                    "format version {} (this runnel reads {FORMAT_VERSION})",
+                    record.version
+                ),
+            });
+        }
+        let log_path = self.log_path(name);
+        // A missing log is an empty one (the runner died before the first byte).
+        let log = match std::fs::read(&log_path) {
+            Ok(log) => log,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(JournalError::Read {
+                    path: log_path,
+                    source,
+                });
+            }
+        };
+        Ok((record, log))
+    }
+
+    fn store(&self, record: &Record) -> Result<(), JournalError> {
+        write_record(&self.record_path(&record.name()), record)
+    }
+
+    fn append_log(&self, name: &str, bytes: &[u8]) -> Result<(), JournalError> {
+        let path = self.log_path(name);
+        let write_error = |source| JournalError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(write_error)?;
+        file.write_all(bytes).map_err(write_error)
+    }
+
+    fn discard(&self, name: &str) {
+        for path in [self.record_path(name), self.log_path(name)] {
+            if let Err(error) = std::fs::remove_file(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a job journal file");
+            }
+        }
+    }
+}
+
+/// Writes `record` to `path` atomically (temporary file, rename), 0600.
+fn write_record(path: &Path, record: &Record) -> Result<(), JournalError> {
+    let write_error = |source| JournalError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = serde_json::to_vec_pretty(record).map_err(|error| JournalError::Invalid {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })?;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(write_error)?;
+    file.write_all(&text).map_err(write_error)?;
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(write_error)
+}
+
+/// The journal of one running job.
+#[derive(Debug)]
+pub(crate) struct JobJournal {
+    journal: Arc<Journal>,
+    name: String,
+    record: Mutex<Record>,
+    /// The log file the follower appends to; `None` once the follower is done with it.
+    log: Mutex<Option<File>>,
+    log_path: PathBuf,
+    /// Fired when the journal could not be written: the job must stop.
+    failed: CancellationToken,
+    error: Mutex<Option<String>>,
+    /// Whether the job handed its record over (done or pending).
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl JobJournal {
+    /// Fired when writing the journal failed.
+    pub(crate) fn failed(&self) -> &CancellationToken {
+        &self.failed
+    }
+
+    /// What went wrong, once [`Self::failed`] fired.
+    pub(crate) fn error(&self) -> Option<String> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fail(&self, error: &JournalError) {
+        let message = crate::job::error_chain(error);
+        tracing::error!(error = %message, "the job journal could not be written; stopping the job");
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(message);
+        self.failed.cancel();
+    }
+
+    fn lock_record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn save(&self) -> Result<(), JournalError> {
+        let record = self.lock_record().clone();
+        self.journal.store(&record)
+    }
+
+    /// Records a process group the job started.
+    pub(crate) fn add_process_group(&self, pid: u32) {
+        self.lock_record().process_groups.push(pid);
+        if let Err(error) = self.save() {
+            self.fail(&error);
+        }
+    }
+
+    /// Records the final state (before it is sent).
+    pub(crate) fn set_final(&self, state: &FinalState, acked: u64) {
+        {
+            let mut record = self.lock_record();
+            record.set_final(state);
+            record.acked = acked;
+        }
+        if let Err(error) = self.save() {
+            self.fail(&error);
+        }
+    }
+
+    /// Records how much of the log GitLab acknowledged (after an abandoned final update).
+    pub(crate) fn set_final_acked(&self, acked: u64) {
+        self.lock_record().acked = acked;
+        if let Err(error) = self.save() {
+            tracing::warn!(error = %crate::job::error_chain(&error), "cannot update the job journal");
+        }
+    }
+
+    /// Copies the job log to disk as it grows, until the log is finished and written. A
+    /// write error stops the job (see [`Self::failed`]) and ends the copy.
+    pub(crate) fn follow(self: &Arc<Self>, trace: JobTrace) -> tokio::task::JoinHandle<bool> {
+        let journal = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut written = 0usize;
+            loop {
+                let finished = trace.is_finished();
+                loop {
+                    let chunk = match trace.read_from(written, runnel_trace::MAX_READ_BYTES) {
+                        Ok(chunk) if chunk.is_empty() => break,
+                        Ok(chunk) => chunk,
+                        Err(error) => {
+                            tracing::error!(%error, "job journal follower lost its place");
+                            return false;
+                        }
+                    };
+                    let len = chunk.len();
+                    let target = Arc::clone(&journal);
+                    let offset = written;
+                    let result = tokio::task::spawn_blocking(move || {
+                        target.write_log(offset as u64, &chunk)
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(())) => written += len,
+                        Ok(Err(error)) => {
+                            journal.fail(&error);
+                            trace.error(&format!(
+                                "the job journal could not be written: {}",
+                                crate::job::error_chain(&error)
+                            ));
+                            return false;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "job journal write task failed");
+                            return false;
+                        }
+                    }
+                }
+                if finished {
+                    return true;
+                }
+                trace.changed(written).await;
+            }
+        })
+    }
+
+    fn write_log(&self, offset: u64, bytes: &[u8]) -> Result<(), JournalError> {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let write_error = |source| JournalError::Write {
+            path: self.log_path.clone(),
+            source,
+        };
+        let Some(file) = log.as_mut() else {
+            return Ok(());
+        };
+        if let Some(limit) = self.journal.disk_limit
+            && offset + bytes.len() as u64 > limit
+        {
+            return Err(write_error(std::io::Error::from_raw_os_error(
+                nix::errno::Errno::ENOSPC as i32,
+            )));
+        }
+        file.write_all(bytes).map_err(write_error)
+    }
+
+    /// GitLab has the final state (or no longer wants the job): forget it.
+    pub(crate) fn remove(&self) {
+        self.release();
+        self.journal.discard(&self.name);
+    }
+
+    /// The final update was abandoned: leave the record for [`redeliver`].
+    pub(crate) fn keep_pending(&self) {
+        self.release();
+        self.journal.pending_added.notify_one();
+    }
+
+    fn release(&self) {
+        if self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.journal.lock_active().remove(&self.name);
+    }
+}
+
+impl Drop for JobJournal {
+    /// A job task that ended without handing its record over (a panic) leaves it pending, so
+    /// the redelivery reports the job instead of leaving it running in GitLab.
+    fn drop(&mut self) {
+        if !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            self.keep_pending();
+        }
+    }
+}
+
+/// How to reach the coordinator for a journaled job.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) client: Arc<Client>,
+    pub(crate) info: RunnerInfo,
+}
+
+/// Finds the client for a record (its runner's, or one made from its URL).
+pub(crate) type Resolve = dyn Fn(&Record) -> Option<Route> + Send + Sync;
+
+/// A pending job that could not be finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    /// The job (`job 42`), or the journal file that could not be read.
+    pub job: String,
+    pub url: String,
+    pub reason: String,
+}
+
+/// Finishes pending jobs until `stop` fires: at once, again when a job leaves work behind,
+/// and with a backoff (1 s doubling to 60 s) while something is left.
+pub(crate) async fn redeliver(
+    journal: Arc<Journal>,
+    resolve: Arc<Resolve>,
+    stop: CancellationToken,
+) {
+    let mut pause = REDELIVERY_MIN;
+    loop {
+        let left = redeliver_once(&journal, resolve.as_ref()).await;
+        // A notification while the pass ran is kept (`notify_one` stores a permit).
+        if left.is_empty() {
+            pause = REDELIVERY_MIN;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = journal.pending_added.notified() => {}
+            }
+        } else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = journal.pending_added.notified() => pause = REDELIVERY_MIN,
+                () = tokio::time::sleep(pause) => pause = (pause * 2).min(REDELIVERY_MAX),
+            }
+        }
+    }
+}
+
+/// One pass over the pending jobs; returns those still pending.
+pub(crate) async fn redeliver_once(journal: &Arc<Journal>, resolve: &Resolve) -> Vec<Undelivered> {
+    let mut left = Vec::new();
+    for name in journal.pending() {
+        let (mut record, mut log) = match journal.load(&name) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::error!(error = %crate::job::error_chain(&error), "skipping an unreadable job journal");
+                left.push(Undelivered {
+                    job: journal.record_path(&name).display().to_string(),
+                    url: String::new(),
+                    reason: error.to_string(),
+                });
+                continue;
+            }
+        };
+        let span = tracing::info_span!("journal", job = record.job_id, runner = %record.runner);
+        let outcome = async {
+            if record.final_state().is_none() {
+                abandon(journal, &name, &mut record, &mut log).await?;
+            }
+            deliver(journal, &mut record, &log, resolve).await
+        };
+        use tracing::Instrument as _;
+        if let Err(reason) = outcome.instrument(span).await {
+            left.push(Undelivered {
+                job: format!("job {}", record.job_id),
+                url: url::Url::parse(&record.url).map_or_else(
+                    |_| "an invalid URL".to_owned(),
+                    |url| runnel_api::SafeUrl::new(&url).to_string(),
+                ),
+                reason,
+            });
+        }
+    }
+    left
+}
+
+/// A job whose runner died while it ran: kill what is left of it and fail it.
+async fn abandon(
+    journal: &Arc<Journal>,
+    name: &str,
+    record: &mut Record,
+    log: &mut Vec<u8>,
+) -> Result<(), String> {
+    let tag = record.tag.clone();
+    let killed = tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
+        .await
+        .unwrap_or(0);
+    tracing::warn!(
+        killed,
+        previous_pid = record.runnel_pid,
+        "found a job that was running when the runner stopped; reporting it failed"
+    );
+    let outcome = runnel_job::JobOutcome::SystemFailure {
+        message: format!(
+            "the runner was restarted while this job was running (runnel process {} ended without finishing it{})",
+            record.runnel_pid,
+            match killed {
+                0 => String::new(),
+                n => format!("; {n} leftover job processes were killed"),
+            }
+        ),
+    };
+    let status = outcome.final_status(runnel_job::ExecutorKind::Shell);
+    let mut text = String::new();
+    if log.last().is_some_and(|b| *b != b'\n') {
+        text.push('\n');
+    }
+    let line = &status.trace_line;
+    text.push_str(&runnel_trace::format::error(
+        line.strip_prefix("ERROR: ").unwrap_or(line),
+    ));
+    journal
+        .append_log(name, text.as_bytes())
+        .map_err(|e| crate::job::error_chain(&e))?;
+    log.extend_from_slice(text.as_bytes());
+    record.set_final(&FinalState {
+        state: JobState::Failed,
+        failure_reason: Some(FailureReason::RunnerSystemFailure),
+        exit_code: None,
+    });
+    journal
+        .store(record)
+        .map_err(|e| crate::job::error_chain(&e))
+}
+
+/// Sends the rest of the log and the final state, once (the caller retries later).
+async fn deliver(
+    journal: &Arc<Journal>,
+    record: &mut Record,
+    log: &[u8],
+    resolve: &Resolve,
+) -> Result<(), String> {
+    let Some(state) = record.final_state() else {
+        return Err("the journal has no valid final state".to_owned());
+    };
+    let Some(route) = resolve(record) else {
+        return Err(format!("no GitLab client can be made for {}", record.url));
+    };
+    let trace = JobTrace::recovered(log).map_err(|e| e.to_string())?;
+    let remote = Arc::new(ApiRemote {
+        client: route.client,
+        job: JobId(record.job_id),
+        token: JobToken::new(record.token.clone()),
+        info: route.info,
+    });
+    let mut uploader = TraceUploader::new(remote, trace, RemoteSignals::default());
+    uploader.resume_at(record.acked.min(log.len() as u64));
+    match uploader.finish(state, 0).await {
+        Delivery::Accepted => {
+            tracing::info!(
+                bytes = log.len(),
+                "delivered a journaled job's log and final state"
+            );
+            journal.discard(&record.name());
+            Ok(())
+        }
+        Delivery::Aborted => {
+            tracing::warn!("GitLab no longer wants a journaled job; forgetting it");
+            journal.discard(&record.name());
+            Ok(())
+        }
+        Delivery::GaveUp(error) => {
+            record.acked = uploader.sent();
+            if let Err(store) = journal.store(record) {
+                tracing::warn!(error = %crate::job::error_chain(&store), "cannot update a job journal");
+            }
+            tracing::debug!(%error, "a journaled job could not be delivered yet");
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> Record {
+        Record::new(
+            JobId(id),
+            &JobToken::new("glcbt-secret"),
+            "http://127.0.0.1:1",
+            "t1_abc",
+            "shell",
+            "tag",
+        )
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_job_journal_is_private_and_holds_what_finishing_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let journal = Journal::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o700);
+        let job = journal.begin(record(7)).unwrap();
+        let trace = JobTrace::new(runnel_trace::TraceConfig::default()).unwrap();
+        let follower = job.follow(trace.clone());
+        trace.println("hello");
+        trace.finish();
+        assert!(follower.await.unwrap());
+        job.set_final(
+            &FinalState {
+                state: JobState::Failed,
+                failure_reason: Some(FailureReason::ScriptFailure),
+                exit_code: Some(3),
+            },
+            2,
+        );
+        for file in ["job-7-t1_abc.json", "job-7-t1_abc.log"] {
+            assert_eq!(mode(&path.join(file)), 0o600, "{file}");
+        }
+        // The job still runs in this daemon: not pending.
+        assert!(journal.pending().is_empty());
+        job.keep_pending();
+        assert_eq!(journal.pending(), vec!["job-7-t1_abc".to_owned()]);
+        let (loaded, log) = journal.load("job-7-t1_abc").unwrap();
+        assert_eq!(log, trace.read_from(0, 1024).unwrap());
+        assert_eq!(loaded.acked, 2);
+        assert_eq!(loaded.token, "glcbt-secret");
+        let state = loaded.final_state().unwrap();
+        assert_eq!(state.state, JobState::Failed);
+        assert_eq!(state.failure_reason, Some(FailureReason::ScriptFailure));
+        assert_eq!(state.exit_code, Some(3));
+    }
+
+    #[test]
+    fn a_second_daemon_cannot_take_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Journal::open(dir.path()).unwrap();
+        let second = Journal::open(dir.path()).unwrap_err();
+        assert!(matches!(second, JournalError::InUse { .. }), "{second}");
+    }
+
+    #[test]
+    fn a_broken_record_is_an_error_that_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("job-1-x.json"), b"{ not json").unwrap();
+        let error = journal.load("job-1-x").unwrap_err();
+        assert!(error.to_string().contains("job-1-x.json"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn removing_forgets_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let job = journal.begin(record(9)).unwrap();
+        job.remove();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
