@@ -645,7 +645,8 @@ async fn configure(
         job,
         variables: &variables,
         job_response: &job_response,
-        sink: Arc::new(TraceSink::new(trace, Arc::clone(usage))),
+        // config_exec ends before the job's stages; its process group is not journaled.
+        sink: Arc::new(TraceSink::new(trace, Arc::clone(usage), None)),
         cancel: cancels.soft.clone(),
     };
     let overrides = executor

@@ -27,6 +27,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 fn provider(helper_image: &str, helper_binary: Option<PathBuf>, section: &str) -> DockerProvider {
     let settings = DockerSettings {
         short_token: "hArDn1ng".to_owned(),
+        token: format!("glrt-{}", "hArDn1ng").into(),
+        system_id: "s_0123456789ab".to_owned(),
         runner_id: 7,
         gitlab_url: "https://gitlab.example.com".to_owned(),
         shell: Shell::Sh,
@@ -52,6 +54,9 @@ async fn prepare_with(
         builds_dir: Path::new("/builds"),
         cache_dir: Path::new("/cache"),
         debug_services,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
         .await

@@ -1272,6 +1272,7 @@ async fn git_clone_path_works_without_a_custom_build_dir_section() {
         "{trace}"
     );
     assert_nothing_left(&daemon);
+}
 
 #[tokio::test]
 async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart() {
