@@ -547,6 +547,13 @@ fn warn_about(config: &ServiceConfig) {
                 "this executor is not supported by this build of Runnel yet; the runner will not request jobs"
             );
         }
+        if let Some(shell) = runner.unsupported_shell() {
+            tracing::warn!(
+                runner = %runner.name,
+                shell = %shell,
+                "shell {shell:?} is not supported by Runnel (only bash and sh); the runner will not request jobs"
+            );
+        }
         if runner.limit > config.concurrent || runner.request_concurrency > config.concurrent {
             tracing::warn!(
                 runner = %runner.name,
@@ -653,7 +660,7 @@ async fn feed(shared: Arc<Shared>, mut requeue: mpsc::UnboundedReceiver<Arc<Runn
             .into_iter()
             .filter(|r| {
                 let spec = r.spec();
-                !spec.token.is_empty() && spec.executor_supported()
+                !spec.token.is_empty() && spec.can_run_jobs()
             })
             .collect();
         let check_interval = shared.config().check_interval;

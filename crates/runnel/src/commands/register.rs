@@ -350,6 +350,15 @@ fn save<R: BufRead>(
         })?),
         None => None,
     };
+    if let Some(shell) = runner
+        .shell
+        .as_deref()
+        .filter(|s| !matches!(*s, "bash" | "sh"))
+    {
+        tracing::warn!(
+            "shell {shell:?} is not supported by Runnel (only bash and sh): the runner is registered, but Runnel will not request jobs for it"
+        );
+    }
     new.limit = to_u32(runner.limit, "--limit")?;
     new.output_limit = to_u32(runner.output_limit, "--output-limit")?;
     new.request_concurrency = to_u32(runner.request_concurrency, "--request-concurrency")?;

@@ -106,6 +106,13 @@ fn config_from_flags(
             "run-single needs --url, --token and --executor (or --runner NAME to take a runner from config.toml)"
         );
     };
+    if let Some(shell) = runner
+        .shell
+        .as_deref()
+        .filter(|s| !matches!(*s, "bash" | "sh"))
+    {
+        bail!("shell {shell:?} is not supported by Runnel (only bash and sh)");
+    }
     let system_id = super::system_id(path)?;
     let token = RunnerToken::new(token.clone());
     let spec = RunnerSpec {
@@ -146,6 +153,8 @@ fn config_from_flags(
         final_update_retry_limit: 10,
         config: None,
     };
+    let mut spec = spec;
+    spec.find_host_certificates(&runnel_config::certificate_dirs(path));
     Ok(ServiceConfig {
         concurrent: 1,
         check_interval: Duration::from_secs(3),

@@ -4,6 +4,7 @@ mod cache_s3;
 mod commands;
 mod docker;
 mod exec;
+mod fidelity;
 mod git_sources;
 mod job_data;
 mod register;

@@ -113,7 +113,7 @@ impl Daemon {
         self.child = Some(child);
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
     }
 

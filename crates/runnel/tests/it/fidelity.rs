@@ -1,0 +1,220 @@
+//! Drop-in fidelity: what Runnel does not implement fails loudly instead of doing something
+//! else, and what it tells GitLab (`info.features`, `debug_trace`, the job credential) is true.
+
+use std::time::Duration;
+
+use runnel_fake_gitlab::{Endpoint, PayloadVariable, RemoteStatus};
+use serde_json::{Value, json};
+
+use crate::run::{Daemon, Setup, final_update, job};
+
+/// The request bodies the fake received on `endpoint`, as JSON.
+fn bodies(daemon: &Daemon, endpoint: Endpoint) -> Vec<Value> {
+    daemon
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint == Some(endpoint))
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_with_run_steps_is_refused_by_name_and_runs_nothing() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let marker = daemon.dir.path().join("steps-ran");
+    let id = daemon.fake.enqueue(job("steps").extra(
+        "run",
+        json!([{ "name": "touch", "script": format!("touch {}", marker.display()) }]),
+    ));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains(
+            "this job uses the `run` keyword (CI steps), which Runnel does not support yet"
+        ),
+        "{trace}"
+    );
+    let last = final_update(&view);
+    assert_eq!(
+        last.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    assert_eq!(last.exit_code, Some(3));
+    assert!(
+        view.updates.iter().all(|u| u.state != "running"),
+        "refused before it is acknowledged"
+    );
+    assert!(!marker.exists(), "no step may run");
+}
+
+#[tokio::test]
+async fn jobs_with_secrets_or_inputs_are_refused_by_name() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let secrets = daemon.fake.enqueue(job("secrets").script(["echo ran"]).extra(
+        "secrets",
+        json!({ "DATABASE_PASSWORD": { "vault": { "engine": { "name": "kv-v2", "path": "kv" }, "path": "db", "field": "pw" } } }),
+    ));
+    let inputs = daemon
+        .fake
+        .enqueue(job("inputs").script(["echo ran"]).extra(
+            "inputs",
+            json!([{ "key": "environment", "value": { "type": "string", "content": "prod" } }]),
+        ));
+    let view = daemon.finished(secrets).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains("external secrets (`secrets:DATABASE_PASSWORD` from vault)"),
+        "{trace}"
+    );
+    assert!(!trace.contains("\nran\n"), "{trace}");
+    let view = daemon.finished(inputs).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("job inputs (environment)"), "{trace}");
+    assert!(!trace.contains("\nran\n"), "{trace}");
+}
+
+#[tokio::test]
+async fn info_advertises_only_what_runnel_honours() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let id = daemon.fake.enqueue(job("plain").script(["true"]));
+    daemon.finished(id).await;
+    let requests = bodies(&daemon, Endpoint::RequestJob);
+    let features = &requests.first().expect("a job request")["info"]["features"];
+    for unsupported in [
+        "native_steps_integration",
+        "job_inputs",
+        "vault_secrets",
+        "session",
+        "terminal",
+    ] {
+        assert_eq!(
+            features[unsupported],
+            json!(false),
+            "{unsupported}: {features}"
+        );
+    }
+    for supported in [
+        "artifacts",
+        "cache",
+        "masking",
+        "cancel_gracefully",
+        "trace_checksum",
+    ] {
+        assert_eq!(features[supported], json!(true), "{supported}: {features}");
+    }
+}
+
+#[tokio::test]
+async fn a_pwsh_runner_is_refused_at_start_and_never_asks_for_jobs() {
+    let daemon = Daemon::start(Setup {
+        runner: "  shell = \"pwsh\"\n".to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let mut waited = Duration::ZERO;
+    while !daemon
+        .log()
+        .contains("shell \\\"pwsh\\\" is not supported by Runnel")
+        && !daemon
+            .log()
+            .contains("shell \"pwsh\" is not supported by Runnel")
+    {
+        assert!(
+            waited < Duration::from_secs(60),
+            "no warning; log:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    // Several check intervals (1 s) pass: a polled runner would have asked by then.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        bodies(&daemon, Endpoint::RequestJob).is_empty(),
+        "a pwsh runner must not ask for jobs; log:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn run_single_refuses_a_shell_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["run-single", "-c"])
+        .arg(dir.path().join("config.toml"))
+        .args([
+            "--url",
+            "http://127.0.0.1:9",
+            "--token",
+            "glrt-x",
+            "--executor",
+            "shell",
+            "--shell",
+            "powershell",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("shell \"powershell\" is not supported by Runnel"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn debug_trace_on_patches_follows_ci_debug_trace() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let debug = daemon.fake.enqueue(
+        job("debug")
+            .script(["echo traced"])
+            .variable("CI_DEBUG_TRACE", "true"),
+    );
+    daemon.finished(debug).await;
+    let plain = daemon.fake.enqueue(job("plain").script(["echo plain"]));
+    daemon.finished(plain).await;
+    let queries = |id: u64| -> Vec<String> {
+        daemon
+            .fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.endpoint == Some(Endpoint::PatchTrace))
+            .filter(|r| r.path.contains(&format!("/jobs/{id}/")))
+            .map(|r| r.query.unwrap_or_default())
+            .collect()
+    };
+    let debug = queries(debug);
+    assert!(!debug.is_empty());
+    assert!(
+        debug.iter().all(|q| q.contains("debug_trace=true")),
+        "{debug:?}"
+    );
+    let plain = queries(plain);
+    assert!(!plain.is_empty());
+    assert!(
+        plain.iter().all(|q| q.contains("debug_trace=false")),
+        "{plain:?}"
+    );
+}
+
+#[tokio::test]
+async fn helpers_authenticate_with_the_payload_job_credential() {
+    let daemon = Daemon::start(Setup::default()).await;
+    // A coordinator may send a CI_JOB_TOKEN variable that is not the job credential; the
+    // upload must still use the payload's `token`.
+    let id = daemon.fake.enqueue(
+        job("upload")
+            .script(["echo data > out.txt", "echo \"seen=$CI_JOB_TOKEN\""])
+            .raw_variable(PayloadVariable::new("CI_JOB_TOKEN", "not-the-job-credential"))
+            .extra("artifacts", json!([{ "paths": ["out.txt"], "artifact_type": "archive", "artifact_format": "zip" }])),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("seen=not-the-job-credential"), "{trace}");
+    assert_eq!(view.artifacts.len(), 1, "{trace}");
+}
