@@ -65,6 +65,7 @@ async fn register<R: BufRead>(
         runner.tls_ca_file.clone(),
         runner.tls_cert_file.clone(),
         runner.tls_key_file.clone(),
+        Some(&path),
     )?;
 
     let (token_value, via_registration_flag) = match (&runner.token, &args.registration_token) {

@@ -7,6 +7,7 @@ mod exec;
 mod fidelity;
 mod git_sources;
 mod job_data;
+mod private_ca;
 mod register;
 mod run;
 mod service;
