@@ -286,6 +286,9 @@ pub(crate) struct RunnerArgs {
     /// Executable for the custom executor's run stage.
     #[arg(long = "custom-run-exec", env = "CUSTOM_RUN_EXEC")]
     pub(crate) custom_run_exec: Option<String>,
+    /// Every other official runner-config flag (`crate::runner_flags`).
+    #[command(flatten)]
+    pub(crate) settings: crate::runner_flags::ConfigFlags,
 }
 
 /// `register` flags (reference 1.5).

@@ -8,6 +8,7 @@
 mod cli;
 mod commands;
 mod logging;
+mod runner_flags;
 
 use std::process::ExitCode;
 

@@ -5,6 +5,7 @@ mod commands;
 mod docker;
 mod exec;
 mod fidelity;
+mod flags;
 mod git_sources;
 mod job_data;
 mod private_ca;
