@@ -547,6 +547,19 @@ fn warn_about(config: &ServiceConfig) {
                 "this executor is not supported by this build of Runnel yet; the runner will not request jobs"
             );
         }
+        let ignored = runner
+            .config
+            .as_ref()
+            .map(|config| config.ignored_keys())
+            .unwrap_or_default();
+        if !ignored.is_empty() {
+            tracing::warn!(
+                runner = %runner.name,
+                keys = %ignored.join(", "),
+                "config.toml keys parsed but not acted upon by Runnel yet: {}",
+                ignored.join(", ")
+            );
+        }
         if let Some(shell) = runner.unsupported_shell() {
             tracing::warn!(
                 runner = %runner.name,

@@ -305,3 +305,19 @@ fn every_official_documentation_example_loads() {
     assert!(count >= 60, "the official examples are all there ({count})");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn keys_parsed_but_not_acted_upon_are_named() {
+    let file = parse(
+        "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"shell\"\n  get_sources_timeout = \"5m\"\n  step_runner_image = \"x\"\n  [runners.artifact]\n    upload_timeout = \"1h\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        file.config().runners[0].ignored_keys(),
+        [
+            "get_sources_timeout",
+            "step_runner_image",
+            "[runners.artifact]"
+        ]
+    );
+}

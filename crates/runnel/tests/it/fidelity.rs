@@ -218,3 +218,23 @@ async fn helpers_authenticate_with_the_payload_job_credential() {
     assert!(trace.contains("seen=not-the-job-credential"), "{trace}");
     assert_eq!(view.artifacts.len(), 1, "{trace}");
 }
+
+#[tokio::test]
+async fn keys_parsed_but_not_acted_upon_are_named_at_start() {
+    let daemon = Daemon::start(Setup {
+        runner: "  prepare_timeout = \"1m\"\n  clean_git_config = true\n".to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let mut waited = Duration::ZERO;
+    loop {
+        let log = daemon.log();
+        if log.contains("config.toml keys parsed but not acted upon by Runnel yet") {
+            assert!(log.contains("prepare_timeout, clean_git_config"), "{log}");
+            break;
+        }
+        assert!(waited < Duration::from_secs(60), "no warning; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+}
