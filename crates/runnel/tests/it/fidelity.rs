@@ -238,3 +238,95 @@ async fn keys_parsed_but_not_acted_upon_are_named_at_start() {
         waited += Duration::from_millis(100);
     }
 }
+
+/// `name -> sorted label names` of every `gitlab_runner_*` series in an exposition
+/// (histogram `_bucket`/`_sum`/`_count` folded into their family, `le` left out).
+fn series(exposition: &str) -> std::collections::BTreeMap<String, String> {
+    let mut found = std::collections::BTreeMap::new();
+    for line in exposition
+        .lines()
+        .filter(|l| l.starts_with("gitlab_runner_"))
+    {
+        let (name, labels) = match line.split_once('{') {
+            Some((name, rest)) => (name, rest.split_once('}').map_or("", |(l, _)| l)),
+            None => (line.split_whitespace().next().unwrap_or_default(), ""),
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| base.ends_with("_seconds"))
+            .unwrap_or(name);
+        let mut names: Vec<&str> = labels
+            .split("\",")
+            .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.trim()))
+            .filter(|k| !k.is_empty() && *k != "le")
+            .collect();
+        names.sort_unstable();
+        found.insert(family.to_owned(), names.join(","));
+    }
+    found
+}
+
+#[tokio::test]
+async fn metric_names_and_label_sets_are_the_official_ones_idle_and_busy() {
+    let official: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(crate::support::fixture("official-metrics.txt"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| match l.split_once(' ') {
+                Some((name, labels)) => (name.to_owned(), labels.to_owned()),
+                None => (l.to_owned(), String::new()),
+            })
+            .collect();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let global: &'static str =
+        Box::leak(format!("listen_address = \"127.0.0.1:{port}\"").into_boxed_str());
+    let daemon = Daemon::start(Setup {
+        global,
+        ..Setup::default()
+    })
+    .await;
+    let scrape = || async {
+        for _ in 0..100 {
+            if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+                return response.text().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no /metrics; log:\n{}", daemon.log());
+    };
+    let check = |exposition: &str| {
+        for (name, labels) in series(exposition) {
+            let expected = official
+                .get(&name)
+                .unwrap_or_else(|| panic!("{name} is not an official series"));
+            assert_eq!(&labels, expected, "label set of {name}");
+        }
+    };
+    check(&scrape().await);
+    let ok = daemon.fake.enqueue(job("ok").script(["true"]));
+    let failed = daemon.fake.enqueue(job("failed").script(["exit 3"]));
+    daemon.finished(ok).await;
+    daemon.finished(failed).await;
+    let busy = scrape().await;
+    check(&busy);
+    let seen = series(&busy);
+    // Errors and retries only appear once one happened.
+    let conditional = [
+        "gitlab_runner_errors_total",
+        "gitlab_runner_api_request_retries_total",
+    ];
+    for name in official
+        .keys()
+        .filter(|n| !conditional.contains(&n.as_str()))
+    {
+        assert!(
+            seen.contains_key(name),
+            "{name} missing from a busy runner:\n{busy}"
+        );
+    }
+}
