@@ -139,6 +139,13 @@ pub fn encode_job_payload(job: &JobSpec) -> Vec<u8> {
         },
         "hooks": job.hooks.iter().map(|h| json!({"name": h.name, "script": h.script}))
             .collect::<Vec<_>>(),
+        "run": serde_json::from_str::<Value>(&job.run).unwrap_or(Value::Null),
+        "inputs": job.inputs.iter().map(|key| json!({"key": key})).collect::<Vec<_>>(),
+        "secrets": job.secrets.iter().map(|s| {
+            let providers: serde_json::Map<String, Value> =
+                s.providers.iter().map(|p| (p.clone(), json!({}))).collect();
+            (s.variable.clone(), Value::Object(providers))
+        }).collect::<serde_json::Map<String, Value>>(),
     });
     payload.to_string().into_bytes()
 }
@@ -207,6 +214,12 @@ mod tests {
                 artifacts_filename: "artifacts.zip".into(),
                 artifacts_size: 10,
             }],
+            run: r#"[{"name":"hello","step":"echo"}]"#.into(),
+            inputs: vec!["env".into()],
+            secrets: vec![runnel_types::SecretRequest {
+                variable: "DB_PASSWORD".into(),
+                providers: vec!["vault".into()],
+            }],
             ..JobSpec::default()
         };
         let back = crate::decode_job_payload(&encode_job_payload(&job)).unwrap();
@@ -224,5 +237,8 @@ mod tests {
         assert_eq!(back.cache, job.cache);
         assert_eq!(back.dependencies[0].artifacts_filename, "artifacts.zip");
         assert_eq!(back.dependencies[0].token.expose(), "dep");
+        assert_eq!(back.run, job.run);
+        assert_eq!(back.inputs, job.inputs);
+        assert_eq!(back.secrets, job.secrets);
     }
 }

@@ -2,16 +2,19 @@
 //! [`runnel_types::JobSpec`].
 //!
 //! Decoding is tolerant: unknown fields are ignored, every field is optional, `null` means
-//! absent, and numbers may arrive as strings. Payload parts the job model has no place for
-//! (`inputs`, `secrets`, `run`, `policy_options`, `suspend_options`, tracing) are not decoded.
+//! absent, and numbers may arrive as strings. Of `run` (CI steps), `inputs` and `secrets` only
+//! what names them is decoded (the steps' JSON text, input keys, secret variables and their
+//! providers): Runnel implements none of them, and the planner refuses such a job by name
+//! rather than run it without them. `policy_options`, `suspend_options` and tracing are not
+//! decoded.
 //! Unknown enum words fall back to the official defaults rather than failing the job.
 
 use std::time::Duration;
 
 use runnel_types::{
     ArtifactFormat, ArtifactSpec, CachePolicy, CacheSpec, Credential, Dependency, GitInfo, Hook,
-    ImagePort, ImageSpec, JobFeatures, JobId, JobInfo, JobSpec, JobToken, RefType, Secret, Step,
-    Variable, When,
+    ImagePort, ImageSpec, JobFeatures, JobId, JobInfo, JobSpec, JobToken, RefType, Secret,
+    SecretRequest, Step, Variable, When,
 };
 use serde::Deserialize;
 
@@ -64,6 +67,15 @@ struct JobResponse {
     dependencies: Vec<DependencyWire>,
     features: FeaturesWire,
     hooks: Vec<HookWire>,
+    run: Option<serde_json::Value>,
+    inputs: Vec<InputWire>,
+    secrets: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InputWire {
+    key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,7 +272,40 @@ impl JobResponse {
                 name: hook.name,
                 script: hook.script.0,
             }),
+            run: self
+                .run
+                .filter(has_content)
+                .map_or_else(String::new, |run| run.to_string()),
+            inputs: convert(self.inputs, |input| input.key),
+            secrets: self
+                .secrets
+                .into_iter()
+                .map(|(variable, secret)| SecretRequest {
+                    variable,
+                    providers: secret
+                        .as_object()
+                        .map(|providers| {
+                            providers
+                                .keys()
+                                .filter(|key| *key != "file")
+                                .cloned()
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect(),
         }
+    }
+}
+
+/// Whether a `run` value asks for anything (`[]`, `""` and `{}` do not).
+fn has_content(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => false,
+        serde_json::Value::String(s) => !s.trim().is_empty(),
+        serde_json::Value::Array(items) => !items.is_empty(),
+        serde_json::Value::Object(map) => !map.is_empty(),
+        _ => true,
     }
 }
 
@@ -454,6 +499,23 @@ fn artifact_format(format: &str) -> Option<ArtifactFormat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_inputs_and_secrets_are_named() {
+        let job = decode_job(
+            br#"{"id": 7, "run": [{"name": "a", "script": "exit 1"}],
+                "inputs": [{"key": "env", "value": {"type": "string", "content": "x"}}],
+                "secrets": {"DB": {"vault": {"path": "p"}, "file": true}, "EMPTY": null}}"#,
+        )
+        .unwrap();
+        assert!(job.run.contains("exit 1"));
+        assert_eq!(job.inputs, ["env"]);
+        assert_eq!(job.secrets.len(), 1);
+        assert_eq!(job.secrets[0].variable, "DB");
+        assert_eq!(job.secrets[0].providers, ["vault"]);
+        let plain = decode_job(br#"{"id": 8, "run": [], "inputs": [], "secrets": {}}"#).unwrap();
+        assert!(plain.run.is_empty() && plain.inputs.is_empty() && plain.secrets.is_empty());
+    }
 
     #[test]
     fn aliases_split_on_commas_and_spaces() {

@@ -179,8 +179,9 @@ impl Field for SessionServer {
 section! {
     /// `[machine]`: global docker+machine settings.
     pub struct MachineSettings {
-        /// Drain (remove) idle machines on shutdown.
-        "shutdown_drain" => shutdown_drain: bool,
+        /// `[machine.shutdown_drain]` (`enabled`, `concurrency`, `max_retries`,
+        /// `retry_backoff`): kept as written; Runnel has no docker+machine executor to drain.
+        "shutdown_drain" => shutdown_drain: Option<RawTable>,
     }
 }
 

@@ -65,6 +65,9 @@ pub struct NewRunner {
     pub post_build_script: Option<String>,
     /// Shell for job scripts.
     pub shell: Option<Shell>,
+    /// More keys of the `[[runners]]` entry itself (scalars and arrays, e.g.
+    /// `debug_trace_disabled = true`), written after the typed ones.
+    pub settings: RawTable,
     /// Sub-tables written as `[runners.<name>]` in this order, such as
     /// `("docker", {image = "alpine"})` or `("feature_flags", {FF_X = true})`.
     pub sections: Vec<(String, RawTable)>,
@@ -101,6 +104,7 @@ impl NewRunner {
             pre_build_script: None,
             post_build_script: None,
             shell: None,
+            settings: RawTable::new(),
             sections: Vec::new(),
         }
     }
@@ -146,6 +150,9 @@ impl NewRunner {
         out.optional("post_build_script", &self.post_build_script);
         if let Some(shell) = self.shell {
             out.string("shell", shell.as_str());
+        }
+        for (key, value) in self.settings.as_table() {
+            out.raw(key, &value.to_string());
         }
         let mut text = out.finish();
         for (name, table) in &self.sections {

@@ -76,7 +76,10 @@ pub use edit::NewRunner;
 pub use expand::{EnvLookup, process_env};
 pub use file::{ConfigFile, EditError, LoadError};
 pub use keyword::UnknownKeyword;
-pub use paths::{CONFIG_FILE_NAME, config_path, default_config_path, default_config_path_for};
+pub use paths::{
+    CONFIG_FILE_NAME, HostCertificates, certificate_dirs, config_path, default_config_path,
+    default_config_path_for,
+};
 pub use raw::RawTable;
 pub use runner::{
     ArtifactConfig, CustomBuildDir, CustomConfig, DEFAULT_ARTIFACT_RESPONSE_HEADER_TIMEOUT,

@@ -44,7 +44,13 @@ impl<'s> Context<'s> {
         self.errors.push(diagnostic);
     }
 
-    fn warning(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+    /// Records a warning at `span` for the key path `key`.
+    pub(crate) fn warning(
+        &mut self,
+        key: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
         let diagnostic = self
             .source
             .diagnostic(Severity::Warning, span, key, message);

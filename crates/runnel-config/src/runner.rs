@@ -243,7 +243,9 @@ impl Read for RunnerConfig {
     }
 }
 
-/// Reports a `url` that is not an http(s) URL once `$VAR`s are expanded (empty is allowed).
+/// Warns about a `url` that is not an http(s) URL once `$VAR`s are expanded (empty is
+/// allowed). Like the official runner, the file still loads (its documentation's examples use
+/// placeholders such as `gitlab.example.com`); such a runner fails when it connects.
 fn check_url(section: &mut Section<'_>, cx: &mut Context<'_>) {
     let Some(node) = section.node("url") else {
         return;
@@ -255,12 +257,39 @@ fn check_url(section: &mut Section<'_>, cx: &mut Context<'_>) {
     let valid =
         url::Url::parse(&expanded).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
     if !expanded.is_empty() && !valid {
-        let message = format!("invalid URL {expanded:?}, expected http(s)://host/");
-        cx.error(&node.path, node.span(), message);
+        let message = format!(
+            "invalid URL {expanded:?}, expected http(s)://host/: this runner cannot connect"
+        );
+        cx.warning(&node.path, node.span(), message);
     }
 }
 
 impl RunnerConfig {
+    /// The keys of this entry that are set but that Runnel parses without acting on them yet
+    /// (the daemon warns about them at start; docs/compatibility.md lists them). Sections of
+    /// executors Runnel does not run are not listed: such runners are refused as a whole.
+    pub fn ignored_keys(&self) -> Vec<&'static str> {
+        [
+            ("prepare_timeout", self.prepare_timeout.is_some()),
+            ("get_sources_timeout", self.get_sources_timeout.is_some()),
+            (
+                "safe_directory_checkout",
+                self.safe_directory_checkout.is_some(),
+            ),
+            ("clean_git_config", self.clean_git_config.is_some()),
+            ("proxy_exec", self.proxy_exec.is_some()),
+            ("use_slot_cgroups", self.use_slot_cgroups),
+            ("slot_cgroup_template", self.slot_cgroup_template.is_some()),
+            ("step_runner_image", self.step_runner_image.is_some()),
+            ("[runners.artifact]", self.artifact.is_some()),
+            ("[runners.referees]", self.referees.is_some()),
+            ("[runners.monitoring]", self.monitoring.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
     /// Expands `url` and `token` like the official runner and normalises unset values.
     fn resolve(mut self, cx: &Context<'_>) -> Self {
         self.url = cx.expand(&self.url);

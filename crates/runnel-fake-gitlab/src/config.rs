@@ -29,6 +29,24 @@ pub struct FakeConfig {
     /// without `info`, and final updates without `output` (GitLab skips the trace checksum for
     /// runners that do not send one). The benchmark's peer runners need it.
     pub lenient_clients: bool,
+    /// Serve HTTPS with this certificate instead of plain HTTP (the URL becomes
+    /// `https://…`), for tests of private-CA setups.
+    pub tls: Option<FakeTls>,
+}
+
+/// A server certificate chain and key, both PEM.
+#[derive(Clone)]
+pub struct FakeTls {
+    /// The server certificate first, then any intermediates.
+    pub cert_chain_pem: String,
+    /// The private key of the server certificate.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for FakeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeTls").finish_non_exhaustive()
+    }
 }
 
 impl Default for FakeConfig {
@@ -40,6 +58,7 @@ impl Default for FakeConfig {
             token_lifetime: None,
             registration_tokens: Vec::new(),
             lenient_clients: false,
+            tls: None,
         }
     }
 }

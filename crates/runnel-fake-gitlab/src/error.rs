@@ -20,6 +20,12 @@ pub enum FakeError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate or key of [`crate::FakeTls`] is not usable.
+    #[error("invalid TLS setup for the fake coordinator: {message}")]
+    Tls {
+        /// What was wrong.
+        message: String,
+    },
     /// A job id the fake never handed out.
     #[error("job {id} does not exist")]
     UnknownJob {

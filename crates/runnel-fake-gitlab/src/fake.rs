@@ -45,11 +45,13 @@ impl FakeGitlab {
             addr: config.listen,
             source,
         };
+        let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let state = Arc::new(State::new(&config, format!("http://{addr}")));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let state = Arc::new(State::new(&config, format!("{scheme}://{addr}")));
         let app = routes::router(Arc::clone(&state)).merge(control::router(Arc::clone(&state)));
-        let server = tokio::spawn(server::serve(listener, Arc::clone(&state), app));
+        let server = tokio::spawn(server::serve(listener, tls, Arc::clone(&state), app));
         Ok(Self {
             state,
             server: Some(server),

@@ -52,7 +52,7 @@ mod view;
 pub use builder::{
     GITLAB_FAILURE_REASONS, GitStrategy, JobBuilder, JobDefinition, JobIdentity, PayloadVariable,
 };
-pub use config::FakeConfig;
+pub use config::{FakeConfig, FakeTls};
 pub use error::FakeError;
 pub use fake::{CreatedRunner, FakeGitlab};
 pub use faults::{Endpoint, EndpointFilter};

@@ -15,12 +15,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::config::FakeTls;
+use crate::error::FakeError;
 use crate::faults::{Endpoint, FaultAction};
 use crate::routes::ApiError;
 use crate::state::State;
@@ -40,15 +43,34 @@ struct DroppedConnection;
 /// Serves `app` on `listener` until `state.shutdown` is cancelled, then waits for open
 /// connections to finish their current request. Connections not yet accepted at that point
 /// are closed unanswered.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, app: Router) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    app: Router,
+) {
     let connections = TaskTracker::new();
     loop {
         tokio::select! {
             () = state.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, Arc::clone(&state), app.clone()));
-                }
+                Ok((stream, _)) => match &tls {
+                    None => {
+                        connections.spawn(serve_connection(stream, Arc::clone(&state), app.clone()));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let state = Arc::clone(&state);
+                        let app = app.clone();
+                        connections.spawn(async move {
+                            match acceptor.accept(stream).await {
+                                Ok(stream) => serve_connection(stream, state, app).await,
+                                // A client that does not trust us: what some tests expect.
+                                Err(error) => debug!(%error, "TLS handshake failed"),
+                            }
+                        });
+                    }
+                },
                 Err(error) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     warn!(%error, "failed to accept a connection");
@@ -61,7 +83,32 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, app: Router)
     connections.wait().await;
 }
 
-async fn serve_connection(stream: TcpStream, state: Arc<State>, app: Router) {
+/// A TLS acceptor for `tls`; errors name what could not be read.
+pub(crate) fn tls_acceptor(tls: &FakeTls) -> Result<TlsAcceptor, FakeError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, error: &dyn std::fmt::Display| FakeError::Tls {
+        message: format!("{what}: {error}"),
+    };
+    let chain = CertificateDer::pem_slice_iter(tls.cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("certificate chain", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+        .map_err(|e| invalid("private key", &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("protocol versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid("certificate", &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<State>, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = {
         let state = Arc::clone(&state);
         service_fn(move |request| handle(Arc::clone(&state), app.clone(), request))

@@ -194,9 +194,26 @@ impl<'a, 'b> GitSources<'a, 'b> {
             self.git_config(w, ext, &key, &format!("{base}/"));
         }
         self.write_force_https(w, ext);
-        if self.ctx.opts.tls_ca.is_some() {
+        // Git trusts the GitLab host as the runner does: the CA chain, and the client
+        // certificate when there is one (the file variables' paths).
+        if self
+            .ctx
+            .opts
+            .tls_ca
+            .as_ref()
+            .is_some_and(|ca| !ca.is_empty())
+        {
             let ca = join(&self.ctx.dirs.temp_dir, "CI_SERVER_TLS_CA_FILE");
             self.git_config(w, ext, &format!("http.{base}.sslCAInfo"), &ca);
+        }
+        if crate::plan::tls_identity(self.ctx.opts).is_some() {
+            for (variable, key) in [
+                ("CI_SERVER_TLS_CERT_FILE", "sslCert"),
+                ("CI_SERVER_TLS_KEY_FILE", "sslKey"),
+            ] {
+                let path = join(&self.ctx.dirs.temp_dir, variable);
+                self.git_config(w, ext, &format!("http.{base}.{key}"), &path);
+            }
         }
     }
 

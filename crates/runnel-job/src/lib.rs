@@ -53,6 +53,7 @@ mod remote_cache;
 mod script;
 mod settings;
 mod stages;
+mod unsupported;
 mod variables;
 
 pub use dirs::{Directories, project_slug};
@@ -65,6 +66,7 @@ pub use plan::{
     DEFAULT_AFTER_SCRIPT_TIMEOUT, DEFAULT_JOB_TIMEOUT, JobPlan, PlanError, Timeouts, plan,
 };
 pub use remote_cache::{CACHE_HEAD_URL_ENV, CACHE_URL_ENV, CacheUrls, RemoteCache};
-pub use settings::{GitStrategy, JobSettings, SubmoduleStrategy};
+pub use settings::{GitStrategy, JobSettings, SubmoduleStrategy, debug_trace_enabled};
 pub use stages::{JobStatus, PlannedStage, StageKind, StageWhen, TimeoutKind, stage_description};
+pub use unsupported::{UNSUPPORTED_EXIT_CODE, unsupported_features};
 pub use variables::{JobVariables, expand};

@@ -149,6 +149,12 @@ pub struct PlanOptions {
     pub clone_url: String,
     /// Contents of the TLS CA chain for `CI_SERVER_TLS_CA_FILE`, if any.
     pub tls_ca: Option<String>,
+    /// Contents of the TLS client certificate for `CI_SERVER_TLS_CERT_FILE`; used only
+    /// together with [`Self::tls_key`].
+    pub tls_cert: Option<String>,
+    /// Contents of the TLS client key for `CI_SERVER_TLS_KEY_FILE`; used only together with
+    /// [`Self::tls_cert`].
+    pub tls_key: Option<runnel_types::Secret>,
     /// `CI_RUNNER_EXECUTABLE_ARCH`, e.g. `linux/amd64`.
     pub os_arch: String,
     /// The distributed cache (`[runners.cache]`), if one is configured: presigned URLs for the

@@ -139,7 +139,13 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
     };
     let stages = context.stages();
     let mut masked_values = masked_values;
-    for secret in context.remote_cache_secrets() {
+    // The job credential reaches the helpers' command lines (xtrace shows them): mask it even
+    // when no masked CI_JOB_TOKEN variable carries the same value.
+    let credentials = std::iter::once(job.token.expose())
+        .chain(job.dependencies.iter().map(|d| d.token.expose()))
+        .filter(|token| !token.is_empty())
+        .map(Secret::new);
+    for secret in credentials.chain(context.remote_cache_secrets()) {
         if !masked_values.contains(&secret) {
             masked_values.push(secret);
         }
@@ -169,6 +175,17 @@ fn absolute_dir(job: &JobSpec, setting: &'static str, path: &str) -> Result<Stri
             path: path.to_owned(),
         })
     }
+}
+
+/// The client certificate and key for `CI_SERVER_TLS_CERT_FILE`/`_KEY_FILE`: both or neither.
+pub(crate) fn tls_identity(opts: &PlanOptions) -> Option<(&str, &str)> {
+    let cert = opts.tls_cert.as_deref().filter(|c| !c.is_empty())?;
+    let key = opts
+        .tls_key
+        .as_ref()
+        .map(|k| k.expose())
+        .filter(|k| !k.is_empty())?;
+    Some((cert, key))
 }
 
 fn internal(key: &str, value: impl Into<String>) -> Variable {
@@ -317,6 +334,19 @@ fn all_variables(
             file: true,
             raw: true,
             ..internal("CI_SERVER_TLS_CA_FILE", ca.as_str())
+        });
+    }
+    if let Some((cert, key)) = tls_identity(opts) {
+        vars.push(Variable {
+            file: true,
+            raw: true,
+            ..internal("CI_SERVER_TLS_CERT_FILE", cert)
+        });
+        vars.push(Variable {
+            file: true,
+            raw: true,
+            public: false,
+            ..internal("CI_SERVER_TLS_KEY_FILE", key)
         });
     }
     for variable in job.variables.iter().filter(|v| !is_feature_flag(&v.key)) {

@@ -303,3 +303,13 @@ impl Parser<'_> {
         Some(value)
     }
 }
+
+/// Whether `job`'s log is a debug trace: `CI_DEBUG_TRACE` is true and the runner does not
+/// disable it (`debug_trace_disabled`). Trace PATCHes say so with `debug_trace=true`.
+pub fn debug_trace_enabled(job: &runnel_types::JobSpec, disabled: bool) -> bool {
+    !disabled
+        && job
+            .variable("CI_DEBUG_TRACE")
+            .and_then(|v| parse_go_bool(v.value.trim()))
+            .unwrap_or(false)
+}

@@ -668,6 +668,26 @@ fn warn_about(config: &ServiceConfig) {
                 "this executor is not supported by this build of Runnel yet; the runner will not request jobs"
             );
         }
+        let ignored = runner
+            .config
+            .as_ref()
+            .map(|config| config.ignored_keys())
+            .unwrap_or_default();
+        if !ignored.is_empty() {
+            tracing::warn!(
+                runner = %runner.name,
+                keys = %ignored.join(", "),
+                "config.toml keys parsed but not acted upon by Runnel yet: {}",
+                ignored.join(", ")
+            );
+        }
+        if let Some(shell) = runner.unsupported_shell() {
+            tracing::warn!(
+                runner = %runner.name,
+                shell = %shell,
+                "shell {shell:?} is not supported by Runnel (only bash and sh); the runner will not request jobs"
+            );
+        }
         if runner.limit > config.concurrent || runner.request_concurrency > config.concurrent {
             tracing::warn!(
                 runner = %runner.name,
@@ -774,7 +794,7 @@ async fn feed(shared: Arc<Shared>, mut requeue: mpsc::UnboundedReceiver<Arc<Runn
             .into_iter()
             .filter(|r| {
                 let spec = r.spec();
-                !spec.token.is_empty() && spec.executor_supported()
+                !spec.token.is_empty() && spec.can_run_jobs()
             })
             .collect();
         let check_interval = shared.config().check_interval;

@@ -19,7 +19,7 @@ use runnel_executor::{
 };
 use runnel_job::{
     ExecutorKind, JobOutcome, JobPlan, JobStatus, PlanOptions, PlannedStage, Shell, StageWhen,
-    TimeoutKind,
+    TimeoutKind, UNSUPPORTED_EXIT_CODE,
 };
 use runnel_trace::{JobTrace, TraceConfig};
 use runnel_types::{JobId, JobSpec, JobState};
@@ -94,10 +94,13 @@ pub(crate) fn runner_info(runner: &RunnerSpec) -> RunnerInfo {
         _ => Features::default(),
     };
     let mut features = Features::network_client() | Features::shell() | executor;
-    // Not supported yet: interactive web terminals, Vault secrets.
+    // Not supported yet: interactive web terminals, secrets providers, CI steps (`run`), job
+    // inputs. Such jobs are refused by name if they arrive anyway (`unsupported_features`).
     features.session = false;
     features.terminal = false;
     features.vault_secrets = false;
+    features.native_steps_integration = false;
+    features.job_inputs = false;
     RunnerInfo {
         executor: runner.executor.clone(),
         shell: runner.shell.clone().unwrap_or_else(|| "bash".to_owned()),
@@ -115,6 +118,7 @@ pub(crate) async fn run_job(job: JobSpec, context: JobContext) -> JobSummary {
         job: job.id,
         token: job.token.clone(),
         info: runner_info(&context.runner),
+        debug_trace: runnel_job::debug_trace_enabled(&job, context.runner.debug_trace_disabled),
     });
     // Every daemon log line about this job carries its id and runner (and, in a stage, the
     // stage's name from its own span).
@@ -170,12 +174,35 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
             match JobTrace::new(fallback) {
                 Ok(trace) => {
                     trace.error(&format!("cannot set up log masking: {error}"));
-                    return finish_early(&job, context, &remote, trace).await;
+                    let outcome = JobOutcome::SystemFailure {
+                        message: "the job log could not be set up".to_owned(),
+                    };
+                    return finish_early(&job, context, &remote, trace, outcome, None).await;
                 }
                 Err(_) => return format!("failed before start: {error}"),
             }
         }
     };
+    // A job that needs what Runnel does not implement is refused before it is acknowledged,
+    // as the official runner refuses unsupported options: reason in the log, system failure.
+    let refusals = runnel_job::unsupported_features(&job);
+    if !refusals.is_empty() {
+        for line in &refusals {
+            trace.error(line);
+        }
+        let outcome = JobOutcome::SystemFailure {
+            message: refusals.join("; "),
+        };
+        return finish_early(
+            &job,
+            context,
+            &remote,
+            trace,
+            outcome,
+            Some(UNSUPPORTED_EXIT_CODE),
+        )
+        .await;
+    }
     let signals = RemoteSignals::default();
     // Every process of the job carries this tag, so none outlives it (runnel_executor::contain).
     let tag = job_tag();
@@ -340,16 +367,16 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     format!("{} ({delivery:?})", final_status.state.as_str())
 }
 
-/// Reports a job that failed before anything ran (the trace could not be set up properly).
+/// Reports a job that failed before anything ran (the trace could not be set up properly, or
+/// the job needs what Runnel does not implement).
 async fn finish_early<R: JobRemote>(
     job: &JobSpec,
     context: &JobContext,
     remote: &Arc<R>,
     trace: JobTrace,
+    outcome: JobOutcome,
+    exit_code: Option<i32>,
 ) -> String {
-    let outcome = JobOutcome::SystemFailure {
-        message: "the job log could not be set up".to_owned(),
-    };
     let status = outcome.final_status(executor_kind(&context.runner));
     let line = &status.trace_line;
     trace.error(line.strip_prefix("ERROR: ").unwrap_or(line));
@@ -360,7 +387,7 @@ async fn finish_early<R: JobRemote>(
         failure_reason: status
             .failure_reason
             .map(|r| r.for_server(&job.features.failure_reasons)),
-        exit_code: None,
+        exit_code,
     };
     let delivery = uploader
         .finish(state, context.runner.final_update_retry_limit)
@@ -976,6 +1003,11 @@ pub(crate) fn provider_for(
     user: Option<&str>,
     docker: impl FnOnce() -> Result<Arc<runnel_executor_docker::DockerProvider>, String>,
 ) -> Result<Arc<dyn Provider>, String> {
+    if let Some(shell) = runner.unsupported_shell() {
+        return Err(format!(
+            "shell {shell:?} is not supported by Runnel (only bash and sh)"
+        ));
+    }
     match runner.executor.as_str() {
         "shell" => {
             let shell = shell_of(runner);
@@ -1160,9 +1192,25 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         runner_command,
         server_url: runner.url.clone(),
         clone_url: runner.clone_url.clone().unwrap_or_default(),
-        tls_ca: None,
+        tls_ca: read_tls_file(runner.tls_ca_file.as_deref()),
+        tls_cert: read_tls_file(runner.tls_cert_file.as_deref()),
+        tls_key: read_tls_file(runner.tls_key_file.as_deref()).map(runnel_types::Secret::new),
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),
         remote_cache: None,
+    }
+}
+
+/// A TLS file of the runner (`tls-*-file` or the `certs/<host>` lookup) for the job's
+/// `CI_SERVER_TLS_*` file variables. The client already loaded it at start, so a failure here
+/// (the file went away) only loses the variable, with a warning.
+fn read_tls_file(path: Option<&Path>) -> Option<String> {
+    let path = path?;
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read a TLS file for the job");
+            None
+        }
     }
 }
 

@@ -75,7 +75,7 @@ impl Metrics {
             job_duration: histogram_vec(
                 "gitlab_runner_job_duration_seconds",
                 "Histogram of job durations",
-                RUNNER,
+                &["runner", "runner_name", "system_id", "mode"],
                 vec![
                     30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 10800.0, 18000.0, 36000.0,
                 ],
@@ -91,7 +91,7 @@ impl Metrics {
             failed_jobs: counter_vec(
                 "gitlab_runner_failed_jobs_total",
                 "Total number of failed jobs",
-                &["runner", "runner_name", "system_id", "failure_reason"],
+                &["runner", "runner_name", "failure_reason", "mode"],
             ),
             api_statuses: counter_vec(
                 "gitlab_runner_api_request_statuses_total",
@@ -101,13 +101,13 @@ impl Metrics {
             api_duration: histogram_vec(
                 "gitlab_runner_api_request_duration_seconds",
                 "Latency histogram of API requests made by GitLab Runner",
-                &["runner", "system_id", "endpoint", "status_class"],
+                &["runner", "system_id", "endpoint", "status_class", "method"],
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             ),
             api_retries: counter_vec(
                 "gitlab_runner_api_request_retries_total",
                 "Total number of API request retries",
-                &["endpoint", "method"],
+                &["path", "method"],
             ),
             worker_feeds: counter_vec(
                 "gitlab_runner_worker_feeds_total",
@@ -136,13 +136,26 @@ impl Metrics {
         let version = gauge_vec(
             "gitlab_runner_version_info",
             "A metric with a constant '1' value labeled by different build stats fields.",
-            &["name", "version", "revision", "os", "architecture"],
+            &[
+                "name",
+                "version",
+                "revision",
+                "branch",
+                "go_version",
+                "built_at",
+                "os",
+                "architecture",
+            ],
         );
+        // The official label set; Runnel is not built with Go, so `go_version` is empty.
         version
             .with_label_values(&[
                 "runnel",
                 env!("CARGO_PKG_VERSION"),
                 option_env!("RUNNEL_REVISION").unwrap_or("unknown"),
+                option_env!("RUNNEL_BRANCH").unwrap_or("unknown"),
+                "",
+                option_env!("RUNNEL_BUILT_AT").unwrap_or("unknown"),
                 std::env::consts::OS,
                 std::env::consts::ARCH,
             ])
@@ -229,13 +242,38 @@ impl runnel_api::RequestObserver for ApiObserver {
             _ => "other",
         });
         m.api_duration
-            .with_label_values(&[&self.runner, &self.system_id, endpoint, class])
+            .with_label_values(&[
+                &self.runner,
+                &self.system_id,
+                endpoint,
+                class,
+                event.method.as_str(),
+            ])
             .observe(event.duration.as_secs_f64());
         if event.retry_in.is_some() {
             m.api_retries
-                .with_label_values(&[endpoint, event.method.as_str()])
+                .with_label_values(&[retry_path(event.endpoint), event.method.as_str()])
                 .inc();
         }
+    }
+}
+
+/// The request path as the official runner labels retries: the API path with numeric
+/// segments as `{id}` (a GitLab installed under a sub-path is not reflected).
+fn retry_path(endpoint: runnel_api::Endpoint) -> &'static str {
+    use runnel_api::Endpoint as E;
+    match endpoint {
+        E::RegisterRunner => "/api/v4/runners",
+        E::VerifyRunner => "/api/v4/runners/verify",
+        E::UnregisterRunner => "/api/v4/runners",
+        E::UnregisterRunnerManager => "/api/v4/runners/managers",
+        E::ResetToken => "/api/v4/runners/reset_authentication_token",
+        E::ResetTokenWithPat => "/api/v4/runners/{id}/reset_authentication_token",
+        E::RequestJob => "/api/v4/jobs/request",
+        E::UpdateJob => "/api/v4/jobs/{id}",
+        E::PatchTrace => "/api/v4/jobs/{id}/trace",
+        E::UploadArtifacts | E::DownloadArtifacts => "/api/v4/jobs/{id}/artifacts",
+        _ => "/api/v4/",
     }
 }
 
@@ -258,12 +296,14 @@ pub(crate) fn record_job(
 ) {
     let m = metrics();
     m.jobs_total.with_label_values(labels).inc();
+    // Runnel runs every job the traditional way (script steps; no step runner).
+    const MODE: &str = "traditional";
     m.job_duration
-        .with_label_values(labels)
+        .with_label_values(&[&labels[0], &labels[1], &labels[2], MODE])
         .observe(duration.as_secs_f64());
     if let Some(reason) = failure {
         m.failed_jobs
-            .with_label_values(&[&labels[0], &labels[1], &labels[2], reason])
+            .with_label_values(&[&labels[0], &labels[1], reason, MODE])
             .inc();
     }
     if let Some(usage) = usage {

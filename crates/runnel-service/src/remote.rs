@@ -91,6 +91,8 @@ pub(crate) struct ApiRemote {
     pub(crate) job: JobId,
     pub(crate) token: JobToken,
     pub(crate) info: RunnerInfo,
+    /// The job's log is a debug trace (`CI_DEBUG_TRACE`): every PATCH says so.
+    pub(crate) debug_trace: bool,
 }
 
 fn status_of(status: Option<ApiStatus>) -> RemoteStatus {
@@ -149,7 +151,7 @@ impl JobRemote for ApiRemote {
             token: &self.token,
             offset,
             content: bytes,
-            debug_trace: false,
+            debug_trace: self.debug_trace,
         };
         match self.client.patch_trace(&patch).await {
             Ok(result) => {

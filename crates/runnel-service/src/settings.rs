@@ -74,6 +74,36 @@ impl RunnerSpec {
         (self.url.clone(), self.token.expose().to_owned())
     }
 
+    /// Fills the TLS files config.toml leaves unset from the official lookup in `dirs`
+    /// (`<host>.crt`, `<host>.auth.crt`, `<host>.auth.key`; see
+    /// [`runnel_config::certificate_dirs`]).
+    pub fn find_host_certificates(&mut self, dirs: &[PathBuf]) {
+        let found = runnel_config::HostCertificates::find(dirs, &self.url);
+        for (slot, file) in [
+            (&mut self.tls_ca_file, found.ca_file),
+            (&mut self.tls_cert_file, found.cert_file),
+            (&mut self.tls_key_file, found.key_file),
+        ] {
+            if slot.is_none() {
+                *slot = file;
+            }
+        }
+    }
+
+    /// The configured shell when this build cannot generate scripts for it (only `bash` and
+    /// `sh` are implemented; `pwsh`/`powershell` are refused rather than run as bash).
+    pub(crate) fn unsupported_shell(&self) -> Option<&str> {
+        match self.shell.as_deref() {
+            None | Some("" | "bash" | "sh") => None,
+            Some(other) => Some(other),
+        }
+    }
+
+    /// Whether this runner may ask for jobs: its executor and its shell are implemented.
+    pub(crate) fn can_run_jobs(&self) -> bool {
+        self.executor_supported() && self.unsupported_shell().is_none()
+    }
+
     /// Executors this build can run jobs with.
     pub(crate) fn executor_supported(&self) -> bool {
         match self.executor.as_str() {
@@ -190,7 +220,9 @@ impl ConfigSource for FileConfigSource {
             if self.only.as_ref().is_some_and(|only| only != &runner.name) {
                 continue;
             }
-            runners.push(runner_spec(runner));
+            let mut spec = runner_spec(runner);
+            spec.find_host_certificates(&runnel_config::certificate_dirs(&self.path));
+            runners.push(spec);
         }
         if let Some(only) = &self.only
             && runners.is_empty()

@@ -41,6 +41,22 @@ pub struct JobSpec {
     pub dependencies: Vec<Dependency>,
     pub features: JobFeatures,
     pub hooks: Vec<Hook>,
+    /// The `run` keyword (CI steps run by a step runner) as the JSON text GitLab sent; empty
+    /// when the job has none.
+    pub run: String,
+    /// The keys of the job's `inputs` (interpolated by the runner into `${{ job.inputs.* }}`).
+    pub inputs: Vec<String>,
+    /// The job's `secrets`, each with the providers it names.
+    pub secrets: Vec<SecretRequest>,
+}
+
+/// One entry of a job's `secrets:`: the variable it fills and the provider(s) that hold it
+/// (`vault`, `gcp_secret_manager`, `azure_key_vault`, `aws_secrets_manager`,
+/// `gitlab_secrets_manager`, …, as the payload names them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretRequest {
+    pub variable: String,
+    pub providers: Vec<String>,
 }
 
 impl JobSpec {

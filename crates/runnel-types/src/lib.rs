@@ -17,7 +17,7 @@ pub use expand::expand;
 pub use job::{
     ArtifactFormat, ArtifactSpec, CachePolicy, CacheSpec, Credential, Dependency, FailureReason,
     GitInfo, Hook, ImagePort, ImageSpec, JobFeatures, JobId, JobInfo, JobSpec, JobState, RefType,
-    Step, Variable, When,
+    SecretRequest, Step, Variable, When,
 };
 pub use secret::Secret;
 pub use token::{DEFAULT_TOKEN_PREFIXES, JobToken, PAT_PREFIX, RunnerToken, short_token};

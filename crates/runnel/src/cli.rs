@@ -303,107 +303,12 @@ pub(crate) struct RunnerArgs {
     /// SSH identity file.
     #[arg(long = "ssh-identity-file", env = "SSH_IDENTITY_FILE")]
     pub(crate) ssh_identity_file: Option<String>,
-    /// Do not verify the SSH host key.
-    #[arg(
-        long = "ssh-disable-strict-host-key-checking",
-        env = "DISABLE_STRICT_HOST_KEY_CHECKING"
-    )]
-    pub(crate) ssh_disable_strict_host_key_checking: bool,
-    /// known_hosts file to verify the SSH host key against (default ~/.ssh/known_hosts).
-    #[arg(long = "ssh-known-hosts-file", env = "KNOWN_HOSTS_FILE")]
-    pub(crate) ssh_known_hosts_file: Option<String>,
-    #[command(flatten)]
-    pub(crate) custom: CustomArgs,
-}
-
-/// The `--custom-*` flags: `[runners.custom]` (official names and variables).
-#[derive(Debug, Clone, Default, Args)]
-pub(crate) struct CustomArgs {
-    /// Executable that returns the custom executor's settings as JSON.
-    #[arg(long = "custom-config-exec", env = "CUSTOM_CONFIG_EXEC")]
-    pub(crate) config_exec: Option<String>,
-    /// Argument of the config executable (repeatable).
-    #[arg(long = "custom-config-args", allow_hyphen_values = true)]
-    pub(crate) config_args: Vec<String>,
-    /// Timeout of the config executable, in seconds.
-    #[arg(
-        long = "custom-config-exec-timeout",
-        env = "CUSTOM_CONFIG_EXEC_TIMEOUT"
-    )]
-    pub(crate) config_exec_timeout: Option<u64>,
-    /// Executable that prepares the job's environment.
-    #[arg(long = "custom-prepare-exec", env = "CUSTOM_PREPARE_EXEC")]
-    pub(crate) prepare_exec: Option<String>,
-    /// Argument of the prepare executable (repeatable).
-    #[arg(long = "custom-prepare-args", allow_hyphen_values = true)]
-    pub(crate) prepare_args: Vec<String>,
-    /// Timeout of the prepare executable, in seconds.
-    #[arg(
-        long = "custom-prepare-exec-timeout",
-        env = "CUSTOM_PREPARE_EXEC_TIMEOUT"
-    )]
-    pub(crate) prepare_exec_timeout: Option<u64>,
     /// Executable for the custom executor's run stage.
     #[arg(long = "custom-run-exec", env = "CUSTOM_RUN_EXEC")]
-    pub(crate) run_exec: Option<String>,
-    /// Argument of the run executable (repeatable).
-    #[arg(long = "custom-run-args", allow_hyphen_values = true)]
-    pub(crate) run_args: Vec<String>,
-    /// Executable that cleans up after the job.
-    #[arg(long = "custom-cleanup-exec", env = "CUSTOM_CLEANUP_EXEC")]
-    pub(crate) cleanup_exec: Option<String>,
-    /// Argument of the cleanup executable (repeatable).
-    #[arg(long = "custom-cleanup-args", allow_hyphen_values = true)]
-    pub(crate) cleanup_args: Vec<String>,
-    /// Timeout of the cleanup executable, in seconds.
-    #[arg(
-        long = "custom-cleanup-exec-timeout",
-        env = "CUSTOM_CLEANUP_EXEC_TIMEOUT"
-    )]
-    pub(crate) cleanup_exec_timeout: Option<u64>,
-    /// Seconds between SIGTERM and SIGKILL when a driver is stopped.
-    #[arg(
-        long = "custom-graceful-kill-timeout",
-        env = "CUSTOM_GRACEFUL_KILL_TIMEOUT"
-    )]
-    pub(crate) graceful_kill_timeout: Option<u64>,
-    /// Seconds to wait for a driver after SIGKILL.
-    #[arg(long = "custom-force-kill-timeout", env = "CUSTOM_FORCE_KILL_TIMEOUT")]
-    pub(crate) force_kill_timeout: Option<u64>,
-}
-
-impl CustomArgs {
-    /// `[runners.custom]` as the flags give it (only what was set).
-    pub(crate) fn section(&self) -> runnel_config::RawTable {
-        let mut custom = runnel_config::RawTable::new();
-        let programs = [
-            ("config", &self.config_exec, &self.config_args),
-            ("prepare", &self.prepare_exec, &self.prepare_args),
-            ("run", &self.run_exec, &self.run_args),
-            ("cleanup", &self.cleanup_exec, &self.cleanup_args),
-        ];
-        for (step, exec, args) in programs {
-            if let Some(exec) = exec {
-                custom.insert(format!("{step}_exec"), exec.clone());
-            }
-            if !args.is_empty() {
-                custom.insert(format!("{step}_args"), args.clone());
-            }
-        }
-        let timeouts = [
-            ("config_exec_timeout", self.config_exec_timeout),
-            ("prepare_exec_timeout", self.prepare_exec_timeout),
-            ("cleanup_exec_timeout", self.cleanup_exec_timeout),
-            ("graceful_kill_timeout", self.graceful_kill_timeout),
-            ("force_kill_timeout", self.force_kill_timeout),
-        ];
-        for (key, value) in timeouts {
-            if let Some(seconds) = value {
-                custom.insert(key, i64::try_from(seconds).unwrap_or(i64::MAX));
-            }
-        }
-        custom
-    }
+    pub(crate) custom_run_exec: Option<String>,
+    /// Every other official runner-config flag (`crate::runner_flags`).
+    #[command(flatten)]
+    pub(crate) settings: crate::runner_flags::ConfigFlags,
 }
 
 /// `register` flags (reference 1.5).

@@ -60,7 +60,12 @@ pub(crate) fn init(level: LogLevel, format: LogFormat, syslog: bool) -> LevelHan
         .with(ErrorCounter);
     match format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(JsonFormat)
+                    .with_writer(writer),
+            )
             .init(),
         LogFormat::Text | LogFormat::Runner => registry
             .with(
@@ -272,6 +277,91 @@ where
                 }
             }
         }
+    }
+}
+
+/// The `json` format as the official runner's logrus writes it: one object per line with
+/// `level`, `msg` and `time`, and every field (the event's and its spans': job id, runner,
+/// stage) flat beside them.
+struct JsonFormat;
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut object = serde_json::Map::new();
+        // Span fields first (outermost to innermost), so the event's own fields win.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(data) = extensions.get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(fields)) =
+                    serde_json::from_str::<serde_json::Value>(&data.fields)
+                {
+                    object.extend(fields);
+                }
+            }
+        }
+        let mut fields = JsonVisitor::default();
+        event.record(&mut fields);
+        object.extend(fields.0);
+        let message = object
+            .remove("message")
+            .unwrap_or(serde_json::Value::String(String::new()));
+        // logrus keeps its own keys and renames clashing fields to `fields.<key>`.
+        for key in ["level", "msg", "time"] {
+            if let Some(value) = object.remove(key) {
+                object.insert(format!("fields.{key}"), value);
+            }
+        }
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        object.insert(
+            "level".to_owned(),
+            level_name(*event.metadata().level()).into(),
+        );
+        object.insert("msg".to_owned(), message);
+        object.insert("time".to_owned(), now.into());
+        let line = serde_json::to_string(&object).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+/// An event's fields as JSON values (numbers and bools kept, the rest as text).
+#[derive(Default)]
+struct JsonVisitor(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
     }
 }
 

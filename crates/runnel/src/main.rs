@@ -7,7 +7,10 @@
 
 mod cli;
 mod commands;
+#[cfg(test)]
+mod docs_check;
 mod logging;
+mod runner_flags;
 
 use std::process::ExitCode;
 

@@ -172,12 +172,13 @@ fn edits_of_missing_runners_are_refused() {
 fn an_edit_that_would_break_the_file_is_refused() {
     let (_dir, mut file) = load_copy("commands_testdata_lint_valid.toml");
     let before = file.contents().to_owned();
-    let runner = NewRunner::new(
+    let mut runner = NewRunner::new(
         "bad",
-        "not a url",
+        "https://gitlab.example.com",
         RunnerToken::new("glrt-x"),
         Executor::Shell,
     );
+    runner.settings.insert("request_concurrency", "many");
     let error = file.add_runner(&runner).unwrap_err();
     assert!(matches!(error, EditError::Invalid { .. }));
     assert_eq!(file.contents(), before);

@@ -281,3 +281,43 @@ fn runners_can_be_found_by_name() {
     assert_eq!(file.config().runner_index("test-shell-runner-2"), Some(2));
     assert_eq!(file.config().runner_index("nope"), None);
 }
+
+/// Every complete config.toml example of the official documentation (a `[[runners]]` entry
+/// with a `url`, kept under `tests/data/official-docs/`, named after the page and the block's
+/// position) loads without refusal: a valid official configuration is never rejected. (Blocks
+/// that are not TOML at all, doc fragments with `...` elisions, are not kept.)
+#[test]
+fn every_official_documentation_example_loads() {
+    let dir = data("official-docs");
+    let mut failures = Vec::new();
+    let mut count = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        count += 1;
+        if let Err(error) = ConfigFile::load_with_env(&path, fake_env) {
+            failures.push(format!("{}: {error}", path.display()));
+        }
+    }
+    assert!(count >= 60, "the official examples are all there ({count})");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn keys_parsed_but_not_acted_upon_are_named() {
+    let file = parse(
+        "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"shell\"\n  get_sources_timeout = \"5m\"\n  step_runner_image = \"x\"\n  [runners.artifact]\n    upload_timeout = \"1h\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        file.config().runners[0].ignored_keys(),
+        [
+            "get_sources_timeout",
+            "step_runner_image",
+            "[runners.artifact]"
+        ]
+    );
+}

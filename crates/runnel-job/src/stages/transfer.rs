@@ -6,9 +6,11 @@
 //! helper (`cache-extractor`, `artifacts-downloader`, `cache-archiver`, `artifacts-uploader`),
 //! like the official runner. Cache helpers are guarded so that a failure only prints a warning;
 //! artifact helpers fail their stage and so the job. Credentials never appear as arguments:
-//! the helpers read `CI_SERVER_URL`, `CI_JOB_ID` and `CI_JOB_TOKEN` from the environment the
-//! stage exports, and a dependency's token is handed over as an environment assignment in
-//! front of the command (it stays out of the process list).
+//! the helpers read `CI_SERVER_URL`, `CI_JOB_ID` and `CI_JOB_TOKEN` from their environment.
+//! `CI_JOB_TOKEN` is set in front of each artifact command to the payload's job credential
+//! (the job's own `token`, or a dependency's), as an environment assignment, so it stays out
+//! of the process list and a `CI_JOB_TOKEN` variable that differs from the credential does
+//! not matter.
 //!
 //! With a distributed cache ([`crate::PlanOptions::remote_cache`]) each cache helper also gets
 //! the presigned URLs of its key's object, as environment assignments in front of the command
@@ -369,7 +371,13 @@ impl StageContext<'_> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.open_helper_guard(w);
         notice(w, "Uploading artifacts...");
-        w.command(&self.runner_command(), &args);
+        // The job credential of the payload, not whatever the CI_JOB_TOKEN variable says (as
+        // the official runner passes it): an assignment in front of the command, so it stays
+        // out of the process list.
+        let token = w.quote(self.job.token.expose());
+        let line = w.command_line(&self.runner_command(), &args);
+        w.line(&format!("CI_JOB_TOKEN={token} {line}"));
+        w.check_for_errors();
         // Unlike a cache, artifacts are part of the job's result: no helper, no success.
         w.else_branch();
         let line = format!(

@@ -115,7 +115,8 @@ fn masked_values_and_token_prefixes() {
     job.features.token_mask_prefixes = vec!["custom-".into(), "glpat-".into()];
     let plan = plan_ok(&job, &opts());
     let masked: Vec<&str> = plan.masked_values.iter().map(|s| s.expose()).collect();
-    assert_eq!(masked, ["pw-10"]);
+    // The job credential is masked too: it reaches the helpers' command lines.
+    assert_eq!(masked, ["pw-10", job.token.expose()]);
     assert!(
         !format!("{plan:?}").contains("pw-10"),
         "Debug must not leak masked values"

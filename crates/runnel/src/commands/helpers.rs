@@ -248,6 +248,8 @@ impl JobAccess {
             args.tls_ca_file.clone(),
             args.tls_cert_file.clone(),
             args.tls_key_file.clone(),
+            // As the official helpers: the default config directory's `certs/<host>` files.
+            Some(&runnel_config::default_config_path()),
         )?;
         tracing::debug!(url = %redact_url(url), id, "job helper credentials");
         Ok(Self {

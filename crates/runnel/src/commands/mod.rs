@@ -14,7 +14,7 @@ mod service;
 mod unregister;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -104,29 +104,39 @@ pub(crate) fn load_config(path: &std::path::Path) -> anyhow::Result<runnel_confi
     })
 }
 
-/// A runner's TLS files as the client wants them.
-pub(crate) fn runner_client(runner: &runnel_config::RunnerConfig) -> anyhow::Result<Client> {
+/// A runner's TLS files as the client wants them (unset ones from the `certs/<host>` lookup).
+pub(crate) fn runner_client(
+    runner: &runnel_config::RunnerConfig,
+    config_path: &Path,
+) -> anyhow::Result<Client> {
     let path = |p: &Option<String>| p.as_ref().map(PathBuf::from);
     client_for(
         &runner.url,
         path(&runner.tls_ca_file),
         path(&runner.tls_cert_file),
         path(&runner.tls_key_file),
+        Some(config_path),
     )
 }
 
-/// An API client for `url`, with the runner's TLS files.
+/// An API client for `url`, with the runner's TLS files. With `config_path`, files not given
+/// are looked up as the official runner does: `certs/<host>.crt`, `.auth.crt`, `.auth.key`
+/// next to config.toml (and next to the default config file).
 pub(crate) fn client_for(
     url: &str,
     tls_ca_file: Option<PathBuf>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    config_path: Option<&Path>,
 ) -> anyhow::Result<Client> {
+    let found = config_path.map_or_else(runnel_config::HostCertificates::default, |path| {
+        runnel_config::HostCertificates::find(&runnel_config::certificate_dirs(path), url)
+    });
     Client::new(ClientConfig {
         url: url.to_owned(),
-        tls_ca_file,
-        tls_cert_file,
-        tls_key_file,
+        tls_ca_file: tls_ca_file.or(found.ca_file),
+        tls_cert_file: tls_cert_file.or(found.cert_file),
+        tls_key_file: tls_key_file.or(found.key_file),
         ..ClientConfig::default()
     })
     .with_context(|| format!("cannot set up a GitLab client for {}", redact_url(url)))

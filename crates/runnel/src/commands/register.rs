@@ -65,6 +65,7 @@ async fn register<R: BufRead>(
         runner.tls_ca_file.clone(),
         runner.tls_cert_file.clone(),
         runner.tls_key_file.clone(),
+        Some(&path),
     )?;
 
     let (token_value, via_registration_flag) = match (&runner.token, &args.registration_token) {
@@ -350,6 +351,15 @@ fn save<R: BufRead>(
         })?),
         None => None,
     };
+    if let Some(shell) = runner
+        .shell
+        .as_deref()
+        .filter(|s| !matches!(*s, "bash" | "sh"))
+    {
+        tracing::warn!(
+            "shell {shell:?} is not supported by Runnel (only bash and sh): the runner is registered, but Runnel will not request jobs for it"
+        );
+    }
     new.limit = to_u32(runner.limit, "--limit")?;
     new.output_limit = to_u32(runner.output_limit, "--output-limit")?;
     new.request_concurrency = to_u32(runner.request_concurrency, "--request-concurrency")?;
@@ -456,17 +466,28 @@ fn save<R: BufRead>(
                 ssh.insert(key, answer);
             }
         }
-        if runner.ssh_disable_strict_host_key_checking {
-            ssh.insert("disable_strict_host_key_checking", true);
-        }
-        if let Some(file) = &runner.ssh_known_hosts_file {
-            ssh.insert("known_hosts_file", file.clone());
-        }
+        // `--ssh-known-hosts-file` and `--ssh-disable-strict-host-key-checking` come through
+        // the flag table below.
         new.sections.push(("ssh".to_owned(), ssh));
     } else if executor == "custom" {
-        // As officially, the custom executor asks nothing: its programs come from flags.
-        new.sections
-            .push(("custom".to_owned(), runner.custom.section()));
+        // As officially, the custom executor asks nothing: its programs come from flags (the
+        // other `--custom-*` flags come through the flag table below).
+        if let Some(exec) = &runner.custom_run_exec {
+            crate::runner_flags::set_key(&mut new, "custom.run_exec", exec.clone().into());
+        }
+    }
+    runner
+        .settings
+        .apply(&mut new)
+        .context("invalid runner setting")?;
+    if let Some(path) = &args.template_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the template config {}", path.display()))?;
+        let template: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("the template config {} is not valid TOML", path.display()))?;
+        let typed = typed_keys_set(&new);
+        crate::runner_flags::merge_template(&mut new, &template, &typed)
+            .with_context(|| format!("cannot merge the template config {}", path.display()))?;
     }
     file.add_runner(&new)
         .context("cannot add the runner to the configuration")?;
@@ -511,4 +532,37 @@ fn to_u32(value: Option<i64>, flag: &str) -> anyhow::Result<Option<u32>> {
                 .map_err(|_| anyhow::anyhow!("{flag} must be between 0 and {}, not {v}", u32::MAX))
         })
         .transpose()
+}
+
+/// The `[[runners]]` keys with typed fields in `new` that flags or answers already set; a
+/// template never overrides them.
+fn typed_keys_set(new: &NewRunner) -> Vec<&'static str> {
+    let mut set = Vec::new();
+    let mut mark = |key: &'static str, present: bool| {
+        if present {
+            set.push(key);
+        }
+    };
+    mark("limit", new.limit.is_some());
+    mark("output_limit", new.output_limit.is_some());
+    mark("request_concurrency", new.request_concurrency.is_some());
+    mark("tls-ca-file", new.tls_ca_file.is_some());
+    mark("tls-cert-file", new.tls_cert_file.is_some());
+    mark("tls-key-file", new.tls_key_file.is_some());
+    mark("builds_dir", new.builds_dir.is_some());
+    mark("cache_dir", new.cache_dir.is_some());
+    mark("clone_url", new.clone_url.is_some());
+    mark("environment", !new.environment.is_empty());
+    mark(
+        "pre_get_sources_script",
+        new.pre_get_sources_script.is_some(),
+    );
+    mark(
+        "post_get_sources_script",
+        new.post_get_sources_script.is_some(),
+    );
+    mark("pre_build_script", new.pre_build_script.is_some());
+    mark("post_build_script", new.post_build_script.is_some());
+    mark("shell", new.shell.is_some());
+    set
 }

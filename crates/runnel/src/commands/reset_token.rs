@@ -35,7 +35,7 @@ pub(crate) async fn run(args: ResetTokenArgs) -> anyhow::Result<ExitCode> {
     let pat = args.pat.map(Secret::new);
     for index in selected {
         let runner = file.config().runners[index].clone();
-        let client = super::runner_client(&runner)?;
+        let client = super::runner_client(&runner, &path)?;
         let reset = match &pat {
             Some(pat) => {
                 let Some(id) = runner.id else {

@@ -1,6 +1,5 @@
 //! `runnel run` and `runnel run-single`: start the daemon (`runnel-service`).
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +110,9 @@ fn journal_dir(flag: Option<&std::path::Path>, config: &std::path::Path) -> std:
     )
 }
 
-/// `run-single` without `--runner`: one runner described entirely by flags.
+/// `run-single` without `--runner`: one runner described entirely by flags. The flags become a
+/// `[[runners]]` entry exactly as `register` would write it, parsed and validated by the
+/// config parser, so every executor section (`--docker-*`, `--cache-*`, …) works from flags.
 fn config_from_flags(
     args: &RunSingleArgs,
     path: &std::path::Path,
@@ -123,46 +124,117 @@ fn config_from_flags(
             "run-single needs --url, --token and --executor (or --runner NAME to take a runner from config.toml)"
         );
     };
+    if let Some(shell) = runner
+        .shell
+        .as_deref()
+        .filter(|s| !matches!(*s, "bash" | "sh"))
+    {
+        bail!("shell {shell:?} is not supported by Runnel (only bash and sh)");
+    }
     let system_id = super::system_id(path)?;
-    let token = RunnerToken::new(token.clone());
-    let spec = RunnerSpec {
-        name: runner
-            .name
-            .clone()
-            .unwrap_or_else(|| "run-single".to_owned()),
-        url: url.clone(),
-        id: 0,
-        token,
-        token_obtained_at: None,
-        token_expires_at: None,
-        tls_ca_file: runner.tls_ca_file.clone(),
-        tls_cert_file: runner.tls_cert_file.clone(),
-        tls_key_file: runner.tls_key_file.clone(),
-        limit: usize::try_from(runner.limit.unwrap_or(0)).unwrap_or(0),
-        request_concurrency: usize::try_from(runner.request_concurrency.unwrap_or(1))
-            .unwrap_or(1)
-            .max(1),
-        output_limit_bytes: usize::try_from(runner.output_limit.unwrap_or(4096)).unwrap_or(4096)
-            * 1024,
-        executor: executor.clone(),
-        shell: runner.shell.clone(),
-        builds_dir: runner.builds_dir.clone().map(Into::into),
-        cache_dir: runner.cache_dir.clone().map(Into::into),
-        clone_url: runner.clone_url.clone(),
-        environment: runner.env.clone(),
-        pre_get_sources_script: runner.pre_get_sources_script.clone(),
-        post_get_sources_script: runner.post_get_sources_script.clone(),
-        pre_build_script: runner.pre_build_script.clone(),
-        post_build_script: runner.post_build_script.clone(),
-        feature_flags: BTreeMap::new(),
-        custom_build_dir_enabled: None,
-        debug_trace_disabled: false,
-        strict_check_interval: false,
-        unhealthy_requests_limit: 3,
-        unhealthy_interval: Duration::from_secs(300),
-        final_update_retry_limit: 10,
-        config: None,
+    let kind: runnel_config::Executor = executor
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown executor {executor:?}"))?;
+    let name = runner
+        .name
+        .clone()
+        .unwrap_or_else(|| "run-single".to_owned());
+    let mut new = runnel_config::NewRunner::new(name, url, RunnerToken::new(token.clone()), kind);
+    let number = |value: Option<i64>, flag: &str| -> anyhow::Result<Option<u32>> {
+        value
+            .map(|v| u32::try_from(v).with_context(|| format!("{flag} {v} is out of range")))
+            .transpose()
     };
+    new.limit = number(runner.limit, "--limit")?;
+    new.output_limit = number(runner.output_limit, "--output-limit")?;
+    new.request_concurrency = number(runner.request_concurrency, "--request-concurrency")?;
+    new.shell = runner
+        .shell
+        .as_deref()
+        .map(|shell| {
+            shell
+                .parse()
+                .map_err(|_| anyhow::anyhow!("unknown shell {shell:?}"))
+        })
+        .transpose()?;
+    new.builds_dir.clone_from(&runner.builds_dir);
+    new.cache_dir.clone_from(&runner.cache_dir);
+    new.clone_url.clone_from(&runner.clone_url);
+    new.environment.clone_from(&runner.env);
+    new.pre_get_sources_script
+        .clone_from(&runner.pre_get_sources_script);
+    new.post_get_sources_script
+        .clone_from(&runner.post_get_sources_script);
+    new.pre_build_script.clone_from(&runner.pre_build_script);
+    new.post_build_script.clone_from(&runner.post_build_script);
+    let display = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    new.tls_ca_file = display(&runner.tls_ca_file);
+    new.tls_cert_file = display(&runner.tls_cert_file);
+    new.tls_key_file = display(&runner.tls_key_file);
+    let set = |new: &mut runnel_config::NewRunner, key: &str, value: toml::Value| {
+        crate::runner_flags::set_key(new, key, value);
+    };
+    if executor.starts_with("docker") {
+        // The docker section exists for a docker runner even when no flag fills it.
+        set(
+            &mut new,
+            "docker.privileged",
+            runner.docker_privileged.into(),
+        );
+        set(
+            &mut new,
+            "docker.disable_cache",
+            runner.docker_disable_cache.into(),
+        );
+    }
+    for (key, value) in [
+        ("docker.image", &runner.docker_image),
+        ("docker.network_mode", &runner.docker_network_mode),
+        ("docker.host", &runner.docker_host),
+        ("docker.helper_image", &runner.docker_helper_image),
+        ("ssh.host", &runner.ssh_host),
+        ("ssh.port", &runner.ssh_port),
+        ("ssh.user", &runner.ssh_user),
+        ("ssh.password", &runner.ssh_password),
+        ("ssh.identity_file", &runner.ssh_identity_file),
+        ("custom.run_exec", &runner.custom_run_exec),
+    ] {
+        if let Some(value) = value {
+            set(&mut new, key, value.clone().into());
+        }
+    }
+    if !runner.docker_volumes.is_empty() {
+        set(
+            &mut new,
+            "docker.volumes",
+            runner.docker_volumes.clone().into(),
+        );
+    }
+    if !runner.docker_pull_policy.is_empty() {
+        set(
+            &mut new,
+            "docker.pull_policy",
+            runner.docker_pull_policy.clone().into(),
+        );
+    }
+    runner
+        .settings
+        .apply(&mut new)
+        .context("invalid runner setting")?;
+    let mut file = runnel_config::ConfigFile::parse(path, "", runnel_config::process_env)
+        .context("cannot start a configuration")?;
+    file.add_runner(&new)
+        .context("the runner flags do not make a valid [[runners]] entry")?;
+    for warning in file.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let config = file
+        .config()
+        .runners
+        .first()
+        .context("the runner flags made no [[runners]] entry")?;
+    let mut spec = RunnerSpec::from_config(config);
+    spec.find_host_certificates(&runnel_config::certificate_dirs(path));
     Ok(ServiceConfig {
         concurrent: 1,
         check_interval: Duration::from_secs(3),

@@ -41,7 +41,7 @@ pub(crate) async fn run(args: UnregisterArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             if found.is_empty() {
                 // Not in the config: unregister it on GitLab only.
-                let client = super::client_for(url, None, None, None)?;
+                let client = super::client_for(url, None, None, None, Some(&path))?;
                 let token = RunnerToken::new(token.clone());
                 unregister_one(&client, &token, &system_id).await?;
                 return Ok(ExitCode::SUCCESS);
@@ -58,7 +58,7 @@ pub(crate) async fn run(args: UnregisterArgs) -> anyhow::Result<ExitCode> {
     let mut done = Vec::new();
     for index in selected {
         let runner = &file.config().runners[index];
-        let client = super::runner_client(runner)?;
+        let client = super::runner_client(runner, &path)?;
         match unregister_one(&client, &runner.token, &system_id).await {
             Ok(()) => done.push(index),
             Err(error) => {

@@ -24,7 +24,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         {
             continue;
         }
-        let client = super::runner_client(runner)?;
+        let client = super::runner_client(runner, &path)?;
         let info = RunnerInfo {
             executor: runner.executor.as_str().to_owned(),
             shell: runner

@@ -931,17 +931,27 @@ async fn json_log_lines_carry_the_job_fields() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect();
+    // The official (logrus) keys: msg, level, time; fields flat beside them.
+    for line in &lines {
+        assert!(line["msg"].is_string(), "no msg: {line}");
+        assert!(line["time"].is_string(), "no time: {line}");
+        let level = line["level"].as_str().unwrap_or_default();
+        assert!(
+            ["error", "warning", "info", "debug", "trace"].contains(&level),
+            "{line}"
+        );
+    }
     let stage_line = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "stage started" && l["span"]["stage"] == "step_script")
+        .find(|l| l["msg"] == "stage started" && l["stage"] == "step_script")
         .unwrap_or_else(|| panic!("no stage line in:\n{log}"));
-    // The stage is the current span; the job's id and runner come from the enclosing one.
-    let job_span = stage_line["spans"]
-        .as_array()
-        .and_then(|spans| spans.iter().find(|span| span["name"] == "job"))
-        .unwrap_or_else(|| panic!("no job span around the stage line: {stage_line}"));
-    assert_eq!(job_span["job"], id.to_string());
-    assert_eq!(job_span["runner"], runnel_types::short_token(&daemon.token));
+    // The stage's own field, and the job's id and runner from the enclosing span.
+    assert_eq!(stage_line["job"], id.to_string(), "{stage_line}");
+    assert_eq!(
+        stage_line["runner"],
+        runnel_types::short_token(&daemon.token),
+        "{stage_line}"
+    );
     assert!(
         !log.contains(&daemon.token),
         "the token never reaches the log"
