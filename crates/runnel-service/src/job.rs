@@ -222,8 +222,10 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
                 Err(error) => {
                     let message = error_chain(&error);
                     tracing::error!(error = %message, "cannot start the job journal");
-                    trace.error(&format!("the job journal could not be written: {message}"));
-                    return finish_early(&job, context, &remote, trace).await;
+                    let outcome = JobOutcome::SystemFailure {
+                        message: format!("the job journal could not be written: {message}"),
+                    };
+                    return finish_early(&job, context, &remote, trace, outcome, None).await;
                 }
             }
         }

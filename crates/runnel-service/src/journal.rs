@@ -758,6 +758,8 @@ async fn deliver(
         job: JobId(record.job_id),
         token: JobToken::new(record.token.clone()),
         info: route.info,
+        // The journal does not keep CI_DEBUG_TRACE: a recovered log is patched without it.
+        debug_trace: false,
     });
     let mut uploader = TraceUploader::new(remote, trace, RemoteSignals::default());
     uploader.resume_at(record.acked.min(log.len() as u64));
