@@ -698,7 +698,15 @@ impl KubernetesExecutor {
             return Ok(stopped);
         }
         match exit.flatten() {
-            Some(status) => stage_exit(&status).map_err(exec_error),
+            Some(status) => {
+                let exit = stage_exit(&status).map_err(exec_error)?;
+                if !exit.success() {
+                    // A container killed under the stage (eviction, OOM) ends it with a
+                    // non-zero code too: the pod says whether that is the reason.
+                    self.check_pod().await?;
+                }
+                Ok(exit)
+            }
             None => {
                 self.check_pod().await?;
                 Err(exec_error(

@@ -88,7 +88,7 @@ fn set_waiting(
             } else {
                 json!({"waiting": {"reason": "ContainerCreating"}})
             };
-            json!({"name": name, "image": container["image"], "ready": false, "restartCount": 0, "started": false, "state": state})
+            json!({"name": name, "image": container["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false, "state": state})
         })
         .collect();
     status["phase"] = json!("Pending");
@@ -150,10 +150,11 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
     } else {
         first_ip(&shared, &key).await.unwrap_or_default()
     };
+    let started = crate::server::now();
     shared.update_status(&key.0, &key.1, |status| {
         let statuses: Vec<Value> = containers
             .iter()
-            .map(|c| json!({"name": c["name"], "image": c["image"], "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": ""}}}))
+            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": started}}}))
             .collect();
         status["phase"] = json!("Running");
         status["podIP"] = json!(pod_ip);
@@ -353,16 +354,25 @@ async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
             return;
         };
         if evict_at.is_some_and(|at| Instant::now() >= at) {
-            for (_, id) in &containers {
-                let _ = shared
-                    .docker
-                    .kill_container(id, None::<KillContainerOptions>)
-                    .await;
-            }
+            // As the kubelet does: the pod is marked first, then its containers are killed.
             shared.update_status(&key.0, &key.1, |status| {
                 status["phase"] = json!("Failed");
                 status["reason"] = json!("Evicted");
-                status["message"] = json!("The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. ");
+                let message = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. ";
+                status["message"] = json!(message);
+                if let Some(conditions) = status["conditions"].as_array_mut() {
+                    for condition in conditions.iter_mut() {
+                        if condition["type"] == json!("Ready") {
+                            condition["status"] = json!("False");
+                        }
+                    }
+                    conditions.push(json!({
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "TerminationByKubelet",
+                        "message": message,
+                    }));
+                }
                 if let Some(list) = status["containerStatuses"].as_array_mut() {
                     for item in list {
                         item["ready"] = json!(false);
@@ -370,6 +380,12 @@ async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
                     }
                 }
             });
+            for (_, id) in &containers {
+                let _ = shared
+                    .docker
+                    .kill_container(id, None::<KillContainerOptions>)
+                    .await;
+            }
             return;
         }
         let mut terminated = Vec::new();

@@ -107,9 +107,10 @@ fn selector_matches(selector: &str, labels: &Value) -> bool {
         .all(|term| {
             if let Some((key, value)) = term.split_once("!=") {
                 labels[key.trim()].as_str() != Some(value.trim())
-            } else if let Some((key, value)) = term.split_once('=') {
-                let key = key.trim().trim_end_matches('=');
-                labels[key].as_str() == Some(value.trim())
+            } else if let Some((key, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
+                labels[key.trim()].as_str() == Some(value.trim())
             } else if let Some(key) = term.strip_prefix('!') {
                 labels.get(key).is_none()
             } else {
@@ -226,7 +227,7 @@ fn validate(pod: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()

@@ -385,6 +385,7 @@ pub(crate) async fn run(
         "Runnel started; polling GitLab for jobs"
     );
     sweep_docker_leftovers(&config);
+    sweep_kubernetes_leftovers(&config);
 
     let feeder = tokio::spawn(feed(Arc::clone(&shared), requeue_rx));
     let rotation = tokio::spawn(crate::rotation::rotate_tokens(
@@ -471,6 +472,33 @@ pub(crate) async fn run(
     }
 }
 
+/// Deletes the pods that a killed earlier run of a kubernetes runner left (found by the
+/// runner's `manager.runner.gitlab.com/id-short` label). Runs in the background before any job
+/// of this process can have created a pod.
+fn sweep_kubernetes_leftovers(config: &ServiceConfig) {
+    for runner in config.runners.iter().filter(|r| r.executor == "kubernetes") {
+        let Some(entry) = runner.config.clone() else {
+            continue;
+        };
+        let Ok(provider) = runnel_executor_kubernetes::KubernetesProvider::from_runner(&entry)
+        else {
+            continue;
+        };
+        let short = runner.token.short();
+        tokio::spawn(async move {
+            match provider.remove_leftovers().await {
+                Ok(removed) if removed.is_empty() => {}
+                Ok(removed) => {
+                    tracing::info!(runner = %short, pods = ?removed, "deleted pods left by an earlier run")
+                }
+                Err(error) => {
+                    tracing::warn!(runner = %short, error = %crate::job::error_chain(&error), "cannot delete leftover pods")
+                }
+            }
+        });
+    }
+}
+
 /// Removes containers, networks and volumes that a crashed earlier run of a docker runner left
 /// behind (found by their labels; running jobs are spared). Runs in the background.
 fn sweep_docker_leftovers(config: &ServiceConfig) {
@@ -540,7 +568,13 @@ fn warn_about(config: &ServiceConfig) {
         if runner.token.is_empty() {
             tracing::warn!(runner = %runner.name, "runner has no token and will not be polled");
         }
-        if !runner.executor_supported() {
+        if let Some(error) = runner.executor_config_error() {
+            tracing::error!(
+                runner = %runner.name,
+                executor = %runner.executor,
+                "{error}; the runner will not request jobs"
+            );
+        } else if !runner.executor_supported() {
             tracing::warn!(
                 runner = %runner.name,
                 executor = %runner.executor,

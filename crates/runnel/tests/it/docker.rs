@@ -27,7 +27,7 @@ use crate::run::{Daemon, Setup, final_update, job};
 /// A `FROM scratch` image with the host's static busybox.
 pub(crate) const IMAGE: &str = "runnel-e2e-busybox:1";
 /// Busybox `httpd` serving `hello-from-service` on port 8080.
-const WEB: &str = "runnel-e2e-web:1";
+pub(crate) const WEB: &str = "runnel-e2e-web:1";
 /// The busybox image plus the host's glibc git (for HTTP), its libraries and the runnel
 /// binary's; the tag gets a suffix naming those libraries.
 const GIT: &str = "runnel-e2e-git:2";
@@ -56,7 +56,7 @@ fn build(tag: &str, context: &Path) {
     );
 }
 
-fn ensure_image() {
+pub(crate) fn ensure_image() {
     let _guard = BUILDS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -6,6 +6,7 @@ mod docker;
 mod exec;
 mod git_sources;
 mod job_data;
+mod kubernetes;
 mod register;
 mod run;
 mod service;
