@@ -589,7 +589,7 @@ async fn run_stage(
         last = executor
             .run(command, sink, cancel.clone())
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| error_chain(&e));
         match &last {
             Ok(exit) if exit.success() => break,
             Ok(StageExit::Cancelled | StageExit::TimedOut) => break,

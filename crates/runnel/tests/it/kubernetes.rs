@@ -22,7 +22,7 @@ async fn start(config: FakeConfig, helper: &str, extra: &str) -> (FakeKube, Daem
     let daemon = Daemon::start(Setup {
         executor: Some("kubernetes"),
         tables: format!(
-            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    namespace = \"default\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n    poll_timeout = 30\n{extra}",
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    namespace = \"default\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n{extra}",
             url = kube.url(),
             token = kube.token(),
         ),
@@ -269,6 +269,12 @@ async fn an_image_that_cannot_be_pulled_fails_with_image_pull_failure() {
     let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
     let id = daemon.fake.enqueue(
         job("no-image")
+            .failure_reasons(
+                runnel_fake_gitlab::GITLAB_FAILURE_REASONS
+                    .iter()
+                    .copied()
+                    .chain(["image_pull_failure"]),
+            )
             .extra("image", json!({"name": "runnel-e2e-no-such-image:404"}))
             .script(["echo not-reached"]),
     );
