@@ -575,7 +575,11 @@ impl KubernetesExecutor {
             format!("kill -{signal} -1 2>/dev/null; true"),
         ];
         if let Ok(process) = pods.exec(&name, command, &params).await {
-            let _ = tokio::time::timeout(Duration::from_secs(10), process.join()).await;
+            match tokio::time::timeout(Duration::from_secs(10), process.join()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, signal, "signalling the stage failed"),
+                Err(_) => tracing::debug!(signal, "signalling the stage timed out"),
+            }
         }
     }
 
@@ -632,7 +636,9 @@ impl KubernetesExecutor {
         let script = script.into_owned().into_bytes();
         let feed = async move {
             let written = stdin.write_all(&script).await;
-            let _ = stdin.shutdown().await;
+            if let Err(error) = stdin.shutdown().await {
+                tracing::debug!(%error, "cannot close the stage's stdin");
+            }
             written
         };
         let mut feed = std::pin::pin!(feed.fuse());

@@ -381,10 +381,13 @@ async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
                 }
             });
             for (_, id) in &containers {
-                let _ = shared
+                if let Err(error) = shared
                     .docker
                     .kill_container(id, None::<KillContainerOptions>)
-                    .await;
+                    .await
+                {
+                    tracing::debug!(%error, "cannot kill an evicted pod's container");
+                }
             }
             return;
         }
@@ -439,7 +442,7 @@ async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
 }
 
 async fn remove_container(shared: &Shared, id: &str) {
-    let _ = shared
+    let removed = shared
         .docker
         .remove_container(
             id,
@@ -450,13 +453,19 @@ async fn remove_container(shared: &Shared, id: &str) {
             }),
         )
         .await;
+    if let Err(error) = removed {
+        tracing::debug!(%error, container = id, "cannot remove container");
+    }
 }
 
 async fn remove_volume(shared: &Shared, name: &str) {
-    let _ = shared
+    let removed = shared
         .docker
         .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
         .await;
+    if let Err(error) = removed {
+        tracing::debug!(%error, volume = name, "cannot remove volume");
+    }
 }
 
 /// Removes the containers (reverse order: the network owner last) and volumes of a pod.

@@ -214,14 +214,14 @@ async fn pump(
             },
             message = receive.next(), if !client_gone => match message {
                 Some(Ok(Message::Binary(data))) => match data.first() {
-                    Some(0) if stdin_open => {
-                        if input.write_all(&data[1..]).await.is_err() {
-                            stdin_open = false;
-                        }
+                    Some(0) if stdin_open && input.write_all(&data[1..]).await.is_err() => {
+                        stdin_open = false;
                     }
                     Some(255) if v5 && data.get(1) == Some(&0) => {
                         stdin_open = false;
-                        let _ = input.shutdown().await;
+                        if let Err(error) = input.shutdown().await {
+                            tracing::debug!(%error, "cannot close the exec's stdin");
+                        }
                     }
                     _ => {}
                 },
@@ -246,7 +246,10 @@ async fn pump(
         .and_then(|inspect| inspect.exit_code)
         .unwrap_or(-1);
     let status = serde_json::to_vec(&exit_status(code)).unwrap_or_default();
-    let _ = send.send(frame(3, &status)).await;
-    let _ = send.send(Message::Close(None)).await;
+    if send.send(frame(3, &status)).await.is_ok()
+        && let Err(error) = send.send(Message::Close(None)).await
+    {
+        tracing::debug!(%error, "cannot close the exec WebSocket");
+    }
     Ok(())
 }

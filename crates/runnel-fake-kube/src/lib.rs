@@ -193,8 +193,10 @@ impl FakeKube {
     /// Stops serving and removes every container and volume made for pods.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "fake kube server task failed");
         }
         docker::remove_everything(&self.shared).await;
     }

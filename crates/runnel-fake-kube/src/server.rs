@@ -66,6 +66,7 @@ fn invalid(name: &str, message: &str) -> Response {
 }
 
 /// Every route needs `Authorization: Bearer <token>`.
+#[allow(clippy::result_large_err)] // a response is what the caller returns
 fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let expected = format!("Bearer {}", shared.token);
     match headers.get(axum::http::header::AUTHORIZATION) {
