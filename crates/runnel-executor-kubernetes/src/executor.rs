@@ -493,6 +493,11 @@ impl KubernetesExecutor {
         let name = pod.metadata.name.clone().unwrap_or_default();
         self.pending_log
             .push(format!("Using Kubernetes namespace: {}", self.namespace));
+        if ctx.debug_services {
+            self.pending_log.push(
+                "WARNING: CI_DEBUG_SERVICES is not supported by Runnel's kubernetes executor yet: service output is not streamed into this log".to_owned(),
+            );
+        }
         let pods = self.pods()?;
         // Recorded before the call: a pod created by a request whose answer is lost is still
         // deleted at cleanup.

@@ -302,6 +302,12 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
                     .to_owned(),
             ));
         }
+        if !spec.pull_policy.is_empty() {
+            return Err(KubernetesError::Unsupported(
+                "`image:pull_policy` is not supported by Runnel's kubernetes executor yet (set `pull_policy` in [runners.kubernetes])"
+                    .to_owned(),
+            ));
+        }
     }
     let pull_policy = options.pull_policy()?.map(str::to_owned);
     let security = options.privileged.then(|| SecurityContext {
@@ -345,6 +351,12 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let mut containers = vec![build, helper];
     let mut host_aliases = Vec::new();
     for (index, service) in job.services.iter().enumerate() {
+        if !service.pull_policy.is_empty() {
+            return Err(KubernetesError::Unsupported(
+                "`services:pull_policy` is not supported by Runnel's kubernetes executor yet (set `pull_policy` in [runners.kubernetes])"
+                    .to_owned(),
+            ));
+        }
         if !service.kubernetes_user.is_empty() {
             return Err(KubernetesError::Unsupported(
                 "`services:kubernetes:user` is not supported by Runnel's kubernetes executor yet"
@@ -570,6 +582,22 @@ mod tests {
         assert_eq!(go_duration(5400), "1h30m0s");
         assert_eq!(go_duration(90), "1m30s");
         assert_eq!(go_duration(5), "5s");
+    }
+
+    #[test]
+    fn job_pull_policies_are_refused_rather_than_ignored() {
+        let options = options("");
+        let mut job = job();
+        job.services[0].pull_policy = vec!["always".to_owned()];
+        let error = build_pod(&inputs(&options, &job)).unwrap_err();
+        assert!(
+            error.to_string().contains("services:pull_policy"),
+            "{error}"
+        );
+        assert_eq!(
+            error.failure_reason(),
+            runnel_types::FailureReason::RunnerConfigurationError
+        );
     }
 
     #[test]
