@@ -158,7 +158,7 @@ async fn a_service_container_is_reached_by_its_alias() {
 }
 
 #[tokio::test]
-async fn the_helper_clones_and_uploads_artifacts_in_the_pod() {
+async fn the_helper_clones_caches_and_uploads_artifacts_in_the_pod() {
     let helper = ensure_git_helper().await;
     // The fake coordinator listens on loopback: the pods share the host's network to reach it.
     let (kube, daemon) = start(
@@ -183,9 +183,11 @@ async fn the_helper_clones_and_uploads_artifacts_in_the_pod() {
             .variable("GIT_LFS_SKIP_SMUDGE", "1")
             .script([
                 "cat README.md",
-                "mkdir -p out",
+                "mkdir -p out vendor",
                 "echo built > out/result.txt",
+                "echo dependency > vendor/lib.txt",
             ])
+            .extra("cache", crate::job_data::cache_entry("deps", "push", &[]))
             .extra(
                 "artifacts",
                 json!([{
@@ -206,6 +208,10 @@ async fn the_helper_clones_and_uploads_artifacts_in_the_pod() {
     assert!(
         trace.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"),
         "{trace}"
+    );
+    assert!(
+        trace.contains("Created cache"),
+        "the helper archived the cache: {trace}"
     );
     assert!(!trace.contains(view.token.expose()), "the job token leaked");
     assert_eq!(view.artifacts.len(), 1, "{:?}", view.artifacts);
