@@ -439,6 +439,7 @@ pub(crate) async fn run(
         "Runnel started; polling GitLab for jobs"
     );
     sweep_docker_leftovers(&shared, &config);
+    sweep_kubernetes_leftovers(&config);
 
     // Jobs a crashed predecessor was running, and final states not delivered yet.
     let stop_redelivery = CancellationToken::new();
@@ -538,6 +539,33 @@ pub(crate) async fn run(
             },
             () = timeout => return Err(ServiceError::ShutdownTimeout(shutdown_timeout)),
         }
+    }
+}
+
+/// Deletes the pods that a killed earlier run of a kubernetes runner left (found by the
+/// runner's `manager.runner.gitlab.com/id-short` label). Runs in the background before any job
+/// of this process can have created a pod.
+fn sweep_kubernetes_leftovers(config: &ServiceConfig) {
+    for runner in config.runners.iter().filter(|r| r.executor == "kubernetes") {
+        let Some(entry) = runner.config.clone() else {
+            continue;
+        };
+        let Ok(provider) = runnel_executor_kubernetes::KubernetesProvider::from_runner(&entry)
+        else {
+            continue;
+        };
+        let short = runner.token.short();
+        tokio::spawn(async move {
+            match provider.remove_leftovers().await {
+                Ok(removed) if removed.is_empty() => {}
+                Ok(removed) => {
+                    tracing::info!(runner = %short, pods = ?removed, "deleted pods left by an earlier run")
+                }
+                Err(error) => {
+                    tracing::warn!(runner = %short, error = %crate::job::error_chain(&error), "cannot delete leftover pods")
+                }
+            }
+        });
     }
 }
 
@@ -661,7 +689,13 @@ fn warn_about(config: &ServiceConfig) {
         if runner.token.is_empty() {
             tracing::warn!(runner = %runner.name, "runner has no token and will not be polled");
         }
-        if !runner.executor_supported() {
+        if let Some(error) = runner.executor_config_error() {
+            tracing::error!(
+                runner = %runner.name,
+                executor = %runner.executor,
+                "{error}; the runner will not request jobs"
+            );
+        } else if !runner.executor_supported() {
             tracing::warn!(
                 runner = %runner.name,
                 executor = %runner.executor,

@@ -91,6 +91,11 @@ pub(crate) fn runner_info(runner: &RunnerSpec) -> RunnerInfo {
             shared: true,
             ..Features::default()
         },
+        "kubernetes" => Features {
+            // No session server, hence no service proxy.
+            proxy: false,
+            ..Features::kubernetes_executor()
+        },
         _ => Features::default(),
     };
     let mut features = Features::network_client() | Features::shell() | executor;
@@ -1058,6 +1063,15 @@ pub(crate) fn provider_for(
             Ok(Arc::new(provider))
         }
         "docker" => Ok(docker()?),
+        "kubernetes" => {
+            let config = runner.config.as_ref().ok_or_else(|| {
+                "the kubernetes executor needs a [runners.kubernetes] section in config.toml"
+                    .to_owned()
+            })?;
+            let provider = runnel_executor_kubernetes::KubernetesProvider::from_runner(config)
+                .map_err(|error| error_chain(&error))?;
+            Ok(Arc::new(provider))
+        }
         other => Err(format!(
             "the {other:?} executor is not supported by this build of Runnel"
         )),
@@ -1070,6 +1084,7 @@ fn executor_kind(runner: &RunnerSpec) -> ExecutorKind {
         "docker" => ExecutorKind::Docker,
         "custom" => ExecutorKind::Custom,
         "ssh" => ExecutorKind::Ssh,
+        "kubernetes" => ExecutorKind::Kubernetes,
         _ => ExecutorKind::Shell,
     }
 }
@@ -1122,8 +1137,12 @@ fn absolute(dir: Option<&Path>, default: &str) -> String {
 
 fn plan_options(context: &JobContext) -> PlanOptions {
     let runner = &context.runner;
-    // Docker paths are inside the containers; shell paths are on this host.
-    let (dirs, runner_command) = if executor_kind(runner) == ExecutorKind::Docker {
+    // Docker and Kubernetes paths are inside the containers; shell paths are on this host.
+    let in_containers = matches!(
+        executor_kind(runner),
+        ExecutorKind::Docker | ExecutorKind::Kubernetes
+    );
+    let (dirs, runner_command) = if in_containers {
         let inside = |dir: Option<&Path>, default: &str| {
             dir.map_or_else(|| default.to_owned(), |d| d.display().to_string())
         };
@@ -1132,7 +1151,11 @@ fn plan_options(context: &JobContext) -> PlanOptions {
                 inside(runner.builds_dir.as_deref(), "/builds"),
                 inside(runner.cache_dir.as_deref(), "/cache"),
             ),
-            runnel_executor_docker::HELPER_RUNNER_COMMAND.to_owned(),
+            if executor_kind(runner) == ExecutorKind::Kubernetes {
+                runnel_executor_kubernetes::HELPER_RUNNER_COMMAND.to_owned()
+            } else {
+                runnel_executor_docker::HELPER_RUNNER_COMMAND.to_owned()
+            },
         )
     } else {
         (

@@ -104,6 +104,20 @@ impl RunnerSpec {
         self.executor_supported() && self.unsupported_shell().is_none()
     }
 
+    /// Why the executor's own section cannot be used (checked at start, so that a key Runnel
+    /// does not implement stops the runner instead of being ignored).
+    pub(crate) fn executor_config_error(&self) -> Option<String> {
+        match self.executor.as_str() {
+            "kubernetes" => {
+                let config = self.config.as_ref()?;
+                runnel_executor_kubernetes::KubernetesProvider::from_runner(config)
+                    .err()
+                    .map(|error| error.to_string())
+            }
+            _ => None,
+        }
+    }
+
     /// Executors this build can run jobs with.
     pub(crate) fn executor_supported(&self) -> bool {
         match self.executor.as_str() {
@@ -111,6 +125,10 @@ impl RunnerSpec {
             "docker" => self.config.as_ref().is_some_and(|c| c.docker.is_some()),
             // Without their section, each job fails with a configuration error, as officially.
             "custom" | "ssh" => self.config.is_some(),
+            "kubernetes" => {
+                self.config.as_ref().is_some_and(|c| c.kubernetes.is_some())
+                    && self.executor_config_error().is_none()
+            }
             _ => false,
         }
     }

@@ -28,7 +28,7 @@ use crate::run::{Daemon, Setup, final_update, job};
 /// A `FROM scratch` image with the host's static busybox.
 pub(crate) const IMAGE: &str = "runnel-e2e-busybox:1";
 /// Busybox `httpd` serving `hello-from-service` on port 8080.
-const WEB: &str = "runnel-e2e-web:1";
+pub(crate) const WEB: &str = "runnel-e2e-web:1";
 /// The busybox image plus the host's glibc git (for HTTP), its libraries and the runnel
 /// binary's; the tag gets a suffix naming those libraries.
 const GIT: &str = "runnel-e2e-git:2";

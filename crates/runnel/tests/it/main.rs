@@ -11,6 +11,7 @@ mod git_sources;
 mod job_data;
 mod journal;
 mod private_ca;
+mod kubernetes;
 mod register;
 mod run;
 mod service;

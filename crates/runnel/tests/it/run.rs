@@ -143,6 +143,28 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Waits until the daemon's log contains `needle`; returns the log.
+    pub(crate) async fn wait_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the daemon never logged {needle:?}; log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the daemon gracefully and waits for it to exit.
+    pub(crate) async fn stop(&mut self) {
+        self.signal(Signal::SIGQUIT);
+        self.wait_exit().await;
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("runnel.log")).unwrap_or_default()
     }

@@ -1,0 +1,879 @@
+//! [`KubernetesProvider`] per `[[runners]]` entry, [`KubernetesExecutor`] per job.
+//!
+//! `prepare` connects (the `host` keys, else `KUBECONFIG`/`~/.kube/config`, else the in-cluster
+//! service account), creates the job's pod and polls it every `poll_interval` until all its
+//! containers run, for at most `poll_timeout`; a container that cannot pull its image or
+//! start fails the job at once with what Kubernetes said. `run` executes each stage in the
+//! helper (predefined stages) or build container over the exec WebSocket: the command reads a
+//! counted script from stdin and hands it to the shell, so the script (and the job's variables
+//! it exports) never appears in an argument or in the pod spec. While a stage runs the pod is
+//! checked every `poll_interval`, so an eviction or an OOM kill ends the stage with the reason.
+//! Cancellation and timeouts send `SIGTERM`, then `SIGKILL`, to the container's processes.
+//! `cleanup` deletes the pod, always.
+//!
+//! Not done yet (refused at start or job start, never ignored): attach mode (the official
+//! default; Runnel runs stages by exec, the official alternative), the configuration keys not
+//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container, `image:entrypoint`,
+//! `*:kubernetes:user`, secrets for job registry credentials.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
+use kube::Client;
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
+use runnel_config::RunnerConfig;
+use runnel_executor::{
+    BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream,
+    PrepareContext, Provider, Shell, StageCommand, StageExit, StageKind,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::KubernetesError;
+use crate::options::KubernetesOptions;
+use crate::pod::{BUILD_CONTAINER, HELPER_CONTAINER, MANAGER_ID_LABEL, PodInputs};
+
+/// What the Kubernetes executor is and reports.
+pub const KUBERNETES_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
+    name: "kubernetes",
+    features: ExecutorFeatures {
+        variables: true,
+        image: true,
+        services: true,
+        shared: false,
+        session: false,
+        terminal: false,
+        proxy: false,
+        service_variables: true,
+        service_multiple_aliases: true,
+        image_executor_opts: false,
+        service_executor_opts: false,
+        native_steps_integration: false,
+    },
+    default_shell: Shell::Bash,
+    default_builds_dir: "/builds",
+    default_cache_dir: "/cache",
+    shared_builds_dir: false,
+};
+
+/// The helper image used when `helper_image` is not set (build it with
+/// `runnel docker build-helper-image` and make it pullable by the cluster).
+pub const DEFAULT_HELPER_IMAGE: &str = "runnel-helper:latest";
+
+/// Pods of jobs this process runs (created or being created), which leftover removal spares.
+static ACTIVE_PODS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// How long stopped processes get between `SIGTERM` and `SIGKILL`.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the pod deletion may take at cleanup.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The runner-level settings the executor needs besides `[runners.kubernetes]`.
+#[derive(Clone, Debug)]
+pub struct KubernetesSettings {
+    /// The runner's `name`.
+    pub runner_name: String,
+    /// The short runner token.
+    pub short_token: String,
+    /// The shell scripts are written for.
+    pub shell: Shell,
+}
+
+#[derive(Debug)]
+struct Shared {
+    options: KubernetesOptions,
+    settings: KubernetesSettings,
+    slots: Mutex<BTreeSet<u32>>,
+}
+
+/// Creates Kubernetes executors for one `[[runners]]` entry.
+#[derive(Debug)]
+pub struct KubernetesProvider {
+    shared: Arc<Shared>,
+}
+
+impl KubernetesProvider {
+    /// A provider for `settings` and `[runners.kubernetes]` `options`.
+    pub fn new(settings: KubernetesSettings, options: KubernetesOptions) -> Self {
+        KubernetesProvider {
+            shared: Arc::new(Shared {
+                options,
+                settings,
+                slots: Mutex::new(BTreeSet::new()),
+            }),
+        }
+    }
+
+    /// A provider for a `[[runners]]` entry; its `[runners.kubernetes]` section is checked now
+    /// (unsupported keys are refused). The cluster is contacted by each job.
+    pub fn from_runner(runner: &RunnerConfig) -> Result<Self, KubernetesError> {
+        let raw = runner
+            .kubernetes
+            .as_ref()
+            .ok_or(KubernetesError::MissingSection)?;
+        let options = KubernetesOptions::from_raw(raw)?;
+        let shell = match runner.shell.map(|shell| shell.as_str()) {
+            Some("sh") => Shell::Sh,
+            _ => Shell::Bash,
+        };
+        Ok(Self::new(
+            KubernetesSettings {
+                runner_name: runner.name.clone(),
+                short_token: runner.token.short(),
+                shell,
+            },
+            options,
+        ))
+    }
+
+    /// Deletes the pods of this runner (by the `manager.runner.gitlab.com/id-short` label) that
+    /// an earlier, killed run left; call it before any job of this provider starts. Returns
+    /// the names of the pods deleted.
+    pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
+        let (client, namespace) = connect(&self.shared.options).await?;
+        let pods: Api<Pod> = Api::namespaced(client, &namespace);
+        let selector = format!(
+            "{MANAGER_ID_LABEL}={}",
+            crate::pod::sanitize_label(&self.shared.settings.short_token)
+        );
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| KubernetesError::api("list pods in", &namespace, source))?;
+        let mut removed = Vec::new();
+        for pod in list.items {
+            let Some(name) = pod.metadata.name else {
+                continue;
+            };
+            if lock(&ACTIVE_PODS).contains(&name) {
+                continue;
+            }
+            match pods.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => removed.push(name),
+                Err(error) if not_found(&error) => removed.push(name),
+                Err(source) => {
+                    return Err(KubernetesError::api("delete leftover pod", name, source));
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl Provider for KubernetesProvider {
+    fn info(&self) -> &ExecutorInfo {
+        &KUBERNETES_EXECUTOR_INFO
+    }
+
+    fn create(&self) -> Result<Box<dyn Executor>, ExecutorError> {
+        let slot = {
+            let mut slots = lock(&self.shared.slots);
+            let number = (0..).find(|n| !slots.contains(n)).unwrap_or(0);
+            slots.insert(number);
+            number
+        };
+        Ok(Box::new(KubernetesExecutor {
+            shared: Arc::clone(&self.shared),
+            slot,
+            client: None,
+            namespace: String::new(),
+            pod: None,
+            image: String::new(),
+            pending_log: Vec::new(),
+        }))
+    }
+}
+
+/// Whether the API server answered 404.
+fn not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// PEM certificates → DER.
+fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut certificates = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN CERTIFICATE-----") {
+            current = Some(String::new());
+        } else if line.starts_with("-----END CERTIFICATE-----") {
+            if let Some(body) = current.take()
+                && let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body)
+            {
+                certificates.push(der);
+            }
+        } else if let Some(body) = current.as_mut() {
+            body.push_str(line);
+        }
+    }
+    certificates
+}
+
+/// A client and the default namespace: the `host` keys, else kubeconfig or in-cluster.
+async fn connect(options: &KubernetesOptions) -> Result<(Client, String), KubernetesError> {
+    let (config, what) = match &options.host {
+        Some(host) if !host.is_empty() => {
+            let url = host
+                .parse::<http::Uri>()
+                .map_err(|source| KubernetesError::Config {
+                    what: format!("host `{host}`"),
+                    source: Box::new(source),
+                })?;
+            let mut config = kube::Config::new(url);
+            if let Some(token) = options.bearer_token.as_ref().filter(|t| !t.is_empty()) {
+                config.auth_info.token = Some(token.clone().into());
+            }
+            if let Some(ca_file) = &options.ca_file {
+                let text =
+                    std::fs::read_to_string(ca_file).map_err(|source| KubernetesError::Config {
+                        what: format!("ca_file {ca_file}"),
+                        source: Box::new(source),
+                    })?;
+                let certificates = pem_certificates(&text);
+                if certificates.is_empty() {
+                    return Err(KubernetesError::InvalidOption {
+                        key: "ca_file",
+                        reason: format!("{ca_file} holds no PEM certificate"),
+                    });
+                }
+                config.root_cert = Some(certificates);
+            }
+            config.auth_info.client_certificate = options.cert_file.clone();
+            config.auth_info.client_key = options.key_file.clone();
+            (config, format!("host {host}"))
+        }
+        _ => {
+            let config = kube::Config::infer()
+                .await
+                .map_err(|source| KubernetesError::Config {
+                    what: "KUBECONFIG, ~/.kube/config or the in-cluster service account".to_owned(),
+                    source: Box::new(source),
+                })?;
+            (config, "kubeconfig".to_owned())
+        }
+    };
+    let namespace = options
+        .namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|source| KubernetesError::Config {
+        what,
+        source: Box::new(source),
+    })?;
+    Ok((client, namespace))
+}
+
+/// Runs one job in one pod.
+pub struct KubernetesExecutor {
+    shared: Arc<Shared>,
+    slot: u32,
+    client: Option<Client>,
+    namespace: String,
+    /// The pod's name, once created.
+    pod: Option<String>,
+    image: String,
+    /// Lines `prepare` would print, written before the first stage's output.
+    pending_log: Vec<String>,
+}
+
+impl std::fmt::Debug for KubernetesExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesExecutor")
+            .field("slot", &self.slot)
+            .field("namespace", &self.namespace)
+            .field("pod", &self.pod)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KubernetesExecutor {
+    fn drop(&mut self) {
+        lock(&self.shared.slots).remove(&self.slot);
+    }
+}
+
+/// What a pod status says about the job.
+enum PodState {
+    Ready,
+    Waiting(String),
+}
+
+/// The error a pod in this state is in, if it is one the job cannot recover from.
+fn terminal_error(pod: &Pod, full_name: &str) -> Option<KubernetesError> {
+    let status = pod.status.as_ref()?;
+    if let Some(condition) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    {
+        return Some(KubernetesError::PodFailed {
+            pod: full_name.to_owned(),
+            message: format!(
+                "pod is disrupted: reason {:?}, message {:?}",
+                condition.reason.clone().unwrap_or_default(),
+                condition.message.clone().unwrap_or_default()
+            ),
+        });
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some(KubernetesError::PodFailed {
+            pod: full_name.to_owned(),
+            message: "the pod is being deleted".to_owned(),
+        });
+    }
+    for container in status.container_statuses.iter().flatten() {
+        let state = container.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref())
+            && !container.ready
+        {
+            let reason = waiting.reason.clone().unwrap_or_default();
+            let message = waiting.message.clone().unwrap_or_default();
+            match reason.as_str() {
+                "ErrImagePull" | "ImagePullBackOff" => {
+                    return Some(KubernetesError::ImagePull {
+                        container: container.name.clone(),
+                        image: container.image.clone(),
+                        message,
+                    });
+                }
+                "InvalidImageName" | "CrashLoopBackOff" | "CreateContainerConfigError" => {
+                    return Some(KubernetesError::PodConfiguration {
+                        pod: full_name.to_owned(),
+                        message: format!("container {}: {reason}: {message}", container.name),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if let Some(terminated) = state.and_then(|s| s.terminated.as_ref())
+            && [BUILD_CONTAINER, HELPER_CONTAINER].contains(&container.name.as_str())
+        {
+            return Some(KubernetesError::PodFailed {
+                pod: full_name.to_owned(),
+                message: format!(
+                    "container {} terminated: reason {}, exit code {}",
+                    container.name,
+                    terminated.reason.clone().unwrap_or_default(),
+                    terminated.exit_code
+                ),
+            });
+        }
+    }
+    match status.phase.as_deref() {
+        Some("Failed") | Some("Succeeded") => Some(KubernetesError::PodFailed {
+            pod: full_name.to_owned(),
+            message: format!(
+                "phase {}: reason {:?}, message {:?}",
+                status.phase.clone().unwrap_or_default(),
+                status.reason.clone().unwrap_or_default(),
+                status.message.clone().unwrap_or_default()
+            ),
+        }),
+        _ => None,
+    }
+}
+
+fn classify(pod: &Pod, full_name: &str) -> Result<PodState, KubernetesError> {
+    if let Some(error) = terminal_error(pod, full_name) {
+        return Err(error);
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = status.phase.clone().unwrap_or_else(|| "Unknown".to_owned());
+    let all_ready = status
+        .container_statuses
+        .as_ref()
+        .is_some_and(|list| !list.is_empty() && list.iter().all(|c| c.ready));
+    if phase == "Running" && all_ready {
+        return Ok(PodState::Ready);
+    }
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.node_name.clone())
+        .unwrap_or_else(|| "<unknown>".to_owned());
+    let mut text =
+        format!("Waiting for pod {full_name} to be running on the node {node}, status is {phase}");
+    for condition in status.conditions.iter().flatten() {
+        if let Some(reason) = condition.reason.as_ref().filter(|r| !r.is_empty()) {
+            text.push_str(&format!(
+                "\n\t{reason}: {:?}",
+                condition.message.clone().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(PodState::Waiting(text))
+}
+
+/// The exit of an exec session from its error-channel `Status`.
+fn stage_exit(status: &ExecStatus) -> Result<StageExit, String> {
+    if status.status.as_deref() == Some("Success") {
+        return Ok(StageExit::Exited(0));
+    }
+    let reason = status.reason.clone().unwrap_or_default();
+    if reason == "NonZeroExitCode" {
+        let code = status
+            .details
+            .as_ref()
+            .and_then(|details| details.causes.as_ref())
+            .and_then(|causes| {
+                causes
+                    .iter()
+                    .find(|cause| cause.reason.as_deref() == Some("ExitCode"))
+            })
+            .and_then(|cause| cause.message.as_deref()?.parse::<i32>().ok());
+        if let Some(code) = code {
+            return Ok(StageExit::Exited(code));
+        }
+    }
+    Err(format!(
+        "{} ({reason})",
+        status.message.clone().unwrap_or_default()
+    ))
+}
+
+impl KubernetesExecutor {
+    fn pods(&self) -> Result<Api<Pod>, KubernetesError> {
+        let client = self.client.clone().ok_or_else(|| {
+            KubernetesError::Unsupported("the executor was not prepared".to_owned())
+        })?;
+        Ok(Api::namespaced(client, &self.namespace))
+    }
+
+    fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod.as_deref().unwrap_or(""))
+    }
+
+    async fn prepare_pod(&mut self, ctx: &PrepareContext<'_>) -> Result<(), KubernetesError> {
+        let options = &self.shared.options;
+        let (client, namespace) = connect(options).await?;
+        self.client = Some(client);
+        self.namespace = namespace;
+        let suffix = crate::pod::random_suffix();
+        let builds_dir = ctx.builds_dir.display().to_string();
+        let helper_image = options
+            .helper_image
+            .clone()
+            .filter(|image| !image.is_empty())
+            .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_owned());
+        let pod = crate::pod::build_pod(&PodInputs {
+            options,
+            job: ctx.job,
+            runner_name: &self.shared.settings.runner_name,
+            short_token: &self.shared.settings.short_token,
+            slot: self.slot,
+            suffix: &suffix,
+            builds_dir: &builds_dir,
+            namespace: &self.namespace,
+            shell: self.shared.settings.shell,
+            helper_image: &helper_image,
+        })?;
+        self.image = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.pending_log
+            .push(format!("Using Kubernetes namespace: {}", self.namespace));
+        if ctx.debug_services {
+            self.pending_log.push(
+                "WARNING: CI_DEBUG_SERVICES is not supported by Runnel's kubernetes executor yet: service output is not streamed into this log".to_owned(),
+            );
+        }
+        let pods = self.pods()?;
+        // Recorded before the call: a pod created by a request whose answer is lost is still
+        // deleted at cleanup.
+        self.pod = Some(name.clone());
+        lock(&ACTIVE_PODS).insert(name.clone());
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|source| KubernetesError::api("create pod", self.full_name(), source))?;
+        self.wait_until_running(&pods, &name).await
+    }
+
+    async fn wait_until_running(
+        &mut self,
+        pods: &Api<Pod>,
+        name: &str,
+    ) -> Result<(), KubernetesError> {
+        let interval = self.shared.options.poll_interval();
+        let deadline = Instant::now() + self.shared.options.poll_timeout();
+        let full_name = self.full_name();
+        loop {
+            let pod = pods
+                .get(name)
+                .await
+                .map_err(|source| KubernetesError::api("get pod", &full_name, source))?;
+            match classify(&pod, &full_name)? {
+                PodState::Ready => return Ok(()),
+                PodState::Waiting(text) => {
+                    let last = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_else(|| "Unknown".to_owned());
+                    let detail = text
+                        .split_once('\n')
+                        .map(|(_, conditions)| format!(":\n{conditions}"))
+                        .unwrap_or_default();
+                    self.pending_log.push(text);
+                    if Instant::now() + interval > deadline {
+                        return Err(KubernetesError::PodStartTimeout {
+                            pod: full_name,
+                            phase: last,
+                            detail,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// The pod's state as an error, if it is failing.
+    async fn check_pod(&self) -> Result<(), KubernetesError> {
+        let pods = self.pods()?;
+        let name = self.pod.clone().unwrap_or_default();
+        match pods.get(&name).await {
+            Ok(pod) => match terminal_error(&pod, &self.full_name()) {
+                Some(error) => Err(error),
+                None => Ok(()),
+            },
+            Err(error) if not_found(&error) => Err(KubernetesError::PodFailed {
+                pod: self.full_name(),
+                message: "the pod no longer exists (deleted by someone else?)".to_owned(),
+            }),
+            Err(source) => Err(KubernetesError::api("get pod", self.full_name(), source)),
+        }
+    }
+
+    /// Sends `signal` to every process of `container` but its init.
+    async fn signal_all(&self, container: &str, signal: &str) {
+        let Ok(pods) = self.pods() else { return };
+        let name = self.pod.clone().unwrap_or_default();
+        let params = AttachParams::default()
+            .container(container)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let command = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("kill -{signal} -1 2>/dev/null; true"),
+        ];
+        if let Ok(process) = pods.exec(&name, command, &params).await {
+            match tokio::time::timeout(Duration::from_secs(10), process.join()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, signal, "signalling the stage failed"),
+                Err(_) => tracing::debug!(signal, "signalling the stage timed out"),
+            }
+        }
+    }
+
+    async fn run_stage(
+        &mut self,
+        cmd: StageCommand<'_>,
+        sink: &dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> Result<StageExit, KubernetesError> {
+        for line in self.pending_log.drain(..) {
+            sink.write(OutputStream::Stdout, format!("{line}\n").as_bytes());
+        }
+        let (container, umask) = match cmd.kind {
+            StageKind::Predefined => (HELPER_CONTAINER, true),
+            StageKind::Build => (BUILD_CONTAINER, false),
+        };
+        let script = with_env(cmd.env, cmd.script);
+        let pods = self.pods()?;
+        let name = self.pod.clone().unwrap_or_default();
+        let params = AttachParams::default()
+            .container(container)
+            .stdin(true)
+            .stdout(true)
+            .stderr(true);
+        let command = crate::pod::stage_command(self.shared.settings.shell, umask, script.len());
+        let mut process = match pods.exec(&name, command, &params).await {
+            Ok(process) => process,
+            Err(source) => {
+                self.check_pod().await?;
+                return Err(KubernetesError::api(
+                    "exec in pod",
+                    self.full_name(),
+                    source,
+                ));
+            }
+        };
+        let exec_error = |message: String| KubernetesError::Exec {
+            stage: cmd.stage.to_owned(),
+            container,
+            message,
+        };
+        let mut stdin = process
+            .stdin()
+            .ok_or_else(|| exec_error("no stdin".to_owned()))?;
+        let mut stdout = process
+            .stdout()
+            .ok_or_else(|| exec_error("no stdout".to_owned()))?;
+        let mut stderr = process
+            .stderr()
+            .ok_or_else(|| exec_error("no stderr".to_owned()))?;
+        let status = process
+            .take_status()
+            .ok_or_else(|| exec_error("no status channel".to_owned()))?;
+        let script = script.into_owned().into_bytes();
+        let feed = async move {
+            let written = stdin.write_all(&script).await;
+            if let Err(error) = stdin.shutdown().await {
+                tracing::debug!(%error, "cannot close the stage's stdin");
+            }
+            written
+        };
+        let mut feed = std::pin::pin!(feed.fuse());
+        let mut status = std::pin::pin!(status.fuse());
+        let mut out_buf = vec![0u8; 16 * 1024];
+        let mut err_buf = vec![0u8; 16 * 1024];
+        let (mut out_open, mut err_open) = (true, true);
+        let mut exit: Option<Option<ExecStatus>> = None;
+        let interval = self.shared.options.poll_interval();
+        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        let deadline = async {
+            match cmd.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut deadline = std::pin::pin!(deadline);
+        let stopped = loop {
+            if exit.is_some() && !out_open && !err_open {
+                break None;
+            }
+            tokio::select! {
+                written = &mut feed => {
+                    if let Err(error) = written {
+                        tracing::debug!(%error, "stage stdin closed early");
+                    }
+                }
+                read = stdout.read(&mut out_buf), if out_open => match read {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) => sink.write(OutputStream::Stdout, &out_buf[..n]),
+                },
+                read = stderr.read(&mut err_buf), if err_open => match read {
+                    Ok(0) | Err(_) => err_open = false,
+                    Ok(n) => sink.write(OutputStream::Stderr, &err_buf[..n]),
+                },
+                received = &mut status, if exit.is_none() => exit = Some(received),
+                () = cancel.cancelled() => break Some(StageExit::Cancelled),
+                () = &mut deadline => break Some(StageExit::TimedOut),
+                _ = tick.tick() => self.check_pod().await?,
+            }
+        };
+        if let Some(stopped) = stopped {
+            self.signal_all(container, "TERM").await;
+            let drained = tokio::time::timeout(STOP_GRACE, async {
+                while out_open || err_open {
+                    tokio::select! {
+                        read = stdout.read(&mut out_buf), if out_open => match read {
+                            Ok(0) | Err(_) => out_open = false,
+                            Ok(n) => sink.write(OutputStream::Stdout, &out_buf[..n]),
+                        },
+                        read = stderr.read(&mut err_buf), if err_open => match read {
+                            Ok(0) | Err(_) => err_open = false,
+                            Ok(n) => sink.write(OutputStream::Stderr, &err_buf[..n]),
+                        },
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                self.signal_all(container, "KILL").await;
+            }
+            process.abort();
+            return Ok(stopped);
+        }
+        match exit.flatten() {
+            Some(status) => {
+                let exit = stage_exit(&status).map_err(exec_error)?;
+                if !exit.success() {
+                    // A container killed under the stage (eviction, OOM) ends it with a
+                    // non-zero code too: the pod says whether that is the reason.
+                    self.check_pod().await?;
+                }
+                Ok(exit)
+            }
+            None => {
+                self.check_pod().await?;
+                Err(exec_error(
+                    "the connection ended without an exit status".to_owned(),
+                ))
+            }
+        }
+    }
+
+    async fn delete_pod(&mut self) {
+        let Some(name) = self.pod.take() else { return };
+        let Ok(pods) = self.pods() else {
+            lock(&ACTIVE_PODS).remove(&name);
+            return;
+        };
+        let params = DeleteParams {
+            grace_period_seconds: self
+                .shared
+                .options
+                .cleanup_grace_period_seconds
+                .and_then(|s| u32::try_from(s).ok()),
+            propagation_policy: Some(kube::api::PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match tokio::time::timeout(CLEANUP_TIMEOUT, pods.delete(&name, &params)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(pod = %name, namespace = %self.namespace, %error, "cannot delete the job's pod");
+            }
+            Err(_) => {
+                tracing::warn!(pod = %name, namespace = %self.namespace, "deleting the job's pod timed out");
+            }
+        }
+        lock(&ACTIVE_PODS).remove(&name);
+    }
+}
+
+/// The script with `export` lines for the stage's extra environment in front.
+fn with_env<'a>(env: &[(String, String)], script: &'a str) -> std::borrow::Cow<'a, str> {
+    if env.is_empty() {
+        return std::borrow::Cow::Borrowed(script);
+    }
+    let mut text = String::new();
+    for (key, value) in env {
+        text.push_str(&format!(
+            "export {key}='{}'\n",
+            value.replace('\'', "'\\''")
+        ));
+    }
+    text.push_str(script);
+    std::borrow::Cow::Owned(text)
+}
+
+impl Executor for KubernetesExecutor {
+    fn name(&self) -> &str {
+        "kubernetes"
+    }
+
+    fn banner(&self) -> String {
+        if self.image.is_empty() {
+            "Using Kubernetes executor...".to_owned()
+        } else {
+            format!("Using Kubernetes executor with image {} ...", self.image)
+        }
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        ctx: &'a PrepareContext<'a>,
+    ) -> BoxFuture<'a, Result<(), ExecutorError>> {
+        Box::pin(async move { self.prepare_pod(ctx).await.map_err(ExecutorError::from) })
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        cmd: StageCommand<'a>,
+        sink: &'a dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<StageExit, ExecutorError>> {
+        Box::pin(async move {
+            self.run_stage(cmd, sink, cancel)
+                .await
+                .map_err(ExecutorError::from)
+        })
+    }
+
+    fn cleanup(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.delete_pod())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_come_from_the_status_causes() {
+        let status: ExecStatus = serde_json::from_value(serde_json::json!({
+            "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": "command terminated with non-zero exit code: exit status 3",
+            "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}
+        }))
+        .unwrap();
+        assert_eq!(stage_exit(&status), Ok(StageExit::Exited(3)));
+        let success: ExecStatus =
+            serde_json::from_value(serde_json::json!({"metadata": {}, "status": "Success"}))
+                .unwrap();
+        assert_eq!(stage_exit(&success), Ok(StageExit::Exited(0)));
+        let other: ExecStatus = serde_json::from_value(serde_json::json!({
+            "metadata": {}, "status": "Failure", "reason": "InternalError", "message": "boom"
+        }))
+        .unwrap();
+        assert_eq!(stage_exit(&other), Err("boom (InternalError)".to_owned()));
+    }
+
+    #[test]
+    fn image_pull_errors_are_terminal_with_their_reason() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "build", "image": "nope:1", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}
+            }]}
+        }))
+        .unwrap();
+        let error = terminal_error(&pod, "ns/p").unwrap();
+        assert_eq!(
+            error.failure_reason(),
+            runnel_types::FailureReason::ImagePullFailure
+        );
+        insta::assert_snapshot!(error.to_string(), @"image pull failed for container build (nope:1): not found");
+    }
+
+    #[test]
+    fn unschedulable_pods_wait_with_the_scheduler_message() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available"
+            }]}
+        }))
+        .unwrap();
+        let Ok(PodState::Waiting(text)) = classify(&pod, "ns/p") else {
+            panic!("a pending pod is waited for");
+        };
+        insta::assert_snapshot!(text, @r#"
+        Waiting for pod ns/p to be running on the node <unknown>, status is Pending
+        	Unschedulable: "0/1 nodes are available"
+        "#);
+    }
+
+    #[test]
+    fn pem_bundles_are_decoded() {
+        let pem = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_certificates(pem), vec![vec![0, 1, 2, 3]]);
+    }
+}

@@ -1,0 +1,36 @@
+//! The Kubernetes executor: every job runs in one pod on a cluster, the official runner's way.
+//!
+//! ```text
+//! KubernetesProvider::from_runner(&runner)   once per [[runners]] entry: [runners.kubernetes]
+//!                                            checked, unsupported keys refused by name
+//!   create()        one KubernetesExecutor per job, in a concurrency slot
+//!   prepare(ctx)    client (host keys / KUBECONFIG / in-cluster), pod created (build, helper,
+//!                   svc-N containers, repo emptyDir, official labels and annotations), polled
+//!                   until running (poll_interval, poll_timeout); pull errors end it at once
+//!   run(stage)      exec over WebSocket in helper or build, counted script on stdin, output
+//!                   streamed, exit code from the Status; pod checked while it runs
+//!   cleanup()       pod deleted, always
+//! ```
+//!
+//! - [`executor`]: [`KubernetesProvider`], [`KubernetesExecutor`], [`KUBERNETES_EXECUTOR_INFO`].
+//! - [`options`]: `[runners.kubernetes]` ([`KubernetesOptions`]).
+//! - [`pod`]: the pod spec, names, labels and annotations (pure).
+//!
+//! Predefined stages run in the helper image, which must hold the runner binary as
+//! [`HELPER_RUNNER_COMMAND`] (the image `runnel docker build-helper-image` builds does); the
+//! job planner uses `/builds` and `/cache` as seen inside the containers.
+
+mod error;
+pub mod executor;
+pub mod options;
+pub mod pod;
+
+pub use error::KubernetesError;
+pub use executor::{
+    DEFAULT_HELPER_IMAGE, KUBERNETES_EXECUTOR_INFO, KubernetesExecutor, KubernetesProvider,
+    KubernetesSettings,
+};
+pub use options::KubernetesOptions;
+
+/// Where the helper image has the runner binary; what `PlanOptions::runner_command` must be.
+pub const HELPER_RUNNER_COMMAND: &str = "/usr/bin/gitlab-runner-helper";

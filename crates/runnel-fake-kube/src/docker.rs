@@ -1,0 +1,539 @@
+//! Pods as docker containers: start, watch, evict, remove.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions,
+};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::state::{SERVER_LABEL, Shared};
+
+/// How often running pods are checked for exited containers.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
+
+type Key = (String, String);
+
+/// `64Mi`, `1G`, `512` → bytes; `None` for what this fake does not understand.
+pub(crate) fn memory_bytes(quantity: &str) -> Option<i64> {
+    let units: [(&str, i64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(number) = quantity.strip_suffix(suffix) {
+            return number.parse::<i64>().ok()?.checked_mul(factor);
+        }
+    }
+    quantity.parse().ok()
+}
+
+fn docker_labels(shared: &Shared, pod: &Value, container: &str) -> HashMap<String, String> {
+    let mut labels = HashMap::from([
+        (SERVER_LABEL.to_owned(), shared.server_id.clone()),
+        (
+            "io.kubernetes.pod.name".to_owned(),
+            pod["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        ),
+        (
+            "io.kubernetes.pod.namespace".to_owned(),
+            pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+        (
+            "io.kubernetes.container.name".to_owned(),
+            container.to_owned(),
+        ),
+    ]);
+    for (key, value) in crate::server::labels_of(pod) {
+        labels.entry(key).or_insert(value);
+    }
+    labels
+}
+
+fn strings(value: &Value) -> Option<Vec<String>> {
+    value.as_array().map(|list| {
+        list.iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
+fn set_waiting(
+    status: &mut Value,
+    containers: &[Value],
+    failed: &str,
+    reason: &str,
+    message: &str,
+) {
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|container| {
+            let name = container["name"].as_str().unwrap_or("");
+            let state = if name == failed {
+                json!({"waiting": {"reason": reason, "message": message}})
+            } else {
+                json!({"waiting": {"reason": "ContainerCreating"}})
+            };
+            json!({"name": name, "image": container["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false, "state": state})
+        })
+        .collect();
+    status["phase"] = json!("Pending");
+    status["containerStatuses"] = json!(statuses);
+    status["conditions"] = json!([
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+    ]);
+}
+
+/// Brings a created pod up, then watches it until it ends or is deleted.
+pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
+    let Some(pod) = shared.pod_json(&key.0, &key.1) else {
+        return;
+    };
+    let faults = shared.faults();
+    if faults.pending_forever {
+        shared.update_status(&key.0, &key.1, |status| {
+            status["phase"] = json!("Pending");
+            status["conditions"] = json!([{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod.",
+            }]);
+        });
+        return;
+    }
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for container in &containers {
+        let image = container["image"].as_str().unwrap_or("");
+        if shared.docker.inspect_image(image).await.is_err() {
+            let name = container["name"].as_str().unwrap_or("").to_owned();
+            let message = format!(
+                "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+            );
+            shared.update_status(&key.0, &key.1, |status| {
+                set_waiting(status, &containers, &name, "ErrImagePull", &message);
+            });
+            return;
+        }
+    }
+    match start_containers(&shared, &key, &pod, &containers).await {
+        Ok(()) => {}
+        Err(message) => {
+            shared.update_status(&key.0, &key.1, |status| {
+                status["phase"] = json!("Failed");
+                status["reason"] = json!("ContainerCannotRun");
+                status["message"] = json!(message);
+            });
+            return;
+        }
+    }
+    let pod_ip = if shared.host_network {
+        "127.0.0.1".to_owned()
+    } else {
+        first_ip(&shared, &key).await.unwrap_or_default()
+    };
+    let started = crate::server::now();
+    shared.update_status(&key.0, &key.1, |status| {
+        let statuses: Vec<Value> = containers
+            .iter()
+            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": started}}}))
+            .collect();
+        status["phase"] = json!("Running");
+        status["podIP"] = json!(pod_ip);
+        status["containerStatuses"] = json!(statuses);
+        status["conditions"] = json!([
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "True"},
+        ]);
+    });
+    monitor(&shared, &key, faults.evict_after).await;
+}
+
+async fn first_ip(shared: &Shared, key: &Key) -> Option<String> {
+    let id = {
+        let inner = shared.lock();
+        inner.pods.get(key)?.backing.containers.first()?.1.clone()
+    };
+    let inspect = shared
+        .docker
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .ok()?;
+    inspect
+        .network_settings?
+        .networks?
+        .into_values()
+        .find_map(|network| network.ip_address.filter(|ip| !ip.is_empty()))
+}
+
+async fn start_containers(
+    shared: &Arc<Shared>,
+    key: &Key,
+    pod: &Value,
+    containers: &[Value],
+) -> Result<(), String> {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("pod");
+    let short_uid: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(10)
+        .collect();
+    let mut volume_names = HashMap::new();
+    for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let name = volume["name"].as_str().unwrap_or("");
+        if volume.get("emptyDir").is_some() {
+            let docker_name = format!("rfk-{}-{short_uid}-{name}", shared.server_id);
+            shared
+                .docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(docker_name.clone()),
+                    labels: Some(HashMap::from([(
+                        SERVER_LABEL.to_owned(),
+                        shared.server_id.clone(),
+                    )])),
+                    ..VolumeCreateRequest::default()
+                })
+                .await
+                .map_err(|error| format!("creating volume {name}: {error}"))?;
+            if !register(shared, key, |backing| {
+                backing.volumes.push(docker_name.clone())
+            }) {
+                remove_volume(shared, &docker_name).await;
+                return Err("pod deleted".to_owned());
+            }
+            volume_names.insert(name.to_owned(), docker_name);
+        } else if let Some(path) = volume["hostPath"]["path"].as_str() {
+            volume_names.insert(name.to_owned(), path.to_owned());
+        }
+    }
+    let extra_hosts: Vec<String> = pod["spec"]["hostAliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|alias| {
+            let ip = alias["ip"].as_str().unwrap_or("127.0.0.1").to_owned();
+            strings(&alias["hostnames"])
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |host| format!("{host}:{ip}"))
+        })
+        .collect();
+    let pod_name = key.1.clone();
+    let mut first: Option<String> = None;
+    for container in containers {
+        let name = container["name"].as_str().unwrap_or("").to_owned();
+        let binds: Vec<String> = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|mount| {
+                let source = volume_names.get(mount["name"].as_str()?)?;
+                let target = mount["mountPath"].as_str()?;
+                let mode = if mount["readOnly"].as_bool() == Some(true) {
+                    ":ro"
+                } else {
+                    ""
+                };
+                Some(format!("{source}:{target}{mode}"))
+            })
+            .collect();
+        let env: Vec<String> = container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some(format!(
+                    "{}={}",
+                    e["name"].as_str()?,
+                    e["value"].as_str().unwrap_or("")
+                ))
+            })
+            .collect();
+        let network_mode = match (&first, shared.host_network) {
+            (_, true) => "host".to_owned(),
+            (None, false) => "bridge".to_owned(),
+            (Some(id), false) => format!("container:{id}"),
+        };
+        let joins = first.is_some() && !shared.host_network;
+        let memory = container["resources"]["limits"]["memory"]
+            .as_str()
+            .and_then(memory_bytes);
+        let body = ContainerCreateBody {
+            image: container["image"].as_str().map(str::to_owned),
+            entrypoint: strings(&container["command"]),
+            cmd: strings(&container["args"]),
+            env: Some(env),
+            working_dir: container["workingDir"].as_str().map(str::to_owned),
+            open_stdin: Some(container["stdin"].as_bool() == Some(true)),
+            stdin_once: Some(container["stdinOnce"].as_bool() == Some(true)),
+            tty: Some(container["tty"].as_bool() == Some(true)),
+            labels: Some(docker_labels(shared, pod, &name)),
+            hostname: (!joins && !shared.host_network).then(|| pod_name.chars().take(63).collect()),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                network_mode: Some(network_mode),
+                privileged: container["securityContext"]["privileged"].as_bool(),
+                extra_hosts: (!joins && !extra_hosts.is_empty()).then(|| extra_hosts.clone()),
+                memory,
+                memory_swap: memory,
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let docker_name = format!("rfk-{}-{}-{name}", shared.server_id, pod_name);
+        let created = shared
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(docker_name),
+                    ..CreateContainerOptions::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|error| format!("creating container {name}: {error}"))?;
+        if !register(shared, key, |backing| {
+            backing.containers.push((name.clone(), created.id.clone()));
+        }) {
+            remove_container(shared, &created.id).await;
+            return Err("pod deleted".to_owned());
+        }
+        shared
+            .docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(|error| format!("starting container {name}: {error}"))?;
+        first.get_or_insert(created.id);
+    }
+    Ok(())
+}
+
+/// Records a docker object on the pod; false (and nothing recorded) when it was deleted.
+fn register(shared: &Shared, key: &Key, add: impl FnOnce(&mut crate::state::Backing)) -> bool {
+    let mut inner = shared.lock();
+    match inner.pods.get_mut(key) {
+        Some(entry) => {
+            add(&mut entry.backing);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Follows the pod's containers until all exited, the pod is evicted or deleted.
+async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
+    let evict_at = evict_after.map(|after| Instant::now() + after);
+    loop {
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+        let Some(containers) = shared
+            .lock()
+            .pods
+            .get(key)
+            .map(|entry| entry.backing.containers.clone())
+        else {
+            return;
+        };
+        if evict_at.is_some_and(|at| Instant::now() >= at) {
+            // As the kubelet does: the pod is marked first, then its containers are killed.
+            shared.update_status(&key.0, &key.1, |status| {
+                status["phase"] = json!("Failed");
+                status["reason"] = json!("Evicted");
+                let message = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. ";
+                status["message"] = json!(message);
+                if let Some(conditions) = status["conditions"].as_array_mut() {
+                    for condition in conditions.iter_mut() {
+                        if condition["type"] == json!("Ready") {
+                            condition["status"] = json!("False");
+                        }
+                    }
+                    conditions.push(json!({
+                        "type": "DisruptionTarget",
+                        "status": "True",
+                        "reason": "TerminationByKubelet",
+                        "message": message,
+                    }));
+                }
+                if let Some(list) = status["containerStatuses"].as_array_mut() {
+                    for item in list {
+                        item["ready"] = json!(false);
+                        item["state"] = json!({"terminated": {"exitCode": 137, "reason": "Error"}});
+                    }
+                }
+            });
+            for (_, id) in &containers {
+                if let Err(error) = shared
+                    .docker
+                    .kill_container(id, None::<KillContainerOptions>)
+                    .await
+                {
+                    tracing::debug!(%error, "cannot kill an evicted pod's container");
+                }
+            }
+            return;
+        }
+        let mut terminated = Vec::new();
+        for (name, id) in &containers {
+            let Ok(inspect) = shared
+                .docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+            else {
+                continue;
+            };
+            let Some(state) = inspect.state else { continue };
+            if state.running == Some(true) {
+                continue;
+            }
+            let code = state.exit_code.unwrap_or(0);
+            let reason = if state.oom_killed == Some(true) {
+                "OOMKilled"
+            } else if code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            terminated.push((name.clone(), code, reason));
+        }
+        if terminated.is_empty() {
+            continue;
+        }
+        let all = terminated.len() == containers.len();
+        shared.update_status(&key.0, &key.1, |status| {
+            if let Some(list) = status["containerStatuses"].as_array_mut() {
+                for item in list {
+                    if let Some((_, code, reason)) = terminated
+                        .iter()
+                        .find(|(name, _, _)| item["name"] == json!(name))
+                    {
+                        item["ready"] = json!(false);
+                        item["state"] = json!({"terminated": {"exitCode": code, "reason": reason}});
+                    }
+                }
+            }
+            if all {
+                let failed = terminated.iter().any(|(_, code, _)| *code != 0);
+                status["phase"] = json!(if failed { "Failed" } else { "Succeeded" });
+            }
+        });
+        if all {
+            return;
+        }
+    }
+}
+
+async fn remove_container(shared: &Shared, id: &str) {
+    let removed = shared
+        .docker
+        .remove_container(
+            id,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..RemoveContainerOptions::default()
+            }),
+        )
+        .await;
+    if let Err(error) = removed {
+        tracing::debug!(%error, container = id, "cannot remove container");
+    }
+}
+
+async fn remove_volume(shared: &Shared, name: &str) {
+    let removed = shared
+        .docker
+        .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+        .await;
+    if let Err(error) = removed {
+        tracing::debug!(%error, volume = name, "cannot remove volume");
+    }
+}
+
+/// Removes the containers (reverse order: the network owner last) and volumes of a pod.
+pub(crate) async fn remove_backing(shared: &Shared, backing: &crate::state::Backing) {
+    for (_, id) in backing.containers.iter().rev() {
+        remove_container(shared, id).await;
+    }
+    for volume in &backing.volumes {
+        remove_volume(shared, volume).await;
+    }
+}
+
+fn server_filter(shared: &Shared) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        vec![format!("{SERVER_LABEL}={}", shared.server_id)],
+    )])
+}
+
+/// Ids of the containers this server made that still exist.
+pub(crate) async fn containers_of(shared: &Shared) -> Vec<String> {
+    shared
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(server_filter(shared)),
+            ..ListContainersOptions::default()
+        }))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+/// Removes every container and volume this server made, pods or not.
+pub(crate) async fn remove_everything(shared: &Shared) {
+    let pods: Vec<_> = std::mem::take(&mut shared.lock().pods)
+        .into_values()
+        .collect();
+    for entry in pods {
+        remove_backing(shared, &entry.backing).await;
+    }
+    for id in containers_of(shared).await {
+        remove_container(shared, &id).await;
+    }
+    if let Ok(volumes) = shared
+        .docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(server_filter(shared)),
+        }))
+        .await
+    {
+        for volume in volumes.volumes.into_iter().flatten() {
+            remove_volume(shared, &volume.name).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_quantities() {
+        assert_eq!(memory_bytes("64Mi"), Some(64 << 20));
+        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(memory_bytes("512"), Some(512));
+        assert_eq!(memory_bytes("lots"), None);
+    }
+}

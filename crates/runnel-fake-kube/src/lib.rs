@@ -1,0 +1,239 @@
+//! A test Kubernetes API server: the subset of the core/v1 API a CI executor uses, with every
+//! pod's containers run as containers on the local Docker engine.
+//!
+//! ```text
+//! FakeKube::start(config)   listens, writes a kubeconfig for itself (bearer token, plain HTTP)
+//!   POST/GET/LIST/DELETE    /api/v1/namespaces/{ns}/pods[/{name}]   (labelSelector on lists)
+//!   GET  …/pods/{name}/exec WebSocket, v5.channel.k8s.io or v4.channel.k8s.io: stdin 0,
+//!                           stdout 1, stderr 2, error 3 (a Status with the exit code), close 255
+//!   shutdown()              removes every container and volume it made
+//! ```
+//!
+//! A pod becomes: one docker volume per `emptyDir`, then its containers in spec order, the
+//! first owning the network namespace and every other joining it (`container:<first>`), so the
+//! containers of a pod reach each other on `localhost`, as in a real pod. With
+//! [`FakeConfig::host_network`] every container uses the host's network instead (tests whose
+//! jobs must reach servers bound to 127.0.0.1). `hostAliases` go to the first container's
+//! `/etc/hosts`, which the others share. Images are never pulled: an image missing from the
+//! engine leaves the pod `Pending` with the container `waiting` on `ErrImagePull`, as a real
+//! kubelet reports a pull that fails.
+//!
+//! [`Faults`] inject the other failures an executor must explain: pods that stay unschedulable
+//! (`Pending` forever with a `PodScheduled=False` condition) and eviction after a delay
+//! (containers killed, phase `Failed`, reason `Evicted`). Errors are `Status` objects shaped like
+//! the real ones (`NotFound`, `AlreadyExists`, `Invalid`, `Unauthorized`).
+//!
+//! The crate knows nothing of the executor: it reads pods as JSON, as an API server does.
+
+mod docker;
+mod exec;
+mod server;
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use server::status;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Failures the server injects into every pod it is given.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Pods are never scheduled: they stay `Pending` with `PodScheduled=False`,
+    /// reason `Unschedulable`.
+    pub pending_forever: bool,
+    /// Running pods are evicted after this long: their containers are killed and the pod ends
+    /// `Failed` with reason `Evicted`.
+    pub evict_after: Option<Duration>,
+}
+
+/// How to start the server.
+#[derive(Clone, Debug)]
+pub struct FakeConfig {
+    /// Where to listen (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where to write the kubeconfig, once listening.
+    pub kubeconfig: Option<PathBuf>,
+    /// The bearer token clients must send; random when `None`.
+    pub token: Option<String>,
+    /// Run every pod in the host's network namespace.
+    pub host_network: bool,
+    /// Injected failures.
+    pub faults: Faults,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubeconfig: None,
+            token: None,
+            host_network: false,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// What can go wrong starting or stopping the server.
+#[derive(Debug, thiserror::Error)]
+pub enum FakeKubeError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kubeconfig could not be written.
+    #[error("cannot write the kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Docker engine is unreachable.
+    #[error("cannot connect to the Docker engine")]
+    Docker(#[source] bollard::errors::Error),
+}
+
+/// A running fake API server. Call [`FakeKube::shutdown`] to remove what its pods left.
+#[derive(Debug)]
+pub struct FakeKube {
+    url: String,
+    token: String,
+    shared: Arc<state::Shared>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl FakeKube {
+    /// Binds, starts serving and writes the kubeconfig (when asked to).
+    pub async fn start(config: FakeConfig) -> Result<Self, FakeKubeError> {
+        let docker =
+            bollard::Docker::connect_with_local_defaults().map_err(FakeKubeError::Docker)?;
+        let token = config.token.clone().unwrap_or_else(random_token);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| FakeKubeError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| FakeKubeError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        let url = format!("http://{address}");
+        let shared = Arc::new(state::Shared::new(docker, token.clone(), &config));
+        let stop = CancellationToken::new();
+        let app = server::router(Arc::clone(&shared));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopping.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "fake kube server failed");
+            }
+        });
+        if let Some(path) = &config.kubeconfig {
+            write_kubeconfig(path, &url, &token).map_err(|source| FakeKubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            url,
+            token,
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The bearer token clients must send.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Replaces the injected failures (for pods created from now on).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    /// `namespace/name` of every pod that exists now.
+    pub fn pod_names(&self) -> Vec<String> {
+        self.shared.pod_names()
+    }
+
+    /// The stored pod object, as clients read it.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        self.shared.pod_json(namespace, name)
+    }
+
+    /// Every pod created since the start, as it was posted (for checking pod specs).
+    pub fn created_pods(&self) -> Vec<serde_json::Value> {
+        self.shared.created_pods()
+    }
+
+    /// The ids of the docker containers that exist for this server's pods.
+    pub async fn docker_containers(&self) -> Vec<String> {
+        docker::containers_of(&self.shared).await
+    }
+
+    /// Stops serving and removes every container and volume made for pods.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "fake kube server task failed");
+        }
+        docker::remove_everything(&self.shared).await;
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+/// A kubeconfig naming this server, its token and the `default` namespace (mode 0600).
+pub fn kubeconfig_text(url: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: runnel-fake-kube\n  cluster:\n    server: {url}\ncontexts:\n- name: runnel-fake-kube\n  context:\n    cluster: runnel-fake-kube\n    user: runnel-fake-kube\n    namespace: default\ncurrent-context: runnel-fake-kube\nusers:\n- name: runnel-fake-kube\n  user:\n    token: {token}\n"
+    )
+}
+
+fn write_kubeconfig(path: &std::path::Path, url: &str, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(kubeconfig_text(url, token).as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}

@@ -1,0 +1,430 @@
+//! Routes: bearer-token check, pods CRUD with `Status` errors, exec dispatch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::state::{Backing, PodEntry, Shared};
+
+type Shared_ = Arc<Shared>;
+
+pub(crate) fn router(shared: Shared_) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/namespaces/{namespace}/pods",
+            get(list_pods).post(create_pod),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}",
+            get(get_pod).delete(delete_pod),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            get(exec_pod).post(exec_pod_post),
+        )
+        .fallback(not_served)
+        .with_state(shared)
+}
+
+/// A `Status` object as the real API server sends it, with its HTTP code.
+pub fn status(code: StatusCode, reason: &str, message: &str, details: Value) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code.as_u16(),
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+fn not_found(name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("pods \"{name}\" not found"),
+        json!({"name": name, "kind": "pods"}),
+    )
+}
+
+fn invalid(name: &str, message: &str) -> Response {
+    status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Invalid",
+        &format!("Pod \"{name}\" is invalid: {message}"),
+        json!({"name": name, "kind": "Pod"}),
+    )
+}
+
+/// Every route needs `Authorization: Bearer <token>`.
+#[allow(clippy::result_large_err)] // a response is what the caller returns
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let expected = format!("Bearer {}", shared.token);
+    match headers.get(axum::http::header::AUTHORIZATION) {
+        Some(value) if value.as_bytes() == expected.as_bytes() => Ok(()),
+        _ => Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+            json!({}),
+        )),
+    }
+}
+
+async fn not_served(headers: HeaderMap, State(shared): State<Shared_>) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+        json!({}),
+    )
+}
+
+/// The query's pairs, repeated keys kept.
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// `a=b,c,d!=e` against `labels`.
+fn selector_matches(selector: &str, labels: &Value) -> bool {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|term| !term.is_empty())
+        .all(|term| {
+            if let Some((key, value)) = term.split_once("!=") {
+                labels[key.trim()].as_str() != Some(value.trim())
+            } else if let Some((key, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
+                labels[key.trim()].as_str() == Some(value.trim())
+            } else if let Some(key) = term.strip_prefix('!') {
+                labels.get(key).is_none()
+            } else {
+                labels.get(term).is_some()
+            }
+        })
+}
+
+async fn list_pods(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path(namespace): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    let pairs = query_pairs(query.as_deref());
+    if pairs
+        .iter()
+        .any(|(key, value)| key == "watch" && value != "false")
+    {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "runnel-fake-kube does not serve watches",
+            json!({}),
+        );
+    }
+    let selector = pairs
+        .iter()
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value.clone())
+        .unwrap_or_default();
+    let inner = shared.lock();
+    let items: Vec<Value> = inner
+        .pods
+        .iter()
+        .filter(|((ns, _), _)| *ns == namespace)
+        .filter(|(_, entry)| selector_matches(&selector, &entry.object["metadata"]["labels"]))
+        .map(|(_, entry)| entry.object.clone())
+        .collect();
+    axum::Json(json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": inner.version()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn get_pod(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    match shared.pod_json(&namespace, &name) {
+        Some(pod) => axum::Json(pod).into_response(),
+        None => not_found(&name),
+    }
+}
+
+/// Checks what a real API server would refuse; returns the message of an `Invalid` status.
+fn validate(pod: &Value) -> Result<(), String> {
+    let spec = &pod["spec"];
+    let containers = spec["containers"]
+        .as_array()
+        .filter(|list| !list.is_empty())
+        .ok_or("spec.containers: Required value")?;
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|v| v["name"].as_str()).collect())
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for (index, container) in containers.iter().enumerate() {
+        let name = container["name"]
+            .as_str()
+            .filter(|name| !name.is_empty())
+            .ok_or(format!("spec.containers[{index}].name: Required value"))?;
+        if names.contains(&name) {
+            return Err(format!(
+                "spec.containers[{index}].name: Duplicate value: \"{name}\""
+            ));
+        }
+        names.push(name);
+        if container["image"].as_str().is_none_or(str::is_empty) {
+            return Err(format!("spec.containers[{index}].image: Required value"));
+        }
+        for (m, mount) in container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let volume = mount["name"].as_str().unwrap_or("");
+            if !volumes.contains(&volume) {
+                return Err(format!(
+                    "spec.containers[{index}].volumeMounts[{m}].name: Not found: \"{volume}\""
+                ));
+            }
+        }
+    }
+    for (index, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let known = ["emptyDir", "hostPath"];
+        if !known.iter().any(|kind| volume.get(*kind).is_some()) {
+            return Err(format!(
+                "spec.volumes[{index}]: runnel-fake-kube serves only emptyDir and hostPath volumes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+async fn create_pod(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path(namespace): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    let mut pod: Value = match serde_json::from_slice(&body) {
+        Ok(pod @ Value::Object(_)) => pod,
+        Ok(_) | Err(_) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body of the request was in an unknown format",
+                json!({}),
+            );
+        }
+    };
+    let name = match (
+        pod["metadata"]["name"].as_str(),
+        pod["metadata"]["generateName"].as_str(),
+    ) {
+        (Some(name), _) if !name.is_empty() => name.to_owned(),
+        (_, Some(prefix)) if !prefix.is_empty() => format!(
+            "{prefix}{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..5]
+        ),
+        _ => {
+            return invalid(
+                "",
+                "metadata.name: Required value: name or generateName is required",
+            );
+        }
+    };
+    if let Some(ns) = pod["metadata"]["namespace"].as_str()
+        && ns != namespace
+    {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+            json!({}),
+        );
+    }
+    if name.len() > 63 {
+        return invalid(
+            &name,
+            "metadata.name: Invalid value: must be no more than 63 characters",
+        );
+    }
+    if let Err(message) = validate(&pod) {
+        return invalid(&name, &message);
+    }
+    let key = (namespace.clone(), name.clone());
+    {
+        let mut inner = shared.lock();
+        if inner.pods.contains_key(&key) {
+            return status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                &format!("pods \"{name}\" already exists"),
+                json!({"name": name, "kind": "pods"}),
+            );
+        }
+        inner.record_created(pod.clone());
+        let version = inner.bump();
+        let metadata = &mut pod["metadata"];
+        metadata["name"] = json!(name);
+        metadata["namespace"] = json!(namespace);
+        metadata["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        metadata["resourceVersion"] = json!(version);
+        metadata["creationTimestamp"] = json!(now());
+        pod["apiVersion"] = json!("v1");
+        pod["kind"] = json!("Pod");
+        pod["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+        inner.pods.insert(
+            key.clone(),
+            PodEntry {
+                object: pod.clone(),
+                backing: Backing::default(),
+            },
+        );
+    }
+    tokio::spawn(crate::docker::run_pod(Arc::clone(&shared), key));
+    (StatusCode::CREATED, axum::Json(pod)).into_response()
+}
+
+async fn delete_pod(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    let removed = shared.lock().pods.remove(&(namespace, name.clone()));
+    let Some(mut entry) = removed else {
+        return not_found(&name);
+    };
+    crate::docker::remove_backing(&shared, &entry.backing).await;
+    entry.object["metadata"]["deletionTimestamp"] = json!(now());
+    entry.object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    axum::Json(entry.object).into_response()
+}
+
+async fn exec_pod(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    let Ok(upgrade) = upgrade else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Upgrade request required",
+            json!({}),
+        );
+    };
+    crate::exec::exec(
+        shared,
+        namespace,
+        name,
+        query_pairs(query.as_deref()),
+        upgrade,
+    )
+    .await
+}
+
+async fn exec_pod_post(headers: HeaderMap, State(shared): State<Shared_>) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    status(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        "runnel-fake-kube serves exec over WebSocket only (no SPDY)",
+        json!({}),
+    )
+}
+
+/// Labels from the pod's metadata, for docker labels.
+pub(crate) fn labels_of(pod: &Value) -> BTreeMap<String, String> {
+    pod["metadata"]["labels"]
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_follow_equality_and_existence() {
+        let labels = json!({"a": "1", "b": "2"});
+        assert!(selector_matches("a=1", &labels));
+        assert!(selector_matches("a==1,b", &labels));
+        assert!(selector_matches("a!=2,!c", &labels));
+        assert!(!selector_matches("a=2", &labels));
+        assert!(!selector_matches("c", &labels));
+        assert!(selector_matches("", &labels));
+    }
+
+    #[test]
+    fn pods_referring_to_missing_volumes_are_invalid() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "build", "image": "x", "volumeMounts": [{"name": "repo", "mountPath": "/builds"}]}
+        ]}});
+        assert_eq!(
+            validate(&pod).unwrap_err(),
+            "spec.containers[0].volumeMounts[0].name: Not found: \"repo\""
+        );
+        let duplicate = json!({"spec": {"containers": [
+            {"name": "a", "image": "x"}, {"name": "a", "image": "y"}
+        ]}});
+        assert!(validate(&duplicate).unwrap_err().contains("Duplicate"));
+    }
+}

@@ -1,0 +1,199 @@
+//! The `runnel-fake-kube` binary: kubeconfig, bearer-token check, `Status` errors, pod
+//! lifecycle on the Docker engine, clean stop.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: std::process::Child,
+    url: String,
+    kubeconfig: String,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path) -> Self {
+        let path = dir.join("kubeconfig");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel-fake-kube"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t0ken",
+                "--kubeconfig",
+            ])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let kubeconfig = std::fs::read_to_string(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the kubeconfig holds a token");
+        Self {
+            child,
+            url: line.trim().to_owned(),
+            kubeconfig,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Only reached with the server still running when the test failed.
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+async fn pod_phase(client: &reqwest::Client, url: &str, name: &str) -> Value {
+    let pod: Value = client
+        .get(format!("{url}/api/v1/namespaces/default/pods/{name}"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    pod["status"].clone()
+}
+
+#[tokio::test]
+async fn the_binary_serves_pods_with_kubernetes_semantics() {
+    let dir = tempfile_dir();
+    let server = Server::start(&dir);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    assert!(
+        server
+            .kubeconfig
+            .contains(&format!("server: {}", server.url)),
+        "{}",
+        server.kubeconfig
+    );
+    assert!(server.kubeconfig.contains("token: t0ken"));
+    let client = reqwest::Client::new();
+    let pods = format!("{}/api/v1/namespaces/default/pods", server.url);
+
+    let anonymous = client.get(&pods).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let status: Value = anonymous.json().await.unwrap();
+    assert_eq!(status["kind"], json!("Status"));
+    assert_eq!(status["reason"], json!("Unauthorized"));
+
+    let missing = client
+        .get(format!("{pods}/nope"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let status: Value = missing.json().await.unwrap();
+    assert_eq!(status["message"], json!("pods \"nope\" not found"));
+
+    let invalid = client
+        .post(&pods)
+        .bearer_auth("t0ken")
+        .json(
+            &json!({"metadata": {"name": "bad"}, "spec": {"containers": [
+                {"name": "a", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}
+            ]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 422);
+
+    // An image the engine does not have: the pod waits on ErrImagePull, as with a failed pull.
+    let created = client
+        .post(&pods)
+        .bearer_auth("t0ken")
+        .json(
+            &json!({"metadata": {"name": "absent", "labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "runnel-fake-kube-absent:0"}]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert!(created["metadata"]["uid"].is_string());
+    assert!(created["metadata"]["resourceVersion"].is_string());
+    let conflict = client
+        .post(&pods)
+        .bearer_auth("t0ken")
+        .json(&json!({"metadata": {"name": "absent"},
+            "spec": {"containers": [{"name": "c", "image": "y"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 409);
+    let mut status = Value::Null;
+    for _ in 0..50 {
+        status = pod_phase(&client, &server.url, "absent").await;
+        if status["containerStatuses"].is_array() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["phase"], json!("Pending"));
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["waiting"]["reason"],
+        json!("ErrImagePull")
+    );
+
+    let listed: Value = client
+        .get(format!("{pods}?labelSelector=app%3Dx"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["kind"], json!("PodList"));
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let deleted = client
+        .delete(format!("{pods}/absent"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let gone = client
+        .get(format!("{pods}/absent"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+
+    let mut server = server;
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(
+        server.child.wait().unwrap().success(),
+        "SIGTERM stops it cleanly"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("runnel-fake-kube-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,455 @@
+//! The kubernetes executor through `runnel run`, against `runnel-fake-gitlab` and
+//! `runnel-fake-kube` (a test API server running pods on the local Docker engine).
+//!
+//! Images are the docker tests' (`runnel-e2e-busybox:1` as build and helper image where no git
+//! is needed, the glibc git helper for clones and artifacts, `runnel-e2e-web:1` as a service).
+//! Every test ends by checking that no pod and no container of the fake API server is left.
+
+use std::time::Duration;
+
+use runnel_fake_gitlab::{GitStrategy, JobBuilder, RemoteStatus};
+use runnel_fake_kube::{FakeConfig, FakeKube, Faults};
+use serde_json::json;
+
+use crate::docker::{IMAGE, ensure_git_helper, ensure_image};
+use crate::run::{Daemon, Setup, final_update, job};
+
+/// A fake API server, and a daemon whose runner uses it through `host`/`bearer_token`, with
+/// `extra` lines in `[runners.kubernetes]`.
+async fn start(config: FakeConfig, helper: &str, extra: &str) -> (FakeKube, Daemon) {
+    ensure_image();
+    let kube = FakeKube::start(config).await.unwrap();
+    let daemon = Daemon::start(Setup {
+        executor: Some("kubernetes"),
+        tables: format!(
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    namespace = \"default\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n{extra}",
+            url = kube.url(),
+            token = kube.token(),
+        ),
+        ..Setup::default()
+    })
+    .await;
+    (kube, daemon)
+}
+
+/// Asserts that the job's pod is gone with all its containers, then stops the server.
+async fn assert_nothing_left(kube: FakeKube) {
+    assert_eq!(kube.pod_names(), Vec::<String>::new(), "pods left");
+    assert_eq!(
+        kube.docker_containers().await,
+        Vec::<String>::new(),
+        "containers left"
+    );
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_runs_in_a_pod_built_as_the_official_one() {
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        IMAGE,
+        "    [runners.kubernetes.pod_labels]\n      team = \"$TEAM\"\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("in-a-pod")
+            .variable("TEAM", "blue")
+            .masked_variable("SECRET_TOKEN", "s3cr3t-value-123")
+            .script([
+                "echo \"hello from $(hostname)\"",
+                "echo \"secret=$SECRET_TOKEN\"",
+                "ls -d \"$CI_PROJECT_DIR\"",
+            ]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("Using Kubernetes namespace: default"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(&format!("Using Kubernetes executor with image {IMAGE} ...")),
+        "{trace}"
+    );
+    assert!(trace.contains("hello from runner-"), "{trace}");
+    assert!(trace.contains("secret=[MASKED]"), "{trace}");
+    let pods = kube.created_pods();
+    assert_eq!(pods.len(), 1);
+    let pod = &pods[0];
+    let short = runnel_types::short_token(&daemon.token);
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let prefix = format!("runner-{short}-project-");
+    assert!(name.starts_with(&prefix), "{name}");
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(
+        labels["manager.runner.gitlab.com/id-short"],
+        json!(short.to_string())
+    );
+    assert_eq!(labels["team"], json!("blue"));
+    assert_eq!(
+        pod["metadata"]["annotations"]["job.runner.gitlab.com/id"],
+        json!(id.to_string())
+    );
+    let containers: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(containers, ["build", "helper"]);
+    let spec = pod.to_string();
+    assert!(
+        !spec.contains("s3cr3t-value-123"),
+        "a secret is in the pod spec: {spec}"
+    );
+    assert!(
+        !spec.contains(view.token.expose()),
+        "the job token is in the pod spec"
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_failing_script_reports_its_exit_code_and_runs_after_script() {
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon.fake.enqueue(
+        job("fails")
+            .script(["echo before-failure", "exit 3", "echo not-reached"])
+            .after_script(["echo \"after status=$CI_JOB_STATUS\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("script_failure")
+    );
+    assert!(trace.contains("exit code 3"), "{trace}");
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(trace.contains("after status=failed"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_service_container_is_reached_by_its_alias() {
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon.fake.enqueue(
+        job("with-service")
+            .extra(
+                "services",
+                json!([{ "name": crate::docker::WEB, "alias": "web" }]),
+            )
+            .script([
+                "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://web:8080/ && break; sleep 1; done",
+            ]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("hello-from-service\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    assert_eq!(pod["spec"]["containers"][2]["name"], json!("svc-0"));
+    assert_eq!(
+        pod["spec"]["hostAliases"][0],
+        json!({"ip": "127.0.0.1", "hostnames": ["runnel-e2e-web", "web"]})
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn the_helper_clones_caches_and_uploads_artifacts_in_the_pod() {
+    let helper = ensure_git_helper().await;
+    // The fake coordinator listens on loopback: the pods share the host's network to reach it.
+    let (kube, daemon) = start(
+        FakeConfig {
+            host_network: true,
+            ..FakeConfig::default()
+        },
+        &helper,
+        "",
+    )
+    .await;
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "from-the-repository\n")
+        .create()
+        .unwrap();
+    let id = daemon.fake.enqueue(
+        JobBuilder::new("build")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .variable("GIT_LFS_SKIP_SMUDGE", "1")
+            .script([
+                "cat README.md",
+                "mkdir -p out vendor",
+                "echo built > out/result.txt",
+                "echo dependency > vendor/lib.txt",
+            ])
+            .extra("cache", crate::job_data::cache_entry("deps", "push", &[]))
+            .extra(
+                "artifacts",
+                json!([{
+                    "name": "result",
+                    "paths": ["out/"],
+                    "when": "on_success",
+                    "artifact_type": "archive",
+                    "artifact_format": "zip",
+                    "expire_in": "1 day"
+                }]),
+            ),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("Created fresh repository."), "{trace}");
+    assert!(trace.contains("from-the-repository\n"), "{trace}");
+    assert!(
+        trace.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Created cache"),
+        "the helper archived the cache: {trace}"
+    );
+    assert!(!trace.contains(view.token.expose()), "the job token leaked");
+    assert_eq!(view.artifacts.len(), 1, "{:?}", view.artifacts);
+    assert_eq!(view.artifacts[0].filename, "result.zip");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_canceled_job_stops_and_its_pod_is_deleted() {
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon.fake.enqueue(
+        job("cancel-me")
+            .script(["echo started", "sleep 60", "echo not-reached"])
+            .after_script(["echo \"after-cancel status=$CI_JOB_STATUS\""]),
+    );
+    let seen = |v: &runnel_fake_gitlab::JobView| v.trace_text().contains("started\n");
+    daemon
+        .fake
+        .wait_for_job_state(id, seen, Duration::from_secs(90))
+        .await
+        .expect("the job started");
+    assert_eq!(
+        kube.pod_names().len(),
+        1,
+        "the job's pod exists while it runs"
+    );
+    assert!(kube.docker_containers().await.len() >= 2);
+    daemon.fake.cancel_job(id).unwrap();
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Canceled, "{trace}");
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(trace.contains("after-cancel status=canceled"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_job_that_runs_too_long_times_out_and_its_pod_is_deleted() {
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon.fake.enqueue(
+        job("slow")
+            .timeout(3)
+            .script(["echo started", "sleep 60", "echo not-reached"])
+            .after_script(["echo after-timeout"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("job_execution_timeout"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(trace.contains("after-timeout"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_fails_with_image_pull_failure() {
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon.fake.enqueue(
+        job("no-image")
+            .failure_reasons(
+                runnel_fake_gitlab::GITLAB_FAILURE_REASONS
+                    .iter()
+                    .copied()
+                    .chain(["image_pull_failure"]),
+            )
+            .extra("image", json!({"name": "runnel-e2e-no-such-image:404"}))
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("image_pull_failure"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("image pull failed for container build (runnel-e2e-no-such-image:404)"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Failed to pull image"),
+        "what Kubernetes said: {trace}"
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn an_unschedulable_pod_fails_after_poll_timeout_with_the_scheduler_message() {
+    let config = FakeConfig {
+        faults: Faults {
+            pending_forever: true,
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    };
+    let (kube, daemon) = start(config, IMAGE, "    poll_timeout = 2\n").await;
+    let id = daemon
+        .fake
+        .enqueue(job("pending").script(["echo not-reached"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(trace.contains("timed out waiting for pod"), "{trace}");
+    assert!(
+        trace.contains("Unschedulable: \"0/1 nodes are available"),
+        "{trace}"
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
+    let config = FakeConfig {
+        faults: Faults {
+            evict_after: Some(Duration::from_secs(4)),
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    };
+    let (kube, daemon) = start(config, IMAGE, "").await;
+    let id = daemon.fake.enqueue(job("evicted").script([
+        "echo started",
+        "sleep 60",
+        "echo not-reached",
+    ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(
+        trace.contains("Evicted") || trace.contains("disrupted"),
+        "{trace}"
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_kubeconfig_in_home_is_used_without_host_keys() {
+    ensure_image();
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let daemon = Daemon::start(Setup {
+        executor: Some("kubernetes"),
+        tables: format!(
+            "  [runners.kubernetes]\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    poll_interval = 1\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    // The daemon's HOME is its directory; the client reads ~/.kube/config at the first job.
+    let dot_kube = daemon.dir.path().join(".kube");
+    std::fs::create_dir_all(&dot_kube).unwrap();
+    std::fs::write(
+        dot_kube.join("config"),
+        runnel_fake_kube::kubeconfig_text(kube.url(), kube.token()),
+    )
+    .unwrap();
+    let id = daemon
+        .fake
+        .enqueue(job("kubeconfig").script(["echo via-kubeconfig"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("via-kubeconfig\n"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn concurrent_jobs_get_their_own_pods() {
+    ensure_image();
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let daemon = Daemon::start(Setup {
+        concurrent: 2,
+        runner: "  limit = 2\n".to_owned(),
+        executor: Some("kubernetes"),
+        tables: format!(
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    poll_interval = 1\n",
+            url = kube.url(),
+            token = kube.token(),
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let ids: Vec<u64> = (0..2)
+        .map(|n| {
+            daemon.fake.enqueue(job(&format!("parallel-{n}")).script([
+                "echo \"in $(hostname)\"",
+                "sleep 3",
+                "echo done",
+            ]))
+        })
+        .collect();
+    for id in ids {
+        let view = daemon.finished(id).await;
+        assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    }
+    let names: std::collections::BTreeSet<String> = kube
+        .created_pods()
+        .iter()
+        .map(|pod| pod["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
+    let (kube, mut daemon) = start(
+        FakeConfig::default(),
+        IMAGE,
+        "    allowed_images = [\"alpine\"]\n    namespace_per_job = true\n",
+    )
+    .await;
+    let log = daemon.wait_log("does not implement yet").await;
+    assert!(log.contains("allowed_images, namespace_per_job"), "{log}");
+    assert!(log.contains("the runner will not request jobs"), "{log}");
+    daemon.stop().await;
+    assert!(
+        daemon
+            .fake
+            .requests()
+            .iter()
+            .all(|r| r.path != "/api/v4/jobs/request"),
+        "the runner never asked for a job"
+    );
+    assert_nothing_left(kube).await;
+}
