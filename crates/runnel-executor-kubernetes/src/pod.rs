@@ -458,6 +458,9 @@ mod tests {
             id: runnel_types::JobId(1001),
             token: runnel_types::JobToken::new("glcbt-secret".to_owned()),
             allow_git_fetch: false,
+            run: String::new(),
+            inputs: Vec::new(),
+            secrets: Vec::new(),
             info: JobInfo {
                 name: "test job".to_owned(),
                 project_id: 42,
