@@ -202,9 +202,14 @@ pub struct ExtractSummary {
     pub symlinks: usize,
     /// Bytes of file content written.
     pub bytes: u64,
-    /// Entries skipped, in archive order.
+    /// Entries skipped, in archive order (at most [`MAX_WARNINGS`]).
     pub warnings: Vec<ExtractWarning>,
+    /// Entries skipped beyond [`MAX_WARNINGS`], only counted.
+    pub warnings_dropped: usize,
 }
+
+/// The most warnings an [`ExtractSummary`] lists.
+pub const MAX_WARNINGS: usize = 1000;
 
 /// Recognises an archive by its first bytes: zip (`PK`), zstd (tar+zstd) or gzip.
 pub fn detect_format(head: &[u8]) -> Option<ArchiveFormat> {
@@ -613,11 +618,28 @@ impl Sink {
 
     fn reject(&mut self, entry: &str, reason: Rejection) {
         self.flush();
-        tracing::warn!(message = "archive entry refused", entry, %reason);
-        self.summary.warnings.push(ExtractWarning::Rejected {
+        self.warn(ExtractWarning::Rejected {
             entry: entry.to_owned(),
             reason,
         });
+    }
+
+    /// Records a warning; past [`MAX_WARNINGS`] only counts it (review L11: an archive of
+    /// millions of refused entries must not grow the summary without bound).
+    fn warn(&mut self, warning: ExtractWarning) {
+        if self.summary.warnings.len() >= MAX_WARNINGS {
+            self.summary.warnings_dropped += 1;
+            return;
+        }
+        match &warning {
+            ExtractWarning::Rejected { entry, reason } => {
+                tracing::warn!(message = "archive entry refused", entry, %reason);
+            }
+            ExtractWarning::Failed { entry, error } => {
+                tracing::warn!(message = "archive entry not extracted", entry, %error);
+            }
+        }
+        self.summary.warnings.push(warning);
     }
 
     fn fail(&mut self, entry: &str, error: io::Error) {
@@ -626,8 +648,7 @@ impl Sink {
     }
 
     fn record_failure(&mut self, entry: &str, error: io::Error) {
-        tracing::warn!(message = "archive entry not extracted", entry, %error);
-        self.summary.warnings.push(ExtractWarning::Failed {
+        self.warn(ExtractWarning::Failed {
             entry: entry.to_owned(),
             error,
         });

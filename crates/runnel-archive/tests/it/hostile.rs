@@ -341,3 +341,26 @@ fn an_existing_symlink_to_outside_is_never_traversed() {
     }
     assert!(Scratch::listing(&scratch.outside).is_empty());
 }
+
+/// Review L11: every refused entry added a warning, so a hostile archive grew the summary
+/// without bound. Past `MAX_WARNINGS` they are only counted.
+#[test]
+fn refused_entries_beyond_the_warning_limit_are_counted() {
+    let names: Vec<String> = (0..runnel_archive::MAX_WARNINGS + 500)
+        .map(|i| format!("../evil{i}"))
+        .collect();
+    let items: Vec<Item> = names
+        .iter()
+        .map(|name| Item::File(Box::leak(name.clone().into_boxed_str()), "x"))
+        .collect();
+    let scratch = Scratch::new();
+    let outside = scratch.outside.display().to_string();
+    let summary = extract(
+        Cursor::new(hostile_zip(&items, &outside)),
+        ArchiveFormat::Zip,
+        &scratch.project,
+    )
+    .expect("extract");
+    assert_eq!(summary.warnings.len(), runnel_archive::MAX_WARNINGS);
+    assert_eq!(summary.warnings_dropped, 500);
+}

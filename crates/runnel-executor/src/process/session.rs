@@ -44,7 +44,11 @@
 //! stopped as [`super::run`] stops it); so does a shell that exits on its own. The caller then
 //! starts a new session for the next stage. Processes a stage leaves in the background stay in
 //! the session's process group until the session ends, as they would under the official runner
-//! until the job ends; [`Session::close`] kills them.
+//! until the job ends; [`Session::close`] kills them. The shell is the child subreaper of
+//! everything the stages start, so processes that leave its process group (`setsid`, double
+//! forks) are still its descendants and are killed too (review M5), unless the shell itself is
+//! killed first (a stage that kills its own shell). Processes that change user (`su`,
+//! setuid programs) cannot be signalled by the runner's user.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -117,7 +121,7 @@ impl Session {
             ),
         };
         let watch = ExitWatch::new()?;
-        let mut group = ProcessGroup::spawn(spec)?;
+        let mut group = ProcessGroup::spawn_with(spec, true)?;
         let pipes = group.take_pipes()?;
         // Room for a burst of output while the runner is busy with the last one, so a
         // chatty job keeps running instead of blocking on a full 64 KiB pipe.
@@ -249,7 +253,10 @@ impl Session {
                     };
                     match end {
                         End::Exited => (Ok(end), None),
-                        _ => (terminate(group, watch, policy).await.map(|()| end), None),
+                        _ => {
+                            group.kill_descendants(true).await;
+                            (terminate(group, watch, policy).await.map(|()| end), None)
+                        }
                     }
                 }
                 Ended::ShellExited => {
@@ -259,6 +266,9 @@ impl Session {
                 }
                 Ended::Stopped(end) => {
                     debug!(pid, reason = ?end, "stopping shell session");
+                    // Processes that left the group get no SIGTERM; kill them while the shell
+                    // (their subreaper) is still there to hold them.
+                    group.kill_descendants(true).await;
                     match terminate(group, watch, policy).await {
                         Ok(()) => {
                             group.signal(Signal::SIGKILL);
@@ -282,6 +292,9 @@ impl Session {
         };
         // The session is over: kill what the stages left behind and reap the shell.
         self.alive = false;
+        // Before stdin closes: at end of input the shell exits, and what it held as subreaper
+        // would go to init.
+        self.group.kill_descendants(false).await;
         self.stdin = None;
         self.group.signal(Signal::SIGKILL);
         let status = self.group.reap()?;
@@ -307,8 +320,12 @@ impl Session {
             return;
         }
         self.alive = false;
-        self.stdin = None;
         // Between stages the shell only waits for input, so nothing is lost by killing it.
+        // Everything the stages started goes first, also what left the process group (the
+        // shell is their subreaper, so they are still its descendants), and before stdin
+        // closes (at end of input the shell exits and would hand them to init).
+        self.group.kill_descendants(false).await;
+        self.stdin = None;
         self.group.signal(Signal::SIGKILL);
         let leader = self.group.leader;
         if timeout(KILL_WAIT, self.watch.exited(leader)).await.is_err() {

@@ -462,3 +462,57 @@ exit 7"#;
         );
     }
 }
+
+/// Review M5 (`scratch/p8`): a job started `setsid nohup … &`, which outlived the job and read
+/// the next job's secrets. The session shell is the subreaper of what its stages start, so
+/// processes that left the process group (setsid, a double fork) die with the session too.
+#[tokio::test]
+async fn processes_that_left_the_group_die_with_the_session() {
+    use runnel_executor::process::{ScriptDelivery, Session};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Recorder::default();
+    let mut session =
+        Session::start(&bash(""), ScriptDelivery::Files, &sink).expect("session starts");
+    let cancel = CancellationToken::new();
+    let stop = StopWhen {
+        cancel: &cancel,
+        deadline: None,
+    };
+    let setsid_pid = dir.path().join("setsid.pid");
+    let daemon_pid = dir.path().join("daemon.pid");
+    let script = format!(
+        "setsid nohup sleep 1000 >/dev/null 2>&1 & echo $! > {}\n\
+         (setsid sh -c 'sleep 1000 & echo $! > {}' >/dev/null 2>&1 &)\n\
+         sleep 0.2; echo $$",
+        setsid_pid.display(),
+        daemon_pid.display()
+    );
+    let exit = within("the stage", session.run(&script, &sink, stop, &QUICK))
+        .await
+        .expect("stage runs");
+    assert_eq!(exit, StageExit::Exited(0));
+    let escaped = [read_pid(&setsid_pid).await, read_pid(&daemon_pid).await];
+    let parents: Vec<String> = escaped
+        .iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for pid in escaped {
+        assert!(is_running(pid), "{pid} runs until the session ends");
+    }
+    let shell = sink.stdout();
+    assert_eq!(
+        parents,
+        [shell.trim(), shell.trim()],
+        "the session shell is the subreaper of what left its group"
+    );
+    session.close().await;
+    for pid in escaped {
+        assert_gone(pid).await;
+    }
+}
