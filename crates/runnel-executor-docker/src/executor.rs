@@ -135,7 +135,8 @@ impl DockerProvider {
         let settings = DockerSettings {
             short_token: runner.token.short(),
             runner_id: runner.id.unwrap_or(0),
-            gitlab_url: runner.url.clone(),
+            // Review L4: it goes into the `job.url` label; never with credentials.
+            gitlab_url: runnel_types::url_without_userinfo(&runner.url),
             shell,
             helper_image: config
                 .helper_image
