@@ -11,7 +11,6 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use runnel_archive::{ArchiveFormat, extract, extract_file};
 
-
 #[derive(Arbitrary, Debug)]
 struct Entry {
     name: Vec<u8>,
@@ -26,7 +25,9 @@ enum Kind {
 }
 
 /// Path components the fuzzer combines into entry names and link targets.
-const WORDS: &[&str] = &["a", "b", "..", ".", "c", "", "x", "/", "outside", "project", "a/.."];
+const WORDS: &[&str] = &[
+    "a", "b", "..", ".", "c", "", "x", "/", "outside", "project", "a/..",
+];
 
 fn path_from(raw: &[u8]) -> String {
     raw.iter()
@@ -38,8 +39,8 @@ fn path_from(raw: &[u8]) -> String {
 
 fn build_zip(entries: &[Entry]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for entry in entries.iter().take(16) {
         let name = path_from(&entry.name);
         let _ = match &entry.kind {
@@ -126,7 +127,9 @@ fuzz_target!(|data: &[u8]| {
     let bytes = if mode % 2 == 0 {
         rest.to_vec()
     } else {
-        let entries: Vec<Entry> = arbitrary::Unstructured::new(rest).arbitrary().unwrap_or_default();
+        let entries: Vec<Entry> = arbitrary::Unstructured::new(rest)
+            .arbitrary()
+            .unwrap_or_default();
         build_zip(&entries)
     };
     let archive = top_path.join("archive");
@@ -146,12 +149,21 @@ fuzz_target!(|data: &[u8]| {
             || path == &outside
             || path == &outside.join("secret")
             || path.starts_with(&project);
-        assert!(expected, "extraction wrote {path:?} outside the project dir");
+        assert!(
+            expected,
+            "extraction wrote {path:?} outside the project dir"
+        );
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
             if let Some(to) = resolve(path) {
-                assert!(to.starts_with(&project), "link {path:?} leads to {to:?}, outside the project dir");
+                assert!(
+                    to.starts_with(&project),
+                    "link {path:?} leads to {to:?}, outside the project dir"
+                );
             }
         }
     }
-    assert_eq!(std::fs::read(outside.join("secret")).ok().as_deref(), Some(&b"keep"[..]));
+    assert_eq!(
+        std::fs::read(outside.join("secret")).ok().as_deref(),
+        Some(&b"keep"[..])
+    );
 });

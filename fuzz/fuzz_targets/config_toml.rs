@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         for duration in durations {
-            assert!(duration <= runnel_types::MAX_DURATION, "unclamped {duration:?}");
+            assert!(
+                duration <= runnel_types::MAX_DURATION,
+                "unclamped {duration:?}"
+            );
         }
         let _ = format!("{config:?} {:?}", file.warnings());
     }

@@ -7,7 +7,10 @@ use runnel_types::MAX_DURATION;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(spec) = runnel_api::decode_job_payload(data) {
-        let durations = spec.timeout.into_iter().chain(spec.steps.iter().filter_map(|s| s.timeout));
+        let durations = spec
+            .timeout
+            .into_iter()
+            .chain(spec.steps.iter().filter_map(|s| s.timeout));
         for duration in durations {
             assert!(duration <= MAX_DURATION, "unclamped duration {duration:?}");
         }

@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
         ],
         overrides: vec![Variable::new("A", "a")],
         changed_files: Some(vec!["a.yml".to_owned(), "src/x.rs".to_owned()]),
-        files: vec!["a.yml".to_owned(), "src/x.rs".to_owned(), "README.md".to_owned()],
+        files: vec![
+            "a.yml".to_owned(),
+            "src/x.rs".to_owned(),
+            "README.md".to_owned(),
+        ],
     };
     if let Ok(plan) = evaluate(&pipeline, &cx) {
         for job in &plan.jobs {

@@ -25,7 +25,10 @@ fuzz_target!(|input: Input| {
         return;
     }
     let mut stream = input.output.clone();
-    let status = input.status.as_ref().map(|s| s.iter().copied().filter(|&b| b != 0).collect::<Vec<u8>>());
+    let status = input
+        .status
+        .as_ref()
+        .map(|s| s.iter().copied().filter(|&b| b != 0).collect::<Vec<u8>>());
     if let Some(status) = &status {
         stream.extend_from_slice(&marker);
         stream.extend_from_slice(status);
@@ -39,7 +42,9 @@ fuzz_target!(|input: Input| {
     let mut cuts = input.cuts.iter();
     let mut largest_chunk = 0;
     while !rest.is_empty() && found.is_none() {
-        let at = cuts.next().map_or(rest.len(), |c| usize::from(*c) % rest.len() + 1);
+        let at = cuts
+            .next()
+            .map_or(rest.len(), |c| usize::from(*c) % rest.len() + 1);
         let (chunk, tail) = rest.split_at(at);
         largest_chunk = largest_chunk.max(chunk.len());
         rest = tail;
@@ -58,12 +63,18 @@ fuzz_target!(|input: Input| {
     match (&status, found) {
         (None, None) => {
             out.extend(scanner.finish());
-            assert_eq!(out, input.output, "output without a marker comes out unchanged");
+            assert_eq!(
+                out, input.output,
+                "output without a marker comes out unchanged"
+            );
         }
         (Some(status), Some(Ok(parsed))) => {
             assert!(status.len() <= MAX_STATUS);
             assert_eq!(&parsed, status);
-            assert_eq!(out, input.output, "output before the marker comes out unchanged");
+            assert_eq!(
+                out, input.output,
+                "output before the marker comes out unchanged"
+            );
         }
         (Some(status), Some(Err(_))) => {
             assert!(status.len() > MAX_STATUS, "a valid status was refused");

@@ -33,11 +33,18 @@ fn token_char(b: u8) -> bool {
 }
 
 fuzz_target!(|input: Input| {
-    let secrets: Vec<String> = input.secrets.iter().take(4).filter_map(|s| secret_from(s)).collect();
+    let secrets: Vec<String> = input
+        .secrets
+        .iter()
+        .take(4)
+        .filter_map(|s| secret_from(s))
+        .collect();
     let mut output = Vec::new();
     for (bytes, secret) in input.pieces.iter().take(64) {
         output.extend_from_slice(bytes);
-        if let Some(secret) = secret.and_then(|i| secrets.get(usize::from(i) % secrets.len().max(1))) {
+        if let Some(secret) =
+            secret.and_then(|i| secrets.get(usize::from(i) % secrets.len().max(1)))
+        {
             output.extend_from_slice(secret.as_bytes());
         }
     }
@@ -61,7 +68,9 @@ fuzz_target!(|input: Input| {
     writer.write_bytes(rest);
     writer.finish();
     trace.finish();
-    let stored = trace.read_from(0, usize::MAX).expect("the trace reads back");
+    let stored = trace
+        .read_from(0, usize::MAX)
+        .expect("the trace reads back");
     let stored: &[u8] = &stored;
     for secret in &secrets {
         assert!(
