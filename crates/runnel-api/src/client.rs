@@ -20,6 +20,10 @@ use crate::info::{VERSION, architecture, platform};
 use crate::observe::{Endpoint, RequestEvent, RequestObserver};
 use crate::retry::{RetryPolicy, is_retriable_status, is_retriable_transport};
 
+/// The largest response body read from the coordinator: a job payload with every variable,
+/// step and dependency is far below it (review L6).
+pub(crate) const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const LAST_UPDATE: &str = "X-GitLab-Last-Update";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -319,6 +323,8 @@ impl Sent {
     }
 
     /// The body, required to be `application/json`.
+    ///
+    /// Bounded by [`MAX_RESPONSE_BODY`].
     pub(crate) async fn json_bytes(self) -> Result<bytes::Bytes, ApiError> {
         if !self.is_json() {
             return Err(ApiError::NotJson {
@@ -330,18 +336,45 @@ impl Sent {
         self.bytes().await
     }
 
+    /// The whole body, at most [`MAX_RESPONSE_BODY`] bytes (review L6: a hostile coordinator
+    /// must not make the runner buffer gigabytes).
     pub(crate) async fn bytes(self) -> Result<bytes::Bytes, ApiError> {
         let Self {
-            response,
+            mut response,
             method,
             url,
             ..
         } = self;
-        response.bytes().await.map_err(|source| ApiError::ReadBody {
+        let too_large = |method, url| ApiError::BodyTooLarge {
             method,
             url,
-            source: source.without_url(),
-        })
+            limit: MAX_RESPONSE_BODY,
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_RESPONSE_BODY as u64)
+        {
+            return Err(too_large(method, url));
+        }
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+                        return Err(too_large(method, url));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(source) => {
+                    return Err(ApiError::ReadBody {
+                        method,
+                        url,
+                        source: source.without_url(),
+                    });
+                }
+            }
+        }
     }
 
     /// The body decoded as `T`, required to be `application/json`.

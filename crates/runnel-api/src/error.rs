@@ -138,6 +138,17 @@ pub enum ApiError {
         source: reqwest::Error,
     },
 
+    /// The response body is longer than any answer of the API can be (review L6).
+    #[error("the response to {method} {url} is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The request method.
+        method: Method,
+        /// The request URL.
+        url: SafeUrl,
+        /// The most read.
+        limit: usize,
+    },
+
     /// The response body is not the JSON the endpoint returns.
     #[error("failed to decode the response to {method} {url} at `{path}`")]
     Decode {

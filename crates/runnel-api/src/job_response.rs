@@ -21,6 +21,19 @@ use serde::Deserialize;
 use crate::error::ApiError;
 use crate::lenient::{Float, Int, StringList, Text, strip_nulls};
 
+/// The job id and token of a payload that [`decode_job`] refused, when they can still be read
+/// (review L7: GitLab has assigned the job; without them it could not be reported failed).
+pub(crate) fn job_identity(body: &[u8]) -> Option<(JobId, JobToken)> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let id = value
+        .get("id")
+        .and_then(|id| serde_json::from_value::<Int>(id.clone()).ok())
+        .map(|id| JobId(id.unsigned()))
+        .filter(|id| id.0 > 0)?;
+    let token = value.get("token")?.as_str().filter(|t| !t.is_empty())?;
+    Some((id, JobToken::new(token)))
+}
+
 /// Decodes a job payload, naming the job id (when the payload has one) and the failing path
 /// in errors.
 pub(crate) fn decode_job(body: &[u8]) -> Result<JobSpec, ApiError> {
@@ -466,9 +479,10 @@ fn convert<W, T>(items: Vec<W>, f: impl FnMut(W) -> T) -> Vec<T> {
     items.into_iter().map(f).collect()
 }
 
-/// `None` for absent, zero or negative timeouts.
+/// `None` for absent, zero or negative timeouts; longer than [`runnel_types::MAX_DURATION`]
+/// is clamped to it (a huge value must not overflow the deadline computed from it).
 fn positive_seconds(seconds: Int) -> Option<Duration> {
-    (seconds.0 > 0).then(|| Duration::from_secs(seconds.unsigned()))
+    (seconds.0 > 0).then(|| runnel_types::clamp_duration(Duration::from_secs(seconds.unsigned())))
 }
 
 /// A service `alias` may list several names separated by commas and/or spaces.
@@ -528,6 +542,11 @@ mod tests {
         assert_eq!(positive_seconds(Int(0)), None);
         assert_eq!(positive_seconds(Int(-5)), None);
         assert_eq!(positive_seconds(Int(60)), Some(Duration::from_secs(60)));
+        // review M1 (p_timeout.json): i64::MAX seconds is clamped, not an Instant overflow.
+        assert_eq!(
+            positive_seconds(Int(i64::MAX)),
+            Some(runnel_types::MAX_DURATION)
+        );
     }
 
     #[test]

@@ -55,6 +55,20 @@ pub enum JobRequestResult {
     Cancelled,
     /// Anything else.
     Failed(ApiError),
+    /// A job was assigned (201) but its payload could not be decoded; its id and token could
+    /// still be read, so it can be reported failed instead of left pending.
+    Undecodable(Box<UndecodableJob>),
+}
+
+/// A job whose payload could not be decoded.
+#[derive(Debug)]
+pub struct UndecodableJob {
+    /// The job.
+    pub id: JobId,
+    /// Its token.
+    pub token: JobToken,
+    /// Why decoding failed.
+    pub error: ApiError,
 }
 
 impl JobRequestResult {
@@ -398,7 +412,12 @@ async fn job_from(sent: Sent) -> JobRequestResult {
     };
     match decode_job(&body) {
         Ok(job) => JobRequestResult::Job(Box::new(job)),
-        Err(error) => JobRequestResult::Failed(error),
+        Err(error) => match crate::job_response::job_identity(&body) {
+            Some((id, token)) => {
+                JobRequestResult::Undecodable(Box::new(UndecodableJob { id, token, error }))
+            }
+            None => JobRequestResult::Failed(error),
+        },
     }
 }
 

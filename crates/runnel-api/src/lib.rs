@@ -43,7 +43,7 @@ pub use info::{Features, RunnerInfo};
 pub use job_payload::encode_job_payload;
 pub use jobs::{
     JobRequest, JobRequestResult, JobUpdate, PatchOutcome, PatchResult, RemoteStatus,
-    TRACE_PATCH_LIMIT, TracePatch, TraceSummary, UpdateOutcome, UpdateResult,
+    TRACE_PATCH_LIMIT, TracePatch, TraceSummary, UndecodableJob, UpdateOutcome, UpdateResult,
 };
 pub use observe::{Endpoint, RequestEvent, RequestObserver};
 pub use retry::{RetryPolicy, is_retriable_status, is_retriable_transport};

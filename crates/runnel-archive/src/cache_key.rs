@@ -51,11 +51,18 @@ pub fn sanitize(raw: &str) -> Result<String, CacheKeyError> {
             other => segments.push(other),
         }
     }
+    // Trailing whitespace is trimmed from the last segments; a segment that trims to `.` or
+    // `..` is resolved like one (review L9: `".. "` used to become `..`).
+    let mut climb = 0_usize;
     while let Some(last) = segments.pop() {
-        let trimmed = last.trim_end();
-        if !trimmed.is_empty() {
-            segments.push(trimmed);
-            break;
+        match last.trim_end() {
+            "" | "." => {}
+            ".." => climb += 1,
+            _ if climb > 0 => climb -= 1,
+            trimmed => {
+                segments.push(trimmed);
+                break;
+            }
         }
     }
     if segments.is_empty() {
@@ -112,11 +119,16 @@ pub fn resolve(
 ///
 /// `key` must come from [`sanitize`], [`hashed`] or [`resolve`], which guarantee it is relative
 /// and free of `..`.
+/// Only the plain names of `key` are joined, so the path stays below the project's directory
+/// whatever `key` holds (review L9).
 pub fn local_archive_path(cache_dir: &Path, project_unique_dir: &str, key: &str) -> PathBuf {
-    cache_dir
-        .join(project_unique_dir)
-        .join(key)
-        .join(LOCAL_ARCHIVE_NAME)
+    let mut path = cache_dir.join(project_unique_dir);
+    for component in Path::new(key).components() {
+        if let std::path::Component::Normal(name) = component {
+            path.push(name);
+        }
+    }
+    path.join(LOCAL_ARCHIVE_NAME)
 }
 
 #[cfg(test)]
@@ -137,6 +149,9 @@ mod tests {
             ("something %2F something", "something / something"),
             ("some%2f../job/some/ref/.", "job/some/ref"),
             ("%2E%2E%2E", "..."),
+            // Review L9: a last segment that trims to `..` is resolved, never kept.
+            ("x/p10/.. ", "x"),
+            ("a/b/..  /. ", "a"),
             ("%5C", "%5C"),
             ("foo/blipp/../bar", "foo/bar"),
             ("/foo/bar", "foo/bar"),
@@ -171,6 +186,8 @@ mod tests {
             "foo/bar/../..",
             "%2E%2e",
             " \t\r\n",
+            ".. ",
+            "p10/.. ",
         ] {
             assert!(
                 matches!(sanitize(raw), Err(CacheKeyError::Unsanitizable { .. })),

@@ -6,7 +6,12 @@
 //! - it would be written through a symlink: any parent directory on the way is a symlink
 //!   (including one planted by an earlier entry of the same archive);
 //! - it is a symlink whose target is absolute outside the project directory or climbs out of it
-//!   with `..`;
+//!   with `..`, or has a `..` after a name (`a/../x`): a name on the way may be (or later become)
+//!   a symlink, after which `..` is no longer the lexical parent, so only leading `..` are
+//!   allowed. Every link extracted therefore resolves inside the project directory, through any
+//!   chain of links the archive creates (each link's directory is a real directory, each target
+//!   climbs only from there and then descends through names, each of them a real directory or a
+//!   link that itself resolves inside);
 //! - it is a hard link, device, FIFO or socket.
 //!
 //! The official runner's default (legacy) extractor has no such checks and its fastzip
@@ -123,6 +128,12 @@ pub enum Rejection {
         /// The link target as stored.
         target: String,
     },
+    /// A symlink target has `..` after a name: through another link on the way it could lead
+    /// anywhere, so only leading `..` components are allowed.
+    LinkClimbsAfterName {
+        /// The link target as stored.
+        target: String,
+    },
     /// Hard links, devices, FIFOs and sockets are not extracted.
     UnsupportedType,
 }
@@ -143,6 +154,10 @@ impl fmt::Display for Rejection {
                     "symlink target `{target}` is outside the project directory"
                 )
             }
+            Self::LinkClimbsAfterName { target } => write!(
+                f,
+                "symlink target `{target}` has `..` after a name (only leading `..` are allowed)"
+            ),
             Self::UnsupportedType => f.write_str("unsupported entry type"),
         }
     }
@@ -187,9 +202,14 @@ pub struct ExtractSummary {
     pub symlinks: usize,
     /// Bytes of file content written.
     pub bytes: u64,
-    /// Entries skipped, in archive order.
+    /// Entries skipped, in archive order (at most [`MAX_WARNINGS`]).
     pub warnings: Vec<ExtractWarning>,
+    /// Entries skipped beyond [`MAX_WARNINGS`], only counted.
+    pub warnings_dropped: usize,
 }
+
+/// The most warnings an [`ExtractSummary`] lists.
+pub const MAX_WARNINGS: usize = 1000;
 
 /// Recognises an archive by its first bytes: zip (`PK`), zstd (tar+zstd) or gzip.
 pub fn detect_format(head: &[u8]) -> Option<ArchiveFormat> {
@@ -598,11 +618,28 @@ impl Sink {
 
     fn reject(&mut self, entry: &str, reason: Rejection) {
         self.flush();
-        tracing::warn!(message = "archive entry refused", entry, %reason);
-        self.summary.warnings.push(ExtractWarning::Rejected {
+        self.warn(ExtractWarning::Rejected {
             entry: entry.to_owned(),
             reason,
         });
+    }
+
+    /// Records a warning; past [`MAX_WARNINGS`] only counts it (review L11: an archive of
+    /// millions of refused entries must not grow the summary without bound).
+    fn warn(&mut self, warning: ExtractWarning) {
+        if self.summary.warnings.len() >= MAX_WARNINGS {
+            self.summary.warnings_dropped += 1;
+            return;
+        }
+        match &warning {
+            ExtractWarning::Rejected { entry, reason } => {
+                tracing::warn!(message = "archive entry refused", entry, %reason);
+            }
+            ExtractWarning::Failed { entry, error } => {
+                tracing::warn!(message = "archive entry not extracted", entry, %error);
+            }
+        }
+        self.summary.warnings.push(warning);
     }
 
     fn fail(&mut self, entry: &str, error: io::Error) {
@@ -611,8 +648,7 @@ impl Sink {
     }
 
     fn record_failure(&mut self, entry: &str, error: io::Error) {
-        tracing::warn!(message = "archive entry not extracted", entry, %error);
-        self.summary.warnings.push(ExtractWarning::Failed {
+        self.warn(ExtractWarning::Failed {
             entry: entry.to_owned(),
             error,
         });
@@ -719,13 +755,8 @@ impl Sink {
         let parents = components
             .split_last()
             .map_or(&[][..], |(_, parents)| parents);
-        if !link_stays_inside(&self.root, parents, target) {
-            return self.reject(
-                entry,
-                Rejection::LinkEscapes {
-                    target: target.to_owned(),
-                },
-            );
+        if let Err(reason) = check_link_target(&self.root, parents, target) {
+            return self.reject(entry, reason);
         }
         self.checked.remove(&path);
         let result = remove_existing(&path)
@@ -798,44 +829,39 @@ fn has_drive_prefix(name: &str) -> bool {
     matches!((chars.next(), chars.next()), (Some(letter), Some(':')) if letter.is_ascii_alphabetic())
 }
 
-/// Whether `target`, as seen from the directory `parents` (relative to `root`), stays inside.
-fn link_stays_inside(root: &Path, parents: &[String], target: &str) -> bool {
+/// Whether a link to `target` in the directory `parents` (relative to `root`) may be created:
+/// relative targets are some `..` (not above `root`) then names only; absolute ones are `root`
+/// then names only.
+fn check_link_target(root: &Path, parents: &[String], target: &str) -> Result<(), Rejection> {
+    let escapes = || Rejection::LinkEscapes {
+        target: target.to_owned(),
+    };
     if target.is_empty() || target.contains('\0') {
-        return false;
+        return Err(escapes());
     }
     let target_path = Path::new(target);
-    if target_path.is_absolute() {
-        return lexically_inside(root, target_path);
-    }
-    let mut depth = parents.len();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => match depth.checked_sub(1) {
-                Some(up) => depth = up,
-                None => return false,
-            },
-            _ => depth += 1,
-        }
-    }
-    true
-}
-
-fn lexically_inside(root: &Path, target: &Path) -> bool {
-    let mut normal: Vec<Component<'_>> = Vec::new();
-    for component in target.components() {
+    let (mut depth, rest) = if target_path.is_absolute() {
+        let rest = target_path.strip_prefix(root).map_err(|_| escapes())?;
+        (0, rest)
+    } else {
+        (parents.len(), target_path)
+    };
+    let mut climbing = !target_path.is_absolute();
+    for component in rest.components() {
         match component {
-            Component::ParentDir => {
-                if normal.len() <= 1 {
-                    return false;
-                }
-                normal.pop();
-            }
             Component::CurDir => {}
-            other => normal.push(other),
+            Component::ParentDir if climbing => depth = depth.checked_sub(1).ok_or_else(escapes)?,
+            Component::ParentDir if target_path.is_absolute() => return Err(escapes()),
+            Component::ParentDir => {
+                return Err(Rejection::LinkClimbsAfterName {
+                    target: target.to_owned(),
+                });
+            }
+            Component::Normal(_) => climbing = false,
+            Component::RootDir | Component::Prefix(_) => return Err(escapes()),
         }
     }
-    normal.iter().collect::<PathBuf>().starts_with(root)
+    Ok(())
 }
 
 fn create_dir(path: &Path) -> io::Result<()> {
@@ -916,14 +942,26 @@ mod tests {
     fn link_targets() {
         let root = Path::new("/p");
         let parents = ["a".to_owned(), "b".to_owned()];
-        assert!(link_stays_inside(root, &parents, "../../c"));
-        assert!(!link_stays_inside(root, &parents, "../../../c"));
-        assert!(!link_stays_inside(root, &parents, "x/../../../../c"));
-        assert!(link_stays_inside(root, &[], "x/../y"));
-        assert!(link_stays_inside(root, &[], "/p/y"));
-        assert!(!link_stays_inside(root, &[], "/etc"));
-        assert!(!link_stays_inside(root, &[], "/p/../etc"));
-        assert!(!link_stays_inside(root, &[], ""));
+        let ok = |parents: &[String], target| check_link_target(root, parents, target).is_ok();
+        assert!(ok(&parents, "../../c"));
+        assert!(ok(&parents, "./../.././c/d"));
+        assert!(!ok(&parents, "../../../c"));
+        assert!(!ok(&parents, "x/../../../../c"));
+        // Review M3: `..` after a name could climb out of a link (`a -> .`, `esc -> a/..`).
+        assert_eq!(
+            check_link_target(root, &[], "x/../y"),
+            Err(Rejection::LinkClimbsAfterName {
+                target: "x/../y".to_owned()
+            })
+        );
+        assert!(!ok(&parents, "../c/../d"));
+        assert!(ok(&[], "."));
+        assert!(ok(&[], "/p/y"));
+        assert!(ok(&[], "/p"));
+        assert!(!ok(&[], "/etc"));
+        assert!(!ok(&[], "/p/../etc"));
+        assert!(!ok(&[], "/pq"));
+        assert!(!ok(&[], ""));
     }
 
     #[test]

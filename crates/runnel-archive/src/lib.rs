@@ -47,7 +47,8 @@ mod zipwrite;
 
 pub use create::{ArchiveError, ArchiveOptions, ArchiveSummary, create_archive};
 pub use extract::{
-    ExtractError, ExtractSummary, ExtractWarning, Rejection, detect_format, extract, extract_file,
+    ExtractError, ExtractSummary, ExtractWarning, MAX_WARNINGS, Rejection, detect_format, extract,
+    extract_file,
 };
 pub use format::{ArchiveFormat, CompressionLevel, ParseFormatError, ParseLevelError};
 pub use select::{

@@ -195,7 +195,10 @@ impl DockerConfig {
     pub fn wait_for_services_timeout(&self) -> Option<Duration> {
         match self.wait_for_services_timeout.unwrap_or(0) {
             0 => Some(DEFAULT_WAIT_FOR_SERVICES_TIMEOUT),
-            seconds => u64::try_from(seconds).ok().map(Duration::from_secs),
+            // Clamped (review M1): the readiness deadline is "now" plus this.
+            seconds => u64::try_from(seconds)
+                .ok()
+                .map(|s| runnel_types::clamp_duration(Duration::from_secs(s))),
         }
     }
 }

@@ -103,8 +103,9 @@ fn unit_nanos(unit: &str) -> Option<f64> {
 impl Read for Duration {
     fn read(node: &Node<'_>, cx: &mut Context<'_>) -> Option<Self> {
         match node.value() {
+            // Clamped (review M1): deadlines are computed from these.
             Some(Value::String(text)) => match parse_go_duration(text.value()) {
-                Ok(duration) => Some(duration),
+                Ok(duration) => Some(runnel_types::clamp_duration(duration)),
                 Err(error) => {
                     cx.error(&node.path, node.span(), error.to_string());
                     None

@@ -199,7 +199,8 @@ impl DockerProvider {
             token: runner.token.clone(),
             system_id: system_id.to_owned(),
             runner_id: runner.id.unwrap_or(0),
-            gitlab_url: runner.url.clone(),
+            // Review L4: it goes into the `job.url` label; never with credentials.
+            gitlab_url: runnel_types::url_without_userinfo(&runner.url),
             shell,
             helper_image: config.helper_image.clone().unwrap_or_default(),
             helper_binary: None,

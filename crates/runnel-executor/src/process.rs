@@ -19,8 +19,9 @@
 //!   its group has been sent, so its id cannot be reused by an unrelated process meanwhile.
 //!
 //! Exits are observed without reaping (`waitid` with `WNOWAIT`, woken by `SIGCHLD`), so no
-//! thread is parked per child. This module does not know about stages, shells or the job log;
-//! processes that leave the group (`setsid`, daemons, `su -c`) are out of its reach.
+//! thread is parked per child. This module does not know about stages, shells or the job log.
+//! [`run`] cannot reach processes that leave the group (`setsid`, daemons, `su -c`); a shell
+//! [`Session`] can, as their subreaper.
 
 use std::fmt;
 use std::future::{Future, pending};
@@ -46,7 +47,7 @@ use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
 
 mod session;
 
-pub use session::{ScriptDelivery, Session};
+pub use session::{MAX_STATUS, MarkerScanner, OverlongStatus, ScriptDelivery, Session};
 
 /// How output is read: the largest chunk handed to the sink at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -269,9 +270,28 @@ struct ProcessGroup {
 
 impl ProcessGroup {
     fn spawn(spec: &ProcessSpec<'_>) -> Result<Self, ExecutorError> {
+        Self::spawn_with(spec, false)
+    }
+
+    /// [`ProcessGroup::spawn`]; with `subreaper`, the leader becomes the child subreaper of
+    /// everything it starts (`PR_SET_CHILD_SUBREAPER`, kept across `exec`): a process that
+    /// leaves the group (`setsid`, a double fork) is re-parented to the leader instead of
+    /// init, so [`ProcessGroup::kill_descendants`] still finds it.
+    fn spawn_with(spec: &ProcessSpec<'_>, subreaper: bool) -> Result<Self, ExecutorError> {
         use std::os::unix::process::CommandExt;
 
         let mut command = std::process::Command::new(spec.program);
+        if subreaper {
+            // SAFETY: the closure runs in the forked child before `exec` and only makes the
+            // `prctl` system call, which is async-signal-safe; it touches no memory of the
+            // parent and does not allocate.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+                });
+            }
+        }
         command
             .args(spec.args)
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
@@ -332,6 +352,45 @@ impl ProcessGroup {
         }
     }
 
+    /// Kills (`SIGKILL`) the leader's descendants, all of them or only those that left its
+    /// process group (`escaped_only`), until none is left (a process may fork while it is
+    /// being killed; its children are re-parented to the leader when the leader is a
+    /// subreaper). The leader itself is left alone. Review M5: a `setsid` process started by a
+    /// job outlived it and stole the next job's secrets.
+    async fn kill_descendants(&self, escaped_only: bool) {
+        if self.child.is_none() {
+            return;
+        }
+        for _ in 0..KILL_ROUNDS {
+            let found: Vec<Pid> = descendants(self.leader)
+                .into_iter()
+                .filter(|&(_, pgid)| !escaped_only || pgid != self.leader)
+                .map(|(pid, _)| pid)
+                .collect();
+            if found.is_empty() {
+                return;
+            }
+            debug!(
+                leader = self.pid(),
+                count = found.len(),
+                "killing leftover processes"
+            );
+            for pid in found {
+                match nix::sys::signal::kill(pid, Signal::SIGKILL) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(error) => {
+                        warn!(pid = pid.as_raw(), %error, "cannot kill a leftover process")
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        warn!(
+            leader = self.pid(),
+            "leftover processes keep appearing; giving up"
+        );
+    }
+
     /// Collects the leader's exit status. Call only once the leader has exited.
     fn reap(&mut self) -> Result<ExitStatus, ExecutorError> {
         let pid = self.pid();
@@ -368,6 +427,54 @@ impl Drop for ProcessGroup {
             warn!(pid = self.pid(), %error, "failed to start a reaper thread");
         }
     }
+}
+
+/// Rounds of [`ProcessGroup::kill_descendants`] before it gives up.
+const KILL_ROUNDS: usize = 50;
+
+/// Every live descendant of `root` with its process group, from `/proc/<pid>/stat` (zombies
+/// are skipped: they run nothing).
+fn descendants(root: Pid) -> Vec<(Pid, Pid)> {
+    let mut parents: Vec<(Pid, Pid, Pid)> = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp …`; comm may contain spaces and parentheses.
+        let Some(fields) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let mut fields = fields.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
+        let pgrp = fields.next().and_then(|f| f.parse::<i32>().ok());
+        if let (Some(state), Some(ppid), Some(pgrp)) = (state, ppid, pgrp)
+            && state != "Z"
+        {
+            parents.push((Pid::from_raw(pid), Pid::from_raw(ppid), Pid::from_raw(pgrp)));
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, pgrp) in &parents {
+            if ppid == parent && pid != root && !found.iter().any(|&(p, _)| p == pid) {
+                found.push((pid, pgrp));
+                frontier.push(pid);
+            }
+        }
+    }
+    found
 }
 
 /// The child's standard streams, on the runtime.

@@ -98,14 +98,19 @@ pub fn posix(input: &str) -> String {
     out
 }
 
-/// Double-quotes `input` like Go's `%q`, so the shell still expands `$VAR` inside it.
+/// Double-quotes `input` like Go's `%q`, so the shell still expands `$VAR` inside it; backticks
+/// and `$(` are escaped, so it never runs a command.
 pub fn double_quote(input: &str) -> String {
     let mut out = String::with_capacity(input.len() + 2);
     out.push('"');
-    for ch in input.chars() {
+    let mut chars = input.chars().peekable();
+    while let Some(ch) = chars.next() {
         match ch {
+            '$' if chars.peek() == Some(&'(') => out.push_str("\\$"),
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            // Review L8: no command substitution from a value (`$VAR` still expands).
+            '`' => out.push_str("\\`"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
@@ -165,5 +170,14 @@ mod tests {
     #[test]
     fn double_quote_keeps_dollars() {
         assert_eq!(double_quote("$PWD/a \"b\""), r#""$PWD/a \"b\"""#);
+    }
+
+    /// Review L8 (`p_weird2.json`): a file-variable key `FILE$(touch …)` ran a command.
+    #[test]
+    fn double_quote_never_substitutes_commands() {
+        assert_eq!(
+            double_quote("a$(touch x)`id`${B}"),
+            r#""a\$(touch x)\`id\`${B}""#
+        );
     }
 }

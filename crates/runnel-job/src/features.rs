@@ -35,7 +35,9 @@ pub const FEATURE_FLAGS: &[(&str, bool)] = &[
     ("FF_DISABLE_AUTOMATIC_TOKEN_ROTATION", false),
     ("FF_USE_LEGACY_GCS_CACHE_ADAPTER", false),
     ("FF_USE_LEGACY_S3_CACHE_ADAPTER", false),
-    ("FF_GIT_URLS_WITHOUT_TOKENS", false),
+    // On by default, unlike the official runner (review M4): the job token never reaches an
+    // argument list (`git config`, `git-remote-http`); `false` brings back the insteadOf URL.
+    ("FF_GIT_URLS_WITHOUT_TOKENS", true),
     ("FF_MASK_ALL_DEFAULT_TOKENS", true),
     ("FF_EXPORT_HIGH_CARDINALITY_METRICS", false),
     ("FF_USE_EXPONENTIAL_BACKOFF_STAGE_RETRY", true),

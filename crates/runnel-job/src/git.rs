@@ -3,9 +3,10 @@
 //! `git fetch` with the job's refspecs and depth, checkout of the job's commit, clean, LFS and
 //! submodules.
 //!
-//! The remote URL never carries the job token: the token only reaches git through a host-wide
-//! `url.<with token>.insteadOf` (or a credential helper reading `$CI_JOB_TOKEN` with
-//! `FF_GIT_URLS_WITHOUT_TOKENS`) in the extra config inside the job's temp dir; with
+//! The remote URL never carries the job token: the token only reaches git through a credential
+//! helper reading `$CI_JOB_TOKEN` (`FF_GIT_URLS_WITHOUT_TOKENS`, on by default here so the
+//! token is in no process's arguments) or, with that flag off, a host-wide
+//! `url.<with token>.insteadOf`, in the extra config inside the job's temp dir; with
 //! `GIT_SUBMODULE_FORCE_HTTPS` the same file maps the instance's SSH URLs to it. With the
 //! runner's `clone_url`, the remote is that URL plus `<CI_PROJECT_PATH>.git`, with the job
 //! token as `gitlab-ci-token` credentials, as the official runner builds it. Not done: the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
@@ -174,7 +175,7 @@ impl<'a, 'b> GitSources<'a, 'b> {
 
     fn write_ext_config(&self, w: &mut ScriptWriter) {
         let ext = self.ext_config.as_str();
-        w.mkdir(&self.ctx.dirs.temp_dir);
+        w.temp_dir(&self.ctx.dirs.temp_dir);
         w.rm_file(ext);
         w.command("touch", &[ext]);
         let base = &self.remote.base;

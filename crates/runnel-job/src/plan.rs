@@ -97,6 +97,8 @@ impl JobPlan {
 /// relative builds/cache dirs. Bad job settings become [`JobPlan::warnings`].
 pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
     let mut warnings = Vec::new();
+    let (valid, dropped_secrets) = drop_invalid_keys(job, &mut warnings);
+    let job = valid.as_ref().unwrap_or(job);
     let builds_dir = absolute_dir(job, "builds_dir", &opts.builds_dir)?;
     let cache_dir = absolute_dir(job, "cache_dir", &opts.cache_dir)?;
     let runner_env = runner_environment(&opts.environment, &mut warnings);
@@ -127,6 +129,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         exit_code_check: feature_flags.bash_exit_code_check(),
         legacy_eval: feature_flags.legacy_bash_eval(),
         xtrace: settings.debug_trace,
+        private_temp: opts.executor.is_shared_environment(),
     };
     let context = StageContext {
         job,
@@ -145,7 +148,10 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         .chain(job.dependencies.iter().map(|d| d.token.expose()))
         .filter(|token| !token.is_empty())
         .map(Secret::new);
-    for secret in credentials.chain(context.remote_cache_secrets()) {
+    for secret in credentials
+        .chain(context.remote_cache_secrets())
+        .chain(dropped_secrets)
+    {
         if !masked_values.contains(&secret) {
             masked_values.push(secret);
         }
@@ -363,6 +369,35 @@ fn all_variables(
     vars.push(internal("CI_RUNNER_EXECUTABLE_ARCH", opts.os_arch.as_str()));
     vars.push(internal("RUNNER_TEMP_PROJECT_DIR", dirs.temp_dir.as_str()));
     vars
+}
+
+/// Review L8: a variable key becomes a shell name and, for file variables, a file name in the
+/// temp dir, so only `[A-Za-z0-9_]+` (what GitLab allows) is used. Others are left out
+/// with a warning; masked values among them are still masked. `None` when every key is valid.
+fn drop_invalid_keys(job: &JobSpec, warnings: &mut Vec<String>) -> (Option<JobSpec>, Vec<Secret>) {
+    if job.variables.iter().all(|v| is_valid_key(&v.key)) {
+        return (None, Vec::new());
+    }
+    let mut valid = job.clone();
+    let mut secrets = Vec::new();
+    valid.variables.retain(|v| {
+        if is_valid_key(&v.key) {
+            return true;
+        }
+        warnings.push(format!(
+            "variable {:?} ignored: a variable name must be letters, digits and `_` only",
+            v.key.escape_debug().to_string()
+        ));
+        if v.masked && !v.value.is_empty() {
+            secrets.push(Secret::new(v.value.as_str()));
+        }
+        false
+    });
+    (Some(valid), secrets)
+}
+
+fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn masked_values(variables: &JobVariables) -> Vec<Secret> {

@@ -25,6 +25,9 @@ pub(crate) struct ScriptStyle {
     pub(crate) legacy_eval: bool,
     /// `CI_DEBUG_TRACE`.
     pub(crate) xtrace: bool,
+    /// Jobs share the host (shell executor): the temp dir is private (0700, never a symlink)
+    /// and file variables are 0600 (review M4, M5).
+    pub(crate) private_temp: bool,
 }
 
 /// Accumulates the body of one stage script.
@@ -162,8 +165,14 @@ impl ScriptWriter {
         if variable.file {
             let path = format!("{temp_dir}/{}", variable.key);
             let value = self.quote(&variable.value);
-            self.mkdir_expand(temp_dir);
-            self.line(&format!("printf '%s' {value} > {}", double_quote(&path)));
+            self.temp_dir(temp_dir);
+            let write = format!("printf '%s' {value} > {}", double_quote(&path));
+            if self.style.private_temp {
+                // Only the job's user may read a secret file (review M4).
+                self.line(&format!("(umask 077 && {write})"));
+            } else {
+                self.line(&write);
+            }
             self.line(&format!("export {key}={}", double_quote(&path)));
         } else {
             let value = self.quote(&variable.value);
@@ -173,7 +182,7 @@ impl ScriptWriter {
 
     /// Reads the dotenv file earlier stages wrote through `$GITLAB_ENV`.
     pub(crate) fn source_env(&mut self, env_file: &str, temp_dir: &str) {
-        self.mkdir_expand(temp_dir);
+        self.temp_dir(temp_dir);
         // `touch` without a process: creates the file if missing, keeps its contents.
         self.line(&format!(": >> {}", double_quote(env_file)));
         self.line(&format!(
@@ -182,10 +191,20 @@ impl ScriptWriter {
         ));
     }
 
-    /// [`Self::mkdir`] with the path double-quoted, so `$VAR` in it still expands.
-    fn mkdir_expand(&mut self, dir: &str) {
+    /// Creates the job's temp dir (the path is double-quoted, so `$VAR` in it still expands).
+    /// With [`ScriptStyle::private_temp`] a symlink or non-directory planted there is removed
+    /// (never followed) and the directory is made 0700 (review M5).
+    pub(crate) fn temp_dir(&mut self, dir: &str) {
         let dir = double_quote(dir);
-        self.line(&format!("test -d {dir} || mkdir -p {dir}"));
+        if self.style.private_temp {
+            self.line(&format!(
+                "if [ -L {dir} ] || {{ [ -e {dir} ] && [ ! -d {dir} ]; }}; then rm -f {dir}; fi"
+            ));
+            // Made 0700 when created; the cleanup stage removes it, so each job makes it anew.
+            self.line(&format!("test -d {dir} || (umask 077 && mkdir -p {dir})"));
+        } else {
+            self.line(&format!("test -d {dir} || mkdir -p {dir}"));
+        }
     }
 
     /// `printf` of a collapsed section start marker for `FF_SCRIPT_SECTIONS`.

@@ -270,7 +270,9 @@ impl Parser<'_> {
             return default;
         };
         match value.parse::<u64>() {
-            Ok(minutes) if minutes > 0 => Duration::from_secs(minutes.saturating_mul(60)),
+            Ok(minutes) if minutes > 0 => {
+                runnel_types::clamp_duration(Duration::from_secs(minutes.saturating_mul(60)))
+            }
             _ => {
                 let key = "CACHE_REQUEST_TIMEOUT";
                 self.warn(key, &value, "a positive number of minutes", "10");
@@ -282,7 +284,8 @@ impl Parser<'_> {
     fn duration(&mut self, key: &str) -> Option<Duration> {
         let value = self.non_empty(key)?;
         match parse_go_duration(&value) {
-            Ok(d) if !d.is_zero() => Some(d),
+            // Clamped (review M1): deadlines are computed from these.
+            Ok(d) if !d.is_zero() => Some(runnel_types::clamp_duration(d)),
             Ok(_) => None,
             Err(_) => {
                 let expected = "a duration such as 30m or 1h30m";

@@ -225,12 +225,28 @@ impl StageContext<'_> {
             Some(name) if is_plain_host_name(name) => name,
             _ => "$(hostname)",
         };
-        let message = if host.is_empty() {
-            format!("Running on {here}...")
+        let rest = if host.is_empty() {
+            "...".to_owned()
         } else {
-            format!("Running on {here} via {host}...")
+            format!(" via {host}...")
         };
-        w.line(&format!("echo {}", double_quote(&message)));
+        // `double_quote` never lets a `$(` through, so the one command substitution wanted
+        // here (`$(hostname)`) goes between two quoted parts.
+        let head = double_quote("Running on ");
+        let tail = double_quote(&format!("{here}{rest}"));
+        let message = match here {
+            "$(hostname)" => format!(
+                "{}$(hostname){}",
+                head.strip_suffix('"').unwrap_or(&head),
+                double_quote(&rest).strip_prefix('"').unwrap_or_default()
+            ),
+            _ => format!(
+                "{}{}",
+                head.strip_suffix('"').unwrap_or(&head),
+                tail.strip_prefix('"').unwrap_or_default()
+            ),
+        };
+        w.line(&format!("echo {message}"));
         w.rm_file_arg_expand(&self.temp_file(ENV_FILE));
         w.rm_file_arg_expand(&self.temp_file(MASKING_DB));
         let script = w.finish();
@@ -353,7 +369,20 @@ impl StageContext<'_> {
         };
         self.write_commands(&mut w, "script_step", &script);
         self.write_script_hook(&mut w, "post_build_script", &self.opts.post_build_script);
-        let name = format!("step_{}", step.name);
+        // Review L5: the name becomes a section marker and a log field; a hostile step name
+        // (newlines, escapes) must not break either.
+        let safe: String = step
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!("step_{safe}");
         let mut stage = self.stage(&name, StageKind::Build, StageWhen::OnSuccess, w.finish());
         stage.timeout = TimeoutKind::Script;
         Some(stage)
@@ -393,6 +422,11 @@ impl StageContext<'_> {
         w.rm_file(&self.temp_file(ENV_FILE));
         w.rm_file(&self.temp_file(MASKING_DB));
         w.rm_file(&self.temp_file(EXT_GIT_CONFIG));
+        if self.style.private_temp {
+            // Review M5: the next job makes a fresh private temp dir, so nothing planted in
+            // this one (a symlink, a FIFO) is there for it.
+            w.rm_dir(&self.dirs.temp_dir, false);
+        }
         if self.flags.job_cleanup() {
             let set_permissions = self.flags.set_permissions_before_cleanup();
             w.rm_dir(&self.dirs.project_dir, set_permissions);

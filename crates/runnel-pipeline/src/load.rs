@@ -1561,5 +1561,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     if !seen || !total.is_finite() || total <= 0.0 {
         return None;
     }
-    Duration::try_from_secs_f64(total).ok()
+    // Clamped (review M1): a deadline computed from a huge timeout must not overflow.
+    Duration::try_from_secs_f64(total)
+        .ok()
+        .map(runnel_types::clamp_duration)
 }

@@ -923,6 +923,11 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
             run_received_job(&shared, &runner, *job, client).await;
             shared.touch();
         }
+        JobRequestResult::Undecodable(job) => {
+            runner.record_health(true);
+            shared.touch();
+            report_undecodable(&client, &info, *job).await;
+        }
         JobRequestResult::NoJob => {
             runner.record_health(true);
             tracing::debug!(runner = %spec.token.short(), "no job");
@@ -956,6 +961,59 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
     drop(slot);
 }
 
+/// Review L7: GitLab assigned a job whose payload could not be decoded. Report it failed
+/// (`runner_system_failure`) with the decoding error as its log, instead of leaving it pending
+/// until GitLab's stuck-job timeout.
+async fn report_undecodable(
+    client: &Client,
+    info: &runnel_api::RunnerInfo,
+    job: runnel_api::UndecodableJob,
+) {
+    let runnel_api::UndecodableJob { id, token, error } = job;
+    let error = crate::job::error_chain(&error);
+    tracing::error!(job = %id, %error, "the job payload could not be decoded; reporting the job failed");
+    let config = runnel_trace::TraceConfig {
+        masked: vec![runnel_types::Secret::new(token.expose())],
+        ..runnel_trace::TraceConfig::default()
+    };
+    let Ok(trace) = runnel_trace::JobTrace::new(config) else {
+        return;
+    };
+    trace.error(&format!(
+        "Job failed (system failure): the runner could not read the job: {error}"
+    ));
+    trace.finish();
+    let content = trace
+        .read_from(0, runnel_api::TRACE_PATCH_LIMIT)
+        .unwrap_or_default();
+    let patch = runnel_api::TracePatch {
+        job_id: id,
+        token: &token,
+        offset: 0,
+        content,
+        debug_trace: false,
+    };
+    if let Err(error) = client.patch_trace(&patch).await {
+        tracing::warn!(job = %id, %error, "could not send the log of an undecodable job");
+    }
+    let update = runnel_api::JobUpdate {
+        job_id: id,
+        token: &token,
+        state: runnel_types::JobState::Failed,
+        failure_reason: Some(runnel_types::FailureReason::RunnerSystemFailure),
+        exit_code: None,
+        output: runnel_api::TraceSummary {
+            crc32: trace.crc32(),
+            bytesize: trace.bytesize() as u64,
+        },
+        info,
+    };
+    let result = client.update_job(&update).await;
+    if let runnel_api::UpdateOutcome::Failed(error) = result.outcome {
+        tracing::warn!(job = %id, %error, "could not report an undecodable job failed");
+    }
+}
+
 async fn run_received_job(
     shared: &Arc<Shared>,
     runner: &Arc<RunnerState>,
@@ -972,7 +1030,12 @@ async fn run_received_job(
         spec.name.clone(),
         config.system_id.clone(),
     ];
-    let tracked = shared.running.register(job.id, labels, spec.url.clone());
+    let tracked = shared.running.register(
+        job.id,
+        labels,
+        // Review L4: the debug page shows this URL; it must not carry credentials.
+        runnel_types::url_without_userinfo(&spec.url),
+    );
     let provider = crate::job::JobProvider(crate::job::provider_for(
         &spec,
         config.user.as_deref(),

@@ -167,14 +167,14 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         plan.warnings.extend(cache_warning);
         plan
     });
-    let trace = match JobTrace::new(trace_config(&planned, context)) {
+    let trace = match JobTrace::new(trace_config(&job, &planned, context)) {
         Ok(trace) => trace,
         Err(error) => {
             // Fail closed: without a working masker no output may be collected.
             tracing::error!(job = %job.id, %error, "cannot set up the job log");
             let fallback = TraceConfig {
                 masked: Vec::new(),
-                ..trace_config(&planned, context)
+                ..trace_config(&job, &planned, context)
             };
             match JobTrace::new(fallback) {
                 Ok(trace) => {
@@ -276,6 +276,8 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     let started = Instant::now();
     let usage = Arc::new(JobUsage::default());
     let outcome = match planned {
+        // Review M1: a panic while the job runs must still end in a final state, not leave the
+        // job "running" in GitLab until its stuck-job timeout.
         Ok(plan) => {
             let run = JobRun {
                 trace: &trace,
@@ -285,7 +287,17 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
                 journal: journal.as_ref(),
                 journal_failed: &journal_failed,
             };
-            execute(&job, &plan, &options, context, &run).await
+            let run = execute(&job, &plan, &options, context, &run);
+            match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    let what = panic_message(panic.as_ref());
+                    tracing::error!(job = %job.id, panic = %what, "the job task panicked");
+                    JobOutcome::SystemFailure {
+                        message: format!("the runner failed while running the job: {what}"),
+                    }
+                }
+            }
         }
         Err(error) => {
             write_header_lines(&trace, &header_without_plan(context, &options));
@@ -372,6 +384,15 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         }
     }
     format!("{} ({delivery:?})", final_status.state.as_str())
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
 }
 
 /// Reports a job that failed before anything ran (the trace could not be set up properly, or
@@ -469,7 +490,7 @@ async fn execute_stages(
         trace.warning(warning);
     }
     let started = Instant::now();
-    let job_deadline = started + plan.timeouts.job;
+    let job_deadline = saturating_deadline(started, plan.timeouts.job);
     let sections = job.features.trace_sections;
 
     // prepare_executor
@@ -578,7 +599,7 @@ async fn execute_stages(
         context.tracked.set_stage(&stage.name);
         // A child span per stage: recording into the job span would make text logs repeat
         // `stage=` once per stage so far.
-        let stage_span = tracing::info_span!("stage", stage = %stage.name);
+        let stage_span = tracing::info_span!("stage", stage = ?stage.name);
         let stage_started = Instant::now();
         let result = async {
             tracing::debug!("stage started");
@@ -842,6 +863,15 @@ impl Drop for Cancels {
     }
 }
 
+/// `start + timeout`, or the latest deadline that can be represented (review M1: a timeout near
+/// `u64::MAX` seconds must not panic the job task).
+fn saturating_deadline(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .or_else(|| start.checked_add(runnel_types::MAX_DURATION))
+        .unwrap_or(start)
+}
+
 /// The deadline and the cancellation a stage runs under.
 fn stage_limits(
     stage: &PlannedStage,
@@ -853,11 +883,14 @@ fn stage_limits(
     match stage.timeout {
         TimeoutKind::Job => (job_deadline, cancels.soft.clone()),
         TimeoutKind::Script => (
-            job_deadline.min(now + plan.timeouts.script),
+            job_deadline.min(saturating_deadline(now, plan.timeouts.script)),
             cancels.soft.clone(),
         ),
         // after_script and cleanup survive a graceful cancel; only an abort stops them.
-        TimeoutKind::AfterScript => (now + plan.timeouts.after_script, cancels.hard.clone()),
+        TimeoutKind::AfterScript => (
+            saturating_deadline(now, plan.timeouts.after_script),
+            cancels.hard.clone(),
+        ),
         TimeoutKind::Cleanup => (now + CLEANUP_TIMEOUT, cancels.hard.clone()),
     }
 }
@@ -1250,6 +1283,7 @@ fn go_arch() -> &'static str {
 }
 
 fn trace_config(
+    job: &JobSpec,
     plan: &Result<JobPlan, runnel_job::PlanError>,
     context: &JobContext,
 ) -> TraceConfig {
@@ -1260,8 +1294,20 @@ fn trace_config(
             limit_bytes: context.runner.output_limit_bytes,
             timestamps: plan.feature_flags.timestamps(),
         },
+        // Review L1: the planning error can quote expanded variables, so mask what the job
+        // marks masked (and its token) even without a plan.
         Err(_) => TraceConfig {
-            masked: Vec::new(),
+            masked: job
+                .variables
+                .iter()
+                .filter(|v| v.masked && !v.value.is_empty())
+                .map(|v| runnel_types::Secret::new(v.value.as_str()))
+                .chain(
+                    Some(job.token.expose())
+                        .filter(|t| !t.is_empty())
+                        .map(runnel_types::Secret::new),
+                )
+                .collect(),
             token_prefixes: runnel_trace::default_token_prefixes(true),
             limit_bytes: context.runner.output_limit_bytes,
             timestamps: false,

@@ -130,6 +130,7 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "N")]
     pub(crate) concurrency: Option<usize>,
     /// A variable that overrides the CI file (KEY=VALUE; repeatable); not masked.
+    /// Other local users can read a process's arguments: pass secrets with --secrets-file.
     #[arg(long = "variable", value_name = "KEY=VALUE")]
     pub(crate) variables: Vec<String>,
     /// A file of variables (KEY=VALUE lines, or a YAML map of strings); not masked.
@@ -210,7 +211,8 @@ pub(crate) struct RunnerArgs {
     /// GitLab instance URL.
     #[arg(long, short = 'u', env = "CI_SERVER_URL")]
     pub(crate) url: Option<String>,
-    /// Runner authentication token (glrt-…).
+    /// Runner authentication token (glrt-…). Other local users can read a process's
+    /// arguments: prefer the CI_SERVER_TOKEN environment variable.
     #[arg(long, short = 't', env = "CI_SERVER_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Runner name.
@@ -325,7 +327,8 @@ pub(crate) struct RegisterArgs {
     /// TOML file with one [[runners]] entry whose settings are merged in.
     #[arg(long, env = "TEMPLATE_CONFIG_FILE")]
     pub(crate) template_config: Option<PathBuf>,
-    /// Legacy registration token (deprecated by GitLab).
+    /// Legacy registration token (deprecated by GitLab). Prefer the REGISTRATION_TOKEN
+    /// environment variable: other local users can read a process's arguments.
     #[arg(long, short = 'r', env = "REGISTRATION_TOKEN", hide_env_values = true)]
     pub(crate) registration_token: Option<String>,
     /// Tags for the runner, comma separated (legacy registration only).
@@ -386,7 +389,8 @@ pub(crate) struct UnregisterArgs {
     /// The runner's GitLab URL (with --token).
     #[arg(long, short = 'u', env = "CI_SERVER_URL")]
     pub(crate) url: Option<String>,
-    /// The runner's token (with --url).
+    /// The runner's token (with --url). Prefer the CI_SERVER_TOKEN environment variable:
+    /// other local users can read a process's arguments.
     #[arg(long, short = 't', env = "CI_SERVER_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
 }

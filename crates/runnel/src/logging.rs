@@ -212,8 +212,10 @@ fn filter_for(level: LogLevel) -> EnvFilter {
     } else {
         "warn"
     };
+    // Review L12: bollard logs every Docker request and response body at debug (container
+    // create bodies with the job's variables), so it never logs below warnings.
     EnvFilter::new(format!(
-        "{deps},runnel={directive},runnel_service={directive},runnel_api={directive},runnel_config={directive},runnel_executor={directive}"
+        "{deps},bollard=warn,runnel={directive},runnel_service={directive},runnel_api={directive},runnel_config={directive},runnel_executor={directive}"
     ))
 }
 

@@ -141,10 +141,42 @@ async fn an_undecodable_job_names_its_id_and_the_path() {
     server.reply(Reply::status(201).json(&json!({
         "id": 4711, "token": "t", "steps": [{"name": "script", "script": [1, 2]}],
     })));
+    // Review L7: the job is assigned, so its id and token come back for a failed update.
+    let JobRequestResult::Undecodable(job) = request_once(&server).await else {
+        panic!("expected an undecodable job");
+    };
+    assert_eq!(job.id.0, 4711);
+    assert_eq!(job.token.expose(), "t");
+    insta::assert_snapshot!(job.error.to_string(), @"failed to decode job 4711 at `steps[0].script[0]`");
+}
+
+/// Review L7 (`project_id: "18446744073709551615"`): a payload whose identity cannot be read
+/// is an ordinary failure.
+#[tokio::test]
+async fn a_payload_without_a_readable_identity_is_a_failure() {
+    let server = TestServer::start().await;
+    server.reply(Reply::status(201).json(&json!({
+        "id": "x", "steps": [{"name": "script", "script": [1]}],
+    })));
+    assert!(matches!(
+        request_once(&server).await,
+        JobRequestResult::Failed(_)
+    ));
+}
+
+/// Review L6 (`bigbody.py`): a 1.2 GB answer pushed the runner to 2.5 GB RSS.
+#[tokio::test]
+async fn an_oversized_answer_is_refused() {
+    let server = TestServer::start().await;
+    let filler = "x".repeat(65 * 1024 * 1024);
+    server.reply(Reply::status(201).json(&json!({ "id": 1, "token": "t", "pad": filler })));
     let JobRequestResult::Failed(error) = request_once(&server).await else {
         panic!("expected a failure");
     };
-    insta::assert_snapshot!(error.to_string(), @"failed to decode job 4711 at `steps[0].script[0]`");
+    assert!(
+        error.to_string().contains("is larger than 67108864 bytes"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

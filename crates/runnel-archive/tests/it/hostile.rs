@@ -194,12 +194,52 @@ fn symlinks_pointing_outside_are_refused() {
     ]), @r"
       warning: abs: refused: symlink target `[OUT]/x` is outside the project directory
       warning: a/b/rel: refused: symlink target `../../../x` is outside the project directory
-      warning: a/b/sneaky: refused: symlink target `c/../../../../x` is outside the project directory
+      warning: a/b/sneaky: refused: symlink target `c/../../../../x` has `..` after a name (only leading `..` are allowed)
       a
       a/b
       a/b/inside
       fine.txt
     ");
+}
+
+/// Review M3 (`chain.zip`): each link looked inside on its own, but `a -> .` makes `a/..` the
+/// project's parent. Targets with `..` after a name are refused, and every link left resolves
+/// inside the project.
+#[test]
+fn chained_symlinks_cannot_climb_out() {
+    let items = [
+        Item::Link("a", "."),
+        Item::Link("esc", "a/.."),
+        Item::Link("deep/esc2", "../a/../outside-secret"),
+        Item::Link("deep/up", ".."),
+        Item::Link("deep/via", "../a/a/deep"),
+        Item::Link("deep/up2", "up/deep/up"),
+    ];
+    insta::assert_snapshot!(attack(&items), @r"
+      warning: esc: refused: symlink target `a/..` has `..` after a name (only leading `..` are allowed)
+      warning: deep/esc2: refused: symlink target `../a/../outside-secret` has `..` after a name (only leading `..` are allowed)
+      a
+      deep
+      deep/up
+      deep/up2
+      deep/via
+    ");
+    let scratch = Scratch::new();
+    let outside = scratch.outside.display().to_string();
+    extract(
+        Cursor::new(hostile_zip(&items, &outside)),
+        ArchiveFormat::Zip,
+        &scratch.project,
+    )
+    .expect("extract");
+    for link in ["a", "deep/up", "deep/via", "deep/up2"] {
+        let resolved = fs_err::canonicalize(scratch.project.join(link)).expect("link resolves");
+        assert!(
+            resolved.starts_with(&scratch.project),
+            "{link} resolves to {}",
+            resolved.display()
+        );
+    }
 }
 
 #[test]
@@ -300,4 +340,27 @@ fn an_existing_symlink_to_outside_is_never_traversed() {
         );
     }
     assert!(Scratch::listing(&scratch.outside).is_empty());
+}
+
+/// Review L11: every refused entry added a warning, so a hostile archive grew the summary
+/// without bound. Past `MAX_WARNINGS` they are only counted.
+#[test]
+fn refused_entries_beyond_the_warning_limit_are_counted() {
+    let names: Vec<String> = (0..runnel_archive::MAX_WARNINGS + 500)
+        .map(|i| format!("../evil{i}"))
+        .collect();
+    let items: Vec<Item> = names
+        .iter()
+        .map(|name| Item::File(Box::leak(name.clone().into_boxed_str()), "x"))
+        .collect();
+    let scratch = Scratch::new();
+    let outside = scratch.outside.display().to_string();
+    let summary = extract(
+        Cursor::new(hostile_zip(&items, &outside)),
+        ArchiveFormat::Zip,
+        &scratch.project,
+    )
+    .expect("extract");
+    assert_eq!(summary.warnings.len(), runnel_archive::MAX_WARNINGS);
+    assert_eq!(summary.warnings_dropped, 500);
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -15,6 +15,9 @@ use tokio::process::Command;
 use tokio_util::io::ReaderStream;
 
 use super::{JobState, Shared};
+
+/// The largest git request body read.
+const GIT_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The fallback route: git requests go to `git http-backend`, anything else is a 404.
 pub(super) async fn serve(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response {
@@ -30,9 +33,28 @@ pub(super) async fn serve(State(shared): State<Arc<Shared>>, request: Request<Bo
         )
             .into_response();
     }
+    // Review L2: read-only, as for a GitLab job token: fetches (`git-upload-pack`) only.
+    let service = request.uri().query().unwrap_or("");
+    let upload_pack = match *request.method() {
+        Method::GET => rest == "/info/refs" && service == "service=git-upload-pack",
+        Method::POST => rest == "/git-upload-pack",
+        _ => false,
+    };
+    if !upload_pack {
+        return (
+            StatusCode::FORBIDDEN,
+            "only fetching is allowed (git-upload-pack)\n",
+        )
+            .into_response();
+    }
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
-        return (StatusCode::BAD_REQUEST, "unreadable request body\n").into_response();
+    // Review M2: bounded (a fetch request lists wants and haves; pushes are refused above).
+    let Some(body) = super::read_limited(&parts.headers, body, GIT_BODY_LIMIT).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body unreadable or larger than 16 MiB\n",
+        )
+            .into_response();
     };
     let header_text = |name: &HeaderName| {
         parts
@@ -67,6 +89,7 @@ pub(super) async fn serve(State(shared): State<Arc<Shared>>, request: Request<Bo
             header_text(&HeaderName::from_static("git-protocol")),
         )
         .env("REMOTE_USER", "gitlab-ci-token")
+        .env("GIT_CONFIG_PARAMETERS", "'http.receivepack'='false'")
         .env("REMOTE_ADDR", "127.0.0.1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -39,6 +39,11 @@ use crate::error::ExecError;
 const LONG_POLL: Duration = Duration::from_secs(20);
 /// `X-GitLab-Trace-Update-Interval`: the smallest the runner accepts, for a live log.
 const TRACE_INTERVAL: &str = "1";
+/// The largest JSON body the job routes read (review M2): a job request or update is a few
+/// hundred bytes.
+const JSON_BODY_LIMIT: usize = 64 * 1024;
+/// The largest trace PATCH read: the runner sends at most 1 MiB per request.
+const TRACE_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Which runner (executor) a job is queued for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,18 +171,22 @@ impl Coordinator {
             closing: CancellationToken::new(),
             canceled: CancellationToken::new(),
         });
+        // Review M2: every route bounds what it reads, and routes whose token is in a header
+        // check it before reading the body. Only the authenticated artifact upload streams an
+        // unbounded body (to a file).
         let api = Router::new()
             .route("/jobs/request", post(request_job))
             .route("/jobs/{id}", put(update_job))
             .route("/jobs/{id}/trace", patch(patch_trace))
             .route(
                 "/jobs/{id}/artifacts",
-                post(upload_artifacts).get(download_artifacts),
+                post(upload_artifacts)
+                    .layer(DefaultBodyLimit::disable())
+                    .get(download_artifacts),
             );
         let router = Router::new()
             .nest("/api/v4", api)
             .fallback(git::serve)
-            .layer(DefaultBodyLimit::disable())
             .with_state(Arc::clone(&shared));
         let closing = shared.closing.clone();
         let server = tokio::spawn(async move {
@@ -281,6 +290,18 @@ fn plain(status: StatusCode, message: &str) -> Response {
     (status, message.to_owned()).into_response()
 }
 
+/// The body, unless it is (or announces to be) longer than `limit`: then nothing more is read.
+async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Option<Bytes> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return None;
+    }
+    axum::body::to_bytes(body, limit).await.ok()
+}
+
 fn job_token(headers: &HeaderMap) -> Option<&str> {
     headers.get("JOB-TOKEN").and_then(|v| v.to_str().ok())
 }
@@ -291,7 +312,15 @@ struct RequestBody {
 }
 
 /// `POST /jobs/request`.
-async fn request_job(State(shared): AppState, body: Bytes) -> Response {
+async fn request_job(State(shared): AppState, headers: HeaderMap, body: Body) -> Response {
+    // The runner token is in the body (as on GitLab), so the body is read, but no more than
+    // a job request can be.
+    let Some(body) = read_limited(&headers, body, JSON_BODY_LIMIT).await else {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "413 Request Entity Too Large",
+        );
+    };
     let Ok(body) = serde_json::from_slice::<RequestBody>(&body) else {
         return plain(StatusCode::BAD_REQUEST, "400 invalid JSON");
     };
@@ -360,8 +389,25 @@ async fn update_job(
     State(shared): AppState,
     UrlPath(id): UrlPath<u64>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    // Authenticate from the header before reading anything, when the runner sends it.
+    if let Some(token) = job_token(&headers) {
+        let inner = shared.lock();
+        match inner.jobs.get(&id) {
+            None => return plain(StatusCode::NOT_FOUND, "404 Job Not Found"),
+            Some(job) if job.token != token => {
+                return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(body) = read_limited(&headers, body, JSON_BODY_LIMIT).await else {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "413 Request Entity Too Large",
+        );
+    };
     let Ok(body) = serde_json::from_slice::<UpdateBody>(&body) else {
         return plain(StatusCode::BAD_REQUEST, "400 invalid JSON");
     };
@@ -414,15 +460,27 @@ async fn patch_trace(
     State(shared): AppState,
     UrlPath(id): UrlPath<u64>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    {
+        let inner = shared.lock();
+        let Some(job) = inner.jobs.get(&id) else {
+            return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+        };
+        if job_token(&headers) != Some(job.token.as_str()) {
+            return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+        }
+    }
+    let Some(body) = read_limited(&headers, body, TRACE_BODY_LIMIT).await else {
+        return plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "413 Request Entity Too Large",
+        );
+    };
     let mut inner = shared.lock();
     let Some(job) = inner.jobs.get_mut(&id) else {
         return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
     };
-    if job_token(&headers) != Some(job.token.as_str()) {
-        return plain(StatusCode::FORBIDDEN, "403 Forbidden");
-    }
     let range = headers
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
@@ -692,6 +750,130 @@ mod tests {
         tokio::task::yield_now().await;
         coordinator.close();
         assert_eq!(held.await.unwrap().unwrap().status(), 204);
+        coordinator.shutdown().await;
+    }
+
+    /// Sends a request head announcing `length` body bytes, then a little of the body, and
+    /// returns the status line of the answer (review M2: `bigpost.py` made the coordinator
+    /// buffer 1.5 GB before it looked at the token).
+    async fn status_of_huge(url: &str, head: &str, length: u64) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let address = url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!("{head}\r\nHost: {address}\r\nContent-Length: {length}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(&[b'x'; 4096]).await.unwrap();
+        let mut answer = vec![0; 256];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{head:?}: no answer without reading the whole body"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn huge_or_unauthenticated_bodies_are_refused_before_they_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _events) = mpsc::unbounded_channel();
+        let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
+        let coordinator = Coordinator::start(
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            runners,
+            dir.path().to_path_buf(),
+            1,
+            tx,
+        )
+        .await
+        .unwrap();
+        coordinator
+            .enqueue(NewJob {
+                id: 7,
+                token: "job-token".to_owned(),
+                kind: RunnerKind::Shell,
+                payload: b"{\"id\":7}".to_vec(),
+                log_file: dir.path().join("logs/job.log"),
+                artifacts_dir: dir.path().join("artifacts"),
+            })
+            .unwrap();
+        let url = coordinator.url.clone();
+        let huge = 1_572_864_000;
+        let cases = [
+            ("POST /api/v4/jobs/request HTTP/1.1", "413"),
+            ("PUT /api/v4/jobs/7 HTTP/1.1\r\nJOB-TOKEN: wrong", "403"),
+            ("PUT /api/v4/jobs/7 HTTP/1.1", "413"),
+            (
+                "PATCH /api/v4/jobs/7/trace HTTP/1.1\r\nJOB-TOKEN: wrong",
+                "403",
+            ),
+            (
+                "PATCH /api/v4/jobs/7/trace HTTP/1.1\r\nJOB-TOKEN: job-token\r\nContent-Range: 0-1",
+                "413",
+            ),
+            (
+                "POST /api/v4/jobs/7/artifacts HTTP/1.1\r\nJOB-TOKEN: wrong\r\nContent-Type: multipart/form-data; boundary=x",
+                "403",
+            ),
+            ("POST /g/p.git/git-upload-pack HTTP/1.1", "401"),
+        ];
+        for (head, status) in cases {
+            let line = status_of_huge(&url, head, huge).await;
+            assert!(line.contains(status), "{head:?}: {line}");
+        }
+        coordinator.close();
+        coordinator.shutdown().await;
+    }
+
+    /// Review L2: a job pushed `HEAD:refs/heads/evil` into the snapshot repository.
+    #[tokio::test]
+    async fn the_git_endpoint_refuses_pushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _events) = mpsc::unbounded_channel();
+        let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
+        let coordinator = Coordinator::start(
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            runners,
+            dir.path().to_path_buf(),
+            1,
+            tx,
+        )
+        .await
+        .unwrap();
+        coordinator
+            .enqueue(NewJob {
+                id: 7,
+                token: "job-token".to_owned(),
+                kind: RunnerKind::Shell,
+                payload: b"{\"id\":7}".to_vec(),
+                log_file: dir.path().join("logs/job.log"),
+                artifacts_dir: dir.path().join("artifacts"),
+            })
+            .unwrap();
+        let http = reqwest::Client::new();
+        let picked = http
+            .post(format!("{}/api/v4/jobs/request", coordinator.url))
+            .body(r#"{"token":"runner-token"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(picked.status(), 201);
+        for (method, path) in [
+            (reqwest::Method::GET, "info/refs?service=git-receive-pack"),
+            (reqwest::Method::POST, "git-receive-pack"),
+            (reqwest::Method::PUT, "git-upload-pack"),
+        ] {
+            let answer = http
+                .request(
+                    method.clone(),
+                    format!("{}/g/p.git/{path}", coordinator.url),
+                )
+                .basic_auth("gitlab-ci-token", Some("job-token"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 403, "{method} {path}");
+        }
+        coordinator.close();
         coordinator.shutdown().await;
     }
 }

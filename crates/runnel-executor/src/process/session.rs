@@ -5,10 +5,11 @@
 //! one stage at a time on stdin, each stage in its own subshell:
 //!
 //! ```text
-//! (
+//! { (
 //! <stage script>
 //! ) </dev/null
 //! printf '\000RUNNEL-<nonce>:%d\000' "$?"; printf '\000RUNNEL-<nonce>\000' >&2
+//! }
 //! ```
 //!
 //! How the script reaches the shell is a [`ScriptDelivery`]. On stdin, as the official runner
@@ -23,15 +24,31 @@
 //! only end the stage), and `$?` is the stage's exit status. The two markers come after
 //! everything the stage's processes wrote, because the shell writes them once the subshell has
 //! exited, so the runner knows where a stage's output ends on both streams without closing them;
-//! the markers are removed from the output. The nonce is random per session, so output cannot
+//! the markers are removed from the output. The nonce is random per stage, so output cannot
 //! end a stage by chance. The shell then waits on stdin for the next stage; the runner decides
 //! in between what comes next, as with separate shells.
+//!
+//! The stage must not learn the nonce (it could then end itself early with a forged status,
+//! or make the runner wait for a marker's end). The braces make the shell read the whole
+//! input, trailer included, before it starts the subshell, so while the stage runs nothing of
+//! the nonce is left unread in the shell's stdin (where the stage could read it through
+//! `/proc/$$/fd/0`), in a file, in an argument or in the environment: it exists only in the
+//! runner and in the shell's parsed command. A process of the job's user that reads the shell's
+//! memory (ptrace, `/proc/<pid>/mem`, which Yama's `ptrace_scope` 1 forbids to descendants) can
+//! still find it; what it gains is ending its own stage with a status of its choice, which
+//! `exit` gives it anyway. Parsing is bounded whatever the output holds: bytes that cannot
+//! start a marker are passed on at once, and a marker's status must end within
+//! [`MAX_STATUS`] bytes or the stage fails with a protocol error.
 //!
 //! A stage that is cancelled or times out takes the whole session down (the process group is
 //! stopped as [`super::run`] stops it); so does a shell that exits on its own. The caller then
 //! starts a new session for the next stage. Processes a stage leaves in the background stay in
 //! the session's process group until the session ends, as they would under the official runner
-//! until the job ends; [`Session::close`] kills them.
+//! until the job ends; [`Session::close`] kills them. The shell is the child subreaper of
+//! everything the stages start, so processes that leave its process group (`setsid`, double
+//! forks) are still its descendants and are killed too (review M5), unless the shell itself is
+//! killed first (a stage that kills its own shell). Processes that change user (`su`,
+//! setuid programs) cannot be signalled by the runner's user.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -68,7 +85,8 @@ pub struct Session {
     stdin: Option<ChildStdin>,
     stdout: Marked<ChildStdout>,
     stderr: Marked<ChildStderr>,
-    /// `\0RUNNEL-<nonce>`: the start of both markers.
+    /// `\0RUNNEL-<nonce>`: the start of both markers of the current stage (a new nonce per
+    /// stage).
     marker: Vec<u8>,
     /// The extra environment the shell was started with.
     env: Vec<(String, String)>,
@@ -103,7 +121,7 @@ impl Session {
             ),
         };
         let watch = ExitWatch::new()?;
-        let mut group = ProcessGroup::spawn(spec)?;
+        let mut group = ProcessGroup::spawn_with(spec, true)?;
         let pipes = group.take_pipes()?;
         // Room for a burst of output while the runner is busy with the last one, so a
         // chatty job keeps running instead of blocking on a full 64 KiB pipe.
@@ -121,7 +139,7 @@ impl Session {
             stdin: Some(pipes.stdin),
             stdout: Marked::new(pipes.stdout),
             stderr: Marked::new(pipes.stderr),
-            marker: format!("\0RUNNEL-{}", nonce()).into_bytes(),
+            marker: Vec::new(),
             env: spec.env.to_vec(),
             alive: true,
             scripts,
@@ -235,7 +253,10 @@ impl Session {
                     };
                     match end {
                         End::Exited => (Ok(end), None),
-                        _ => (terminate(group, watch, policy).await.map(|()| end), None),
+                        _ => {
+                            group.kill_descendants(true).await;
+                            (terminate(group, watch, policy).await.map(|()| end), None)
+                        }
                     }
                 }
                 Ended::ShellExited => {
@@ -245,6 +266,9 @@ impl Session {
                 }
                 Ended::Stopped(end) => {
                     debug!(pid, reason = ?end, "stopping shell session");
+                    // Processes that left the group get no SIGTERM; kill them while the shell
+                    // (their subreaper) is still there to hold them.
+                    group.kill_descendants(true).await;
                     match terminate(group, watch, policy).await {
                         Ok(()) => {
                             group.signal(Signal::SIGKILL);
@@ -268,6 +292,9 @@ impl Session {
         };
         // The session is over: kill what the stages left behind and reap the shell.
         self.alive = false;
+        // Before stdin closes: at end of input the shell exits, and what it held as subreaper
+        // would go to init.
+        self.group.kill_descendants(false).await;
         self.stdin = None;
         self.group.signal(Signal::SIGKILL);
         let status = self.group.reap()?;
@@ -293,8 +320,12 @@ impl Session {
             return;
         }
         self.alive = false;
-        self.stdin = None;
         // Between stages the shell only waits for input, so nothing is lost by killing it.
+        // Everything the stages started goes first, also what left the process group (the
+        // shell is their subreaper, so they are still its descendants), and before stdin
+        // closes (at end of input the shell exits and would hand them to init).
+        self.group.kill_descendants(false).await;
+        self.stdin = None;
         self.group.signal(Signal::SIGKILL);
         let leader = self.group.leader;
         if timeout(KILL_WAIT, self.watch.exited(leader)).await.is_err() {
@@ -319,9 +350,15 @@ impl Session {
 
     /// The text that runs `script` as one stage, and the file it was written to, if any.
     fn stage_input(&mut self, script: &str) -> Result<(Vec<u8>, Option<PathBuf>), ExecutorError> {
-        // The marker is `\0RUNNEL-<hex>`; printf spells the NUL as `\000`.
-        let marker = String::from_utf8_lossy(self.marker.get(1..).unwrap_or_default());
-        let mut input = String::with_capacity(script.len() + 128);
+        // A fresh nonce per stage. The marker is `\0RUNNEL-<hex>`; printf spells the NUL as
+        // `\000`.
+        let nonce = nonce();
+        self.marker = format!("\0RUNNEL-{nonce}").into_bytes();
+        let marker = format!("RUNNEL-{nonce}");
+        // The braces make the shell read everything up to `}` before it runs the stage, so the
+        // trailer (and its nonce) is not left in the stdin pipe for the stage to read.
+        let mut input = String::with_capacity(script.len() + 160);
+        input.push_str("{ ");
         let file = match &self.scripts {
             None => {
                 input.push_str("(\n");
@@ -342,7 +379,7 @@ impl Session {
             }
         };
         input.push_str(&format!(
-            "printf '\\000{marker}:%d\\000' \"$?\"; printf '\\000{marker}\\000' >&2\n"
+            "printf '\\000{marker}:%d\\000' \"$?\"; printf '\\000{marker}\\000' >&2\n}}\n"
         ));
         Ok((input.into_bytes(), file))
     }
@@ -408,12 +445,84 @@ fn nonce() -> String {
     format!("{a:016x}{b:016x}")
 }
 
+/// The longest status a marker carries (`:` and a decimal exit status; the shell's `$?` is at
+/// most three digits). A longer one is a protocol error, so a marker cannot make the runner
+/// hold output.
+pub const MAX_STATUS: usize = 16;
+
+/// A marker whose status did not end within [`MAX_STATUS`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed stage marker: its status is longer than {MAX_STATUS} bytes")]
+pub struct OverlongStatus;
+
+/// The pure part of reading a stream that carries stage markers: output goes on at once unless
+/// it could be the start of the marker, and a marker is taken out with its status. Memory is
+/// bounded by the last chunk pushed plus the marker and [`MAX_STATUS`].
+#[derive(Debug, Default)]
+pub struct MarkerScanner {
+    /// Bytes pushed but not yet handed on: a possible marker start, or what followed a marker.
+    pending: Vec<u8>,
+}
+
+impl MarkerScanner {
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.pending.extend_from_slice(chunk);
+    }
+
+    /// Bytes held back (a possible marker start or what followed a marker).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Passes everything before a marker (or everything that cannot start one) to `emit`; takes
+    /// a complete marker out and returns its status (what followed `marker` up to its closing
+    /// NUL). `Ok(None)`: more input is needed.
+    pub fn next(
+        &mut self,
+        marker: &[u8],
+        emit: &mut dyn FnMut(&[u8]),
+    ) -> Result<Option<Vec<u8>>, OverlongStatus> {
+        let (out, found) = match find(&self.pending, marker) {
+            Some(start) => (start, true),
+            None => (
+                self.pending.len() - partial_suffix(&self.pending, marker),
+                false,
+            ),
+        };
+        if out > 0 {
+            if let Some(bytes) = self.pending.get(..out) {
+                emit(bytes);
+            }
+            self.pending.drain(..out);
+        }
+        if !found {
+            return Ok(None);
+        }
+        let rest = self.pending.get(marker.len()..).unwrap_or_default();
+        let Some(end) = rest.iter().take(MAX_STATUS + 1).position(|&b| b == 0) else {
+            return if rest.len() > MAX_STATUS {
+                Err(OverlongStatus)
+            } else {
+                Ok(None)
+            };
+        };
+        let status = rest.get(..end).unwrap_or_default().to_vec();
+        self.pending.drain(..marker.len() + end + 1);
+        Ok(Some(status))
+    }
+
+    /// At end of stream: everything still held back.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 /// An output stream that carries stage markers.
 #[derive(Debug)]
 struct Marked<R> {
     reader: R,
-    /// Bytes read but not yet handed on: a possible marker start, or what followed a marker.
-    pending: Vec<u8>,
+    scanner: MarkerScanner,
     eof: bool,
 }
 
@@ -421,7 +530,7 @@ impl<R: AsyncRead + Unpin> Marked<R> {
     fn new(reader: R) -> Self {
         Marked {
             reader,
-            pending: Vec::new(),
+            scanner: MarkerScanner::default(),
             eof: false,
         }
     }
@@ -436,51 +545,27 @@ impl<R: AsyncRead + Unpin> Marked<R> {
     ) -> io::Result<Option<Vec<u8>>> {
         let mut buf = vec![0; READ_CHUNK];
         loop {
-            if let Some(payload) = self.take_marker(marker, stream, sink) {
-                return Ok(Some(payload));
+            let mut emit = |bytes: &[u8]| sink.write(stream, bytes);
+            if let Some(status) = self
+                .scanner
+                .next(marker, &mut emit)
+                .map_err(io::Error::other)?
+            {
+                return Ok(Some(status));
             }
             if self.eof {
-                if !self.pending.is_empty() {
-                    sink.write(stream, &self.pending);
-                    self.pending.clear();
+                let rest = self.scanner.finish();
+                if !rest.is_empty() {
+                    sink.write(stream, &rest);
                 }
                 return Ok(None);
             }
             let read = self.reader.read(&mut buf).await?;
             match buf.get(..read).filter(|chunk| !chunk.is_empty()) {
-                Some(chunk) => self.pending.extend_from_slice(chunk),
+                Some(chunk) => self.scanner.push(chunk),
                 None => self.eof = true,
             }
         }
-    }
-
-    /// Passes on everything before a marker, or everything that cannot start one; takes a
-    /// complete marker out of the buffer.
-    fn take_marker(
-        &mut self,
-        marker: &[u8],
-        stream: OutputStream,
-        sink: &dyn OutputSink,
-    ) -> Option<Vec<u8>> {
-        let pending = &self.pending;
-        let (emit, found) = match find(pending, marker) {
-            Some(start) => (start, true),
-            None => (pending.len() - partial_suffix(pending, marker), false),
-        };
-        if emit > 0 {
-            if let Some(out) = self.pending.get(..emit) {
-                sink.write(stream, out);
-            }
-            self.pending.drain(..emit);
-        }
-        if !found {
-            return None;
-        }
-        let rest = self.pending.get(marker.len()..)?;
-        let end = rest.iter().position(|&b| b == 0)?;
-        let payload = rest.get(..end)?.to_vec();
-        self.pending.drain(..marker.len() + end + 1);
-        Some(payload)
     }
 }
 
@@ -515,6 +600,65 @@ mod tests {
         assert_eq!(partial_suffix(b"hello\0RUNX", marker), 0);
         assert_eq!(partial_suffix(b"\0RUNNEL-a", marker), 9);
         assert_eq!(find(b"xx\0RUNNEL-ab:0\0yy", marker), Some(2));
+    }
+
+    /// Feeds `chunks` to a scanner and returns what it emitted and every status it found.
+    fn scan(marker: &[u8], chunks: &[&[u8]]) -> (Vec<u8>, Vec<Vec<u8>>, Option<OverlongStatus>) {
+        let mut scanner = MarkerScanner::default();
+        let (mut out, mut statuses) = (Vec::new(), Vec::new());
+        for chunk in chunks {
+            scanner.push(chunk);
+            loop {
+                match scanner.next(marker, &mut |b| out.extend_from_slice(b)) {
+                    Ok(Some(status)) => statuses.push(status),
+                    Ok(None) => break,
+                    Err(error) => return (out, statuses, Some(error)),
+                }
+            }
+        }
+        out.extend(scanner.finish());
+        (out, statuses, None)
+    }
+
+    #[test]
+    fn markers_are_found_across_chunks_and_taken_out() {
+        let marker = b"\0RUNNEL-ab";
+        let (out, statuses, error) = scan(
+            marker,
+            &[b"one\0RUN", b"NEL-ab:", b"3\0two\0RUNNEL-ab:0", b"\0"],
+        );
+        assert_eq!(out, b"onetwo", "output without the markers");
+        assert_eq!(statuses, [b":3".to_vec(), b":0".to_vec()]);
+        assert_eq!(error, None);
+    }
+
+    /// Review H2 (`nonce_job3.sh`): a marker followed by endless non-NUL bytes made the runner
+    /// keep and rescan all of them. Now that is a protocol error after [`MAX_STATUS`] bytes,
+    /// and nothing is held back beyond that.
+    #[test]
+    fn an_overlong_status_is_an_error_not_a_growing_buffer() {
+        let marker = b"\0RUNNEL-ab";
+        let mut scanner = MarkerScanner::default();
+        scanner.push(b"\0RUNNEL-ab:");
+        let mut out = Vec::new();
+        assert_eq!(
+            scanner.next(marker, &mut |b| out.extend_from_slice(b)),
+            Ok(None)
+        );
+        scanner.push(&[b'A'; 64 * 1024]);
+        assert_eq!(
+            scanner.next(marker, &mut |b| out.extend_from_slice(b)),
+            Err(OverlongStatus)
+        );
+        assert!(out.is_empty());
+        // Output that is not a marker is never held back beyond a possible marker start.
+        let mut scanner = MarkerScanner::default();
+        for _ in 0..100 {
+            scanner.push(&[b'A'; 64 * 1024]);
+            scanner.push(b"\0RUNNEL-a");
+            assert_eq!(scanner.next(marker, &mut |_| {}), Ok(None));
+            assert!(scanner.pending() < marker.len());
+        }
     }
 
     #[test]

@@ -400,3 +400,119 @@ async fn output_is_streamed_before_the_process_exits() {
     assert_eq!(result.expect("bash runs"), StageExit::Exited(0));
     assert_eq!(sink.stdout(), "partial rest\n");
 }
+
+/// Review H2 (`review-repro/nonce_job3.sh`, `nonce_job2.sh`): a stage read the rest of the
+/// session shell's input through `/proc/$$/fd/0`, learned the stage-end marker and forged it
+/// with an endless status (the runner then held and rescanned everything that followed), or
+/// just ate the trailer (the stage then never ended). Now the shell has read the whole trailer
+/// before the stage starts: there is nothing to steal, the marker-like output is passed on as
+/// output, the stage ends with its own status and the session goes on.
+#[tokio::test]
+async fn a_stage_cannot_learn_or_forge_the_stage_end_marker() {
+    use runnel_executor::process::{ScriptDelivery, Session};
+    for delivery in [ScriptDelivery::Stdin, ScriptDelivery::Files] {
+        let sink = Recorder::default();
+        let mut session = Session::start(&bash(""), delivery, &sink).expect("session starts");
+        let cancel = CancellationToken::new();
+        let stop = StopWhen {
+            cancel: &cancel,
+            deadline: None,
+        };
+        let attack = r#"stolen=$( (timeout 1 dd if=/proc/$$/fd/0 bs=1 count=300 2>/dev/null || true) | tr -d '\0')
+nonce=$(printf '%s' "$stolen" | grep -o 'RUNNEL-[0-9a-f]*' | head -1)
+echo "learned marker nonce: [$nonce]"
+{ printf '\0%s:' "$nonce"; head -c 2000000 /dev/zero | tr '\0' 'A'; }
+echo $$ >&2
+exit 7"#;
+        let exit = within(
+            "the attacking stage",
+            session.run(attack, &sink, stop, &QUICK),
+        )
+        .await
+        .expect("stage runs");
+        assert_eq!(
+            exit,
+            StageExit::Exited(7),
+            "{delivery:?}: the stage's own status"
+        );
+        let mut expected = b"learned marker nonce: []\n\0:".to_vec();
+        expected.extend(std::iter::repeat_n(b'A', 2_000_000));
+        let out = sink.bytes(OutputStream::Stdout);
+        assert!(
+            out == expected,
+            "{delivery:?}: {} bytes of output instead of {}",
+            out.len(),
+            expected.len()
+        );
+        let shell = sink.stderr();
+
+        let next = Recorder::default();
+        let exit = within(
+            "the next stage",
+            session.run("echo $$ >&2", &next, stop, &QUICK),
+        )
+        .await
+        .expect("next stage runs");
+        session.close().await;
+        assert_eq!(exit, StageExit::Exited(0));
+        assert_eq!(
+            next.stderr(),
+            shell,
+            "{delivery:?}: the same session goes on"
+        );
+    }
+}
+
+/// Review M5 (`scratch/p8`): a job started `setsid nohup … &`, which outlived the job and read
+/// the next job's secrets. The session shell is the subreaper of what its stages start, so
+/// processes that left the process group (setsid, a double fork) die with the session too.
+#[tokio::test]
+async fn processes_that_left_the_group_die_with_the_session() {
+    use runnel_executor::process::{ScriptDelivery, Session};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sink = Recorder::default();
+    let mut session =
+        Session::start(&bash(""), ScriptDelivery::Files, &sink).expect("session starts");
+    let cancel = CancellationToken::new();
+    let stop = StopWhen {
+        cancel: &cancel,
+        deadline: None,
+    };
+    let setsid_pid = dir.path().join("setsid.pid");
+    let daemon_pid = dir.path().join("daemon.pid");
+    let script = format!(
+        "setsid nohup sleep 1000 >/dev/null 2>&1 & echo $! > {}\n\
+         (setsid sh -c 'sleep 1000 & echo $! > {}' >/dev/null 2>&1 &)\n\
+         sleep 0.2; echo $$",
+        setsid_pid.display(),
+        daemon_pid.display()
+    );
+    let exit = within("the stage", session.run(&script, &sink, stop, &QUICK))
+        .await
+        .expect("stage runs");
+    assert_eq!(exit, StageExit::Exited(0));
+    let escaped = [read_pid(&setsid_pid).await, read_pid(&daemon_pid).await];
+    let parents: Vec<String> = escaped
+        .iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for pid in escaped {
+        assert!(is_running(pid), "{pid} runs until the session ends");
+    }
+    let shell = sink.stdout();
+    assert_eq!(
+        parents,
+        [shell.trim(), shell.trim()],
+        "the session shell is the subreaper of what left its group"
+    );
+    session.close().await;
+    for pid in escaped {
+        assert_gone(pid).await;
+    }
+}

@@ -507,6 +507,8 @@ fn durations_parse_like_gitlab() {
         ("soon", None),
         ("99999999999999999999999999999 years", None),
         ("", None),
+        // Review M1 (`scratch/p3`): clamped to a year, so a deadline from it cannot overflow.
+        ("9223372036854775000 seconds", Some(365 * 86400)),
     ];
     for (text, want) in cases {
         let got = runnel_pipeline::parse_duration(text).map(|d| d.as_secs());

@@ -507,6 +507,12 @@ async fn download(args: ArtifactsDownloaderArgs) -> anyhow::Result<()> {
     for warning in &summary.warnings {
         warn(&warning.to_string());
     }
+    if summary.warnings_dropped > 0 {
+        warn(&format!(
+            "{} more entries were skipped",
+            summary.warnings_dropped
+        ));
+    }
     Ok(())
 }
 
@@ -610,6 +616,12 @@ fn extract(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("failed to extract the cache archive {}", file.display()))?;
     for warning in &summary.warnings {
         warn(&warning.to_string());
+    }
+    if summary.warnings_dropped > 0 {
+        warn(&format!(
+            "{} more entries were skipped",
+            summary.warnings_dropped
+        ));
     }
     Ok(())
 }

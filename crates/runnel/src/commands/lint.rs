@@ -18,6 +18,31 @@ pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
             for warning in file.warnings() {
                 writeln!(out, "WARNING: {warning}")?;
             }
+            // Review L12: values only the executor parses (Docker sizes and CPUs) are checked
+            // here too, so `lint` never calls valid a config that fails at job start.
+            let problems: Vec<String> = file
+                .config()
+                .runners
+                .iter()
+                .filter_map(|runner| {
+                    let docker = runner.docker.as_ref()?;
+                    runnel_executor_docker::DockerOptions::from_config(docker)
+                        .err()
+                        .map(|error| format!("runner {:?}: [runners.docker]: {error}", runner.name))
+                })
+                .collect();
+            if !problems.is_empty() {
+                for problem in &problems {
+                    writeln!(out, "{problem}")?;
+                }
+                writeln!(
+                    out,
+                    "{} is not valid ({} problem(s))",
+                    path.display(),
+                    problems.len()
+                )?;
+                return Ok(ExitCode::FAILURE);
+            }
             writeln!(
                 out,
                 "{} is valid ({} runner(s), {} warning(s))",

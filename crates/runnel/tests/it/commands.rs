@@ -222,6 +222,21 @@ async fn lint_reports_every_problem_and_warns_about_unknown_keys() {
     assert!(run.stderr.contains("unknown_global"), "{}", run.stderr);
 }
 
+/// Review L12: `lint` called a config valid whose Docker values fail at job start.
+#[tokio::test]
+async fn lint_checks_docker_sizes_and_cpus() {
+    let env = TestEnv::new().await;
+    std::fs::write(
+        env.config_path(),
+        "concurrent = 1\n[[runners]]\n  name = \"d\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-x\"\n  executor = \"docker\"\n  [runners.docker]\n    image = \"alpine\"\n    memory = \"99999999999999999999g\"\n",
+    )
+    .unwrap();
+    let run = env.runnel(&["lint"], "").await;
+    run.assert_failure();
+    assert!(run.stderr.contains("memory"), "{}", run.stderr);
+    assert!(run.stderr.contains("is not valid"), "{}", run.stderr);
+}
+
 #[tokio::test]
 async fn an_unknown_key_is_a_warning_and_survives_a_save() {
     let env = TestEnv::new().await;

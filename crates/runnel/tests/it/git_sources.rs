@@ -880,3 +880,90 @@ async fn strategies_none_and_empty_skip_git() {
         "no git traffic without a git strategy"
     );
 }
+
+/// Scans every process's arguments for `needle` until `stop` is set; returns what it saw.
+fn watch_argv(
+    needle: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+                    && cmdline
+                        .windows(needle.len())
+                        .any(|w| w == needle.as_bytes())
+                {
+                    seen.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        seen
+    })
+}
+
+/// Review M4 (`procwatch.py`, `out-filevar`) and M5 (`scratch/p8`): the job token was in the
+/// arguments of `git config` and `git-remote-http` for the whole fetch, file variables and the
+/// ext config were world-readable, and a `<project>.tmp` symlink planted by an earlier job made
+/// the next job write its secrets through it. Now git gets the token from a credential helper,
+/// the temp dir is a fresh 0700 directory (a planted link is removed, never followed) and secret
+/// files are 0600.
+#[tokio::test]
+async fn the_job_token_reaches_no_argv_and_secret_files_stay_private() {
+    let test = GitTest::new("").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("README.md", "private\n")
+        .create()
+        .unwrap();
+    test.run_ok(
+        JobBuilder::new("first")
+            .repo(&repo, "main", &sha)
+            .script(["true"]),
+    )
+    .await;
+    // What an earlier job (or a process it left behind) plants for the next one.
+    let project = test.project_dir("group/project");
+    let stolen = test.env.dir.path().join("stolen");
+    std::fs::create_dir(&stolen).unwrap();
+    let temp = PathBuf::from(format!("{}.tmp", project.display()));
+    std::fs::remove_dir_all(&temp).ok();
+    std::os::unix::fs::symlink(&stolen, &temp).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_argv("gitlab-ci-token:", std::sync::Arc::clone(&stop));
+    let view = test
+        .run_ok_view(
+            JobBuilder::new("victim")
+                .repo(&repo, "main", &sha)
+                .file_variable("DEPLOY_KEY", "deploy-key-material")
+                .script([
+                    "stat -c 'key=%a' \"$DEPLOY_KEY\"",
+                    "stat -c 'tmp=%a' \"$RUNNER_TEMP_PROJECT_DIR\"",
+                    "test -L \"$RUNNER_TEMP_PROJECT_DIR\" && echo tmp-is-link || echo tmp-is-dir",
+                    // `[:]`: the watcher must not find this command's own argument.
+                    "echo \"ext-tokens=$(grep -c 'gitlab-ci-token[:]' \"$RUNNER_TEMP_PROJECT_DIR/.gitlab-runner.ext.conf\")\"",
+                ]),
+        )
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    let trace = view.trace_text();
+    assert!(
+        seen.is_empty(),
+        "the job token was in process arguments: {seen:?}"
+    );
+    for line in ["key=600\n", "tmp=700\n", "tmp-is-dir\n", "ext-tokens=0\n"] {
+        assert!(trace.contains(line), "{line:?} missing from:\n{trace}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&stolen).unwrap().count(),
+        0,
+        "nothing was written through the planted link"
+    );
+    assert!(!temp.exists(), "the cleanup stage removes the temp dir");
+    assert_not_on_disk(&test.builds_dir(), view.token.expose());
+}

@@ -1037,3 +1037,68 @@ async fn a_malformed_job_payload_is_reported_and_the_runner_goes_on() {
         .enqueue(job("after-bad").script(["echo still-alive"]));
     assert_eq!(daemon.finished(id).await.status, RemoteStatus::Success);
 }
+
+/// Review M1 (`p_timeout.json`), L1 (`p_clonepath.json`), L5 (`p_loginj.json`) and L7: hostile
+/// payloads. A timeout of i64::MAX seconds panicked the job task (no final state); a planning
+/// error printed a masked value; a step name with a newline forged a daemon log line; a payload
+/// that failed to decode left the job pending. Each now ends in a final state GitLab accepts,
+/// and nothing leaks.
+#[tokio::test]
+async fn hostile_payloads_end_in_a_final_state_and_leak_nothing() {
+    let daemon = Daemon::start(Setup::default()).await;
+
+    let huge = daemon.fake.enqueue(
+        job("huge timeout")
+            .timeout(9_223_372_036_854_775_807)
+            .script(["echo ran"]),
+    );
+    let view = daemon.finished(huge).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    assert!(view.trace_text().contains("\nran\n"));
+
+    let plan_error = daemon.fake.enqueue(
+        job("clone path")
+            .masked_variable("SECRET", "TopSecretValue123")
+            .variable("GIT_CLONE_PATH", "$CI_BUILDS_DIR/$SECRET"),
+    );
+    let view = daemon.finished(plan_error).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("GIT_CLONE_PATH"), "{trace}");
+    assert!(!trace.contains("TopSecretValue123"), "{trace}");
+
+    let forged = daemon.fake.enqueue(job("forged").extra(
+        "steps",
+        serde_json::json!([
+            {"name": "script", "script": ["echo hi"], "timeout": 60, "when": "on_success"},
+            {"name": "evil\nERROR: forged daemon line token=glrt-REALLOOKING",
+             "script": ["echo x"], "timeout": 60, "when": "on_success"},
+        ]),
+    ));
+    let view = daemon.finished(forged).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    assert!(
+        !view.trace_text().contains("\nERROR: forged daemon line"),
+        "{}",
+        view.trace_text()
+    );
+    assert!(
+        !daemon.log().lines().any(|l| l.starts_with("ERROR: forged")),
+        "{}",
+        daemon.log()
+    );
+
+    let undecodable = daemon.fake.enqueue(job("undecodable").extra(
+        "steps",
+        serde_json::json!([{"name": "script", "script": [1, 2]}]),
+    ));
+    let view = daemon.finished(undecodable).await;
+    assert_eq!(view.status, RemoteStatus::Failed);
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    let trace = view.trace_text();
+    assert!(trace.contains("could not read the job"), "{trace}");
+    assert!(trace.contains("steps[0].script[0]"), "{trace}");
+}
