@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces every figure in docs/performance.md: builds `dist` binaries (release with fat
-# LTO, as shipped) of runnel,
+# Reproduces every figure in docs/performance.md: builds release binaries (fat LTO,
+# as shipped) of runnel,
 # runnel-bench and the Rust peer (runnel-bench-peer), installs the Python peer
 # (gitlab-python-runner from PyPI) into a venv under ~/.cache/runnel-bench if it is not there,
 # and runs every scenario, the peers alternated with Runnel, writing the table to stdout, the
@@ -23,6 +23,6 @@ if [ ! -x "$venv/bin/gitlab-runner.py" ]; then
   fi
 fi
 
-cargo build --profile dist --locked -p runnel -p runnel-bench -p runnel-bench-peer
+cargo build --release --locked -p runnel -p runnel-bench -p runnel-bench-peer
 mkdir -p docs/img
-exec "$target/dist/runnel-bench" --peers --json docs/perf.json --plots docs/img "$@"
+exec "$target/release/runnel-bench" --peers --json docs/perf.json --plots docs/img "$@"
