@@ -429,19 +429,22 @@ async fn a_docker_driver_runs_the_stages_in_a_container_it_creates() {
 }
 
 #[tokio::test]
-async fn a_shell_runnel_cannot_generate_fails_the_job_loudly() {
+async fn a_shell_runnel_cannot_generate_is_refused_and_never_polled() {
     let root = tempfile::tempdir().unwrap();
     let daemon = host_daemon(root.path(), 1, "  shell = \"pwsh\"").await;
-    let id = daemon
-        .fake
-        .enqueue(job("custom-pwsh").script(["echo must-not-run"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    daemon.fake.enqueue(job("custom-pwsh").script(["echo must-not-run"]));
+    let log = daemon.wait_log("is not supported by Runnel").await;
+    assert!(log.contains("pwsh"), "{log}");
+    // Several check intervals (1 s) pass: a polled runner would have asked by then.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        trace.contains("shell = \"pwsh\" is not supported by this build of Runnel"),
-        "{trace}"
+        daemon
+            .fake
+            .requests()
+            .iter()
+            .all(|r| r.endpoint != Some(runnel_fake_gitlab::Endpoint::RequestJob)),
+        "a pwsh runner must not ask for jobs; log:\n{}",
+        daemon.log()
     );
-    assert!(!trace.contains("must-not-run\n"), "{trace}");
     assert_eq!(driver_log(root.path()), "", "no driver step ran");
 }

@@ -467,6 +467,10 @@ async fn a_refused_token_fails_the_job_with_a_clear_error_and_no_leak() {
             JobBuilder::new("build")
                 .repo(&repo, "main", &sha)
                 .clone_token(wrong)
+                // The token in the URL (the official default): with FF_GIT_URLS_WITHOUT_TOKENS
+                // (Runnel's default) git authenticates with $CI_JOB_TOKEN instead, which the
+                // fake keeps valid.
+                .variable("FF_GIT_URLS_WITHOUT_TOKENS", "false")
                 .variable("GIT_LFS_SKIP_SMUDGE", "1")
                 .script(["echo should-not-run"]),
         )
