@@ -599,7 +599,10 @@ async fn execute_stages(
         context.tracked.set_stage(&stage.name);
         // A child span per stage: recording into the job span would make text logs repeat
         // `stage=` once per stage so far.
-        let stage_span = tracing::info_span!("stage", stage = ?stage.name);
+        // Review L5: a job-controlled step name is escaped (control characters, newlines)
+        // before it reaches the daemon log; ordinary names stay as they are.
+        let stage_span =
+            tracing::info_span!("stage", stage = %stage.name.escape_default());
         let stage_started = Instant::now();
         let result = async {
             tracing::debug!("stage started");

@@ -383,7 +383,7 @@ impl StageContext<'_> {
         let line = format!(
             "echo {} >&2",
             w.quote(&format!(
-                "{ANSI_BOLD_RED}ERROR: Missing {}: artifacts cannot be uploaded. The helper image must be a Runnel helper image (unset helper_image to use the one Runnel builds itself).{ANSI_RESET}",
+                "{ANSI_BOLD_RED}ERROR: Missing {}: artifacts cannot be uploaded. The runner binary must be available where the job runs (docker: leave helper_image unset to use the helper image Runnel builds itself; ssh: install runnel on the host).{ANSI_RESET}",
                 self.runner_command()
             ))
         );

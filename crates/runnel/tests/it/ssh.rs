@@ -348,10 +348,12 @@ async fn artifacts_need_the_runner_binary_on_the_ssh_host() {
     );
     let view = daemon.finished(id).await;
     let trace = view.trace_text();
-    // As officially: without the runner binary on the host, uploading is disabled with a
-    // warning rather than failing the job.
+    // Without the runner binary on the host the artifacts cannot be uploaded: unlike the
+    // official runner (a warning and success), the job fails, since its result is incomplete.
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
     assert!(
-        trace.contains("Missing runnel. Uploading artifacts is disabled."),
+        trace.contains("Missing runnel: artifacts cannot be uploaded.")
+            && trace.contains("ssh: install runnel on the host"),
         "{trace}"
     );
     assert!(view.artifacts.is_empty());
