@@ -601,8 +601,7 @@ async fn execute_stages(
         // `stage=` once per stage so far.
         // Review L5: a job-controlled step name is escaped (control characters, newlines)
         // before it reaches the daemon log; ordinary names stay as they are.
-        let stage_span =
-            tracing::info_span!("stage", stage = %stage.name.escape_default());
+        let stage_span = tracing::info_span!("stage", stage = %stage.name.escape_default());
         let stage_started = Instant::now();
         let result = async {
             tracing::debug!("stage started");

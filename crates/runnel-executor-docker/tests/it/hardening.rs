@@ -420,17 +420,23 @@ async fn containers_stop_by_themselves_after_the_timeout_and_grace() {
         // A slow machine: the deadline passed before the stage even started.
         assert!(stderr.contains("past its timeout and grace"), "{stderr}");
     }
-    // Any later start of the container is refused.
+    // Nothing runs in the job's containers any more: a later stage either finds the session
+    // gone (the container was killed: 137) or, when the container is started again, is
+    // refused by the deadline check.
     let sink = Collect::new();
     let exit = run(&mut executor, StageKind::Predefined, "echo ran\n", &sink).await;
-    assert_eq!(exit, StageExit::Exited(1));
-    assert!(!sink.text(OutputStream::Stdout).contains("ran"));
+    let stderr = sink.text(OutputStream::Stderr);
     assert!(
-        sink.text(OutputStream::Stderr)
-            .contains("this container stops by itself (runnel hard stop)"),
-        "{}",
-        sink.text(OutputStream::Stderr)
+        matches!(exit, StageExit::Exited(1 | 137)),
+        "{exit:?}: {stderr}"
     );
+    assert!(!sink.text(OutputStream::Stdout).contains("ran"));
+    if exit == StageExit::Exited(1) {
+        assert!(
+            stderr.contains("this container stops by itself (runnel hard stop)"),
+            "{stderr}"
+        );
+    }
     executor.cleanup().await;
     assert!(containers_of(&docker, &job).await.is_empty());
     remove_volumes(&docker, &job).await;

@@ -432,7 +432,9 @@ async fn a_docker_driver_runs_the_stages_in_a_container_it_creates() {
 async fn a_shell_runnel_cannot_generate_is_refused_and_never_polled() {
     let root = tempfile::tempdir().unwrap();
     let daemon = host_daemon(root.path(), 1, "  shell = \"pwsh\"").await;
-    daemon.fake.enqueue(job("custom-pwsh").script(["echo must-not-run"]));
+    daemon
+        .fake
+        .enqueue(job("custom-pwsh").script(["echo must-not-run"]));
     let log = daemon.wait_log("is not supported by Runnel").await;
     assert!(log.contains("pwsh"), "{log}");
     // Several check intervals (1 s) pass: a polled runner would have asked by then.
