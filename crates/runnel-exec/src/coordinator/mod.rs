@@ -658,31 +658,40 @@ async fn download_artifacts(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn jobs_are_handed_out_traced_and_finished_with_tokens_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, mut events) = mpsc::unbounded_channel();
+    /// A coordinator for one shell runner (`runner-token`) with job 7 (`job-token`) queued; its
+    /// log goes to `<dir>/logs/job.log`.
+    async fn coordinator_with_job(
+        dir: &Path,
+    ) -> (Coordinator, mpsc::UnboundedReceiver<CoordinatorEvent>) {
+        let (tx, events) = mpsc::unbounded_channel();
         let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
         let coordinator = Coordinator::start(
             IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             runners,
-            dir.path().to_path_buf(),
+            dir.to_path_buf(),
             1,
             tx,
         )
         .await
         .unwrap();
-        let log_file = dir.path().join("logs/job.log");
         coordinator
             .enqueue(NewJob {
                 id: 7,
                 token: "job-token".to_owned(),
                 kind: RunnerKind::Shell,
                 payload: b"{\"id\":7}".to_vec(),
-                log_file: log_file.clone(),
-                artifacts_dir: dir.path().join("artifacts"),
+                log_file: dir.join("logs/job.log"),
+                artifacts_dir: dir.join("artifacts"),
             })
             .unwrap();
+        (coordinator, events)
+    }
+
+    #[tokio::test]
+    async fn jobs_are_handed_out_traced_and_finished_with_tokens_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (coordinator, mut events) = coordinator_with_job(dir.path()).await;
+        let log_file = dir.path().join("logs/job.log");
         let http = reqwest::Client::new();
         let api = format!("{}/api/v4", coordinator.url);
         let request = |token: &str| {
@@ -775,27 +784,7 @@ mod tests {
     #[tokio::test]
     async fn huge_or_unauthenticated_bodies_are_refused_before_they_are_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _events) = mpsc::unbounded_channel();
-        let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
-        let coordinator = Coordinator::start(
-            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            runners,
-            dir.path().to_path_buf(),
-            1,
-            tx,
-        )
-        .await
-        .unwrap();
-        coordinator
-            .enqueue(NewJob {
-                id: 7,
-                token: "job-token".to_owned(),
-                kind: RunnerKind::Shell,
-                payload: b"{\"id\":7}".to_vec(),
-                log_file: dir.path().join("logs/job.log"),
-                artifacts_dir: dir.path().join("artifacts"),
-            })
-            .unwrap();
+        let (coordinator, _events) = coordinator_with_job(dir.path()).await;
         let url = coordinator.url.clone();
         let huge = 1_572_864_000;
         let cases = [
@@ -828,27 +817,7 @@ mod tests {
     #[tokio::test]
     async fn the_git_endpoint_refuses_pushes() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, _events) = mpsc::unbounded_channel();
-        let runners = vec![("runner-token".to_owned(), RunnerKind::Shell)];
-        let coordinator = Coordinator::start(
-            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            runners,
-            dir.path().to_path_buf(),
-            1,
-            tx,
-        )
-        .await
-        .unwrap();
-        coordinator
-            .enqueue(NewJob {
-                id: 7,
-                token: "job-token".to_owned(),
-                kind: RunnerKind::Shell,
-                payload: b"{\"id\":7}".to_vec(),
-                log_file: dir.path().join("logs/job.log"),
-                artifacts_dir: dir.path().join("artifacts"),
-            })
-            .unwrap();
+        let (coordinator, _events) = coordinator_with_job(dir.path()).await;
         let http = reqwest::Client::new();
         let picked = http
             .post(format!("{}/api/v4/jobs/request", coordinator.url))
