@@ -363,20 +363,7 @@ fn save<R: BufRead>(
     new.limit = to_u32(runner.limit, "--limit")?;
     new.output_limit = to_u32(runner.output_limit, "--output-limit")?;
     new.request_concurrency = to_u32(runner.request_concurrency, "--request-concurrency")?;
-    new.builds_dir.clone_from(&runner.builds_dir);
-    new.cache_dir.clone_from(&runner.cache_dir);
-    new.clone_url.clone_from(&runner.clone_url);
-    new.environment.clone_from(&runner.env);
-    new.pre_get_sources_script
-        .clone_from(&runner.pre_get_sources_script);
-    new.post_get_sources_script
-        .clone_from(&runner.post_get_sources_script);
-    new.pre_build_script.clone_from(&runner.pre_build_script);
-    new.post_build_script.clone_from(&runner.post_build_script);
-    let display = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    new.tls_ca_file = display(&runner.tls_ca_file);
-    new.tls_cert_file = display(&runner.tls_cert_file);
-    new.tls_key_file = display(&runner.tls_key_file);
+    copy_runner_settings(runner, &mut new);
     if executor.starts_with("docker") {
         let image = prompter.ask(
             runner.docker_image.as_deref(),
@@ -523,6 +510,28 @@ fn hostname() -> String {
 fn now_seconds() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
+}
+
+/// The directory, hook-script, environment and TLS settings that `register` and `run-single`
+/// take from the same flags, into the new `[[runners]]` entry.
+pub(super) fn copy_runner_settings(
+    runner: &crate::cli::RunnerArgs,
+    new: &mut runnel_config::NewRunner,
+) {
+    new.builds_dir.clone_from(&runner.builds_dir);
+    new.cache_dir.clone_from(&runner.cache_dir);
+    new.clone_url.clone_from(&runner.clone_url);
+    new.environment.clone_from(&runner.env);
+    new.pre_get_sources_script
+        .clone_from(&runner.pre_get_sources_script);
+    new.post_get_sources_script
+        .clone_from(&runner.post_get_sources_script);
+    new.pre_build_script.clone_from(&runner.pre_build_script);
+    new.post_build_script.clone_from(&runner.post_build_script);
+    let display = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    new.tls_ca_file = display(&runner.tls_ca_file);
+    new.tls_cert_file = display(&runner.tls_cert_file);
+    new.tls_key_file = display(&runner.tls_key_file);
 }
 
 fn to_u32(value: Option<i64>, flag: &str) -> anyhow::Result<Option<u32>> {

@@ -157,20 +157,7 @@ fn config_from_flags(
                 .map_err(|_| anyhow::anyhow!("unknown shell {shell:?}"))
         })
         .transpose()?;
-    new.builds_dir.clone_from(&runner.builds_dir);
-    new.cache_dir.clone_from(&runner.cache_dir);
-    new.clone_url.clone_from(&runner.clone_url);
-    new.environment.clone_from(&runner.env);
-    new.pre_get_sources_script
-        .clone_from(&runner.pre_get_sources_script);
-    new.post_get_sources_script
-        .clone_from(&runner.post_get_sources_script);
-    new.pre_build_script.clone_from(&runner.pre_build_script);
-    new.post_build_script.clone_from(&runner.post_build_script);
-    let display = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
-    new.tls_ca_file = display(&runner.tls_ca_file);
-    new.tls_cert_file = display(&runner.tls_cert_file);
-    new.tls_key_file = display(&runner.tls_key_file);
+    super::register::copy_runner_settings(runner, &mut new);
     let set = |new: &mut runnel_config::NewRunner, key: &str, value: toml::Value| {
         crate::runner_flags::set_key(new, key, value);
     };
