@@ -912,7 +912,6 @@ async fn metrics_health_and_job_list_are_served() {
         "gitlab_runner_limit{",
         "gitlab_runner_jobs_total{",
         "gitlab_runner_job_duration_seconds_bucket{",
-        "gitlab_runner_job_stage_duration_seconds_bucket{",
         "gitlab_runner_api_request_statuses_total{",
         "gitlab_runner_api_request_duration_seconds_bucket{",
         "gitlab_runner_worker_feeds_total{",
