@@ -102,8 +102,11 @@ impl Client {
         let api = api_url(&config.url)?;
         // Without a CA file, the chain GitLab presents is kept for the jobs
         // (`CI_SERVER_TLS_CA_FILE`), as the official runner does.
-        let capture =
-            (api.scheme() == "https" && config.tls_ca_file.is_none()).then(ChainCapture::default);
+        // (A lone certificate or key file is refused below, by the usual path.)
+        let capture = (api.scheme() == "https"
+            && config.tls_ca_file.is_none()
+            && config.tls_cert_file.is_some() == config.tls_key_file.is_some())
+        .then(ChainCapture::default);
         let capturing = capture.as_ref().and_then(|capture| {
             let cert_key = config
                 .tls_cert_file
