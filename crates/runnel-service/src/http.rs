@@ -1,6 +1,6 @@
-//! The metrics and debug HTTP server (`listen_address`): `/metrics`, `/health/ready` and
-//! `/debug/jobs/list`, as the official runner serves them, plus the registry of running jobs
-//! those pages show.
+//! The metrics and debug HTTP server (`listen_address`): `/metrics`, `/health/ready`,
+//! `/debug/jobs/list` and `/debug/process/state`, as the official runner serves them, plus the
+//! registry of running jobs those pages show.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -134,6 +134,10 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics_page))
         .route("/health/ready", get(|| async { "OK\n" }))
         .route("/debug/jobs/list", get(jobs_page))
+        .route(
+            "/debug/process/state",
+            get(|| async { format!("{}\n", crate::metrics::current_process_state()) }),
+        )
         .with_state(jobs);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -57,6 +57,8 @@ pub(crate) struct Metrics {
     pub(crate) job_cpu: HistogramVec,
     /// The configured runners (short token -> name, system id), for the idle `jobs` series.
     runners: Mutex<BTreeMap<String, (String, String)>>,
+    /// The name of the process state (`process_state_info`'s label).
+    state: Mutex<&'static str>,
 }
 
 const RUNNER: &[&str] = &["runner", "runner_name", "system_id"];
@@ -277,6 +279,7 @@ impl Metrics {
                 prometheus::exponential_buckets(0.01, 4.0, 12).expect("valid buckets"),
             ),
             runners: Mutex::new(BTreeMap::new()),
+            state: Mutex::new("starting"),
         };
         let version = gauge_vec(
             "gitlab_runner_version_info",
@@ -466,8 +469,19 @@ pub(crate) fn slots_resized(old: usize, new: usize) {
 /// The process entered `state`.
 pub(crate) fn process_state(state: ProcessState) {
     let m = metrics();
+    let mut current = m.state.lock().unwrap_or_else(PoisonError::into_inner);
+    *current = state.as_str();
     m.process_state.reset();
     m.process_state.with_label_values(&[state.as_str()]).set(1);
+}
+
+/// The state of the process (`starting`, `running`, `graceful-shutdown`, `forceful-shutdown`),
+/// for `/debug/process/state`.
+pub(crate) fn current_process_state() -> &'static str {
+    *metrics()
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// config.toml was loaded (`Ok`) or failed to load.

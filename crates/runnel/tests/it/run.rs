@@ -885,6 +885,7 @@ async fn metrics_health_and_job_list_are_served() {
         async move { request.send().await.unwrap().text().await.unwrap() }
     };
     assert_eq!(get("/health/ready").await.trim(), "OK");
+    assert_eq!(get("/debug/process/state").await, "running\n");
     let while_running = get("/metrics").await;
     let running_line = while_running
         .lines()
