@@ -9,7 +9,7 @@ use crate::variables::JobVariables;
 
 /// Known flags Runnel does not act upon yet: a job that sets one of them to a value other than
 /// the default gets a warning (it runs as with the default). docs/compatibility.md lists them.
-pub const NOT_ACTED_UPON: &[&str] = &[
+pub(crate) const NOT_ACTED_UPON: &[&str] = &[
     "FF_SKIP_NOOP_BUILD_STAGES",
     "FF_USE_FASTZIP",
     "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR",
