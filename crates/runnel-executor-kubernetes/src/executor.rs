@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::Client;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
@@ -71,9 +71,6 @@ static ACTIVE_PODS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 /// How long stopped processes get between `SIGTERM` and `SIGKILL`.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// How long the pod deletion may take at cleanup.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// The runner-level settings the executor needs besides `[runners.kubernetes]`.
 #[derive(Clone, Debug)]
 pub struct KubernetesSettings {
@@ -117,7 +114,11 @@ impl KubernetesProvider {
             .kubernetes
             .as_ref()
             .ok_or(KubernetesError::MissingSection)?;
-        let options = KubernetesOptions::from_raw(raw)?;
+        let mut options = KubernetesOptions::from_raw(raw)?;
+        options.advanced_pod_spec_flag = runner
+            .feature_flags
+            .get(crate::options::ADVANCED_POD_SPEC_FLAG)
+            .copied();
         let shell = match runner.shell.map(|shell| shell.as_str()) {
             Some("sh") => Shell::Sh,
             _ => Shell::Bash,
@@ -136,7 +137,7 @@ impl KubernetesProvider {
     /// an earlier, killed run left; call it before any job of this provider starts. Returns
     /// the names of the pods deleted.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
-        let (client, namespace) = connect(&self.shared.options).await?;
+        let (client, namespace) = connect(&self.shared.options, None).await?;
         let pods: Api<Pod> = Api::namespaced(client, &namespace);
         let selector = format!(
             "{MANAGER_ID_LABEL}={}",
@@ -186,6 +187,7 @@ impl Provider for KubernetesProvider {
             pod: None,
             image: String::new(),
             pending_log: Vec::new(),
+            own_namespace: false,
         }))
     }
 }
@@ -224,7 +226,11 @@ fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
 }
 
 /// A client and the default namespace: the `host` keys, else kubeconfig or in-cluster.
-async fn connect(options: &KubernetesOptions) -> Result<(Client, String), KubernetesError> {
+/// `token` replaces `bearer_token` (`KUBERNETES_BEARER_TOKEN`, when allowed).
+async fn connect(
+    options: &KubernetesOptions,
+    token: Option<&str>,
+) -> Result<(Client, String), KubernetesError> {
     let (config, what) = match &options.host {
         Some(host) if !host.is_empty() => {
             let url = host
@@ -234,8 +240,11 @@ async fn connect(options: &KubernetesOptions) -> Result<(Client, String), Kubern
                     source: Box::new(source),
                 })?;
             let mut config = kube::Config::new(url);
-            if let Some(token) = options.bearer_token.as_ref().filter(|t| !t.is_empty()) {
-                config.auth_info.token = Some(token.clone().into());
+            if let Some(token) = token
+                .or(options.bearer_token.as_deref())
+                .filter(|t| !t.is_empty())
+            {
+                config.auth_info.token = Some(token.to_owned().into());
             }
             if let Some(ca_file) = &options.ca_file {
                 let text =
@@ -257,12 +266,15 @@ async fn connect(options: &KubernetesOptions) -> Result<(Client, String), Kubern
             (config, format!("host {host}"))
         }
         _ => {
-            let config = kube::Config::infer()
+            let mut config = kube::Config::infer()
                 .await
                 .map_err(|source| KubernetesError::Config {
                     what: "KUBECONFIG, ~/.kube/config or the in-cluster service account".to_owned(),
                     source: Box::new(source),
                 })?;
+            if let Some(token) = token.filter(|t| !t.is_empty()) {
+                config.auth_info.token = Some(token.to_owned().into());
+            }
             (config, "kubeconfig".to_owned())
         }
     };
@@ -289,6 +301,8 @@ pub struct KubernetesExecutor {
     image: String,
     /// Lines `prepare` would print, written before the first stage's output.
     pending_log: Vec<String>,
+    /// The job's namespace was created for it (`namespace_per_job`).
+    own_namespace: bool,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -461,10 +475,34 @@ impl KubernetesExecutor {
     }
 
     async fn prepare_pod(&mut self, ctx: &PrepareContext<'_>) -> Result<(), KubernetesError> {
-        let options = &self.shared.options;
-        let (client, namespace) = connect(options).await?;
-        self.client = Some(client);
-        self.namespace = namespace;
+        let shared = Arc::clone(&self.shared);
+        let options = &shared.options;
+        let overwrites = crate::overwrites::evaluate(options, ctx.job)?;
+        let (client, default_namespace) =
+            connect(options, overwrites.bearer_token.as_deref()).await?;
+        self.client = Some(client.clone());
+        self.namespace = if options.namespace_per_job {
+            format!("ci-job-{}", ctx.job.id)
+        } else if overwrites.namespace.is_empty() {
+            default_namespace
+        } else {
+            overwrites.namespace.clone()
+        };
+        self.pending_log.extend(overwrites.log.iter().cloned());
+        let advanced_pod_spec = options.advanced_pod_spec(ctx.job);
+        if !options.pod_spec.is_empty() && !advanced_pod_spec {
+            self.pending_log.push(format!(
+                "WARNING: the [[runners.kubernetes.pod_spec]] patches are not applied: {} is off",
+                crate::options::ADVANCED_POD_SPEC_FLAG
+            ));
+        } else if advanced_pod_spec && !options.pod_spec.is_empty() {
+            self.pending_log.push(
+                "WARNING: Advanced Pod Spec configuration enabled, merging the provided PodSpec to the generated one".to_owned(),
+            );
+        }
+        if options.namespace_per_job {
+            self.create_namespace(client).await?;
+        }
         let suffix = crate::pod::random_suffix();
         let builds_dir = ctx.builds_dir.display().to_string();
         let helper_image = options
@@ -483,6 +521,11 @@ impl KubernetesExecutor {
             namespace: &self.namespace,
             shell: self.shared.settings.shell,
             helper_image: &helper_image,
+            overwrites: &overwrites,
+            advanced_pod_spec,
+            init_command: None,
+            extra_volumes: Vec::new(),
+            extra_mounts: Vec::new(),
         })?;
         self.image = pod
             .spec
@@ -727,6 +770,58 @@ impl KubernetesExecutor {
         }
     }
 
+    /// Creates the job's own namespace (`namespace_per_job`); deleted again at cleanup.
+    async fn create_namespace(&mut self, client: Client) -> Result<(), KubernetesError> {
+        let namespaces: Api<Namespace> = Api::all(client);
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.namespace.clone()),
+                ..kube::api::ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        self.own_namespace = true;
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                self.own_namespace = false;
+                Err(KubernetesError::api("create namespace", &self.namespace, source))
+            }
+        }
+    }
+
+    /// Deletes the namespace [`Self::create_namespace`] made.
+    async fn delete_namespace(&mut self) {
+        if !std::mem::take(&mut self.own_namespace) {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let namespaces: Api<Namespace> = Api::all(client);
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(
+            timeout,
+            namespaces.delete(&self.namespace, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(namespace = %self.namespace, %error, "cannot delete the job's namespace");
+            }
+            Err(_) => {
+                tracing::warn!(namespace = %self.namespace, "deleting the job's namespace timed out");
+            }
+        }
+    }
+
+    async fn cleanup_job(&mut self) {
+        self.delete_pod().await;
+        self.delete_namespace().await;
+    }
+
     async fn delete_pod(&mut self) {
         let Some(name) = self.pod.take() else { return };
         let Ok(pods) = self.pods() else {
@@ -742,7 +837,8 @@ impl KubernetesExecutor {
             propagation_policy: Some(kube::api::PropagationPolicy::Background),
             ..DeleteParams::default()
         };
-        match tokio::time::timeout(CLEANUP_TIMEOUT, pods.delete(&name, &params)).await {
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(timeout, pods.delete(&name, &params)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) if not_found(&error) => {}
             Ok(Err(error)) => {
@@ -806,7 +902,7 @@ impl Executor for KubernetesExecutor {
     }
 
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.delete_pod())
+        Box::pin(self.cleanup_job())
     }
 }
 

@@ -23,7 +23,10 @@
 mod error;
 pub mod executor;
 pub mod options;
+pub mod overwrites;
+pub mod patch;
 pub mod pod;
+pub mod spec;
 
 pub use error::KubernetesError;
 pub use executor::{
