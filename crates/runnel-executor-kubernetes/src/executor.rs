@@ -11,10 +11,16 @@
 //! Cancellation and timeouts send `SIGTERM`, then `SIGKILL`, to the container's processes.
 //! `cleanup` deletes the pod, always.
 //!
+//! Before the pod, the job's variables are checked against what the configuration lets them
+//! overwrite ([`crate::overwrites`]; each overwrite is announced in the job log), and with
+//! `namespace_per_job` the namespace `ci-job-<id>` is created (deleted again at cleanup).
+//!
 //! Not done yet (refused at start or job start, never ignored): attach mode (the official
 //! default; Runnel runs stages by exec, the official alternative), the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container, `image:entrypoint`,
-//! `*:kubernetes:user`, secrets for job registry credentials.
+//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint`, `*:kubernetes:user`, secrets for
+//! job registry credentials. The init-permissions container is built by
+//! [`crate::pod::init_permissions_container`] when a stage strategy asks for one
+//! ([`crate::pod::PodInputs::init_command`]); exec mode, like the official one, needs none.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -15,6 +15,8 @@
 //! - [`executor`]: [`KubernetesProvider`], [`KubernetesExecutor`], [`KUBERNETES_EXECUTOR_INFO`].
 //! - [`options`]: `[runners.kubernetes]` ([`KubernetesOptions`]).
 //! - [`pod`]: the pod spec, names, labels and annotations (pure).
+//! - [`spec`]: the nested tables (volumes, security contexts, affinity, DNS, …) and their API
+//!   objects; [`overwrites`]: what job variables may change; [`patch`]: `[[pod_spec]]` patches.
 //!
 //! Predefined stages run in the helper image, which must hold the runner binary as
 //! [`HELPER_RUNNER_COMMAND`] (the image `runnel docker build-helper-image` builds does); the

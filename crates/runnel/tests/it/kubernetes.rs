@@ -607,3 +607,103 @@ async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
     assert_eq!(kube.namespaces(), Vec::<String>::new(), "namespace deleted");
     assert_nothing_left(kube).await;
 }
+
+#[tokio::test]
+async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
+    ensure_image();
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let env = crate::support::TestEnv::new().await;
+    let token = env.fake.create_runner_token();
+    let args = [
+        "register",
+        "--non-interactive",
+        "--url",
+        env.url(),
+        "--token",
+        &token,
+        "--executor",
+        "kubernetes",
+        "--kubernetes-host",
+        kube.url(),
+        "--kubernetes-bearer_token",
+        kube.token(),
+        "--kubernetes-namespace",
+        "default",
+        "--kubernetes-image",
+        IMAGE,
+        "--kubernetes-helper-image",
+        IMAGE,
+        "--kubernetes-poll-interval",
+        "1",
+        "--kubernetes-cpu-limit",
+        "1",
+        "--kubernetes-cpu-limit-overwrite-max-allowed",
+        "2",
+        "--kubernetes-node-tolerations",
+        "dedicated=ci:NoSchedule",
+        "--kubernetes-pod-labels",
+        "team:blue",
+        "--kubernetes-pod_labels_overwrite_allowed",
+        "stage=.*",
+        "--kubernetes-build_container_security_context-capabilities-drop",
+        "ALL",
+        "--kubernetes-pod-security-context-fs-group",
+        "2000",
+        "--kubernetes-allowed-images",
+        IMAGE,
+        "--kubernetes-dns-policy",
+        "cluster-first",
+    ];
+    env.runnel(&args, "").await.assert_success();
+    let parsed: toml::Table = toml::from_str(&env.config_text()).unwrap();
+    let section = parsed["runners"][0]["kubernetes"].clone();
+    // The daemon's runner gets exactly the section `register` wrote.
+    let mut runner = toml::Table::new();
+    runner.insert("kubernetes".to_owned(), section);
+    let mut wrapper = toml::Table::new();
+    wrapper.insert(
+        "runners".to_owned(),
+        toml::Value::Array(vec![toml::Value::Table(runner)]),
+    );
+    let text = toml::to_string(&wrapper).unwrap();
+    let tables = text
+        .lines()
+        .filter(|line| line.trim() != "[[runners]]")
+        .map(|line| format!("  {line}\n"))
+        .collect::<String>();
+    let daemon = Daemon::start(Setup {
+        executor: Some("kubernetes"),
+        tables,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(
+        job("registered")
+            .variable("KUBERNETES_CPU_LIMIT", "1500m")
+            .variable("KUBERNETES_POD_LABELS_STAGE", "stage=test")
+            .script(["echo registered-runner-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("registered-runner-ran\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["cpu"],
+        json!("1500m")
+    );
+    assert_eq!(
+        spec["tolerations"],
+        json!([{"effect": "NoSchedule", "key": "dedicated", "operator": "Equal", "value": "ci"}])
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], json!("blue"));
+    assert_eq!(pod["metadata"]["labels"]["stage"], json!("test"));
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(spec["securityContext"]["fsGroup"], json!(2000));
+    assert_eq!(spec["dnsPolicy"], json!("ClusterFirst"));
+    assert_nothing_left(kube).await;
+}
