@@ -272,12 +272,14 @@ async fn connect(
             (config, format!("host {host}"))
         }
         _ => {
-            let mut config = kube::Config::infer()
-                .await
-                .map_err(|source| KubernetesError::Config {
-                    what: "KUBECONFIG, ~/.kube/config or the in-cluster service account".to_owned(),
-                    source: Box::new(source),
-                })?;
+            let mut config =
+                kube::Config::infer()
+                    .await
+                    .map_err(|source| KubernetesError::Config {
+                        what: "KUBECONFIG, ~/.kube/config or the in-cluster service account"
+                            .to_owned(),
+                        source: Box::new(source),
+                    })?;
             if let Some(token) = token.filter(|t| !t.is_empty()) {
                 config.auth_info.token = Some(token.to_owned().into());
             }
@@ -791,7 +793,11 @@ impl KubernetesExecutor {
             Ok(_) => Ok(()),
             Err(source) => {
                 self.own_namespace = false;
-                Err(KubernetesError::api("create namespace", &self.namespace, source))
+                Err(KubernetesError::api(
+                    "create namespace",
+                    &self.namespace,
+                    source,
+                ))
             }
         }
     }

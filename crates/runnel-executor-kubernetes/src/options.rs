@@ -391,13 +391,17 @@ impl KubernetesOptions {
     }
 
     fn validate(&self) -> Result<(), KubernetesError> {
-        let invalid = |key: &'static str, reason: String| KubernetesError::InvalidOption { key, reason };
+        let invalid =
+            |key: &'static str, reason: String| KubernetesError::InvalidOption { key, reason };
         self.pull_policy()?;
         for policy in &self.allowed_pull_policies {
             pull_policy_name(policy).map_err(|reason| invalid("allowed_pull_policies", reason))?;
         }
         if self.poll_interval == Some(0) {
-            return Err(invalid("poll_interval", "must be at least 1 second".to_owned()));
+            return Err(invalid(
+                "poll_interval",
+                "must be at least 1 second".to_owned(),
+            ));
         }
         for setting in self.resource_settings() {
             if let Some(quantity) = setting.value
@@ -428,22 +432,46 @@ impl KubernetesOptions {
             ));
         }
         for (key, pattern) in [
-            ("namespace_overwrite_allowed", &self.namespace_overwrite_allowed),
-            ("service_account_overwrite_allowed", &self.service_account_overwrite_allowed),
-            ("node_selector_overwrite_allowed", &self.node_selector_overwrite_allowed),
-            ("node_tolerations_overwrite_allowed", &self.node_tolerations_overwrite_allowed),
-            ("pod_labels_overwrite_allowed", &self.pod_labels_overwrite_allowed),
-            ("pod_annotations_overwrite_allowed", &self.pod_annotations_overwrite_allowed),
+            (
+                "namespace_overwrite_allowed",
+                &self.namespace_overwrite_allowed,
+            ),
+            (
+                "service_account_overwrite_allowed",
+                &self.service_account_overwrite_allowed,
+            ),
+            (
+                "node_selector_overwrite_allowed",
+                &self.node_selector_overwrite_allowed,
+            ),
+            (
+                "node_tolerations_overwrite_allowed",
+                &self.node_tolerations_overwrite_allowed,
+            ),
+            (
+                "pod_labels_overwrite_allowed",
+                &self.pod_labels_overwrite_allowed,
+            ),
+            (
+                "pod_annotations_overwrite_allowed",
+                &self.pod_annotations_overwrite_allowed,
+            ),
         ] {
             if let Some(pattern) = pattern.as_deref().filter(|p| !p.is_empty()) {
                 regex::Regex::new(pattern).map_err(|error| {
-                    invalid(key, format!("`{pattern}` is not a regular expression: {error}"))
+                    invalid(
+                        key,
+                        format!("`{pattern}` is not a regular expression: {error}"),
+                    )
                 })?;
             }
         }
         for pattern in self.allowed_images.iter().chain(&self.allowed_services) {
             globset::Glob::new(pattern).map_err(|error| {
-                invalid("allowed_images", format!("`{pattern}` is not a glob: {error}"))
+                invalid(
+                    "allowed_images",
+                    format!("`{pattern}` is not a glob: {error}"),
+                )
             })?;
         }
         if let Some(policy) = &self.dns_policy {
@@ -453,9 +481,18 @@ impl KubernetesOptions {
             .validate()
             .map_err(|reason| invalid("pod_security_context", reason))?;
         for (key, table) in [
-            ("build_container_security_context", &self.build_container_security_context),
-            ("helper_container_security_context", &self.helper_container_security_context),
-            ("service_container_security_context", &self.service_container_security_context),
+            (
+                "build_container_security_context",
+                &self.build_container_security_context,
+            ),
+            (
+                "helper_container_security_context",
+                &self.helper_container_security_context,
+            ),
+            (
+                "service_container_security_context",
+                &self.service_container_security_context,
+            ),
             (
                 "init_permissions_container_security_context",
                 &self.init_permissions_container_security_context,
@@ -510,7 +547,10 @@ impl KubernetesOptions {
                 field: "CPULimit",
                 variable: "KUBERNETES_CPU_LIMIT",
                 value: self.cpu_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.cpu_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .cpu_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "cpu_request",
@@ -520,7 +560,10 @@ impl KubernetesOptions {
                 field: "CPURequest",
                 variable: "KUBERNETES_CPU_REQUEST",
                 value: self.cpu_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.cpu_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .cpu_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "memory_limit",
@@ -530,7 +573,10 @@ impl KubernetesOptions {
                 field: "MemoryLimit",
                 variable: "KUBERNETES_MEMORY_LIMIT",
                 value: self.memory_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.memory_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .memory_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "memory_request",
@@ -540,7 +586,10 @@ impl KubernetesOptions {
                 field: "MemoryRequest",
                 variable: "KUBERNETES_MEMORY_REQUEST",
                 value: self.memory_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.memory_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .memory_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "ephemeral_storage_limit",
@@ -549,8 +598,14 @@ impl KubernetesOptions {
                 resource: "ephemeral-storage",
                 field: "EphemeralStorageLimit",
                 variable: "KUBERNETES_EPHEMERAL_STORAGE_LIMIT",
-                value: self.ephemeral_storage_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.ephemeral_storage_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .ephemeral_storage_limit
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .ephemeral_storage_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "ephemeral_storage_request",
@@ -559,8 +614,14 @@ impl KubernetesOptions {
                 resource: "ephemeral-storage",
                 field: "EphemeralStorageRequest",
                 variable: "KUBERNETES_EPHEMERAL_STORAGE_REQUEST",
-                value: self.ephemeral_storage_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.ephemeral_storage_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .ephemeral_storage_request
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .ephemeral_storage_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "helper_cpu_limit",
@@ -570,7 +631,10 @@ impl KubernetesOptions {
                 field: "HelperCPULimit",
                 variable: "KUBERNETES_HELPER_CPU_LIMIT",
                 value: self.helper_cpu_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.helper_cpu_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .helper_cpu_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "helper_cpu_request",
@@ -580,7 +644,10 @@ impl KubernetesOptions {
                 field: "HelperCPURequest",
                 variable: "KUBERNETES_HELPER_CPU_REQUEST",
                 value: self.helper_cpu_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.helper_cpu_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .helper_cpu_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "helper_memory_limit",
@@ -589,8 +656,14 @@ impl KubernetesOptions {
                 resource: "memory",
                 field: "HelperMemoryLimit",
                 variable: "KUBERNETES_HELPER_MEMORY_LIMIT",
-                value: self.helper_memory_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.helper_memory_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .helper_memory_limit
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .helper_memory_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "helper_memory_request",
@@ -599,8 +672,14 @@ impl KubernetesOptions {
                 resource: "memory",
                 field: "HelperMemoryRequest",
                 variable: "KUBERNETES_HELPER_MEMORY_REQUEST",
-                value: self.helper_memory_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.helper_memory_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .helper_memory_request
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .helper_memory_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "helper_ephemeral_storage_limit",
@@ -609,8 +688,14 @@ impl KubernetesOptions {
                 resource: "ephemeral-storage",
                 field: "HelperEphemeralStorageLimit",
                 variable: "KUBERNETES_HELPER_EPHEMERAL_STORAGE_LIMIT",
-                value: self.helper_ephemeral_storage_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.helper_ephemeral_storage_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .helper_ephemeral_storage_limit
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .helper_ephemeral_storage_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "helper_ephemeral_storage_request",
@@ -619,8 +704,14 @@ impl KubernetesOptions {
                 resource: "ephemeral-storage",
                 field: "HelperEphemeralStorageRequest",
                 variable: "KUBERNETES_HELPER_EPHEMERAL_STORAGE_REQUEST",
-                value: self.helper_ephemeral_storage_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.helper_ephemeral_storage_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .helper_ephemeral_storage_request
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .helper_ephemeral_storage_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "service_cpu_limit",
@@ -630,7 +721,10 @@ impl KubernetesOptions {
                 field: "ServiceCPULimit",
                 variable: "KUBERNETES_SERVICE_CPU_LIMIT",
                 value: self.service_cpu_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.service_cpu_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .service_cpu_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "service_cpu_request",
@@ -639,8 +733,14 @@ impl KubernetesOptions {
                 resource: "cpu",
                 field: "ServiceCPURequest",
                 variable: "KUBERNETES_SERVICE_CPU_REQUEST",
-                value: self.service_cpu_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.service_cpu_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .service_cpu_request
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .service_cpu_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "service_memory_limit",
@@ -649,8 +749,14 @@ impl KubernetesOptions {
                 resource: "memory",
                 field: "ServiceMemoryLimit",
                 variable: "KUBERNETES_SERVICE_MEMORY_LIMIT",
-                value: self.service_memory_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.service_memory_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .service_memory_limit
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .service_memory_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "service_memory_request",
@@ -659,8 +765,14 @@ impl KubernetesOptions {
                 resource: "memory",
                 field: "ServiceMemoryRequest",
                 variable: "KUBERNETES_SERVICE_MEMORY_REQUEST",
-                value: self.service_memory_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.service_memory_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .service_memory_request
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .service_memory_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "service_ephemeral_storage_limit",
@@ -669,8 +781,14 @@ impl KubernetesOptions {
                 resource: "ephemeral-storage",
                 field: "ServiceEphemeralStorageLimit",
                 variable: "KUBERNETES_SERVICE_EPHEMERAL_STORAGE_LIMIT",
-                value: self.service_ephemeral_storage_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.service_ephemeral_storage_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .service_ephemeral_storage_limit
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .service_ephemeral_storage_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "service_ephemeral_storage_request",
@@ -679,8 +797,14 @@ impl KubernetesOptions {
                 resource: "ephemeral-storage",
                 field: "ServiceEphemeralStorageRequest",
                 variable: "KUBERNETES_SERVICE_EPHEMERAL_STORAGE_REQUEST",
-                value: self.service_ephemeral_storage_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.service_ephemeral_storage_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                value: self
+                    .service_ephemeral_storage_request
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
+                max: self
+                    .service_ephemeral_storage_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "pod_cpu_limit",
@@ -690,7 +814,10 @@ impl KubernetesOptions {
                 field: "PodCPULimit",
                 variable: "KUBERNETES_POD_CPU_LIMIT",
                 value: self.pod_cpu_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.pod_cpu_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .pod_cpu_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "pod_cpu_request",
@@ -700,7 +827,10 @@ impl KubernetesOptions {
                 field: "PodCPURequest",
                 variable: "KUBERNETES_POD_CPU_REQUEST",
                 value: self.pod_cpu_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.pod_cpu_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .pod_cpu_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "pod_memory_limit",
@@ -710,7 +840,10 @@ impl KubernetesOptions {
                 field: "PodMemoryLimit",
                 variable: "KUBERNETES_POD_MEMORY_LIMIT",
                 value: self.pod_memory_limit.as_deref().filter(|v| !v.is_empty()),
-                max: self.pod_memory_limit_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .pod_memory_limit_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
             ResourceSetting {
                 key: "pod_memory_request",
@@ -720,7 +853,10 @@ impl KubernetesOptions {
                 field: "PodMemoryRequest",
                 variable: "KUBERNETES_POD_MEMORY_REQUEST",
                 value: self.pod_memory_request.as_deref().filter(|v| !v.is_empty()),
-                max: self.pod_memory_request_overwrite_max_allowed.as_deref().filter(|v| !v.is_empty()),
+                max: self
+                    .pod_memory_request_overwrite_max_allowed
+                    .as_deref()
+                    .filter(|v| !v.is_empty()),
             },
         ]
     }
@@ -778,9 +914,7 @@ impl KubernetesOptions {
         let mut requested = Vec::new();
         for name in job_policies {
             requested.push(pull_policy_name(name).map_err(|reason| {
-                KubernetesError::NotAllowed(format!(
-                    "conversion to Kubernetes policy: {reason}"
-                ))
+                KubernetesError::NotAllowed(format!("conversion to Kubernetes policy: {reason}"))
             })?);
         }
         let source = if requested.is_empty() {

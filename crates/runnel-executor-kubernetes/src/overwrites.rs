@@ -75,7 +75,9 @@ fn pattern_matches(pattern: &str, value: &str) -> Result<(), String> {
     if regex.is_match(value) {
         Ok(())
     } else {
-        Err(format!("provided value {value:?} does not match {pattern:?}"))
+        Err(format!(
+            "provided value {value:?} does not match {pattern:?}"
+        ))
     }
 }
 
@@ -162,7 +164,8 @@ fn resource(
     if overwrite.is_empty() {
         return Ok(configured);
     }
-    let max_value = quantity_value(max).ok_or_else(|| format!("parsing resource limit: {max:?}"))?;
+    let max_value =
+        quantity_value(max).ok_or_else(|| format!("parsing resource limit: {max:?}"))?;
     let value = quantity_value(overwrite)
         .ok_or_else(|| format!("parsing resource limit: {overwrite:?} is not a quantity"))?;
     if value > max_value {
@@ -398,7 +401,10 @@ mod tests {
         let opts = options("namespace = \"default\"\nservice_account = \"sa\"\n");
         let o = evaluate(
             &opts,
-            &job(&[(NAMESPACE_OVERWRITE, "other"), (SERVICE_ACCOUNT_OVERWRITE, "x")]),
+            &job(&[
+                (NAMESPACE_OVERWRITE, "other"),
+                (SERVICE_ACCOUNT_OVERWRITE, "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(o.namespace, "default", "no pattern: no overwrite");
@@ -409,7 +415,10 @@ mod tests {
         );
         let o = evaluate(
             &opts,
-            &job(&[(NAMESPACE_OVERWRITE, "ci-team"), (SERVICE_ACCOUNT_OVERWRITE, "build-x")]),
+            &job(&[
+                (NAMESPACE_OVERWRITE, "ci-team"),
+                (SERVICE_ACCOUNT_OVERWRITE, "build-x"),
+            ]),
         )
         .unwrap();
         assert_eq!(o.namespace, "ci-team");
@@ -435,7 +444,8 @@ mod tests {
         let opts = options("bearer_token = \"configured\"\n");
         let o = evaluate(&opts, &job(&[(BEARER_TOKEN_OVERWRITE, "job-token")])).unwrap();
         assert_eq!(o.bearer_token, None);
-        let opts = options("bearer_token = \"configured\"\nbearer_token_overwrite_allowed = true\n");
+        let opts =
+            options("bearer_token = \"configured\"\nbearer_token_overwrite_allowed = true\n");
         let o = evaluate(&opts, &job(&[(BEARER_TOKEN_OVERWRITE, "job-token")])).unwrap();
         assert_eq!(o.bearer_token.as_deref(), Some("job-token"));
         assert!(!o.log.join("\n").contains("job-token"), "{:?}", o.log);

@@ -45,14 +45,20 @@ pub fn load(spec: &PodSpecPatch) -> Result<LoadedPatch, KubernetesError> {
         (false, true) => spec.patch.clone(),
         (true, false) => {
             use std::io::Read;
-            let file = std::fs::File::open(&spec.patch_path)
-                .map_err(|error| invalid(name, format!("cannot read {}: {error}", spec.patch_path)))?;
+            let file = std::fs::File::open(&spec.patch_path).map_err(|error| {
+                invalid(name, format!("cannot read {}: {error}", spec.patch_path))
+            })?;
             let mut text = String::new();
             file.take(MAX_PATCH_BYTES + 1)
                 .read_to_string(&mut text)
-                .map_err(|error| invalid(name, format!("cannot read {}: {error}", spec.patch_path)))?;
+                .map_err(|error| {
+                    invalid(name, format!("cannot read {}: {error}", spec.patch_path))
+                })?;
             if text.len() as u64 > MAX_PATCH_BYTES {
-                return Err(invalid(name, format!("{} is larger than 1 MiB", spec.patch_path)));
+                return Err(invalid(
+                    name,
+                    format!("{} is larger than 1 MiB", spec.patch_path),
+                ));
             }
             text
         }
@@ -81,13 +87,16 @@ fn check_directives(value: &Value) -> Result<(), String> {
         Value::Object(map) => {
             for (key, item) in map {
                 if key == "$retainKeys" || key.starts_with("$setElementOrder/") {
-                    return Err(format!("the strategic merge directive `{key}` is not supported"));
+                    return Err(format!(
+                        "the strategic merge directive `{key}` is not supported"
+                    ));
                 }
                 if key.starts_with("$deleteFromPrimitiveList/") {
-                    return Err(format!("the strategic merge directive `{key}` is not supported"));
+                    return Err(format!(
+                        "the strategic merge directive `{key}` is not supported"
+                    ));
                 }
-                if key == "$patch"
-                    && !matches!(item.as_str(), Some("replace" | "delete" | "merge"))
+                if key == "$patch" && !matches!(item.as_str(), Some("replace" | "delete" | "merge"))
                 {
                     return Err(format!("unknown `$patch: {item}`"));
                 }
@@ -119,8 +128,14 @@ pub fn apply(original: &mut Value, patch: &LoadedPatch, name: &str) -> Result<()
 /// The merge key of a PodSpec list field (by field name; the names are unique in PodSpec).
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes"
-        | "imagePullSecrets" | "env" | "resourceClaims" | "schedulingGates" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "imagePullSecrets"
+        | "env"
+        | "resourceClaims"
+        | "schedulingGates" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "ports" => "containerPort",
@@ -208,7 +223,10 @@ fn merge_list(target: &mut Value, patch: &[Value], field: &str) {
     };
     for item in patch {
         let id = item.get(key);
-        let position = id.and_then(|id| list.iter().position(|existing| existing.get(key) == Some(id)));
+        let position = id.and_then(|id| {
+            list.iter()
+                .position(|existing| existing.get(key) == Some(id))
+        });
         match (directive(item), position) {
             (Some("delete"), Some(index)) => {
                 list.remove(index);
@@ -295,7 +313,10 @@ mod tests {
     #[test]
     fn merge_patches_replace_lists_and_delete_nulls() {
         let mut value = spec();
-        let loaded = patch("merge", r#"{"containers": [{"name": "only"}], "nodeSelector": null, "hostname": "h"}"#);
+        let loaded = patch(
+            "merge",
+            r#"{"containers": [{"name": "only"}], "nodeSelector": null, "hostname": "h"}"#,
+        );
         apply(&mut value, &loaded, "test").unwrap();
         assert_eq!(value["containers"], json!([{"name": "only"}]));
         assert!(value.get("nodeSelector").is_none());

@@ -393,7 +393,13 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         .clone()
         .or_else(|| default_image.clone())
         .ok_or(KubernetesError::NoImage)?;
-    check_allowed("image", "images", &image, &options.allowed_images, &internal)?;
+    check_allowed(
+        "image",
+        "images",
+        &image,
+        &options.allowed_images,
+        &internal,
+    )?;
     let mut image_policies: &[String] = &[];
     if let Some(spec) = &job.image {
         if !spec.entrypoint.is_empty() {
@@ -544,21 +550,22 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         .variable("FF_USE_POD_ACTIVE_DEADLINE_SECONDS")
         .is_none_or(|v| v.value != "false")
         .then_some(deadline);
-    let image_pull_secrets: Vec<LocalObjectReference> = if options
-        .use_service_account_image_pull_secrets
-    {
-        Vec::new()
-    } else {
-        options
-            .image_pull_secrets
-            .iter()
-            .map(|name| LocalObjectReference { name: name.clone() })
-            .collect()
-    };
-    let dns_policy = crate::spec::dns_policy(options.dns_policy.as_deref().unwrap_or(""))
-        .map_err(|reason| KubernetesError::InvalidOption {
-            key: "dns_policy",
-            reason,
+    let image_pull_secrets: Vec<LocalObjectReference> =
+        if options.use_service_account_image_pull_secrets {
+            Vec::new()
+        } else {
+            options
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        };
+    let dns_policy =
+        crate::spec::dns_policy(options.dns_policy.as_deref().unwrap_or("")).map_err(|reason| {
+            KubernetesError::InvalidOption {
+                key: "dns_policy",
+                reason,
+            }
         })?;
     let tolerations = tolerations(&overwrites.node_tolerations);
     let spec = PodSpec {
@@ -581,7 +588,10 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         dns_policy: Some(dns_policy.to_owned()),
         dns_config: options.dns_config.to_api(),
         runtime_class_name: options.runtime_class_name.clone().filter(|s| !s.is_empty()),
-        priority_class_name: options.priority_class_name.clone().filter(|s| !s.is_empty()),
+        priority_class_name: options
+            .priority_class_name
+            .clone()
+            .filter(|s| !s.is_empty()),
         resources: resources(&overwrites.pod),
         ..PodSpec::default()
     };
@@ -605,10 +615,11 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
 
 /// The `[[pod_spec]]` patches applied in order to the generated spec.
 fn apply_patches(spec: PodSpec, options: &KubernetesOptions) -> Result<PodSpec, KubernetesError> {
-    let mut value = serde_json::to_value(&spec).map_err(|error| KubernetesError::InvalidOption {
-        key: "pod_spec",
-        reason: format!("the generated pod spec cannot be serialized: {error}"),
-    })?;
+    let mut value =
+        serde_json::to_value(&spec).map_err(|error| KubernetesError::InvalidOption {
+            key: "pod_spec",
+            reason: format!("the generated pod spec cannot be serialized: {error}"),
+        })?;
     for (name, patch) in &options.loaded_patches {
         crate::patch::apply(&mut value, patch, name)?;
     }
@@ -815,7 +826,9 @@ mod tests {
         job.image.as_mut().unwrap().pull_policy = vec!["never".to_owned()];
         let error = pod(&options("pull_policy = \"always\"\n"), &job).unwrap_err();
         assert!(
-            error.to_string().contains("allowed_pull_policies ([Always])"),
+            error
+                .to_string()
+                .contains("allowed_pull_policies ([Always])"),
             "{error}"
         );
         let spec = pod_json(

@@ -198,8 +198,7 @@ impl Volumes {
         }
         for v in &self.empty_dir {
             check("empty_dir", &v.name, &v.mount_path)?;
-            if !v.size_limit.trim().is_empty() && !crate::options::valid_quantity(&v.size_limit)
-            {
+            if !v.size_limit.trim().is_empty() && !crate::options::valid_quantity(&v.size_limit) {
                 return Err(KubernetesError::InvalidOption {
                     key: "volumes",
                     reason: format!(
@@ -350,18 +349,17 @@ impl Volumes {
     /// The mounts every container gets, in the official order (host paths, secrets, PVCs,
     /// config maps, empty dirs, CSI, NFS); paths have job variables expanded.
     pub fn mounts(&self, expand: &dyn Fn(&str) -> String) -> Vec<VolumeMount> {
-        let mount = |name: String,
-                     path: &str,
-                     sub: &str,
-                     read_only: bool,
-                     propagation: &Option<String>| VolumeMount {
-            name,
-            mount_path: expand(path),
-            sub_path: some_str(&expand(sub)),
-            read_only: read_only.then_some(true),
-            mount_propagation: propagation.clone(),
-            ..VolumeMount::default()
-        };
+        let mount =
+            |name: String, path: &str, sub: &str, read_only: bool, propagation: &Option<String>| {
+                VolumeMount {
+                    name,
+                    mount_path: expand(path),
+                    sub_path: some_str(&expand(sub)),
+                    read_only: read_only.then_some(true),
+                    mount_propagation: propagation.clone(),
+                    ..VolumeMount::default()
+                }
+            };
         let mut mounts = Vec::new();
         for v in &self.host_path {
             mounts.push(mount(
@@ -458,8 +456,7 @@ impl ProfileConfig {
 
     fn parts(profile: &Option<Self>) -> Option<(String, Option<String>)> {
         let profile = profile.as_ref().filter(|p| !p.type_.is_empty())?;
-        let localhost =
-            (profile.type_ == "Localhost").then(|| profile.localhost_profile.clone());
+        let localhost = (profile.type_ == "Localhost").then(|| profile.localhost_profile.clone());
         Some((profile.type_.clone(), localhost))
     }
 }
@@ -778,7 +775,12 @@ impl NodeSelectorTermConfig {
                     .map(RequirementConfig::node)
                     .collect(),
             ),
-            match_fields: some_vec(self.match_fields.iter().map(RequirementConfig::node).collect()),
+            match_fields: some_vec(
+                self.match_fields
+                    .iter()
+                    .map(RequirementConfig::node)
+                    .collect(),
+            ),
         }
     }
 }
@@ -800,7 +802,10 @@ impl LabelSelectorConfig {
 impl PodAffinityTermConfig {
     fn to_api(&self) -> PodAffinityTerm {
         PodAffinityTerm {
-            label_selector: self.label_selector.as_ref().map(LabelSelectorConfig::to_api),
+            label_selector: self
+                .label_selector
+                .as_ref()
+                .map(LabelSelectorConfig::to_api),
             namespaces: some_vec(self.namespaces.clone()),
             topology_key: self.topology_key.clone(),
             namespace_selector: self
@@ -814,7 +819,12 @@ impl PodAffinityTermConfig {
 }
 
 impl PodAffinityConfig {
-    fn parts(&self) -> (Option<Vec<PodAffinityTerm>>, Option<Vec<WeightedPodAffinityTerm>>) {
+    fn parts(
+        &self,
+    ) -> (
+        Option<Vec<PodAffinityTerm>>,
+        Option<Vec<WeightedPodAffinityTerm>>,
+    ) {
         (
             some_vec(
                 self.required_during_scheduling_ignored_during_execution

@@ -236,9 +236,12 @@ async fn start_containers(
         } else if let Some(files) = crate::objects::volume_files(shared, &key.0, volume) {
             // As the kubelet: the pod does not start while a volume's object is missing.
             let files = files.map_err(|message| {
-                StartError::Mount(format!("MountVolume.SetUp failed for volume \"{name}\" : {message}"))
+                StartError::Mount(format!(
+                    "MountVolume.SetUp failed for volume \"{name}\" : {message}"
+                ))
             })?;
-            let dir = std::env::temp_dir().join(format!("rfk-{}-{short_uid}-{name}", shared.server_id));
+            let dir =
+                std::env::temp_dir().join(format!("rfk-{}-{short_uid}-{name}", shared.server_id));
             if !register(shared, key, |backing| backing.host_dirs.push(dir.clone())) {
                 return Err("pod deleted".into());
             }

@@ -197,14 +197,25 @@ impl FakeKube {
                 )
             })
             .collect();
-        self.add_object("secrets", "Secret", namespace, name, serde_json::json!({"data": data}));
+        self.add_object(
+            "secrets",
+            "Secret",
+            namespace,
+            name,
+            serde_json::json!({"data": data}),
+        );
     }
 
     /// Stores a config map, as `POST …/configmaps` would.
     pub fn add_config_map(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
         let data: serde_json::Map<String, serde_json::Value> = data
             .iter()
-            .map(|(key, value)| ((*key).to_owned(), serde_json::Value::String((*value).to_owned())))
+            .map(|(key, value)| {
+                (
+                    (*key).to_owned(),
+                    serde_json::Value::String((*value).to_owned()),
+                )
+            })
             .collect();
         self.add_object(
             "configmaps",

@@ -34,7 +34,10 @@ const MAX_OBJECT_BYTES: usize = 1 << 20;
 
 pub(crate) fn routes(router: Router<Shared_>) -> Router<Shared_> {
     router
-        .route("/api/v1/namespaces", get(list_namespaces).post(create_namespace))
+        .route(
+            "/api/v1/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
         .route(
             "/api/v1/namespaces/{name}",
             get(get_namespace).delete(delete_namespace),
@@ -69,8 +72,7 @@ fn not_found(kind: &str, name: &str) -> Response {
 /// `namespaces "x" not found` when `namespace` does not exist.
 #[allow(clippy::result_large_err)] // a response is what the caller returns
 pub(crate) fn namespace_exists(shared: &Shared, namespace: &str) -> Result<(), Response> {
-    if BUILTIN_NAMESPACES.contains(&namespace) || shared.lock().namespaces.contains_key(namespace)
-    {
+    if BUILTIN_NAMESPACES.contains(&namespace) || shared.lock().namespaces.contains_key(namespace) {
         Ok(())
     } else {
         Err(not_found("namespaces", namespace))
@@ -166,8 +168,7 @@ async fn create_namespace(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
-    if BUILTIN_NAMESPACES.contains(&name.as_str()) || shared.lock().namespaces.contains_key(&name)
-    {
+    if BUILTIN_NAMESPACES.contains(&name.as_str()) || shared.lock().namespaces.contains_key(&name) {
         return already_exists("namespaces", &name);
     }
     stamp(&shared, &mut object, "Namespace", None);
@@ -218,7 +219,9 @@ async fn delete_namespace(
         let Some(mut object) = inner.namespaces.remove(&name) else {
             return not_found("namespaces", &name);
         };
-        inner.objects.retain(|(_, namespace, _), _| *namespace != name);
+        inner
+            .objects
+            .retain(|(_, namespace, _), _| *namespace != name);
         let keys: Vec<_> = inner
             .pods
             .keys()
@@ -302,7 +305,9 @@ fn normalize(kind: Kind, object: &mut Value) -> Result<(), String> {
     };
     if let Some(map) = object[encoded].as_object() {
         for (key, value) in map {
-            let text = value.as_str().ok_or(format!("{encoded}[{key}]: not a string"))?;
+            let text = value
+                .as_str()
+                .ok_or(format!("{encoded}[{key}]: not a string"))?;
             engine
                 .decode(text)
                 .map_err(|_| format!("{encoded}[{key}]: illegal base64 data"))?;
@@ -424,9 +429,17 @@ pub(crate) fn volume_files(
 ) -> Option<Result<BTreeMap<String, Vec<u8>>, String>> {
     let engine = base64::engine::general_purpose::STANDARD;
     let (plural, name, source) = if let Some(secret) = volume.get("secret") {
-        ("secrets", secret["secretName"].as_str().unwrap_or(""), secret)
+        (
+            "secrets",
+            secret["secretName"].as_str().unwrap_or(""),
+            secret,
+        )
     } else if let Some(config_map) = volume.get("configMap") {
-        ("configmaps", config_map["name"].as_str().unwrap_or(""), config_map)
+        (
+            "configmaps",
+            config_map["name"].as_str().unwrap_or(""),
+            config_map,
+        )
     } else {
         return None;
     };
@@ -436,7 +449,11 @@ pub(crate) fn volume_files(
         .get(&(plural.to_owned(), namespace.to_owned(), name.to_owned()))
         .cloned();
     let Some(object) = object else {
-        let kind = if plural == "secrets" { "secret" } else { "configmap" };
+        let kind = if plural == "secrets" {
+            "secret"
+        } else {
+            "configmap"
+        };
         return Some(Err(format!("{kind} \"{name}\" not found")));
     };
     let mut all: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -452,7 +469,10 @@ pub(crate) fn volume_files(
     }
     if !plain.is_empty() {
         for (key, value) in object[plain].as_object().into_iter().flatten() {
-            all.insert(key.clone(), value.as_str().unwrap_or("").as_bytes().to_vec());
+            all.insert(
+                key.clone(),
+                value.as_str().unwrap_or("").as_bytes().to_vec(),
+            );
         }
     }
     let Some(items) = source["items"].as_array() else {
@@ -465,7 +485,11 @@ pub(crate) fn volume_files(
         let Some(content) = all.get(key) else {
             return Some(Err(format!(
                 "couldn't find key {key} in {} {namespace}/{name}",
-                if plural == "secrets" { "Secret" } else { "ConfigMap" }
+                if plural == "secrets" {
+                    "Secret"
+                } else {
+                    "ConfigMap"
+                }
             )));
         };
         files.insert(path.to_owned(), content.clone());

@@ -200,8 +200,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn namespaces_secrets_and_config_maps_behave_as_kubernetes_objects() {
-    let dir =
-        std::env::temp_dir().join(format!("runnel-fake-kube-objects-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("runnel-fake-kube-objects-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let server = Server::start(&dir);
     let client = reqwest::Client::new();
@@ -245,7 +244,11 @@ async fn namespaces_secrets_and_config_maps_behave_as_kubernetes_objects() {
     .unwrap();
     assert_eq!(secret.status(), 201);
     let secret: Value = secret.json().await.unwrap();
-    assert_eq!(secret["data"], json!({"k": "dg=="}), "stringData is folded in");
+    assert_eq!(
+        secret["data"],
+        json!({"k": "dg=="}),
+        "stringData is folded in"
+    );
     assert!(secret.get("stringData").is_none());
     let bad = post(
         "/api/v1/namespaces/e2e-ns/configmaps".to_owned(),

@@ -485,7 +485,10 @@ async fn configured_volumes_are_mounted_in_the_build_container() {
     assert_eq!(view.status, RemoteStatus::Success, "{trace}");
     assert!(trace.contains("host-file-content\n"), "{trace}");
     assert!(trace.contains("secret=p4ss-from-secret\n"), "{trace}");
-    assert!(!trace.contains("not-listed"), "only the listed keys: {trace}");
+    assert!(
+        !trace.contains("not-listed"),
+        "only the listed keys: {trace}"
+    );
     assert!(trace.contains("setting=mode=fast\n"), "{trace}");
     assert!(trace.contains("scratch-works\n"), "{trace}");
     assert!(trace.contains("host-read-only\n"), "{trace}");
@@ -549,7 +552,10 @@ async fn job_variables_overwrite_what_the_configuration_allows() {
         trace.contains("\"MemoryLimit\" overwritten with \"128Mi\""),
         "{trace}"
     );
-    assert!(trace.contains("Using Kubernetes namespace: kube-public"), "{trace}");
+    assert!(
+        trace.contains("Using Kubernetes namespace: kube-public"),
+        "{trace}"
+    );
     let pod = &kube.created_pods()[0];
     assert_eq!(pod["metadata"]["namespace"], json!("kube-public"));
     assert_eq!(pod["metadata"]["labels"]["team"], json!("red"));
@@ -572,7 +578,9 @@ async fn job_variables_overwrite_what_the_configuration_allows() {
     let trace = view.trace_text();
     assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
     assert!(
-        trace.contains("the resource \"MemoryLimit\" requested \"1Gi\" is higher than limit allowed \"256Mi\""),
+        trace.contains(
+            "the resource \"MemoryLimit\" requested \"1Gi\" is higher than limit allowed \"256Mi\""
+        ),
         "{trace}"
     );
     assert!(!trace.contains("not-reached\n"), "{trace}");
