@@ -389,9 +389,10 @@ mod tests {
     }
 
     fn job(variables: &[(&str, &str)]) -> JobSpec {
-        let mut job = JobSpec::default();
-        job.variables = variables.iter().map(|(k, v)| var(k, v)).collect();
-        job
+        JobSpec {
+            variables: variables.iter().map(|(k, v)| var(k, v)).collect(),
+            ..JobSpec::default()
+        }
     }
 
     // Facts of the official overwrites_test.go: which overwrites apply and which fail.

@@ -79,6 +79,7 @@ pub(crate) fn namespace_exists(shared: &Shared, namespace: &str) -> Result<(), R
     }
 }
 
+#[allow(clippy::result_large_err)] // a response is what the caller returns
 fn parse_body(body: &[u8], kind: &str) -> Result<(Value, String), Response> {
     if body.len() > MAX_OBJECT_BYTES {
         return Err(status(
