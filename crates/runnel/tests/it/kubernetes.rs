@@ -607,7 +607,7 @@ async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
         trace.contains(&format!("Using Kubernetes namespace: {namespace}")),
         "{trace}"
     );
-    assert_eq!(kube.created_namespaces(), [namespace.clone()]);
+    assert_eq!(kube.created_namespaces(), vec![namespace.clone()]);
     assert_eq!(
         kube.created_pods()[0]["metadata"]["namespace"],
         json!(namespace)
