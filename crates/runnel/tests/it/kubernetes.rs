@@ -715,3 +715,35 @@ async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
     assert_eq!(spec["dnsPolicy"], json!("ClusterFirst"));
     assert_nothing_left(kube).await;
 }
+
+#[tokio::test]
+async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
+    let patches = "    [[runners.kubernetes.pod_spec]]\n      name = \"env\"\n      patch = '''\ncontainers:\n  - name: build\n    env:\n      - name: FROM_PATCH\n        value: patched-by-strategic-merge\n'''\n    [[runners.kubernetes.pod_spec]]\n      name = \"grace\"\n      patch_type = \"json\"\n      patch = '[{\"op\": \"add\", \"path\": \"/terminationGracePeriodSeconds\", \"value\": 3}]'\n";
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, patches).await;
+    let id = daemon.fake.enqueue(
+        job("patched")
+            .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
+            .script(["echo \"patch=$FROM_PATCH\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("patch=patched-by-strategic-merge\n"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Advanced Pod Spec configuration enabled"),
+        "{trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], json!(3));
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["build", "helper"], "merged by name, not appended");
+    assert_nothing_left(kube).await;
+}
