@@ -465,7 +465,8 @@ async fn configured_volumes_are_mounted_in_the_build_container() {
         "    [[runners.kubernetes.volumes.host_path]]\n      name = \"host\"\n      mount_path = \"/mnt/host\"\n      host_path = \"{host}\"\n      read_only = true\n    [[runners.kubernetes.volumes.empty_dir]]\n      name = \"scratch\"\n      mount_path = \"/scratch\"\n    [[runners.kubernetes.volumes.secret]]\n      name = \"e2e-credentials\"\n      mount_path = \"/etc/credentials\"\n      [runners.kubernetes.volumes.secret.items]\n        password = \"db/password.txt\"\n    [[runners.kubernetes.volumes.config_map]]\n      name = \"e2e-settings\"\n      mount_path = \"/etc/settings\"\n",
         host = host_dir.path().display(),
     );
-    let (kube, daemon) = start(FakeConfig::default(), IMAGE, &extra).await;
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, &extra).await;
     kube.add_secret(
         "default",
         "e2e-credentials",
@@ -508,9 +509,10 @@ async fn configured_volumes_are_mounted_in_the_build_container() {
 
 #[tokio::test]
 async fn a_missing_secret_keeps_the_pod_pending_until_poll_timeout() {
+    let helper = ensure_git_helper().await;
     let (kube, daemon) = start(
         FakeConfig::default(),
-        IMAGE,
+        &helper,
         "    poll_timeout = 3\n    [[runners.kubernetes.volumes.secret]]\n      name = \"e2e-absent\"\n      mount_path = \"/etc/absent\"\n",
     )
     .await;
@@ -527,9 +529,10 @@ async fn a_missing_secret_keeps_the_pod_pending_until_poll_timeout() {
 
 #[tokio::test]
 async fn job_variables_overwrite_what_the_configuration_allows() {
+    let helper = ensure_git_helper().await;
     let (kube, daemon) = start(
         FakeConfig::default(),
-        IMAGE,
+        &helper,
         "    namespace_overwrite_allowed = \"^kube-p.*\"\n    pod_labels_overwrite_allowed = \"team=.*\"\n    memory_limit = \"64Mi\"\n    memory_limit_overwrite_max_allowed = \"256Mi\"\n    service_account = \"ci\"\n",
     )
     .await;
@@ -590,9 +593,10 @@ async fn job_variables_overwrite_what_the_configuration_allows() {
 
 #[tokio::test]
 async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
+    let helper = ensure_git_helper().await;
     let (kube, daemon) = start(
         FakeConfig::default(),
-        IMAGE,
+        &helper,
         "    namespace_per_job = true\n",
     )
     .await;
@@ -619,6 +623,7 @@ async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
 #[tokio::test]
 async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
     ensure_image();
+    let helper = ensure_git_helper().await;
     let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
     let env = crate::support::TestEnv::new().await;
     let token = env.fake.create_runner_token();
@@ -640,7 +645,7 @@ async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
         "--kubernetes-image",
         IMAGE,
         "--kubernetes-helper-image",
-        IMAGE,
+        &helper,
         "--kubernetes-poll-interval",
         "1",
         "--kubernetes-cpu-limit",
@@ -719,7 +724,8 @@ async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
 #[tokio::test]
 async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
     let patches = "    [[runners.kubernetes.pod_spec]]\n      name = \"env\"\n      patch = '''\ncontainers:\n  - name: build\n    env:\n      - name: FROM_PATCH\n        value: patched-by-strategic-merge\n'''\n    [[runners.kubernetes.pod_spec]]\n      name = \"grace\"\n      patch_type = \"json\"\n      patch = '[{\"op\": \"add\", \"path\": \"/terminationGracePeriodSeconds\", \"value\": 3}]'\n";
-    let (kube, daemon) = start(FakeConfig::default(), IMAGE, patches).await;
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, patches).await;
     let id = daemon.fake.enqueue(
         job("patched")
             .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
