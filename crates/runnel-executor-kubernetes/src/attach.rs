@@ -159,7 +159,12 @@ pub fn detect_shell_script(shell: Shell) -> String {
 /// The exec command that saves `bytes` bytes read from stdin to `path` (mode 0700 for the
 /// detect-shell script, 0600 for stage scripts, which hold the job's variables), and with
 /// `create_log` creates the log file every container may append to.
-pub fn save_command(path: &str, bytes: usize, executable: bool, create_log: Option<&str>) -> Vec<String> {
+pub fn save_command(
+    path: &str,
+    bytes: usize,
+    executable: bool,
+    create_log: Option<&str>,
+) -> Vec<String> {
     let mode = if executable { "0755" } else { "0600" };
     let mut script = format!(
         "umask 0077 && head -c {bytes} > {path}.tmp && chmod {mode} {path}.tmp && mv -f {path}.tmp {path}"
@@ -427,7 +432,10 @@ async fn stream_once(
     let (Some(mut stdout), Some(mut stderr), Some(status)) =
         (process.stdout(), process.stderr(), process.take_status())
     else {
-        return (false, Err(StreamEnd::Retry("no output channels".to_owned())));
+        return (
+            false,
+            Err(StreamEnd::Retry("no output channels".to_owned())),
+        );
     };
     let mut status = std::pin::pin!(status.fuse());
     let mut received = false;
@@ -484,10 +492,18 @@ async fn stream_once(
         ))),
         Some(code @ (126 | 127)) => Err(StreamEnd::Fatal(format!(
             "the helper image cannot run `{READ_LOGS_COMMAND} read-logs` (exit code {code}{}): attach mode (the default) needs a helper image with the runner helper in its PATH, such as the one `runnel docker build-helper-image` builds; or set FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY=true to run stages by exec",
-            if errors.is_empty() { String::new() } else { format!(": {errors}") }
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(": {errors}")
+            }
         ))),
-        Some(code) => Err(StreamEnd::Retry(format!("read-logs exited with code {code}: {errors}"))),
-        None => Err(StreamEnd::Retry(format!("the exec session ended without a status {errors}"))),
+        Some(code) => Err(StreamEnd::Retry(format!(
+            "read-logs exited with code {code}: {errors}"
+        ))),
+        None => Err(StreamEnd::Retry(format!(
+            "the exec session ended without a status {errors}"
+        ))),
     };
     (received, outcome)
 }
@@ -533,7 +549,10 @@ mod tests {
         assert_eq!(paths.scripts_dir, "/scripts-42-1001");
         assert_eq!(paths.logs_dir, "/logs-42-1001");
         assert_eq!(paths.log_file(), "/logs-42-1001/output.log");
-        assert_eq!(paths.stage_script("step_script"), "/scripts-42-1001/step_script");
+        assert_eq!(
+            paths.stage_script("step_script"),
+            "/scripts-42-1001/step_script"
+        );
         assert_eq!(paths.stage_script("../x y"), "/scripts-42-1001/___x_y");
     }
 
@@ -569,7 +588,10 @@ mod tests {
         );
         assert_eq!(parser.offset(), 13);
         // Lines without an offset are passed on as they are.
-        assert_eq!(parser.feed(b"error reading logs\n"), vec![b"error reading logs\n".to_vec()]);
+        assert_eq!(
+            parser.feed(b"error reading logs\n"),
+            vec![b"error reading logs\n".to_vec()]
+        );
         // A resumed stream starts at its offset.
         let mut resumed = LogParser::new(12);
         assert_eq!(resumed.feed(b"16 abc\n"), vec![b"abc\n".to_vec()]);
@@ -586,7 +608,11 @@ mod tests {
     #[test]
     fn the_detect_shell_script_passes_its_arguments() {
         let script = detect_shell_script(Shell::Sh);
-        assert!(script.starts_with("if [ -x /usr/local/bin/sh ]; then\n\texec /usr/local/bin/sh \"$@\"\n"));
+        assert!(
+            script.starts_with(
+                "if [ -x /usr/local/bin/sh ]; then\n\texec /usr/local/bin/sh \"$@\"\n"
+            )
+        );
         assert!(script.ends_with("else\n\techo shell not found\n\texit 1\nfi\n"));
     }
 }

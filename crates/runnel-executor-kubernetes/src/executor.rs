@@ -596,7 +596,11 @@ impl KubernetesExecutor {
             Ok(process) => process,
             Err(source) => {
                 self.check_pod().await?;
-                return Err(KubernetesError::api("exec in pod", self.full_name(), source));
+                return Err(KubernetesError::api(
+                    "exec in pod",
+                    self.full_name(),
+                    source,
+                ));
             }
         };
         let exec_error = |message: String| KubernetesError::Exec {
@@ -655,9 +659,7 @@ impl KubernetesExecutor {
         let output = String::from_utf8_lossy(&output).trim().to_owned();
         match status.as_ref().map(stage_exit) {
             Some(Ok(StageExit::Exited(0))) => Ok(()),
-            Some(Ok(exit)) => Err(exec_error(format!(
-                "exited with {exit:?}: {output}"
-            ))),
+            Some(Ok(exit)) => Err(exec_error(format!("exited with {exit:?}: {output}"))),
             Some(Err(message)) => Err(exec_error(format!("{message}: {output}"))),
             None => {
                 self.check_pod().await?;
@@ -912,8 +914,7 @@ impl KubernetesExecutor {
         let pods = self.pods()?;
         let name = self.pod.clone().unwrap_or_default();
         let line = crate::attach::stage_line(&paths, cmd.stage, umask);
-        if let Err(source) =
-            crate::attach::write_to_container(&pods, &name, container, &line).await
+        if let Err(source) = crate::attach::write_to_container(&pods, &name, container, &line).await
         {
             self.check_pod().await?;
             return Err(KubernetesError::api(

@@ -84,16 +84,16 @@ pub(crate) async fn exec(
             );
         }
     };
+    // The protocol chosen from the client's list (v5 preferred); known once offered.
+    let upgrade = upgrade.protocols([V5, V4]);
     let v5 = upgrade
         .selected_protocol()
         .is_some_and(|p| p.as_bytes() == V5.as_bytes());
-    upgrade
-        .protocols([V5, V4])
-        .on_upgrade(move |socket| async move {
-            if let Err(error) = pump(&shared, socket, &exec_id, stdin, v5).await {
-                tracing::debug!(%error, "exec session ended with an error");
-            }
-        })
+    upgrade.on_upgrade(move |socket| async move {
+        if let Err(error) = pump(&shared, socket, &exec_id, stdin, v5).await {
+            tracing::debug!(%error, "exec session ended with an error");
+        }
+    })
 }
 
 /// The docker container of `container` (or the pod's only container) of a running pod.
@@ -313,14 +313,14 @@ pub(crate) async fn attach(
             );
         }
     };
+    // The protocol chosen from the client's list (v5 preferred); known once offered.
+    let upgrade = upgrade.protocols([V5, V4]);
     let v5 = upgrade
         .selected_protocol()
         .is_some_and(|p| p.as_bytes() == V5.as_bytes());
-    upgrade
-        .protocols([V5, V4])
-        .on_upgrade(move |socket| async move {
-            attach_pump(socket, attached, stdin, stdout || stderr, v5).await;
-        })
+    upgrade.on_upgrade(move |socket| async move {
+        attach_pump(socket, attached, stdin, stdout || stderr, v5).await;
+    })
 }
 
 async fn attach_pump(

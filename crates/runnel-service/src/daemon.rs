@@ -257,8 +257,7 @@ impl RunnerState {
         spec: &RunnerSpec,
     ) -> Result<Arc<runnel_executor_kubernetes::KubernetesProvider>, String> {
         let entry = spec.config.as_ref().ok_or_else(|| {
-            "the kubernetes executor needs a [runners.kubernetes] section in config.toml"
-                .to_owned()
+            "the kubernetes executor needs a [runners.kubernetes] section in config.toml".to_owned()
         })?;
         let mut cached = self
             .kubernetes

@@ -204,11 +204,13 @@ async fn the_legacy_exec_strategy_runs_stages_by_exec() {
 async fn after_script_exit_codes_do_not_change_the_result_in_attach_mode() {
     let helper = ensure_git_helper().await;
     let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
-    let id = daemon.fake.enqueue(
-        job("after-fails")
-            .script(["echo main-ok"])
-            .after_script(["echo after-ran", "exit 5", "echo after-not-reached"]),
-    );
+    let id = daemon
+        .fake
+        .enqueue(job("after-fails").script(["echo main-ok"]).after_script([
+            "echo after-ran",
+            "exit 5",
+            "echo after-not-reached",
+        ]));
     let view = daemon.finished(id).await;
     let trace = view.trace_text();
     assert_eq!(view.status, RemoteStatus::Success, "{trace}");
@@ -362,7 +364,7 @@ async fn a_job_that_runs_too_long_times_out_and_its_pod_is_deleted() {
     let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
     let id = daemon.fake.enqueue(
         job("slow")
-            .timeout(3)
+            .timeout(8)
             .script(["echo started", "sleep 60", "echo not-reached"])
             .after_script(["echo after-timeout"]),
     );
