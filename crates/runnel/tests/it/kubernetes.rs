@@ -662,3 +662,207 @@ async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spar
     );
     assert_nothing_left(kube).await;
 }
+
+/// Runnel's runner-manager image (`dist/Dockerfile`), built by `dist/build-image.sh` from this
+/// test binary's `runnel`; tagged by the binary's size and modification time, so an unchanged
+/// binary reuses it.
+fn ensure_manager_image() -> String {
+    let exe = env!("CARGO_BIN_EXE_runnel");
+    let meta = std::fs::metadata(exe).unwrap();
+    let modified = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let tag = format!(
+        "runnel-e2e-manager:{:x}-{:x}",
+        meta.len(),
+        modified.as_nanos()
+    );
+    let exists = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    if exists.status.success() {
+        return tag;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/build-image.sh");
+    let built = std::process::Command::new("sh")
+        .args([script, "--binary", exe, "--tag", &tag])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "dist/build-image.sh failed: {}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&built.stdout).trim(), tag);
+    tag
+}
+
+/// Removes the named container when dropped.
+struct ContainerGuard(String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn the_runner_manager_image_registers_and_runs_jobs_as_the_helm_chart_starts_it() {
+    let helper = ensure_git_helper().await;
+    let image = ensure_manager_image();
+    let version = env!("CARGO_PKG_VERSION");
+    for entrypoint in [None, Some("gitlab-runner"), Some("runnel")] {
+        let mut args = vec!["run", "--rm"];
+        if let Some(entrypoint) = entrypoint {
+            args.extend(["--entrypoint", entrypoint]);
+        }
+        args.extend([image.as_str(), "--version"]);
+        let out = std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(version),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // What the chart's ConfigMap gives the runner container: the global config.toml, the
+    // [[runners]] template, and the scripts its command runs.
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let fake = runnel_fake_gitlab::FakeGitlab::start(runnel_fake_gitlab::FakeConfig {
+        long_poll: Duration::from_secs(2),
+        trace_update_interval_secs: 1,
+        ..runnel_fake_gitlab::FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = fake.create_runner_token();
+    let configmaps = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let path = configmaps.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+    };
+    std::fs::set_permissions(
+        configmaps.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    write(
+        "config.toml",
+        "concurrent = 2\ncheck_interval = 1\nshutdown_timeout = 10\n".to_owned(),
+    );
+    write(
+        "config.template.toml",
+        format!(
+            "[[runners]]\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{bearer}\"\n    namespace = \"default\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n",
+            url = kube.url(),
+            bearer = kube.token(),
+        ),
+    );
+    write(
+        "entrypoint",
+        "#!/bin/bash\nset -e\nmkdir -p /home/gitlab-runner/.gitlab-runner/\ncp /configmaps/config.toml /home/gitlab-runner/.gitlab-runner/\nif ! bash /configmaps/register-the-runner; then\n  exit 1\nfi\nexec /entrypoint run --user=gitlab-runner --working-directory=/home/gitlab-runner\n".to_owned(),
+    );
+    write(
+        "register-the-runner",
+        "#!/bin/bash\n/entrypoint register --non-interactive --template-config /configmaps/config.template.toml\n".to_owned(),
+    );
+    let name = format!("runnel-e2e-manager-{}", std::process::id());
+    let _guard = ContainerGuard(name.clone());
+    let mount = format!("{}:/configmaps:ro", configmaps.path().display());
+    let server_url = format!("CI_SERVER_URL={}", fake.url());
+    let server_token = format!("CI_SERVER_TOKEN={token}");
+    let started = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            // The fakes listen on the host's loopback.
+            "--network",
+            "host",
+            "--user",
+            "999:999",
+            "-v",
+            &mount,
+            "-e",
+            &server_url,
+            "-e",
+            &server_token,
+            "-e",
+            "RUNNER_EXECUTOR=kubernetes",
+            "-e",
+            "RUNNER_NAME=manager-in-a-pod",
+            "--entrypoint",
+            "/usr/bin/dumb-init",
+            &image,
+            "--",
+            "/bin/bash",
+            "/configmaps/entrypoint",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let logs = || {
+        let out = std::process::Command::new("docker")
+            .args(["logs", &name])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let id = fake.enqueue(job("in-the-cluster").script(["echo \"manager ran me in $(hostname)\""]));
+    let view = match fake
+        .wait_for_job_state(
+            id,
+            runnel_fake_gitlab::JobView::is_finished,
+            Duration::from_secs(120),
+        )
+        .await
+    {
+        Ok(view) => view,
+        Err(error) => panic!("{error}\nmanager log:\n{}", logs()),
+    };
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}\n{}", logs());
+    assert!(trace.contains("manager ran me in runner-"), "{trace}");
+    let log = logs();
+    assert!(!log.contains(&token), "the runner token is never logged");
+    // The registered runner is the template's, with the chart's environment applied.
+    let config = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &name,
+            "cat",
+            "/home/gitlab-runner/.gitlab-runner/config.toml",
+        ])
+        .output()
+        .unwrap();
+    let config = String::from_utf8_lossy(&config.stdout);
+    assert!(config.contains("name = \"manager-in-a-pod\""), "{config}");
+    assert!(config.contains("executor = \"kubernetes\""), "{config}");
+    assert!(config.contains("[runners.kubernetes]"), "{config}");
+    drop(_guard);
+    assert_nothing_left(kube).await;
+}
