@@ -674,10 +674,19 @@ fn ensure_manager_image() -> String {
         .unwrap()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist");
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in ["Dockerfile", "build-image.sh", "entrypoint"] {
+        std::hash::Hash::hash(
+            &std::fs::read(format!("{dist}/{file}")).unwrap(),
+            &mut hasher,
+        );
+    }
     let tag = format!(
-        "runnel-e2e-manager:{:x}-{:x}",
+        "runnel-e2e-manager:{:x}-{:x}-{:x}",
         meta.len(),
-        modified.as_nanos()
+        modified.as_nanos(),
+        std::hash::Hasher::finish(&hasher)
     );
     let exists = std::process::Command::new("docker")
         .args(["image", "inspect", &tag])
@@ -686,9 +695,8 @@ fn ensure_manager_image() -> String {
     if exists.status.success() {
         return tag;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/build-image.sh");
     let built = std::process::Command::new("sh")
-        .args([script, "--binary", exe, "--tag", &tag])
+        .args([&format!("{dist}/build-image.sh"), "--binary", exe, "--tag", &tag])
         .output()
         .unwrap();
     assert!(
