@@ -37,7 +37,7 @@ pub(super) async fn run(plan: &Plan, report: &mut Report) -> Result<(), BenchErr
         })?;
     let result = match start_session(plan, &kube, &helper).await {
         Ok(mut session) => {
-            let result = measure(plan, report, &session).await;
+            let result = measure(plan, report, &mut session).await;
             session.stop(crate::runner::Stop::Graceful).await;
             result
         }
@@ -47,7 +47,11 @@ pub(super) async fn run(plan: &Plan, report: &mut Report) -> Result<(), BenchErr
     result
 }
 
-async fn measure(plan: &Plan, report: &mut Report, session: &Session) -> Result<(), BenchError> {
+async fn measure(
+    plan: &Plan,
+    report: &mut Report,
+    session: &mut Session,
+) -> Result<(), BenchError> {
     for _ in 0..plan.repetitions {
         let start = Instant::now();
         docker_cli(&["run", "--rm", "--network", "none", IMAGE, "true"]).await?;
@@ -65,7 +69,7 @@ async fn measure(plan: &Plan, report: &mut Report, session: &Session) -> Result<
 }
 
 /// Enqueues `job` on an idle runner; milliseconds from enqueue to its accepted `success`.
-async fn one_job(session: &Session, job: JobBuilder) -> Result<f64, BenchError> {
+async fn one_job(session: &mut Session, job: JobBuilder) -> Result<f64, BenchError> {
     session.wait_for_held_poll().await?;
     let id = session.fake.enqueue(job);
     let view = session.wait_success(id, JOB_TIMEOUT).await?;

@@ -696,7 +696,13 @@ fn ensure_manager_image() -> String {
         return tag;
     }
     let built = std::process::Command::new("sh")
-        .args([&format!("{dist}/build-image.sh"), "--binary", exe, "--tag", &tag])
+        .args([
+            &format!("{dist}/build-image.sh"),
+            "--binary",
+            exe,
+            "--tag",
+            &tag,
+        ])
         .output()
         .unwrap();
     assert!(
@@ -758,11 +764,8 @@ async fn the_runner_manager_image_registers_and_runs_jobs_as_the_helm_chart_star
     let write = |name: &str, text: String| {
         let path = configmaps.path().join(name);
         std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )
-        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
     };
     std::fs::set_permissions(
         configmaps.path(),
