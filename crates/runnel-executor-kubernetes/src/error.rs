@@ -132,6 +132,15 @@ pub enum KubernetesError {
         /// What happened.
         message: String,
     },
+
+    /// Attach mode: the job's log could not be read from the pod.
+    #[error("cannot follow the job's log in pod {pod}: {message}")]
+    LogStream {
+        /// `namespace/name`.
+        pod: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl KubernetesError {

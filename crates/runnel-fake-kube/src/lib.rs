@@ -8,6 +8,8 @@
 //!                           …/{ns}/configmaps[/{name}]                (see `objects`)
 //!   GET  …/pods/{name}/exec WebSocket, v5.channel.k8s.io or v4.channel.k8s.io: stdin 0,
 //!                           stdout 1, stderr 2, error 3 (a Status with the exit code), close 255
+//!   GET  …/pods/{name}/attach the same protocols, to the container's main process (stdin
+//!                           kept open for the next client, as `stdin: true` containers have it)
 //!   shutdown()              removes every container and volume it made
 //! ```
 //!

@@ -1,4 +1,4 @@
-//! Routes: bearer-token check, pods CRUD with `Status` errors, exec dispatch.
+//! Routes: bearer-token check, pods CRUD with `Status` errors, exec and attach dispatch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +27,10 @@ pub(crate) fn router(shared: Shared_) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(exec_pod).post(exec_pod_post),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            get(attach_pod).post(exec_pod_post),
         )
         .fallback(not_served)
         .with_state(shared)
@@ -390,6 +394,34 @@ async fn exec_pod(
     .await
 }
 
+async fn attach_pod(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    let Ok(upgrade) = upgrade else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Upgrade request required",
+            json!({}),
+        );
+    };
+    crate::exec::attach(
+        shared,
+        namespace,
+        name,
+        query_pairs(query.as_deref()),
+        upgrade,
+    )
+    .await
+}
+
 async fn exec_pod_post(headers: HeaderMap, State(shared): State<Shared_>) -> Response {
     if let Err(response) = authorized(&shared, &headers) {
         return response;
@@ -397,7 +429,7 @@ async fn exec_pod_post(headers: HeaderMap, State(shared): State<Shared_>) -> Res
     status(
         StatusCode::BAD_REQUEST,
         "BadRequest",
-        "runnel-fake-kube serves exec over WebSocket only (no SPDY)",
+        "runnel-fake-kube serves exec and attach over WebSocket only (no SPDY)",
         json!({}),
     )
 }
