@@ -177,6 +177,16 @@ pub(crate) struct RunnerState {
     /// made once and reused by every job (its concurrency slots, negotiated client and the
     /// jobs the leftover sweep spares live there), made again only when those change.
     docker: Mutex<Option<DockerProviderCache>>,
+    /// The kubernetes provider of this entry, made once like the docker one (concurrency slots
+    /// and the pods the leftover sweep spares live there).
+    kubernetes: Mutex<Option<KubernetesProviderCache>>,
+}
+
+/// A kubernetes provider and the entry it was made from.
+#[derive(Debug)]
+struct KubernetesProviderCache {
+    entry: Arc<runnel_config::RunnerConfig>,
+    provider: Arc<runnel_executor_kubernetes::KubernetesProvider>,
 }
 
 /// A docker provider and what it was made from.
@@ -200,6 +210,7 @@ impl RunnerState {
             slot_ids: Arc::default(),
             retired: CancellationToken::new(),
             docker: Mutex::new(None),
+            kubernetes: Mutex::new(None),
         })
     }
 
@@ -233,6 +244,38 @@ impl RunnerState {
         *cached = Some(DockerProviderCache {
             entry: Arc::clone(entry),
             system_id: system_id.to_owned(),
+            provider: Arc::clone(&provider),
+        });
+        Ok(provider)
+    }
+
+    /// The kubernetes provider for `spec`: the one made before when `spec`'s `[[runners]]`
+    /// entry is unchanged, else a new one (kept for the next jobs, sparing the pods of the
+    /// jobs the previous one still runs).
+    pub(crate) fn kubernetes_provider(
+        &self,
+        spec: &RunnerSpec,
+    ) -> Result<Arc<runnel_executor_kubernetes::KubernetesProvider>, String> {
+        let entry = spec.config.as_ref().ok_or_else(|| {
+            "the kubernetes executor needs a [runners.kubernetes] section in config.toml".to_owned()
+        })?;
+        let mut cached = self
+            .kubernetes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cache) = cached.as_ref()
+            && (Arc::ptr_eq(&cache.entry, entry) || cache.entry == *entry)
+        {
+            return Ok(Arc::clone(&cache.provider));
+        }
+        let mut provider = runnel_executor_kubernetes::KubernetesProvider::from_runner(entry)
+            .map_err(|error| crate::job::error_chain(&error))?;
+        if let Some(previous) = cached.as_ref() {
+            provider = provider.succeeding(&previous.provider);
+        }
+        let provider = Arc::new(provider);
+        *cached = Some(KubernetesProviderCache {
+            entry: Arc::clone(entry),
             provider: Arc::clone(&provider),
         });
         Ok(provider)
@@ -443,7 +486,7 @@ pub(crate) async fn run(
         "Runnel started; polling GitLab for jobs"
     );
     sweep_docker_leftovers(&shared, &config);
-    sweep_kubernetes_leftovers(&config);
+    sweep_kubernetes_leftovers(&shared);
 
     // Jobs a crashed predecessor was running, and final states not delivered yet.
     let stop_redelivery = CancellationToken::new();
@@ -551,18 +594,22 @@ pub(crate) async fn run(
 }
 
 /// Deletes the pods that a killed earlier run of a kubernetes runner left (found by the
-/// runner's `manager.runner.gitlab.com/id-short` label). Runs in the background before any job
-/// of this process can have created a pod.
-fn sweep_kubernetes_leftovers(config: &ServiceConfig) {
-    for runner in config.runners.iter().filter(|r| r.executor == "kubernetes") {
-        let Some(entry) = runner.config.clone() else {
+/// runner's `manager.runner.gitlab.com/id-short` label). Runs in the background, with the
+/// provider the runner's jobs use, which spares the pods of the jobs it runs or is starting.
+fn sweep_kubernetes_leftovers(shared: &Shared) {
+    for runner in shared.runners() {
+        let spec = runner.spec();
+        if spec.executor != "kubernetes" || !spec.can_run_jobs() {
             continue;
+        }
+        let short = spec.token.short();
+        let provider = match runner.kubernetes_provider(&spec) {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(runner = %short, %error, "cannot check for leftover pods");
+                continue;
+            }
         };
-        let Ok(provider) = runnel_executor_kubernetes::KubernetesProvider::from_runner(&entry)
-        else {
-            continue;
-        };
-        let short = runner.token.short();
         tokio::spawn(async move {
             match provider.remove_leftovers().await {
                 Ok(removed) if removed.is_empty() => {}
@@ -1075,6 +1122,7 @@ async fn run_received_job(
         &spec,
         config.user.as_deref(),
         || runner.docker_provider(&spec, &config.system_id),
+        || runner.kubernetes_provider(&spec),
     ));
     let context = JobContext {
         tracked,

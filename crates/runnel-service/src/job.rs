@@ -1044,12 +1044,14 @@ fn header_without_plan(context: &JobContext, options: &PlanOptions) -> Vec<Strin
     ]
 }
 
-/// The executor provider for a job of `runner`: docker providers live as long as their
-/// `[[runners]]` entry (`docker`, from the daemon's runner state), shell ones are made per job.
+/// The executor provider for a job of `runner`: docker and kubernetes providers live as long
+/// as their `[[runners]]` entry (`docker`, `kubernetes`, from the daemon's runner state), shell
+/// ones are made per job.
 pub(crate) fn provider_for(
     runner: &RunnerSpec,
     user: Option<&str>,
     docker: impl FnOnce() -> Result<Arc<runnel_executor_docker::DockerProvider>, String>,
+    kubernetes: impl FnOnce() -> Result<Arc<runnel_executor_kubernetes::KubernetesProvider>, String>,
 ) -> Result<Arc<dyn Provider>, String> {
     if let Some(shell) = runner.unsupported_shell() {
         return Err(format!(
@@ -1104,15 +1106,7 @@ pub(crate) fn provider_for(
             Ok(Arc::new(provider))
         }
         "docker" => Ok(docker()?),
-        "kubernetes" => {
-            let config = runner.config.as_ref().ok_or_else(|| {
-                "the kubernetes executor needs a [runners.kubernetes] section in config.toml"
-                    .to_owned()
-            })?;
-            let provider = runnel_executor_kubernetes::KubernetesProvider::from_runner(config)
-                .map_err(|error| error_chain(&error))?;
-            Ok(Arc::new(provider))
-        }
+        "kubernetes" => Ok(kubernetes()?),
         other => Err(format!(
             "the {other:?} executor is not supported by this build of Runnel"
         )),
