@@ -1257,6 +1257,8 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         tls_key: read_tls_file(runner.tls_key_file.as_deref()).map(runnel_types::Secret::new),
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),
         remote_cache: None,
+        // The shell executor's session runs every stage in a subshell (stdin /dev/null).
+        stage_subshell: runner.executor == "shell",
     }
 }
 
