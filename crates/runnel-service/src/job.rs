@@ -683,10 +683,8 @@ async fn execute_stages(
         }
     }
     executor.cleanup().await;
-    run.contained.store(
-        executor.contained(),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    run.contained
+        .store(executor.contained(), std::sync::atomic::Ordering::Relaxed);
     let timings: Vec<String> = durations
         .iter()
         .map(|(name, took)| format!("{name} {:.2}s", took.as_secs_f64()))

@@ -96,7 +96,7 @@ fn relocation_range() -> Option<(usize, usize)> {
     let start = bias.checked_add(u64_at(rela, 16)?)?;
     let end = start.checked_add(u64_at(rela, 32)?)?;
     let page = 4096u64;
-    let first = start.checked_add(page - 1)? / page * page;
+    let first = start.div_ceil(page).checked_mul(page)?;
     let last = end / page * page;
     if last <= first {
         return None;
@@ -142,7 +142,7 @@ mod tests {
     #[test]
     fn the_relocation_table_of_this_binary_is_found_and_released() {
         let (start, len) = super::relocation_range().expect("a .rela.dyn in the test binary");
-        assert!(len > 0 && start % 4096 == 0 && len % 4096 == 0);
+        assert!(len > 0 && start.is_multiple_of(4096) && len.is_multiple_of(4096));
         let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
         let exe = std::fs::read_link("/proc/self/exe").expect("exe");
         let inside = maps.lines().any(|line| {
@@ -162,10 +162,13 @@ mod tests {
                 && lo <= start
                 && start + len <= hi
         });
-        assert!(inside, "the range lies in a read-only mapping of the executable");
+        assert!(
+            inside,
+            "the range lies in a read-only mapping of the executable"
+        );
         assert_eq!(super::release(), len);
-        // Still alive and allocating, formatting, unwinding-free code keeps running.
-        let text = format!("{:?}", vec![1, 2, 3]);
+        // Still alive: allocating and formatting code keeps running.
+        let text = format!("{:?}", Vec::from([1, 2, 3]));
         assert_eq!(text, "[1, 2, 3]");
     }
 }
