@@ -4,7 +4,7 @@
 //! - `pickup_latency.png`: the distribution (empirical CDF, log time axis) of every pickup
 //!   sample: Runnel with and without long polling, and the Rust peer;
 //! - `throughput_concurrency.png`: trivial jobs per second against `concurrent` (median with
-//!   min–max bars), the Rust peer's point at 4 beside Runnel's;
+//!   min–max bars), the alternated Runnel and Rust peer points at 4 and 16;
 //! - `rss_running_jobs.png`: runner RSS against running jobs, from the scale scenario's ramp.
 //!
 //! A plot whose data the run did not produce is skipped (and named in the returned list).
@@ -225,20 +225,23 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
     .into_iter()
     .filter_map(|(c, metric)| Some((c, Summary::of(report.samples(metric))?)))
     .collect();
-    let peer: Vec<(f64, Summary)> = [
-        (4.0, "peers_runnel_throughput_c4_jobs_per_s"),
-        (4.0, "peers_rust_throughput_c4_jobs_per_s"),
+    // (concurrent, which: 0 Runnel, 1 the peer, summary)
+    let peer: Vec<(f64, usize, Summary)> = [
+        (4.0, 0, "peers_runnel_throughput_c4_jobs_per_s"),
+        (4.0, 1, "peers_rust_throughput_c4_jobs_per_s"),
+        (16.0, 0, "peers_runnel_throughput_c16_jobs_per_s"),
+        (16.0, 1, "peers_rust_throughput_c16_jobs_per_s"),
     ]
     .into_iter()
-    .filter_map(|(c, metric)| Some((c, Summary::of(report.samples(metric))?)))
+    .filter_map(|(c, which, metric)| Some((c, which, Summary::of(report.samples(metric))?)))
     .collect();
     if runnel.is_empty() && peer.is_empty() {
         return Ok(false);
     }
     let top = runnel
         .iter()
-        .chain(&peer)
         .map(|(_, s)| s.max)
+        .chain(peer.iter().map(|(_, _, s)| s.max))
         .fold(1.0, f64::max)
         * 1.15;
     let err = draw_error(path);
@@ -282,16 +285,18 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
         "Runnel (peers scenario, alternated)",
         "gitlab-runner crate peer (alternated)",
     ];
-    for (index, ((c, s), label)) in peer.iter().zip(labels).enumerate() {
-        let color = if index == 0 {
+    let mut labelled = [false; 2];
+    for (c, which, s) in &peer {
+        let which = *which;
+        let color = if which == 0 {
             GREEN.to_rgba()
         } else {
             RED.to_rgba()
         };
-        // Side by side, just right of x = 4.
+        // Side by side, just right of their concurrency.
         #[allow(clippy::cast_precision_loss)]
-        let x = c.log2() + 0.08 * (index as f64 + 1.0);
-        chart
+        let x = c.log2() + 0.08 * (which as f64 + 1.0);
+        let series = chart
             .draw_series(std::iter::once(ErrorBar::new_vertical(
                 x,
                 s.min,
@@ -300,9 +305,15 @@ fn throughput_concurrency(report: &Report, path: &Path) -> Result<bool, PlotErro
                 color.filled(),
                 8,
             )))
-            .map_err(|e| err(&e))?
-            .label(label)
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+            .map_err(|e| err(&e))?;
+        if let (Some(first), Some(label)) = (labelled.get_mut(which), labels.get(which))
+            && !*first
+        {
+            *first = true;
+            series
+                .label(*label)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+        }
         chart
             .draw_series(std::iter::once(Circle::new(
                 (x, s.median),

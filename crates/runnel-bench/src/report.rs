@@ -374,6 +374,24 @@ pub const METRICS: &[MetricDef] = &[
         "peers_rust_throughput_c4_jobs_per_s / Runnel's, per repetition",
     ),
     metric(
+        "peers_runnel_throughput_c16_jobs_per_s",
+        "jobs/s",
+        Scenario::Peers,
+        "Runnel: trivial jobs per second at concurrent 16, alternated with the peer",
+    ),
+    metric(
+        "peers_rust_throughput_c16_jobs_per_s",
+        "jobs/s",
+        Scenario::Peers,
+        "gitlab-runner-crate peer: trivial jobs per second, 16 at a time",
+    ),
+    metric(
+        "peers_rust_throughput_c16_ratio",
+        "ratio",
+        Scenario::Peers,
+        "peers_rust_throughput_c16_jobs_per_s / Runnel's, per repetition",
+    ),
+    metric(
         "docker_floor_run_ms",
         "ms",
         Scenario::Docker,

@@ -5,8 +5,10 @@
 //! `SIGKILL` kills nothing at all. So every process of a job also carries a tag in its
 //! environment ([`JOB_TAG_VARIABLE`]`=<random tag>`), which children inherit whatever group or
 //! session they move to. [`kill_tagged`] scans `/proc` for the tag and kills what it finds,
-//! until nothing carries it: at the end of every job, and when a restarted runner recovers a
-//! job its crashed predecessor was running (the tag is kept in the job journal).
+//! until nothing carries it: at the end of every job whose executor did not see all of the
+//! job's processes end ([`crate::Executor::contained`]: the shell executor's sessions, whose
+//! shells are subreapers, usually do), and when a restarted runner recovers a job its crashed
+//! predecessor was running (the tag is kept in the job journal).
 //!
 //! Limits: a process that clears or rewrites its own environment (`env -i`, `execve` with a
 //! new environment) is not found; only `/proc` (Linux) is scanned; processes of other users

@@ -392,6 +392,14 @@ pub trait Executor: Send {
 
     /// Releases what [`prepare`](Executor::prepare) set up. Never fails: problems are logged.
     fn cleanup(&mut self) -> BoxFuture<'_, ()>;
+
+    /// After [`cleanup`](Executor::cleanup): whether every process the job started on this
+    /// host is known to be gone, so the job runner need not scan `/proc` for processes carrying
+    /// the job's tag ([`crate::contain`]). `false` (the default) keeps that scan; an executor
+    /// says `true` only when it saw the whole process tree of every stage end.
+    fn contained(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

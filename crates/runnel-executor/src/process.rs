@@ -357,18 +357,24 @@ impl ProcessGroup {
     /// being killed; its children are re-parented to the leader when the leader is a
     /// subreaper). The leader itself is left alone. Review M5: a `setsid` process started by a
     /// job outlived it and stole the next job's secrets.
-    async fn kill_descendants(&self, escaped_only: bool) {
+    ///
+    /// Returns whether a last look found none left (`false`: `/proc` could not be read, the
+    /// leader was already reaped, or processes kept appearing).
+    async fn kill_descendants(&self, escaped_only: bool) -> bool {
         if self.child.is_none() {
-            return;
+            return false;
         }
         for _ in 0..KILL_ROUNDS {
-            let found: Vec<Pid> = descendants(self.leader)
+            let Some(all) = descendants(self.leader) else {
+                return false;
+            };
+            let found: Vec<Pid> = all
                 .into_iter()
                 .filter(|&(_, pgid)| !escaped_only || pgid != self.leader)
                 .map(|(pid, _)| pid)
                 .collect();
             if found.is_empty() {
-                return;
+                return true;
             }
             debug!(
                 leader = self.pid(),
@@ -389,6 +395,7 @@ impl ProcessGroup {
             leader = self.pid(),
             "leftover processes keep appearing; giving up"
         );
+        false
     }
 
     /// Collects the leader's exit status. Call only once the leader has exited.
@@ -433,12 +440,10 @@ impl Drop for ProcessGroup {
 const KILL_ROUNDS: usize = 50;
 
 /// Every live descendant of `root` with its process group, from `/proc/<pid>/stat` (zombies
-/// are skipped: they run nothing).
-fn descendants(root: Pid) -> Vec<(Pid, Pid)> {
+/// are skipped: they run nothing). `None` when `/proc` cannot be read.
+fn descendants(root: Pid) -> Option<Vec<(Pid, Pid)>> {
     let mut parents: Vec<(Pid, Pid, Pid)> = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+    let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -474,7 +479,7 @@ fn descendants(root: Pid) -> Vec<(Pid, Pid)> {
             }
         }
     }
-    found
+    Some(found)
 }
 
 /// The child's standard streams, on the runtime.

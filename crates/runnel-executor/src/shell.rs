@@ -133,6 +133,7 @@ impl Provider for ShellProvider {
             invocation: Arc::clone(&self.invocation),
             builds_dir: None,
             session: None,
+            contained: true,
         }))
     }
 }
@@ -150,6 +151,9 @@ pub struct ShellExecutor {
     builds_dir: Option<PathBuf>,
     /// The shell the stages run in, once the first stage started it.
     session: Option<Session>,
+    /// Whether every session so far ended with its whole process tree seen gone
+    /// ([`Session::contained`]).
+    contained: bool,
 }
 
 impl ShellExecutor {
@@ -175,7 +179,7 @@ impl ShellExecutor {
             .as_ref()
             .is_some_and(|session| session.is_alive() && session.env() == cmd.env);
         if !reusable && let Some(old) = self.session.take() {
-            old.close().await;
+            self.contained &= old.close().await;
         }
         let session = match self.session.take() {
             Some(session) => session,
@@ -209,7 +213,7 @@ impl ShellExecutor {
 
     async fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
-            session.close().await;
+            self.contained &= session.close().await;
         }
     }
 }
@@ -254,6 +258,15 @@ impl Executor for ShellExecutor {
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
         self.builds_dir = None;
         Box::pin(self.end_session())
+    }
+
+    /// Each session's shell is the child subreaper of everything its stages start, so while
+    /// it lives every such process is its descendant; a session closed while its shell still
+    /// lived, with no descendant left, leaves nothing anywhere. A session that ended any other
+    /// way (a stopped stage, a shell that exited or was killed, a failure) and a shell behind
+    /// `su` (a new session, another user) leave the job runner's scan for the job's tag on.
+    fn contained(&self) -> bool {
+        self.contained && self.session.is_none() && self.options.user.is_none()
     }
 }
 

@@ -160,4 +160,10 @@ pub struct PlanOptions {
     /// The distributed cache (`[runners.cache]`), if one is configured: presigned URLs for the
     /// cache helpers. `None` keeps caches local.
     pub remote_cache: Option<Arc<dyn RemoteCache>>,
+    /// Whether the executor runs each stage script in a subshell of its own with stdin from
+    /// `/dev/null` (the shell executor's session does, see `runnel-executor`): the script then
+    /// evaluates its body directly instead of starting another subshell for it, one process
+    /// fewer per stage with the same effects. `false` (the official script) for executors that
+    /// run the script as a shell's whole input.
+    pub stage_subshell: bool,
 }

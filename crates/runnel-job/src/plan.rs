@@ -130,6 +130,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         legacy_eval: feature_flags.legacy_bash_eval(),
         xtrace: settings.debug_trace,
         private_temp: opts.executor.is_shared_environment(),
+        stage_subshell: opts.stage_subshell,
     };
     let context = StageContext {
         job,

@@ -28,6 +28,9 @@ pub(crate) struct ScriptStyle {
     /// Jobs share the host (shell executor): the temp dir is private (0700, never a symlink)
     /// and file variables are 0600 (review M4, M5).
     pub(crate) private_temp: bool,
+    /// [`crate::PlanOptions::stage_subshell`]: the executor already runs the script in a
+    /// subshell of its own with stdin from `/dev/null`, so the body is evaluated directly.
+    pub(crate) stage_subshell: bool,
 }
 
 /// Accumulates the body of one stage script.
@@ -240,6 +243,11 @@ impl ScriptWriter {
         let body = style.quoting.quote(&self.body);
         if style.legacy_eval {
             out.push_str(&format!(": | eval {body}\n"));
+        } else if style.stage_subshell {
+            // The same commands as below without the subshell's fork: the executor's subshell
+            // (stdin `/dev/null`) already keeps variables, `cd`, traps and `exit` in the stage,
+            // and the TERM trap is still set right before the body (also in the xtrace output).
+            out.push_str(&format!("trap 'exit 1' TERM; eval {body}\n"));
         } else {
             out.push_str(&format!("(trap 'exit 1' TERM; eval {body}) < /dev/null\n"));
         }

@@ -416,12 +416,16 @@ impl StageContext<'_> {
 
     fn cleanup_stage(&self) -> PlannedStage {
         let mut w = self.writer();
-        for variable in self.variables.iter().filter(|v| v.file) {
-            w.rm_file(&self.temp_file(&variable.key));
+        // With a private temp dir the whole dir goes right after, files included: one `rm`
+        // process instead of one more for each file there (the env file always is).
+        if !self.style.private_temp {
+            for variable in self.variables.iter().filter(|v| v.file) {
+                w.rm_file(&self.temp_file(&variable.key));
+            }
+            w.rm_file(&self.temp_file(ENV_FILE));
+            w.rm_file(&self.temp_file(MASKING_DB));
+            w.rm_file(&self.temp_file(EXT_GIT_CONFIG));
         }
-        w.rm_file(&self.temp_file(ENV_FILE));
-        w.rm_file(&self.temp_file(MASKING_DB));
-        w.rm_file(&self.temp_file(EXT_GIT_CONFIG));
         if self.style.private_temp {
             // Review M5: the next job makes a fresh private temp dir, so nothing planted in
             // this one (a symlink, a FIFO) is there for it.

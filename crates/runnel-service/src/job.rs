@@ -286,6 +286,7 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
                 tag: &tag,
                 journal: journal.as_ref(),
                 journal_failed: &journal_failed,
+                contained: std::sync::atomic::AtomicBool::new(false),
             };
             let run = execute(&job, &plan, &options, context, &run);
             match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
@@ -446,6 +447,9 @@ struct JobRun<'a> {
     journal: Option<&'a Arc<crate::journal::JobJournal>>,
     /// Fired when the job journal cannot be written.
     journal_failed: &'a CancellationToken,
+    /// Set when the executor, after its cleanup, knows every process of the job is gone
+    /// ([`runnel_executor::Executor::contained`]).
+    contained: std::sync::atomic::AtomicBool,
 }
 
 async fn execute(
@@ -456,13 +460,19 @@ async fn execute(
     run: &JobRun<'_>,
 ) -> JobOutcome {
     let outcome = execute_stages(job, plan, options, context, run).await;
-    // Nothing the job started outlives it, also what left its process group.
-    let tag = run.tag.to_owned();
-    let killed = tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
-        .await
-        .unwrap_or(0);
-    if killed > 0 {
-        tracing::info!(killed, "killed processes the job left running");
+    // Nothing the job started outlives it, also what left its process group. Only shell
+    // executor processes carry the tag, and the scan reads every process's environment, so it
+    // is skipped when the executor saw every process of the job end.
+    let tagged = context.runner.executor == "shell";
+    if tagged && !run.contained.load(std::sync::atomic::Ordering::Relaxed) {
+        let tag = run.tag.to_owned();
+        let killed =
+            tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
+                .await
+                .unwrap_or(0);
+        if killed > 0 {
+            tracing::info!(killed, "killed processes the job left running");
+        }
     }
     if run.journal_failed.is_cancelled() {
         let message = run
@@ -679,6 +689,8 @@ async fn execute_stages(
         }
     }
     executor.cleanup().await;
+    run.contained
+        .store(executor.contained(), std::sync::atomic::Ordering::Relaxed);
     let timings: Vec<String> = durations
         .iter()
         .map(|(name, took)| format!("{name} {:.2}s", took.as_secs_f64()))
@@ -1259,6 +1271,8 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         tls_key: read_tls_file(runner.tls_key_file.as_deref()).map(runnel_types::Secret::new),
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),
         remote_cache: None,
+        // The shell executor's session runs every stage in a subshell (stdin /dev/null).
+        stage_subshell: runner.executor == "shell",
     }
 }
 

@@ -19,7 +19,7 @@
 //!   `running` acknowledgement), which leaves polling out;
 //! - idle RSS: after `plan.idle` of polling (Runnel long-polls with `check_interval = 3`, the
 //!   Rust peer polls every 3 s, the Python peer every 40 s);
-//! - throughput: `plan.throughput_jobs` trivial jobs queued at once, `concurrent = 4`.
+//! - throughput: `plan.throughput_jobs` trivial jobs queued at once, `concurrent` 4 and 16.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -187,26 +187,47 @@ async fn python_e2e(path: &Path) -> Result<f64, BenchError> {
     Ok(e2e)
 }
 
-/// Throughput at `concurrent = 4`, a fresh Runnel and a fresh Rust peer per repetition.
+/// Throughput at `concurrent` 4 and 16, a fresh Runnel and a fresh Rust peer per repetition
+/// and concurrency, alternated.
 async fn throughput(plan: &Plan, peer: &Path, report: &mut Report) -> Result<(), BenchError> {
     for _ in 0..plan.repetitions {
-        let settings = RunnerSettings {
-            concurrent: 4,
-            ..RunnerSettings::default()
-        };
-        let runnel = Session::start(plan, true, settings).await?;
-        let base = jobs_per_second(runnel, plan.throughput_jobs).await?;
-        report.record("peers_runnel_throughput_c4_jobs_per_s", base);
-        let rust = Session::start_peer(Peer::Rust, peer, 1000, 4).await?;
-        let peer_rate = jobs_per_second(rust, plan.throughput_jobs).await?;
-        report.record("peers_rust_throughput_c4_jobs_per_s", peer_rate);
-        report.record(
-            "peers_rust_throughput_c4_ratio",
-            peer_rate / base.max(f64::EPSILON),
-        );
+        for (concurrent, [runnel_metric, peer_metric, ratio_metric]) in THROUGHPUT_METRICS {
+            let settings = RunnerSettings {
+                concurrent,
+                ..RunnerSettings::default()
+            };
+            let runnel = Session::start(plan, true, settings).await?;
+            let base = jobs_per_second(runnel, plan.throughput_jobs).await?;
+            report.record(runnel_metric, base);
+            let rust = Session::start_peer(Peer::Rust, peer, 1000, concurrent).await?;
+            let peer_rate = jobs_per_second(rust, plan.throughput_jobs).await?;
+            report.record(peer_metric, peer_rate);
+            report.record(ratio_metric, peer_rate / base.max(f64::EPSILON));
+        }
     }
     Ok(())
 }
+
+/// The concurrencies of the peers' throughput runs and their metrics (Runnel's, the peer's,
+/// the ratio).
+const THROUGHPUT_METRICS: [(u32, [&str; 3]); 2] = [
+    (
+        4,
+        [
+            "peers_runnel_throughput_c4_jobs_per_s",
+            "peers_rust_throughput_c4_jobs_per_s",
+            "peers_rust_throughput_c4_ratio",
+        ],
+    ),
+    (
+        16,
+        [
+            "peers_runnel_throughput_c16_jobs_per_s",
+            "peers_rust_throughput_c16_jobs_per_s",
+            "peers_rust_throughput_c16_ratio",
+        ],
+    ),
+];
 
 /// Queues `jobs` trivial jobs at once; jobs per second from the first enqueue to the last
 /// accepted `success`. Stops the session.

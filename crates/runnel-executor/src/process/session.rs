@@ -95,6 +95,9 @@ pub struct Session {
     scripts: Option<tempfile::TempDir>,
     /// Stage scripts written so far (names the next file).
     stages: u32,
+    /// Whether the session ended only through [`Session::close`] with its shell alive and no
+    /// descendant left (see [`Session::close`]).
+    contained: bool,
 }
 
 impl Session {
@@ -144,6 +147,7 @@ impl Session {
             alive: true,
             scripts,
             stages: 0,
+            contained: true,
         })
     }
 
@@ -283,6 +287,9 @@ impl Session {
                 }
             }
         };
+        // The session ends here, not through `close`: what the stage started may have left
+        // the shell's tree (a killed shell's orphans go to init).
+        self.contained = false;
         let end = match end {
             Ok(end) => end,
             Err(error) => {
@@ -311,12 +318,20 @@ impl Session {
     }
 
     /// Ends the session: kills the shell and anything the stages left behind, and reaps it.
-    pub async fn close(mut self) {
+    ///
+    /// Returns whether the session is known to leave nothing behind: every stage ended with
+    /// its marker (none was stopped, no shell exited), and the shell, the subreaper of all its
+    /// stages started, was still alive when a look at its descendants found none left. While
+    /// the shell lives every process a stage started is its descendant, and an idle shell
+    /// starts none, so then no process of the session exists anywhere.
+    pub async fn close(mut self) -> bool {
         self.shut_down().await;
+        self.contained
     }
 
     async fn shut_down(&mut self) {
         if !self.alive {
+            self.contained = false;
             return;
         }
         self.alive = false;
@@ -324,7 +339,10 @@ impl Session {
         // Everything the stages started goes first, also what left the process group (the
         // shell is their subreaper, so they are still its descendants), and before stdin
         // closes (at end of input the shell exits and would hand them to init).
-        self.group.kill_descendants(false).await;
+        let none_left = self.group.kill_descendants(false).await;
+        // The shell must still have been there (as subreaper) while that look was taken.
+        let shell_lived = !super::has_exited(self.group.leader);
+        self.contained &= none_left && shell_lived;
         self.stdin = None;
         self.group.signal(Signal::SIGKILL);
         let leader = self.group.leader;

@@ -216,3 +216,61 @@ fn guarded_file_steps_behave_like_the_commands() {
     let (code, _, _) = run_bash(&stage_script(&plan, "prepare_script"), tmp.path());
     assert_ne!(code, 0);
 }
+
+/// `PlanOptions::stage_subshell`: the script the shell executor's session sources inside its
+/// own subshell evaluates the body without a second subshell, with the same output, exit
+/// status, `exit`/trap behaviour and isolation as the official script run by a shell of its own.
+#[test]
+fn a_stage_sourced_in_a_subshell_behaves_like_the_official_script() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let bodies: [&[&str]; 4] = [
+        &[
+            "export LEAK=1",
+            "cd /",
+            "trap 'echo bye' EXIT",
+            "echo hi",
+            "false",
+            "echo never",
+        ],
+        &["echo one", "exit 7", "echo never"],
+        &["set +e", "false", "echo after $?", "LEAK=2"],
+        &[
+            "trap 'echo term' TERM",
+            "echo $BASH_SUBSHELL > /dev/null",
+            "true",
+        ],
+    ];
+    for lines in bodies {
+        let plan = plan_in(tmp.path(), vec![script_step(lines)]);
+        let official = run_bash(&stage_script(&plan, "step_script"), tmp.path());
+        let mut job = job();
+        job.steps = vec![script_step(lines)];
+        let mut options = opts();
+        options.builds_dir = tmp.path().join("builds").to_string_lossy().into_owned();
+        options.cache_dir = tmp.path().join("cache").to_string_lossy().into_owned();
+        options.stage_subshell = true;
+        let plan = plan_ok(&job, &options);
+        let script = stage_script(&plan, "step_script");
+        assert!(
+            !script.contains("(trap 'exit 1' TERM; eval"),
+            "no second subshell: {script}"
+        );
+        let file = tmp.path().join("stage.sh");
+        std::fs::write(&file, &script).expect("write the stage");
+        // As the session runs it: sourced in a subshell with stdin from /dev/null, then the
+        // shell goes on (and must see nothing of the stage).
+        let session = format!(
+            "( . '{}' ) </dev/null; echo \"status $?\" >&2; echo \"[${{LEAK-}}] $PWD\" >&2\n",
+            file.display()
+        );
+        let (code, stdout, stderr) = run_bash(&session, tmp.path());
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout, official.1, "same output for {lines:?}");
+        let expected = format!("status {}\n[] {}\n", official.0, tmp.path().display());
+        assert!(
+            stderr.ends_with(&expected),
+            "same status, nothing leaks for {lines:?}: {stderr:?} (official {:?})",
+            official.2
+        );
+    }
+}
