@@ -207,6 +207,14 @@ impl BuiltinHelper {
             .all(|(key, value)| labels.get(*key).map(String::as_str) == Some(*value))
     }
 
+    /// Forgets the id [`Self::ensure`] found on `host`: the image is gone.
+    pub async fn forget(&self, host: &str) {
+        VERIFIED
+            .lock()
+            .await
+            .remove(&(host.to_owned(), self.tag.clone()));
+    }
+
     /// The id of this helper image on `docker` (whose address is `host`): the one this process
     /// built or verified, else the local image under [`Self::tag`] when its labels match, else
     /// a fresh build. Never pulls. Lines for the job log go to `log`.
@@ -218,12 +226,10 @@ impl BuiltinHelper {
     ) -> Result<String, DockerError> {
         let key = (host.to_owned(), self.tag.clone());
         let mut verified = VERIFIED.lock().await;
+        // Not inspected again: a job whose container cannot be created from it (the image was
+        // removed since) makes the executor forget it ([`Self::forget`]) and ask again.
         if let Some(id) = verified.get(&key) {
-            // Still there (nobody removed it since)?
-            if docker.inspect_image(id).await.is_ok() {
-                return Ok(id.clone());
-            }
-            verified.remove(&key);
+            return Ok(id.clone());
         }
         match docker.inspect_image(&self.tag).await {
             Ok(inspect) if self.is_ours(inspect.config.as_ref().and_then(|c| c.labels.as_ref())) => {
@@ -704,6 +710,46 @@ pub fn helper_needs(job: &JobSpec) -> Vec<&'static str> {
     needs
 }
 
+/// What a provider learnt about configured helper images that it does not pull for every job:
+/// name → (image id, whether it is a Runnel helper), so later jobs do not inspect it again.
+/// An entry is forgotten when a container cannot be created from its image.
+#[derive(Debug, Default)]
+pub(crate) struct KnownHelpers(std::sync::Mutex<HashMap<String, (String, bool)>>);
+
+impl KnownHelpers {
+    fn get(&self, name: &str) -> Option<(String, bool)> {
+        self.lock().get(name).cloned()
+    }
+
+    fn insert(&self, name: &str, id: &str, is_runnel: bool) {
+        self.lock()
+            .insert(name.to_owned(), (id.to_owned(), is_runnel));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, bool)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Forgets what [`resolve`] knew about the helper image `configured` (empty: Runnel's own for
+/// `binary`) on `host`: a container could not be created from it.
+pub(crate) async fn forget(
+    host: &str,
+    configured: &str,
+    binary: Option<&Path>,
+    known: &KnownHelpers,
+) {
+    if configured.is_empty() {
+        if let Ok(helper) = BuiltinHelper::cached(binary).await {
+            helper.forget(host).await;
+        }
+    } else {
+        known.lock().remove(configured);
+    }
+}
+
 /// The id and the name (for `allowed_privileged_images`) of the helper image a job uses:
 /// Runnel's own ([`BuiltinHelper`] for `binary`, else
 /// the running executable) when `configured` is empty, else the configured one, got by
@@ -717,6 +763,7 @@ pub(crate) async fn resolve(
     binary: Option<&Path>,
     policies: &[runnel_config::PullPolicy],
     job: &JobSpec,
+    known: &KnownHelpers,
     log: &mut Vec<String>,
 ) -> Result<(String, String), DockerError> {
     if configured.is_empty() {
@@ -724,6 +771,40 @@ pub(crate) async fn resolve(
         let id = helper.ensure(docker, host, log).await?;
         return Ok((id, helper.tag().to_owned()));
     }
+    // With `always` every job pulls (or, for a name that may not be pulled, says why not).
+    let pulled_every_job = policies.contains(&runnel_config::PullPolicy::Always);
+    let (id, is_runnel) = match known.get(configured).filter(|_| !pulled_every_job) {
+        Some(found) => found,
+        None => {
+            let inspect = inspect_configured(docker, configured, policies, job, log).await?;
+            let is_runnel =
+                is_runnel_helper(inspect.config.as_ref().and_then(|c| c.labels.as_ref()));
+            let id = inspect.id.unwrap_or_else(|| configured.to_owned());
+            if !pulled_every_job {
+                known.insert(configured, &id, is_runnel);
+            }
+            (id, is_runnel)
+        }
+    };
+    let needs = helper_needs(job);
+    if !needs.is_empty() && !is_runnel {
+        return Err(DockerError::NotARunnelHelper {
+            image: configured.to_owned(),
+            needs: needs.join(", "),
+        });
+    }
+    Ok((id, configured.to_owned()))
+}
+
+/// Gets (by `policies`, a pull only for a fully qualified name) and inspects the configured
+/// helper image.
+async fn inspect_configured(
+    docker: &Docker,
+    configured: &str,
+    policies: &[runnel_config::PullPolicy],
+    job: &JobSpec,
+    log: &mut Vec<String>,
+) -> Result<bollard::models::ImageInspect, DockerError> {
     let inspect = if is_qualified(configured) {
         let id = crate::image::ensure_image(
             docker,
@@ -752,19 +833,7 @@ pub(crate) async fn resolve(
         }
         inspect
     };
-    let needs = helper_needs(job);
-    if !needs.is_empty()
-        && !is_runnel_helper(inspect.config.as_ref().and_then(|c| c.labels.as_ref()))
-    {
-        return Err(DockerError::NotARunnelHelper {
-            image: configured.to_owned(),
-            needs: needs.join(", "),
-        });
-    }
-    Ok((
-        inspect.id.unwrap_or_else(|| configured.to_owned()),
-        configured.to_owned(),
-    ))
+    Ok(inspect)
 }
 
 /// Whether image labels mark a Runnel helper.
