@@ -9,7 +9,8 @@
 //! ```text
 //! FROM scratch
 //! /usr/bin/runnel (+ /usr/bin/gitlab-runner-helper -> runnel)   this very binary
-//! git, git-remote-http(s), git-lfs, templates                     this host's, at its paths
+//! git, git-remote-http(s), git-submodule, git-lfs (+ its filters    this host's, at its paths
+//! in /etc/gitconfig), templates
 //! bash (also /bin/sh), coreutils-like tools the stage scripts use this host's
 //! every shared library `ldd` lists for those, the dynamic loader  this host's
 //! CA bundle, /etc/passwd, /etc/group, /tmp                        this host's / minimal
@@ -79,6 +80,7 @@ const TOOLS: &[&str] = &[
     "grep",
     "gzip",
     "head",
+    "hostname",
     "id",
     "kill",
     "ln",
@@ -309,13 +311,20 @@ impl BuiltinHelper {
             }
         }
         rootfs.git()?;
-        if let Some(lfs) = find_tool("git-lfs") {
-            rootfs.binary(&lfs, "/usr/bin/git-lfs")?;
-        }
         let mut env = vec![
             "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
             "HOME=/root".to_owned(),
         ];
+        if let Some(lfs) = find_tool("git-lfs") {
+            rootfs.binary(&lfs, "/usr/bin/git-lfs")?;
+            // What `git lfs install --system` writes: the filters that fetch LFS content, in
+            // the system config wherever this git was built to look for it.
+            env.push("GIT_CONFIG_SYSTEM=/etc/gitconfig".to_owned());
+            rootfs.text(
+                "/etc/gitconfig",
+                "[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n\tsmudge = git-lfs smudge -- %f\n\tprocess = git-lfs filter-process\n\trequired = true\n",
+            );
+        }
         if let Some(bundle) = CA_BUNDLES.iter().find(|path| Path::new(path).is_file()) {
             rootfs.file_from_host(Path::new(bundle), bundle, 0o644)?;
             env.push(format!("SSL_CERT_FILE={bundle}"));
@@ -465,6 +474,17 @@ impl Rootfs {
             self.symlink(&format!("{exec_path}/{alias}"), "git-remote-http");
         }
         self.symlink(&format!("{exec_path}/git"), &inside);
+        // `git submodule` is still a shell script over the builtin `submodule--helper`.
+        for script in ["git-submodule", "git-sh-setup", "git-sh-i18n"] {
+            let path = exec_dir.join(script);
+            if path.is_file() {
+                self.file_from_host(&path, &format!("{exec_path}/{script}"), 0o755)?;
+            }
+        }
+        let envsubst = exec_dir.join("git-sh-i18n--envsubst");
+        if envsubst.is_file() {
+            self.binary(&envsubst, &format!("{exec_path}/git-sh-i18n--envsubst"))?;
+        }
         // <prefix>/libexec/git-core or <prefix>/lib/git-core → <prefix>/share/git-core/templates.
         if let Some(prefix) = exec_dir.parent().and_then(Path::parent) {
             let templates = prefix.join("share/git-core/templates");

@@ -230,7 +230,7 @@ async fn the_official_certs_dir_lookup_alone_is_enough() {
 }
 
 /// #15 on docker: with only `tls-ca-file`, a docker job (Runnel's own helper, a static busybox
-/// build image) clones, fills a cache and uploads artifacts; the next
+/// build image) clones with submodules and LFS, fills a cache and uploads artifacts; the next
 /// fetches, restores the cache and downloads the artifacts. git in the helper and the helper's
 /// transfers trust the CA, and the build container gets `CI_SERVER_TLS_CA_FILE`.
 #[tokio::test]
@@ -254,18 +254,27 @@ async fn a_docker_job_on_a_private_ca_gitlab_clones_caches_and_moves_artifacts()
     })
     .await;
     let _sweep = Sweep::new(&daemon);
+    let lib = daemon.fake.create_repo("group/lib").unwrap();
+    let lib_sha = lib
+        .commit("main", "lib")
+        .file("lib.txt", "library\n")
+        .create()
+        .unwrap();
     let repo = daemon.fake.create_repo("group/project").unwrap();
     let first = repo
         .commit("main", "first")
         .file("README.md", "version one\n")
+        .lfs_file("assets/big.bin", "large lfs content\n")
+        .submodule_url("libs/lib", "../lib.git", &lib_sha)
         .create()
         .unwrap();
     let id = daemon.fake.enqueue(
         JobBuilder::new("build")
             .repo(&repo, "main", &first)
             .git_strategy(GitStrategy::Fetch)
+            .variable("GIT_SUBMODULE_STRATEGY", "normal")
             .script([
-                "cat README.md",
+                "cat README.md libs/lib/lib.txt assets/big.bin",
                 "head -n 1 \"$CI_SERVER_TLS_CA_FILE\"",
                 "mkdir -p vendor && echo cached-dep > vendor/dep.txt",
                 "echo built > out.txt",
@@ -282,7 +291,10 @@ async fn a_docker_job_on_a_private_ca_gitlab_clones_caches_and_moves_artifacts()
     let build = daemon.finished(id).await;
     let trace = build.trace_text();
     assert_eq!(build.status, RemoteStatus::Success, "{trace}");
-    assert!(trace.contains("version one\n"), "{trace}");
+    assert!(
+        trace.contains("version one\nlibrary\nlarge lfs content\n"),
+        "{trace}"
+    );
     assert!(trace.contains("-----BEGIN CERTIFICATE-----"), "{trace}");
     assert!(trace.contains("Created cache"), "{trace}");
     assert!(
