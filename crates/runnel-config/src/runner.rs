@@ -177,7 +177,8 @@ section! {
         "debug_trace_disabled" => debug_trace_disabled: bool,
         /// Adds the build dir to git's `safe.directory`.
         "safe_directory_checkout" => safe_directory_checkout: Option<bool>,
-        /// Cleans the repository's git config before each job.
+        /// Removes the checkout's git config and hooks before fetching (unset: on for every
+        /// executor but shell).
         "clean_git_config" => clean_git_config: Option<bool>,
         /// The shell job scripts are generated for (executor default when unset).
         "shell" => shell: Option<Shell>,
@@ -276,7 +277,6 @@ impl RunnerConfig {
                 "safe_directory_checkout",
                 self.safe_directory_checkout.is_some(),
             ),
-            ("clean_git_config", self.clean_git_config.is_some()),
             ("proxy_exec", self.proxy_exec.is_some()),
             ("use_slot_cgroups", self.use_slot_cgroups),
             ("slot_cgroup_template", self.slot_cgroup_template.is_some()),

@@ -221,6 +221,19 @@ impl DockerError {
         }
     }
 
+    /// Whether the engine refused to create a container because its image is not there.
+    pub(crate) fn is_missing_image(&self) -> bool {
+        matches!(
+            self,
+            DockerError::Api { operation: "create container", source, .. }
+                if matches!(
+                    source.as_ref(),
+                    BollardError::DockerResponseServerError { status_code: 404, message }
+                        if message.to_ascii_lowercase().contains("no such image")
+                )
+        )
+    }
+
     pub(crate) fn api(
         operation: &'static str,
         object: impl Into<String>,

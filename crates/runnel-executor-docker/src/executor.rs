@@ -10,6 +10,11 @@
 //! temporary volumes and the network (by id), also after a failure or a cancellation; reusable
 //! volumes stay.
 //!
+//! Volumes cost no requests of their own: the helper container mounts them all (`Mounts`), the
+//! engine creating a missing cache volume with its labels and each temporary one as an
+//! anonymous volume of the helper, and the build container takes the helper's (`VolumesFrom`).
+//! The helper is removed last at cleanup, its anonymous volumes with it.
+//!
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
 //!
@@ -23,7 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig, NetworkCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, RemoveVolumeOptions,
 };
@@ -116,6 +124,8 @@ struct Shared {
     active_jobs: ActiveJobs,
     /// How long after a job's timeout its containers stop by themselves.
     hard_stop_grace: Duration,
+    /// The configured helper image as the first job found it (not inspected for every job).
+    known_helpers: crate::helper_image::KnownHelpers,
 }
 
 /// The ids of the jobs a runner's executors run or are preparing: leftover removal spares
@@ -158,6 +168,7 @@ impl DockerProvider {
                 client: tokio::sync::OnceCell::new(),
                 active_jobs: ActiveJobs::default(),
                 hard_stop_grace: crate::watchdog::HARD_STOP_GRACE,
+                known_helpers: crate::helper_image::KnownHelpers::default(),
             }),
         })
     }
@@ -406,7 +417,6 @@ pub struct DockerExecutor {
     image: Option<String>,
     network: Option<Network>,
     containers: Vec<Container>,
-    temporary_volumes: Vec<String>,
     predefined: Option<Container>,
     build: Option<Container>,
     pending_output: Vec<u8>,
@@ -431,7 +441,6 @@ impl DockerExecutor {
             image: None,
             network: None,
             containers: Vec::new(),
-            temporary_volumes: Vec::new(),
             predefined: None,
             build: None,
             pending_output: Vec::new(),
@@ -528,6 +537,7 @@ impl DockerExecutor {
             settings.helper_binary.as_deref(),
             &options.pull_policies(),
             job,
+            &shared.known_helpers,
             &mut log,
         )
         .await;
@@ -613,7 +623,7 @@ impl DockerExecutor {
         let network = self.network.as_ref().map(|network| network.id.clone());
         let network_name = self.network.as_ref().map(|network| network.name.clone());
 
-        let binds = self.volumes(ctx, &names, &label_ctx).await?;
+        let (binds, mounts) = self.volumes(ctx, &names, &label_ctx);
 
         let mut started = Vec::new();
         for (index, service) in services.iter().enumerate() {
@@ -680,15 +690,48 @@ impl DockerExecutor {
             )),
             labels: Some(labels(&label_ctx, job, ObjectType::Predefined, None)),
             // The helper runs the job's own hooks: it is privileged only as the allow-list says.
-            host_config: Some(options.host_config(
-                ContainerRole::Job,
-                &helper_name,
-                binds.clone(),
-                network.as_deref(),
-            )),
+            host_config: Some(HostConfig {
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                ..options.host_config(ContainerRole::Job, &helper_name, binds, network.as_deref())
+            }),
             ..stdin_container()
         };
-        self.predefined = Some(self.create_container(names.predefined(), helper).await?);
+        let predefined = match self
+            .create_container(names.predefined(), helper.clone())
+            .await
+        {
+            // The helper image known from an earlier job is gone: found (or built) again.
+            Err(error) if error.is_missing_image() => {
+                crate::helper_image::forget(
+                    &shared.host,
+                    &settings.helper_image,
+                    settings.helper_binary.as_deref(),
+                    &shared.known_helpers,
+                )
+                .await;
+                let resolved = crate::helper_image::resolve(
+                    &docker,
+                    &shared.host,
+                    &settings.helper_image,
+                    settings.helper_binary.as_deref(),
+                    &options.pull_policies(),
+                    job,
+                    &shared.known_helpers,
+                    &mut log,
+                )
+                .await;
+                self.note_lines(&mut log);
+                let helper = ContainerCreateBody {
+                    image: Some(resolved?.0),
+                    ..helper
+                };
+                self.create_container(names.predefined(), helper).await?
+            }
+            created => created?,
+        };
+        // The build container sees the very volumes of the helper (and owns none).
+        let volumes_from = vec![predefined.id.clone()];
+        self.predefined = Some(predefined);
 
         let user = job_image
             .map(|image| image.docker_user.clone())
@@ -736,7 +779,8 @@ impl DockerExecutor {
             labels: Some(labels(&label_ctx, job, ObjectType::Build, None)),
             host_config: Some(HostConfig {
                 links,
-                ..options.host_config(ContainerRole::Job, &image, binds, network.as_deref())
+                volumes_from: Some(volumes_from),
+                ..options.host_config(ContainerRole::Job, &image, Vec::new(), network.as_deref())
             }),
             ..stdin_container()
         };
@@ -809,15 +853,17 @@ impl DockerExecutor {
         Ok(services)
     }
 
-    /// Creates the builds volume, the cache volumes and binds; returns the `Binds` list.
-    async fn volumes(
-        &mut self,
+    /// The helper container's volumes: the host binds (`Binds`), and the builds and cache
+    /// volumes as `Mounts`, which the engine creates with the container: a missing cache
+    /// volume under its name with its labels, a temporary one as an anonymous volume of the
+    /// helper (removed with it). No request of its own.
+    fn volumes(
+        &self,
         ctx: &PrepareContext<'_>,
         names: &JobNames,
         label_ctx: &LabelContext<'_>,
-    ) -> Result<Vec<String>, DockerError> {
-        let shared = Arc::clone(&self.shared);
-        let options = &shared.options;
+    ) -> (Vec<String>, Vec<Mount>) {
+        let options = &self.shared().options;
         let config = &options.config;
         let mut specs = options.volumes.clone();
         let cache_dir = path_text(ctx.cache_dir);
@@ -828,6 +874,7 @@ impl DockerExecutor {
         }
         let builds_dir = path_text(ctx.builds_dir);
         let mut binds = Vec::new();
+        let mut mounts = Vec::new();
         if !specs.iter().any(|spec| spec.container_path() == builds_dir) {
             if ctx.git_fetch {
                 // As the official runner: a fetching job keeps its checkout in the slot's
@@ -839,11 +886,7 @@ impl DockerExecutor {
                     },
                 );
             } else {
-                let name = names.temporary_volume(&builds_dir);
-                self.create_volume(&name, ctx.job, label_ctx, &builds_dir, false)
-                    .await?;
-                self.temporary_volumes.push(name.clone());
-                binds.push(format!("{name}:{builds_dir}"));
+                mounts.push(self.volume_mount(None, ctx.job, label_ctx, &builds_dir));
             }
         }
         for spec in specs {
@@ -858,11 +901,7 @@ impl DockerExecutor {
                 }),
                 VolumeSpec::Cache { container } => {
                     if config.disable_cache {
-                        let name = names.temporary_volume(&container);
-                        self.create_volume(&name, ctx.job, label_ctx, &container, false)
-                            .await?;
-                        self.temporary_volumes.push(name.clone());
-                        binds.push(format!("{name}:{container}"));
+                        mounts.push(self.volume_mount(None, ctx.job, label_ctx, &container));
                     } else if let Some(dir) =
                         config.cache_dir.as_deref().filter(|dir| !dir.is_empty())
                     {
@@ -874,25 +913,26 @@ impl DockerExecutor {
                         binds.push(format!("{host}:{container}"));
                     } else {
                         let name = names.cache_volume(&container);
-                        self.create_volume(&name, ctx.job, label_ctx, &container, true)
-                            .await?;
-                        binds.push(format!("{name}:{container}"));
+                        mounts.push(self.volume_mount(Some(name), ctx.job, label_ctx, &container));
                     }
                 }
             }
         }
-        Ok(binds)
+        (binds, mounts)
     }
 
-    async fn create_volume(
-        &mut self,
-        name: &str,
+    /// A volume mounted at `destination`: the reusable volume `name` (created by the engine,
+    /// with these labels and the configured driver, when missing), or with `None` a temporary
+    /// anonymous one.
+    fn volume_mount(
+        &self,
+        name: Option<String>,
         job: &JobSpec,
         label_ctx: &LabelContext<'_>,
         destination: &str,
-        reusable: bool,
-    ) -> Result<(), DockerError> {
+    ) -> Mount {
         let config = &self.shared().options.config;
+        let reusable = name.is_some();
         let mut volume_labels = labels(label_ctx, job, ObjectType::Cache, None);
         volume_labels.insert(
             format!("{}.destination", crate::naming::LABEL_PREFIX),
@@ -906,27 +946,33 @@ impl DockerExecutor {
             format!("{}.protected", crate::naming::LABEL_PREFIX),
             crate::naming::is_protected(job).to_string(),
         );
-        let request = VolumeCreateRequest {
-            name: Some(name.to_owned()),
-            driver: config
-                .volume_driver
-                .clone()
-                .filter(|driver| !driver.is_empty()),
-            driver_opts: (!config.volume_driver_ops.is_empty()).then(|| {
-                config
-                    .volume_driver_ops
-                    .iter()
-                    .map(|(key, value)| (key.clone(), value.clone()))
-                    .collect()
+        let driver = config
+            .volume_driver
+            .clone()
+            .filter(|driver| !driver.is_empty());
+        let driver_options = (!config.volume_driver_ops.is_empty()).then(|| {
+            config
+                .volume_driver_ops
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect()
+        });
+        Mount {
+            target: Some(destination.to_owned()),
+            source: name,
+            typ: Some(MountType::VOLUME),
+            volume_options: Some(MountVolumeOptions {
+                labels: Some(volume_labels),
+                driver_config: (driver.is_some() || driver_options.is_some()).then_some(
+                    MountVolumeOptionsDriverConfig {
+                        name: driver,
+                        options: driver_options,
+                    },
+                ),
+                ..MountVolumeOptions::default()
             }),
-            labels: Some(volume_labels),
-            ..VolumeCreateRequest::default()
-        };
-        self.client()?
-            .create_volume(request)
-            .await
-            .map_err(|source| DockerError::api("create volume", name, source))?;
-        Ok(())
+            ..Mount::default()
+        }
     }
 
     /// Creates a container named `name`, or, when that name is taken (a leftover), named
@@ -1014,14 +1060,14 @@ impl DockerExecutor {
     /// Takes what this executor created, for removal.
     fn take_created(&mut self) -> Option<Created> {
         let docker = self.docker.clone()?;
-        self.predefined = None;
+        let volume_owner = self.predefined.take().map(|helper| helper.id);
         self.build = None;
         self.predefined_session = None;
         self.build_session = None;
         let created = Created {
             docker,
             containers: std::mem::take(&mut self.containers),
-            temporary_volumes: std::mem::take(&mut self.temporary_volumes),
+            volume_owner,
             network: self.network.take(),
             keep_volumes: self.shared().options.config.volume_keep,
         };
@@ -1042,34 +1088,40 @@ impl Drop for DockerExecutor {
     }
 }
 
-/// The containers, temporary volumes and network of one job.
+/// The containers (with the temporary volumes of the helper) and network of one job.
 #[derive(Debug)]
 struct Created {
     docker: Docker,
     containers: Vec<Container>,
-    temporary_volumes: Vec<String>,
+    /// The helper container's id: the owner of the job's anonymous (temporary) volumes, which
+    /// the others use through `VolumesFrom`.
+    volume_owner: Option<String>,
     network: Option<Network>,
+    /// `volume_keep`: the temporary volumes stay (the next sweep removes them).
     keep_volumes: bool,
 }
 
 impl Created {
     fn is_empty(&self) -> bool {
-        self.containers.is_empty() && self.temporary_volumes.is_empty() && self.network.is_none()
+        self.containers.is_empty() && self.network.is_none()
     }
 
-    /// Removes everything, services and build containers first; problems are logged.
+    /// Removes everything: services and the build container side by side, then the helper with
+    /// its anonymous volumes (which the engine keeps while another container uses them), then
+    /// the network. Problems are logged.
     async fn remove(self) {
         let docker = self.docker;
-        // The containers go side by side; volumes and the network once they are gone.
-        let removals = self.containers.iter().rev().map(|container| {
+        let remove = |container: &Container, volumes: bool| {
             let docker = &docker;
+            let id = container.id.clone();
+            let name = container.name.clone();
             async move {
                 let removed = docker
                     .remove_container(
-                        &container.id,
+                        &id,
                         Some(RemoveContainerOptions {
                             force: true,
-                            v: true,
+                            v: volumes,
                             link: false,
                         }),
                     )
@@ -1078,22 +1130,18 @@ impl Created {
                     Ok(()) => {}
                     Err(error) if is_not_found(&error) => {}
                     Err(error) => {
-                        tracing::warn!(container = %container.name, %error, "failed to remove container");
+                        tracing::warn!(container = %name, %error, "failed to remove container");
                     }
                 }
             }
-        });
-        futures::future::join_all(removals).await;
-        for volume in &self.temporary_volumes {
-            if self.keep_volumes {
-                continue;
-            }
-            if let Err(error) = docker
-                .remove_volume(volume, Some(RemoveVolumeOptions { force: true }))
-                .await
-            {
-                tracing::warn!(volume = %volume, %error, "failed to remove volume");
-            }
+        };
+        let (owner, others): (Vec<&Container>, Vec<&Container>) = self
+            .containers
+            .iter()
+            .partition(|container| self.volume_owner.as_ref() == Some(&container.id));
+        futures::future::join_all(others.into_iter().rev().map(|c| remove(c, true))).await;
+        for container in owner {
+            remove(container, !self.keep_volumes).await;
         }
         if let Some(network) = &self.network {
             match docker.remove_network(&network.id).await {

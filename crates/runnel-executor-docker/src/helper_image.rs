@@ -9,7 +9,8 @@
 //! ```text
 //! FROM scratch
 //! /usr/bin/runnel (+ /usr/bin/gitlab-runner-helper -> runnel)   this very binary
-//! git, git-remote-http(s), git-lfs, templates                     this host's, at its paths
+//! git, git-remote-http(s), git-submodule, git-lfs (+ its filters    this host's, at its paths
+//! in /etc/gitconfig), templates
 //! bash (also /bin/sh), coreutils-like tools the stage scripts use this host's
 //! every shared library `ldd` lists for those, the dynamic loader  this host's
 //! CA bundle, /etc/passwd, /etc/group, /tmp                        this host's / minimal
@@ -79,6 +80,7 @@ const TOOLS: &[&str] = &[
     "grep",
     "gzip",
     "head",
+    "hostname",
     "id",
     "kill",
     "ln",
@@ -207,6 +209,14 @@ impl BuiltinHelper {
             .all(|(key, value)| labels.get(*key).map(String::as_str) == Some(*value))
     }
 
+    /// Forgets the id [`Self::ensure`] found on `host`: the image is gone.
+    pub async fn forget(&self, host: &str) {
+        VERIFIED
+            .lock()
+            .await
+            .remove(&(host.to_owned(), self.tag.clone()));
+    }
+
     /// The id of this helper image on `docker` (whose address is `host`): the one this process
     /// built or verified, else the local image under [`Self::tag`] when its labels match, else
     /// a fresh build. Never pulls. Lines for the job log go to `log`.
@@ -218,12 +228,10 @@ impl BuiltinHelper {
     ) -> Result<String, DockerError> {
         let key = (host.to_owned(), self.tag.clone());
         let mut verified = VERIFIED.lock().await;
+        // Not inspected again: a job whose container cannot be created from it (the image was
+        // removed since) makes the executor forget it ([`Self::forget`]) and ask again.
         if let Some(id) = verified.get(&key) {
-            // Still there (nobody removed it since)?
-            if docker.inspect_image(id).await.is_ok() {
-                return Ok(id.clone());
-            }
-            verified.remove(&key);
+            return Ok(id.clone());
         }
         match docker.inspect_image(&self.tag).await {
             Ok(inspect) if self.is_ours(inspect.config.as_ref().and_then(|c| c.labels.as_ref())) => {
@@ -303,13 +311,20 @@ impl BuiltinHelper {
             }
         }
         rootfs.git()?;
-        if let Some(lfs) = find_tool("git-lfs") {
-            rootfs.binary(&lfs, "/usr/bin/git-lfs")?;
-        }
         let mut env = vec![
             "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
             "HOME=/root".to_owned(),
         ];
+        if let Some(lfs) = find_tool("git-lfs") {
+            rootfs.binary(&lfs, "/usr/bin/git-lfs")?;
+            // What `git lfs install --system` writes: the filters that fetch LFS content, in
+            // the system config wherever this git was built to look for it.
+            env.push("GIT_CONFIG_SYSTEM=/etc/gitconfig".to_owned());
+            rootfs.text(
+                "/etc/gitconfig",
+                "[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n\tsmudge = git-lfs smudge -- %f\n\tprocess = git-lfs filter-process\n\trequired = true\n",
+            );
+        }
         if let Some(bundle) = CA_BUNDLES.iter().find(|path| Path::new(path).is_file()) {
             rootfs.file_from_host(Path::new(bundle), bundle, 0o644)?;
             env.push(format!("SSL_CERT_FILE={bundle}"));
@@ -459,6 +474,17 @@ impl Rootfs {
             self.symlink(&format!("{exec_path}/{alias}"), "git-remote-http");
         }
         self.symlink(&format!("{exec_path}/git"), &inside);
+        // `git submodule` is still a shell script over the builtin `submodule--helper`.
+        for script in ["git-submodule", "git-sh-setup", "git-sh-i18n"] {
+            let path = exec_dir.join(script);
+            if path.is_file() {
+                self.file_from_host(&path, &format!("{exec_path}/{script}"), 0o755)?;
+            }
+        }
+        let envsubst = exec_dir.join("git-sh-i18n--envsubst");
+        if envsubst.is_file() {
+            self.binary(&envsubst, &format!("{exec_path}/git-sh-i18n--envsubst"))?;
+        }
         // <prefix>/libexec/git-core or <prefix>/lib/git-core → <prefix>/share/git-core/templates.
         if let Some(prefix) = exec_dir.parent().and_then(Path::parent) {
             let templates = prefix.join("share/git-core/templates");
@@ -704,6 +730,46 @@ pub fn helper_needs(job: &JobSpec) -> Vec<&'static str> {
     needs
 }
 
+/// What a provider learnt about configured helper images that it does not pull for every job:
+/// name → (image id, whether it is a Runnel helper), so later jobs do not inspect it again.
+/// An entry is forgotten when a container cannot be created from its image.
+#[derive(Debug, Default)]
+pub(crate) struct KnownHelpers(std::sync::Mutex<HashMap<String, (String, bool)>>);
+
+impl KnownHelpers {
+    fn get(&self, name: &str) -> Option<(String, bool)> {
+        self.lock().get(name).cloned()
+    }
+
+    fn insert(&self, name: &str, id: &str, is_runnel: bool) {
+        self.lock()
+            .insert(name.to_owned(), (id.to_owned(), is_runnel));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, bool)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Forgets what [`resolve`] knew about the helper image `configured` (empty: Runnel's own for
+/// `binary`) on `host`: a container could not be created from it.
+pub(crate) async fn forget(
+    host: &str,
+    configured: &str,
+    binary: Option<&Path>,
+    known: &KnownHelpers,
+) {
+    if configured.is_empty() {
+        if let Ok(helper) = BuiltinHelper::cached(binary).await {
+            helper.forget(host).await;
+        }
+    } else {
+        known.lock().remove(configured);
+    }
+}
+
 /// The id and the name (for `allowed_privileged_images`) of the helper image a job uses:
 /// Runnel's own ([`BuiltinHelper`] for `binary`, else
 /// the running executable) when `configured` is empty, else the configured one, got by
@@ -717,6 +783,7 @@ pub(crate) async fn resolve(
     binary: Option<&Path>,
     policies: &[runnel_config::PullPolicy],
     job: &JobSpec,
+    known: &KnownHelpers,
     log: &mut Vec<String>,
 ) -> Result<(String, String), DockerError> {
     if configured.is_empty() {
@@ -724,6 +791,40 @@ pub(crate) async fn resolve(
         let id = helper.ensure(docker, host, log).await?;
         return Ok((id, helper.tag().to_owned()));
     }
+    // With `always` every job pulls (or, for a name that may not be pulled, says why not).
+    let pulled_every_job = policies.contains(&runnel_config::PullPolicy::Always);
+    let (id, is_runnel) = match known.get(configured).filter(|_| !pulled_every_job) {
+        Some(found) => found,
+        None => {
+            let inspect = inspect_configured(docker, configured, policies, job, log).await?;
+            let is_runnel =
+                is_runnel_helper(inspect.config.as_ref().and_then(|c| c.labels.as_ref()));
+            let id = inspect.id.unwrap_or_else(|| configured.to_owned());
+            if !pulled_every_job {
+                known.insert(configured, &id, is_runnel);
+            }
+            (id, is_runnel)
+        }
+    };
+    let needs = helper_needs(job);
+    if !needs.is_empty() && !is_runnel {
+        return Err(DockerError::NotARunnelHelper {
+            image: configured.to_owned(),
+            needs: needs.join(", "),
+        });
+    }
+    Ok((id, configured.to_owned()))
+}
+
+/// Gets (by `policies`, a pull only for a fully qualified name) and inspects the configured
+/// helper image.
+async fn inspect_configured(
+    docker: &Docker,
+    configured: &str,
+    policies: &[runnel_config::PullPolicy],
+    job: &JobSpec,
+    log: &mut Vec<String>,
+) -> Result<bollard::models::ImageInspect, DockerError> {
     let inspect = if is_qualified(configured) {
         let id = crate::image::ensure_image(
             docker,
@@ -752,19 +853,7 @@ pub(crate) async fn resolve(
         }
         inspect
     };
-    let needs = helper_needs(job);
-    if !needs.is_empty()
-        && !is_runnel_helper(inspect.config.as_ref().and_then(|c| c.labels.as_ref()))
-    {
-        return Err(DockerError::NotARunnelHelper {
-            image: configured.to_owned(),
-            needs: needs.join(", "),
-        });
-    }
-    Ok((
-        inspect.id.unwrap_or_else(|| configured.to_owned()),
-        configured.to_owned(),
-    ))
+    Ok(inspect)
 }
 
 /// Whether image labels mark a Runnel helper.

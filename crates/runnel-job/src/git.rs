@@ -11,6 +11,9 @@
 //! runner's `clone_url`, the remote is that URL plus `<CI_PROJECT_PATH>.git`, with the job
 //! token as `gitlab-ci-token` credentials, as the official runner builds it. Not done: the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
 //! `git credential reject` at the end.
+//!
+//! `clean_git_config` (on by default for every executor but shell) removes the git config and
+//! hooks left in the checkout before git runs in it.
 
 use crate::dirs::join;
 use crate::escape::double_quote;
@@ -134,6 +137,9 @@ impl<'a, 'b> GitSources<'a, 'b> {
         } else {
             self.remove_stale_locks(w);
         }
+        if self.ctx.opts.cleans_git_config() {
+            self.remove_git_configs(w);
+        }
         self.write_ext_config(w);
         let template = self.write_template(w);
         let mut init = vec!["init", self.project_dir(), "--template", template.as_str()];
@@ -171,6 +177,35 @@ impl<'a, 'b> GitSources<'a, 'b> {
             double_quote("*.lock")
         ));
         w.close("fi");
+    }
+
+    /// `clean_git_config`: the config and hooks of the checkout, of its submodules and of the
+    /// git template dir go before git runs, so nothing a previous job planted there
+    /// (`core.fsmonitor`, `core.hooksPath`, `core.sshCommand`, hooks) runs in this one. The
+    /// template and `git init` write a fresh config.
+    fn remove_git_configs(&self, w: &mut ScriptWriter) {
+        let set_permissions = self.ctx.flags.set_permissions_before_cleanup();
+        let git_dir = join(self.project_dir(), ".git");
+        for dir in [self.template_dir(), git_dir.clone()] {
+            w.rm_file(&join(&dir, "config"));
+            w.rm_dir(&join(&dir, "hooks"), set_permissions);
+        }
+        if self.ctx.settings.git_submodule_strategy == SubmoduleStrategy::None {
+            return;
+        }
+        let modules = double_quote(&join(&git_dir, "modules"));
+        w.open(&format!("if [ -d {modules} ]; then"));
+        w.line(&format!(
+            "find {modules} -name config -type f -exec rm -f {{}} +"
+        ));
+        w.line(&format!(
+            "find {modules} -name hooks -type d -prune -exec rm -r -f {{}} +"
+        ));
+        w.close("fi");
+    }
+
+    fn template_dir(&self) -> String {
+        join(&self.ctx.dirs.temp_dir, "git-template")
     }
 
     fn write_ext_config(&self, w: &mut ScriptWriter) {
@@ -254,7 +289,7 @@ impl<'a, 'b> GitSources<'a, 'b> {
     }
 
     fn write_template(&self, w: &mut ScriptWriter) -> String {
-        let template = join(&self.ctx.dirs.temp_dir, "git-template");
+        let template = self.template_dir();
         let config = join(&template, "config");
         w.mkdir(&template);
         self.git_config(w, &config, "init.defaultBranch", "none");

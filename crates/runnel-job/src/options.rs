@@ -133,6 +133,11 @@ pub struct PlanOptions {
     pub custom_build_dir: bool,
     /// `debug_trace_disabled`: ignore `CI_DEBUG_TRACE`.
     pub debug_trace_disabled: bool,
+    /// `clean_git_config`: before fetching into a checkout, remove its `.git/config` and
+    /// `.git/hooks` (those of its submodules and of the git template dir too), so a job cannot
+    /// plant git config or hooks that the next job's git runs. `None` takes the official
+    /// default: on for every executor but shell (see [`PlanOptions::cleans_git_config`]).
+    pub clean_git_config: Option<bool>,
     /// The host name shown in `Running on $(hostname) via <hostname>...`; empty omits it.
     pub hostname: String,
     /// The name of the host the scripts run on, when the daemon knows it (the shell executor
@@ -166,4 +171,13 @@ pub struct PlanOptions {
     /// fewer per stage with the same effects. `false` (the official script) for executors that
     /// run the script as a shell's whole input.
     pub stage_subshell: bool,
+}
+
+impl PlanOptions {
+    /// Whether `get_sources` removes the git config and hooks a previous job may have left
+    /// (`clean_git_config`; unset: on for every executor but shell, as the official runner).
+    pub fn cleans_git_config(&self) -> bool {
+        self.clean_git_config
+            .unwrap_or(self.executor != ExecutorKind::Shell)
+    }
 }

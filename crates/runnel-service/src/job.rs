@@ -1252,6 +1252,11 @@ fn plan_options(context: &JobContext) -> PlanOptions {
             .custom_build_dir_enabled
             .unwrap_or(executor_kind(runner) == ExecutorKind::Docker),
         debug_trace_disabled: runner.debug_trace_disabled,
+        // Unset: the official default (on for every executor but shell).
+        clean_git_config: runner
+            .config
+            .as_ref()
+            .and_then(|config| config.clean_git_config),
         // The SSH executor names the runner's host too (`Running on $(hostname) via …`).
         hostname: (runner.executor == "ssh")
             .then(|| nix::unistd::gethostname().ok()?.into_string().ok())

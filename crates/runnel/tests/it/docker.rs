@@ -269,7 +269,7 @@ fn labelled(daemon: &Daemon, kind: &str, extra_filter: Option<&str>) -> Vec<Stri
 
 /// Asserts that nothing of this runner is left but its reusable cache volumes ([`Sweep`]
 /// removes those).
-fn assert_nothing_left(daemon: &Daemon) {
+pub(crate) fn assert_nothing_left(daemon: &Daemon) {
     assert_eq!(
         labelled(daemon, "container", None),
         Vec::<String>::new(),
@@ -294,10 +294,10 @@ fn assert_nothing_left(daemon: &Daemon) {
 
 /// Removes whatever this runner left, when dropped: a failing test must not litter the
 /// machine (a passing one has already checked there is nothing but cache volumes).
-struct Sweep(String);
+pub(crate) struct Sweep(String);
 
 impl Sweep {
-    fn new(daemon: &Daemon) -> Self {
+    pub(crate) fn new(daemon: &Daemon) -> Self {
         Self(runnel_types::short_token(&daemon.token).to_string())
     }
 }
@@ -469,7 +469,7 @@ async fn build_helper_image_without_a_base_is_self_contained() {
 }
 
 /// `[runners.docker]` with an image and nothing about a helper: Runnel's own helper.
-fn own_helper_setup(extra: &str) -> Setup {
+pub(crate) fn own_helper_setup(extra: &str) -> Setup {
     Setup {
         executor: Some("docker"),
         // The fake listens on loopback: the containers share the host's network to reach it.
@@ -1238,15 +1238,130 @@ async fn fetching_jobs_reuse_the_checkout_of_their_slot() {
     let view = daemon.finished(second).await;
     let trace = view.trace_text();
     assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    // The second job fetched into the first one's checkout (`clean_git_config`, on by default
+    // for docker, removed its `.git/config`, so `origin` is added again, as upstream).
     assert!(
         trace.contains("Reinitialized existing Git repository in "),
         "{trace}"
     );
-    assert!(
-        !trace.contains("Created fresh repository."),
-        "the second job fetched into the first one's checkout: {trace}"
-    );
     assert!(trace.contains("\ntwo\n"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+/// `clean_git_config` is on by default for docker (as upstream): a job that plants git config
+/// (`core.fsmonitor`, `core.sshCommand`) and hooks in its slot's builds volume cannot make the
+/// next job's git run them; the config is gone when the next job's script runs.
+#[tokio::test]
+async fn a_job_cannot_plant_git_config_or_hooks_for_the_next_job_of_its_slot() {
+    use crate::git_sources::{PLANT_GIT_CONFIG_AND_HOOKS, REPORT_PLANTED};
+    ensure_image();
+    let daemon = Daemon::start(own_helper_setup("")).await;
+    let _sweep = Sweep::new(&daemon);
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let fetch_job = |sha: &str| {
+        JobBuilder::new("fetch")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+            .variable("GIT_LFS_SKIP_SMUDGE", "1")
+    };
+    let first_sha = repo
+        .commit("main", "first")
+        .file("README.md", "one\n")
+        .create()
+        .unwrap();
+    let first = daemon
+        .fake
+        .enqueue(fetch_job(&first_sha).script(PLANT_GIT_CONFIG_AND_HOOKS));
+    let view = daemon.finished(first).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+
+    let second_sha = repo
+        .commit("main", "second")
+        .file("README.md", "two\n")
+        .create()
+        .unwrap();
+    let mut report = vec!["cat README.md"];
+    report.extend(REPORT_PLANTED);
+    let second = daemon.fake.enqueue(fetch_job(&second_sha).script(report));
+    let view = daemon.finished(second).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("Reinitialized existing Git repository in "),
+        "{trace}"
+    );
+    for line in [
+        "\ntwo\n",
+        "planted-hook=none\n",
+        "planted-fsmonitor=none\n",
+        "planted-config=gone\n",
+        "planted-hooks=gone\n",
+    ] {
+        assert!(trace.contains(line), "{line}: {trace}");
+    }
+    assert_nothing_left(&daemon);
+}
+
+/// #13.4: the helper image is inspected by the first job only; when it is gone later (removed
+/// and built again under its tag, so its id changed), the next job finds it again instead of
+/// failing, and says nothing of it.
+#[tokio::test]
+async fn a_helper_image_rebuilt_between_jobs_is_found_again() {
+    ensure_image();
+    let unique = format!(
+        "runnel-e2e-helper-rebuilt:{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let context = tempfile::tempdir().unwrap();
+    let build_helper = || {
+        // A new LABEL value each time: a new image id under the same tag.
+        let dockerfile = format!(
+            "FROM {IMAGE}\nLABEL runnel.e2e.build=\"{}\"\n",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        build(&unique, context.path());
+        let id = docker(&["image", "inspect", "-f", "{{.Id}}", &unique]);
+        String::from_utf8_lossy(&id.stdout).trim().to_owned()
+    };
+    struct RemoveImage<'a>(&'a str);
+    impl Drop for RemoveImage<'_> {
+        fn drop(&mut self) {
+            docker(&["rmi", "-f", self.0]);
+        }
+    }
+    let first_id = build_helper();
+    let _remove = RemoveImage(&unique);
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    helper_image = \"{unique}\"\n    pull_policy = [\"never\"]\n"
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let first = daemon.fake.enqueue(job("first").script(["echo first-ran"]));
+    let view = daemon.finished(first).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+
+    assert!(docker(&["rmi", "-f", &unique]).status.success());
+    let second_id = build_helper();
+    assert_ne!(first_id, second_id, "the rebuilt helper is another image");
+    let second = daemon
+        .fake
+        .enqueue(job("second").script(["echo second-ran"]));
+    let view = daemon.finished(second).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("second-ran"), "{trace}");
     assert_nothing_left(&daemon);
 }
 

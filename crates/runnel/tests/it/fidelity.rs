@@ -252,15 +252,24 @@ async fn helpers_authenticate_with_the_payload_job_credential() {
 #[tokio::test]
 async fn keys_parsed_but_not_acted_upon_are_named_at_start() {
     let daemon = Daemon::start(Setup {
-        runner: "  prepare_timeout = \"1m\"\n  clean_git_config = true\n".to_owned(),
+        runner: "  prepare_timeout = \"1m\"\n  clean_git_config = true\n  get_sources_timeout = \"1m\"\n"
+            .to_owned(),
         ..Setup::default()
     })
     .await;
     let mut waited = Duration::ZERO;
     loop {
         let log = daemon.log();
-        if log.contains("config.toml keys parsed but not acted upon by Runnel yet") {
-            assert!(log.contains("prepare_timeout, clean_git_config"), "{log}");
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("config.toml keys parsed but not acted upon by Runnel yet"))
+        {
+            assert!(
+                line.contains("prepare_timeout, get_sources_timeout"),
+                "{log}"
+            );
+            // Acted upon (#13): not in the warning.
+            assert!(!line.contains("clean_git_config"), "{log}");
             break;
         }
         assert!(waited < Duration::from_secs(60), "no warning; log:\n{log}");

@@ -325,6 +325,89 @@ async fn fetch_reuses_the_checkout_cleans_it_and_removes_stale_locks() {
     assert!(!project.join(".git/refs/heads/stale.lock").exists());
 }
 
+/// Job script lines that plant, in the checkout a later job fetches into, what
+/// `clean_git_config` exists against: a hook git runs while fetching (in `.git/hooks` and in the
+/// git template dir, which `git init` copies into a repository without hooks), and
+/// `core.fsmonitor`/`core.sshCommand` config, each writing a marker when run.
+pub(crate) const PLANT_GIT_CONFIG_AND_HOOKS: [&str; 6] = [
+    "mkdir -p .git/hooks \"$RUNNER_TEMP_PROJECT_DIR/git-template/hooks\"",
+    "printf '#!/bin/sh\\ncat >/dev/null\\necho ran >> %s/.git/planted-hook-ran\\n' \"$CI_PROJECT_DIR\" > .git/hooks/reference-transaction",
+    "cp .git/hooks/reference-transaction \"$RUNNER_TEMP_PROJECT_DIR/git-template/hooks/\"",
+    "printf '#!/bin/sh\\necho ran >> %s/.git/planted-fsmonitor-ran\\nexit 1\\n' \"$CI_PROJECT_DIR\" > .git/planted-fsmonitor",
+    "chmod +x .git/hooks/reference-transaction \"$RUNNER_TEMP_PROJECT_DIR/git-template/hooks/reference-transaction\" .git/planted-fsmonitor",
+    "printf '[core]\\n\\tfsmonitor = %s/.git/planted-fsmonitor\\n\\tsshCommand = %s/.git/planted-fsmonitor\\n[user]\\n\\tname = planted\\n' \"$CI_PROJECT_DIR\" \"$CI_PROJECT_DIR\" >> .git/config",
+];
+
+/// Job script lines that report what of [`PLANT_GIT_CONFIG_AND_HOOKS`] ran or is left, with
+/// busybox alone (no git in the job image).
+pub(crate) const REPORT_PLANTED: [&str; 4] = [
+    "if [ -e .git/planted-hook-ran ]; then echo planted-hook=ran; else echo planted-hook=none; fi",
+    "if [ -e .git/planted-fsmonitor-ran ]; then echo planted-fsmonitor=ran; else echo planted-fsmonitor=none; fi",
+    "if grep -q planted .git/config; then echo planted-config=left; else echo planted-config=gone; fi",
+    "if [ -e .git/hooks/reference-transaction ]; then echo planted-hooks=left; else echo planted-hooks=gone; fi",
+];
+
+/// Runs a fetch job that plants git config and hooks, then a fetch job of a new commit into the
+/// same checkout; returns the second job's trace.
+async fn plant_then_fetch(runner_settings: &str) -> String {
+    let test = GitTest::new(runner_settings).await;
+    let repo = test.repo("group/project");
+    let first = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let fetch = |sha: &str| {
+        JobBuilder::new("build")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+    };
+    test.run_ok(fetch(&first).script(PLANT_GIT_CONFIG_AND_HOOKS))
+        .await;
+    let second = repo
+        .commit("main", "second")
+        .file("b.txt", "b\n")
+        .create()
+        .unwrap();
+    let mut report = vec!["test -f b.txt"];
+    report.extend(REPORT_PLANTED);
+    let trace = test.run_ok(fetch(&second).script(report)).await;
+    assert!(
+        trace.contains("Reinitialized existing Git repository"),
+        "{trace}"
+    );
+    trace
+}
+
+/// `clean_git_config = true`: nothing a job planted in `.git` (or the template dir) runs in the
+/// next job's git, and the planted config is gone.
+#[tokio::test]
+async fn clean_git_config_removes_planted_config_and_hooks_before_fetching() {
+    let trace = plant_then_fetch("  clean_git_config = true").await;
+    for line in [
+        "planted-hook=none\n",
+        "planted-fsmonitor=none\n",
+        "planted-config=gone\n",
+        "planted-hooks=gone\n",
+    ] {
+        assert!(trace.contains(line), "{line}: {trace}");
+    }
+}
+
+/// The shell executor keeps the checkout's git config by default, as the official runner does
+/// (`clean_git_config` defaults to off for shell): what the last job planted stays and runs.
+#[tokio::test]
+async fn the_shell_executor_keeps_git_config_unless_told_to_clean_it() {
+    let trace = plant_then_fetch("").await;
+    for line in [
+        "planted-hook=ran\n",
+        "planted-config=left\n",
+        "planted-hooks=left\n",
+    ] {
+        assert!(trace.contains(line), "{line}: {trace}");
+    }
+}
+
 #[tokio::test]
 async fn depth_makes_a_shallow_clone_and_depth_zero_unshallows_it() {
     let test = GitTest::new("").await;

@@ -304,4 +304,116 @@ async fn without_a_ca_file_jobs_get_the_chain_gitlab_presented() {
         "server certificate missing:\n{trace}"
     );
     assert!(flat.contains(&ca[0]), "root certificate missing:\n{trace}");
+
+/// #15 on docker: with only `tls-ca-file`, a docker job (Runnel's own helper, a static busybox
+/// build image) clones with submodules and LFS, fills a cache and uploads artifacts; the next
+/// fetches, restores the cache and downloads the artifacts. git in the helper and the helper's
+/// transfers trust the CA, and the build container gets `CI_SERVER_TLS_CA_FILE`.
+#[tokio::test]
+async fn a_docker_job_on_a_private_ca_gitlab_clones_caches_and_moves_artifacts() {
+    use crate::docker::{Sweep, assert_nothing_left, ensure_image, own_helper_setup};
+    use crate::run::Daemon;
+    ensure_image();
+    let pki = Pki::new();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca = ca_dir.path().join("private-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let daemon = Daemon::start(crate::run::Setup {
+        runner: format!("  tls-ca-file = \"{}\"\n", ca.display()),
+        fake: Some(FakeConfig {
+            long_poll: Duration::from_secs(2),
+            trace_update_interval_secs: 1,
+            tls: Some(pki.server.clone()),
+            ..FakeConfig::default()
+        }),
+        ..own_helper_setup("")
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let lib = daemon.fake.create_repo("group/lib").unwrap();
+    let lib_sha = lib
+        .commit("main", "lib")
+        .file("lib.txt", "library\n")
+        .create()
+        .unwrap();
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let first = repo
+        .commit("main", "first")
+        .file("README.md", "version one\n")
+        .lfs_file("assets/big.bin", "large lfs content\n")
+        .submodule_url("libs/lib", "../lib.git", &lib_sha)
+        .create()
+        .unwrap();
+    let id = daemon.fake.enqueue(
+        JobBuilder::new("build")
+            .repo(&repo, "main", &first)
+            .git_strategy(GitStrategy::Fetch)
+            .variable("GIT_SUBMODULE_STRATEGY", "normal")
+            .script([
+                "cat README.md libs/lib/lib.txt assets/big.bin",
+                "head -n 1 \"$CI_SERVER_TLS_CA_FILE\"",
+                "mkdir -p vendor && echo cached-dep > vendor/dep.txt",
+                "echo built > out.txt",
+            ])
+            .extra(
+                "cache",
+                json!([{ "key": "deps", "paths": ["vendor/"], "policy": "pull-push" }]),
+            )
+            .extra(
+                "artifacts",
+                json!([{ "paths": ["out.txt"], "artifact_type": "archive", "artifact_format": "zip" }]),
+            ),
+    );
+    let build = daemon.finished(id).await;
+    let trace = build.trace_text();
+    assert_eq!(build.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("version one\nlibrary\nlarge lfs content\n"),
+        "{trace}"
+    );
+    assert!(trace.contains("-----BEGIN CERTIFICATE-----"), "{trace}");
+    assert!(trace.contains("Created cache"), "{trace}");
+    assert!(
+        trace.contains("Uploading artifacts as \"archive\" to coordinator... 201 Created"),
+        "{trace}"
+    );
+    assert_eq!(build.artifacts.len(), 1, "{trace}");
+
+    let second = repo
+        .commit("main", "second")
+        .file("README.md", "version two\n")
+        .create()
+        .unwrap();
+    let artifact = &build.artifacts[0];
+    let id = daemon.fake.enqueue(
+        JobBuilder::new("test")
+            .repo(&repo, "main", &second)
+            .git_strategy(GitStrategy::Fetch)
+            .script(["cat README.md out.txt vendor/dep.txt"])
+            .extra(
+                "cache",
+                json!([{ "key": "deps", "paths": ["vendor/"], "policy": "pull" }]),
+            )
+            .extra(
+                "dependencies",
+                json!([{
+                    "id": build.id,
+                    "token": build.token.expose(),
+                    "name": "build",
+                    "artifacts_file": { "filename": artifact.filename, "size": artifact.data.len() },
+                }]),
+            ),
+    );
+    let test = daemon.finished(id).await;
+    let trace = test.trace_text();
+    assert_eq!(test.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("Reinitialized existing Git repository"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("version two\nbuilt\ncached-dep\n"),
+        "{trace}"
+    );
+    assert_nothing_left(&daemon);
 }
