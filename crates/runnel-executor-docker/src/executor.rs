@@ -252,6 +252,28 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
 }
 
 impl DockerProvider {
+    /// Force-removes the containers `ids` (of a job whose runner died: the job journal kept
+    /// their ids); containers already gone are skipped. Returns how many were removed.
+    pub async fn remove_containers(&self, ids: &[String]) -> Result<usize, DockerError> {
+        let docker = self.shared.connect().await?;
+        let mut removed = 0;
+        for id in ids {
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            match docker.remove_container(id, Some(options)).await {
+                Ok(()) => removed += 1,
+                Err(error) if is_not_found(&error) => {}
+                Err(source) => {
+                    return Err(DockerError::api("remove container", id.clone(), source));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the containers, networks and temporary volumes that earlier runs with this
     /// runner's token left behind (a crash, a killed runner), sparing every job this provider
     /// (and the ones it succeeded) runs or is preparing: an object is checked against them after it was listed, and a job
@@ -1269,6 +1291,13 @@ impl Executor for DockerExecutor {
                 tracing::warn!("docker cleanup did not finish within {CLEANUP_TIMEOUT:?}");
             }
         })
+    }
+
+    fn job_resources(&self) -> Vec<runnel_executor::JobResource> {
+        self.containers
+            .iter()
+            .map(|c| runnel_executor::JobResource::DockerContainer { id: c.id.clone() })
+            .collect()
     }
 }
 
