@@ -662,32 +662,21 @@ fn cache_helpers_round_trip_tar_zstd_and_report_a_missing_cache() {
 #[test]
 fn cache_directories_are_not_world_writable_under_umask_0000() {
     use std::os::unix::fs::PermissionsExt as _;
-    use std::os::unix::process::CommandExt as _;
     let base = tempfile::tempdir().unwrap();
     let project = base.path().join("project");
     std::fs::create_dir_all(project.join("vendor")).unwrap();
     std::fs::write(project.join("vendor/lib.txt"), "x\n").unwrap();
     let archive = base.path().join("cache/group/project/key/cache.zip");
     let archive_arg = archive.display().to_string();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"));
+    // As in the helper container: `umask 0000`, then the helper command.
+    let mut command = std::process::Command::new("sh");
     command
-        .args([
-            "cache-archiver",
-            "--file",
-            &archive_arg,
-            "--path",
-            "vendor/",
-        ])
+        .args(["-c", "umask 0000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_runnel"))
+        .args(["cache-archiver", "--file", &archive_arg, "--path", "vendor/"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .current_dir(&project);
-    // SAFETY: umask is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-            Ok(())
-        });
-    }
     let saved = command.output().unwrap();
     assert!(saved.status.success(), "{saved:?}");
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
