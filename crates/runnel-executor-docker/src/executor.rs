@@ -145,6 +145,10 @@ impl Drop for ActiveJob {
     }
 }
 
+/// How long [`DockerProvider::remove_containers`] waits for a removal already under way.
+const REMOVAL_POLL: Duration = Duration::from_millis(250);
+const REMOVAL_POLLS: u32 = 120;
+
 impl DockerProvider {
     /// A provider for `settings` and `[runners.docker]` `config`. The values are checked now;
     /// the daemon is contacted by the first job's `prepare`, so it may start after the runner.
@@ -229,6 +233,33 @@ impl Shared {
     }
 }
 
+/// Force-removes container `id` with its anonymous volumes; `false` when it was gone already.
+/// When another removal of it is under way (the leftover sweep and a journaled job's removal
+/// can meet), waits until it is gone, so what it used (its volumes) is free afterwards.
+async fn force_remove_container(docker: &Docker, id: &str) -> Result<bool, bollard::errors::Error> {
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        link: false,
+    };
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => Ok(true),
+        Err(error) if is_not_found(&error) => Ok(false),
+        Err(error) if is_conflict(&error) => {
+            for _ in 0..REMOVAL_POLLS {
+                tokio::time::sleep(REMOVAL_POLL).await;
+                if let Err(error) = docker.inspect_container(id, None).await
+                    && is_not_found(&error)
+                {
+                    return Ok(true);
+                }
+            }
+            Err(error)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Docker's answer for a name that is taken.
 fn is_conflict(error: &bollard::errors::Error) -> bool {
     matches!(
@@ -258,17 +289,11 @@ impl DockerProvider {
         let docker = self.shared.connect().await?;
         let mut removed = 0;
         for id in ids {
-            let options = RemoveContainerOptions {
-                force: true,
-                v: true,
-                link: false,
-            };
-            match docker.remove_container(id, Some(options)).await {
-                Ok(()) => removed += 1,
-                Err(error) if is_not_found(&error) => {}
-                Err(source) => {
-                    return Err(DockerError::api("remove container", id.clone(), source));
-                }
+            if force_remove_container(&docker, id)
+                .await
+                .map_err(|source| DockerError::api("remove container", id.clone(), source))?
+            {
+                removed += 1;
             }
         }
         Ok(removed)
@@ -320,14 +345,9 @@ impl DockerProvider {
                 .names
                 .and_then(|names| names.into_iter().next())
                 .unwrap_or_else(|| id.clone());
-            let options = RemoveContainerOptions {
-                force: true,
-                v: true,
-                link: false,
-            };
-            match docker.remove_container(&id, Some(options)).await {
-                Ok(()) => removed.push(name.trim_start_matches('/').to_owned()),
-                Err(error) if is_not_found(&error) => {}
+            match force_remove_container(&docker, &id).await {
+                Ok(true) => removed.push(name.trim_start_matches('/').to_owned()),
+                Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(container = %name, %error, "failed to remove leftover container")
                 }

@@ -1356,10 +1356,17 @@ async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart()
         trace.contains("the runner was restarted while this job was running"),
         "{trace}"
     );
-    // The start removes what the crashed run left (by label), in the background.
+    // The start removes what the crashed run left (by label), in the background: the
+    // containers may be gone (removed by id) before its network and volumes are.
     for _ in 0..300 {
         if labelled(&daemon, "container", None).is_empty()
             && labelled(&daemon, "network", None).is_empty()
+            && labelled(
+                &daemon,
+                "volume",
+                Some("label=com.gitlab.gitlab-runner.reusable=false"),
+            )
+            .is_empty()
         {
             break;
         }

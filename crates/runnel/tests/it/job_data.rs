@@ -673,7 +673,13 @@ fn cache_directories_are_not_world_writable_under_umask_0000() {
     command
         .args(["-c", "umask 0000 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_runnel"))
-        .args(["cache-archiver", "--file", &archive_arg, "--path", "vendor/"])
+        .args([
+            "cache-archiver",
+            "--file",
+            &archive_arg,
+            "--path",
+            "vendor/",
+        ])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .current_dir(&project);
