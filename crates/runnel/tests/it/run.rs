@@ -1048,7 +1048,7 @@ async fn hostile_variable_keys_run_nothing_and_write_nowhere() {
     let injected = marker_dir.path().join("INJECTED_filevar");
     let injection = format!("FILE$(touch${{IFS}}{})", injected.display());
     let traversal = "../../../../../../../../../../tmp/TRAVERSAL_filevar_l8";
-    let _ = std::fs::remove_file("/tmp/TRAVERSAL_filevar_l8");
+    std::fs::remove_file("/tmp/TRAVERSAL_filevar_l8").ok();
     let id = daemon.fake.enqueue(
         job("weird keys")
             .file_variable(injection.clone(), "payload")
