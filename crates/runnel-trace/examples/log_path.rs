@@ -14,9 +14,10 @@ use runnel_types::Secret;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let megabytes: usize = args.next().map_or(Ok(64), |a| a.parse())?;
-    let journal_path = args
-        .next()
-        .map_or_else(|| std::env::temp_dir().join("runnel-log-path.log"), Into::into);
+    let journal_path = args.next().map_or_else(
+        || std::env::temp_dir().join("runnel-log-path.log"),
+        Into::into,
+    );
     let secret = "bench-secret-value-0123456789";
     let trace = JobTrace::new(TraceConfig {
         masked: vec![Secret::new(secret)],
