@@ -34,13 +34,15 @@ pub enum Scenario {
     Peers,
     /// A trivial job with the docker executor: end to end time and Docker API round trips.
     Docker,
+    /// A trivial job with the kubernetes executor through the test API server, attach and exec.
+    Kubernetes,
     /// Cache archives of a generated tree: runnel against zip and tar+zstd.
     Archive,
 }
 
 impl Scenario {
     /// All scenarios in run order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Floors,
         Self::Idle,
         Self::Pickup,
@@ -50,6 +52,7 @@ impl Scenario {
         Self::Log,
         Self::Peers,
         Self::Docker,
+        Self::Kubernetes,
         Self::Archive,
     ];
 
@@ -65,6 +68,7 @@ impl Scenario {
             Self::Log => "log",
             Self::Peers => "peers",
             Self::Docker => "docker",
+            Self::Kubernetes => "kubernetes",
             Self::Archive => "archive",
         }
     }
@@ -398,6 +402,30 @@ pub const METRICS: &[MetricDef] = &[
         "requests",
         Scenario::Docker,
         "Docker Engine API requests the runner made for that job",
+    ),
+    metric(
+        "kubernetes_floor_run_ms",
+        "ms",
+        Scenario::Kubernetes,
+        "`docker run --rm` of `true` in the busybox image with the docker CLI",
+    ),
+    metric(
+        "kubernetes_trivial_ms",
+        "ms",
+        Scenario::Kubernetes,
+        "enqueue to accepted `success` of `true` with the kubernetes executor (attach mode) against runnel-fake-kube, long polling",
+    ),
+    metric(
+        "kubernetes_trivial_ratio",
+        "ratio",
+        Scenario::Kubernetes,
+        "kubernetes_trivial_ms / the kubernetes_floor_run_ms measured right before it, per repetition",
+    ),
+    metric(
+        "kubernetes_exec_trivial_ms",
+        "ms",
+        Scenario::Kubernetes,
+        "the same job in exec mode (FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY=true)",
     ),
     metric(
         "archive_tree_mb",

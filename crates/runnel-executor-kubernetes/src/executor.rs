@@ -11,30 +11,41 @@
 //! Cancellation and timeouts send `SIGTERM`, then `SIGKILL`, to the container's processes.
 //! `cleanup` deletes the pod, always.
 //!
-//! Not done yet (refused at start or job start, never ignored): attach mode (the official
-//! default; Runnel runs stages by exec, the official alternative), the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container, `image:entrypoint`,
-//! `*:kubernetes:user`, secrets for job registry credentials.
+//! Stages run by attach (the official default, [`crate::attach`]) unless the job's
+//! `FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY` is on, as in the official runner; the exec
+//! mode is described above.
+//!
+//! Before the pod, the job's variables are checked against what the configuration lets them
+//! overwrite ([`crate::overwrites`]; each overwrite is announced in the job log), and with
+//! `namespace_per_job` the namespace `ci-job-<id>` is created (deleted again at cleanup).
+//!
+//! Not done yet (refused at start or job start, never ignored): the configuration keys not
+//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container (built by
+//! [`crate::pod::init_permissions_container`] when [`crate::pod::PodInputs::init_command`] asks
+//! for it; attach mode does not yet), `image:entrypoint`, `*:kubernetes:user`, secrets for job
+//! registry credentials.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::Client;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
 use runnel_config::RunnerConfig;
 use runnel_executor::{
-    BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, OutputStream,
-    PrepareContext, Provider, Shell, StageCommand, StageExit, StageKind,
+    BoxFuture, ConfigureContext, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo,
+    OutputSink, OutputStream, PlanOverrides, PrepareContext, Provider, Shell, StageCommand,
+    StageExit, StageKind,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::KubernetesError;
+use crate::attach::{AttachPaths, LogEvent, LogStream};
 use crate::options::KubernetesOptions;
 use crate::pod::{BUILD_CONTAINER, HELPER_CONTAINER, MANAGER_ID_LABEL, PodInputs};
 
@@ -65,14 +76,11 @@ pub const KUBERNETES_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
 /// `runnel docker build-helper-image` and make it pullable by the cluster).
 pub const DEFAULT_HELPER_IMAGE: &str = "runnel-helper:latest";
 
-/// Pods of jobs this process runs (created or being created), which leftover removal spares.
-static ACTIVE_PODS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-
 /// How long stopped processes get between `SIGTERM` and `SIGKILL`.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// How long the pod deletion may take at cleanup.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The feature flag choosing exec over attach.
+pub const LEGACY_EXECUTION_FLAG: &str = "FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY";
 
 /// The runner-level settings the executor needs besides `[runners.kubernetes]`.
 #[derive(Clone, Debug)]
@@ -85,11 +93,17 @@ pub struct KubernetesSettings {
     pub shell: Shell,
 }
 
+/// Names of pods of jobs that run or are starting.
+type ActivePods = Arc<Mutex<BTreeSet<String>>>;
+
 #[derive(Debug)]
 struct Shared {
     options: KubernetesOptions,
     settings: KubernetesSettings,
     slots: Mutex<BTreeSet<u32>>,
+    /// Pods of this provider's jobs (created or being created), which leftover removal spares;
+    /// shared with the provider that replaces this one after a configuration reload.
+    active_pods: ActivePods,
 }
 
 /// Creates Kubernetes executors for one `[[runners]]` entry.
@@ -106,8 +120,20 @@ impl KubernetesProvider {
                 options,
                 settings,
                 slots: Mutex::new(BTreeSet::new()),
+                active_pods: ActivePods::default(),
             }),
         }
+    }
+
+    /// This (new) provider replaces `previous` for the same runner, after a reload changed
+    /// its configuration: the pods of the jobs `previous` still runs stay spared by leftover
+    /// removal.
+    #[must_use]
+    pub fn succeeding(mut self, previous: &KubernetesProvider) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.active_pods = Arc::clone(&previous.shared.active_pods);
+        }
+        self
     }
 
     /// A provider for a `[[runners]]` entry; its `[runners.kubernetes]` section is checked now
@@ -117,7 +143,11 @@ impl KubernetesProvider {
             .kubernetes
             .as_ref()
             .ok_or(KubernetesError::MissingSection)?;
-        let options = KubernetesOptions::from_raw(raw)?;
+        let mut options = KubernetesOptions::from_raw(raw)?;
+        options.advanced_pod_spec_flag = runner
+            .feature_flags
+            .get(crate::options::ADVANCED_POD_SPEC_FLAG)
+            .copied();
         let shell = match runner.shell.map(|shell| shell.as_str()) {
             Some("sh") => Shell::Sh,
             _ => Shell::Bash,
@@ -133,10 +163,11 @@ impl KubernetesProvider {
     }
 
     /// Deletes the pods of this runner (by the `manager.runner.gitlab.com/id-short` label) that
-    /// an earlier, killed run left; call it before any job of this provider starts. Returns
-    /// the names of the pods deleted.
+    /// an earlier, killed run left, sparing the pods of the jobs this provider (and the ones it
+    /// succeeded) runs or is starting: a job records its pod's name before creating it, so it
+    /// may run at the same time as jobs start. Returns the names of the pods deleted.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
-        let (client, namespace) = connect(&self.shared.options).await?;
+        let (client, namespace) = connect(&self.shared.options, None).await?;
         let pods: Api<Pod> = Api::namespaced(client, &namespace);
         let selector = format!(
             "{MANAGER_ID_LABEL}={}",
@@ -151,7 +182,7 @@ impl KubernetesProvider {
             let Some(name) = pod.metadata.name else {
                 continue;
             };
-            if lock(&ACTIVE_PODS).contains(&name) {
+            if lock(&self.shared.active_pods).contains(&name) {
                 continue;
             }
             match pods.delete(&name, &DeleteParams::default()).await {
@@ -186,6 +217,10 @@ impl Provider for KubernetesProvider {
             pod: None,
             image: String::new(),
             pending_log: Vec::new(),
+            own_namespace: false,
+            attach: true,
+            attach_paths: None,
+            logs: None,
         }))
     }
 }
@@ -224,7 +259,11 @@ fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
 }
 
 /// A client and the default namespace: the `host` keys, else kubeconfig or in-cluster.
-async fn connect(options: &KubernetesOptions) -> Result<(Client, String), KubernetesError> {
+/// `token` replaces `bearer_token` (`KUBERNETES_BEARER_TOKEN`, when allowed).
+async fn connect(
+    options: &KubernetesOptions,
+    token: Option<&str>,
+) -> Result<(Client, String), KubernetesError> {
     let (config, what) = match &options.host {
         Some(host) if !host.is_empty() => {
             let url = host
@@ -234,8 +273,11 @@ async fn connect(options: &KubernetesOptions) -> Result<(Client, String), Kubern
                     source: Box::new(source),
                 })?;
             let mut config = kube::Config::new(url);
-            if let Some(token) = options.bearer_token.as_ref().filter(|t| !t.is_empty()) {
-                config.auth_info.token = Some(token.clone().into());
+            if let Some(token) = token
+                .or(options.bearer_token.as_deref())
+                .filter(|t| !t.is_empty())
+            {
+                config.auth_info.token = Some(token.to_owned().into());
             }
             if let Some(ca_file) = &options.ca_file {
                 let text =
@@ -257,12 +299,17 @@ async fn connect(options: &KubernetesOptions) -> Result<(Client, String), Kubern
             (config, format!("host {host}"))
         }
         _ => {
-            let config = kube::Config::infer()
-                .await
-                .map_err(|source| KubernetesError::Config {
-                    what: "KUBECONFIG, ~/.kube/config or the in-cluster service account".to_owned(),
-                    source: Box::new(source),
-                })?;
+            let mut config =
+                kube::Config::infer()
+                    .await
+                    .map_err(|source| KubernetesError::Config {
+                        what: "KUBECONFIG, ~/.kube/config or the in-cluster service account"
+                            .to_owned(),
+                        source: Box::new(source),
+                    })?;
+            if let Some(token) = token.filter(|t| !t.is_empty()) {
+                config.auth_info.token = Some(token.to_owned().into());
+            }
             (config, "kubeconfig".to_owned())
         }
     };
@@ -289,6 +336,14 @@ pub struct KubernetesExecutor {
     image: String,
     /// Lines `prepare` would print, written before the first stage's output.
     pending_log: Vec<String>,
+    /// The job's namespace was created for it (`namespace_per_job`).
+    own_namespace: bool,
+    /// Stages run by attach (the default), not by exec.
+    attach: bool,
+    /// Attach mode: where the scripts and the log are.
+    attach_paths: Option<AttachPaths>,
+    /// Attach mode: the log file's stream, once the pod runs.
+    logs: Option<LogStream>,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -298,6 +353,7 @@ impl std::fmt::Debug for KubernetesExecutor {
             .field("namespace", &self.namespace)
             .field("pod", &self.pod)
             .field("image", &self.image)
+            .field("attach", &self.attach)
             .finish_non_exhaustive()
     }
 }
@@ -448,6 +504,20 @@ fn stage_exit(status: &ExecStatus) -> Result<StageExit, String> {
     ))
 }
 
+/// The exit code an exec session's `Status` carries, if any.
+pub(crate) fn exec_exit_code(status: &ExecStatus) -> Option<i32> {
+    match stage_exit(status) {
+        Ok(StageExit::Exited(code)) => Some(code),
+        _ => None,
+    }
+}
+
+/// How long a stopped attach-mode stage may take to print its exit line.
+const ATTACH_STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// Output of an exec session kept for error messages.
+const EXEC_OUTPUT_LIMIT: usize = 4096;
+
 impl KubernetesExecutor {
     fn pods(&self) -> Result<Api<Pod>, KubernetesError> {
         let client = self.client.clone().ok_or_else(|| {
@@ -461,10 +531,34 @@ impl KubernetesExecutor {
     }
 
     async fn prepare_pod(&mut self, ctx: &PrepareContext<'_>) -> Result<(), KubernetesError> {
-        let options = &self.shared.options;
-        let (client, namespace) = connect(options).await?;
-        self.client = Some(client);
-        self.namespace = namespace;
+        let shared = Arc::clone(&self.shared);
+        let options = &shared.options;
+        let overwrites = crate::overwrites::evaluate(options, ctx.job)?;
+        let (client, default_namespace) =
+            connect(options, overwrites.bearer_token.as_deref()).await?;
+        self.client = Some(client.clone());
+        self.namespace = if options.namespace_per_job {
+            format!("ci-job-{}", ctx.job.id)
+        } else if overwrites.namespace.is_empty() {
+            default_namespace
+        } else {
+            overwrites.namespace.clone()
+        };
+        self.pending_log.extend(overwrites.log.iter().cloned());
+        let advanced_pod_spec = options.advanced_pod_spec(ctx.job);
+        if !options.pod_spec.is_empty() && !advanced_pod_spec {
+            self.pending_log.push(format!(
+                "WARNING: the [[runners.kubernetes.pod_spec]] patches are not applied: {} is off",
+                crate::options::ADVANCED_POD_SPEC_FLAG
+            ));
+        } else if advanced_pod_spec && !options.pod_spec.is_empty() {
+            self.pending_log.push(
+                "WARNING: Advanced Pod Spec configuration enabled, merging the provided PodSpec to the generated one".to_owned(),
+            );
+        }
+        if options.namespace_per_job {
+            self.create_namespace(client).await?;
+        }
         let suffix = crate::pod::random_suffix();
         let builds_dir = ctx.builds_dir.display().to_string();
         let helper_image = options
@@ -472,7 +566,7 @@ impl KubernetesExecutor {
             .clone()
             .filter(|image| !image.is_empty())
             .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_owned());
-        let pod = crate::pod::build_pod(&PodInputs {
+        let mut pod = crate::pod::build_pod(&PodInputs {
             options,
             job: ctx.job,
             runner_name: &self.shared.settings.runner_name,
@@ -483,7 +577,17 @@ impl KubernetesExecutor {
             namespace: &self.namespace,
             shell: self.shared.settings.shell,
             helper_image: &helper_image,
+            overwrites: &overwrites,
+            advanced_pod_spec,
+            init_command: None,
+            extra_volumes: Vec::new(),
+            extra_mounts: Vec::new(),
         })?;
+        if self.attach {
+            let paths = AttachPaths::new(ctx.job.info.project_id, ctx.job.id.0);
+            crate::attach::add_volumes(&mut pod, &paths);
+            self.attach_paths = Some(paths);
+        }
         self.image = pod
             .spec
             .as_ref()
@@ -502,11 +606,119 @@ impl KubernetesExecutor {
         // Recorded before the call: a pod created by a request whose answer is lost is still
         // deleted at cleanup.
         self.pod = Some(name.clone());
-        lock(&ACTIVE_PODS).insert(name.clone());
+        lock(&self.shared.active_pods).insert(name.clone());
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(|source| KubernetesError::api("create pod", self.full_name(), source))?;
-        self.wait_until_running(&pods, &name).await
+        self.wait_until_running(&pods, &name).await?;
+        if let Some(paths) = self.attach_paths.clone() {
+            // The detect-shell script every stage runs through, and the log file all
+            // containers append to; then the helper starts streaming that file.
+            let detect = crate::attach::detect_shell_script(self.shared.settings.shell);
+            let command = crate::attach::save_command(
+                &paths.detect_script(),
+                detect.len(),
+                true,
+                Some(&paths.log_file()),
+            );
+            self.exec_with_input(BUILD_CONTAINER, "prepare", command, detect.as_bytes())
+                .await?;
+            self.logs = Some(LogStream::start(pods, name, paths.log_file()));
+        }
+        Ok(())
+    }
+
+    /// Runs `command` in `container` with `input` on its stdin; fails unless it exits with 0.
+    async fn exec_with_input(
+        &self,
+        container: &'static str,
+        stage: &str,
+        command: Vec<String>,
+        input: &[u8],
+    ) -> Result<(), KubernetesError> {
+        let pods = self.pods()?;
+        let name = self.pod.clone().unwrap_or_default();
+        let params = AttachParams::default()
+            .container(container)
+            .stdin(true)
+            .stdout(true)
+            .stderr(true);
+        let mut process = match pods.exec(&name, command, &params).await {
+            Ok(process) => process,
+            Err(source) => {
+                self.check_pod().await?;
+                return Err(KubernetesError::api(
+                    "exec in pod",
+                    self.full_name(),
+                    source,
+                ));
+            }
+        };
+        let exec_error = |message: String| KubernetesError::Exec {
+            stage: stage.to_owned(),
+            container,
+            message,
+        };
+        let (Some(mut stdin), Some(mut stdout), Some(mut stderr), Some(status)) = (
+            process.stdin(),
+            process.stdout(),
+            process.stderr(),
+            process.take_status(),
+        ) else {
+            return Err(exec_error("the exec session has no streams".to_owned()));
+        };
+        let input = input.to_vec();
+        let feed = async move {
+            let written = stdin.write_all(&input).await;
+            if let Err(error) = stdin.shutdown().await {
+                tracing::debug!(%error, "cannot close the exec's stdin");
+            }
+            written
+        };
+        let collect = async {
+            let mut output = Vec::new();
+            let mut out_buf = vec![0u8; 4096];
+            let mut err_buf = vec![0u8; 4096];
+            let (mut out_open, mut err_open) = (true, true);
+            while out_open || err_open {
+                let (read, buf, open) = tokio::select! {
+                    read = stdout.read(&mut out_buf), if out_open => (read, &out_buf, &mut out_open),
+                    read = stderr.read(&mut err_buf), if err_open => (read, &err_buf, &mut err_open),
+                };
+                match read {
+                    Ok(0) | Err(_) => *open = false,
+                    Ok(n) => {
+                        let room = EXEC_OUTPUT_LIMIT.saturating_sub(output.len());
+                        output.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            }
+            output
+        };
+        let session = async { tokio::join!(feed, collect, status) };
+        let (written, output, status) =
+            match tokio::time::timeout(Duration::from_secs(120), session).await {
+                Ok(done) => done,
+                Err(_) => {
+                    process.abort();
+                    return Err(exec_error("no answer within 120 s".to_owned()));
+                }
+            };
+        if let Err(error) = written {
+            tracing::debug!(%error, "the exec's stdin closed early");
+        }
+        let output = String::from_utf8_lossy(&output).trim().to_owned();
+        match status.as_ref().map(stage_exit) {
+            Some(Ok(StageExit::Exited(0))) => Ok(()),
+            Some(Ok(exit)) => Err(exec_error(format!("exited with {exit:?}: {output}"))),
+            Some(Err(message)) => Err(exec_error(format!("{message}: {output}"))),
+            None => {
+                self.check_pod().await?;
+                Err(exec_error(
+                    "the connection ended without an exit status".to_owned(),
+                ))
+            }
+        }
     }
 
     async fn wait_until_running(
@@ -596,6 +808,9 @@ impl KubernetesExecutor {
     ) -> Result<StageExit, KubernetesError> {
         for line in self.pending_log.drain(..) {
             sink.write(OutputStream::Stdout, format!("{line}\n").as_bytes());
+        }
+        if self.attach {
+            return self.run_stage_attach(cmd, sink, cancel).await;
         }
         let (container, umask) = match cmd.kind {
             StageKind::Predefined => (HELPER_CONTAINER, true),
@@ -727,10 +942,222 @@ impl KubernetesExecutor {
         }
     }
 
+    /// Creates the job's own namespace (`namespace_per_job`); deleted again at cleanup.
+    async fn create_namespace(&mut self, client: Client) -> Result<(), KubernetesError> {
+        let namespaces: Api<Namespace> = Api::all(client);
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.namespace.clone()),
+                ..kube::api::ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        self.own_namespace = true;
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                self.own_namespace = false;
+                Err(KubernetesError::api(
+                    "create namespace",
+                    &self.namespace,
+                    source,
+                ))
+            }
+        }
+    }
+
+    /// Deletes the namespace [`Self::create_namespace`] made.
+    async fn delete_namespace(&mut self) {
+        if !std::mem::take(&mut self.own_namespace) {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let namespaces: Api<Namespace> = Api::all(client);
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(
+            timeout,
+            namespaces.delete(&self.namespace, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(namespace = %self.namespace, %error, "cannot delete the job's namespace");
+            }
+            Err(_) => {
+                tracing::warn!(namespace = %self.namespace, "deleting the job's namespace timed out");
+            }
+        }
+    }
+
+    /// Attach mode: saves the script, starts it through the container's stdin and follows the
+    /// log file until the script's exit line.
+    async fn run_stage_attach(
+        &mut self,
+        cmd: StageCommand<'_>,
+        sink: &dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> Result<StageExit, KubernetesError> {
+        let paths = self.attach_paths.clone().ok_or_else(|| {
+            KubernetesError::Unsupported("the executor was not prepared".to_owned())
+        })?;
+        let (container, umask) = match cmd.kind {
+            StageKind::Predefined => (HELPER_CONTAINER, true),
+            StageKind::Build => (BUILD_CONTAINER, false),
+        };
+        let script = with_env(cmd.env, cmd.script);
+        let script_path = paths.stage_script(cmd.stage);
+        let save = crate::attach::save_command(&script_path, script.len(), false, None);
+        self.exec_with_input(container, cmd.stage, save, script.as_bytes())
+            .await?;
+        let pods = self.pods()?;
+        let name = self.pod.clone().unwrap_or_default();
+        let line = crate::attach::stage_line(&paths, cmd.stage, umask);
+        if let Err(source) = crate::attach::write_to_container(&pods, &name, container, &line).await
+        {
+            self.check_pod().await?;
+            return Err(KubernetesError::api(
+                "attach to pod",
+                self.full_name(),
+                source,
+            ));
+        }
+        let mut logs = self.logs.take().ok_or_else(|| KubernetesError::LogStream {
+            pod: self.full_name(),
+            message: "the log stream ended earlier".to_owned(),
+        })?;
+        let result = self
+            .follow_stage(&mut logs, &script_path, container, &cmd, sink, cancel)
+            .await;
+        self.logs = Some(logs);
+        result
+    }
+
+    async fn follow_stage(
+        &self,
+        logs: &mut LogStream,
+        script_path: &str,
+        container: &'static str,
+        cmd: &StageCommand<'_>,
+        sink: &dyn OutputSink,
+        cancel: CancellationToken,
+    ) -> Result<StageExit, KubernetesError> {
+        let mut output = AttachOutput::default();
+        let interval = self.shared.options.poll_interval();
+        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        let deadline = async {
+            match cmd.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut deadline = std::pin::pin!(deadline);
+        let stopped = loop {
+            tokio::select! {
+                event = logs.events.recv() => {
+                    if let Some(code) = self.log_event(event, &mut output, script_path, sink)? {
+                        if code != 0 {
+                            // A container killed under the stage (eviction, OOM) ends it with
+                            // a non-zero code too: the pod says whether that is the reason.
+                            self.check_pod().await?;
+                        }
+                        return Ok(StageExit::Exited(code));
+                    }
+                }
+                () = cancel.cancelled() => break StageExit::Cancelled,
+                () = &mut deadline => break StageExit::TimedOut,
+                _ = tick.tick() => self.check_pod().await?,
+            }
+        };
+        let signal = crate::attach::signal_command(script_path, "TERM");
+        self.exec_quietly(container, signal).await;
+        if self
+            .wait_for_exit_line(logs, &mut output, script_path, sink, STOP_GRACE)
+            .await
+        {
+            return Ok(stopped);
+        }
+        let kill = crate::attach::signal_command(script_path, "KILL");
+        self.exec_quietly(container, kill).await;
+        self.wait_for_exit_line(logs, &mut output, script_path, sink, ATTACH_STOP_WAIT)
+            .await;
+        Ok(stopped)
+    }
+
+    /// Passes log text on until the stage's exit line, for at most `wait`.
+    async fn wait_for_exit_line(
+        &self,
+        logs: &mut LogStream,
+        output: &mut AttachOutput,
+        script_path: &str,
+        sink: &dyn OutputSink,
+        wait: Duration,
+    ) -> bool {
+        let until = Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(until, logs.events.recv()).await {
+                Ok(event) => match self.log_event(event, output, script_path, sink) {
+                    Ok(Some(_)) => return true,
+                    Ok(None) => {}
+                    Err(_) => return false,
+                },
+                Err(_) => return false,
+            }
+        }
+    }
+
+    async fn cleanup_job(&mut self) {
+        self.delete_pod().await;
+        self.delete_namespace().await;
+    }
+
+    /// One event of the log stream: text is passed on; the stage's exit line gives its code.
+    fn log_event(
+        &self,
+        event: Option<LogEvent>,
+        output: &mut AttachOutput,
+        script_path: &str,
+        sink: &dyn OutputSink,
+    ) -> Result<Option<i32>, KubernetesError> {
+        match event {
+            Some(LogEvent::Text(text)) => Ok(output.text(&text, script_path, sink)),
+            Some(LogEvent::Failed(message)) => Err(KubernetesError::LogStream {
+                pod: self.full_name(),
+                message,
+            }),
+            None => Err(KubernetesError::LogStream {
+                pod: self.full_name(),
+                message: "the log stream stopped".to_owned(),
+            }),
+        }
+    }
+
+    /// Runs `command` in `container`, output discarded, for at most 10 s.
+    async fn exec_quietly(&self, container: &str, command: Vec<String>) {
+        let Ok(pods) = self.pods() else { return };
+        let name = self.pod.clone().unwrap_or_default();
+        let params = AttachParams::default()
+            .container(container)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        if let Ok(process) = pods.exec(&name, command, &params).await {
+            match tokio::time::timeout(Duration::from_secs(10), process.join()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "stopping the stage failed"),
+                Err(_) => tracing::debug!("stopping the stage timed out"),
+            }
+        }
+    }
+
     async fn delete_pod(&mut self) {
+        self.logs = None;
         let Some(name) = self.pod.take() else { return };
         let Ok(pods) = self.pods() else {
-            lock(&ACTIVE_PODS).remove(&name);
+            lock(&self.shared.active_pods).remove(&name);
             return;
         };
         let params = DeleteParams {
@@ -742,7 +1169,8 @@ impl KubernetesExecutor {
             propagation_policy: Some(kube::api::PropagationPolicy::Background),
             ..DeleteParams::default()
         };
-        match tokio::time::timeout(CLEANUP_TIMEOUT, pods.delete(&name, &params)).await {
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(timeout, pods.delete(&name, &params)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) if not_found(&error) => {}
             Ok(Err(error)) => {
@@ -752,7 +1180,51 @@ impl KubernetesExecutor {
                 tracing::warn!(pod = %name, namespace = %self.namespace, "deleting the job's pod timed out");
             }
         }
-        lock(&ACTIVE_PODS).remove(&name);
+        lock(&self.shared.active_pods).remove(&name);
+    }
+}
+
+/// Attach mode: what of the log file reaches the job log. The wrapper prints an empty line
+/// before the exit line; it is shown only where the script's output did not end a line.
+#[derive(Debug)]
+struct AttachOutput {
+    held_newline: bool,
+    ends_with_newline: bool,
+}
+
+impl Default for AttachOutput {
+    fn default() -> Self {
+        AttachOutput {
+            held_newline: false,
+            ends_with_newline: true,
+        }
+    }
+}
+
+impl AttachOutput {
+    /// Writes `text` to `sink`; returns the exit code when it is the exit line of `script`.
+    fn text(&mut self, text: &[u8], script: &str, sink: &dyn OutputSink) -> Option<i32> {
+        if let Some(exit) = crate::attach::exit_line(text) {
+            if self.held_newline && !self.ends_with_newline {
+                sink.write(OutputStream::Stdout, b"\n");
+            }
+            self.held_newline = false;
+            self.ends_with_newline = true;
+            // The exit line of an earlier, stopped stage is dropped.
+            return (exit.script.as_deref() == Some(script)).then_some(exit.command_exit_code);
+        }
+        if self.held_newline {
+            sink.write(OutputStream::Stdout, b"\n");
+            self.held_newline = false;
+            self.ends_with_newline = true;
+        }
+        if text == b"\n" {
+            self.held_newline = true;
+        } else if let Some(last) = text.last() {
+            sink.write(OutputStream::Stdout, text);
+            self.ends_with_newline = *last == b'\n';
+        }
+        None
     }
 }
 
@@ -783,6 +1255,19 @@ impl Executor for KubernetesExecutor {
         } else {
             format!("Using Kubernetes executor with image {} ...", self.image)
         }
+    }
+
+    fn configure<'a>(
+        &'a mut self,
+        ctx: ConfigureContext<'a>,
+    ) -> BoxFuture<'a, Result<PlanOverrides, ExecutorError>> {
+        // The resolved feature flags come first in the job's variables.
+        self.attach = !ctx
+            .variables
+            .iter()
+            .find(|(key, _)| key == LEGACY_EXECUTION_FLAG)
+            .is_some_and(|(_, value)| value == "true");
+        Box::pin(async { Ok(PlanOverrides::default()) })
     }
 
     fn prepare<'a>(
@@ -816,7 +1301,7 @@ impl Executor for KubernetesExecutor {
     }
 
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.delete_pod())
+        Box::pin(self.cleanup_job())
     }
 }
 

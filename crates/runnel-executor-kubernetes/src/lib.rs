@@ -7,23 +7,33 @@
 //!   prepare(ctx)    client (host keys / KUBECONFIG / in-cluster), pod created (build, helper,
 //!                   svc-N containers, repo emptyDir, official labels and annotations), polled
 //!                   until running (poll_interval, poll_timeout); pull errors end it at once
-//!   run(stage)      exec over WebSocket in helper or build, counted script on stdin, output
-//!                   streamed, exit code from the Status; pod checked while it runs
+//!   run(stage)      attach (default): script saved in the scripts volume, started through
+//!                   the container's stdin, output and exit line from the log file that the
+//!                   helper's `read-logs` streams; exec (FF_USE_LEGACY_KUBERNETES_EXECUTION_
+//!                   STRATEGY): counted script on stdin, exit code from the Status; pod
+//!                   checked while it runs
 //!   cleanup()       pod deleted, always
 //! ```
 //!
 //! - [`executor`]: [`KubernetesProvider`], [`KubernetesExecutor`], [`KUBERNETES_EXECUTOR_INFO`].
 //! - [`options`]: `[runners.kubernetes]` ([`KubernetesOptions`]).
 //! - [`pod`]: the pod spec, names, labels and annotations (pure).
+//! - [`spec`]: the nested tables (volumes, security contexts, affinity, DNS, …) and their API
+//!   objects; [`overwrites`]: what job variables may change; [`patch`]: `[[pod_spec]]` patches.
+//! - [`attach`]: attach mode's volumes, commands and log stream.
 //!
 //! Predefined stages run in the helper image, which must hold the runner binary as
 //! [`HELPER_RUNNER_COMMAND`] (the image `runnel docker build-helper-image` builds does); the
 //! job planner uses `/builds` and `/cache` as seen inside the containers.
 
+pub mod attach;
 mod error;
 pub mod executor;
 pub mod options;
+pub mod overwrites;
+pub mod patch;
 pub mod pod;
+pub mod spec;
 
 pub use error::KubernetesError;
 pub use executor::{

@@ -1,4 +1,5 @@
-//! `pods/{name}/exec` over WebSocket, in the channel protocols of real API servers.
+//! `pods/{name}/exec` and `pods/{name}/attach` over WebSocket, in the channel protocols of real
+//! API servers.
 //!
 //! Every binary frame starts with a channel byte: 0 stdin (client → server), 1 stdout, 2 stderr,
 //! 3 error (server → client: a `Status` once the command ended, carrying its exit code), and, in
@@ -53,62 +54,9 @@ pub(crate) async fn exec(
             json!({}),
         );
     }
-    let (pod, containers) = {
-        let inner = shared.lock();
-        match inner.pods.get(&(namespace.clone(), name.clone())) {
-            Some(entry) => (entry.object.clone(), entry.backing.containers.clone()),
-            None => {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("pods \"{name}\" not found"),
-                    json!({"name": name, "kind": "pods"}),
-                );
-            }
-        }
-    };
-    let spec_containers: Vec<String> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
-        .collect();
-    let container = match value("container") {
-        Some(container) => container,
-        None if spec_containers.len() == 1 => spec_containers[0].clone(),
-        None => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!(
-                    "a container name must be specified for pod {name}, choose one of: [{}]",
-                    spec_containers.join(" ")
-                ),
-                json!({}),
-            );
-        }
-    };
-    if !spec_containers.contains(&container) {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("container {container} is not valid for pod {name}"),
-            json!({}),
-        );
-    }
-    let running = pod["status"]["phase"] == json!("Running");
-    let Some(id) = containers
-        .iter()
-        .find(|(n, _)| *n == container)
-        .map(|(_, id)| id.clone())
-        .filter(|_| running)
-    else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("unable to upgrade connection: container not found (\"{container}\")"),
-            json!({}),
-        );
+    let id = match target(&shared, &namespace, &name, value("container")) {
+        Ok(id) => id,
+        Err(response) => return response,
     };
     let stdin = flag("stdin");
     let created = shared
@@ -136,16 +84,83 @@ pub(crate) async fn exec(
             );
         }
     };
+    // The protocol chosen from the client's list (v5 preferred); known once offered.
+    let upgrade = upgrade.protocols([V5, V4]);
     let v5 = upgrade
         .selected_protocol()
         .is_some_and(|p| p.as_bytes() == V5.as_bytes());
-    upgrade
-        .protocols([V5, V4])
-        .on_upgrade(move |socket| async move {
-            if let Err(error) = pump(&shared, socket, &exec_id, stdin, v5).await {
-                tracing::debug!(%error, "exec session ended with an error");
+    upgrade.on_upgrade(move |socket| async move {
+        if let Err(error) = pump(&shared, socket, &exec_id, stdin, v5).await {
+            tracing::debug!(%error, "exec session ended with an error");
+        }
+    })
+}
+
+/// The docker container of `container` (or the pod's only container) of a running pod.
+fn target(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    container: Option<String>,
+) -> Result<String, Response> {
+    let (pod, containers) = {
+        let inner = shared.lock();
+        match inner.pods.get(&(namespace.to_owned(), name.to_owned())) {
+            Some(entry) => (entry.object.clone(), entry.backing.containers.clone()),
+            None => {
+                return Err(status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("pods \"{name}\" not found"),
+                    json!({"name": name, "kind": "pods"}),
+                ));
             }
-        })
+        }
+    };
+    let spec_containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let container = match container {
+        Some(container) => container,
+        None if spec_containers.len() == 1 => spec_containers[0].clone(),
+        None => {
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    spec_containers.join(" ")
+                ),
+                json!({}),
+            ));
+        }
+    };
+    if !spec_containers.contains(&container) {
+        return Err(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("container {container} is not valid for pod {name}"),
+            json!({}),
+        ));
+    }
+    let running = pod["status"]["phase"] == json!("Running");
+    let Some(id) = containers
+        .iter()
+        .find(|(n, _)| *n == container)
+        .map(|(_, id)| id.clone())
+        .filter(|_| running)
+    else {
+        return Err(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("unable to upgrade connection: container not found (\"{container}\")"),
+            json!({}),
+        ));
+    };
+    Ok(id)
 }
 
 /// The error-channel `Status` for an exit code, as the kubelet sends it.
@@ -252,4 +267,112 @@ async fn pump(
         tracing::debug!(%error, "cannot close the exec WebSocket");
     }
     Ok(())
+}
+
+/// `pods/{name}/attach`: the container's main process's stdin, stdout and stderr, in the same
+/// channel protocols. Ending the session (closing stdin in v5 or the connection) never closes
+/// the container's stdin: containers with `stdin: true` and no `stdinOnce` keep it open for
+/// the next client, as with a real kubelet.
+pub(crate) async fn attach(
+    shared: Arc<Shared>,
+    namespace: String,
+    name: String,
+    query: Vec<(String, String)>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let value = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let flag = |key: &str| value(key).is_some_and(|v| v == "true" || v == "1");
+    let (stdin, stdout, stderr) = (flag("stdin"), flag("stdout"), flag("stderr"));
+    if !stdin && !stdout && !stderr {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least one of stdin, stdout, stderr",
+            json!({}),
+        );
+    }
+    let id = match target(&shared, &namespace, &name, value("container")) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .stream(true)
+        .logs(false)
+        .build();
+    let attached = match shared.docker.attach_container(&id, Some(options)).await {
+        Ok(attached) => attached,
+        Err(error) => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &format!("Internal error occurred: error attaching to container: {error}"),
+                json!({}),
+            );
+        }
+    };
+    // The protocol chosen from the client's list (v5 preferred); known once offered.
+    let upgrade = upgrade.protocols([V5, V4]);
+    let v5 = upgrade
+        .selected_protocol()
+        .is_some_and(|p| p.as_bytes() == V5.as_bytes());
+    upgrade.on_upgrade(move |socket| async move {
+        attach_pump(socket, attached, stdin, stdout || stderr, v5).await;
+    })
+}
+
+async fn attach_pump(
+    socket: WebSocket,
+    attached: bollard::container::AttachContainerResults,
+    stdin: bool,
+    output_wanted: bool,
+    v5: bool,
+) {
+    let bollard::container::AttachContainerResults {
+        mut output,
+        mut input,
+    } = attached;
+    let (mut send, mut receive) = socket.split();
+    let mut stdin_open = stdin;
+    let mut output_open = output_wanted;
+    loop {
+        tokio::select! {
+            chunk = output.next(), if output_open => match chunk {
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    if send.send(frame(1, &message)).await.is_err() { break; }
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    if send.send(frame(2, &message)).await.is_err() { break; }
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                // The container ended.
+                Some(Err(_)) | None => output_open = false,
+            },
+            message = receive.next() => match message {
+                Some(Ok(Message::Binary(data))) => match data.first() {
+                    Some(0) if stdin_open => {
+                        if input.write_all(&data[1..]).await.is_err()
+                            || input.flush().await.is_err()
+                        {
+                            stdin_open = false;
+                        }
+                    }
+                    Some(255) if v5 && data.get(1) == Some(&0) => stdin_open = false,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+        // Nothing left to carry: a stdin-only session ends once its stdin closed, any session
+        // once the container's output ended.
+        if !stdin_open && !output_open {
+            break;
+        }
+    }
+    if let Err(error) = send.send(Message::Close(None)).await {
+        tracing::debug!(%error, "cannot close the attach WebSocket");
+    }
 }

@@ -1,4 +1,4 @@
-//! Routes: bearer-token check, pods CRUD with `Status` errors, exec dispatch.
+//! Routes: bearer-token check, pods CRUD with `Status` errors, exec and attach dispatch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use crate::state::{Backing, PodEntry, Shared};
 type Shared_ = Arc<Shared>;
 
 pub(crate) fn router(shared: Shared_) -> Router {
-    Router::new()
+    crate::objects::routes(Router::new())
         .route(
             "/api/v1/namespaces/{namespace}/pods",
             get(list_pods).post(create_pod),
@@ -27,6 +27,10 @@ pub(crate) fn router(shared: Shared_) -> Router {
         .route(
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(exec_pod).post(exec_pod_post),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            get(attach_pod).post(exec_pod_post),
         )
         .fallback(not_served)
         .with_state(shared)
@@ -67,7 +71,7 @@ fn invalid(name: &str, message: &str) -> Response {
 
 /// Every route needs `Authorization: Bearer <token>`.
 #[allow(clippy::result_large_err)] // a response is what the caller returns
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let expected = format!("Bearer {}", shared.token);
     match headers.get(axum::http::header::AUTHORIZATION) {
         Some(value) if value.as_bytes() == expected.as_bytes() => Ok(()),
@@ -218,11 +222,24 @@ fn validate(pod: &Value) -> Result<(), String> {
         }
     }
     for (index, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
-        let known = ["emptyDir", "hostPath"];
+        let known = ["emptyDir", "hostPath", "secret", "configMap"];
         if !known.iter().any(|kind| volume.get(*kind).is_some()) {
             return Err(format!(
-                "spec.volumes[{index}]: runnel-fake-kube serves only emptyDir and hostPath volumes"
+                "spec.volumes[{index}]: runnel-fake-kube serves only emptyDir, hostPath, secret and configMap volumes"
             ));
+        }
+        for item in volume["secret"]["items"]
+            .as_array()
+            .into_iter()
+            .chain(volume["configMap"]["items"].as_array())
+            .flatten()
+        {
+            let path = item["path"].as_str().unwrap_or("");
+            if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "spec.volumes[{index}].items.path: Invalid value: \"{path}\": must be a relative path without '..'"
+                ));
+            }
         }
     }
     Ok(())
@@ -293,6 +310,9 @@ async fn create_pod(
     }
     if let Err(message) = validate(&pod) {
         return invalid(&name, &message);
+    }
+    if let Err(response) = crate::objects::namespace_exists(&shared, &namespace) {
+        return response;
     }
     let key = (namespace.clone(), name.clone());
     {
@@ -374,6 +394,34 @@ async fn exec_pod(
     .await
 }
 
+async fn attach_pod(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    Path((namespace, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(response) = authorized(&shared, &headers) {
+        return response;
+    }
+    let Ok(upgrade) = upgrade else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Upgrade request required",
+            json!({}),
+        );
+    };
+    crate::exec::attach(
+        shared,
+        namespace,
+        name,
+        query_pairs(query.as_deref()),
+        upgrade,
+    )
+    .await
+}
+
 async fn exec_pod_post(headers: HeaderMap, State(shared): State<Shared_>) -> Response {
     if let Err(response) = authorized(&shared, &headers) {
         return response;
@@ -381,7 +429,7 @@ async fn exec_pod_post(headers: HeaderMap, State(shared): State<Shared_>) -> Res
     status(
         StatusCode::BAD_REQUEST,
         "BadRequest",
-        "runnel-fake-kube serves exec over WebSocket only (no SPDY)",
+        "runnel-fake-kube serves exec and attach over WebSocket only (no SPDY)",
         json!({}),
     )
 }

@@ -624,10 +624,16 @@ async fn execute_stages(
         .instrument(stage_span)
         .await;
         let took = stage_started.elapsed();
-        crate::metrics::metrics()
-            .stage_duration
-            .with_label_values(&[&labels[0], &labels[1], &labels[2], &stage.name])
-            .observe(took.as_secs_f64());
+        // Per-stage series only on request, as the official runner does.
+        if plan
+            .feature_flags
+            .is_on("FF_EXPORT_HIGH_CARDINALITY_METRICS")
+        {
+            crate::metrics::metrics()
+                .stage_duration
+                .with_label_values(&[&labels[0], &labels[1], &labels[2], &stage.name])
+                .observe(took.as_secs_f64());
+        }
         durations.push((stage.name.clone(), took));
         section_end(trace, sections, &stage.name);
         let stop = stop_reason(signals, context, journal_failed);
@@ -1043,12 +1049,14 @@ fn header_without_plan(context: &JobContext, options: &PlanOptions) -> Vec<Strin
     ]
 }
 
-/// The executor provider for a job of `runner`: docker providers live as long as their
-/// `[[runners]]` entry (`docker`, from the daemon's runner state), shell ones are made per job.
+/// The executor provider for a job of `runner`: docker and kubernetes providers live as long
+/// as their `[[runners]]` entry (`docker`, `kubernetes`, from the daemon's runner state), shell
+/// ones are made per job.
 pub(crate) fn provider_for(
     runner: &RunnerSpec,
     user: Option<&str>,
     docker: impl FnOnce() -> Result<Arc<runnel_executor_docker::DockerProvider>, String>,
+    kubernetes: impl FnOnce() -> Result<Arc<runnel_executor_kubernetes::KubernetesProvider>, String>,
 ) -> Result<Arc<dyn Provider>, String> {
     if let Some(shell) = runner.unsupported_shell() {
         return Err(format!(
@@ -1103,15 +1111,7 @@ pub(crate) fn provider_for(
             Ok(Arc::new(provider))
         }
         "docker" => Ok(docker()?),
-        "kubernetes" => {
-            let config = runner.config.as_ref().ok_or_else(|| {
-                "the kubernetes executor needs a [runners.kubernetes] section in config.toml"
-                    .to_owned()
-            })?;
-            let provider = runnel_executor_kubernetes::KubernetesProvider::from_runner(config)
-                .map_err(|error| error_chain(&error))?;
-            Ok(Arc::new(provider))
-        }
+        "kubernetes" => Ok(kubernetes()?),
         other => Err(format!(
             "the {other:?} executor is not supported by this build of Runnel"
         )),
@@ -1257,7 +1257,9 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         runner_command,
         server_url: runner.url.clone(),
         clone_url: runner.clone_url.clone().unwrap_or_default(),
-        tls_ca: read_tls_file(runner.tls_ca_file.as_deref()),
+        // Without a CA file, the chain GitLab presented (as the official runner does).
+        tls_ca: read_tls_file(runner.tls_ca_file.as_deref())
+            .or_else(|| context.client.presented_tls_chain()),
         tls_cert: read_tls_file(runner.tls_cert_file.as_deref()),
         tls_key: read_tls_file(runner.tls_key_file.as_deref()).map(runnel_types::Secret::new),
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),

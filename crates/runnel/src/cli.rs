@@ -103,6 +103,9 @@ pub(crate) enum Command {
     /// Job helper: extract a local cache file here.
     #[command(hide = true)]
     CacheExtractor(CacheExtractorArgs),
+    /// Job helper: stream a log file from an offset (the kubernetes executor's attach mode).
+    #[command(hide = true)]
+    ReadLogs(ReadLogsArgs),
 }
 
 /// `runnel exec` flags.
@@ -621,6 +624,20 @@ pub(crate) struct CacheArchiverArgs {
     /// zip or tarzstd.
     #[arg(long, env = "CACHE_COMPRESSION_FORMAT", default_value = "")]
     pub(crate) compression_format: String,
+}
+
+/// `read-logs` flags (as the official helper's).
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ReadLogsArgs {
+    /// The log file.
+    #[arg(long)]
+    pub(crate) path: PathBuf,
+    /// Where to start, in bytes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) offset: u64,
+    /// How long to wait for the file to appear (a Go duration: 1m0s).
+    #[arg(long, default_value = "1s")]
+    pub(crate) wait_file_timeout: String,
 }
 
 /// `cache-extractor` flags (reference 1.4).

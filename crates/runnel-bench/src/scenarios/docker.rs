@@ -37,7 +37,7 @@ use crate::report::Report;
 use crate::runner::RunnerProcess;
 
 /// The job image: the host's static busybox on `scratch`.
-const IMAGE: &str = "runnel-bench-busybox:1";
+pub(super) const IMAGE: &str = "runnel-bench-busybox:1";
 /// How long the runner must make no Docker request before a job's count is closed.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -160,7 +160,7 @@ fn upstream_socket() -> Result<PathBuf, BenchError> {
 }
 
 /// Runs the docker CLI; fails with its stderr.
-async fn docker_cli(args: &[&str]) -> Result<Vec<u8>, BenchError> {
+pub(super) async fn docker_cli(args: &[&str]) -> Result<Vec<u8>, BenchError> {
     let command = format!("docker {}", args.join(" "));
     let output = Command::new("docker")
         .args(args)
@@ -192,7 +192,7 @@ async fn image_exists(tag: &str) -> bool {
 }
 
 /// Builds [`IMAGE`] from the host's static busybox unless it exists.
-async fn ensure_image() -> Result<(), BenchError> {
+pub(super) async fn ensure_image() -> Result<(), BenchError> {
     if image_exists(IMAGE).await {
         return Ok(());
     }
@@ -230,7 +230,7 @@ async fn ensure_image() -> Result<(), BenchError> {
 
 /// Runnel's own helper image, as `runnel docker build-helper-image` makes it with `runnel`;
 /// returns its tag.
-async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
+pub(super) async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
     let meta = std::fs::metadata(runnel).map_err(|source| BenchError::Io {
         doing: "read the metadata of",
         path: runnel.to_owned(),

@@ -11,6 +11,7 @@ mod docker;
 mod e2e;
 mod floors;
 mod idle;
+mod kubernetes;
 mod log;
 mod peers;
 mod pickup;
@@ -130,6 +131,7 @@ pub async fn run(plan: &Plan, report: &mut Report) {
             Scenario::Log => log::run(plan, report).await,
             Scenario::Peers => peers::run(plan, report).await,
             Scenario::Docker => docker::run(plan, report).await,
+            Scenario::Kubernetes => kubernetes::run(plan, report).await,
             Scenario::Archive => archive::run(plan, report).await,
         };
         if let Err(error) = result {

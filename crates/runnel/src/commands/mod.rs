@@ -7,6 +7,7 @@ mod helpers;
 mod lint;
 mod list;
 mod prompt;
+mod read_logs;
 mod register;
 mod reset_token;
 mod run;
@@ -54,6 +55,7 @@ pub(crate) async fn dispatch(command: Command, context: Context) -> anyhow::Resu
         Command::ArtifactsDownloader(args) => helpers::download_artifacts(args, &context).await,
         Command::CacheArchiver(args) => helpers::archive_cache(&args, &context).await,
         Command::CacheExtractor(args) => helpers::extract_cache(&args, &context).await,
+        Command::ReadLogs(args) => read_logs::run(args).await,
     }
 }
 

@@ -1,9 +1,12 @@
 //! The kubernetes executor through `runnel run`, against `runnel-fake-gitlab` and
 //! `runnel-fake-kube` (a test API server running pods on the local Docker engine).
 //!
-//! Images are the docker tests' (`runnel-e2e-busybox:1` as build and helper image where no git
-//! is needed, the glibc git helper for clones and artifacts, `runnel-e2e-web:1` as a service).
-//! Every test ends by checking that no pod and no container of the fake API server is left.
+//! Images are the docker tests' (`runnel-e2e-busybox:1` as build image, the glibc git helper
+//! with this runnel binary as helper image, `runnel-e2e-web:1` as a service). Stages run by
+//! attach (the official default: the helper's `read-logs` streams the log file) unless a test
+//! turns `FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY` on (exec; the busybox image then serves
+//! as helper, since no stage needs the runner binary). Every test ends by checking that no pod
+//! and no container of the fake API server is left.
 
 use std::time::Duration;
 
@@ -12,6 +15,9 @@ use runnel_fake_kube::{FakeConfig, FakeKube, Faults};
 use serde_json::json;
 
 use crate::docker::{IMAGE, ensure_git_helper, ensure_image};
+
+/// The variable that selects the exec strategy.
+const LEGACY: &str = "FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY";
 use crate::run::{Daemon, Setup, final_update, job};
 
 /// A fake API server, and a daemon whose runner uses it through `host`/`bearer_token`, with
@@ -45,9 +51,10 @@ async fn assert_nothing_left(kube: FakeKube) {
 
 #[tokio::test]
 async fn a_job_runs_in_a_pod_built_as_the_official_one() {
+    let helper = ensure_git_helper().await;
     let (kube, daemon) = start(
         FakeConfig::default(),
-        IMAGE,
+        &helper,
         "    [runners.kubernetes.pod_labels]\n      team = \"$TEAM\"\n",
     )
     .await;
@@ -59,6 +66,8 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
                 "echo \"hello from $(hostname)\"",
                 "echo \"secret=$SECRET_TOKEN\"",
                 "ls -d \"$CI_PROJECT_DIR\"",
+                "printf partial; sleep 1; echo ' rest'",
+                "echo to-stderr >&2",
             ]),
     );
     let view = daemon.finished(id).await;
@@ -74,6 +83,12 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
     );
     assert!(trace.contains("hello from runner-"), "{trace}");
     assert!(trace.contains("secret=[MASKED]"), "{trace}");
+    assert!(trace.contains("\npartial rest\n"), "{trace}");
+    assert!(trace.contains("to-stderr\n"), "{trace}");
+    assert!(
+        !trace.contains("command_exit_code"),
+        "the exit line is not shown: {trace}"
+    );
     let pods = kube.created_pods();
     assert_eq!(pods.len(), 1);
     let pod = &pods[0];
@@ -98,6 +113,34 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(containers, ["build", "helper"]);
+    // Attach mode: the scripts and logs volumes, named and mounted as the official ones.
+    let project = pod["metadata"]["labels"]["project.runner.gitlab.com/id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let volumes: Vec<&str> = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        volumes.contains(&"scripts") && volumes.contains(&"logs"),
+        "{volumes:?}"
+    );
+    for container in &pod["spec"]["containers"].as_array().unwrap()[..2] {
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert!(
+            mounts.contains(&format!("/scripts-{project}-{id}").as_str())
+                && mounts.contains(&format!("/logs-{project}-{id}").as_str()),
+            "{mounts:?}"
+        );
+    }
     let spec = pod.to_string();
     assert!(
         !spec.contains("s3cr3t-value-123"),
@@ -112,7 +155,8 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
 
 #[tokio::test]
 async fn a_failing_script_reports_its_exit_code_and_runs_after_script() {
-    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
     let id = daemon.fake.enqueue(
         job("fails")
             .script(["echo before-failure", "exit 3", "echo not-reached"])
@@ -132,8 +176,73 @@ async fn a_failing_script_reports_its_exit_code_and_runs_after_script() {
 }
 
 #[tokio::test]
-async fn a_service_container_is_reached_by_its_alias() {
+async fn the_legacy_exec_strategy_runs_stages_by_exec() {
+    // The busybox helper has no runner binary: attach mode could not read the log with it.
     let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon.fake.enqueue(
+        job("by-exec")
+            .variable(LEGACY, "true")
+            .masked_variable("SECRET_TOKEN", "s3cr3t-value-123")
+            .script(["echo \"secret=$SECRET_TOKEN\"", "exit 4"])
+            .after_script(["echo \"after status=$CI_JOB_STATUS\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("secret=[MASKED]"), "{trace}");
+    assert!(trace.contains("exit code 4"), "{trace}");
+    assert!(trace.contains("after status=failed"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    assert!(
+        !pod.to_string().contains("/scripts-"),
+        "no scripts volume in exec mode"
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn after_script_exit_codes_do_not_change_the_result_in_attach_mode() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
+    let id = daemon
+        .fake
+        .enqueue(job("after-fails").script(["echo main-ok"]).after_script([
+            "echo after-ran",
+            "exit 5",
+            "echo after-not-reached",
+        ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("main-ok\n"), "{trace}");
+    assert!(trace.contains("after-ran\n"), "{trace}");
+    assert!(!trace.contains("after-not-reached"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn attach_mode_with_a_helper_image_without_the_runner_fails_clearly() {
+    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let id = daemon
+        .fake
+        .enqueue(job("no-read-logs").script(["echo not-shown-anyway"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(trace.contains("gitlab-runner-helper read-logs"), "{trace}");
+    assert!(trace.contains(LEGACY), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_service_container_is_reached_by_its_alias() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
     let id = daemon.fake.enqueue(
         job("with-service")
             .extra(
@@ -221,7 +330,8 @@ async fn the_helper_clones_caches_and_uploads_artifacts_in_the_pod() {
 
 #[tokio::test]
 async fn a_canceled_job_stops_and_its_pod_is_deleted() {
-    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
     let id = daemon.fake.enqueue(
         job("cancel-me")
             .script(["echo started", "sleep 60", "echo not-reached"])
@@ -250,10 +360,11 @@ async fn a_canceled_job_stops_and_its_pod_is_deleted() {
 
 #[tokio::test]
 async fn a_job_that_runs_too_long_times_out_and_its_pod_is_deleted() {
-    let (kube, daemon) = start(FakeConfig::default(), IMAGE, "").await;
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
     let id = daemon.fake.enqueue(
         job("slow")
-            .timeout(3)
+            .timeout(8)
             .script(["echo started", "sleep 60", "echo not-reached"])
             .after_script(["echo after-timeout"]),
     );
@@ -341,7 +452,8 @@ async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
         },
         ..FakeConfig::default()
     };
-    let (kube, daemon) = start(config, IMAGE, "").await;
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(config, &helper, "").await;
     let id = daemon.fake.enqueue(job("evicted").script([
         "echo started",
         "sleep 60",
@@ -365,12 +477,12 @@ async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
 
 #[tokio::test]
 async fn a_kubeconfig_in_home_is_used_without_host_keys() {
-    ensure_image();
+    let helper = ensure_git_helper().await;
     let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
     let daemon = Daemon::start(Setup {
         executor: Some("kubernetes"),
         tables: format!(
-            "  [runners.kubernetes]\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    poll_interval = 1\n"
+            "  [runners.kubernetes]\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n"
         ),
         ..Setup::default()
     })
@@ -395,14 +507,14 @@ async fn a_kubeconfig_in_home_is_used_without_host_keys() {
 
 #[tokio::test]
 async fn concurrent_jobs_get_their_own_pods() {
-    ensure_image();
+    let helper = ensure_git_helper().await;
     let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
     let daemon = Daemon::start(Setup {
         concurrent: 2,
         runner: "  limit = 2\n".to_owned(),
         executor: Some("kubernetes"),
         tables: format!(
-            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    poll_interval = 1\n",
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n",
             url = kube.url(),
             token = kube.token(),
         ),
@@ -436,11 +548,11 @@ async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
     let (kube, mut daemon) = start(
         FakeConfig::default(),
         IMAGE,
-        "    allowed_images = [\"alpine\"]\n    namespace_per_job = true\n",
+        "    allowed_users = [\"1000\"]\n    retry_limit = 3\n",
     )
     .await;
     let log = daemon.wait_log("does not implement yet").await;
-    assert!(log.contains("allowed_images, namespace_per_job"), "{log}");
+    assert!(log.contains("allowed_users, retry_limit"), "{log}");
     assert!(log.contains("the runner will not request jobs"), "{log}");
     daemon.stop().await;
     assert!(
@@ -451,5 +563,618 @@ async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
             .all(|r| r.path != "/api/v4/jobs/request"),
         "the runner never asked for a job"
     );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn configured_volumes_are_mounted_in_the_build_container() {
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("from-host.txt"), "host-file-content\n").unwrap();
+    // The containers may run as another user than the test.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(host_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "    [[runners.kubernetes.volumes.host_path]]\n      name = \"host\"\n      mount_path = \"/mnt/host\"\n      host_path = \"{host}\"\n      read_only = true\n    [[runners.kubernetes.volumes.empty_dir]]\n      name = \"scratch\"\n      mount_path = \"/scratch\"\n    [[runners.kubernetes.volumes.secret]]\n      name = \"e2e-credentials\"\n      mount_path = \"/etc/credentials\"\n      [runners.kubernetes.volumes.secret.items]\n        password = \"db/password.txt\"\n    [[runners.kubernetes.volumes.config_map]]\n      name = \"e2e-settings\"\n      mount_path = \"/etc/settings\"\n",
+        host = host_dir.path().display(),
+    );
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, &extra).await;
+    kube.add_secret(
+        "default",
+        "e2e-credentials",
+        &[("password", b"p4ss-from-secret"), ("other", b"not-listed")],
+    );
+    kube.add_config_map("default", "e2e-settings", &[("app.conf", "mode=fast")]);
+    let id = daemon.fake.enqueue(job("volumes").script([
+        "cat /mnt/host/from-host.txt",
+        "echo \"secret=$(cat /etc/credentials/db/password.txt)\"",
+        "ls /etc/credentials",
+        "echo \"setting=$(cat /etc/settings/app.conf)\"",
+        "echo scratch-works > /scratch/file && cat /scratch/file",
+        "if touch /mnt/host/new 2>/dev/null; then echo host-writable; else echo host-read-only; fi",
+    ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("host-file-content\n"), "{trace}");
+    assert!(trace.contains("secret=p4ss-from-secret\n"), "{trace}");
+    assert!(
+        !trace.contains("not-listed"),
+        "only the listed keys: {trace}"
+    );
+    assert!(trace.contains("setting=mode=fast\n"), "{trace}");
+    assert!(trace.contains("scratch-works\n"), "{trace}");
+    assert!(trace.contains("host-read-only\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let volumes: Vec<&str> = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    // Attach mode adds its `scripts` and `logs` volumes after these.
+    assert_eq!(
+        volumes[..5],
+        ["host", "e2e-credentials", "e2e-settings", "scratch", "repo"]
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_keeps_the_pod_pending_until_poll_timeout() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    poll_timeout = 3\n    [[runners.kubernetes.volumes.secret]]\n      name = \"e2e-absent\"\n      mount_path = \"/etc/absent\"\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("missing-secret").script(["echo not-reached"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("timed out waiting for pod"), "{trace}");
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn job_variables_overwrite_what_the_configuration_allows() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    namespace_overwrite_allowed = \"^kube-p.*\"\n    pod_labels_overwrite_allowed = \"team=.*\"\n    memory_limit = \"64Mi\"\n    memory_limit_overwrite_max_allowed = \"256Mi\"\n    service_account = \"ci\"\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("overwrites")
+            .variable("KUBERNETES_NAMESPACE_OVERWRITE", "kube-public")
+            .variable("KUBERNETES_POD_LABELS_TEAM", "team=red")
+            .variable("KUBERNETES_MEMORY_LIMIT", "128Mi")
+            .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "not-allowed")
+            .script(["echo overwritten"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("\"Namespace\" overwritten with \"kube-public\""),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("\"MemoryLimit\" overwritten with \"128Mi\""),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Using Kubernetes namespace: kube-public"),
+        "{trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    assert_eq!(pod["metadata"]["namespace"], json!("kube-public"));
+    assert_eq!(pod["metadata"]["labels"]["team"], json!("red"));
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        json!("128Mi")
+    );
+    assert_eq!(
+        pod["spec"]["serviceAccountName"],
+        json!("ci"),
+        "no service_account_overwrite_allowed: the overwrite is not used"
+    );
+
+    let refused = daemon.fake.enqueue(
+        job("too-much")
+            .variable("KUBERNETES_MEMORY_LIMIT", "1Gi")
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(refused).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains(
+            "the resource \"MemoryLimit\" requested \"1Gi\" is higher than limit allowed \"256Mi\""
+        ),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_eq!(kube.created_pods().len(), 1, "no pod for the refused job");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    namespace_per_job = true\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("own-namespace").script(["echo in-own-namespace"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let namespace = format!("ci-job-{id}");
+    assert!(
+        trace.contains(&format!("Using Kubernetes namespace: {namespace}")),
+        "{trace}"
+    );
+    assert_eq!(kube.created_namespaces(), vec![namespace.clone()]);
+    assert_eq!(
+        kube.created_pods()[0]["metadata"]["namespace"],
+        json!(namespace)
+    );
+    assert_eq!(kube.namespaces(), Vec::<String>::new(), "namespace deleted");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
+    ensure_image();
+    let helper = ensure_git_helper().await;
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let env = crate::support::TestEnv::new().await;
+    let token = env.fake.create_runner_token();
+    let args = [
+        "register",
+        "--non-interactive",
+        "--url",
+        env.url(),
+        "--token",
+        &token,
+        "--executor",
+        "kubernetes",
+        "--kubernetes-host",
+        kube.url(),
+        "--kubernetes-bearer_token",
+        kube.token(),
+        "--kubernetes-namespace",
+        "default",
+        "--kubernetes-image",
+        IMAGE,
+        "--kubernetes-helper-image",
+        &helper,
+        "--kubernetes-poll-interval",
+        "1",
+        "--kubernetes-cpu-limit",
+        "1",
+        "--kubernetes-cpu-limit-overwrite-max-allowed",
+        "2",
+        "--kubernetes-node-tolerations",
+        "dedicated=ci:NoSchedule",
+        "--kubernetes-pod-labels",
+        "team:blue",
+        "--kubernetes-pod_labels_overwrite_allowed",
+        "stage=.*",
+        "--kubernetes-build_container_security_context-capabilities-drop",
+        "ALL",
+        "--kubernetes-pod-security-context-fs-group",
+        "2000",
+        "--kubernetes-allowed-images",
+        IMAGE,
+        "--kubernetes-dns-policy",
+        "cluster-first",
+    ];
+    env.runnel(&args, "").await.assert_success();
+    let parsed: toml::Table = toml::from_str(&env.config_text()).unwrap();
+    let section = parsed["runners"][0]["kubernetes"].clone();
+    // The daemon's runner gets exactly the section `register` wrote.
+    let mut runner = toml::Table::new();
+    runner.insert("kubernetes".to_owned(), section);
+    let mut wrapper = toml::Table::new();
+    wrapper.insert(
+        "runners".to_owned(),
+        toml::Value::Array(vec![toml::Value::Table(runner)]),
+    );
+    let text = toml::to_string(&wrapper).unwrap();
+    let tables = text
+        .lines()
+        .filter(|line| line.trim() != "[[runners]]")
+        .map(|line| format!("  {line}\n"))
+        .collect::<String>();
+    let daemon = Daemon::start(Setup {
+        executor: Some("kubernetes"),
+        tables,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(
+        job("registered")
+            .variable("KUBERNETES_CPU_LIMIT", "1500m")
+            .variable("KUBERNETES_POD_LABELS_STAGE", "stage=test")
+            .script(["echo registered-runner-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("registered-runner-ran\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["cpu"],
+        json!("1500m")
+    );
+    assert_eq!(
+        spec["tolerations"],
+        json!([{"effect": "NoSchedule", "key": "dedicated", "operator": "Equal", "value": "ci"}])
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], json!("blue"));
+    assert_eq!(pod["metadata"]["labels"]["stage"], json!("test"));
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(spec["securityContext"]["fsGroup"], json!(2000));
+    assert_eq!(spec["dnsPolicy"], json!("ClusterFirst"));
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
+    let patches = "    [[runners.kubernetes.pod_spec]]\n      name = \"env\"\n      patch = '''\ncontainers:\n  - name: build\n    env:\n      - name: FROM_PATCH\n        value: patched-by-strategic-merge\n'''\n    [[runners.kubernetes.pod_spec]]\n      name = \"grace\"\n      patch_type = \"json\"\n      patch = '[{\"op\": \"add\", \"path\": \"/terminationGracePeriodSeconds\", \"value\": 3}]'\n";
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, patches).await;
+    let id = daemon.fake.enqueue(
+        job("patched")
+            .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
+            .script(["echo \"patch=$FROM_PATCH\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("patch=patched-by-strategic-merge\n"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Advanced Pod Spec configuration enabled"),
+        "{trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], json!(3));
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["build", "helper"], "merged by name, not appended");
+    assert_nothing_left(kube).await;
+}
+
+/// Creates, through the API, a pod of runner `short` as a killed earlier run would have left
+/// it (its image does not exist, so it stays `Pending` without containers).
+async fn create_leftover_pod(kube: &FakeKube, name: &str, short: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"manager.runner.gitlab.com/id-short": short},
+        },
+        "spec": {"containers": [{"name": "build", "image": "runnel-it-absent:0"}]},
+    })
+    .to_string();
+    let address = kube.url().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        kube.token(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
+#[tokio::test]
+async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spared() {
+    let helper = ensure_git_helper().await;
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let setup = || Setup {
+        concurrent: 2,
+        runner: "  limit = 2\n".to_owned(),
+        executor: Some("kubernetes"),
+        tables: format!(
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n",
+            url = kube.url(),
+            token = kube.token(),
+        ),
+        ..Setup::default()
+    };
+    let mut daemon = Daemon::start(setup()).await;
+    daemon.stop().await;
+    // A killed earlier run left pods; jobs are waiting when the runner starts again.
+    let short = runnel_types::short_token(&daemon.token).to_string();
+    let leftovers: Vec<String> = (0..6)
+        .map(|n| format!("runner-{short}-project-1-concurrent-{n}-leftover"))
+        .collect();
+    for name in &leftovers {
+        create_leftover_pod(&kube, name, &short).await;
+    }
+    let ids: Vec<u64> = (0..2)
+        .map(|n| {
+            daemon.fake.enqueue(job(&format!("at-start-{n}")).script([
+                "echo \"in $(hostname)\"",
+                "sleep 4",
+                "echo still-here",
+            ]))
+        })
+        .collect();
+    daemon.restart(&setup());
+    for id in ids {
+        let view = daemon.finished(id).await;
+        let trace = view.trace_text();
+        assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+        assert!(trace.contains("still-here\n"), "{trace}");
+    }
+    let log = daemon.log();
+    assert!(log.contains("deleted pods left by an earlier run"), "{log}");
+    for name in &leftovers {
+        assert!(
+            !kube.pod_names().contains(&format!("default/{name}")),
+            "{name} was not swept"
+        );
+    }
+    // The jobs' pods were spared, and the runner's one provider gave them their own slots.
+    let slots: std::collections::BTreeSet<String> = kube
+        .created_pods()
+        .iter()
+        .filter_map(|pod| {
+            let name = pod["metadata"]["name"].as_str()?;
+            (!name.ends_with("-leftover"))
+                .then(|| name.split("-concurrent-").nth(1)?.split('-').next())
+                .flatten()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        ["0".to_owned(), "1".to_owned()].into(),
+        "concurrent jobs get slots 0 and 1"
+    );
+    assert_nothing_left(kube).await;
+}
+
+/// Runnel's runner-manager image (`dist/Dockerfile`), built by `dist/build-image.sh` from this
+/// test binary's `runnel`; tagged by the binary's size and modification time, so an unchanged
+/// binary reuses it.
+fn ensure_manager_image() -> String {
+    let exe = env!("CARGO_BIN_EXE_runnel");
+    let meta = std::fs::metadata(exe).unwrap();
+    let modified = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist");
+    let mut hasher = std::hash::DefaultHasher::new();
+    for file in ["Dockerfile", "build-image.sh", "entrypoint"] {
+        std::hash::Hash::hash(
+            &std::fs::read(format!("{dist}/{file}")).unwrap(),
+            &mut hasher,
+        );
+    }
+    let tag = format!(
+        "runnel-e2e-manager:{:x}-{:x}-{:x}",
+        meta.len(),
+        modified.as_nanos(),
+        std::hash::Hasher::finish(&hasher)
+    );
+    let exists = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .unwrap();
+    if exists.status.success() {
+        return tag;
+    }
+    let built = std::process::Command::new("sh")
+        .args([
+            &format!("{dist}/build-image.sh"),
+            "--binary",
+            exe,
+            "--tag",
+            &tag,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "dist/build-image.sh failed: {}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&built.stdout).trim(), tag);
+    tag
+}
+
+/// Removes the named container when dropped.
+struct ContainerGuard(String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn the_runner_manager_image_registers_and_runs_jobs_as_the_helm_chart_starts_it() {
+    let helper = ensure_git_helper().await;
+    let image = ensure_manager_image();
+    let version = env!("CARGO_PKG_VERSION");
+    for entrypoint in [None, Some("gitlab-runner"), Some("runnel")] {
+        let mut args = vec!["run", "--rm"];
+        if let Some(entrypoint) = entrypoint {
+            args.extend(["--entrypoint", entrypoint]);
+        }
+        args.extend([image.as_str(), "--version"]);
+        let out = std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(version),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // What the chart's ConfigMap gives the runner container: the global config.toml, the
+    // [[runners]] template, and the scripts its command runs.
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let fake = runnel_fake_gitlab::FakeGitlab::start(runnel_fake_gitlab::FakeConfig {
+        long_poll: Duration::from_secs(2),
+        trace_update_interval_secs: 1,
+        ..runnel_fake_gitlab::FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = fake.create_runner_token();
+    let configmaps = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let path = configmaps.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    };
+    std::fs::set_permissions(
+        configmaps.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    write(
+        "config.toml",
+        "concurrent = 2\ncheck_interval = 1\nshutdown_timeout = 10\n".to_owned(),
+    );
+    write(
+        "config.template.toml",
+        format!(
+            "[[runners]]\n  [runners.feature_flags]\n    FF_TIMESTAMPS = false\n  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{bearer}\"\n    namespace = \"default\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n",
+            url = kube.url(),
+            bearer = kube.token(),
+        ),
+    );
+    write(
+        "entrypoint",
+        "#!/bin/bash\nset -e\nmkdir -p /home/gitlab-runner/.gitlab-runner/\ncp /configmaps/config.toml /home/gitlab-runner/.gitlab-runner/\nif ! bash /configmaps/register-the-runner; then\n  exit 1\nfi\nexec /entrypoint run --user=gitlab-runner --working-directory=/home/gitlab-runner\n".to_owned(),
+    );
+    write(
+        "register-the-runner",
+        "#!/bin/bash\n/entrypoint register --non-interactive --template-config /configmaps/config.template.toml\n".to_owned(),
+    );
+    let name = format!("runnel-e2e-manager-{}", std::process::id());
+    let _guard = ContainerGuard(name.clone());
+    let mount = format!("{}:/configmaps:ro", configmaps.path().display());
+    let server_url = format!("CI_SERVER_URL={}", fake.url());
+    let server_token = format!("CI_SERVER_TOKEN={token}");
+    let started = std::process::Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            // The fakes listen on the host's loopback.
+            "--network",
+            "host",
+            "--user",
+            "999:999",
+            "-v",
+            &mount,
+            "-e",
+            &server_url,
+            "-e",
+            &server_token,
+            "-e",
+            "RUNNER_EXECUTOR=kubernetes",
+            "-e",
+            "RUNNER_NAME=manager-in-a-pod",
+            "--entrypoint",
+            "/usr/bin/dumb-init",
+            &image,
+            "--",
+            "/bin/bash",
+            "/configmaps/entrypoint",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let logs = || {
+        let out = std::process::Command::new("docker")
+            .args(["logs", &name])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let id = fake.enqueue(job("in-the-cluster").script(["echo \"manager ran me in $(hostname)\""]));
+    let view = match fake
+        .wait_for_job_state(
+            id,
+            runnel_fake_gitlab::JobView::is_finished,
+            Duration::from_secs(120),
+        )
+        .await
+    {
+        Ok(view) => view,
+        Err(error) => panic!("{error}\nmanager log:\n{}", logs()),
+    };
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}\n{}", logs());
+    assert!(trace.contains("manager ran me in runner-"), "{trace}");
+    let log = logs();
+    assert!(!log.contains(&token), "the runner token is never logged");
+    // The registered runner is the template's, with the chart's environment applied.
+    let config = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &name,
+            "cat",
+            "/home/gitlab-runner/.gitlab-runner/config.toml",
+        ])
+        .output()
+        .unwrap();
+    let config = String::from_utf8_lossy(&config.stdout);
+    assert!(config.contains("name = \"manager-in-a-pod\""), "{config}");
+    assert!(config.contains("executor = \"kubernetes\""), "{config}");
+    assert!(config.contains("[runners.kubernetes]"), "{config}");
+    drop(_guard);
     assert_nothing_left(kube).await;
 }
