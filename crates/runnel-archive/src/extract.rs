@@ -14,6 +14,11 @@
 //!   link that itself resolves inside);
 //! - it is a hard link, device, FIFO or socket.
 //!
+//! An archive as a whole is bounded (review L11: a zip bomb filled the builds volume): at most
+//! [`ExtractLimits::max_entries`] entries, and at most as many bytes of file content as the
+//! target filesystem has free at the start, less a reserve ([`ExtractLimits::for_dir`]).
+//! Reaching a limit stops the extraction with [`ExtractError::Limit`]; what was written stays.
+//!
 //! The official runner's default (legacy) extractor has no such checks and its fastzip
 //! extractor aborts the whole extraction; skipping with a warning keeps the legacy "warn and go
 //! on" behaviour for everything else (per-entry I/O errors are warnings too) while staying safe.
@@ -39,6 +44,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt as _, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -102,6 +108,121 @@ pub enum ExtractError {
     /// Raw uploads have no structure to extract.
     #[error("raw archives cannot be extracted")]
     Raw,
+    /// The archive holds more than the limits allow (a zip bomb, or not enough disk).
+    #[error("extraction stopped: {0}")]
+    Limit(String),
+}
+
+/// The most entries one archive may hold by default.
+pub const MAX_ENTRIES: u64 = 1_000_000;
+/// Free space left on the target filesystem: at most this much…
+const RESERVE_MAX: u64 = 1024 * 1024 * 1024;
+/// …or this fraction of the filesystem (1/50 = 2 %), whichever is smaller.
+const RESERVE_DIVISOR: u64 = 50;
+
+/// What one extraction may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtractLimits {
+    /// Entries (files, directories, links, refused ones) the archive may hold.
+    pub max_entries: u64,
+    /// Bytes of file content that may be written.
+    pub max_bytes: u64,
+}
+
+impl ExtractLimits {
+    /// [`MAX_ENTRIES`], and the free space of the filesystem holding `dir` less a reserve of
+    /// 2 % of it (at most 1 GiB), so an archive cannot fill the disk other jobs share. When the
+    /// free space cannot be read, bytes are not limited.
+    pub fn for_dir(dir: &Path) -> Self {
+        let max_bytes = nix::sys::statvfs::statvfs(dir).map_or(u64::MAX, |stats| {
+            let block = stats.fragment_size();
+            let free = stats.blocks_available().saturating_mul(block);
+            let size = stats.blocks().saturating_mul(block);
+            free.saturating_sub((size / RESERVE_DIVISOR).min(RESERVE_MAX))
+        });
+        Self {
+            max_entries: MAX_ENTRIES,
+            max_bytes,
+        }
+    }
+}
+
+/// What is left of an extraction's [`ExtractLimits`], shared with the parallel writers.
+#[derive(Debug)]
+struct Budget {
+    limits: ExtractLimits,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    exceeded: AtomicBool,
+}
+
+impl Budget {
+    fn new(limits: ExtractLimits) -> Self {
+        Self {
+            limits,
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            exceeded: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts one entry; `false` once there are too many.
+    fn entry(&self) -> bool {
+        let count = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
+        if count > self.limits.max_entries {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Counts `len` written bytes; an error once there are too many.
+    fn take(&self, len: usize) -> io::Result<()> {
+        let len = len as u64;
+        let before = self.bytes.fetch_add(len, Ordering::Relaxed);
+        if before.saturating_add(len) > self.limits.max_bytes {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(io::Error::other(self.bytes_message()));
+        }
+        Ok(())
+    }
+
+    fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+
+    fn bytes_message(&self) -> String {
+        format!(
+            "the archive expands to more than {} bytes (the free space of the target filesystem, less a reserve)",
+            self.limits.max_bytes
+        )
+    }
+
+    /// The error for the limit that was reached.
+    fn error(&self) -> ExtractError {
+        if self.entries.load(Ordering::Relaxed) > self.limits.max_entries {
+            ExtractError::Limit(format!(
+                "the archive holds more than {} entries",
+                self.limits.max_entries
+            ))
+        } else {
+            ExtractError::Limit(self.bytes_message())
+        }
+    }
+}
+
+/// A reader whose bytes count against a [`Budget`].
+struct Counted<'a> {
+    inner: &'a mut dyn Read,
+    budget: &'a Budget,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.budget.take(read)?;
+        Ok(read)
+    }
 }
 
 /// Why an entry was refused.
@@ -221,8 +342,18 @@ pub fn detect_format(head: &[u8]) -> Option<ArchiveFormat> {
     }
 }
 
-/// Extracts the archive at `archive` into `project_dir`, recognising its format by content.
+/// Extracts the archive at `archive` into `project_dir`, recognising its format by content,
+/// within [`ExtractLimits::for_dir`].
 pub fn extract_file(archive: &Path, project_dir: &Path) -> Result<ExtractSummary, ExtractError> {
+    extract_file_with(archive, project_dir, ExtractLimits::for_dir(project_dir))
+}
+
+/// [`extract_file`] within `limits`.
+pub fn extract_file_with(
+    archive: &Path,
+    project_dir: &Path,
+    limits: ExtractLimits,
+) -> Result<ExtractSummary, ExtractError> {
     let open_error = |source| ExtractError::Open {
         path: archive.to_owned(),
         source,
@@ -242,11 +373,11 @@ pub fn extract_file(archive: &Path, project_dir: &Path) -> Result<ExtractSummary
         let decode = |source| ExtractError::Decode { format, source };
         let shared = SharedFile::new(file.into_parts().0).map_err(open_error)?;
         let archive = zip::ZipArchive::new(shared).map_err(|error| decode(error.into()))?;
-        let mut sink = Sink::new(root);
+        let mut sink = Sink::new(root, limits);
         extract_zip_shared(archive, &mut sink).map_err(decode)?;
-        return Ok(sink.finish());
+        return sink.finish();
     }
-    extract(BufReader::new(file), format, project_dir)
+    extract_with(BufReader::new(file), format, project_dir, limits)
 }
 
 fn project_root(project_dir: &Path) -> Result<PathBuf, ExtractError> {
@@ -273,8 +404,23 @@ pub fn extract<R: Read + Seek>(
     format: ArchiveFormat,
     project_dir: &Path,
 ) -> Result<ExtractSummary, ExtractError> {
+    extract_with(
+        reader,
+        format,
+        project_dir,
+        ExtractLimits::for_dir(project_dir),
+    )
+}
+
+/// [`extract`] within `limits`.
+pub fn extract_with<R: Read + Seek>(
+    reader: R,
+    format: ArchiveFormat,
+    project_dir: &Path,
+    limits: ExtractLimits,
+) -> Result<ExtractSummary, ExtractError> {
     let root = project_root(project_dir)?;
-    let mut sink = Sink::new(root);
+    let mut sink = Sink::new(root, limits);
     let decode = |source| ExtractError::Decode { format, source };
     match format {
         ArchiveFormat::Zip => extract_zip(reader, &mut sink).map_err(decode)?,
@@ -282,7 +428,7 @@ pub fn extract<R: Read + Seek>(
         ArchiveFormat::Gzip => extract_gzip(reader, &mut sink).map_err(decode)?,
         ArchiveFormat::Raw => return Err(ExtractError::Raw),
     }
-    Ok(sink.finish())
+    sink.finish()
 }
 
 fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink) -> io::Result<()> {
@@ -317,6 +463,9 @@ fn walk_zip<R: Read + Seek>(
     mut file: impl FnMut(&mut Sink, &ZipEntry, usize, &mut zip::read::ZipFile<'_, R>),
 ) -> io::Result<()> {
     for index in 0..archive.len() {
+        if !sink.budget.entry() {
+            break;
+        }
         let mut zip_file = archive.by_index(index)?;
         let entry = ZipEntry {
             name: String::from_utf8_lossy(zip_file.name_raw()).into_owned(),
@@ -357,6 +506,9 @@ fn read_link_target(reader: &mut impl Read) -> io::Result<String> {
 fn extract_tar_zstd<R: Read>(reader: R, sink: &mut Sink) -> io::Result<()> {
     let mut archive = tar::Archive::new(zstd::Decoder::new(reader)?);
     for entry in archive.entries()? {
+        if !sink.budget.entry() {
+            break;
+        }
         let mut entry = entry?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let header = entry.header();
@@ -385,7 +537,7 @@ fn extract_tar_zstd<R: Read>(reader: R, sink: &mut Sink) -> io::Result<()> {
 /// the official archiver stores there) or, failing that, its file name.
 fn extract_gzip<R: Read>(reader: R, sink: &mut Sink) -> io::Result<()> {
     let mut reader = BufReader::new(reader);
-    while !reader.fill_buf()?.is_empty() {
+    while !reader.fill_buf()?.is_empty() && sink.budget.entry() {
         let mut member = flate2::bufread::GzDecoder::new(&mut reader);
         let header = member
             .header()
@@ -420,6 +572,8 @@ struct Sink {
     pending_bytes: usize,
     /// The archive the workers read [`Data::ZipIndex`] entries from.
     zip: Option<zip::ZipArchive<SharedFile>>,
+    /// What the archive may still write.
+    budget: Arc<Budget>,
 }
 
 /// A regular file waiting for the parallel writers.
@@ -485,7 +639,7 @@ impl Seek for SharedFile {
 }
 
 impl Sink {
-    fn new(root: PathBuf) -> Self {
+    fn new(root: PathBuf, limits: ExtractLimits) -> Self {
         let mut checked = HashSet::new();
         checked.insert(root.clone());
         Self {
@@ -498,6 +652,7 @@ impl Sink {
             pending_dirs: HashSet::new(),
             pending_bytes: 0,
             zip: None,
+            budget: Arc::new(Budget::new(limits)),
         }
     }
 
@@ -590,18 +745,23 @@ impl Sink {
         self.pending_dirs.clear();
         self.pending_bytes = 0;
         let zip = self.zip.as_ref();
+        let budget = self.budget.as_ref();
         let results: Vec<io::Result<u64>> = pending
             .par_iter()
             .map(|file| match &file.data {
-                Data::Bytes(bytes) => {
-                    write_file(&file.path, file.mode, file.mtime, &mut bytes.as_slice())
-                }
+                Data::Bytes(bytes) => write_file(
+                    &file.path,
+                    file.mode,
+                    file.mtime,
+                    &mut bytes.as_slice(),
+                    budget,
+                ),
                 Data::ZipIndex(index) => {
                     let mut archive = zip
                         .ok_or_else(|| io::Error::other("no zip archive to read the entry from"))?
                         .clone();
                     let mut reader = archive.by_index(*index)?;
-                    write_file(&file.path, file.mode, file.mtime, &mut reader)
+                    write_file(&file.path, file.mode, file.mtime, &mut reader, budget)
                 }
             })
             .collect();
@@ -711,7 +871,8 @@ impl Sink {
         let mode = mode.map_or(DEFAULT_FILE_MODE, |m| m & 0o777);
         // The path may have been a checked (empty) directory that is about to be replaced.
         self.checked.remove(&path);
-        match write_file(&path, mode, mtime, reader) {
+        let budget = Arc::clone(&self.budget);
+        match write_file(&path, mode, mtime, reader, &budget) {
             Ok(bytes) => {
                 self.summary.files += 1;
                 self.summary.bytes += bytes;
@@ -768,7 +929,8 @@ impl Sink {
         }
     }
 
-    fn finish(mut self) -> ExtractSummary {
+    /// Writes what is queued, applies directory metadata, and fails if a limit was reached.
+    fn finish(mut self) -> Result<ExtractSummary, ExtractError> {
         self.flush();
         // Deepest first, so a read-only parent is locked only after its children are done.
         self.deferred.sort_by(|a, b| b.0.cmp(&a.0));
@@ -792,7 +954,10 @@ impl Sink {
                 self.fail(&entry, error);
             }
         }
-        self.summary
+        if self.budget.exceeded() {
+            return Err(self.budget.error());
+        }
+        Ok(self.summary)
     }
 }
 
@@ -892,7 +1057,12 @@ fn write_file(
     mode: u32,
     mtime: Option<i64>,
     reader: &mut dyn Read,
+    budget: &Budget,
 ) -> io::Result<u64> {
+    let reader = &mut Counted {
+        inner: reader,
+        budget,
+    };
     remove_existing(path)?;
     let file = fs_err::OpenOptions::new()
         .write(true)

@@ -47,8 +47,8 @@ mod zipwrite;
 
 pub use create::{ArchiveError, ArchiveOptions, ArchiveSummary, create_archive};
 pub use extract::{
-    ExtractError, ExtractSummary, ExtractWarning, MAX_WARNINGS, Rejection, detect_format, extract,
-    extract_file,
+    ExtractError, ExtractLimits, ExtractSummary, ExtractWarning, MAX_ENTRIES, MAX_WARNINGS,
+    Rejection, detect_format, extract, extract_file, extract_file_with, extract_with,
 };
 pub use format::{ArchiveFormat, CompressionLevel, ParseFormatError, ParseLevelError};
 pub use select::{

@@ -49,6 +49,8 @@ pub struct JobResult {
     pub failure_reason: Option<String>,
     /// Where the job's full log was saved (`.runnel/logs/…`).
     pub log_file: Option<std::path::PathBuf>,
+    /// Why that file is incomplete (for example a full disk): the log is not all there.
+    pub log_error: Option<String>,
 }
 
 /// One thing that happened.

@@ -9,7 +9,7 @@
 //! `retry:max` times when `retry:when`/`exit_codes` match. Concurrency is enforced by the
 //! coordinator, which hands out at most `--concurrency` jobs at a time.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -369,6 +369,34 @@ struct Node {
     after: Vec<usize>,
     deps: Vec<usize>,
     log_file: PathBuf,
+    /// Why the log file is incomplete (a full disk), once an attempt found out.
+    log_error: Option<String>,
+    /// The job's own name for files (log, artifacts): its slug, made unique.
+    file_key: String,
+}
+
+/// One file name per job name: the slug, with `-2`, `-3`… added when two names have the
+/// same slug (`build a` and `build-a`), so no two jobs share a log or artifacts (review L3).
+fn file_keys<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Vec<String> {
+    let bases: HashSet<String> = names
+        .clone()
+        .into_iter()
+        .map(|n| crate::slug_or(n, "job"))
+        .collect();
+    let mut used = HashSet::new();
+    let mut keys = Vec::new();
+    for name in names {
+        let base = crate::slug_or(name, "job");
+        let mut key = base.clone();
+        let mut n = 2u32;
+        while used.contains(&key) || (key != base && bases.contains(&key)) {
+            key = format!("{base}-{n}");
+            n += 1;
+        }
+        used.insert(key.clone());
+        keys.push(key);
+    }
+    keys
 }
 
 /// The docker engine's bridge gateway (where containers reach the host), when Docker answers.
@@ -710,7 +738,8 @@ impl Prepared {
             .map(|(i, n)| (n.as_str(), i))
             .collect();
         let mut nodes: Vec<Node> = Vec::new();
-        for name in &self.selected {
+        let keys = file_keys(self.selected.iter().map(String::as_str));
+        for (name, file_key) in self.selected.iter().zip(keys) {
             let Some(plan_index) = self.plan.jobs.iter().position(|j| j.name == *name) else {
                 continue;
             };
@@ -736,7 +765,9 @@ impl Prepared {
                     .iter()
                     .filter_map(|a| index_of.get(a.as_str()).copied())
                     .collect(),
-                log_file: logs_dir.join(format!("{}.log", crate::slug_or(name, "job"))),
+                log_file: logs_dir.join(format!("{file_key}.log")),
+                log_error: None,
+                file_key,
             });
         }
 
@@ -753,6 +784,7 @@ impl Prepared {
                     exit_code: None,
                     failure_reason: None,
                     log_file: None,
+                    log_error: None,
                 },
             });
         }
@@ -933,7 +965,7 @@ impl Prepared {
             kind: node.kind,
             payload: runnel_api::encode_job_payload(&spec),
             log_file: node.log_file.clone(),
-            artifacts_dir: artifacts_dir.join(crate::slug_or(&node.name, "job")),
+            artifacts_dir: artifacts_dir.join(&node.file_key),
         })
     }
 
@@ -1105,10 +1137,15 @@ impl Prepared {
                 success,
                 failure_reason,
                 exit_code,
+                log_error,
             } => {
                 let Some(i) = find(nodes, id) else {
                     return Ok(());
                 };
+                // Attempts append to one file: an earlier attempt's gap stays reported.
+                if log_error.is_some() {
+                    nodes[i].log_error = log_error;
+                }
                 if nodes[i].status.is_final() {
                     return Ok(());
                 }
@@ -1205,6 +1242,7 @@ fn finish(
             exit_code,
             failure_reason,
             log_file: ran.then(|| node.log_file.clone()),
+            log_error: node.log_error.clone(),
         },
     });
 }
@@ -1219,6 +1257,16 @@ mod tests {
         let pipeline = runnel_pipeline::load(&files, ".gitlab-ci.yml").unwrap();
         let plan = evaluate(&pipeline, &Context::default()).unwrap();
         (pipeline, plan)
+    }
+
+    /// Review L3: names with the same slug get files of their own.
+    #[test]
+    fn names_sharing_a_slug_get_distinct_file_keys() {
+        assert_eq!(
+            file_keys(["build a", "build-a", "build/a", "build-a-2", "test"]),
+            ["build-a", "build-a-3", "build-a-4", "build-a-2", "test"]
+        );
+        assert_eq!(file_keys(["", "!!"]), ["job", "job-2"]);
     }
 
     #[test]

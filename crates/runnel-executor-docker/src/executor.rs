@@ -155,6 +155,10 @@ impl Drop for ActiveJob {
     }
 }
 
+/// How long [`DockerProvider::remove_containers`] waits for a removal already under way.
+const REMOVAL_POLL: Duration = Duration::from_millis(250);
+const REMOVAL_POLLS: u32 = 120;
+
 impl DockerProvider {
     /// A provider for `settings` and `[runners.docker]` `config`. The values are checked now;
     /// the daemon is contacted by the first job's `prepare`, so it may start after the runner.
@@ -240,6 +244,33 @@ impl Shared {
     }
 }
 
+/// Force-removes container `id` with its anonymous volumes; `false` when it was gone already.
+/// When another removal of it is under way (the leftover sweep and a journaled job's removal
+/// can meet), waits until it is gone, so what it used (its volumes) is free afterwards.
+async fn force_remove_container(docker: &Docker, id: &str) -> Result<bool, bollard::errors::Error> {
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        link: false,
+    };
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => Ok(true),
+        Err(error) if is_not_found(&error) => Ok(false),
+        Err(error) if is_conflict(&error) => {
+            for _ in 0..REMOVAL_POLLS {
+                tokio::time::sleep(REMOVAL_POLL).await;
+                if let Err(error) = docker.inspect_container(id, None).await
+                    && is_not_found(&error)
+                {
+                    return Ok(true);
+                }
+            }
+            Err(error)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Docker's answer for a name that is taken.
 fn is_conflict(error: &bollard::errors::Error) -> bool {
     matches!(
@@ -263,6 +294,22 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
 }
 
 impl DockerProvider {
+    /// Force-removes the containers `ids` (of a job whose runner died: the job journal kept
+    /// their ids); containers already gone are skipped. Returns how many were removed.
+    pub async fn remove_containers(&self, ids: &[String]) -> Result<usize, DockerError> {
+        let docker = self.shared.connect().await?;
+        let mut removed = 0;
+        for id in ids {
+            if force_remove_container(&docker, id)
+                .await
+                .map_err(|source| DockerError::api("remove container", id.clone(), source))?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the containers, networks and temporary volumes that earlier runs with this
     /// runner's token left behind (a crash, a killed runner), sparing every job this provider
     /// (and the ones it succeeded) runs or is preparing: an object is checked against them after it was listed, and a job
@@ -309,14 +356,9 @@ impl DockerProvider {
                 .names
                 .and_then(|names| names.into_iter().next())
                 .unwrap_or_else(|| id.clone());
-            let options = RemoveContainerOptions {
-                force: true,
-                v: true,
-                link: false,
-            };
-            match docker.remove_container(&id, Some(options)).await {
-                Ok(()) => removed.push(name.trim_start_matches('/').to_owned()),
-                Err(error) if is_not_found(&error) => {}
+            match force_remove_container(&docker, &id).await {
+                Ok(true) => removed.push(name.trim_start_matches('/').to_owned()),
+                Ok(false) => {}
                 Err(error) => {
                     tracing::warn!(container = %name, %error, "failed to remove leftover container")
                 }
@@ -1317,6 +1359,13 @@ impl Executor for DockerExecutor {
                 tracing::warn!("docker cleanup did not finish within {CLEANUP_TIMEOUT:?}");
             }
         })
+    }
+
+    fn job_resources(&self) -> Vec<runnel_executor::JobResource> {
+        self.containers
+            .iter()
+            .map(|c| runnel_executor::JobResource::DockerContainer { id: c.id.clone() })
+            .collect()
     }
 }
 

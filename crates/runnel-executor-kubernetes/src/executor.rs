@@ -1290,6 +1290,16 @@ impl Executor for KubernetesExecutor {
         })
     }
 
+    fn job_resources(&self) -> Vec<runnel_executor::JobResource> {
+        self.pod
+            .iter()
+            .map(|name| runnel_executor::JobResource::KubernetesPod {
+                namespace: self.namespace.clone(),
+                name: name.clone(),
+            })
+            .collect()
+    }
+
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(self.cleanup_job())
     }

@@ -400,6 +400,22 @@ pub trait Executor: Send {
     fn contained(&self) -> bool {
         false
     }
+
+    /// What the job has created outside this process so far (containers, pods), for the job
+    /// journal: a runner restarted after a crash removes them by id. The default is nothing
+    /// (processes on this host are found by their tag, [`crate::contain`]).
+    fn job_resources(&self) -> Vec<JobResource> {
+        Vec::new()
+    }
+}
+
+/// Something a job created outside the runner process, by its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobResource {
+    /// A Docker container (build, helper or service), by container id.
+    DockerContainer { id: String },
+    /// A Kubernetes pod.
+    KubernetesPod { namespace: String, name: String },
 }
 
 #[cfg(test)]

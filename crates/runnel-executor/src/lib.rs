@@ -38,7 +38,7 @@ pub mod shell;
 
 pub use error::ExecutorError;
 pub use executor::{
-    BoxFuture, ConfigureContext, Executor, ExecutorFeatures, ExecutorInfo, OutputSink,
+    BoxFuture, ConfigureContext, Executor, ExecutorFeatures, ExecutorInfo, JobResource, OutputSink,
     OutputStream, PlanOverrides, PrepareContext, Provider, ResourceUsage, Shell, StageCommand,
     StageExit, StageKind,
 };

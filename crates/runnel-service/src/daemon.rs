@@ -636,9 +636,17 @@ fn resolver(shared: &Arc<Shared>) -> Arc<crate::journal::Resolve> {
         });
         if let Some(runner) = runner {
             let spec = runner.spec();
+            let docker = (spec.executor == "docker")
+                .then(|| runner.docker_provider(&spec, &shared.config().system_id))
+                .and_then(|provider| {
+                    provider
+                        .map_err(|error| tracing::warn!(%error, "cannot reach docker for a journaled job"))
+                        .ok()
+                });
             return Some(crate::journal::Route {
                 client: runner.client(),
                 info: crate::job::runner_info(&spec),
+                docker,
             });
         }
         let config = ClientConfig {
@@ -654,6 +662,7 @@ fn resolver(shared: &Arc<Shared>) -> Arc<crate::journal::Resolve> {
                 executor: record.executor().to_owned(),
                 ..runnel_api::RunnerInfo::default()
             },
+            docker: None,
         })
     })
 }

@@ -565,6 +565,11 @@ async fn execute_stages(
         trace.println(&banner);
     }
     section_end(trace, sections, "prepare_executor");
+    // What prepare created (containers, a pod) is journaled: a runner restarted after a crash
+    // removes it by id before it reports the job.
+    if let Some(journal) = run.journal {
+        journal.set_resources(&executor.job_resources());
+    }
     if let Err(error) = prepared {
         executor.cleanup().await;
         return executor_failure(&error);

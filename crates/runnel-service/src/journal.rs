@@ -6,7 +6,8 @@
 //!
 //! - `job-<id>-<runner>.json` (0600): what is needed to finish the job without the process
 //!   that ran it: the coordinator URL, job id and job token, the tag its processes carry
-//!   ([`runnel_executor::contain`]), its process groups, how many trace bytes GitLab has
+//!   ([`runnel_executor::contain`]), its process groups, the ids of its containers (docker) or
+//!   its pod (kubernetes), how many trace bytes GitLab has
 //!   acknowledged, and the final state once it is known. Rewritten whole (write, rename) on
 //!   the few events that change it.
 //! - `job-<id>-<runner>.log` (0600): the job log as sent to GitLab (masked), appended by a
@@ -17,7 +18,8 @@
 //! left is *pending*: a job whose final update was abandoned after the retry budget, or whose
 //! runner died. [`redeliver`] finishes pending jobs: a job that was still running has its
 //! remaining processes killed and is reported failed (`runner_system_failure`) with the log it
-//! had and a line saying the runner was restarted; then the rest of the log and the final
+//! had and a line saying the runner was restarted (its docker containers are force-removed by
+//! id first, through its runner's docker settings); then the rest of the log and the final
 //! state are delivered with the usual 416/412 handling. One daemon owns a journal directory at
 //! a time (an exclusive `flock` on `.lock`), so every record not owned by a running job of
 //! this daemon is pending.
@@ -90,6 +92,13 @@ struct FinalRecord {
     exit_code: Option<i32>,
 }
 
+/// A kubernetes pod of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PodRecord {
+    namespace: String,
+    name: String,
+}
+
 /// One job's metadata file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -110,6 +119,12 @@ pub(crate) struct Record {
     started_at: i64,
     /// Process groups the job started (informational: the tag finds every process).
     process_groups: Vec<u32>,
+    /// Docker containers the job created (build, helper, services), by id.
+    #[serde(default)]
+    containers: Vec<String>,
+    /// The job's kubernetes pod (recorded; a restarted runner's pod sweep deletes it).
+    #[serde(default)]
+    pods: Vec<PodRecord>,
     /// Trace bytes GitLab acknowledged when this file was last written.
     acked: u64,
     final_state: Option<FinalRecord>,
@@ -136,6 +151,8 @@ impl Record {
             runnel_pid: std::process::id(),
             started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             process_groups: Vec::new(),
+            containers: Vec::new(),
+            pods: Vec::new(),
             acked: 0,
             final_state: None,
         }
@@ -482,6 +499,34 @@ impl JobJournal {
         }
     }
 
+    /// Records what the job created outside this process (containers, pods), when it changed.
+    pub(crate) fn set_resources(&self, resources: &[runnel_executor::JobResource]) {
+        let mut containers = Vec::new();
+        let mut pods = Vec::new();
+        for resource in resources {
+            match resource {
+                runnel_executor::JobResource::DockerContainer { id } => containers.push(id.clone()),
+                runnel_executor::JobResource::KubernetesPod { namespace, name } => {
+                    pods.push(PodRecord {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    });
+                }
+            }
+        }
+        {
+            let mut record = self.lock_record();
+            if record.containers == containers && record.pods == pods {
+                return;
+            }
+            record.containers = containers;
+            record.pods = pods;
+        }
+        if let Err(error) = self.save() {
+            self.fail(&error);
+        }
+    }
+
     /// Records the final state (before it is sent).
     pub(crate) fn set_final(&self, state: &FinalState, acked: u64) {
         {
@@ -611,6 +656,9 @@ impl Drop for JobJournal {
 pub(crate) struct Route {
     pub(crate) client: Arc<Client>,
     pub(crate) info: RunnerInfo,
+    /// The docker settings of the job's runner, to remove its containers (when the runner is
+    /// still configured with the docker executor).
+    pub(crate) docker: Option<Arc<runnel_executor_docker::DockerProvider>>,
 }
 
 /// Finds the client for a record (its runner's, or one made from its URL).
@@ -670,10 +718,11 @@ pub(crate) async fn redeliver_once(journal: &Arc<Journal>, resolve: &Resolve) ->
         };
         let span = tracing::info_span!("journal", job = record.job_id, runner = %record.runner);
         let outcome = async {
+            let route = resolve(&record);
             if record.final_state().is_none() {
-                abandon(journal, &name, &mut record, &mut log).await?;
+                abandon(journal, &name, &mut record, &mut log, route.as_ref()).await?;
             }
-            deliver(journal, &mut record, &log, resolve).await
+            deliver(journal, &mut record, &log, route).await
         };
         use tracing::Instrument as _;
         if let Err(reason) = outcome.instrument(span).await {
@@ -696,19 +745,22 @@ async fn abandon(
     name: &str,
     record: &mut Record,
     log: &mut Vec<u8>,
+    route: Option<&Route>,
 ) -> Result<(), String> {
     let tag = record.tag.clone();
     let killed = tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
         .await
         .unwrap_or(0);
+    let containers = remove_containers(record, route).await;
     tracing::warn!(
         killed,
+        containers = %containers,
         previous_pid = record.runnel_pid,
         "found a job that was running when the runner stopped; reporting it failed"
     );
     let outcome = runnel_job::JobOutcome::SystemFailure {
         message: format!(
-            "the runner was restarted while this job was running (runnel process {} ended without finishing it{})",
+            "the runner was restarted while this job was running (runnel process {} ended without finishing it{}{containers})",
             record.runnel_pid,
             match killed {
                 0 => String::new(),
@@ -739,17 +791,42 @@ async fn abandon(
         .map_err(|e| crate::job::error_chain(&e))
 }
 
+/// Force-removes the docker containers of a job whose runner died, before it is reported;
+/// returns what to tell the job log (empty when it had none).
+async fn remove_containers(record: &Record, route: Option<&Route>) -> String {
+    if record.containers.is_empty() {
+        return String::new();
+    }
+    let count = record.containers.len();
+    let Some(docker) = route.and_then(|r| r.docker.as_ref()) else {
+        tracing::warn!(containers = ?record.containers, "the job's runner is no longer configured for docker; its containers are not removed");
+        return format!(
+            "; its {count} docker containers were not removed: its runner is no longer configured for docker"
+        );
+    };
+    match docker.remove_containers(&record.containers).await {
+        Ok(removed) => format!(
+            "; {removed} of its {count} docker containers were still there and were removed"
+        ),
+        Err(error) => {
+            let error = crate::job::error_chain(&error);
+            tracing::warn!(%error, "cannot remove the containers of a job whose runner died");
+            format!("; its docker containers could not be removed: {error}")
+        }
+    }
+}
+
 /// Sends the rest of the log and the final state, once (the caller retries later).
 async fn deliver(
     journal: &Arc<Journal>,
     record: &mut Record,
     log: &[u8],
-    resolve: &Resolve,
+    route: Option<Route>,
 ) -> Result<(), String> {
     let Some(state) = record.final_state() else {
         return Err("the journal has no valid final state".to_owned());
     };
-    let Some(route) = resolve(record) else {
+    let Some(route) = route else {
         return Err(format!("no GitLab client can be made for {}", record.url));
     };
     let trace = JobTrace::recovered(log).map_err(|e| e.to_string())?;
@@ -763,6 +840,8 @@ async fn deliver(
     });
     let mut uploader = TraceUploader::new(remote, trace, RemoteSignals::default());
     uploader.resume_at(record.acked.min(log.len() as u64));
+    // A 202 answer ends this pass: the next pass (after the backoff) asks again.
+    uploader.not_yet_budget(Duration::ZERO);
     match uploader.finish(state, 0).await {
         Delivery::Accepted => {
             tracing::info!(

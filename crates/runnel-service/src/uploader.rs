@@ -31,6 +31,14 @@ const PATCH_LIMIT: usize = 1024 * 1024;
 pub(crate) const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(3);
 /// GitLab may not slow us down beyond this.
 const MAX_UPDATE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Nor speed us up beyond this (the header is in whole seconds; a shorter interval from any
+/// source would turn the loops below into busy loops: review L11).
+const MIN_UPDATE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a final update answered with 202 ("accepted, not completed yet") is asked again,
+/// each time after the update interval. The official runner asks for ever; here the job is
+/// left to the journal after this long (review L11), and [`crate::journal::redeliver`] asks
+/// again later, also after a restart.
+pub(crate) const NOT_YET_BUDGET: Duration = Duration::from_secs(10 * 60);
 /// How long the first output after a quiet spell waits for more before it is sent.
 const FIRST_SEND_DELAY: Duration = Duration::from_millis(100);
 /// Keep-alive period when there is nothing to send.
@@ -76,6 +84,8 @@ pub(crate) struct TraceUploader<R> {
     trace_gone: bool,
     /// After a failed append, no early (full-patch) append before this time.
     retry_after: Option<Instant>,
+    /// How long [`Self::finish`] keeps asking again after 202 answers.
+    not_yet_budget: Duration,
 }
 
 impl<R: JobRemote> TraceUploader<R> {
@@ -91,7 +101,14 @@ impl<R: JobRemote> TraceUploader<R> {
             last_contact: Instant::now(),
             trace_gone: false,
             retry_after: None,
+            not_yet_budget: NOT_YET_BUDGET,
         }
+    }
+
+    /// How long [`Self::finish`] keeps asking again while GitLab answers 202 (a redelivery
+    /// pass asks once and leaves the rest to its next pass).
+    pub(crate) fn not_yet_budget(&mut self, budget: Duration) {
+        self.not_yet_budget = budget;
     }
 
     /// Continues from `offset` (acknowledged by an earlier process); a wrong offset is
@@ -157,10 +174,14 @@ impl<R: JobRemote> TraceUploader<R> {
     }
 
     /// Sends what is left of the trace and then the final state, retrying as configured.
+    /// Answers of 202 are asked again after the update interval until the 202 budget is
+    /// spent; then the delivery gives up like after the last failed retry (a journaled job is
+    /// kept and redelivered later).
     pub(crate) async fn finish(&mut self, state: FinalState, retry_limit: u32) -> Delivery {
         self.interval = DEFAULT_UPDATE_INTERVAL;
         let mut backoff = FINAL_BACKOFF_MIN;
         let mut failures = 0u32;
+        let mut not_yet_since: Option<Instant> = None;
         loop {
             let error = match self.flush().await {
                 Err(error) => error,
@@ -171,6 +192,14 @@ impl<R: JobRemote> TraceUploader<R> {
                         UpdateReply::Accepted => return Delivery::Accepted,
                         UpdateReply::Abort => return Delivery::Aborted,
                         UpdateReply::NotYet => {
+                            let since = *not_yet_since.get_or_insert_with(Instant::now);
+                            let waited = since.elapsed();
+                            if waited + self.interval > self.not_yet_budget {
+                                return Delivery::GaveUp(format!(
+                                    "GitLab answered 202 (accepted, not completed) to every final update for {}s",
+                                    waited.as_secs()
+                                ));
+                            }
                             sleep(self.interval).await;
                             continue;
                         }
@@ -299,7 +328,7 @@ impl<R: JobRemote> TraceUploader<R> {
 
     fn note_hints<T>(&mut self, reply: &Reply<T>) {
         if let Some(interval) = reply.update_interval {
-            self.interval = interval.clamp(Duration::from_millis(1), MAX_UPDATE_INTERVAL);
+            self.interval = interval.clamp(MIN_UPDATE_INTERVAL, MAX_UPDATE_INTERVAL);
         }
         match reply.status {
             RemoteStatus::Canceling => self.signals.cancel_requested.cancel(),
@@ -579,6 +608,68 @@ mod tests {
             .filter(|c| matches!(c, Call::Update { .. }))
             .count();
         assert_eq!(updates, 3, "one attempt plus two retries");
+    }
+
+    /// Review L11: a coordinator answering 202 to every final update is not asked for ever.
+    #[tokio::test(start_paused = true)]
+    async fn endless_202_answers_give_up_after_the_budget() {
+        let not_yet = (0..10_000).map(|_| reply(UpdateReply::NotYet));
+        let remote = Arc::new(Scripted::default().updates(not_yet));
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("x"),
+            RemoteSignals::default(),
+        );
+        let started = Instant::now();
+        let delivery = uploader.finish(success(), 3).await;
+        assert!(
+            matches!(&delivery, Delivery::GaveUp(e) if e.contains("202")),
+            "{delivery:?}"
+        );
+        assert!(
+            started.elapsed() <= NOT_YET_BUDGET,
+            "{:?}",
+            started.elapsed()
+        );
+        let updates = remote
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Update { .. }))
+            .count();
+        // Asked at once, then again after every default interval until the budget is spent.
+        let expected = (NOT_YET_BUDGET.as_secs() / DEFAULT_UPDATE_INTERVAL.as_secs()) as usize + 1;
+        assert_eq!(updates, expected, "{updates}");
+    }
+
+    /// Review L11: a few 202 answers are waited out, as the official runner does.
+    #[tokio::test(start_paused = true)]
+    async fn a_few_202_answers_are_waited_out() {
+        let remote = Arc::new(
+            Scripted::default().updates([reply(UpdateReply::NotYet), reply(UpdateReply::NotYet)]),
+        );
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("x"),
+            RemoteSignals::default(),
+        );
+        assert_eq!(uploader.finish(success(), 0).await, Delivery::Accepted);
+    }
+
+    /// Review L11: an update interval shorter than a second is raised to one second.
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_update_interval_is_raised_to_a_second() {
+        let remote = Arc::new(Scripted::default());
+        let mut uploader = TraceUploader::new(
+            Arc::clone(&remote),
+            trace_with("x"),
+            RemoteSignals::default(),
+        );
+        uploader.note_hints(&Reply {
+            outcome: (),
+            status: RemoteStatus::Running,
+            update_interval: Some(Duration::from_millis(1)),
+        });
+        assert_eq!(uploader.interval, MIN_UPDATE_INTERVAL);
     }
 
     #[tokio::test(start_paused = true)]

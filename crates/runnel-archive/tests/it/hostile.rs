@@ -364,3 +364,85 @@ fn refused_entries_beyond_the_warning_limit_are_counted() {
     assert_eq!(summary.warnings.len(), runnel_archive::MAX_WARNINGS);
     assert_eq!(summary.warnings_dropped, 500);
 }
+
+/// Review L11: extraction had no limit on total size or entry count, so a zip bomb filled
+/// the builds volume. Past a limit the extraction stops with an error naming it, in every
+/// format and through the parallel writers of `extract_file` too.
+#[test]
+fn archives_beyond_the_size_or_entry_limits_are_stopped() {
+    let big = "x".repeat(4096);
+    let names: Vec<String> = (0..64).map(|i| format!("bomb/f{i}")).collect();
+    let items: Vec<Item> = names
+        .iter()
+        .map(|name| {
+            Item::File(
+                Box::leak(name.clone().into_boxed_str()),
+                Box::leak(big.clone().into_boxed_str()),
+            )
+        })
+        .collect();
+    let bytes_limit = runnel_archive::ExtractLimits {
+        max_entries: runnel_archive::MAX_ENTRIES,
+        max_bytes: 10 * 4096,
+    };
+    let entries_limit = runnel_archive::ExtractLimits {
+        max_entries: 20,
+        max_bytes: u64::MAX,
+    };
+    for (limits, expected) in [
+        (bytes_limit, "expands to more than 40960 bytes"),
+        (entries_limit, "holds more than 20 entries"),
+    ] {
+        for format in [ArchiveFormat::Zip, ArchiveFormat::TarZstd] {
+            let scratch = Scratch::new();
+            let outside = scratch.outside.display().to_string();
+            let archive = match format {
+                ArchiveFormat::Zip => hostile_zip(&items, &outside),
+                _ => hostile_tar_zstd(&items, &outside),
+            };
+            let error = runnel_archive::extract_with(
+                Cursor::new(archive.clone()),
+                format,
+                &scratch.project,
+                limits,
+            )
+            .unwrap_err();
+            assert!(error.to_string().contains(expected), "{format}: {error}");
+            let file = scratch.outside.parent().unwrap().join("archive");
+            std::fs::write(&file, &archive).unwrap();
+            let fresh = Scratch::new();
+            let error =
+                runnel_archive::extract_file_with(&file, &fresh.project, limits).unwrap_err();
+            assert!(
+                error.to_string().contains(expected),
+                "{format} file: {error}"
+            );
+            // Not much more than the limit was written.
+            let written: u64 = walk_sizes(&fresh.project);
+            assert!(written <= 10 * 4096 + 1024 * 1024, "{written}");
+        }
+    }
+    // The default limits let an ordinary archive through.
+    let scratch = Scratch::new();
+    let outside = scratch.outside.display().to_string();
+    let summary = extract(
+        Cursor::new(hostile_zip(&items, &outside)),
+        ArchiveFormat::Zip,
+        &scratch.project,
+    )
+    .expect("extract");
+    assert_eq!(summary.files, 64);
+}
+
+fn walk_sizes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            walk_sizes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /api/v4/jobs/request` | hands the next queued job for the asking runner (201 with the payload), else holds the request until one is queued (long polling) and answers 204 |
 //! | `PUT /api/v4/jobs/:id` | `running`, then the final `success`/`failed` with `failure_reason` and `exit_code` |
-//! | `PATCH /api/v4/jobs/:id/trace` | appends at the `Content-Range` offset (416 with `Range` otherwise), to the job's log file and as [`CoordinatorEvent::Output`] |
+//! | `PATCH /api/v4/jobs/:id/trace` | appends at the `Content-Range` offset (416 with `Range` otherwise), to the job's log file (written by a task of its own, never under the coordinator's lock) and as [`CoordinatorEvent::Output`] |
 //! | `POST`/`GET /api/v4/jobs/:id/artifacts` | stores uploads under `.runnel/artifacts/`; serves the archive to the job and its dependants |
 //! | `/<project>.git/…` | the source snapshot through `git http-backend` ([`git`]) |
 //!
@@ -16,7 +16,6 @@
 mod git;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post, put};
 use bytes::Bytes;
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,9 @@ const TRACE_INTERVAL: &str = "1";
 const JSON_BODY_LIMIT: usize = 64 * 1024;
 /// The largest trace PATCH read: the runner sends at most 1 MiB per request.
 const TRACE_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Trace appends waiting for a job's log writer (each at most [`TRACE_BODY_LIMIT`]); a runner
+/// sends one at a time, so more only means a runner that does not wait for answers (503).
+const LOG_QUEUE: usize = 4;
 
 /// Which runner (executor) a job is queued for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,13 +62,74 @@ pub(crate) enum CoordinatorEvent {
     Started(u64),
     /// Trace bytes (already masked by the runner).
     Output(u64, Vec<u8>),
-    /// The final update.
+    /// The final update (sent once the job's log file has everything the job sent).
     Finished {
         id: u64,
         success: bool,
         failure_reason: Option<String>,
         exit_code: Option<i32>,
+        /// Why the log file is incomplete (a full disk), when it is.
+        log_error: Option<String>,
     },
+}
+
+/// What a job's log writer is asked to do, in order.
+#[derive(Debug)]
+enum LogWrite {
+    Append(Bytes),
+    /// The job is over: send [`CoordinatorEvent::Finished`] with this and the log's error.
+    Finish {
+        id: u64,
+        success: bool,
+        failure_reason: Option<String>,
+        exit_code: Option<i32>,
+    },
+}
+
+/// Writes one job's log file (blocking file I/O stays off the coordinator's lock, review
+/// L11), and reports the job finished after its last byte is written. A write error (a full
+/// disk) stops the writing and is reported with the final state.
+async fn write_log(
+    file: std::fs::File,
+    path: PathBuf,
+    mut writes: mpsc::Receiver<LogWrite>,
+    events: mpsc::UnboundedSender<CoordinatorEvent>,
+) {
+    let mut file = Some(tokio::fs::File::from_std(file));
+    let mut error: Option<String> = None;
+    while let Some(write) = writes.recv().await {
+        match write {
+            LogWrite::Append(bytes) => {
+                let Some(open) = file.as_mut() else { continue };
+                // Flushed each time: a tokio file reports a failed write only on the next call.
+                let written = match open.write_all(&bytes).await {
+                    Ok(()) => open.flush().await,
+                    Err(error) => Err(error),
+                };
+                if let Err(failure) = written {
+                    tracing::warn!(path = %path.display(), error = %failure, "cannot write the job log file; the rest of the log is not saved");
+                    error = Some(failure.to_string());
+                    file = None;
+                }
+            }
+            LogWrite::Finish {
+                id,
+                success,
+                failure_reason,
+                exit_code,
+            } => {
+                events
+                    .send(CoordinatorEvent::Finished {
+                        id,
+                        success,
+                        failure_reason,
+                        exit_code,
+                        log_error: error.clone(),
+                    })
+                    .ok();
+            }
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -82,7 +146,8 @@ struct JobRecord {
     payload: Option<Vec<u8>>,
     state: JobState,
     trace_len: u64,
-    log: Option<std::fs::File>,
+    /// The job's log writer ([`write_log`]); taken at the final update.
+    log: Option<mpsc::Sender<LogWrite>>,
     artifacts_dir: PathBuf,
     /// The archive artifact: file and name as uploaded.
     archive: Option<(PathBuf, String, u64)>,
@@ -208,11 +273,18 @@ impl Coordinator {
         if let Some(parent) = job.log_file.parent() {
             std::fs::create_dir_all(parent).map_err(ExecError::io("create", parent))?;
         }
-        let log = std::fs::OpenOptions::new()
+        let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&job.log_file)
             .map_err(ExecError::io("open log file", &job.log_file))?;
+        let (log, writes) = mpsc::channel(LOG_QUEUE);
+        tokio::spawn(write_log(
+            log_file,
+            job.log_file,
+            writes,
+            self.shared.events.clone(),
+        ));
         let mut inner = self.shared.lock();
         inner.jobs.insert(
             job.id,
@@ -411,43 +483,64 @@ async fn update_job(
     let Ok(body) = serde_json::from_slice::<UpdateBody>(&body) else {
         return plain(StatusCode::BAD_REQUEST, "400 invalid JSON");
     };
-    let mut inner = shared.lock();
-    let Some(job) = inner.jobs.get_mut(&id) else {
-        return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+    // Decided under the lock; the lock is released before anything is awaited. `newly_done`
+    // holds the job's log writer when this update is the one that ends the job.
+    let (success, newly_done) = {
+        let mut inner = shared.lock();
+        let Some(job) = inner.jobs.get_mut(&id) else {
+            return plain(StatusCode::NOT_FOUND, "404 Job Not Found");
+        };
+        let token = body.token.as_deref().or_else(|| job_token(&headers));
+        if token != Some(job.token.as_str()) {
+            return plain(StatusCode::FORBIDDEN, "403 Forbidden");
+        }
+        let success = match body.state.as_deref() {
+            Some("running") => {
+                let status = status_header(&shared, &job.state);
+                return (StatusCode::OK, [("Job-Status", status)]).into_response();
+            }
+            Some("success") => true,
+            Some("failed") => false,
+            other => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("400 state is invalid: {other:?}"),
+                );
+            }
+        };
+        if job.state == JobState::Done {
+            (success, None)
+        } else {
+            job.state = JobState::Done;
+            (success, Some(job.log.take()))
+        }
     };
-    let token = body.token.as_deref().or_else(|| job_token(&headers));
-    if token != Some(job.token.as_str()) {
-        return plain(StatusCode::FORBIDDEN, "403 Forbidden");
-    }
-    let success = match body.state.as_deref() {
-        Some("running") => {
-            let status = status_header(&shared, &job.state);
-            return (StatusCode::OK, [("Job-Status", status)]).into_response();
+    if let Some(log) = newly_done {
+        let failure_reason = body.failure_reason.filter(|r| !r.is_empty());
+        let exit_code = body.exit_code.and_then(|c| i32::try_from(c).ok());
+        let finish = LogWrite::Finish {
+            id,
+            success,
+            failure_reason: failure_reason.clone(),
+            exit_code,
+        };
+        // After the log's last byte: the scheduler then knows whether the file is whole.
+        let sent = match log {
+            Some(log) => log.send(finish).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            shared
+                .events
+                .send(CoordinatorEvent::Finished {
+                    id,
+                    success,
+                    failure_reason,
+                    exit_code,
+                    log_error: Some("the log writer stopped early".to_owned()),
+                })
+                .ok();
         }
-        Some("success") => true,
-        Some("failed") => false,
-        other => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                &format!("400 state is invalid: {other:?}"),
-            );
-        }
-    };
-    if job.state != JobState::Done {
-        job.state = JobState::Done;
-        if let Some(mut log) = job.log.take() {
-            log.flush().ok();
-        }
-        shared
-            .events
-            .send(CoordinatorEvent::Finished {
-                id,
-                success,
-                failure_reason: body.failure_reason.filter(|r| !r.is_empty()),
-                exit_code: body.exit_code.and_then(|c| i32::try_from(c).ok()),
-            })
-            .ok();
-        drop(inner);
         // A slot is free: held requests look at the queue again.
         shared.queue_version.send_modify(|v| *v += 1);
     }
@@ -504,11 +597,17 @@ async fn patch_trace(
         )
             .into_response();
     }
+    // A place in the writer's queue first: the offset only moves for bytes the log will get.
+    let permit = match job.log.as_ref().map(mpsc::Sender::try_reserve) {
+        Some(Ok(permit)) => Some(permit),
+        Some(Err(mpsc::error::TrySendError::Full(()))) => {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "503 the job log is busy");
+        }
+        Some(Err(mpsc::error::TrySendError::Closed(()))) | None => None,
+    };
     job.trace_len += len;
-    if let Some(log) = job.log.as_mut()
-        && let Err(error) = log.write_all(&body)
-    {
-        tracing::warn!(job = id, %error, "cannot write the job log file");
+    if let Some(permit) = permit {
+        permit.send(LogWrite::Append(body.clone()));
     }
     shared
         .events
@@ -749,6 +848,7 @@ mod tests {
                 success: false,
                 failure_reason,
                 exit_code: Some(3),
+                log_error: None,
             }) => assert_eq!(failure_reason.as_deref(), Some("script_failure")),
             other => panic!("expected the final state, got {other:?}"),
         }
@@ -759,6 +859,59 @@ mod tests {
         tokio::task::yield_now().await;
         coordinator.close();
         assert_eq!(held.await.unwrap().unwrap().status(), 204);
+        coordinator.shutdown().await;
+    }
+
+    /// Review L11: a log write failing (a full disk, `/dev/full` here) is reported with the
+    /// final state instead of only a daemon warning.
+    #[tokio::test]
+    async fn a_log_write_error_comes_with_the_final_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("logs/job.log")).unwrap();
+        let (coordinator, mut events) = coordinator_with_job(dir.path()).await;
+        let http = reqwest::Client::new();
+        let api = format!("{}/api/v4", coordinator.url);
+        let picked = http
+            .post(format!("{api}/jobs/request"))
+            .body(r#"{"token":"runner-token"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(picked.status(), 201);
+        let patched = http
+            .patch(format!("{api}/jobs/7/trace"))
+            .header("JOB-TOKEN", "job-token")
+            .header("Content-Range", "0-4")
+            .body("hello")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patched.status(), 202);
+        let done = http
+            .put(format!("{api}/jobs/7"))
+            .header("JOB-TOKEN", "job-token")
+            .body(r#"{"token":"job-token","state":"success"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 200);
+        loop {
+            match events.recv().await {
+                Some(CoordinatorEvent::Finished {
+                    id: 7,
+                    success: true,
+                    log_error: Some(error),
+                    ..
+                }) => {
+                    assert!(error.contains("No space left on device"), "{error}");
+                    break;
+                }
+                Some(CoordinatorEvent::Started(_) | CoordinatorEvent::Output(..)) => {}
+                other => panic!("expected the final state with the log error, got {other:?}"),
+            }
+        }
+        coordinator.close();
         coordinator.shutdown().await;
     }
 

@@ -107,17 +107,19 @@ impl LineBuffer {
 /// markers.
 ///
 /// GitLab section markers are removed (the header text that follows a `section_start` stays),
-/// a `\r` keeps only the text after it (the last state of a progress line), and, unless
-/// `keep_ansi`, ANSI escape sequences are stripped.
+/// a `\r` keeps only the text after it (the last state of a progress line), and escape
+/// sequences and other control characters are stripped; with `keep_ansi`, colours (SGR,
+/// `CSI … m`) are kept and nothing else (review L10: titles, clipboard writes, DCS and cursor
+/// movement from a job must not reach the user's terminal).
 pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
     let raw = strip_trace_prefix(raw);
     let raw = raw.strip_suffix('\r').unwrap_or(raw);
-    // Most lines have neither markers nor carriage returns.
-    if !raw.contains(['\r', '\x1b']) {
+    // Most lines have neither markers, carriage returns nor other controls.
+    if !raw.chars().any(|c| c.is_control() && c != '\t') {
         return Some(raw.to_owned());
     }
     if keep_ansi && !raw.contains('\r') {
-        return Some(raw.to_owned());
+        return Some(filter_escapes(raw, true).into_owned());
     }
     let (text, had_marker) = strip_section_markers(raw);
     // The last non-empty segment after a carriage return is what a terminal ends up showing.
@@ -130,7 +132,7 @@ pub fn clean_line(raw: &str, keep_ansi: bool) -> Option<String> {
         return None;
     }
     Some(if keep_ansi {
-        text.to_owned()
+        filter_escapes(text, true).into_owned()
     } else {
         visible.into_owned()
     })
@@ -164,23 +166,54 @@ pub fn strip_trace_prefix(line: &str) -> &str {
 }
 
 /// `text` without ANSI escape sequences (CSI such as colours and erases, OSC such as titles and
-/// links, and two-byte escapes).
+/// links, DCS and other strings, and two-byte escapes) and other control characters but tabs.
 pub fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains('\x1b') {
+    filter_escapes(text, false)
+}
+
+/// `text` without escape sequences and control characters (tabs stay), except colours (SGR:
+/// `CSI` with digits, `;` and `:` only, ending in `m`) when `keep_sgr`.
+fn filter_escapes(text: &str, keep_sgr: bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        if c != '\x1b' {
+        if c == '\t' || !c.is_control() {
             out.push(c);
+            continue;
+        }
+        // C1 controls (`U+009B` is a CSI to some terminals) and C0 controls but ESC go.
+        if c != '\x1b' {
             continue;
         }
         match chars.next() {
             // CSI: parameters and intermediates, then one final byte in `@`..=`~`.
             Some('[') => {
+                let mut sequence = String::from("\x1b[");
+                let mut complete = false;
                 for c in chars.by_ref() {
+                    sequence.push(c);
                     if ('@'..='~').contains(&c) {
+                        complete = true;
+                        break;
+                    }
+                }
+                let colour = complete
+                    && sequence.ends_with('m')
+                    && sequence[2..sequence.len() - 1]
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ';' || c == ':');
+                if keep_sgr && colour {
+                    out.push_str(&sequence);
+                }
+            }
+            // DCS, SOS, PM and APC: strings up to ST (`ESC \`).
+            Some('P' | 'X' | '^' | '_') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x1b' && chars.peek() == Some(&'\\') {
+                        chars.next();
                         break;
                     }
                 }
@@ -592,7 +625,7 @@ mod tests {
             (
                 "section_start:1767261600:get_sources\r\x1b[0K\x1b[0K\x1b[36;1mGetting source\x1b[0;m",
                 true,
-                Some("\x1b[0K\x1b[36;1mGetting source\x1b[0;m"),
+                Some("\x1b[36;1mGetting source\x1b[0;m"),
             ),
             (
                 "section_end:1767261601:get_sources\r\x1b[0Ksection_start:1767261601:step_script[collapsed=true]\r\x1b[0K\x1b[0K\x1b[36;1mExecuting \"step_script\" stage\x1b[0;m",
@@ -658,6 +691,37 @@ mod tests {
                 strip_ansi(text),
                 console::strip_ansi_codes(text),
                 "{text:?}"
+            );
+        }
+    }
+
+    /// Review L10: under `script -qc "runnel exec"` a job set the clipboard (`OSC 52`) and the
+    /// window title through the user's terminal.
+    #[test]
+    fn only_colours_reach_a_terminal() {
+        let cases = [
+            ("\x1b]52;c;ZWNobyBwd25lZA==\x07after", "after"),
+            ("\x1b]0;FAKE TITLE\x07x", "x"),
+            ("\x1b]0;FAKE TITLE\x1b\\x", "x"),
+            ("a\x1bP1$qm\x1b\\b", "ab"),
+            ("a\x1b_hidden\x1b\\b", "ab"),
+            ("\x1b[2J\x1b[H\x1b[1Aup\x1b[10;10Hmoved", "upmoved"),
+            ("\x1b[?1049hscreen", "screen"),
+            (
+                "\x1b[31mred\x1b[0m \x1b[38:5:208mo\x1b[m",
+                "\x1b[31mred\x1b[0m \x1b[38:5:208mo\x1b[m",
+            ),
+            ("bell\x07 back\x08 c1\u{9b}31m", "bell back c131m"),
+            ("tab\tkept", "tab\tkept"),
+            ("cut \x1b[31", "cut "),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(clean_line(raw, true).as_deref(), Some(want), "{raw:?}");
+            assert!(
+                !clean_line(raw, false)
+                    .unwrap()
+                    .contains(['\x1b', '\x07', '\u{9b}']),
+                "{raw:?}"
             );
         }
     }

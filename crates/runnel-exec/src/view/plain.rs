@@ -108,7 +108,8 @@ impl<W: Write> PlainReporter<W> {
                     text.push_str(&format!(": {reason}"));
                 }
                 if let Some(log) = &result.log_file {
-                    text.push_str(&format!("; log: {}", log.display()));
+                    let log = super::summary::log_text(log, result.log_error.as_deref());
+                    text.push_str(&format!("; log: {log}"));
                 }
                 text
             }

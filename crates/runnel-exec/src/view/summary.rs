@@ -46,8 +46,7 @@ pub fn render_summary(state: &PipelineState, colour: bool) -> String {
             let log = job
                 .result
                 .as_ref()
-                .and_then(|r| r.log_file.as_ref())
-                .map(|p| p.display().to_string())
+                .and_then(|r| Some(log_text(r.log_file.as_ref()?, r.log_error.as_deref())))
                 .unwrap_or_default();
             (
                 [job.name.clone(), job.stage.clone(), result, duration, log],
@@ -121,4 +120,13 @@ pub fn render_summary(state: &PipelineState, colour: bool) -> String {
     }
     out.push('\n');
     out
+}
+
+/// Where a job's log is, and that it is incomplete when writing it failed (review L11: a full
+/// disk truncated the file while the summary pointed to it as if it were whole).
+pub(crate) fn log_text(path: &std::path::Path, error: Option<&str>) -> String {
+    match error {
+        None => path.display().to_string(),
+        Some(error) => format!("{} (INCOMPLETE: {error})", path.display()),
+    }
 }

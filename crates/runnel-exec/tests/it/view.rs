@@ -67,6 +67,7 @@ fn done(name: &str, status: JobStatus, millis: u64, exit_code: Option<i32>) -> E
                 ".runnel/logs/1/{}.log",
                 name.replace([' ', '/'], "-")
             ))),
+            log_error: None,
         },
     }
 }

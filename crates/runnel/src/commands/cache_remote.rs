@@ -134,9 +134,9 @@ impl RemoteObject {
             return Ok(Download::UpToDate);
         }
         let parent = parent_dir(archive);
-        fs_err::tokio::create_dir_all(&parent)
-            .await
-            .map_err(|e| Failure::fatal(anyhow::Error::new(e)))?;
+        super::helpers::create_cache_dirs(&parent)
+            .with_context(|| format!("failed to create the cache directory {}", parent.display()))
+            .map_err(Failure::fatal)?;
         let temp = tempfile::Builder::new()
             .prefix(".cache-download-")
             .tempfile_in(&parent)

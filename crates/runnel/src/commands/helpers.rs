@@ -552,7 +552,8 @@ fn archive(args: &CacheArchiverArgs, file: &Path) -> anyhow::Result<Archived> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs_err::create_dir_all(parent).context("failed to create the cache directory")?;
+    create_cache_dirs(parent)
+        .with_context(|| format!("failed to create the cache directory {}", parent.display()))?;
     let temp = tempfile::Builder::new()
         .prefix(".cache-")
         .tempfile_in(parent)
@@ -571,6 +572,19 @@ fn archive(args: &CacheArchiverArgs, file: &Path) -> anyhow::Result<Archived> {
         .map_err(|error| error.error)
         .with_context(|| format!("failed to save the cache archive {}", file.display()))?;
     Ok(Archived::Written)
+}
+
+/// Creates the cache directories leading to an archive, 0755 whatever the umask: the docker
+/// helper container runs with `umask 0000` so the build container's user can write what it
+/// clones and extracts into the builds directory, and the cache tree (often a host
+/// `cache_dir`) must not become world-writable with it (review L11). The archive itself is a
+/// 0600 temporary file renamed into place.
+pub(crate) fn create_cache_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
 }
 
 /// Whether the zip at `file` already holds exactly `selection`, none of it newer than the

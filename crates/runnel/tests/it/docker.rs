@@ -1389,6 +1389,31 @@ async fn git_clone_path_works_without_a_custom_build_dir_section() {
     assert_nothing_left(&daemon);
 }
 
+/// The container ids in job `id`'s journal record (the daemon's default journal directory).
+fn journaled_containers(daemon: &Daemon, id: u64) -> Vec<String> {
+    let dir = daemon.dir.path().join("runnel-journal");
+    let prefix = format!("job-{id}-");
+    let record = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".json")
+        })
+        .unwrap_or_else(|| panic!("no journal record of job {id} in {}", dir.display()));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let containers: Vec<String> = record["containers"]
+        .as_array()
+        .expect("a containers list")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert!(!containers.is_empty(), "{record}");
+    containers
+}
+
 #[tokio::test]
 async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart() {
     ensure_image();
@@ -1405,14 +1430,37 @@ async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart()
         .expect("the job started");
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait_exit().await;
+    let left = labelled(&daemon, "container", None);
     assert!(
-        !labelled(&daemon, "container", None).is_empty(),
+        !left.is_empty(),
         "the job's containers outlive a SIGKILLed runner"
     );
+    // The job's journal names every container it created, by id.
+    let journaled = journaled_containers(&daemon, id);
+    for short in &left {
+        assert!(
+            journaled
+                .iter()
+                .any(|full| full.starts_with(short.as_str())),
+            "container {short} is not in the journal: {journaled:?}"
+        );
+    }
 
     daemon.spawn(&["run"]);
     let view = daemon.finished(id).await;
+    // Removed by id before the job was reported failed.
+    for full in &journaled {
+        let inspected = docker(&["container", "inspect", "--format", "{{.Id}}", full]);
+        assert!(
+            !inspected.status.success(),
+            "container {full} still exists when the job is reported failed"
+        );
+    }
     let trace = view.trace_text();
+    assert!(
+        trace.contains("docker containers were still there and were removed"),
+        "{trace}"
+    );
     assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
     assert_eq!(
         final_update(&view).failure_reason.as_deref(),
@@ -1423,10 +1471,17 @@ async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart()
         trace.contains("the runner was restarted while this job was running"),
         "{trace}"
     );
-    // The start removes what the crashed run left (by label), in the background.
+    // The start removes what the crashed run left (by label), in the background: the
+    // containers may be gone (removed by id) before its network and volumes are.
     for _ in 0..300 {
         if labelled(&daemon, "container", None).is_empty()
             && labelled(&daemon, "network", None).is_empty()
+            && labelled(
+                &daemon,
+                "volume",
+                Some("label=com.gitlab.gitlab-runner.reusable=false"),
+            )
+            .is_empty()
         {
             break;
         }

@@ -341,6 +341,76 @@ retried:
     assert!(run.stdout.contains("Pipeline failed"), "{}", run.output());
 }
 
+/// Review L3: `build a` and `build-a` shared `logs/1/build-a.log` and one artifact store, so
+/// a consumer of `build a` silently got `build-a`'s artifacts.
+#[tokio::test]
+async fn jobs_whose_names_share_a_slug_keep_their_own_logs_and_artifacts() {
+    let pipeline = r#"stages: [build, test]
+"build a":
+  stage: build
+  script: [echo "from build a" > out.txt, echo log-of-build-space-a]
+  artifacts:
+    paths: [out.txt]
+build-a:
+  stage: build
+  script: [echo "from build-a (other job)" > out.txt, echo log-of-build-dash-a]
+  artifacts:
+    paths: [out.txt]
+consumer:
+  stage: test
+  dependencies: ["build a"]
+  script: [cat out.txt]
+"#;
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let run = exec(dir.path(), &["--executor", "shell", "--plain"]).await;
+    run.assert_code(0).assert_line("[consumer] from build a");
+    assert!(
+        !run.stdout.contains("[consumer] from build-a"),
+        "{}",
+        run.output()
+    );
+    let logs = dir.path().join(".runnel/logs/1");
+    let first = std::fs::read_to_string(logs.join("build-a.log")).unwrap();
+    let second = std::fs::read_to_string(logs.join("build-a-2.log")).unwrap();
+    let (space, dash) = if first.contains("log-of-build-space-a") {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(
+        space.contains("log-of-build-space-a") && !space.contains("log-of-build-dash-a"),
+        "{space}"
+    );
+    assert!(
+        dash.contains("log-of-build-dash-a") && !dash.contains("log-of-build-space-a"),
+        "{dash}"
+    );
+    assert!(run.stdout.contains("build-a-2.log"), "{}", run.output());
+}
+
+/// Review L11: with the disk full, the job log was cut mid-line with only a daemon warning,
+/// and the summary still pointed to it as the job's log. `/dev/full` stands in for the disk.
+#[tokio::test]
+async fn a_log_that_cannot_be_written_is_reported_incomplete() {
+    let pipeline = "stages: [build]\nbuild:\n  stage: build\n  script: [echo hello]\n";
+    let dir = repo(&[(".gitlab-ci.yml", pipeline)]);
+    let logs = dir.path().join(".runnel/logs/1");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::os::unix::fs::symlink("/dev/full", logs.join("build.log")).unwrap();
+    let run = exec(dir.path(), &["--executor", "shell", "--plain"]).await;
+    run.assert_line("[build] hello");
+    let incomplete = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("build.log (INCOMPLETE: No space left on device"))
+        .count();
+    assert!(
+        incomplete >= 2,
+        "the job line and the summary say so\n{}",
+        run.output()
+    );
+}
+
 #[tokio::test]
 async fn job_selection_listing_and_bad_input() {
     let dir = repo(&[(".gitlab-ci.yml", PIPELINE), ("input.txt", "committed\n")]);

@@ -657,6 +657,47 @@ fn cache_helpers_round_trip_tar_zstd_and_report_a_missing_cache() {
     assert!(missing.stderr.is_empty(), "no daemon logs: {missing:?}");
 }
 
+/// Review L11: the docker helper container runs with `umask 0000`, which made the cache
+/// directories it creates (on the host with a `cache_dir`) world-writable.
+#[test]
+fn cache_directories_are_not_world_writable_under_umask_0000() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let base = tempfile::tempdir().unwrap();
+    let project = base.path().join("project");
+    std::fs::create_dir_all(project.join("vendor")).unwrap();
+    std::fs::write(project.join("vendor/lib.txt"), "x\n").unwrap();
+    let archive = base.path().join("cache/group/project/key/cache.zip");
+    let archive_arg = archive.display().to_string();
+    // As in the helper container: `umask 0000`, then the helper command.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "umask 0000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "cache-archiver",
+            "--file",
+            &archive_arg,
+            "--path",
+            "vendor/",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(&project);
+    let saved = command.output().unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut dir = archive.parent().unwrap();
+    while dir != base.path() {
+        assert_eq!(mode(dir), 0o755, "{}", dir.display());
+        dir = dir.parent().unwrap();
+    }
+    assert_eq!(
+        mode(&archive) & 0o022,
+        0,
+        "the archive is not writable by others"
+    );
+}
+
 #[test]
 fn artifact_helpers_need_credentials_and_never_print_the_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! `runnel run` and `run-single` end to end: real daemon, real bash, fake GitLab.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -1036,6 +1036,39 @@ async fn a_malformed_job_payload_is_reported_and_the_runner_goes_on() {
         .fake
         .enqueue(job("after-bad").script(["echo still-alive"]));
     assert_eq!(daemon.finished(id).await.status, RemoteStatus::Success);
+}
+
+/// Review L8 (`p_weird2.json`): a file-variable key `FILE$(touch …)` ran a command, and a key
+/// `../../../../../../TRAVERSAL_filevar` wrote (and the cleanup removed) a file outside the temp
+/// dir. Such keys are left out with a warning; the job runs.
+#[tokio::test]
+async fn hostile_variable_keys_run_nothing_and_write_nowhere() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let marker_dir = tempfile::tempdir().unwrap();
+    let injected = marker_dir.path().join("INJECTED_filevar");
+    let injection = format!("FILE$(touch${{IFS}}{})", injected.display());
+    let traversal = "../../../../../../../../../../tmp/TRAVERSAL_filevar_l8";
+    std::fs::remove_file("/tmp/TRAVERSAL_filevar_l8").ok();
+    let id = daemon.fake.enqueue(
+        job("weird keys")
+            .file_variable(injection.clone(), "payload")
+            .file_variable(traversal, "payload")
+            .variable("GOOD_KEY", "fine")
+            .script(["echo good=$GOOD_KEY"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("good=fine"), "{trace}");
+    assert!(
+        trace.contains("a variable name must be letters, digits and `_` only"),
+        "{trace}"
+    );
+    assert!(!injected.exists(), "the key ran a command");
+    assert!(
+        !Path::new("/tmp/TRAVERSAL_filevar_l8").exists(),
+        "the key wrote outside the temp dir"
+    );
 }
 
 /// Review M1 (`p_timeout.json`), L1 (`p_clonepath.json`), L5 (`p_loginj.json`) and L7: hostile
