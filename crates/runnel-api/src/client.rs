@@ -19,6 +19,7 @@ use crate::error::{ApiError, SafeUrl, redact_userinfo};
 use crate::info::{VERSION, architecture, platform};
 use crate::observe::{Endpoint, RequestEvent, RequestObserver};
 use crate::retry::{RetryPolicy, is_retriable_status, is_retriable_transport};
+use crate::tls_chain::ChainCapture;
 
 /// The largest response body read from the coordinator: a job payload with every variable,
 /// step and dependency is far below it (review L6).
@@ -82,6 +83,8 @@ struct Inner {
     observer: Option<Arc<dyn RequestObserver>>,
     /// The last `X-GitLab-Last-Update` seen, echoed as `last_update` in job requests.
     last_update: Mutex<Option<String>>,
+    /// The chain GitLab presented (only without a configured CA file).
+    capture: Option<ChainCapture>,
 }
 
 impl fmt::Debug for Client {
@@ -97,7 +100,32 @@ impl Client {
     /// an http(s) URL or a TLS file cannot be loaded.
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
         let api = api_url(&config.url)?;
-        let http = match configure_tls(base_builder(), &config)?.build() {
+        // Without a CA file, the chain GitLab presents is kept for the jobs
+        // (`CI_SERVER_TLS_CA_FILE`), as the official runner does.
+        // (A lone certificate or key file is refused below, by the usual path.)
+        let capture = (api.scheme() == "https"
+            && config.tls_ca_file.is_none()
+            && config.tls_cert_file.is_some() == config.tls_key_file.is_some())
+        .then(ChainCapture::default);
+        let capturing = capture.as_ref().and_then(|capture| {
+            let cert_key = config
+                .tls_cert_file
+                .as_deref()
+                .zip(config.tls_key_file.as_deref());
+            match crate::tls_chain::client_config(capture, cert_key) {
+                Ok(tls) => base_builder().tls_backend_preconfigured(tls).build().ok(),
+                Err(error) => {
+                    tracing::debug!(%error, "the presented TLS chain will not be kept for jobs");
+                    None
+                }
+            }
+        });
+        let capture = capture.filter(|_| capturing.is_some());
+        let built = match capturing {
+            Some(http) => Ok(http),
+            None => configure_tls(base_builder(), &config)?.build(),
+        };
+        let http = match built {
             Ok(http) => http,
             // A host without a CA store (a minimal helper image) can still talk plain HTTP:
             // build without the system roots, so only TLS connections fail.
@@ -124,8 +152,17 @@ impl Client {
                 retry: config.retry,
                 observer: config.observer,
                 last_update: Mutex::new(None),
+                capture,
             }),
         })
+    }
+
+    /// The certificate chain GitLab presented on this client's connections (PEM: its
+    /// certificate, the intermediates and, when the system store has it, the root), for a job's
+    /// `CI_SERVER_TLS_CA_FILE` when no CA file is configured; `None` over plain HTTP, with a
+    /// configured CA file, or before a TLS connection was made.
+    pub fn presented_tls_chain(&self) -> Option<String> {
+        self.inner.capture.as_ref()?.pem()
     }
 
     /// The API base URL (`<url>/api/v4/`), without credentials.

@@ -72,6 +72,7 @@ pub fn encode_job_payload(job: &JobSpec) -> Vec<u8> {
             "time_in_queue_seconds": job.info.time_in_queue_seconds,
             "queue_size": job.info.queue_size,
             "queue_depth": job.info.queue_depth,
+            "project_jobs_running_on_instance_runners_count": job.info.project_jobs_running_on_instance_runners_count,
         },
         "git_info": {
             "repo_url": job.git.repo_url.expose(),

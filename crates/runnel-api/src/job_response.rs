@@ -106,6 +106,7 @@ struct JobInfoWire {
     time_in_queue_seconds: Float,
     queue_size: Int,
     queue_depth: Int,
+    project_jobs_running_on_instance_runners_count: Text,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -337,6 +338,9 @@ impl JobInfoWire {
             time_in_queue_seconds: self.time_in_queue_seconds.0,
             queue_size: self.queue_size.unsigned(),
             queue_depth: self.queue_depth.unsigned(),
+            project_jobs_running_on_instance_runners_count: self
+                .project_jobs_running_on_instance_runners_count
+                .0,
         }
     }
 }

@@ -35,6 +35,7 @@ mod lenient;
 mod observe;
 mod retry;
 mod runners;
+mod tls_chain;
 
 pub use artifacts::{ArtifactDownload, ArtifactUpload};
 pub use client::{Client, ClientConfig};

@@ -182,6 +182,28 @@ section! {
 }
 
 impl DockerConfig {
+    /// `[runners.docker]` keys that are set but that the docker executor does not act on yet.
+    pub fn ignored_keys(&self) -> Vec<&'static str> {
+        [
+            ("[runners.docker] gpus", self.gpus.is_some()),
+            ("[runners.docker] service_gpus", self.service_gpus.is_some()),
+            (
+                "[runners.docker] services_devices",
+                !self.services_devices.is_empty(),
+            ),
+            ("[runners.docker] mac_address", self.mac_address.is_some()),
+            ("[runners.docker] cpuset_mems", self.cpuset_mems.is_some()),
+            ("[runners.docker] isolation", self.isolation.is_some()),
+            (
+                "[runners.docker] helper_image_flavor",
+                self.helper_image_flavor.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
     /// The pull policies to use: `pull_policy`, or `["always"]` when unset.
     pub fn pull_policies(&self) -> Vec<PullPolicy> {
         if self.pull_policy.is_empty() {

@@ -287,6 +287,13 @@ impl RunnerConfig {
         ]
         .into_iter()
         .filter_map(|(key, set)| set.then_some(key))
+        .chain(
+            self.docker
+                .as_ref()
+                .filter(|_| self.executor == Executor::Docker)
+                .map(crate::DockerConfig::ignored_keys)
+                .unwrap_or_default(),
+        )
         .collect()
     }
 

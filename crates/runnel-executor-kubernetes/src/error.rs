@@ -41,6 +41,19 @@ pub enum KubernetesError {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A job variable overwrites a setting in a way the configuration does not allow.
+    #[error("{what}: {message}")]
+    Overwrite {
+        /// The setting and what was checked (`invalid build limits specified`, …).
+        what: String,
+        /// Why it was refused.
+        message: String,
+    },
+
+    /// The job asks for an image, service or pull policy the configuration does not allow.
+    #[error("{0}")]
+    NotAllowed(String),
+
     /// Neither the job nor the configuration names a build image.
     #[error(
         "no image to run the job in: the job has no `image:` and [runners.kubernetes] has no `image`"
@@ -140,6 +153,8 @@ impl KubernetesError {
             | KubernetesError::InvalidSection { .. }
             | KubernetesError::InvalidOption { .. }
             | KubernetesError::Unsupported(_)
+            | KubernetesError::Overwrite { .. }
+            | KubernetesError::NotAllowed(_)
             | KubernetesError::NoImage
             | KubernetesError::PodConfiguration { .. } => FailureReason::RunnerConfigurationError,
             _ => FailureReason::RunnerSystemFailure,

@@ -15,16 +15,22 @@
 //! `FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY` is on, as in the official runner; the exec
 //! mode is described above.
 //!
+//! Before the pod, the job's variables are checked against what the configuration lets them
+//! overwrite ([`crate::overwrites`]; each overwrite is announced in the job log), and with
+//! `namespace_per_job` the namespace `ci-job-<id>` is created (deleted again at cleanup).
+//!
 //! Not done yet (refused at start or job start, never ignored): the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container, `image:entrypoint`,
-//! `*:kubernetes:user`, secrets for job registry credentials.
+//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container (built by
+//! [`crate::pod::init_permissions_container`] when [`crate::pod::PodInputs::init_command`] asks
+//! for it; attach mode does not yet), `image:entrypoint`, `*:kubernetes:user`, secrets for job
+//! registry credentials.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::Client;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
@@ -75,9 +81,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The feature flag choosing exec over attach.
 pub const LEGACY_EXECUTION_FLAG: &str = "FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY";
-
-/// How long the pod deletion may take at cleanup.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The runner-level settings the executor needs besides `[runners.kubernetes]`.
 #[derive(Clone, Debug)]
@@ -140,7 +143,11 @@ impl KubernetesProvider {
             .kubernetes
             .as_ref()
             .ok_or(KubernetesError::MissingSection)?;
-        let options = KubernetesOptions::from_raw(raw)?;
+        let mut options = KubernetesOptions::from_raw(raw)?;
+        options.advanced_pod_spec_flag = runner
+            .feature_flags
+            .get(crate::options::ADVANCED_POD_SPEC_FLAG)
+            .copied();
         let shell = match runner.shell.map(|shell| shell.as_str()) {
             Some("sh") => Shell::Sh,
             _ => Shell::Bash,
@@ -160,7 +167,7 @@ impl KubernetesProvider {
     /// succeeded) runs or is starting: a job records its pod's name before creating it, so it
     /// may run at the same time as jobs start. Returns the names of the pods deleted.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
-        let (client, namespace) = connect(&self.shared.options).await?;
+        let (client, namespace) = connect(&self.shared.options, None).await?;
         let pods: Api<Pod> = Api::namespaced(client, &namespace);
         let selector = format!(
             "{MANAGER_ID_LABEL}={}",
@@ -210,6 +217,7 @@ impl Provider for KubernetesProvider {
             pod: None,
             image: String::new(),
             pending_log: Vec::new(),
+            own_namespace: false,
             attach: true,
             attach_paths: None,
             logs: None,
@@ -251,7 +259,11 @@ fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
 }
 
 /// A client and the default namespace: the `host` keys, else kubeconfig or in-cluster.
-async fn connect(options: &KubernetesOptions) -> Result<(Client, String), KubernetesError> {
+/// `token` replaces `bearer_token` (`KUBERNETES_BEARER_TOKEN`, when allowed).
+async fn connect(
+    options: &KubernetesOptions,
+    token: Option<&str>,
+) -> Result<(Client, String), KubernetesError> {
     let (config, what) = match &options.host {
         Some(host) if !host.is_empty() => {
             let url = host
@@ -261,8 +273,11 @@ async fn connect(options: &KubernetesOptions) -> Result<(Client, String), Kubern
                     source: Box::new(source),
                 })?;
             let mut config = kube::Config::new(url);
-            if let Some(token) = options.bearer_token.as_ref().filter(|t| !t.is_empty()) {
-                config.auth_info.token = Some(token.clone().into());
+            if let Some(token) = token
+                .or(options.bearer_token.as_deref())
+                .filter(|t| !t.is_empty())
+            {
+                config.auth_info.token = Some(token.to_owned().into());
             }
             if let Some(ca_file) = &options.ca_file {
                 let text =
@@ -284,12 +299,17 @@ async fn connect(options: &KubernetesOptions) -> Result<(Client, String), Kubern
             (config, format!("host {host}"))
         }
         _ => {
-            let config = kube::Config::infer()
-                .await
-                .map_err(|source| KubernetesError::Config {
-                    what: "KUBECONFIG, ~/.kube/config or the in-cluster service account".to_owned(),
-                    source: Box::new(source),
-                })?;
+            let mut config =
+                kube::Config::infer()
+                    .await
+                    .map_err(|source| KubernetesError::Config {
+                        what: "KUBECONFIG, ~/.kube/config or the in-cluster service account"
+                            .to_owned(),
+                        source: Box::new(source),
+                    })?;
+            if let Some(token) = token.filter(|t| !t.is_empty()) {
+                config.auth_info.token = Some(token.to_owned().into());
+            }
             (config, "kubeconfig".to_owned())
         }
     };
@@ -316,6 +336,8 @@ pub struct KubernetesExecutor {
     image: String,
     /// Lines `prepare` would print, written before the first stage's output.
     pending_log: Vec<String>,
+    /// The job's namespace was created for it (`namespace_per_job`).
+    own_namespace: bool,
     /// Stages run by attach (the default), not by exec.
     attach: bool,
     /// Attach mode: where the scripts and the log are.
@@ -509,10 +531,34 @@ impl KubernetesExecutor {
     }
 
     async fn prepare_pod(&mut self, ctx: &PrepareContext<'_>) -> Result<(), KubernetesError> {
-        let options = &self.shared.options;
-        let (client, namespace) = connect(options).await?;
-        self.client = Some(client);
-        self.namespace = namespace;
+        let shared = Arc::clone(&self.shared);
+        let options = &shared.options;
+        let overwrites = crate::overwrites::evaluate(options, ctx.job)?;
+        let (client, default_namespace) =
+            connect(options, overwrites.bearer_token.as_deref()).await?;
+        self.client = Some(client.clone());
+        self.namespace = if options.namespace_per_job {
+            format!("ci-job-{}", ctx.job.id)
+        } else if overwrites.namespace.is_empty() {
+            default_namespace
+        } else {
+            overwrites.namespace.clone()
+        };
+        self.pending_log.extend(overwrites.log.iter().cloned());
+        let advanced_pod_spec = options.advanced_pod_spec(ctx.job);
+        if !options.pod_spec.is_empty() && !advanced_pod_spec {
+            self.pending_log.push(format!(
+                "WARNING: the [[runners.kubernetes.pod_spec]] patches are not applied: {} is off",
+                crate::options::ADVANCED_POD_SPEC_FLAG
+            ));
+        } else if advanced_pod_spec && !options.pod_spec.is_empty() {
+            self.pending_log.push(
+                "WARNING: Advanced Pod Spec configuration enabled, merging the provided PodSpec to the generated one".to_owned(),
+            );
+        }
+        if options.namespace_per_job {
+            self.create_namespace(client).await?;
+        }
         let suffix = crate::pod::random_suffix();
         let builds_dir = ctx.builds_dir.display().to_string();
         let helper_image = options
@@ -531,6 +577,11 @@ impl KubernetesExecutor {
             namespace: &self.namespace,
             shell: self.shared.settings.shell,
             helper_image: &helper_image,
+            overwrites: &overwrites,
+            advanced_pod_spec,
+            init_command: None,
+            extra_volumes: Vec::new(),
+            extra_mounts: Vec::new(),
         })?;
         if self.attach {
             let paths = AttachPaths::new(ctx.job.info.project_id, ctx.job.id.0);
@@ -891,6 +942,57 @@ impl KubernetesExecutor {
         }
     }
 
+    /// Creates the job's own namespace (`namespace_per_job`); deleted again at cleanup.
+    async fn create_namespace(&mut self, client: Client) -> Result<(), KubernetesError> {
+        let namespaces: Api<Namespace> = Api::all(client);
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.namespace.clone()),
+                ..kube::api::ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        self.own_namespace = true;
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(source) => {
+                self.own_namespace = false;
+                Err(KubernetesError::api(
+                    "create namespace",
+                    &self.namespace,
+                    source,
+                ))
+            }
+        }
+    }
+
+    /// Deletes the namespace [`Self::create_namespace`] made.
+    async fn delete_namespace(&mut self) {
+        if !std::mem::take(&mut self.own_namespace) {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let namespaces: Api<Namespace> = Api::all(client);
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(
+            timeout,
+            namespaces.delete(&self.namespace, &DeleteParams::default()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(namespace = %self.namespace, %error, "cannot delete the job's namespace");
+            }
+            Err(_) => {
+                tracing::warn!(namespace = %self.namespace, "deleting the job's namespace timed out");
+            }
+        }
+    }
+
     /// Attach mode: saves the script, starts it through the container's stdin and follows the
     /// log file until the script's exit line.
     async fn run_stage_attach(
@@ -1007,6 +1109,11 @@ impl KubernetesExecutor {
         }
     }
 
+    async fn cleanup_job(&mut self) {
+        self.delete_pod().await;
+        self.delete_namespace().await;
+    }
+
     /// One event of the log stream: text is passed on; the stage's exit line gives its code.
     fn log_event(
         &self,
@@ -1062,7 +1169,8 @@ impl KubernetesExecutor {
             propagation_policy: Some(kube::api::PropagationPolicy::Background),
             ..DeleteParams::default()
         };
-        match tokio::time::timeout(CLEANUP_TIMEOUT, pods.delete(&name, &params)).await {
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(timeout, pods.delete(&name, &params)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) if not_found(&error) => {}
             Ok(Err(error)) => {
@@ -1183,7 +1291,7 @@ impl Executor for KubernetesExecutor {
     }
 
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.delete_pod())
+        Box::pin(self.cleanup_job())
     }
 }
 

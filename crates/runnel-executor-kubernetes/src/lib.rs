@@ -18,6 +18,8 @@
 //! - [`executor`]: [`KubernetesProvider`], [`KubernetesExecutor`], [`KUBERNETES_EXECUTOR_INFO`].
 //! - [`options`]: `[runners.kubernetes]` ([`KubernetesOptions`]).
 //! - [`pod`]: the pod spec, names, labels and annotations (pure).
+//! - [`spec`]: the nested tables (volumes, security contexts, affinity, DNS, …) and their API
+//!   objects; [`overwrites`]: what job variables may change; [`patch`]: `[[pod_spec]]` patches.
 //! - [`attach`]: attach mode's volumes, commands and log stream.
 //!
 //! Predefined stages run in the helper image, which must hold the runner binary as
@@ -28,7 +30,10 @@ pub mod attach;
 mod error;
 pub mod executor;
 pub mod options;
+pub mod overwrites;
+pub mod patch;
 pub mod pod;
+pub mod spec;
 
 pub use error::KubernetesError;
 pub use executor::{

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, HostAlias, LocalObjectReference, Pod, PodSpec,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,11 +29,15 @@ use runnel_types::{ImageSpec, JobSpec};
 
 use crate::KubernetesError;
 use crate::options::{KubernetesOptions, Resources};
+use crate::overwrites::Overwrites;
+use crate::spec::{HostAliasConfig, container_security_context};
 
 /// The build container's name.
 pub const BUILD_CONTAINER: &str = "build";
 /// The helper container's name.
 pub const HELPER_CONTAINER: &str = "helper";
+/// The init container's name (attach mode prepares the shared volumes with it).
+pub const INIT_PERMISSIONS_CONTAINER: &str = "init-permissions";
 /// The label namespace the runner owns.
 pub const LABEL_NAMESPACE: &str = "runner.gitlab.com";
 /// The label that finds a runner's pods.
@@ -60,6 +64,16 @@ pub struct PodInputs<'a> {
     pub shell: Shell,
     /// The helper image.
     pub helper_image: &'a str,
+    /// The job's settings after its variable overwrites ([`crate::overwrites::evaluate`]).
+    pub overwrites: &'a Overwrites,
+    /// `FF_USE_ADVANCED_POD_SPEC_CONFIGURATION`: apply the `[[pod_spec]]` patches.
+    pub advanced_pod_spec: bool,
+    /// The init-permissions container's command, when the stage strategy needs one.
+    pub init_command: Option<Vec<String>>,
+    /// Volumes the stage strategy adds (scripts, logs), besides the configured ones.
+    pub extra_volumes: Vec<Volume>,
+    /// Their mounts, first in every container (as official: scripts, logs, configured, repo).
+    pub extra_mounts: Vec<VolumeMount>,
 }
 
 /// `runner-<short>-project-<id>-concurrent-<slot>`.
@@ -173,7 +187,7 @@ pub fn labels(inputs: &PodInputs<'_>) -> BTreeMap<String, String> {
             sanitize_label(inputs.short_token),
         ),
     ]);
-    for (key, value) in &inputs.options.pod_labels {
+    for (key, value) in &inputs.overwrites.pod_labels {
         if !reserved_label(key) {
             labels.insert(key.clone(), sanitize_label(&expand(job, value)));
         }
@@ -196,7 +210,7 @@ pub fn annotations(inputs: &PodInputs<'_>) -> BTreeMap<String, String> {
         (format!("job.{ns}/timeout"), go_duration(timeout)),
         (format!("project.{ns}/id"), job.info.project_id.to_string()),
     ]);
-    for (key, value) in &inputs.options.pod_annotations {
+    for (key, value) in &inputs.overwrites.pod_annotations {
         annotations.insert(key.clone(), expand(job, value));
     }
     annotations
@@ -278,17 +292,115 @@ pub fn service_hostnames(service: &ImageSpec) -> Vec<String> {
     names
 }
 
+/// Whether `image` passes `allowed` (globs, `*` within a path segment, `**` across): always
+/// when the list is empty or the image is one of the runner's own (`internal`).
+pub fn check_allowed(
+    what: &str,
+    option: &str,
+    image: &str,
+    allowed: &[String],
+    internal: &[&str],
+) -> Result<(), KubernetesError> {
+    if allowed.is_empty() || internal.contains(&image) {
+        return Ok(());
+    }
+    let matches = allowed.iter().any(|pattern| {
+        globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .is_ok_and(|glob| glob.compile_matcher().is_match(image))
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(KubernetesError::NotAllowed(format!(
+            "the {what} {image:?} is not present on the list of allowed {option} ({}): check the runner's `allowed_{option}`",
+            allowed.join(", ")
+        )))
+    }
+}
+
+/// The init container that prepares shared volumes, built as the official
+/// `buildPermissionsInitContainer`: helper image, every volume mount, helper resources,
+/// `init_permissions_container_security_context`; `command` is what it runs.
+pub fn init_permissions_container(
+    inputs: &PodInputs<'_>,
+    command: Vec<String>,
+    mounts: Vec<VolumeMount>,
+    pull_policy: Option<String>,
+) -> Container {
+    let options = inputs.options;
+    Container {
+        name: INIT_PERMISSIONS_CONTAINER.to_owned(),
+        image: Some(inputs.helper_image.to_owned()),
+        image_pull_policy: pull_policy,
+        command: Some(command),
+        resources: resources(&inputs.overwrites.helper),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security_context(
+            &options.security_defaults(),
+            &options.init_permissions_container_security_context,
+            &options.pod_security_context,
+        )),
+        ..Container::default()
+    }
+}
+
+/// `key[=value]` → effect as tolerations (`Equal` with a value, else `Exists`).
+pub fn tolerations(map: &BTreeMap<String, String>) -> Vec<Toleration> {
+    map.iter()
+        .map(|(key_value, effect)| {
+            let effect = (!effect.is_empty()).then(|| effect.clone());
+            match key_value.split_once('=') {
+                Some((key, value)) => Toleration {
+                    key: Some(key.to_owned()),
+                    value: Some(value.to_owned()),
+                    operator: Some("Equal".to_owned()),
+                    effect,
+                    ..Toleration::default()
+                },
+                None => Toleration {
+                    key: (!key_value.is_empty()).then(|| key_value.clone()),
+                    operator: Some("Exists".to_owned()),
+                    effect,
+                    ..Toleration::default()
+                },
+            }
+        })
+        .collect()
+}
+
 /// The job's pod.
 pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let options = inputs.options;
     let job = inputs.job;
-    let image = job
+    let overwrites = inputs.overwrites;
+    let default_image = options
+        .image
+        .as_ref()
+        .map(|image| expand(job, image))
+        .filter(|name| !name.is_empty());
+    let job_image = job
         .image
         .as_ref()
         .map(|image| expand(job, &image.name))
-        .filter(|name| !name.is_empty())
-        .or_else(|| options.image.clone().filter(|name| !name.is_empty()))
+        .filter(|name| !name.is_empty());
+    let internal: Vec<&str> = [default_image.as_deref(), Some(inputs.helper_image)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let image = job_image
+        .clone()
+        .or_else(|| default_image.clone())
         .ok_or(KubernetesError::NoImage)?;
+    check_allowed(
+        "image",
+        "images",
+        &image,
+        &options.allowed_images,
+        &internal,
+    )?;
+    let mut image_policies: &[String] = &[];
     if let Some(spec) = &job.image {
         if !spec.entrypoint.is_empty() {
             return Err(KubernetesError::Unsupported(
@@ -302,23 +414,25 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
                     .to_owned(),
             ));
         }
-        if !spec.pull_policy.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "`image:pull_policy` is not supported by Runnel's kubernetes executor yet (set `pull_policy` in [runners.kubernetes])"
-                    .to_owned(),
-            ));
-        }
+        image_policies = &spec.pull_policy;
     }
-    let pull_policy = options.pull_policy()?.map(str::to_owned);
-    let security = options.privileged.then(|| SecurityContext {
-        privileged: Some(true),
-        ..SecurityContext::default()
-    });
-    let mounts = vec![VolumeMount {
-        name: "repo".to_owned(),
-        mount_path: inputs.builds_dir.to_owned(),
-        ..VolumeMount::default()
-    }];
+    // As official: the helper and the init container follow the job image's pull policy.
+    let pull_policy = options.effective_pull_policy(image_policies)?;
+    let pod_security = &options.pod_security_context;
+    let defaults = options.security_defaults();
+    let expander = |text: &str| expand(job, text);
+    let mut mounts = inputs.extra_mounts.clone();
+    mounts.extend(options.volumes.mounts(&expander));
+    // The builds directory gets the `repo` emptyDir unless a configured volume is mounted there.
+    let builds_volume_required = !mounts.iter().any(|m| m.mount_path == inputs.builds_dir);
+    if builds_volume_required {
+        mounts.push(VolumeMount {
+            name: "repo".to_owned(),
+            mount_path: inputs.builds_dir.to_owned(),
+            ..VolumeMount::default()
+        });
+    }
+    let lifecycle = options.container_lifecycle.to_api();
     let shell_command = |umask| {
         vec![
             "sh".to_owned(),
@@ -331,9 +445,14 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         image: Some(image),
         image_pull_policy: pull_policy.clone(),
         command: Some(shell_command(false)),
-        resources: resources(&options.build_resources()),
+        resources: resources(&overwrites.build),
         volume_mounts: Some(mounts.clone()),
-        security_context: security.clone(),
+        security_context: Some(container_security_context(
+            &defaults,
+            &options.build_container_security_context,
+            pod_security,
+        )),
+        lifecycle: lifecycle.clone(),
         stdin: Some(true),
         ..Container::default()
     };
@@ -342,21 +461,20 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         image: Some(inputs.helper_image.to_owned()),
         image_pull_policy: pull_policy.clone(),
         command: Some(shell_command(true)),
-        resources: resources(&options.helper_resources()),
+        resources: resources(&overwrites.helper),
         volume_mounts: Some(mounts.clone()),
-        security_context: security.clone(),
+        security_context: Some(container_security_context(
+            &defaults,
+            &options.helper_container_security_context,
+            pod_security,
+        )),
+        lifecycle: lifecycle.clone(),
         stdin: Some(true),
         ..Container::default()
     };
     let mut containers = vec![build, helper];
     let mut host_aliases = Vec::new();
     for (index, service) in job.services.iter().enumerate() {
-        if !service.pull_policy.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "`services:pull_policy` is not supported by Runnel's kubernetes executor yet (set `pull_policy` in [runners.kubernetes])"
-                    .to_owned(),
-            ));
-        }
         if !service.kubernetes_user.is_empty() {
             return Err(KubernetesError::Unsupported(
                 "`services:kubernetes:user` is not supported by Runnel's kubernetes executor yet"
@@ -364,6 +482,13 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             ));
         }
         let name = expand(job, &service.name);
+        check_allowed(
+            "service",
+            "services",
+            &name,
+            &options.allowed_services,
+            &internal,
+        )?;
         let env: Vec<EnvVar> = service
             .variables
             .iter()
@@ -376,13 +501,18 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         containers.push(Container {
             name: format!("svc-{index}"),
             image: Some(name.clone()),
-            image_pull_policy: pull_policy.clone(),
+            image_pull_policy: options.effective_pull_policy(&service.pull_policy)?,
             command: (!service.entrypoint.is_empty()).then(|| service.entrypoint.clone()),
             args: (!service.command.is_empty()).then(|| service.command.clone()),
             env: (!env.is_empty()).then_some(env),
-            resources: resources(&options.service_resources()),
+            resources: resources(overwrites.service_resources(index)),
             volume_mounts: Some(mounts.clone()),
-            security_context: security.clone(),
+            security_context: Some(container_security_context(
+                &defaults,
+                &options.service_container_security_context,
+                pod_security,
+            )),
+            lifecycle: lifecycle.clone(),
             stdin: Some(true),
             ..Container::default()
         });
@@ -394,6 +524,25 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             })),
         });
     }
+    // Configured aliases come after the services', which must win name resolution.
+    host_aliases.extend(options.host_aliases.iter().map(HostAliasConfig::to_api));
+    let init_containers = inputs.init_command.clone().map(|command| {
+        vec![init_permissions_container(
+            inputs,
+            command,
+            mounts.clone(),
+            pull_policy.clone(),
+        )]
+    });
+    let mut volumes = options.volumes.volumes(&expander);
+    if builds_volume_required {
+        volumes.push(Volume {
+            name: "repo".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    volumes.extend(inputs.extra_volumes.iter().cloned());
     let unique = project_unique_name(inputs.short_token, job.info.project_id, inputs.slot);
     let timeout = job.timeout.map_or(7200, |t| t.as_secs());
     let deadline = i64::try_from(timeout).unwrap_or(i64::MAX).saturating_add(1);
@@ -401,6 +550,56 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         .variable("FF_USE_POD_ACTIVE_DEADLINE_SECONDS")
         .is_none_or(|v| v.value != "false")
         .then_some(deadline);
+    let image_pull_secrets: Vec<LocalObjectReference> =
+        if options.use_service_account_image_pull_secrets {
+            Vec::new()
+        } else {
+            options
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        };
+    let dns_policy =
+        crate::spec::dns_policy(options.dns_policy.as_deref().unwrap_or("")).map_err(|reason| {
+            KubernetesError::InvalidOption {
+                key: "dns_policy",
+                reason,
+            }
+        })?;
+    let tolerations = tolerations(&overwrites.node_tolerations);
+    let spec = PodSpec {
+        volumes: Some(volumes),
+        scheduler_name: options.scheduler_name.clone().filter(|s| !s.is_empty()),
+        service_account_name: overwrites.service_account.clone(),
+        automount_service_account_token: options.automount_service_account_token,
+        restart_policy: Some("Never".to_owned()),
+        node_selector: (!overwrites.node_selector.is_empty())
+            .then(|| overwrites.node_selector.clone()),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        init_containers,
+        containers,
+        termination_grace_period_seconds: options.pod_termination_grace_period_seconds,
+        active_deadline_seconds: active_deadline,
+        image_pull_secrets: (!image_pull_secrets.is_empty()).then_some(image_pull_secrets),
+        security_context: pod_security.to_api(),
+        host_aliases: (!host_aliases.is_empty()).then_some(host_aliases),
+        affinity: options.affinity.to_api(),
+        dns_policy: Some(dns_policy.to_owned()),
+        dns_config: options.dns_config.to_api(),
+        runtime_class_name: options.runtime_class_name.clone().filter(|s| !s.is_empty()),
+        priority_class_name: options
+            .priority_class_name
+            .clone()
+            .filter(|s| !s.is_empty()),
+        resources: resources(&overwrites.pod),
+        ..PodSpec::default()
+    };
+    let spec = if inputs.advanced_pod_spec && !options.loaded_patches.is_empty() {
+        apply_patches(spec, options)?
+    } else {
+        spec
+    };
     Ok(Pod {
         metadata: ObjectMeta {
             name: Some(resource_name(&unique, inputs.suffix)),
@@ -409,30 +608,24 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             annotations: Some(annotations(inputs)),
             ..ObjectMeta::default()
         },
-        spec: Some(PodSpec {
-            volumes: Some(vec![Volume {
-                name: "repo".to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            }]),
-            service_account_name: options.service_account.clone(),
-            restart_policy: Some("Never".to_owned()),
-            node_selector: (!options.node_selector.is_empty())
-                .then(|| options.node_selector.clone()),
-            containers,
-            termination_grace_period_seconds: options.pod_termination_grace_period_seconds,
-            active_deadline_seconds: active_deadline,
-            image_pull_secrets: (!options.image_pull_secrets.is_empty()).then(|| {
-                options
-                    .image_pull_secrets
-                    .iter()
-                    .map(|name| LocalObjectReference { name: name.clone() })
-                    .collect()
-            }),
-            host_aliases: (!host_aliases.is_empty()).then_some(host_aliases),
-            ..PodSpec::default()
-        }),
+        spec: Some(spec),
         status: None,
+    })
+}
+
+/// The `[[pod_spec]]` patches applied in order to the generated spec.
+fn apply_patches(spec: PodSpec, options: &KubernetesOptions) -> Result<PodSpec, KubernetesError> {
+    let mut value =
+        serde_json::to_value(&spec).map_err(|error| KubernetesError::InvalidOption {
+            key: "pod_spec",
+            reason: format!("the generated pod spec cannot be serialized: {error}"),
+        })?;
+    for (name, patch) in &options.loaded_patches {
+        crate::patch::apply(&mut value, patch, name)?;
+    }
+    serde_json::from_value(value).map_err(|error| KubernetesError::InvalidOption {
+        key: "pod_spec",
+        reason: format!("the patched pod spec is not a valid PodSpec: {error}"),
     })
 }
 
@@ -441,6 +634,7 @@ mod tests {
     use std::time::Duration;
 
     use runnel_types::{JobInfo, Variable};
+    use serde_json::json;
 
     use super::*;
 
@@ -519,7 +713,11 @@ mod tests {
         .unwrap()
     }
 
-    fn inputs<'a>(options: &'a KubernetesOptions, job: &'a JobSpec) -> PodInputs<'a> {
+    fn inputs<'a>(
+        options: &'a KubernetesOptions,
+        job: &'a JobSpec,
+        overwrites: &'a Overwrites,
+    ) -> PodInputs<'a> {
         PodInputs {
             options,
             job,
@@ -531,7 +729,22 @@ mod tests {
             namespace: "ci",
             shell: Shell::Bash,
             helper_image: "runnel-helper:latest",
+            overwrites,
+            advanced_pod_spec: options.advanced_pod_spec(job),
+            init_command: None,
+            extra_volumes: Vec::new(),
+            extra_mounts: Vec::new(),
         }
+    }
+
+    /// The pod built for `job` with `options`.
+    fn pod(options: &KubernetesOptions, job: &JobSpec) -> Result<Pod, KubernetesError> {
+        let overwrites = crate::overwrites::evaluate(options, job)?;
+        build_pod(&inputs(options, job, &overwrites))
+    }
+
+    fn pod_json(text: &str, job: &JobSpec) -> serde_json::Value {
+        serde_json::to_value(pod(&options(text), job).unwrap()).unwrap()
     }
 
     #[test]
@@ -540,7 +753,7 @@ mod tests {
             "image = \"busybox\"\ncpu_limit = \"1\"\nmemory_request = \"128Mi\"\nhelper_memory_limit = \"256Mi\"\nservice_cpu_request = \"100m\"\nprivileged = true\nservice_account = \"ci-sa\"\nimage_pull_secrets = [\"regcred\"]\npull_policy = \"if-not-present\"\npod_termination_grace_period_seconds = 5\n[node_selector]\n\"kubernetes.io/arch\" = \"amd64\"\n[pod_labels]\nteam = \"$TEAM\"\n\"manager.runner.gitlab.com/name\" = \"hijack\"\n[pod_annotations]\n\"example.com/owner\" = \"$TEAM-team\"\n",
         );
         let job = job();
-        let pod = build_pod(&inputs(&options, &job)).unwrap();
+        let pod = pod(&options, &job).unwrap();
         let text = serde_json::to_string_pretty(&pod).unwrap();
         assert!(!text.contains("hunter2"), "no job variable in the pod spec");
         assert!(
@@ -588,18 +801,533 @@ mod tests {
     }
 
     #[test]
-    fn job_pull_policies_are_refused_rather_than_ignored() {
-        let options = options("");
+    fn job_pull_policies_are_limited_by_allowed_pull_policies() {
+        // Official pull_policies_test facts: the job's policies must be within
+        // allowed_pull_policies (else within pull_policy); the helper follows the job image.
         let mut job = job();
         job.services[0].pull_policy = vec!["always".to_owned()];
-        let error = build_pod(&inputs(&options, &job)).unwrap_err();
-        assert!(
-            error.to_string().contains("services:pull_policy"),
-            "{error}"
+        let error = pod(&options(""), &job).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "pull_policy ([Always]) defined in GitLab pipeline config is not one of the allowed_pull_policies ([])"
         );
         assert_eq!(
             error.failure_reason(),
             runnel_types::FailureReason::RunnerConfigurationError
+        );
+        let spec = pod_json(
+            "pull_policy = \"if-not-present\"\nallowed_pull_policies = [\"always\", \"if-not-present\"]\n",
+            &job,
+        );
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(containers[2]["imagePullPolicy"], "Always");
+        assert_eq!(containers[3]["imagePullPolicy"], "IfNotPresent");
+        job.image.as_mut().unwrap().pull_policy = vec!["never".to_owned()];
+        let error = pod(&options("pull_policy = \"always\"\n"), &job).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("allowed_pull_policies ([Always])"),
+            "{error}"
+        );
+        let spec = pod_json(
+            "pull_policy = \"always\"\nallowed_pull_policies = [\"always\", \"never\"]\n",
+            &job,
+        );
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(containers[0]["imagePullPolicy"], "Never");
+        assert_eq!(containers[1]["imagePullPolicy"], "Never");
+        assert_eq!(containers[2]["imagePullPolicy"], "Always");
+        assert_eq!(containers[3]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn allowed_images_and_services_are_globs_sparing_the_runners_own_images() {
+        let job = job();
+        let error = pod(&options("allowed_images = [\"debian:*\"]\n"), &job).unwrap_err();
+        assert!(error.to_string().contains("\"alpine:3.20\""), "{error}");
+        assert_eq!(
+            error.failure_reason(),
+            runnel_types::FailureReason::RunnerConfigurationError
+        );
+        pod(&options("allowed_images = [\"alpine:*\"]\n"), &job).unwrap();
+        let error = pod(&options("allowed_services = [\"postgres:*\"]\n"), &job).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("registry.example.com/tools/redis:7"),
+            "{error}"
+        );
+        pod(
+            &options("allowed_services = [\"postgres:*\", \"registry.example.com/**\"]\n"),
+            &job,
+        )
+        .unwrap();
+        // The configured default image is always allowed.
+        let mut no_image = job.clone();
+        no_image.image = None;
+        pod(
+            &options("image = \"busybox\"\nallowed_images = [\"debian:*\"]\n"),
+            &no_image,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn security_contexts_follow_get_container_security_context() {
+        // Official facts: NET_RAW is dropped from every container by default; cap_add puts a
+        // capability back; a container table's capabilities replace add/drop list by list;
+        // privileged and allow_privilege_escalation fall back to the runner-wide keys; the
+        // run-as ids fall back to the pod security context.
+        let job = job();
+        let spec = pod_json("", &job);
+        for container in spec["spec"]["containers"].as_array().unwrap() {
+            assert_eq!(
+                container["securityContext"],
+                json!({"capabilities": {"drop": ["NET_RAW"]}})
+            );
+        }
+        let spec = pod_json(
+            r#"privileged = true
+allow_privilege_escalation = false
+cap_add = ["NET_RAW", "SYS_TIME"]
+cap_drop = ["CHOWN"]
+[pod_security_context]
+run_as_user = 1000
+run_as_group = 3000
+fs_group = 2000
+run_as_non_root = true
+supplemental_groups = [5, 6]
+selinux_type = "spc_t"
+[pod_security_context.seccomp_profile]
+type = "RuntimeDefault"
+[build_container_security_context]
+run_as_user = 65534
+privileged = false
+read_only_root_filesystem = true
+proc_mount = "unmasked"
+[build_container_security_context.capabilities]
+drop = ["ALL"]
+[helper_container_security_context]
+allow_privilege_escalation = true
+[helper_container_security_context.app_armor_profile]
+type = "Localhost"
+localhost_profile = "k8s-helper"
+[service_container_security_context.capabilities]
+add = ["NET_ADMIN"]
+"#,
+            &job,
+        );
+        assert_eq!(
+            spec["spec"]["securityContext"],
+            json!({"fsGroup": 2000, "runAsGroup": 3000, "runAsNonRoot": true, "runAsUser": 1000,
+                   "supplementalGroups": [5, 6], "seLinuxOptions": {"type": "spc_t"},
+                   "seccompProfile": {"type": "RuntimeDefault"}})
+        );
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(
+            containers[0]["securityContext"],
+            json!({"allowPrivilegeEscalation": false,
+                   "capabilities": {"add": ["NET_RAW", "SYS_TIME"], "drop": ["ALL"]},
+                   "privileged": false, "procMount": "Unmasked", "readOnlyRootFilesystem": true,
+                   "runAsGroup": 3000, "runAsUser": 65534})
+        );
+        assert_eq!(
+            containers[1]["securityContext"],
+            json!({"allowPrivilegeEscalation": true,
+                   "appArmorProfile": {"type": "Localhost", "localhostProfile": "k8s-helper"},
+                   "capabilities": {"add": ["NET_RAW", "SYS_TIME"], "drop": ["CHOWN"]},
+                   "privileged": true, "runAsGroup": 3000, "runAsUser": 1000})
+        );
+        assert_eq!(
+            containers[2]["securityContext"]["capabilities"],
+            json!({"add": ["NET_ADMIN"], "drop": ["CHOWN"]})
+        );
+        let bad = KubernetesOptions::from_raw(&runnel_config::RawTable::from(
+            "[build_container_security_context]\nproc_mount = \"sometimes\"\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        ))
+        .unwrap_err();
+        assert!(bad.to_string().contains("proc_mount"), "{bad}");
+    }
+
+    #[test]
+    fn volumes_are_mounted_in_every_container_in_the_official_order() {
+        let job = job();
+        let spec = pod_json(
+            r#"[[volumes.host_path]]
+name = "docker"
+mount_path = "/var/run/docker.sock"
+read_only = true
+[[volumes.host_path]]
+name = "old-syntax"
+mount_path = "/data"
+host_path = "/srv/data"
+sub_path = "$TEAM"
+[[volumes.secret]]
+name = "tls"
+mount_path = "/etc/tls"
+[volumes.secret.items]
+"tls.crt" = "cert.pem"
+[[volumes.pvc]]
+name = "cache-$TEAM"
+mount_path = "/cache"
+[[volumes.pvc]]
+name = "cache-$TEAM"
+mount_path = "/cache2"
+[[volumes.config_map]]
+name = "settings"
+mount_path = "/etc/settings"
+read_only = true
+[[volumes.empty_dir]]
+name = "scratch"
+mount_path = "/scratch"
+medium = "Memory"
+size_limit = "1Gi"
+[[volumes.csi]]
+name = "inline"
+mount_path = "/csi"
+driver = "secrets-store.csi.k8s.io"
+fs_type = "ext4"
+[volumes.csi.volume_attributes]
+secretProviderClass = "vault"
+[[volumes.nfs]]
+name = "share"
+mount_path = "/share"
+server = "nfs.example.com"
+path = "/exports"
+read_only = true
+"#,
+            &job,
+        );
+        assert_eq!(
+            spec["spec"]["volumes"],
+            json!([
+                {"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}},
+                {"name": "old-syntax", "hostPath": {"path": "/srv/data"}},
+                {"name": "tls", "secret": {"secretName": "tls", "items": [{"key": "tls.crt", "path": "cert.pem"}]}},
+                {"name": "cache-blue", "persistentVolumeClaim": {"claimName": "cache-blue"}},
+                {"name": "settings", "configMap": {"name": "settings"}},
+                {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                {"name": "inline", "csi": {"driver": "secrets-store.csi.k8s.io", "fsType": "ext4", "readOnly": false, "volumeAttributes": {"secretProviderClass": "vault"}}},
+                {"name": "share", "nfs": {"path": "/exports", "readOnly": true, "server": "nfs.example.com"}},
+                {"name": "repo", "emptyDir": {}},
+            ])
+        );
+        let expected_mounts = json!([
+            {"name": "docker", "mountPath": "/var/run/docker.sock", "readOnly": true},
+            {"name": "old-syntax", "mountPath": "/data", "subPath": "blue"},
+            {"name": "tls", "mountPath": "/etc/tls"},
+            {"name": "cache-blue", "mountPath": "/cache"},
+            {"name": "cache-blue", "mountPath": "/cache2"},
+            {"name": "settings", "mountPath": "/etc/settings", "readOnly": true},
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "inline", "mountPath": "/csi"},
+            {"name": "share", "mountPath": "/share", "readOnly": true},
+            {"name": "repo", "mountPath": "/builds"},
+        ]);
+        for container in spec["spec"]["containers"].as_array().unwrap() {
+            assert_eq!(
+                container["volumeMounts"], expected_mounts,
+                "{}",
+                container["name"]
+            );
+        }
+        // A configured volume at the builds directory replaces the `repo` emptyDir.
+        let spec = pod_json(
+            "[[volumes.pvc]]\nname = \"builds\"\nmount_path = \"/builds\"\n",
+            &job,
+        );
+        let names: Vec<&str> = spec["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["builds"]);
+        let bad = KubernetesOptions::from_raw(&runnel_config::RawTable::from(
+            "[[volumes.empty_dir]]\nname = \"a\"\nmount_path = \"/a\"\n[[volumes.host_path]]\nname = \"a\"\nmount_path = \"/b\"\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        ))
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("two volumes are named `a`"),
+            "{bad}"
+        );
+        let typo = KubernetesOptions::from_raw(&runnel_config::RawTable::from(
+            "[[volumes.empty_dir]]\nname = \"a\"\nmount_path = \"/a\"\nsizelimit = \"1G\"\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        ))
+        .unwrap_err();
+        assert!(typo.to_string().contains("sizelimit"), "{typo}");
+    }
+
+    #[test]
+    fn scheduling_keys_reach_the_pod_spec() {
+        let job = job();
+        let spec = pod_json(
+            r#"scheduler_name = "custom"
+priority_class_name = "ci"
+runtime_class_name = "gvisor"
+automount_service_account_token = false
+dns_policy = "none"
+use_service_account_image_pull_secrets = true
+image_pull_secrets = ["ignored-by-the-option"]
+pod_cpu_limit = "4"
+pod_memory_request = "1Gi"
+[node_tolerations]
+"node-role=ci" = "NoSchedule"
+"dedicated" = ""
+"spot=true" = "NoExecute"
+[dns_config]
+nameservers = ["1.2.3.4"]
+searches = ["ns1.svc.cluster-domain.example"]
+[[dns_config.options]]
+name = "ndots"
+value = "2"
+[[dns_config.options]]
+name = "edns0"
+[[host_aliases]]
+ip = "10.0.0.1"
+hostnames = ["registry.internal", "mirror.internal"]
+[affinity.node_affinity.required_during_scheduling_ignored_during_execution]
+[[affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms]]
+[[affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms.match_expressions]]
+key = "kubernetes.io/e2e-az-name"
+operator = "In"
+values = ["e2e-az1", "e2e-az2"]
+[[affinity.node_affinity.preferred_during_scheduling_ignored_during_execution]]
+weight = 100
+[affinity.node_affinity.preferred_during_scheduling_ignored_during_execution.preference]
+[[affinity.node_affinity.preferred_during_scheduling_ignored_during_execution.preference.match_expressions]]
+key = "cpu_speed"
+operator = "In"
+values = ["fast"]
+[[affinity.pod_anti_affinity.preferred_during_scheduling_ignored_during_execution]]
+weight = 50
+[affinity.pod_anti_affinity.preferred_during_scheduling_ignored_during_execution.pod_affinity_term]
+topology_key = "kubernetes.io/hostname"
+[affinity.pod_anti_affinity.preferred_during_scheduling_ignored_during_execution.pod_affinity_term.label_selector.match_labels]
+job = "ci"
+[[affinity.pod_affinity.required_during_scheduling_ignored_during_execution]]
+topology_key = "zone"
+namespaces = ["ci"]
+[[affinity.pod_affinity.required_during_scheduling_ignored_during_execution.label_selector.match_expressions]]
+key = "app"
+operator = "Exists"
+[container_lifecycle.pre_stop.exec]
+command = ["sleep", "5"]
+[container_lifecycle.post_start.http_get]
+port = 8080
+path = "/ready"
+scheme = "HTTP"
+"#,
+            &job,
+        );
+        let spec = &spec["spec"];
+        assert_eq!(spec["schedulerName"], "custom");
+        assert_eq!(spec["priorityClassName"], "ci");
+        assert_eq!(spec["runtimeClassName"], "gvisor");
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["dnsPolicy"], "None");
+        assert!(spec.get("imagePullSecrets").is_none());
+        assert_eq!(
+            spec["resources"],
+            json!({"limits": {"cpu": "4"}, "requests": {"memory": "1Gi"}})
+        );
+        assert_eq!(
+            spec["tolerations"],
+            json!([
+                {"key": "dedicated", "operator": "Exists"},
+                {"effect": "NoSchedule", "key": "node-role", "operator": "Equal", "value": "ci"},
+                {"effect": "NoExecute", "key": "spot", "operator": "Equal", "value": "true"},
+            ])
+        );
+        assert_eq!(
+            spec["dnsConfig"],
+            json!({"nameservers": ["1.2.3.4"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}], "searches": ["ns1.svc.cluster-domain.example"]})
+        );
+        // Service aliases first: the configured ones must not shadow them.
+        assert_eq!(spec["hostAliases"][0]["ip"], "127.0.0.1");
+        assert_eq!(
+            spec["hostAliases"][2],
+            json!({"ip": "10.0.0.1", "hostnames": ["registry.internal", "mirror.internal"]})
+        );
+        assert_eq!(
+            spec["affinity"],
+            json!({
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "kubernetes.io/e2e-az-name", "operator": "In", "values": ["e2e-az1", "e2e-az2"]}]}
+                    ]},
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {"weight": 100, "preference": {"matchExpressions": [{"key": "cpu_speed", "operator": "In", "values": ["fast"]}]}}
+                    ]
+                },
+                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}, "namespaces": ["ci"], "topologyKey": "zone"}
+                ]},
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"job": "ci"}}, "topologyKey": "kubernetes.io/hostname"}}
+                ]}
+            })
+        );
+        for container in spec["containers"].as_array().unwrap() {
+            assert_eq!(
+                container["lifecycle"],
+                json!({"postStart": {"httpGet": {"httpHeaders": [], "path": "/ready", "port": 8080, "scheme": "HTTP"}},
+                       "preStop": {"exec": {"command": ["sleep", "5"]}}})
+            );
+        }
+        let bad = KubernetesOptions::from_raw(&runnel_config::RawTable::from(
+            "dns_policy = \"cluster\"\n".parse::<toml::Table>().unwrap(),
+        ))
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("cluster-first-with-host-net"),
+            "{bad}"
+        );
+    }
+
+    #[test]
+    fn overwrites_reach_the_pod() {
+        let mut job = job();
+        for (key, value) in [
+            ("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "deployer"),
+            ("KUBERNETES_POD_ANNOTATIONS_1", "example.com/reason=release"),
+            ("KUBERNETES_POD_LABELS_1", "stage=deploy"),
+            ("KUBERNETES_NODE_SELECTOR_1", "pool=large"),
+            ("KUBERNETES_NODE_TOLERATIONS_1", "gpu:NoSchedule"),
+            ("KUBERNETES_MEMORY_LIMIT", "2Gi"),
+            ("KUBERNETES_HELPER_CPU_LIMIT", "500m"),
+        ] {
+            job.variables.push(Variable {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                public: true,
+                file: false,
+                masked: false,
+                raw: false,
+                internal: false,
+            });
+        }
+        let spec = pod_json(
+            r#"service_account = "ci"
+service_account_overwrite_allowed = ".*"
+pod_annotations_overwrite_allowed = ".*"
+pod_labels_overwrite_allowed = "stage=.*"
+node_selector_overwrite_allowed = ".*"
+node_tolerations_overwrite_allowed = ".*"
+memory_limit = "1Gi"
+memory_limit_overwrite_max_allowed = "4Gi"
+helper_cpu_limit_overwrite_max_allowed = "1"
+"#,
+            &job,
+        );
+        assert_eq!(spec["spec"]["serviceAccountName"], "deployer");
+        assert_eq!(
+            spec["metadata"]["annotations"]["example.com/reason"],
+            "release"
+        );
+        assert_eq!(spec["metadata"]["labels"]["stage"], "deploy");
+        assert_eq!(spec["spec"]["nodeSelector"], json!({"pool": "large"}));
+        assert_eq!(
+            spec["spec"]["tolerations"],
+            json!([{"effect": "NoSchedule", "key": "gpu", "operator": "Exists"}])
+        );
+        assert_eq!(
+            spec["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "2Gi"
+        );
+        assert_eq!(
+            spec["spec"]["containers"][1]["resources"]["limits"]["cpu"],
+            "500m"
+        );
+    }
+
+    #[test]
+    fn pod_spec_patches_apply_only_with_their_feature_flag() {
+        let text = r#"[[pod_spec]]
+name = "hostname"
+patch = '''
+hostname: "custom-hostname"
+'''
+[[pod_spec]]
+name = "build-env"
+patch_type = "strategic"
+patch = '''
+containers:
+  - name: build
+    env:
+      - name: FROM_PATCH
+        value: "1"
+'''
+[[pod_spec]]
+name = "json"
+patch_type = "json"
+patch = '''
+[{"op": "add", "path": "/nodeSelector", "value": {"disk": "ssd"}}]
+'''
+[[pod_spec]]
+name = "merge"
+patch_type = "merge"
+patch = '{"terminationGracePeriodSeconds": 7}'
+"#;
+        let mut job = job();
+        let spec = pod_json(text, &job);
+        assert!(spec["spec"].get("hostname").is_none(), "off by default");
+        job.variables.push(Variable {
+            key: "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION".to_owned(),
+            value: "true".to_owned(),
+            public: true,
+            file: false,
+            masked: false,
+            raw: false,
+            internal: false,
+        });
+        let spec = pod_json(text, &job);
+        assert_eq!(spec["spec"]["hostname"], "custom-hostname");
+        assert_eq!(
+            spec["spec"]["containers"][0]["env"],
+            json!([{"name": "FROM_PATCH", "value": "1"}])
+        );
+        assert_eq!(spec["spec"]["containers"][0]["name"], "build");
+        assert_eq!(spec["spec"]["containers"][1]["name"], "helper");
+        assert_eq!(spec["spec"]["nodeSelector"], json!({"disk": "ssd"}));
+        assert_eq!(spec["spec"]["terminationGracePeriodSeconds"], 7);
+        let mut flagged_off = options(text);
+        flagged_off.advanced_pod_spec_flag = Some(false);
+        let spec = serde_json::to_value(pod(&flagged_off, &job).unwrap()).unwrap();
+        assert!(
+            spec["spec"].get("hostname").is_none(),
+            "[runners.feature_flags] wins over the job"
+        );
+    }
+
+    #[test]
+    fn the_init_permissions_container_is_built_as_official() {
+        let options = options(
+            "helper_cpu_limit = \"200m\"\n[init_permissions_container_security_context]\nrun_as_user = 0\n[[volumes.empty_dir]]\nname = \"scratch\"\nmount_path = \"/scratch\"\n",
+        );
+        let job = job();
+        let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
+        let mut inputs = inputs(&options, &job, &overwrites);
+        inputs.init_command = Some(vec!["sh".to_owned(), "-c".to_owned(), "true".to_owned()]);
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        assert_eq!(
+            spec["spec"]["initContainers"],
+            json!([{
+                "name": "init-permissions",
+                "image": "runnel-helper:latest",
+                "command": ["sh", "-c", "true"],
+                "resources": {"limits": {"cpu": "200m"}},
+                "securityContext": {"capabilities": {"drop": ["NET_RAW"]}, "runAsUser": 0},
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "repo", "mountPath": "/builds"}]
+            }])
         );
     }
 
@@ -608,10 +1336,7 @@ mod tests {
         let options = options("");
         let mut job = job();
         job.image = None;
-        assert!(matches!(
-            build_pod(&inputs(&options, &job)),
-            Err(KubernetesError::NoImage)
-        ));
+        assert!(matches!(pod(&options, &job), Err(KubernetesError::NoImage)));
     }
 
     #[test]

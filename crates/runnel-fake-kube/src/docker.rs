@@ -136,7 +136,16 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
     }
     match start_containers(&shared, &key, &pod, &containers).await {
         Ok(()) => {}
-        Err(message) => {
+        Err(StartError::Mount(message)) => {
+            // The kubelet retries the mount, and reports it in events only: the pod stays
+            // pending with its containers being created.
+            tracing::info!(pod = %key.1, %message, "a volume cannot be mounted");
+            shared.update_status(&key.0, &key.1, |status| {
+                set_waiting(status, &containers, "", "ContainerCreating", "");
+            });
+            return;
+        }
+        Err(StartError::Failed(message)) => {
             shared.update_status(&key.0, &key.1, |status| {
                 status["phase"] = json!("Failed");
                 status["reason"] = json!("ContainerCannotRun");
@@ -191,7 +200,7 @@ async fn start_containers(
     key: &Key,
     pod: &Value,
     containers: &[Value],
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("pod");
     let short_uid: String = uid
         .chars()
@@ -219,11 +228,26 @@ async fn start_containers(
                 backing.volumes.push(docker_name.clone())
             }) {
                 remove_volume(shared, &docker_name).await;
-                return Err("pod deleted".to_owned());
+                return Err("pod deleted".into());
             }
             volume_names.insert(name.to_owned(), docker_name);
         } else if let Some(path) = volume["hostPath"]["path"].as_str() {
             volume_names.insert(name.to_owned(), path.to_owned());
+        } else if let Some(files) = crate::objects::volume_files(shared, &key.0, volume) {
+            // As the kubelet: the pod does not start while a volume's object is missing.
+            let files = files.map_err(|message| {
+                StartError::Mount(format!(
+                    "MountVolume.SetUp failed for volume \"{name}\" : {message}"
+                ))
+            })?;
+            let dir =
+                std::env::temp_dir().join(format!("rfk-{}-{short_uid}-{name}", shared.server_id));
+            if !register(shared, key, |backing| backing.host_dirs.push(dir.clone())) {
+                return Err("pod deleted".into());
+            }
+            write_volume_files(&dir, &files, volume)
+                .map_err(|error| format!("writing the files of volume {name}: {error}"))?;
+            volume_names.insert(name.to_owned(), format!("{}:ro", dir.display()));
         }
     }
     let extra_hosts: Vec<String> = pod["spec"]["hostAliases"]
@@ -249,14 +273,25 @@ async fn start_containers(
             .filter_map(|mount| {
                 let source = volume_names.get(mount["name"].as_str()?)?;
                 let target = mount["mountPath"].as_str()?;
-                let mode = if mount["readOnly"].as_bool() == Some(true) {
+                // Secret and config map volumes are always read-only, as in Kubernetes.
+                let (source, forced_ro) = match source.strip_suffix(":ro") {
+                    Some(path) => (path.to_owned(), true),
+                    None => (source.clone(), false),
+                };
+                let source = match mount["subPath"].as_str().filter(|p| !p.is_empty()) {
+                    Some(sub) if source.starts_with('/') => format!("{source}/{sub}"),
+                    // A named docker volume has no sub paths through binds.
+                    Some(_) => return Some(Err(format!("volumeMounts[{}].subPath: runnel-fake-kube serves subPath only on hostPath, secret and configMap volumes", mount["name"]))),
+                    None => source,
+                };
+                let mode = if forced_ro || mount["readOnly"].as_bool() == Some(true) {
                     ":ro"
                 } else {
                     ""
                 };
-                Some(format!("{source}:{target}{mode}"))
+                Some(Ok(format!("{source}:{target}{mode}")))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let env: Vec<String> = container["env"]
             .as_array()
             .into_iter()
@@ -316,7 +351,7 @@ async fn start_containers(
             backing.containers.push((name.clone(), created.id.clone()));
         }) {
             remove_container(shared, &created.id).await;
-            return Err("pod deleted".to_owned());
+            return Err("pod deleted".into());
         }
         shared
             .docker
@@ -324,6 +359,58 @@ async fn start_containers(
             .await
             .map_err(|error| format!("starting container {name}: {error}"))?;
         first.get_or_insert(created.id);
+    }
+    Ok(())
+}
+
+/// Why a pod's containers did not start.
+#[derive(Debug)]
+enum StartError {
+    /// A secret or config map volume cannot be set up (its object is missing).
+    Mount(String),
+    /// Anything else: the pod fails.
+    Failed(String),
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        StartError::Failed(message)
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(message: &str) -> Self {
+        StartError::Failed(message.to_owned())
+    }
+}
+
+/// Writes a secret or config map volume's files (mode 0644, or the volume's `defaultMode`)
+/// into `dir` (0755).
+fn write_volume_files(
+    dir: &std::path::Path,
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    volume: &Value,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let source = volume.get("secret").or_else(|| volume.get("configMap"));
+    let mode = source
+        .and_then(|s| s["defaultMode"].as_u64())
+        .and_then(|m| u32::try_from(m & 0o777).ok())
+        .unwrap_or(0o644);
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for (path, content) in files {
+        // Keys and item paths are checked at pod creation: relative, without `..`.
+        if path.starts_with('/') || path.split('/').any(|p| p == ".." || p.is_empty()) {
+            continue;
+        }
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::write(&file, content)?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
@@ -475,6 +562,13 @@ pub(crate) async fn remove_backing(shared: &Shared, backing: &crate::state::Back
     }
     for volume in &backing.volumes {
         remove_volume(shared, volume).await;
+    }
+    for dir in &backing.host_dirs {
+        if let Err(error) = std::fs::remove_dir_all(dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::debug!(%error, dir = %dir.display(), "cannot remove a volume directory");
+        }
     }
 }
 

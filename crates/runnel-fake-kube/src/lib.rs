@@ -4,6 +4,8 @@
 //! ```text
 //! FakeKube::start(config)   listens, writes a kubeconfig for itself (bearer token, plain HTTP)
 //!   POST/GET/LIST/DELETE    /api/v1/namespaces/{ns}/pods[/{name}]   (labelSelector on lists)
+//!   POST/GET/DELETE         /api/v1/namespaces[/{name}], …/{ns}/secrets[/{name}],
+//!                           …/{ns}/configmaps[/{name}]                (see `objects`)
 //!   GET  …/pods/{name}/exec WebSocket, v5.channel.k8s.io or v4.channel.k8s.io: stdin 0,
 //!                           stdout 1, stderr 2, error 3 (a Status with the exit code), close 255
 //!   GET  …/pods/{name}/attach the same protocols, to the container's main process (stdin
@@ -29,6 +31,7 @@
 
 mod docker;
 mod exec;
+mod objects;
 mod server;
 mod state;
 
@@ -180,6 +183,76 @@ impl FakeKube {
     /// The stored pod object, as clients read it.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<serde_json::Value> {
         self.shared.pod_json(namespace, name)
+    }
+
+    /// Stores a secret (`data` given as plain bytes), as `POST …/secrets` would.
+    pub fn add_secret(&self, namespace: &str, name: &str, data: &[(&str, &[u8])]) {
+        use base64::Engine;
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(key, value)| {
+                (
+                    (*key).to_owned(),
+                    serde_json::Value::String(
+                        base64::engine::general_purpose::STANDARD.encode(value),
+                    ),
+                )
+            })
+            .collect();
+        self.add_object(
+            "secrets",
+            "Secret",
+            namespace,
+            name,
+            serde_json::json!({"data": data}),
+        );
+    }
+
+    /// Stores a config map, as `POST …/configmaps` would.
+    pub fn add_config_map(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, serde_json::Value> = data
+            .iter()
+            .map(|(key, value)| {
+                (
+                    (*key).to_owned(),
+                    serde_json::Value::String((*value).to_owned()),
+                )
+            })
+            .collect();
+        self.add_object(
+            "configmaps",
+            "ConfigMap",
+            namespace,
+            name,
+            serde_json::json!({"data": data}),
+        );
+    }
+
+    fn add_object(
+        &self,
+        plural: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        mut object: serde_json::Value,
+    ) {
+        object["apiVersion"] = serde_json::json!("v1");
+        object["kind"] = serde_json::json!(kind);
+        object["metadata"] = serde_json::json!({"name": name, "namespace": namespace});
+        self.shared.lock().objects.insert(
+            (plural.to_owned(), namespace.to_owned(), name.to_owned()),
+            object,
+        );
+    }
+
+    /// The namespaces made through the API that still exist (built-in ones not listed).
+    pub fn namespaces(&self) -> Vec<String> {
+        self.shared.lock().namespaces.keys().cloned().collect()
+    }
+
+    /// Names of every namespace ever created through the API, in order.
+    pub fn created_namespaces(&self) -> Vec<String> {
+        self.shared.lock().created_namespaces.clone()
     }
 
     /// Every pod created since the start, as it was posted (for checking pod specs).

@@ -15,7 +15,7 @@ use crate::state::{Backing, PodEntry, Shared};
 type Shared_ = Arc<Shared>;
 
 pub(crate) fn router(shared: Shared_) -> Router {
-    Router::new()
+    crate::objects::routes(Router::new())
         .route(
             "/api/v1/namespaces/{namespace}/pods",
             get(list_pods).post(create_pod),
@@ -71,7 +71,7 @@ fn invalid(name: &str, message: &str) -> Response {
 
 /// Every route needs `Authorization: Bearer <token>`.
 #[allow(clippy::result_large_err)] // a response is what the caller returns
-fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let expected = format!("Bearer {}", shared.token);
     match headers.get(axum::http::header::AUTHORIZATION) {
         Some(value) if value.as_bytes() == expected.as_bytes() => Ok(()),
@@ -222,11 +222,24 @@ fn validate(pod: &Value) -> Result<(), String> {
         }
     }
     for (index, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
-        let known = ["emptyDir", "hostPath"];
+        let known = ["emptyDir", "hostPath", "secret", "configMap"];
         if !known.iter().any(|kind| volume.get(*kind).is_some()) {
             return Err(format!(
-                "spec.volumes[{index}]: runnel-fake-kube serves only emptyDir and hostPath volumes"
+                "spec.volumes[{index}]: runnel-fake-kube serves only emptyDir, hostPath, secret and configMap volumes"
             ));
+        }
+        for item in volume["secret"]["items"]
+            .as_array()
+            .into_iter()
+            .chain(volume["configMap"]["items"].as_array())
+            .flatten()
+        {
+            let path = item["path"].as_str().unwrap_or("");
+            if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "spec.volumes[{index}].items.path: Invalid value: \"{path}\": must be a relative path without '..'"
+                ));
+            }
         }
     }
     Ok(())
@@ -297,6 +310,9 @@ async fn create_pod(
     }
     if let Err(message) = validate(&pod) {
         return invalid(&name, &message);
+    }
+    if let Err(response) = crate::objects::namespace_exists(&shared, &namespace) {
+        return response;
     }
     let key = (namespace.clone(), name.clone());
     {

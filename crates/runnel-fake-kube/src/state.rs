@@ -14,6 +14,8 @@ pub(crate) struct Backing {
     pub(crate) containers: Vec<(String, String)>,
     /// Docker volume names.
     pub(crate) volumes: Vec<String>,
+    /// Host directories holding secret and config map files.
+    pub(crate) host_dirs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -25,6 +27,12 @@ pub(crate) struct PodEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     pub(crate) pods: BTreeMap<(String, String), PodEntry>,
+    /// Namespaces made through the API (the built-in ones are not stored).
+    pub(crate) namespaces: BTreeMap<String, Value>,
+    /// Secrets and config maps by `(plural, namespace, name)`.
+    pub(crate) objects: BTreeMap<(String, String, String), Value>,
+    /// Every namespace created through the API, in order.
+    pub(crate) created_namespaces: Vec<String>,
     version: u64,
     created: Vec<Value>,
 }

@@ -7,6 +7,31 @@
 
 use crate::variables::JobVariables;
 
+/// Known flags Runnel does not act upon yet: a job that sets one of them to a value other than
+/// the default gets a warning (it runs as with the default). docs/compatibility.md lists them.
+pub(crate) const NOT_ACTED_UPON: &[&str] = &[
+    "FF_SKIP_NOOP_BUILD_STAGES",
+    "FF_USE_FASTZIP",
+    "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR",
+    "FF_USE_DYNAMIC_TRACE_FORCE_SEND_INTERVAL",
+    "FF_KUBERNETES_HONOR_ENTRYPOINT",
+    "FF_RESOLVE_FULL_TLS_CHAIN",
+    "FF_SECRET_RESOLVING_FAILS_IF_MISSING",
+    "FF_USE_GIT_BUNDLE_URIS",
+    "FF_USE_GIT_NATIVE_CLONE",
+    "FF_USE_INIT_WITH_DOCKER_EXECUTOR",
+    "FF_LOG_IMAGES_CONFIGURED_FOR_JOB",
+    "FF_USE_NATIVE_CONTAINER_STOP",
+    "FF_USE_LEGACY_GCS_CACHE_ADAPTER",
+    "FF_USE_LEGACY_S3_CACHE_ADAPTER",
+    "FF_USE_EXPONENTIAL_BACKOFF_STAGE_RETRY",
+    "FF_USE_ADAPTIVE_REQUEST_CONCURRENCY",
+    "FF_USE_GITALY_CORRELATION_ID",
+    "FF_USE_PARALLEL_ARTIFACT_TRANSFER",
+    "FF_ENABLE_JOB_INPUTS_INTERPOLATION",
+    "FF_USE_JOB_ROUTER",
+];
+
 /// `(name, default)` of every known flag, in the order the variables and the header list them.
 pub const FEATURE_FLAGS: &[(&str, bool)] = &[
     ("FF_NETWORK_PER_BUILD", false),
@@ -89,7 +114,16 @@ impl FeatureFlags {
                 (name, value)
             })
             .collect();
-        Self { values }
+        let flags = Self { values };
+        for (name, value) in flags.non_default() {
+            if NOT_ACTED_UPON.contains(&name) {
+                warnings.push(format!(
+                    "feature flag {name}={value} is not acted upon by Runnel yet; the job runs as with its default ({})",
+                    !value
+                ));
+            }
+        }
+        flags
     }
 
     /// The value of flag `name`; `false` for an unknown name.
@@ -214,5 +248,29 @@ mod tests {
         assert_eq!(changed, [("FF_TIMESTAMPS", false)]);
         assert!(!flags.is_on("FF_UNKNOWN"));
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn a_changed_flag_runnel_does_not_act_upon_is_named() {
+        let vars = JobVariables::new(vec![
+            Variable::new("FF_USE_FASTZIP", "true"),
+            Variable::new("FF_USE_GIT_BUNDLE_URIS", "true"),
+        ]);
+        let mut warnings = Vec::new();
+        FeatureFlags::resolve(
+            &[("FF_RESOLVE_FULL_TLS_CHAIN".to_owned(), true)],
+            &vars,
+            &mut warnings,
+        );
+        assert_eq!(
+            warnings,
+            [
+                "feature flag FF_USE_FASTZIP=true is not acted upon by Runnel yet; the job runs as with its default (false)",
+                "feature flag FF_RESOLVE_FULL_TLS_CHAIN=true is not acted upon by Runnel yet; the job runs as with its default (false)",
+            ]
+        );
+        for name in NOT_ACTED_UPON {
+            assert!(FEATURE_FLAGS.iter().any(|(n, _)| n == name), "{name}");
+        }
     }
 }

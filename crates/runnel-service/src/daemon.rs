@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::RunningJobs;
 use crate::job::{JobContext, run_job};
-use crate::metrics::{ApiObserver, metrics};
+use crate::metrics::{self as m, ApiObserver, metrics};
 use crate::settings::{ConfigSource, RunnerSpec, ServiceConfig};
 use crate::signals::{Signal, Signals};
 use crate::{RunOptions, ServiceError};
@@ -423,7 +423,9 @@ pub(crate) async fn run(
     options: RunOptions,
     on_reload: Box<dyn Fn(&ServiceConfig) + Send + Sync>,
 ) -> Result<(), ServiceError> {
-    let config = source.load()?;
+    let config = source.load();
+    m::configuration_loaded(config.is_ok());
+    let config = config?;
     if config.concurrent < 1 {
         return Err(ServiceError::Config {
             message: format!(
@@ -458,6 +460,7 @@ pub(crate) async fn run(
     metrics()
         .concurrent
         .set(i64::try_from(config.concurrent).unwrap_or(i64::MAX));
+    m::slots_resized(0, config.concurrent);
     let stop_http = CancellationToken::new();
     let listen = shared
         .options
@@ -476,6 +479,7 @@ pub(crate) async fn run(
         }
         None => None,
     };
+    m::process_state(m::ProcessState::Running);
     tracing::info!(
         concurrent = config.concurrent,
         runners = config.runners.len(),
@@ -525,11 +529,13 @@ pub(crate) async fn run(
     rotation.abort();
     match first {
         Some(Signal::Graceful) => {
+            m::process_state(m::ProcessState::GracefulShutdown);
             tracing::info!(
                 "graceful stop requested: no new jobs; waiting for running jobs to finish (send SIGTERM or SIGINT to abort them)"
             );
         }
         Some(_) => {
+            m::process_state(m::ProcessState::ForcefulShutdown);
             tracing::warn!(
                 "stop requested: aborting running jobs (send the signal again to exit at once)"
             );
@@ -540,6 +546,7 @@ pub(crate) async fn run(
     if let Err(error) = feeder.await {
         tracing::error!(%error, "the job feeder stopped unexpectedly");
     }
+    m::slots_resized(shared.config().concurrent, 0);
     shared.tasks.close();
 
     // Phase 2: wait for the jobs, escalating on signals and on shutdown_timeout.
@@ -575,6 +582,7 @@ pub(crate) async fn run(
                 Signal::Reload => {}
                 _ if deadline.is_some() => return Err(ServiceError::ForcedExit),
                 _ => {
+                    m::process_state(m::ProcessState::ForcefulShutdown);
                     tracing::warn!("second stop signal: aborting running jobs");
                     shared.abort.cancel();
                     deadline = Some(Instant::now() + shutdown_timeout);
@@ -784,7 +792,9 @@ fn warn_about(config: &ServiceConfig) {
 /// Makes `config` the running configuration: slots resized, runners updated in place.
 pub(crate) fn apply_config(shared: &Shared, config: ServiceConfig) -> Result<(), ServiceError> {
     apply_runners(shared, &config)?;
+    let previous = shared.config().concurrent;
     shared.slots.resize(config.concurrent);
+    m::slots_resized(previous, config.concurrent);
     metrics()
         .concurrent
         .set(i64::try_from(config.concurrent).unwrap_or(i64::MAX));
@@ -805,16 +815,20 @@ fn apply_runners(shared: &Shared, config: &ServiceConfig) -> Result<(), ServiceE
     let mut by_key: HashMap<(String, String), Arc<RunnerState>> =
         current.drain(..).map(|r| (r.spec().key(), r)).collect();
     let mut next = Vec::with_capacity(config.runners.len());
+    let configured: Vec<_> = config
+        .runners
+        .iter()
+        .map(|spec| {
+            let labels = [
+                spec.token.short(),
+                spec.name.clone(),
+                config.system_id.clone(),
+            ];
+            (labels, spec.limit, spec.request_concurrency)
+        })
+        .collect();
+    m::runners_configured(&configured);
     for spec in &config.runners {
-        let labels = [
-            spec.token.short(),
-            spec.name.clone(),
-            config.system_id.clone(),
-        ];
-        metrics()
-            .limit
-            .with_label_values(&labels)
-            .set(i64::try_from(spec.limit).unwrap_or(i64::MAX));
         match by_key.remove(&spec.key()) {
             Some(state) => {
                 state.update(spec.clone(), &config.system_id)?;
@@ -844,7 +858,9 @@ fn reload(
     }
     // Remember the new mtime even if the file is broken, so we do not retry the same content.
     *loaded_at = modified;
-    match source.load() {
+    let loaded = source.load();
+    m::configuration_loaded(loaded.is_ok());
+    match loaded {
         Ok(config) if config.concurrent >= 1 => {
             warn_about(&config);
             on_reload(&config);
@@ -918,10 +934,17 @@ async fn start_worker(shared: &Arc<Shared>, runner: Arc<RunnerState>) -> bool {
     };
     let Some(permit) = permit else { return false };
     let spec = runner.spec();
-    metrics()
-        .worker_feeds
-        .with_label_values(&[&spec.token.short(), &spec.name, &shared.config().system_id])
-        .inc();
+    let labels = [
+        spec.token.short(),
+        spec.name.clone(),
+        shared.config().system_id.clone(),
+    ];
+    // As the official feeder does, an unhealthy runner is not handed to the worker.
+    let healthy = runner.healthy(Instant::now());
+    m::worker_fed(&labels, healthy);
+    if !healthy {
+        return true;
+    }
     let worker_shared = Arc::clone(shared);
     shared
         .tasks
@@ -937,11 +960,14 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
     let Some(limit) = runner.limit.try_take() else {
         return;
     };
-    let Some(request_permit) = runner.requests.try_take() else {
-        return;
-    };
     let spec = runner.spec();
     let config = shared.config();
+    let short = spec.token.short();
+    let request_permit = runner.requests.try_take();
+    let Some(in_flight) = m::job_request(&short, &config.system_id, request_permit.is_some())
+    else {
+        return;
+    };
     let info = crate::job::runner_info(&spec);
     let request = JobRequest {
         token: &spec.token,
@@ -951,6 +977,7 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
     let client = runner.client();
     tracing::debug!(runner = %spec.token.short(), "checking for jobs");
     let result = client.request_job(&request, &shared.abort).await;
+    drop(in_flight);
     drop(request_permit);
     match result {
         JobRequestResult::Job(job) => {
@@ -982,6 +1009,13 @@ async fn work(shared: Arc<Shared>, runner: Arc<RunnerState>, slot: OwnedSemaphor
         JobRequestResult::Cancelled => {}
         other => {
             runner.record_health(!other.is_unhealthy());
+            if other.is_unhealthy() {
+                m::health_check_failed(&[
+                    short.clone(),
+                    spec.name.clone(),
+                    config.system_id.clone(),
+                ]);
+            }
             let problem = match &other {
                 JobRequestResult::Forbidden => "forbidden (is the runner token valid?)".to_owned(),
                 JobRequestResult::Unavailable => "GitLab instance currently unavailable".to_owned(),
@@ -1077,6 +1111,7 @@ async fn run_received_job(
         spec.name.clone(),
         config.system_id.clone(),
     ];
+    m::record_job_received(&labels, &spec.executor, &job.info);
     let tracked = shared.running.register(
         job.id,
         labels,

@@ -1,6 +1,6 @@
-//! The metrics and debug HTTP server (`listen_address`): `/metrics`, `/health/ready` and
-//! `/debug/jobs/list`, as the official runner serves them, plus the registry of running jobs
-//! those pages show.
+//! The metrics and debug HTTP server (`listen_address`): `/metrics`, `/health/ready`,
+//! `/debug/jobs/list` and `/debug/process/state`, as the official runner serves them, plus the
+//! registry of running jobs those pages show.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,7 +57,6 @@ impl RunningJobs {
             stage: String::new(),
             started: Instant::now(),
         };
-        gauge(&entry, 1);
         self.lock().insert(id, entry);
         RunningJob {
             jobs: Arc::clone(self),
@@ -85,38 +84,19 @@ impl RunningJobs {
     }
 }
 
-fn gauge(entry: &Entry, delta: i64) {
-    let [runner, name, system_id] = &entry.labels;
-    metrics()
-        .jobs
-        .with_label_values(&[
-            runner,
-            name,
-            system_id,
-            "running",
-            &entry.stage,
-            &entry.stage,
-        ])
-        .add(delta);
-}
-
 impl RunningJob {
     /// The job entered `stage`.
     pub(crate) fn set_stage(&self, stage: &str) {
         let mut jobs = self.jobs.lock();
         if let Some(entry) = jobs.get_mut(&self.id) {
-            gauge(entry, -1);
             stage.clone_into(&mut entry.stage);
-            gauge(entry, 1);
         }
     }
 }
 
 impl Drop for RunningJob {
     fn drop(&mut self) {
-        if let Some(entry) = self.jobs.lock().remove(&self.id) {
-            gauge(&entry, -1);
-        }
+        self.jobs.lock().remove(&self.id);
     }
 }
 
@@ -154,6 +134,10 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics_page))
         .route("/health/ready", get(|| async { "OK\n" }))
         .route("/debug/jobs/list", get(jobs_page))
+        .route(
+            "/debug/process/state",
+            get(|| async { format!("{}\n", crate::metrics::current_process_state()) }),
+        )
         .with_state(jobs);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -161,14 +145,18 @@ pub(crate) async fn serve(
         .map_err(|source| ServiceError::Listen { address, source })
 }
 
-async fn metrics_page() -> impl IntoResponse {
+async fn metrics_page(State(jobs): State<Arc<RunningJobs>>) -> impl IntoResponse {
+    let page = {
+        let running = jobs.lock();
+        metrics().render(running.values().map(|e| (&e.labels, e.stage.as_str())))
+    };
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics().render(),
+        page,
     )
 }
 

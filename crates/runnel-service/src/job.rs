@@ -619,10 +619,16 @@ async fn execute_stages(
         .instrument(stage_span)
         .await;
         let took = stage_started.elapsed();
-        crate::metrics::metrics()
-            .stage_duration
-            .with_label_values(&[&labels[0], &labels[1], &labels[2], &stage.name])
-            .observe(took.as_secs_f64());
+        // Per-stage series only on request, as the official runner does.
+        if plan
+            .feature_flags
+            .is_on("FF_EXPORT_HIGH_CARDINALITY_METRICS")
+        {
+            crate::metrics::metrics()
+                .stage_duration
+                .with_label_values(&[&labels[0], &labels[1], &labels[2], &stage.name])
+                .observe(took.as_secs_f64());
+        }
         durations.push((stage.name.clone(), took));
         section_end(trace, sections, &stage.name);
         let stop = stop_reason(signals, context, journal_failed);
@@ -1246,7 +1252,9 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         runner_command,
         server_url: runner.url.clone(),
         clone_url: runner.clone_url.clone().unwrap_or_default(),
-        tls_ca: read_tls_file(runner.tls_ca_file.as_deref()),
+        // Without a CA file, the chain GitLab presented (as the official runner does).
+        tls_ca: read_tls_file(runner.tls_ca_file.as_deref())
+            .or_else(|| context.client.presented_tls_chain()),
         tls_cert: read_tls_file(runner.tls_cert_file.as_deref()),
         tls_key: read_tls_file(runner.tls_key_file.as_deref()).map(runnel_types::Secret::new),
         os_arch: format!("{}/{}", std::env::consts::OS, go_arch()),

@@ -1,15 +1,20 @@
-//! Prometheus metrics with the official runner's names and labels, so existing dashboards keep
-//! working, plus per-job resource figures the official runner does not have.
+//! Prometheus metrics with the official runner's names, label sets, types and buckets, so
+//! existing dashboards and alerts keep working, plus per-job resource figures the official runner
+//! does not have (`runnel_job_*`).
 //!
 //! One process-wide registry ([`metrics`]); the HTTP side lives in `http.rs`. Label values never
 //! contain tokens: runners are labelled by their short token, as the official runner does.
+//! Official series that only make sense for features Runnel does not have are not exported; they
+//! are listed, with the reason, in docs/compatibility.md (Metrics row) and in the test fixture
+//! `crates/runnel/tests/data/official-metrics.txt`.
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The metrics of this process.
@@ -18,21 +23,55 @@ pub(crate) struct Metrics {
     registry: Registry,
     pub(crate) concurrent: IntGauge,
     pub(crate) limit: IntGaugeVec,
-    pub(crate) jobs: IntGaugeVec,
+    /// Rebuilt at every scrape from the configured runners and the running jobs.
+    jobs: IntGaugeVec,
     pub(crate) jobs_total: IntCounterVec,
     pub(crate) job_duration: HistogramVec,
     pub(crate) stage_duration: HistogramVec,
+    job_execution_mode: IntCounterVec,
+    job_queue_duration: HistogramVec,
+    job_queue_size: IntGaugeVec,
+    job_queue_depth: IntGaugeVec,
+    acceptable_queuing_exceeded: IntCounterVec,
     pub(crate) failed_jobs: IntCounterVec,
+    request_concurrency: IntGaugeVec,
+    request_concurrency_exceeded: IntCounterVec,
+    request_concurrency_hard_limit: IntGaugeVec,
+    request_concurrency_used_limit: IntGaugeVec,
     pub(crate) api_statuses: IntCounterVec,
     pub(crate) api_duration: HistogramVec,
     pub(crate) api_retries: IntCounterVec,
     pub(crate) worker_feeds: IntCounterVec,
+    worker_feed_failures: IntCounterVec,
+    worker_slots: IntGauge,
+    worker_slot_operations: IntCounterVec,
+    worker_processing_failures: IntCounterVec,
+    worker_health_check_failures: IntCounterVec,
+    configuration_loaded: IntCounter,
+    configuration_loading_error: IntCounter,
+    configuration_saved: IntCounter,
+    configuration_saving_error: IntCounter,
+    process_state: IntGaugeVec,
     pub(crate) errors: IntCounterVec,
     pub(crate) job_peak_memory: HistogramVec,
     pub(crate) job_cpu: HistogramVec,
+    /// The configured runners (short token -> name, system id), for the idle `jobs` series.
+    runners: Mutex<BTreeMap<String, (String, String)>>,
+    /// The name of the process state (`process_state_info`'s label).
+    state: Mutex<&'static str>,
 }
 
 const RUNNER: &[&str] = &["runner", "runner_name", "system_id"];
+const RUNNER_SYSTEM: &[&str] = &["runner", "system_id"];
+
+/// `failure_type` values of `gitlab_runner_worker_processing_failures_total`.
+const FAILURE_TYPES: [&str; 3] = ["other", "no_free_executor", "job_failure"];
+
+/// The log levels `gitlab_runner_errors_total` counts (logrus' names).
+const ERROR_LEVELS: [&str; 4] = ["panic", "fatal", "error", "warning"];
+
+/// Runnel runs every job the traditional way (script steps; `run:` steps are refused).
+const MODE: &str = "traditional";
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
@@ -41,23 +80,41 @@ pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }
 
+/// The state of the process, as `gitlab_runner_process_state_info` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProcessState {
+    Running,
+    GracefulShutdown,
+    ForcefulShutdown,
+}
+
+impl ProcessState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::GracefulShutdown => "graceful-shutdown",
+            Self::ForcefulShutdown => "forceful-shutdown",
+        }
+    }
+}
+
 impl Metrics {
     fn new() -> Self {
-        let registry = Registry::new();
         let m = Self {
+            registry: Registry::new(),
             concurrent: IntGauge::new(
                 "gitlab_runner_concurrent",
-                "The current value of concurrent setting",
+                "The concurrent setting in effect",
             )
             .expect("valid metric"),
             limit: gauge_vec(
                 "gitlab_runner_limit",
-                "The current value of limit setting",
+                "The limit setting of each runner",
                 RUNNER,
             ),
             jobs: gauge_vec(
                 "gitlab_runner_jobs",
-                "The current number of running builds.",
+                "Jobs running now, by state and stage (an idle series per runner)",
                 &[
                     "runner",
                     "runner_name",
@@ -67,14 +124,10 @@ impl Metrics {
                     "executor_stage",
                 ],
             ),
-            jobs_total: counter_vec(
-                "gitlab_runner_jobs_total",
-                "Total number of handled jobs",
-                RUNNER,
-            ),
+            jobs_total: counter_vec("gitlab_runner_jobs_total", "Jobs received", RUNNER),
             job_duration: histogram_vec(
                 "gitlab_runner_job_duration_seconds",
-                "Histogram of job durations",
+                "How long jobs took",
                 &["runner", "runner_name", "system_id", "mode"],
                 vec![
                     30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 10800.0, 18000.0, 36000.0,
@@ -82,41 +135,135 @@ impl Metrics {
             ),
             stage_duration: histogram_vec(
                 "gitlab_runner_job_stage_duration_seconds",
-                "Histogram of job stage durations",
+                "How long job stages took (with FF_EXPORT_HIGH_CARDINALITY_METRICS)",
                 &["runner", "runner_name", "system_id", "stage"],
-                vec![
-                    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
-                ],
+                QUEUE_AND_STAGE_BUCKETS.to_vec(),
+            ),
+            job_execution_mode: counter_vec(
+                "gitlab_runner_job_execution_mode_total",
+                "Jobs started, by execution mode and executor",
+                &["mode", "executor"],
+            ),
+            job_queue_duration: histogram_vec(
+                "gitlab_runner_job_queue_duration_seconds",
+                "How long received jobs had waited in GitLab's queue",
+                &["runner", "runner_name", "system_id", "project_jobs_running"],
+                QUEUE_AND_STAGE_BUCKETS.to_vec(),
+            ),
+            job_queue_size: gauge_vec(
+                "gitlab_runner_job_queue_size",
+                "The queue size GitLab reported with the last job",
+                RUNNER,
+            ),
+            job_queue_depth: gauge_vec(
+                "gitlab_runner_job_queue_depth",
+                "The queue search depth GitLab reported with the last job",
+                RUNNER,
+            ),
+            acceptable_queuing_exceeded: counter_vec(
+                "gitlab_runner_acceptable_job_queuing_duration_exceeded_total",
+                "Jobs that waited longer than the [runners.monitoring] threshold (not evaluated by Runnel)",
+                RUNNER,
             ),
             failed_jobs: counter_vec(
                 "gitlab_runner_failed_jobs_total",
-                "Total number of failed jobs",
+                "Failed jobs, by failure reason",
                 &["runner", "runner_name", "failure_reason", "mode"],
+            ),
+            request_concurrency: gauge_vec(
+                "gitlab_runner_request_concurrency",
+                "Job requests in flight",
+                RUNNER_SYSTEM,
+            ),
+            request_concurrency_exceeded: counter_vec(
+                "gitlab_runner_request_concurrency_exceeded_total",
+                "Job requests not made because request_concurrency were already in flight",
+                RUNNER_SYSTEM,
+            ),
+            request_concurrency_hard_limit: gauge_vec(
+                "gitlab_runner_request_concurrency_hard_limit",
+                "The request_concurrency setting",
+                RUNNER_SYSTEM,
+            ),
+            request_concurrency_used_limit: gauge_vec(
+                "gitlab_runner_request_concurrency_used_limit",
+                "The request concurrency limit applied (Runnel applies request_concurrency as is)",
+                RUNNER_SYSTEM,
             ),
             api_statuses: counter_vec(
                 "gitlab_runner_api_request_statuses_total",
-                "The total number of API requests, partitioned by runner, endpoint and status.",
+                "API requests, by runner, endpoint, status and method",
                 &["runner", "system_id", "endpoint", "status", "method"],
             ),
             api_duration: histogram_vec(
                 "gitlab_runner_api_request_duration_seconds",
-                "Latency histogram of API requests made by GitLab Runner",
+                "API request latency, by runner, endpoint, status class and method",
                 &["runner", "system_id", "endpoint", "status_class", "method"],
-                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
             ),
             api_retries: counter_vec(
                 "gitlab_runner_api_request_retries_total",
-                "Total number of API request retries",
+                "Attempts made to complete API requests (the first one included), by path and method",
                 &["path", "method"],
             ),
             worker_feeds: counter_vec(
                 "gitlab_runner_worker_feeds_total",
-                "Total number of times a runner was fed to the workers",
+                "Times a runner was handed to a worker slot",
                 RUNNER,
+            ),
+            worker_feed_failures: counter_vec(
+                "gitlab_runner_worker_feed_failures_total",
+                "Times a runner was not handed to a worker slot (unhealthy)",
+                RUNNER,
+            ),
+            worker_slots: IntGauge::new(
+                "gitlab_runner_worker_slots_number",
+                "Worker slots (concurrent)",
+            )
+            .expect("valid metric"),
+            worker_slot_operations: counter_vec(
+                "gitlab_runner_worker_slot_operations_total",
+                "Worker slots started and stopped",
+                &["operation"],
+            ),
+            worker_processing_failures: counter_vec(
+                "gitlab_runner_worker_processing_failures_total",
+                "Worker turns that ended in a failure, by type",
+                &["failure_type", "runner", "runner_name", "system_id"],
+            ),
+            worker_health_check_failures: counter_vec(
+                "gitlab_runner_worker_health_check_failures_total",
+                "Job requests that counted against the runner's health",
+                RUNNER,
+            ),
+            configuration_loaded: IntCounter::new(
+                "gitlab_runner_configuration_loaded_total",
+                "Times config.toml was loaded",
+            )
+            .expect("valid metric"),
+            configuration_loading_error: IntCounter::new(
+                "gitlab_runner_configuration_loading_error_total",
+                "Times config.toml could not be loaded",
+            )
+            .expect("valid metric"),
+            configuration_saved: IntCounter::new(
+                "gitlab_runner_configuration_saved_total",
+                "Times config.toml was saved",
+            )
+            .expect("valid metric"),
+            configuration_saving_error: IntCounter::new(
+                "gitlab_runner_configuration_saving_error_total",
+                "Times config.toml could not be saved",
+            )
+            .expect("valid metric"),
+            process_state: gauge_vec(
+                "gitlab_runner_process_state_info",
+                "The state of the runner process (1 for the current one)",
+                &["state"],
             ),
             errors: counter_vec(
                 "gitlab_runner_errors_total",
-                "The number of caught errors.",
+                "Warnings and errors logged",
                 &["level"],
             ),
             job_peak_memory: histogram_vec(
@@ -131,11 +278,12 @@ impl Metrics {
                 RUNNER,
                 prometheus::exponential_buckets(0.01, 4.0, 12).expect("valid buckets"),
             ),
-            registry,
+            runners: Mutex::new(BTreeMap::new()),
+            state: Mutex::new("starting"),
         };
         let version = gauge_vec(
             "gitlab_runner_version_info",
-            "A metric with a constant '1' value labeled by different build stats fields.",
+            "A constant 1 labelled with what this build is",
             &[
                 "name",
                 "version",
@@ -160,6 +308,16 @@ impl Metrics {
                 std::env::consts::ARCH,
             ])
             .set(1);
+        // Series the official runner shows from the start, at zero.
+        for level in ERROR_LEVELS {
+            m.errors.with_label_values(&[level]).inc_by(0);
+        }
+        for operation in ["started", "stopped"] {
+            m.worker_slot_operations
+                .with_label_values(&[operation])
+                .inc_by(0);
+        }
+        m.process_state.with_label_values(&["starting"]).set(1);
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(version),
             Box::new(m.concurrent.clone()),
@@ -168,11 +326,30 @@ impl Metrics {
             Box::new(m.jobs_total.clone()),
             Box::new(m.job_duration.clone()),
             Box::new(m.stage_duration.clone()),
+            Box::new(m.job_execution_mode.clone()),
+            Box::new(m.job_queue_duration.clone()),
+            Box::new(m.job_queue_size.clone()),
+            Box::new(m.job_queue_depth.clone()),
+            Box::new(m.acceptable_queuing_exceeded.clone()),
             Box::new(m.failed_jobs.clone()),
+            Box::new(m.request_concurrency.clone()),
+            Box::new(m.request_concurrency_exceeded.clone()),
+            Box::new(m.request_concurrency_hard_limit.clone()),
+            Box::new(m.request_concurrency_used_limit.clone()),
             Box::new(m.api_statuses.clone()),
             Box::new(m.api_duration.clone()),
             Box::new(m.api_retries.clone()),
             Box::new(m.worker_feeds.clone()),
+            Box::new(m.worker_feed_failures.clone()),
+            Box::new(m.worker_slots.clone()),
+            Box::new(m.worker_slot_operations.clone()),
+            Box::new(m.worker_processing_failures.clone()),
+            Box::new(m.worker_health_check_failures.clone()),
+            Box::new(m.configuration_loaded.clone()),
+            Box::new(m.configuration_loading_error.clone()),
+            Box::new(m.configuration_saved.clone()),
+            Box::new(m.configuration_saving_error.clone()),
+            Box::new(m.process_state.clone()),
             Box::new(m.errors.clone()),
             Box::new(m.job_peak_memory.clone()),
             Box::new(m.job_cpu.clone()),
@@ -188,8 +365,26 @@ impl Metrics {
         m
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub(crate) fn render(&self) -> String {
+    /// The Prometheus text exposition of every metric; `running` yields the labels (runner,
+    /// runner name, system id) and stage of every running job.
+    pub(crate) fn render<'a>(
+        &self,
+        running: impl IntoIterator<Item = (&'a [String; 3], &'a str)>,
+    ) -> String {
+        {
+            let runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
+            self.jobs.reset();
+            for (short, (name, system_id)) in runners.iter() {
+                self.jobs
+                    .with_label_values(&[short, name, system_id, "idle", "idle", "idle"])
+                    .set(0);
+            }
+            for ([runner, name, system_id], stage) in running {
+                self.jobs
+                    .with_label_values(&[runner, name, system_id, "running", stage, stage])
+                    .inc();
+            }
+        }
         let mut out = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(%error, "cannot encode metrics");
@@ -197,6 +392,11 @@ impl Metrics {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
+
+/// The official buckets of the queue and stage duration histograms.
+const QUEUE_AND_STAGE_BUCKETS: [f64; 10] = [
+    1.0, 3.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
+];
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
@@ -211,6 +411,182 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> 
         .expect("valid metric")
 }
 
+/// The configured runners changed: `runners` holds (short token, name, system id, limit,
+/// request_concurrency) of each. Series of runners no longer configured go away.
+pub(crate) fn runners_configured(runners: &[([String; 3], usize, usize)]) {
+    let m = metrics();
+    m.limit.reset();
+    m.request_concurrency_hard_limit.reset();
+    m.request_concurrency_used_limit.reset();
+    let mut known = m.runners.lock().unwrap_or_else(PoisonError::into_inner);
+    known.clear();
+    for (labels, limit, request_concurrency) in runners {
+        let [short, name, system_id] = labels;
+        known.insert(short.clone(), (name.clone(), system_id.clone()));
+        m.limit
+            .with_label_values(labels)
+            .set(i64::try_from(*limit).unwrap_or(i64::MAX));
+        let rs = [short.as_str(), system_id.as_str()];
+        let request_concurrency = i64::try_from((*request_concurrency).max(1)).unwrap_or(i64::MAX);
+        m.request_concurrency_hard_limit
+            .with_label_values(&rs)
+            .set(request_concurrency);
+        m.request_concurrency_used_limit
+            .with_label_values(&rs)
+            .set(request_concurrency);
+        m.request_concurrency.with_label_values(&rs).add(0);
+        m.request_concurrency_exceeded
+            .with_label_values(&rs)
+            .inc_by(0);
+        m.jobs_total.with_label_values(labels).inc_by(0);
+        m.worker_feeds.with_label_values(labels).inc_by(0);
+        m.worker_feed_failures.with_label_values(labels).inc_by(0);
+        m.worker_health_check_failures
+            .with_label_values(labels)
+            .inc_by(0);
+        for failure_type in FAILURE_TYPES {
+            m.worker_processing_failures
+                .with_label_values(&[failure_type, short, name, system_id])
+                .inc_by(0);
+        }
+    }
+}
+
+/// The number of worker slots (`concurrent`) changed from `old` to `new`.
+pub(crate) fn slots_resized(old: usize, new: usize) {
+    let m = metrics();
+    m.worker_slots.set(i64::try_from(new).unwrap_or(i64::MAX));
+    let (operation, count) = if new >= old {
+        ("started", new - old)
+    } else {
+        ("stopped", old - new)
+    };
+    m.worker_slot_operations
+        .with_label_values(&[operation])
+        .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+}
+
+/// The process entered `state`.
+pub(crate) fn process_state(state: ProcessState) {
+    let m = metrics();
+    let mut current = m.state.lock().unwrap_or_else(PoisonError::into_inner);
+    *current = state.as_str();
+    m.process_state.reset();
+    m.process_state.with_label_values(&[state.as_str()]).set(1);
+}
+
+/// The state of the process (`starting`, `running`, `graceful-shutdown`, `forceful-shutdown`),
+/// for `/debug/process/state`.
+pub(crate) fn current_process_state() -> &'static str {
+    *metrics()
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// config.toml was loaded (`Ok`) or failed to load.
+pub(crate) fn configuration_loaded(ok: bool) {
+    let m = metrics();
+    if ok {
+        m.configuration_loaded.inc();
+    } else {
+        m.configuration_loading_error.inc();
+    }
+}
+
+/// config.toml was saved (`Ok`) or failed to save.
+pub(crate) fn configuration_saved(ok: bool) {
+    let m = metrics();
+    if ok {
+        m.configuration_saved.inc();
+    } else {
+        m.configuration_saving_error.inc();
+    }
+}
+
+/// A runner was handed to a worker slot (`fed`) or held back because it is unhealthy.
+pub(crate) fn worker_fed(labels: &[String; 3], fed: bool) {
+    let m = metrics();
+    if fed {
+        m.worker_feeds.with_label_values(labels).inc();
+    } else {
+        m.worker_feed_failures.with_label_values(labels).inc();
+    }
+}
+
+/// A job request counted against the runner's health.
+pub(crate) fn health_check_failed(labels: &[String; 3]) {
+    metrics()
+        .worker_health_check_failures
+        .with_label_values(labels)
+        .inc();
+}
+
+/// Keeps `gitlab_runner_request_concurrency` up while a job request is in flight.
+#[derive(Debug)]
+pub(crate) struct RequestInFlight {
+    gauge: IntGauge,
+}
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A job request for runner `short` starts (`Some`), or is not made because
+/// `request_concurrency` requests are already in flight (`None` given as `admitted = false`).
+pub(crate) fn job_request(short: &str, system_id: &str, admitted: bool) -> Option<RequestInFlight> {
+    let m = metrics();
+    if !admitted {
+        m.request_concurrency_exceeded
+            .with_label_values(&[short, system_id])
+            .inc();
+        return None;
+    }
+    let gauge = m.request_concurrency.with_label_values(&[short, system_id]);
+    gauge.inc();
+    Some(RequestInFlight { gauge })
+}
+
+/// A job was received: its queue figures and its execution mode.
+pub(crate) fn record_job_received(
+    labels: &[String; 3],
+    executor: &str,
+    info: &runnel_types::JobInfo,
+) {
+    let m = metrics();
+    m.jobs_total.with_label_values(labels).inc();
+    // A label value from the server: bounded (GitLab sends short buckets like "3+").
+    let running: String = info
+        .project_jobs_running_on_instance_runners_count
+        .chars()
+        .take(32)
+        .collect();
+    m.job_queue_duration
+        .with_label_values(&[&labels[0], &labels[1], &labels[2], &running])
+        .observe(info.time_in_queue_seconds);
+    m.job_queue_size
+        .with_label_values(labels)
+        .set(i64::try_from(info.queue_size).unwrap_or(i64::MAX));
+    m.job_queue_depth
+        .with_label_values(labels)
+        .set(i64::try_from(info.queue_depth).unwrap_or(i64::MAX));
+    // `[runners.monitoring]` thresholds are not evaluated (the key is named at start as not
+    // acted upon); the series exists, as the official runner's does without that section.
+    m.acceptable_queuing_exceeded
+        .with_label_values(labels)
+        .inc_by(0);
+    let executor = if executor.is_empty() {
+        "unknown"
+    } else {
+        executor
+    };
+    m.job_execution_mode
+        .with_label_values(&[MODE, executor])
+        .inc();
+}
+
 /// Records API calls of one runner (the client's observer).
 #[derive(Debug)]
 pub(crate) struct ApiObserver {
@@ -221,40 +597,53 @@ pub(crate) struct ApiObserver {
 impl runnel_api::RequestObserver for ApiObserver {
     fn observe(&self, event: &runnel_api::RequestEvent) {
         let m = metrics();
-        let endpoint = event.endpoint.as_str();
-        let status = event
-            .status
-            .map_or_else(|| "-1".to_owned(), |s| s.as_u16().to_string());
+        let method = event.method.as_str().to_ascii_lowercase();
+        if event.retry_in.is_none() {
+            // The request is complete: count all its attempts, as the official runner does.
+            m.api_retries
+                .with_label_values(&[retry_path(event.endpoint), &method])
+                .inc_by(u64::from(event.attempt.max(1)));
+        }
+        // The official runner observes these endpoints only, and not transport errors.
+        use runnel_api::Endpoint as E;
+        let observed = matches!(
+            event.endpoint,
+            E::ResetToken | E::RequestJob | E::UpdateJob | E::PatchTrace
+        );
+        let Some(status) = event.status.filter(|_| observed) else {
+            return;
+        };
+        let status = status.as_u16();
         m.api_statuses
             .with_label_values(&[
                 &self.runner,
                 &self.system_id,
-                endpoint,
-                &status,
-                event.method.as_str(),
+                event.endpoint.as_str(),
+                &status.to_string(),
+                &method,
             ])
             .inc();
-        let class = event.status.map_or("error", |s| match s.as_u16() / 100 {
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            5 => "5xx",
-            _ => "other",
-        });
         m.api_duration
             .with_label_values(&[
                 &self.runner,
                 &self.system_id,
-                endpoint,
-                class,
-                event.method.as_str(),
+                event.endpoint.as_str(),
+                status_class(status),
+                &method,
             ])
             .observe(event.duration.as_secs_f64());
-        if event.retry_in.is_some() {
-            m.api_retries
-                .with_label_values(&[retry_path(event.endpoint), event.method.as_str()])
-                .inc();
-        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        600.. => "unknown",
+        500.. => "5xx",
+        400.. => "4xx",
+        300.. => "3xx",
+        200.. => "2xx",
+        100.. => "1xx",
+        _ => "unknown",
     }
 }
 
@@ -295,15 +684,22 @@ pub(crate) fn record_job(
     usage: Option<&crate::usage::Usage>,
 ) {
     let m = metrics();
-    m.jobs_total.with_label_values(labels).inc();
-    // Runnel runs every job the traditional way (script steps; no step runner).
-    const MODE: &str = "traditional";
     m.job_duration
         .with_label_values(&[&labels[0], &labels[1], &labels[2], MODE])
         .observe(duration.as_secs_f64());
     if let Some(reason) = failure {
         m.failed_jobs
             .with_label_values(&[&labels[0], &labels[1], reason, MODE])
+            .inc();
+        // The official worker reports a job that failed on its own (the script) as a
+        // `job_failure`, every other failed turn as `other`.
+        let failure_type = if reason == "script_failure" {
+            "job_failure"
+        } else {
+            "other"
+        };
+        m.worker_processing_failures
+            .with_label_values(&[failure_type, &labels[0], &labels[1], &labels[2]])
             .inc();
     }
     if let Some(usage) = usage {

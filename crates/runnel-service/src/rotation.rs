@@ -89,14 +89,14 @@ async fn rotate_one(
     let obtained = OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .unwrap_or(OffsetDateTime::now_utc());
-    source
-        .save_token(
-            &runner.token,
-            &reset.token,
-            obtained,
-            reset.token_expires_at,
-        )
-        .map_err(|e| e.to_string())?;
+    let saved = source.save_token(
+        &runner.token,
+        &reset.token,
+        obtained,
+        reset.token_expires_at,
+    );
+    crate::metrics::configuration_saved(saved.is_ok());
+    saved.map_err(|e| e.to_string())?;
     tracing::info!(runner = %reset.token.short(), "runner token rotated and saved");
     Ok(())
 }

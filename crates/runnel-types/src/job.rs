@@ -81,6 +81,9 @@ pub struct JobInfo {
     pub time_in_queue_seconds: f64,
     pub queue_size: u64,
     pub queue_depth: u64,
+    /// `project_jobs_running_on_instance_runners_count` as GitLab sends it (a bucket such as
+    /// `"0"`, `"3+"`, `"+Inf"`), for the queue duration metric.
+    pub project_jobs_running_on_instance_runners_count: String,
 }
 
 /// Whether `git_info.ref` names a branch or a tag.

@@ -115,6 +115,10 @@ fn lenient_fields_are_accepted() {
     assert_eq!(job.id, JobId(55));
     assert_eq!(job.info.project_id, 17);
     assert_eq!(job.info.time_in_queue_seconds, 1.25);
+    assert_eq!(
+        job.info.project_jobs_running_on_instance_runners_count,
+        "+Inf"
+    );
     assert_eq!(job.git.ref_type, RefType::Tag);
     assert_eq!(job.git.depth, 50);
     assert_eq!(job.git.protected, Some(true));

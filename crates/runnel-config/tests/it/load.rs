@@ -321,3 +321,20 @@ fn keys_parsed_but_not_acted_upon_are_named() {
         ]
     );
 }
+
+#[test]
+fn docker_keys_the_executor_does_not_act_on_are_named() {
+    let file = parse(
+        "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"docker\"\n  [runners.docker]\n    image = \"alpine\"\n    gpus = \"all\"\n    mac_address = \"92:d0:c6:0a:29:33\"\n    helper_image_flavor = \"ubuntu\"\n    [runners.docker.services_devices]\n      \"postgres\" = [\"/dev/null:/dev/null\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        file.config().runners[0].ignored_keys(),
+        [
+            "[runners.docker] gpus",
+            "[runners.docker] services_devices",
+            "[runners.docker] mac_address",
+            "[runners.docker] helper_image_flavor",
+        ]
+    );
+}

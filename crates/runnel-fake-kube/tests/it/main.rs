@@ -197,3 +197,88 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn namespaces_secrets_and_config_maps_behave_as_kubernetes_objects() {
+    let dir = std::env::temp_dir().join(format!("runnel-fake-kube-objects-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&dir);
+    let client = reqwest::Client::new();
+    let url = server.url.clone();
+    let post = |path: String, body: Value| {
+        client
+            .post(format!("{url}{path}"))
+            .bearer_auth("t0ken")
+            .json(&body)
+            .send()
+    };
+    // Objects need their namespace.
+    let absent = post(
+        "/api/v1/namespaces/e2e-ns/secrets".to_owned(),
+        json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(absent.status(), 404);
+    let body: Value = absent.json().await.unwrap();
+    assert_eq!(body["message"], json!("namespaces \"e2e-ns\" not found"));
+    let created = post(
+        "/api/v1/namespaces".to_owned(),
+        json!({"metadata": {"name": "e2e-ns"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let again = post(
+        "/api/v1/namespaces".to_owned(),
+        json!({"metadata": {"name": "e2e-ns"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 409);
+    let secret = post(
+        "/api/v1/namespaces/e2e-ns/secrets".to_owned(),
+        json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(secret.status(), 201);
+    let secret: Value = secret.json().await.unwrap();
+    assert_eq!(
+        secret["data"],
+        json!({"k": "dg=="}),
+        "stringData is folded in"
+    );
+    assert!(secret.get("stringData").is_none());
+    let bad = post(
+        "/api/v1/namespaces/e2e-ns/configmaps".to_owned(),
+        json!({"metadata": {"name": "c"}, "binaryData": {"k": "not base64!"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 422);
+    // Deleting the namespace deletes what is in it.
+    let deleted = client
+        .delete(format!("{url}/api/v1/namespaces/e2e-ns"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let gone = client
+        .get(format!("{url}/api/v1/namespaces/e2e-ns/secrets/s"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let default = client
+        .delete(format!("{url}/api/v1/namespaces/default"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(default.status(), 403, "built-in namespaces stay");
+    drop(server);
+    drop(std::fs::remove_dir_all(&dir));
+}

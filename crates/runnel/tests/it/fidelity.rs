@@ -108,36 +108,66 @@ async fn info_advertises_only_what_runnel_honours() {
     }
 }
 
-#[tokio::test]
-async fn a_pwsh_runner_is_refused_at_start_and_never_asks_for_jobs() {
+/// Starts a runner with `shell` set (and the executor's section) and checks that it is refused
+/// by name at start for the shell alone, and never asks for a job.
+async fn assert_shell_refused(shell: &str, executor: &'static str, tables: &str) {
     let daemon = Daemon::start(Setup {
-        runner: "  shell = \"pwsh\"\n".to_owned(),
+        runner: format!("  shell = \"{shell}\"\n"),
+        executor: Some(executor),
+        tables: tables.to_owned(),
         ..Setup::default()
     })
     .await;
+    let plain = format!("shell \"{shell}\" is not supported by Runnel");
+    let escaped = format!("shell \\\"{shell}\\\" is not supported by Runnel");
     let mut waited = Duration::ZERO;
-    while !daemon
-        .log()
-        .contains("shell \\\"pwsh\\\" is not supported by Runnel")
-        && !daemon
-            .log()
-            .contains("shell \"pwsh\" is not supported by Runnel")
-    {
+    loop {
+        let log = daemon.log();
+        if log.contains(&plain) || log.contains(&escaped) {
+            break;
+        }
         assert!(
             waited < Duration::from_secs(60),
-            "no warning; log:\n{}",
-            daemon.log()
+            "{executor}: no warning; log:\n{log}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += Duration::from_millis(100);
     }
     // Several check intervals (1 s) pass: a polled runner would have asked by then.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("will not request jobs"))
+            .all(|l| l.contains("is not supported by Runnel (only bash and sh)")),
+        "{executor}: the shell must be the only reason; log:\n{log}"
+    );
     assert!(
         bodies(&daemon, Endpoint::RequestJob).is_empty(),
-        "a pwsh runner must not ask for jobs; log:\n{}",
-        daemon.log()
+        "{executor}: a {shell} runner must not ask for jobs; log:\n{log}"
     );
+}
+
+#[tokio::test]
+async fn a_pwsh_runner_is_refused_at_start_and_never_asks_for_jobs() {
+    assert_shell_refused("pwsh", "shell", "").await;
+}
+
+#[tokio::test]
+async fn pwsh_and_powershell_are_refused_for_every_executor() {
+    let docker = "  [runners.docker]\n    image = \"alpine\"\n";
+    let ssh = "  [runners.ssh]\n    host = \"127.0.0.1\"\n    port = \"9\"\n    user = \"root\"\n";
+    let kubernetes = "  [runners.kubernetes]\n    host = \"http://127.0.0.1:9\"\n    bearer_token = \"unused\"\n    namespace = \"default\"\n    image = \"alpine\"\n";
+    let custom = "  [runners.custom]\n    run_exec = \"/bin/true\"\n";
+    for (executor, tables) in [
+        ("docker", docker),
+        ("ssh", ssh),
+        ("kubernetes", kubernetes),
+        ("custom", custom),
+    ] {
+        assert_shell_refused("pwsh", executor, tables).await;
+    }
+    assert_shell_refused("powershell", "docker", docker).await;
 }
 
 #[test]
@@ -239,22 +269,81 @@ async fn keys_parsed_but_not_acted_upon_are_named_at_start() {
     }
 }
 
-/// `name -> sorted label names` of every `gitlab_runner_*` series in an exposition
-/// (histogram `_bucket`/`_sum`/`_count` folded into their family, `le` left out).
-fn series(exposition: &str) -> std::collections::BTreeMap<String, String> {
-    let mut found = std::collections::BTreeMap::new();
+/// The official series list (`tests/data/official-metrics.txt`): exported series as
+/// `name -> (type, sorted label names)`, and the names Runnel leaves out.
+struct OfficialMetrics {
+    exported: std::collections::BTreeMap<String, (String, String)>,
+    omitted: Vec<String>,
+}
+
+impl OfficialMetrics {
+    fn load() -> Self {
+        let text =
+            std::fs::read_to_string(crate::support::fixture("official-metrics.txt")).unwrap();
+        let mut exported = std::collections::BTreeMap::new();
+        let mut omitted = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields[0] == "omit" {
+                omitted.push(fields[1].to_owned());
+            } else {
+                let labels = if fields[2] == "-" { "" } else { fields[2] };
+                exported.insert(
+                    fields[0].to_owned(),
+                    (fields[1].to_owned(), labels.to_owned()),
+                );
+            }
+        }
+        Self { exported, omitted }
+    }
+
+    /// Every `gitlab_runner_*` family in `exposition` is exported by the list, with the listed
+    /// type and label names; none is an omitted one. Returns the families seen.
+    fn check(&self, exposition: &str) -> std::collections::BTreeMap<String, (String, String)> {
+        let seen = families(exposition);
+        for (name, (kind, labels)) in &seen {
+            assert!(!self.omitted.contains(name), "{name} is listed as left out");
+            let (official_kind, official_labels) = self
+                .exported
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not an official series"));
+            assert_eq!(kind, official_kind, "type of {name}");
+            assert_eq!(labels, official_labels, "label names of {name}");
+        }
+        seen
+    }
+}
+
+/// `name -> (type, sorted label names)` of every `gitlab_runner_*` family in an exposition
+/// (histogram `_bucket`/`_sum`/`_count` folded into their family, `le` left out). Every sample
+/// of a family must have the same label names.
+fn families(exposition: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut types = std::collections::BTreeMap::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                types.insert(name.to_owned(), kind.to_owned());
+            }
+        }
+    }
+    let mut found: std::collections::BTreeMap<String, (String, String)> =
+        std::collections::BTreeMap::new();
     for line in exposition
         .lines()
         .filter(|l| l.starts_with("gitlab_runner_"))
     {
         let (name, labels) = match line.split_once('{') {
-            Some((name, rest)) => (name, rest.split_once('}').map_or("", |(l, _)| l)),
+            Some((name, rest)) => (name, rest.rsplit_once('}').map_or("", |(l, _)| l)),
             None => (line.split_whitespace().next().unwrap_or_default(), ""),
         };
         let family = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|suffix| name.strip_suffix(suffix))
-            .filter(|base| base.ends_with("_seconds"))
+            .filter(|base| types.get(*base).is_some_and(|k| k == "histogram"))
             .unwrap_or(name);
         let mut names: Vec<&str> = labels
             .split("\",")
@@ -262,23 +351,24 @@ fn series(exposition: &str) -> std::collections::BTreeMap<String, String> {
             .filter(|k| !k.is_empty() && *k != "le")
             .collect();
         names.sort_unstable();
-        found.insert(family.to_owned(), names.join(","));
+        let entry = (
+            types.get(family).cloned().unwrap_or_default(),
+            names.join(","),
+        );
+        if let Some(before) = found.get(family) {
+            assert_eq!(
+                before, &entry,
+                "{family}: samples with different label names"
+            );
+        }
+        found.insert(family.to_owned(), entry);
     }
     found
 }
 
 #[tokio::test]
-async fn metric_names_and_label_sets_are_the_official_ones_idle_and_busy() {
-    let official: std::collections::BTreeMap<String, String> =
-        std::fs::read_to_string(crate::support::fixture("official-metrics.txt"))
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .map(|l| match l.split_once(' ') {
-                Some((name, labels)) => (name.to_owned(), labels.to_owned()),
-                None => (l.to_owned(), String::new()),
-            })
-            .collect();
+async fn metric_names_types_and_label_sets_are_the_official_ones_idle_and_busy() {
+    let official = OfficialMetrics::load();
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -299,34 +389,142 @@ async fn metric_names_and_label_sets_are_the_official_ones_idle_and_busy() {
         }
         panic!("no /metrics; log:\n{}", daemon.log());
     };
-    let check = |exposition: &str| {
-        for (name, labels) in series(exposition) {
-            let expected = official
-                .get(&name)
-                .unwrap_or_else(|| panic!("{name} is not an official series"));
-            assert_eq!(&labels, expected, "label set of {name}");
+    let require = |seen: &std::collections::BTreeMap<String, (String, String)>,
+                   names: &[&str],
+                   exposition: &str| {
+        for name in names {
+            assert!(
+                seen.contains_key(*name),
+                "{name} missing from:\n{exposition}"
+            );
         }
     };
-    check(&scrape().await);
-    let ok = daemon.fake.enqueue(job("ok").script(["true"]));
-    let failed = daemon.fake.enqueue(job("failed").script(["exit 3"]));
-    daemon.finished(ok).await;
-    daemon.finished(failed).await;
-    let busy = scrape().await;
-    check(&busy);
-    let seen = series(&busy);
-    // Errors and retries only appear once one happened.
-    let conditional = [
-        "gitlab_runner_errors_total",
-        "gitlab_runner_api_request_retries_total",
-    ];
-    for name in official
-        .keys()
-        .filter(|n| !conditional.contains(&n.as_str()))
-    {
-        assert!(
-            seen.contains_key(name),
-            "{name} missing from a busy runner:\n{busy}"
-        );
+    // Idle, once the first job request has been answered.
+    let mut idle = scrape().await;
+    for _ in 0..100 {
+        if idle.contains("endpoint=\"request_job\"")
+            && idle.contains("path=\"/api/v4/jobs/request\"")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idle = scrape().await;
     }
+    let always = [
+        "gitlab_runner_version_info",
+        "gitlab_runner_concurrent",
+        "gitlab_runner_limit",
+        "gitlab_runner_jobs",
+        "gitlab_runner_jobs_total",
+        "gitlab_runner_request_concurrency",
+        "gitlab_runner_request_concurrency_exceeded_total",
+        "gitlab_runner_request_concurrency_hard_limit",
+        "gitlab_runner_request_concurrency_used_limit",
+        "gitlab_runner_api_request_statuses_total",
+        "gitlab_runner_api_request_duration_seconds",
+        "gitlab_runner_api_request_retries_total",
+        "gitlab_runner_worker_feeds_total",
+        "gitlab_runner_worker_feed_failures_total",
+        "gitlab_runner_worker_slots_number",
+        "gitlab_runner_worker_slot_operations_total",
+        "gitlab_runner_worker_processing_failures_total",
+        "gitlab_runner_worker_health_check_failures_total",
+        "gitlab_runner_configuration_loaded_total",
+        "gitlab_runner_configuration_loading_error_total",
+        "gitlab_runner_configuration_saved_total",
+        "gitlab_runner_configuration_saving_error_total",
+        "gitlab_runner_process_state_info",
+        "gitlab_runner_errors_total",
+    ];
+    let seen = official.check(&idle);
+    require(&seen, &always, &idle);
+    assert!(
+        idle.lines().any(|l| l.starts_with("gitlab_runner_jobs{")
+            && l.contains("state=\"idle\"")
+            && l.ends_with(" 0")),
+        "{idle}"
+    );
+    assert!(
+        idle.contains("gitlab_runner_process_state_info{state=\"running\"} 1"),
+        "{idle}"
+    );
+    assert!(
+        idle.contains("gitlab_runner_worker_slots_number 1"),
+        "{idle}"
+    );
+    assert!(
+        idle.contains("gitlab_runner_configuration_loaded_total 1"),
+        "{idle}"
+    );
+    assert!(
+        idle.contains("method=\"post\""),
+        "methods are lower case: {idle}"
+    );
+
+    // Busy: a job is running (with the per-stage series asked for).
+    let running = daemon.fake.enqueue(
+        job("busy")
+            .script(["echo started", "sleep 4"])
+            .raw_variable(PayloadVariable::new(
+                "FF_EXPORT_HIGH_CARDINALITY_METRICS",
+                "true",
+            )),
+    );
+    daemon.printed(running, "started\n").await;
+    let busy = scrape().await;
+    let seen = official.check(&busy);
+    require(&seen, &always, &busy);
+    require(
+        &seen,
+        &[
+            "gitlab_runner_job_execution_mode_total",
+            "gitlab_runner_job_queue_duration_seconds",
+            "gitlab_runner_job_queue_size",
+            "gitlab_runner_job_queue_depth",
+            "gitlab_runner_acceptable_job_queuing_duration_exceeded_total",
+            // Stages before the script have ended.
+            "gitlab_runner_job_stage_duration_seconds",
+        ],
+        &busy,
+    );
+    assert!(
+        busy.lines().any(|l| l.starts_with("gitlab_runner_jobs{")
+            && l.contains("state=\"running\"")
+            && l.contains("stage=\"step_script\"")
+            && l.ends_with(" 1")),
+        "{busy}"
+    );
+    assert!(
+        busy.contains(
+            "gitlab_runner_job_execution_mode_total{executor=\"shell\",mode=\"traditional\"} 1"
+        ),
+        "{busy}"
+    );
+    daemon.finished(running).await;
+
+    // After a success and a failure: durations and failures.
+    let failed = daemon.fake.enqueue(job("failed").script(["exit 3"]));
+    daemon.finished(failed).await;
+    let after = scrape().await;
+    let seen = official.check(&after);
+    require(
+        &seen,
+        &[
+            "gitlab_runner_job_duration_seconds",
+            "gitlab_runner_failed_jobs_total",
+        ],
+        &after,
+    );
+    assert!(
+        after.lines().any(|l| l.starts_with(
+            "gitlab_runner_worker_processing_failures_total{failure_type=\"job_failure\""
+        ) && l.ends_with(" 1")),
+        "{after}"
+    );
+    assert!(
+        !after
+            .lines()
+            .any(|l| l.starts_with("gitlab_runner_jobs{") && l.contains("state=\"running\"")),
+        "no running series once the jobs ended: {after}"
+    );
 }

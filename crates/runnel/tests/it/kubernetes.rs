@@ -548,11 +548,11 @@ async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
     let (kube, mut daemon) = start(
         FakeConfig::default(),
         IMAGE,
-        "    allowed_images = [\"alpine\"]\n    namespace_per_job = true\n",
+        "    allowed_users = [\"1000\"]\n    retry_limit = 3\n",
     )
     .await;
     let log = daemon.wait_log("does not implement yet").await;
-    assert!(log.contains("allowed_images, namespace_per_job"), "{log}");
+    assert!(log.contains("allowed_users, retry_limit"), "{log}");
     assert!(log.contains("the runner will not request jobs"), "{log}");
     daemon.stop().await;
     assert!(
@@ -563,6 +563,307 @@ async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
             .all(|r| r.path != "/api/v4/jobs/request"),
         "the runner never asked for a job"
     );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn configured_volumes_are_mounted_in_the_build_container() {
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("from-host.txt"), "host-file-content\n").unwrap();
+    // The containers may run as another user than the test.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(host_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!(
+        "    [[runners.kubernetes.volumes.host_path]]\n      name = \"host\"\n      mount_path = \"/mnt/host\"\n      host_path = \"{host}\"\n      read_only = true\n    [[runners.kubernetes.volumes.empty_dir]]\n      name = \"scratch\"\n      mount_path = \"/scratch\"\n    [[runners.kubernetes.volumes.secret]]\n      name = \"e2e-credentials\"\n      mount_path = \"/etc/credentials\"\n      [runners.kubernetes.volumes.secret.items]\n        password = \"db/password.txt\"\n    [[runners.kubernetes.volumes.config_map]]\n      name = \"e2e-settings\"\n      mount_path = \"/etc/settings\"\n",
+        host = host_dir.path().display(),
+    );
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, &extra).await;
+    kube.add_secret(
+        "default",
+        "e2e-credentials",
+        &[("password", b"p4ss-from-secret"), ("other", b"not-listed")],
+    );
+    kube.add_config_map("default", "e2e-settings", &[("app.conf", "mode=fast")]);
+    let id = daemon.fake.enqueue(job("volumes").script([
+        "cat /mnt/host/from-host.txt",
+        "echo \"secret=$(cat /etc/credentials/db/password.txt)\"",
+        "ls /etc/credentials",
+        "echo \"setting=$(cat /etc/settings/app.conf)\"",
+        "echo scratch-works > /scratch/file && cat /scratch/file",
+        "if touch /mnt/host/new 2>/dev/null; then echo host-writable; else echo host-read-only; fi",
+    ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("host-file-content\n"), "{trace}");
+    assert!(trace.contains("secret=p4ss-from-secret\n"), "{trace}");
+    assert!(
+        !trace.contains("not-listed"),
+        "only the listed keys: {trace}"
+    );
+    assert!(trace.contains("setting=mode=fast\n"), "{trace}");
+    assert!(trace.contains("scratch-works\n"), "{trace}");
+    assert!(trace.contains("host-read-only\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let volumes: Vec<&str> = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    // Attach mode adds its `scripts` and `logs` volumes after these.
+    assert_eq!(
+        volumes[..5],
+        ["host", "e2e-credentials", "e2e-settings", "scratch", "repo"]
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_keeps_the_pod_pending_until_poll_timeout() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    poll_timeout = 3\n    [[runners.kubernetes.volumes.secret]]\n      name = \"e2e-absent\"\n      mount_path = \"/etc/absent\"\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("missing-secret").script(["echo not-reached"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("timed out waiting for pod"), "{trace}");
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn job_variables_overwrite_what_the_configuration_allows() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    namespace_overwrite_allowed = \"^kube-p.*\"\n    pod_labels_overwrite_allowed = \"team=.*\"\n    memory_limit = \"64Mi\"\n    memory_limit_overwrite_max_allowed = \"256Mi\"\n    service_account = \"ci\"\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("overwrites")
+            .variable("KUBERNETES_NAMESPACE_OVERWRITE", "kube-public")
+            .variable("KUBERNETES_POD_LABELS_TEAM", "team=red")
+            .variable("KUBERNETES_MEMORY_LIMIT", "128Mi")
+            .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "not-allowed")
+            .script(["echo overwritten"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("\"Namespace\" overwritten with \"kube-public\""),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("\"MemoryLimit\" overwritten with \"128Mi\""),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Using Kubernetes namespace: kube-public"),
+        "{trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    assert_eq!(pod["metadata"]["namespace"], json!("kube-public"));
+    assert_eq!(pod["metadata"]["labels"]["team"], json!("red"));
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        json!("128Mi")
+    );
+    assert_eq!(
+        pod["spec"]["serviceAccountName"],
+        json!("ci"),
+        "no service_account_overwrite_allowed: the overwrite is not used"
+    );
+
+    let refused = daemon.fake.enqueue(
+        job("too-much")
+            .variable("KUBERNETES_MEMORY_LIMIT", "1Gi")
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(refused).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains(
+            "the resource \"MemoryLimit\" requested \"1Gi\" is higher than limit allowed \"256Mi\""
+        ),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_eq!(kube.created_pods().len(), 1, "no pod for the refused job");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    namespace_per_job = true\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("own-namespace").script(["echo in-own-namespace"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let namespace = format!("ci-job-{id}");
+    assert!(
+        trace.contains(&format!("Using Kubernetes namespace: {namespace}")),
+        "{trace}"
+    );
+    assert_eq!(kube.created_namespaces(), vec![namespace.clone()]);
+    assert_eq!(
+        kube.created_pods()[0]["metadata"]["namespace"],
+        json!(namespace)
+    );
+    assert_eq!(kube.namespaces(), Vec::<String>::new(), "namespace deleted");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
+    ensure_image();
+    let helper = ensure_git_helper().await;
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let env = crate::support::TestEnv::new().await;
+    let token = env.fake.create_runner_token();
+    let args = [
+        "register",
+        "--non-interactive",
+        "--url",
+        env.url(),
+        "--token",
+        &token,
+        "--executor",
+        "kubernetes",
+        "--kubernetes-host",
+        kube.url(),
+        "--kubernetes-bearer_token",
+        kube.token(),
+        "--kubernetes-namespace",
+        "default",
+        "--kubernetes-image",
+        IMAGE,
+        "--kubernetes-helper-image",
+        &helper,
+        "--kubernetes-poll-interval",
+        "1",
+        "--kubernetes-cpu-limit",
+        "1",
+        "--kubernetes-cpu-limit-overwrite-max-allowed",
+        "2",
+        "--kubernetes-node-tolerations",
+        "dedicated=ci:NoSchedule",
+        "--kubernetes-pod-labels",
+        "team:blue",
+        "--kubernetes-pod_labels_overwrite_allowed",
+        "stage=.*",
+        "--kubernetes-build_container_security_context-capabilities-drop",
+        "ALL",
+        "--kubernetes-pod-security-context-fs-group",
+        "2000",
+        "--kubernetes-allowed-images",
+        IMAGE,
+        "--kubernetes-dns-policy",
+        "cluster-first",
+    ];
+    env.runnel(&args, "").await.assert_success();
+    let parsed: toml::Table = toml::from_str(&env.config_text()).unwrap();
+    let section = parsed["runners"][0]["kubernetes"].clone();
+    // The daemon's runner gets exactly the section `register` wrote.
+    let mut runner = toml::Table::new();
+    runner.insert("kubernetes".to_owned(), section);
+    let mut wrapper = toml::Table::new();
+    wrapper.insert(
+        "runners".to_owned(),
+        toml::Value::Array(vec![toml::Value::Table(runner)]),
+    );
+    let text = toml::to_string(&wrapper).unwrap();
+    let tables = text
+        .lines()
+        .filter(|line| line.trim() != "[[runners]]")
+        .map(|line| format!("  {line}\n"))
+        .collect::<String>();
+    let daemon = Daemon::start(Setup {
+        executor: Some("kubernetes"),
+        tables,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(
+        job("registered")
+            .variable("KUBERNETES_CPU_LIMIT", "1500m")
+            .variable("KUBERNETES_POD_LABELS_STAGE", "stage=test")
+            .script(["echo registered-runner-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("registered-runner-ran\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["cpu"],
+        json!("1500m")
+    );
+    assert_eq!(
+        spec["tolerations"],
+        json!([{"effect": "NoSchedule", "key": "dedicated", "operator": "Equal", "value": "ci"}])
+    );
+    assert_eq!(pod["metadata"]["labels"]["team"], json!("blue"));
+    assert_eq!(pod["metadata"]["labels"]["stage"], json!("test"));
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(spec["securityContext"]["fsGroup"], json!(2000));
+    assert_eq!(spec["dnsPolicy"], json!("ClusterFirst"));
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
+    let patches = "    [[runners.kubernetes.pod_spec]]\n      name = \"env\"\n      patch = '''\ncontainers:\n  - name: build\n    env:\n      - name: FROM_PATCH\n        value: patched-by-strategic-merge\n'''\n    [[runners.kubernetes.pod_spec]]\n      name = \"grace\"\n      patch_type = \"json\"\n      patch = '[{\"op\": \"add\", \"path\": \"/terminationGracePeriodSeconds\", \"value\": 3}]'\n";
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, patches).await;
+    let id = daemon.fake.enqueue(
+        job("patched")
+            .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
+            .script(["echo \"patch=$FROM_PATCH\""]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("patch=patched-by-strategic-merge\n"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("Advanced Pod Spec configuration enabled"),
+        "{trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], json!(3));
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["build", "helper"], "merged by name, not appended");
     assert_nothing_left(kube).await;
 }
 

@@ -228,3 +228,80 @@ async fn the_official_certs_dir_lookup_alone_is_enough() {
     assert!(trace.contains("same-ca"), "{trace}");
     assert_eq!(view.artifacts.len(), 1, "{trace}");
 }
+
+/// The base64 body of the PEM certificates in `pem`, one string each.
+fn pem_bodies(pem: &str) -> Vec<String> {
+    pem.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("-----END CERTIFICATE-----"))
+        .map(|(body, _)| body.chars().filter(|c| !c.is_whitespace()).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn without_a_ca_file_jobs_get_the_chain_gitlab_presented() {
+    // The CA is in the runner host's system store (SSL_CERT_FILE for `runnel`), not configured;
+    // the job's git trusts nothing of its own (SSL_CERT_FILE points nowhere in the job).
+    let pki = Pki::new();
+    let env = setup(&pki, |_| String::new()).await;
+    let store = env.dir.path().join("system-store.pem");
+    std::fs::write(&store, &pki.ca_pem).unwrap();
+    let repo = env.fake.create_repo("group/project").unwrap();
+    let sha = repo
+        .commit("main", "only")
+        .file("README.md", "cloned over the presented chain\n")
+        .create()
+        .unwrap();
+    let id = env.fake.enqueue(
+        JobBuilder::new("chain")
+            .repo(&repo, "main", &sha)
+            .git_strategy(GitStrategy::Clone)
+            .variable("GIT_LFS_SKIP_SMUDGE", "1")
+            .variable("SSL_CERT_FILE", "/nonexistent/ca.pem")
+            .script([
+                "cat README.md",
+                "cat \"$CI_SERVER_TLS_CA_FILE\"",
+                "echo \"remote=$(git ls-remote origin refs/heads/main)\"",
+                "echo built > out.txt",
+            ])
+            .extra("artifacts", json!([{ "paths": ["out.txt"] }])),
+    );
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_runnel"));
+    command
+        .args(["run-single", "--runner", RUNNER, "--max-builds", "1", "-c"])
+        .arg(env.config_path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.dir.path())
+        .env("SSL_CERT_FILE", &store)
+        .current_dir(env.dir.path())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .expect("runnel finished in time")
+        .expect("runnel ran");
+    assert!(output.status.success(), "{output:?}");
+    let view = env
+        .fake
+        .wait_for_job_state(id, JobView::is_finished, JOB_WAIT)
+        .await
+        .expect("job finished");
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("cloned over the presented chain\n"),
+        "{trace}"
+    );
+    assert!(trace.contains(&format!("remote={sha}")), "{trace}");
+    assert_eq!(view.artifacts.len(), 1, "{trace}");
+    // The file holds the server's certificate and the root it chains to, as PEM.
+    let flat: String = trace.chars().filter(|c| !c.is_whitespace()).collect();
+    let server = pem_bodies(&pki.server.cert_chain_pem);
+    let ca = pem_bodies(&pki.ca_pem);
+    assert_eq!((server.len(), ca.len()), (1, 1));
+    assert!(
+        flat.contains(&server[0]),
+        "server certificate missing:\n{trace}"
+    );
+    assert!(flat.contains(&ca[0]), "root certificate missing:\n{trace}");
+}

@@ -885,6 +885,7 @@ async fn metrics_health_and_job_list_are_served() {
         async move { request.send().await.unwrap().text().await.unwrap() }
     };
     assert_eq!(get("/health/ready").await.trim(), "OK");
+    assert_eq!(get("/debug/process/state").await, "running\n");
     let while_running = get("/metrics").await;
     let running_line = while_running
         .lines()
@@ -912,7 +913,6 @@ async fn metrics_health_and_job_list_are_served() {
         "gitlab_runner_limit{",
         "gitlab_runner_jobs_total{",
         "gitlab_runner_job_duration_seconds_bucket{",
-        "gitlab_runner_job_stage_duration_seconds_bucket{",
         "gitlab_runner_api_request_statuses_total{",
         "gitlab_runner_api_request_duration_seconds_bucket{",
         "gitlab_runner_worker_feeds_total{",
