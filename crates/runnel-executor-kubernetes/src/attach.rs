@@ -388,7 +388,9 @@ async fn stream(pods: &Api<Pod>, pod: &str, log_file: &str, sender: &mpsc::Sende
         let message = match outcome {
             Ok(()) => "read-logs ended".to_owned(),
             Err(StreamEnd::Fatal(message)) => {
-                let _ = sender.send(LogEvent::Failed(message)).await;
+                if sender.send(LogEvent::Failed(message)).await.is_err() {
+                    tracing::debug!(pod, "the log stream's reader is gone");
+                }
                 return;
             }
             Err(StreamEnd::Retry(message)) => message,
@@ -396,11 +398,14 @@ async fn stream(pods: &Api<Pod>, pod: &str, log_file: &str, sender: &mpsc::Sende
         failures += 1;
         tracing::debug!(pod, %message, failures, "the job's log stream broke; resuming");
         if failures >= MAX_STREAM_FAILURES {
-            let _ = sender
+            let sent = sender
                 .send(LogEvent::Failed(format!(
                     "reading the job's log with `{READ_LOGS_COMMAND} read-logs` in the helper container failed {failures} times in a row: {message}"
                 )))
                 .await;
+            if sent.is_err() {
+                tracing::debug!(pod, "the log stream's reader is gone");
+            }
             return;
         }
     }
@@ -473,7 +478,9 @@ async fn stream_once(
                     while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), stdout.read(&mut rest)).await {
                         if n == 0 { break; }
                         for text in parser.feed(&rest[..n]) {
-                            let _ = sender.send(LogEvent::Text(text)).await;
+                            if sender.send(LogEvent::Text(text)).await.is_err() {
+                                break;
+                            }
                         }
                     }
                     break;

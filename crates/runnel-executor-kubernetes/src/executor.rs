@@ -1262,11 +1262,11 @@ impl Executor for KubernetesExecutor {
         ctx: ConfigureContext<'a>,
     ) -> BoxFuture<'a, Result<PlanOverrides, ExecutorError>> {
         // The resolved feature flags come first in the job's variables.
-        self.attach = !ctx
+        self.attach = ctx
             .variables
             .iter()
             .find(|(key, _)| key == LEGACY_EXECUTION_FLAG)
-            .is_some_and(|(_, value)| value == "true");
+            .is_none_or(|(_, value)| value != "true");
         Box::pin(async { Ok(PlanOverrides::default()) })
     }
 

@@ -56,7 +56,7 @@ pub(crate) async fn exec(
     }
     let id = match target(&shared, &namespace, &name, value("container")) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let stdin = flag("stdin");
     let created = shared
@@ -102,18 +102,18 @@ fn target(
     namespace: &str,
     name: &str,
     container: Option<String>,
-) -> Result<String, Response> {
+) -> Result<String, Box<Response>> {
     let (pod, containers) = {
         let inner = shared.lock();
         match inner.pods.get(&(namespace.to_owned(), name.to_owned())) {
             Some(entry) => (entry.object.clone(), entry.backing.containers.clone()),
             None => {
-                return Err(status(
+                return Err(Box::new(status(
                     StatusCode::NOT_FOUND,
                     "NotFound",
                     &format!("pods \"{name}\" not found"),
                     json!({"name": name, "kind": "pods"}),
-                ));
+                )));
             }
         }
     };
@@ -127,7 +127,7 @@ fn target(
         Some(container) => container,
         None if spec_containers.len() == 1 => spec_containers[0].clone(),
         None => {
-            return Err(status(
+            return Err(Box::new(status(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 &format!(
@@ -135,16 +135,16 @@ fn target(
                     spec_containers.join(" ")
                 ),
                 json!({}),
-            ));
+            )));
         }
     };
     if !spec_containers.contains(&container) {
-        return Err(status(
+        return Err(Box::new(status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!("container {container} is not valid for pod {name}"),
             json!({}),
-        ));
+        )));
     }
     let running = pod["status"]["phase"] == json!("Running");
     let Some(id) = containers
@@ -153,12 +153,12 @@ fn target(
         .map(|(_, id)| id.clone())
         .filter(|_| running)
     else {
-        return Err(status(
+        return Err(Box::new(status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!("unable to upgrade connection: container not found (\"{container}\")"),
             json!({}),
-        ));
+        )));
     };
     Ok(id)
 }
@@ -293,7 +293,7 @@ pub(crate) async fn attach(
     }
     let id = match target(&shared, &namespace, &name, value("container")) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
         .stdin(stdin)
@@ -352,12 +352,12 @@ async fn attach_pump(
             },
             message = receive.next() => match message {
                 Some(Ok(Message::Binary(data))) => match data.first() {
-                    Some(0) if stdin_open => {
-                        if input.write_all(&data[1..]).await.is_err()
-                            || input.flush().await.is_err()
-                        {
-                            stdin_open = false;
-                        }
+                    Some(0)
+                        if stdin_open
+                            && (input.write_all(&data[1..]).await.is_err()
+                                || input.flush().await.is_err()) =>
+                    {
+                        stdin_open = false;
                     }
                     Some(255) if v5 && data.get(1) == Some(&0) => stdin_open = false,
                     _ => {}

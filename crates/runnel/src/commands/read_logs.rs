@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ fn open(path: &Path, wait: Duration) -> Result<File, String> {
     Err("timeout waiting for file to be created".to_owned())
 }
 
-fn fail(path: &PathBuf, message: &str) -> ExitCode {
+fn fail(path: &Path, message: &str) -> ExitCode {
     println!("error reading logs from {}: {message}", path.display());
     ExitCode::FAILURE
 }

@@ -1021,9 +1021,12 @@ struct ContainerGuard(String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
+        if let Err(error) = std::process::Command::new("docker")
             .args(["rm", "-f", &self.0])
-            .output();
+            .output()
+        {
+            eprintln!("cannot remove container {}: {error}", self.0);
+        }
     }
 }
 
