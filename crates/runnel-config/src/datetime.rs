@@ -31,8 +31,8 @@ pub(crate) fn to_toml(time: Option<OffsetDateTime>) -> Datetime {
         time: Some(Time {
             hour: time.hour(),
             minute: time.minute(),
-            second: time.second(),
-            nanosecond: time.nanosecond(),
+            second: Some(time.second()),
+            nanosecond: Some(time.nanosecond()),
         }),
         offset: Some(Offset::Z),
     }
@@ -47,8 +47,13 @@ fn from_toml(datetime: &Datetime) -> Option<OffsetDateTime> {
         date.day,
     )
     .ok()?;
-    let clock =
-        time::Time::from_hms_nano(clock.hour, clock.minute, clock.second, clock.nanosecond).ok()?;
+    let clock = time::Time::from_hms_nano(
+        clock.hour,
+        clock.minute,
+        clock.second.unwrap_or(0),
+        clock.nanosecond.unwrap_or(0),
+    )
+    .ok()?;
     let offset = match datetime.offset {
         None | Some(Offset::Z) => UtcOffset::UTC,
         Some(Offset::Custom { minutes }) => {

@@ -99,3 +99,19 @@ fn a_single_runners_table_is_the_wrong_section_kind() {
         ["config.toml:1:1: runners: expected an array, found a table"]
     );
 }
+
+/// Found by the `config_toml` fuzz target: toml_edit 0.23 panicked ("all items have spans") on
+/// this input, a key redefined after a dotted key with control bytes in a string. It must be a
+/// syntax error naming line and column, never a panic.
+#[test]
+fn a_fuzzed_file_that_crashed_the_toml_parser_is_a_syntax_error() {
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/fuzz-toml-edit-span-panic.toml"),
+    )
+    .expect("fixture");
+    let text = String::from_utf8_lossy(&bytes);
+    let error = load_error(&text);
+    assert!(matches!(error, LoadError::Syntax(_)), "{error}");
+    assert!(error.to_string().contains("line 3"), "{error}");
+}

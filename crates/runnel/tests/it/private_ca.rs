@@ -304,6 +304,7 @@ async fn without_a_ca_file_jobs_get_the_chain_gitlab_presented() {
         "server certificate missing:\n{trace}"
     );
     assert!(flat.contains(&ca[0]), "root certificate missing:\n{trace}");
+}
 
 /// #15 on docker: with only `tls-ca-file`, a docker job (Runnel's own helper, a static busybox
 /// build image) clones with submodules and LFS, fills a cache and uploads artifacts; the next

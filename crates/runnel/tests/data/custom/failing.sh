@@ -11,7 +11,8 @@ log="$root/driver.log"
 case "$step" in
 config)
   if [ "$mode" = bad-json ]; then echo "this is not json"; exit 0; fi
-  echo "{\"builds_dir\":\"$root/builds\",\"cache_dir\":\"$root/cache\"}"
+  # Concurrent jobs share this host directory: nest them by token and slot, as the official runner does.
+  echo "{\"builds_dir\":\"$root/builds\",\"cache_dir\":\"$root/cache\",\"builds_dir_is_shared\":true}"
   ;;
 prepare)
   case "$mode" in
