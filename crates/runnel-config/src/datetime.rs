@@ -32,7 +32,7 @@ pub(crate) fn to_toml(time: Option<OffsetDateTime>) -> Datetime {
             hour: time.hour(),
             minute: time.minute(),
             second: Some(time.second()),
-            nanosecond: Some(time.nanosecond()),
+            nanosecond: (time.nanosecond() != 0).then_some(time.nanosecond()),
         }),
         offset: Some(Offset::Z),
     }
