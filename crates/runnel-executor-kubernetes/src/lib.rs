@@ -5,8 +5,9 @@
 //!                                            checked, unsupported keys refused by name
 //!   create()        one KubernetesExecutor per job, in a concurrency slot
 //!   prepare(ctx)    client (host keys / KUBECONFIG / in-cluster), pod created (build, helper,
-//!                   svc-N containers, repo emptyDir, official labels and annotations), polled
-//!                   until running (poll_interval, poll_timeout); pull errors end it at once
+//!                   svc-N containers, init-permissions in attach mode, repo emptyDir, official
+//!                   labels and annotations), watched until running (poll_timeout); a pull
+//!                   error makes it again with the container's next pull policy, if any
 //!   run(stage)      attach (default): script saved in the scripts volume, started through
 //!                   the container's stdin, output and exit line from the log file that the
 //!                   helper's `read-logs` streams; exec (FF_USE_LEGACY_KUBERNETES_EXECUTION_

@@ -322,7 +322,7 @@ impl std::fmt::Debug for KubernetesOptions {
     }
 }
 
-/// `pull_policy`: one policy, or a list of exactly one.
+/// `pull_policy`: one policy, or a list tried in order when a pull fails.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PullPolicyValue {
@@ -393,7 +393,7 @@ impl KubernetesOptions {
     fn validate(&self) -> Result<(), KubernetesError> {
         let invalid =
             |key: &'static str, reason: String| KubernetesError::InvalidOption { key, reason };
-        self.pull_policy()?;
+        self.pull_policies()?;
         for policy in &self.allowed_pull_policies {
             pull_policy_name(policy).map_err(|reason| invalid("allowed_pull_policies", reason))?;
         }
@@ -861,29 +861,24 @@ impl KubernetesOptions {
         ]
     }
 
-    /// The `imagePullPolicy` for every container, if configured.
-    pub fn pull_policy(&self) -> Result<Option<&'static str>, KubernetesError> {
-        let name = match &self.pull_policy {
-            None => return Ok(None),
-            Some(PullPolicyValue::One(one)) => one.as_str(),
-            Some(PullPolicyValue::Many(list)) if list.is_empty() => return Ok(None),
-            Some(PullPolicyValue::Many(list)) if list.len() == 1 => list[0].as_str(),
-            Some(PullPolicyValue::Many(_)) => {
-                return Err(KubernetesError::InvalidOption {
-                    key: "pull_policy",
-                    reason: "Runnel does not support several pull policies (fallback on pull failure) for kubernetes yet".to_owned(),
-                });
-            }
+    /// The configured pull policies in the API spelling, in the order they are tried (empty:
+    /// not configured).
+    pub fn pull_policies(&self) -> Result<Vec<&'static str>, KubernetesError> {
+        let names: Vec<&str> = match &self.pull_policy {
+            None => Vec::new(),
+            Some(PullPolicyValue::One(one)) => vec![one.as_str()],
+            Some(PullPolicyValue::Many(list)) => list.iter().map(String::as_str).collect(),
         };
-        if name.is_empty() {
-            return Ok(None);
-        }
-        pull_policy_name(name)
-            .map(Some)
-            .map_err(|reason| KubernetesError::InvalidOption {
-                key: "pull_policy",
-                reason,
+        names
+            .into_iter()
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                pull_policy_name(name).map_err(|reason| KubernetesError::InvalidOption {
+                    key: "pull_policy",
+                    reason,
+                })
             })
+            .collect()
     }
 
     /// Whether the `[[pod_spec]]` patches apply to `job` (`FF_USE_ADVANCED_POD_SPEC_CONFIGURATION`
@@ -898,19 +893,20 @@ impl KubernetesOptions {
 
     /// The configured pull policies in the API spelling (`""`: the cluster's default).
     fn configured_pull_policies(&self) -> Vec<&'static str> {
-        match self.pull_policy() {
-            Ok(Some(policy)) => vec![policy],
+        match self.pull_policies() {
+            Ok(policies) if !policies.is_empty() => policies,
             _ => vec![""],
         }
     }
 
-    /// The `imagePullPolicy` of a container whose image asks for `job_policies` (empty: the
-    /// configured one), limited to `allowed_pull_policies` as the official
-    /// `ComputeEffectivePullPolicies` limits it. `None`: the cluster's default.
-    pub fn effective_pull_policy(
+    /// The `imagePullPolicy` values a container whose image asks for `job_policies` (empty:
+    /// the configured ones) gets, in the order they are tried when a pull fails, limited to
+    /// `allowed_pull_policies` as the official `ComputeEffectivePullPolicies` limits them.
+    /// `""`: the cluster's default.
+    pub fn effective_pull_policies(
         &self,
         job_policies: &[String],
-    ) -> Result<Option<String>, KubernetesError> {
+    ) -> Result<Vec<&'static str>, KubernetesError> {
         let mut requested = Vec::new();
         for name in job_policies {
             requested.push(pull_policy_name(name).map_err(|reason| {
@@ -935,24 +931,20 @@ impl KubernetesOptions {
                 .filter_map(|name| pull_policy_name(name).ok())
                 .collect()
         };
-        let mut effective: Vec<&str> = requested
-            .iter()
-            .copied()
-            .filter(|policy| allowed.contains(policy))
-            .collect();
-        effective.dedup();
-        match effective.as_slice() {
-            [] => Err(KubernetesError::NotAllowed(format!(
+        let mut effective: Vec<&'static str> = Vec::new();
+        for policy in requested.iter().copied() {
+            if allowed.contains(&policy) && !effective.contains(&policy) {
+                effective.push(policy);
+            }
+        }
+        if effective.is_empty() {
+            return Err(KubernetesError::NotAllowed(format!(
                 "pull_policy ([{}]) defined in {source} is not one of the allowed_pull_policies ([{}])",
                 requested.join(" "),
                 allowed.join(" ")
-            ))),
-            [one] => Ok((!one.is_empty()).then(|| (*one).to_owned())),
-            _ => Err(KubernetesError::Unsupported(format!(
-                "several pull policies ({}) for one image (fallback on pull failure) are not supported by Runnel's kubernetes executor yet",
-                effective.join(", ")
-            ))),
+            )));
         }
+        Ok(effective)
     }
 
     /// Seconds between pod status checks.
@@ -1058,7 +1050,7 @@ mod tests {
         .unwrap();
         assert_eq!(options.namespace.as_deref(), Some("ci"));
         assert_eq!(options.poll_timeout(), Duration::from_secs(5));
-        assert_eq!(options.pull_policy().unwrap(), Some("IfNotPresent"));
+        assert_eq!(options.pull_policies().unwrap(), ["IfNotPresent"]);
         let cpu = options
             .resource_settings()
             .into_iter()

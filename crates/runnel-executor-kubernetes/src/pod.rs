@@ -10,7 +10,10 @@
 //!   `project.runner.gitlab.com/id`, then `pod_annotations`;
 //! - containers: `build` (job image), `helper` (helper image), then `svc-0`, `svc-1`, … for the
 //!   services; all share the `repo` emptyDir at the builds directory; `restartPolicy: Never`;
-//!   service aliases resolve to 127.0.0.1 through `hostAliases`.
+//!   service aliases resolve to 127.0.0.1 through `hostAliases`;
+//! - init container: `init-permissions` (helper image) when the stage strategy asks for one
+//!   (attach mode: it creates the log file, [`crate::attach`]);
+//! - pull policies: per container, tried in order after failed pulls ([`pull_policies`]).
 //!
 //! Divergence, deliberate: the official build container gets the job's non-masked variables in
 //! its `env`; Runnel puts no job variable in the pod spec (the stage scripts export them), so
@@ -74,6 +77,52 @@ pub struct PodInputs<'a> {
     pub extra_volumes: Vec<Volume>,
     /// Their mounts, first in every container (as official: scripts, logs, configured, repo).
     pub extra_mounts: Vec<VolumeMount>,
+    /// Image pulls that failed so far per container name: each failure moves that container
+    /// to its next pull policy ([`pull_policies`]).
+    pub pull_failures: &'a BTreeMap<String, usize>,
+}
+
+/// The pull policies each container of the job's pod tries in order, by container name
+/// (`""`: the cluster's default): the build, helper and init-permissions containers follow
+/// the job image's `pull_policy` (else the configured ones), each service its own, all within
+/// `allowed_pull_policies`, as official.
+pub fn pull_policies(
+    options: &KubernetesOptions,
+    job: &JobSpec,
+) -> Result<BTreeMap<String, Vec<&'static str>>, KubernetesError> {
+    let image_policies = job
+        .image
+        .as_ref()
+        .map(|image| image.pull_policy.as_slice())
+        .unwrap_or_default();
+    let image = options.effective_pull_policies(image_policies)?;
+    let mut map = BTreeMap::new();
+    for name in [
+        BUILD_CONTAINER,
+        HELPER_CONTAINER,
+        INIT_PERMISSIONS_CONTAINER,
+    ] {
+        map.insert(name.to_owned(), image.clone());
+    }
+    for (index, service) in job.services.iter().enumerate() {
+        map.insert(
+            format!("svc-{index}"),
+            options.effective_pull_policies(&service.pull_policy)?,
+        );
+    }
+    Ok(map)
+}
+
+/// The `imagePullPolicy` of `container` after `failures` failed pulls.
+fn pull_policy_for(
+    policies: &BTreeMap<String, Vec<&'static str>>,
+    failures: &BTreeMap<String, usize>,
+    container: &str,
+) -> Option<String> {
+    let list = policies.get(container)?;
+    let tried = failures.get(container).copied().unwrap_or(0);
+    let policy = list.get(tried).or(list.last())?;
+    (!policy.is_empty()).then(|| (*policy).to_owned())
 }
 
 /// `runner-<short>-project-<id>-concurrent-<slot>`.
@@ -400,7 +449,6 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         &options.allowed_images,
         &internal,
     )?;
-    let mut image_policies: &[String] = &[];
     if let Some(spec) = &job.image {
         if !spec.entrypoint.is_empty() {
             return Err(KubernetesError::Unsupported(
@@ -414,10 +462,9 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
                     .to_owned(),
             ));
         }
-        image_policies = &spec.pull_policy;
     }
-    // As official: the helper and the init container follow the job image's pull policy.
-    let pull_policy = options.effective_pull_policy(image_policies)?;
+    let policies = pull_policies(options, job)?;
+    let pull_policy = |container: &str| pull_policy_for(&policies, inputs.pull_failures, container);
     let pod_security = &options.pod_security_context;
     let defaults = options.security_defaults();
     let expander = |text: &str| expand(job, text);
@@ -443,7 +490,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let build = Container {
         name: BUILD_CONTAINER.to_owned(),
         image: Some(image),
-        image_pull_policy: pull_policy.clone(),
+        image_pull_policy: pull_policy(BUILD_CONTAINER),
         command: Some(shell_command(false)),
         resources: resources(&overwrites.build),
         volume_mounts: Some(mounts.clone()),
@@ -459,7 +506,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let helper = Container {
         name: HELPER_CONTAINER.to_owned(),
         image: Some(inputs.helper_image.to_owned()),
-        image_pull_policy: pull_policy.clone(),
+        image_pull_policy: pull_policy(HELPER_CONTAINER),
         command: Some(shell_command(true)),
         resources: resources(&overwrites.helper),
         volume_mounts: Some(mounts.clone()),
@@ -501,7 +548,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         containers.push(Container {
             name: format!("svc-{index}"),
             image: Some(name.clone()),
-            image_pull_policy: options.effective_pull_policy(&service.pull_policy)?,
+            image_pull_policy: pull_policy(&format!("svc-{index}")),
             command: (!service.entrypoint.is_empty()).then(|| service.entrypoint.clone()),
             args: (!service.command.is_empty()).then(|| service.command.clone()),
             env: (!env.is_empty()).then_some(env),
@@ -531,7 +578,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             inputs,
             command,
             mounts.clone(),
-            pull_policy.clone(),
+            pull_policy(INIT_PERMISSIONS_CONTAINER),
         )]
     });
     let mut volumes = options.volumes.volumes(&expander);
@@ -734,8 +781,11 @@ mod tests {
             init_command: None,
             extra_volumes: Vec::new(),
             extra_mounts: Vec::new(),
+            pull_failures: &NO_FAILURES,
         }
     }
+
+    static NO_FAILURES: BTreeMap<String, usize> = BTreeMap::new();
 
     /// The pod built for `job` with `options`.
     fn pod(options: &KubernetesOptions, job: &JobSpec) -> Result<Pod, KubernetesError> {
@@ -840,6 +890,44 @@ mod tests {
         assert_eq!(containers[1]["imagePullPolicy"], "Never");
         assert_eq!(containers[2]["imagePullPolicy"], "Always");
         assert_eq!(containers[3]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn several_pull_policies_are_tried_in_order_per_container() {
+        // Official pull manager facts: each container has its own list (build, helper and
+        // init-permissions the job image's, services their own) and moves to the next
+        // policy after each failed pull of its image.
+        let options = options(
+            "pull_policy = [\"always\", \"if-not-present\"]\nallowed_pull_policies = [\"always\", \"if-not-present\", \"never\"]\n",
+        );
+        let mut job = job();
+        job.services[1].pull_policy = vec!["never".to_owned()];
+        let policies = pull_policies(&options, &job).unwrap();
+        assert_eq!(policies["build"], ["Always", "IfNotPresent"]);
+        assert_eq!(policies["init-permissions"], ["Always", "IfNotPresent"]);
+        assert_eq!(policies["svc-1"], ["Never"]);
+        let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
+        let failures = BTreeMap::from([("build".to_owned(), 1)]);
+        let mut inputs = inputs(&options, &job, &overwrites);
+        inputs.pull_failures = &failures;
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(containers[1]["imagePullPolicy"], "Always");
+        assert_eq!(containers[2]["imagePullPolicy"], "Always");
+        assert_eq!(containers[3]["imagePullPolicy"], "Never");
+        // A list the allowed policies cut to nothing is refused naming both.
+        let error = pull_policies(
+            &super::tests::options(
+                "pull_policy = [\"always\", \"never\"]\nallowed_pull_policies = [\"if-not-present\"]\n",
+            ),
+            &job,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("pull_policy ([Always Never])"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1309,25 +1397,110 @@ patch = '{"terminationGracePeriodSeconds": 7}'
     }
 
     #[test]
-    fn the_init_permissions_container_is_built_as_official() {
+    fn attach_mode_adds_its_volumes_and_init_container_as_official() {
+        // Official facts (getVolumes, getVolumeMounts, buildPermissionsInitContainer): volumes
+        // are the configured ones, `repo`, `scripts`, `logs`; every container (services and
+        // the init container too) mounts `scripts`, `logs`, the configured ones, `repo`; the
+        // init container runs the helper image with the helper's resources, the job image's
+        // pull policy and `init_permissions_container_security_context`, and creates the log.
         let options = options(
-            "helper_cpu_limit = \"200m\"\n[init_permissions_container_security_context]\nrun_as_user = 0\n[[volumes.empty_dir]]\nname = \"scratch\"\nmount_path = \"/scratch\"\n",
+            "helper_cpu_limit = \"200m\"\npull_policy = \"if-not-present\"\n[init_permissions_container_security_context]\nrun_as_user = 0\n[[volumes.empty_dir]]\nname = \"scratch\"\nmount_path = \"/scratch\"\n",
         );
         let job = job();
         let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
         let mut inputs = inputs(&options, &job, &overwrites);
-        inputs.init_command = Some(vec!["sh".to_owned(), "-c".to_owned(), "true".to_owned()]);
+        let paths = crate::attach::AttachPaths::new(42, 1001);
+        inputs.init_command = Some(crate::attach::init_permissions_command(&paths));
+        inputs.extra_volumes = crate::attach::volumes();
+        inputs.extra_mounts = crate::attach::mounts(&paths);
         let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        let mounts = json!([
+            {"name": "scripts", "mountPath": "/scripts-42-1001"},
+            {"name": "logs", "mountPath": "/logs-42-1001"},
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "repo", "mountPath": "/builds"}
+        ]);
         assert_eq!(
             spec["spec"]["initContainers"],
             json!([{
                 "name": "init-permissions",
                 "image": "runnel-helper:latest",
-                "command": ["sh", "-c", "true"],
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "touch /logs-42-1001/output.log && (chmod 777 /logs-42-1001/output.log || exit 0)"],
                 "resources": {"limits": {"cpu": "200m"}},
                 "securityContext": {"capabilities": {"drop": ["NET_RAW"]}, "runAsUser": 0},
-                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "repo", "mountPath": "/builds"}]
+                "volumeMounts": mounts
             }])
+        );
+        let volumes: Vec<&str> = spec["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(volumes, ["scratch", "repo", "scripts", "logs"]);
+        let containers = spec["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 4, "build, helper and two services");
+        for container in containers {
+            assert_eq!(container["volumeMounts"], mounts, "{}", container["name"]);
+        }
+        // Exec mode (no init command): no init container.
+        inputs.init_command = None;
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        assert!(spec["spec"].get("initContainers").is_none());
+    }
+
+    #[test]
+    fn pod_spec_patches_see_attach_modes_volumes() {
+        let options = options(
+            "[[pod_spec]]\nname = \"logs-in-memory\"\npatch_type = \"strategic\"\npatch = '''\nvolumes:\n  - name: logs\n    emptyDir:\n      medium: Memory\n'''\n",
+        );
+        let mut job = job();
+        job.variables.push(Variable {
+            key: "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION".to_owned(),
+            value: "true".to_owned(),
+            public: true,
+            file: false,
+            masked: false,
+            raw: false,
+            internal: false,
+        });
+        let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
+        let mut inputs = inputs(&options, &job, &overwrites);
+        let paths = crate::attach::AttachPaths::new(42, 1001);
+        inputs.extra_volumes = crate::attach::volumes();
+        inputs.extra_mounts = crate::attach::mounts(&paths);
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        assert_eq!(
+            spec["spec"]["volumes"],
+            json!([
+                {"name": "repo", "emptyDir": {}},
+                {"name": "scripts", "emptyDir": {}},
+                {"name": "logs", "emptyDir": {"medium": "Memory"}},
+            ])
+        );
+    }
+
+    #[test]
+    fn job_keys_not_supported_yet_are_refused_by_name() {
+        let options = options("");
+        let mut job = job();
+        job.image.as_mut().unwrap().entrypoint = vec!["/bin/custom".to_owned()];
+        let error = pod(&options, &job).unwrap_err();
+        assert!(error.to_string().contains("`image:entrypoint`"), "{error}");
+        let mut job = self::job();
+        job.image.as_mut().unwrap().kubernetes_user = "1000:1000".to_owned();
+        let error = pod(&options, &job).unwrap_err();
+        assert!(
+            error.to_string().contains("`image:kubernetes:user`"),
+            "{error}"
+        );
+        let mut job = self::job();
+        job.services[0].kubernetes_user = "1000".to_owned();
+        let error = pod(&options, &job).unwrap_err();
+        assert!(
+            error.to_string().contains("`services:kubernetes:user`"),
+            "{error}"
         );
     }
 

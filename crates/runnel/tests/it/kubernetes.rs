@@ -150,6 +150,10 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
         !spec.contains(view.token.expose()),
         "the job token is in the pod spec"
     );
+    assert!(
+        kube.watches_served() >= 1,
+        "the pod's start is followed by a watch"
+    );
     assert_nothing_left(kube).await;
 }
 
@@ -196,6 +200,10 @@ async fn the_legacy_exec_strategy_runs_stages_by_exec() {
     assert!(
         !pod.to_string().contains("/scripts-"),
         "no scripts volume in exec mode"
+    );
+    assert!(
+        pod["spec"].get("initContainers").is_none(),
+        "no init-permissions container in exec mode"
     );
     assert_nothing_left(kube).await;
 }
@@ -730,6 +738,12 @@ async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
         json!(namespace)
     );
     assert_eq!(kube.namespaces(), Vec::<String>::new(), "namespace deleted");
+    // Labelled with the runner, for the sweep of a later start.
+    let short = runnel_types::short_token(&daemon.token).to_string();
+    assert_eq!(
+        kube.created_namespace_objects()[0]["metadata"]["labels"]["manager.runner.gitlab.com/id-short"],
+        json!(short)
+    );
     assert_nothing_left(kube).await;
 }
 
@@ -870,7 +884,6 @@ async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
 /// Creates, through the API, a pod of runner `short` as a killed earlier run would have left
 /// it (its image does not exist, so it stays `Pending` without containers).
 async fn create_leftover_pod(kube: &FakeKube, name: &str, short: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -879,12 +892,18 @@ async fn create_leftover_pod(kube: &FakeKube, name: &str, short: &str) {
             "labels": {"manager.runner.gitlab.com/id-short": short},
         },
         "spec": {"containers": [{"name": "build", "image": "runnel-it-absent:0"}]},
-    })
-    .to_string();
+    });
+    post_object(kube, "/api/v1/namespaces/default/pods", &body).await;
+}
+
+/// POSTs `body` to `path` of the fake API server; asserts it was created.
+async fn post_object(kube: &FakeKube, path: &str, body: &serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
     let address = kube.url().trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let request = format!(
-        "POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         kube.token(),
         body.len()
     );
@@ -1179,5 +1198,245 @@ async fn the_runner_manager_image_registers_and_runs_jobs_as_the_helm_chart_star
     assert!(config.contains("executor = \"kubernetes\""), "{config}");
     assert!(config.contains("[runners.kubernetes]"), "{config}");
     drop(_guard);
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn the_init_permissions_container_prepares_the_log_file_before_the_job() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
+    let id = daemon.fake.enqueue(
+        job("init-permissions")
+            .extra(
+                "services",
+                json!([{ "name": crate::docker::WEB, "alias": "web" }]),
+            )
+            .script(["stat -c 'log-mode=%a' /logs-*/output.log"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    // Made by the init container (a file the stage's `tee` made would be 644).
+    assert!(trace.contains("log-mode=777\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let project = pod["metadata"]["labels"]["project.runner.gitlab.com/id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = format!("/logs-{project}-{id}/output.log");
+    let init = pod["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 1, "{init:?}");
+    assert_eq!(init[0]["name"], json!("init-permissions"));
+    assert_eq!(init[0]["image"], json!(helper));
+    assert_eq!(
+        init[0]["command"],
+        json!([
+            "sh",
+            "-c",
+            format!("touch {log} && (chmod 777 {log} || exit 0)")
+        ])
+    );
+    // As official, every container mounts the scripts and logs volumes first.
+    for container in init
+        .iter()
+        .chain(pod["spec"]["containers"].as_array().unwrap())
+    {
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(mounts, ["scripts", "logs", "repo"], "{}", container["name"]);
+    }
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_failing_init_container_ends_the_job_with_what_kubernetes_said() {
+    let patch = "    [[runners.kubernetes.pod_spec]]\n      name = \"break-init\"\n      patch = '''\ninitContainers:\n  - name: init-permissions\n    command: [\"sh\", \"-c\", \"exit 3\"]\n'''\n";
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, patch).await;
+    let id = daemon.fake.enqueue(
+        job("broken-init")
+            .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("init container init-permissions failed: reason Error, exit code 3"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn namespaces_per_job_left_by_a_killed_run_are_swept_at_start() {
+    let helper = ensure_git_helper().await;
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let setup = || Setup {
+        executor: Some("kubernetes"),
+        tables: format!(
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n    namespace_per_job = true\n",
+            url = kube.url(),
+            token = kube.token(),
+        ),
+        ..Setup::default()
+    };
+    let mut daemon = Daemon::start(setup()).await;
+    daemon.stop().await;
+    let short = runnel_types::short_token(&daemon.token).to_string();
+    let namespace = |name: &str, owner: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"manager.runner.gitlab.com/id-short": owner}},
+        })
+    };
+    // Left by a killed run of this runner (with a pod in it), of another runner, and a
+    // namespace of this runner's label that is not a job's.
+    post_object(
+        &kube,
+        "/api/v1/namespaces",
+        &namespace("ci-job-900001", &short),
+    )
+    .await;
+    post_object(
+        &kube,
+        "/api/v1/namespaces/ci-job-900001/pods",
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "left-in-namespace"},
+            "spec": {"containers": [{"name": "build", "image": "runnel-it-absent:0"}]},
+        }),
+    )
+    .await;
+    post_object(
+        &kube,
+        "/api/v1/namespaces",
+        &namespace("ci-job-900002", "zzzz9999"),
+    )
+    .await;
+    post_object(
+        &kube,
+        "/api/v1/namespaces",
+        &namespace("team-tools", &short),
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("after-restart").script(["echo \"in $(hostname)\"", "sleep 2"]));
+    daemon.restart(&setup());
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    let log = daemon.wait_log("left by an earlier run").await;
+    assert!(log.contains("namespace ci-job-900001"), "{log}");
+    assert_eq!(
+        kube.namespaces(),
+        ["ci-job-900002".to_owned(), "team-tools".to_owned()],
+        "only this runner's job namespaces are swept; the job's own was deleted at its end"
+    );
+    assert_eq!(
+        kube.pod_names(),
+        Vec::<String>::new(),
+        "the pod went with its namespace"
+    );
+    daemon.stop().await;
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_pull_makes_the_pod_again_with_the_next_pull_policy() {
+    let helper = ensure_git_helper().await;
+    // runnel-fake-kube has no registry: `Always` cannot pull, `IfNotPresent` uses the engine's
+    // image, as a node that cannot reach its registry.
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    pull_policy = [\"always\", \"if-not-present\"]\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("pull-fallback").script(["echo ran-after-fallback"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("ran-after-fallback\n"), "{trace}");
+    // Each container moves on after its own failure: the init container, the build
+    // container, then the helper, as the official pull manager does.
+    for (attempt, container, image) in [
+        (2, "init-permissions", helper.as_str()),
+        (3, "build", IMAGE),
+        (4, "helper", helper.as_str()),
+    ] {
+        assert!(
+            trace.contains(&format!(
+                "WARNING: Failed to pull image \"{image}\" for container \"{container}\" with policy \"Always\""
+            )),
+            "{trace}"
+        );
+        assert!(
+            trace.contains(&format!(
+                "Attempt #{attempt}: Trying \"IfNotPresent\" pull policy for \"{image}\" image for container \"{container}\""
+            )),
+            "{trace}"
+        );
+    }
+    let pods = kube.created_pods();
+    assert_eq!(pods.len(), 4, "one pod per attempt");
+    let policy = |pod: &serde_json::Value, container: usize| {
+        pod["spec"]["containers"][container]["imagePullPolicy"].clone()
+    };
+    assert_eq!(policy(&pods[0], 0), json!("Always"));
+    assert_eq!(
+        pods[0]["spec"]["initContainers"][0]["imagePullPolicy"],
+        json!("Always")
+    );
+    assert_eq!(policy(&pods[3], 0), json!("IfNotPresent"));
+    assert_eq!(policy(&pods[3], 1), json!("IfNotPresent"));
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_pull_failure_with_no_policy_left_fails_with_image_pull_failure() {
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        IMAGE,
+        "    pull_policy = [\"always\"]\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("always-fails")
+            .failure_reasons(
+                runnel_fake_gitlab::GITLAB_FAILURE_REASONS
+                    .iter()
+                    .copied()
+                    .chain(["image_pull_failure"]),
+            )
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("image_pull_failure"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("runnel-fake-kube has no registry to pull from"),
+        "what Kubernetes said: {trace}"
+    );
+    assert_eq!(kube.created_pods().len(), 1, "no second attempt");
     assert_nothing_left(kube).await;
 }
