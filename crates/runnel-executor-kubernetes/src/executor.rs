@@ -9,8 +9,9 @@
 //! container that cannot start fails the job at once. `run` executes each stage in the
 //! helper (predefined stages) or build container over the exec WebSocket: the command reads a
 //! counted script from stdin and hands it to the shell, so the script (and the job's variables
-//! it exports) never appears in an argument or in the pod spec. While a stage runs the pod is
-//! checked every `poll_interval`, so an eviction or an OOM kill ends the stage with the reason.
+//! it exports) never appears in an argument or in the pod spec. While a stage runs the pod's
+//! watch goes on, so an eviction or an OOM kill ends the stage with the reason as soon as the
+//! API server reports it.
 //! Cancellation and timeouts send `SIGTERM`, then `SIGKILL`, to the container's processes.
 //! `cleanup` deletes the pod, always.
 //!
@@ -288,6 +289,7 @@ impl Provider for KubernetesProvider {
             attach: true,
             attach_paths: None,
             logs: None,
+            watch: None,
         }))
     }
 }
@@ -411,6 +413,8 @@ pub struct KubernetesExecutor {
     attach_paths: Option<AttachPaths>,
     /// Attach mode: the log file's stream, once the pod runs.
     logs: Option<LogStream>,
+    /// The pod's watch, once it runs (stages end as soon as it fails).
+    watch: Option<PodWatch>,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -624,8 +628,13 @@ struct PodWatch {
     name: String,
     interval: Duration,
     version: String,
-    stream: Option<futures::stream::BoxStream<'static, Result<WatchEvent<Pod>, kube::Error>>>,
+    /// The open watch (in a mutex only so the executor is `Sync`: it is used through
+    /// `&mut self`, never locked).
+    stream: tokio::sync::Mutex<Option<PodEvents>>,
 }
+
+/// A pod's watch events.
+type PodEvents = futures::stream::BoxStream<'static, Result<WatchEvent<Pod>, kube::Error>>;
 
 impl PodWatch {
     fn new(pods: Api<Pod>, name: &str, interval: Duration) -> Self {
@@ -634,7 +643,7 @@ impl PodWatch {
             name: name.to_owned(),
             interval,
             version: String::new(),
-            stream: None,
+            stream: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -649,14 +658,28 @@ impl PodWatch {
         Ok(pod)
     }
 
+    /// Waits until the pod fails (evicted, a container killed, deleted …) and says how.
+    async fn failure(&mut self, full_name: &str) -> KubernetesError {
+        loop {
+            match self.next(full_name).await {
+                Ok(pod) => {
+                    if let Some(error) = terminal_error(&pod, full_name) {
+                        return error;
+                    }
+                }
+                Err(error) => return error,
+            }
+        }
+    }
+
     /// The pod after its next change.
     async fn next(&mut self, full_name: &str) -> Result<Pod, KubernetesError> {
         use futures::StreamExt;
         loop {
-            let Some(stream) = self.stream.as_mut() else {
+            let Some(stream) = self.stream.get_mut().as_mut() else {
                 let params = WatchParams::default().fields(&format!("metadata.name={}", self.name));
                 match self.pods.watch(&params, &self.version).await {
-                    Ok(stream) => self.stream = Some(stream.boxed()),
+                    Ok(stream) => *self.stream.get_mut() = Some(stream.boxed()),
                     Err(error) => {
                         tracing::debug!(pod = full_name, %error, "cannot watch the pod; reading it again");
                         tokio::time::sleep(self.interval).await;
@@ -682,7 +705,7 @@ impl PodWatch {
                     self.version = bookmark.metadata.resource_version;
                 }
                 Some(Ok(WatchEvent::Error(status))) => {
-                    self.stream = None;
+                    *self.stream.get_mut() = None;
                     tracing::debug!(pod = full_name, code = status.code, message = %status.message, "the pod's watch ended");
                     if status.code != 410 {
                         tokio::time::sleep(self.interval).await;
@@ -692,12 +715,12 @@ impl PodWatch {
                     return self.get(full_name).await;
                 }
                 Some(Err(error)) => {
-                    self.stream = None;
+                    *self.stream.get_mut() = None;
                     tracing::debug!(pod = full_name, %error, "the pod's watch broke; resuming it");
                     tokio::time::sleep(self.interval).await;
                 }
                 // The server ended the watch (its timeout): resumed from the last version.
-                None => self.stream = None,
+                None => *self.stream.get_mut() = None,
             }
         }
     }
@@ -816,7 +839,10 @@ impl KubernetesExecutor {
                 .await
                 .map_err(|source| KubernetesError::api("create pod", self.full_name(), source))?;
             match self.wait_until_running(&pods, &name).await {
-                Ok(()) => break name,
+                Ok(watch) => {
+                    self.watch = Some(watch);
+                    break name;
+                }
                 Err(KubernetesError::ImagePull {
                     container,
                     image,
@@ -956,7 +982,7 @@ impl KubernetesExecutor {
         &mut self,
         pods: &Api<Pod>,
         name: &str,
-    ) -> Result<(), KubernetesError> {
+    ) -> Result<PodWatch, KubernetesError> {
         let deadline = Instant::now() + self.shared.options.poll_timeout();
         let full_name = self.full_name();
         let mut watch = PodWatch::new(pods.clone(), name, self.shared.options.poll_interval());
@@ -964,7 +990,7 @@ impl KubernetesExecutor {
         let mut shown = String::new();
         loop {
             let (phase, detail) = match classify(&pod, &full_name)? {
-                PodState::Ready => return Ok(()),
+                PodState::Ready => return Ok(watch),
                 PodState::Waiting(text) => {
                     let phase = pod
                         .status
@@ -1035,6 +1061,18 @@ impl KubernetesExecutor {
         }
     }
 
+    /// The pod's watch, for a stage (put back when it ends).
+    fn take_watch(&mut self) -> Result<PodWatch, KubernetesError> {
+        match self.watch.take() {
+            Some(watch) => Ok(watch),
+            None => Ok(PodWatch::new(
+                self.pods()?,
+                self.pod.as_deref().unwrap_or(""),
+                self.shared.options.poll_interval(),
+            )),
+        }
+    }
+
     async fn run_stage(
         &mut self,
         cmd: StageCommand<'_>,
@@ -1102,8 +1140,8 @@ impl KubernetesExecutor {
         let mut err_buf = vec![0u8; 16 * 1024];
         let (mut out_open, mut err_open) = (true, true);
         let mut exit: Option<Option<ExecStatus>> = None;
-        let interval = self.shared.options.poll_interval();
-        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        let full_name = self.full_name();
+        let mut watch = self.take_watch()?;
         let deadline = async {
             match cmd.deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -1132,9 +1170,10 @@ impl KubernetesExecutor {
                 received = &mut status, if exit.is_none() => exit = Some(received),
                 () = cancel.cancelled() => break Some(StageExit::Cancelled),
                 () = &mut deadline => break Some(StageExit::TimedOut),
-                _ = tick.tick() => self.check_pod().await?,
+                error = watch.failure(&full_name) => return Err(error),
             }
         };
+        self.watch = Some(watch);
         if let Some(stopped) = stopped {
             self.signal_all(container, "TERM").await;
             let drained = tokio::time::timeout(STOP_GRACE, async {
@@ -1272,16 +1311,28 @@ impl KubernetesExecutor {
             pod: self.full_name(),
             message: "the log stream ended earlier".to_owned(),
         })?;
+        let mut watch = self.take_watch()?;
         let result = self
-            .follow_stage(&mut logs, &script_path, container, &cmd, sink, cancel)
+            .follow_stage(
+                &mut logs,
+                &mut watch,
+                &script_path,
+                container,
+                &cmd,
+                sink,
+                cancel,
+            )
             .await;
         self.logs = Some(logs);
+        self.watch = Some(watch);
         result
     }
 
+    #[allow(clippy::too_many_arguments)] // one stage's state, borrowed from the executor
     async fn follow_stage(
         &self,
         logs: &mut LogStream,
+        watch: &mut PodWatch,
         script_path: &str,
         container: &'static str,
         cmd: &StageCommand<'_>,
@@ -1289,8 +1340,7 @@ impl KubernetesExecutor {
         cancel: CancellationToken,
     ) -> Result<StageExit, KubernetesError> {
         let mut output = AttachOutput::default();
-        let interval = self.shared.options.poll_interval();
-        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        let full_name = self.full_name();
         let deadline = async {
             match cmd.deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -1312,7 +1362,7 @@ impl KubernetesExecutor {
                 }
                 () = cancel.cancelled() => break StageExit::Cancelled,
                 () = &mut deadline => break StageExit::TimedOut,
-                _ = tick.tick() => self.check_pod().await?,
+                error = watch.failure(&full_name) => return Err(error),
             }
         };
         let signal = crate::attach::signal_command(script_path, "TERM");
@@ -1398,6 +1448,7 @@ impl KubernetesExecutor {
 
     async fn delete_pod(&mut self) {
         self.logs = None;
+        self.watch = None;
         let Some(name) = self.pod.take() else { return };
         let Ok(pods) = self.pods() else {
             lock(&self.shared.active_pods).remove(&name);
