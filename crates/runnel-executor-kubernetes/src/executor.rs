@@ -25,8 +25,8 @@
 //! the next start deletes it if this run is killed; deleted again at cleanup).
 //!
 //! Not done yet (refused at start or job start, never ignored): the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint`, `*:kubernetes:user`, secrets for
-//! job registry credentials.
+//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint`, secrets for job registry
+//! credentials.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -65,7 +65,8 @@ pub const KUBERNETES_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
         proxy: false,
         service_variables: true,
         service_multiple_aliases: true,
-        image_executor_opts: false,
+        // `image:kubernetes:user`, as official.
+        image_executor_opts: true,
         service_executor_opts: false,
         native_steps_integration: false,
     },
@@ -792,6 +793,8 @@ impl KubernetesExecutor {
                 "WARNING: CI_DEBUG_SERVICES is not supported by Runnel's kubernetes executor yet: service output is not streamed into this log".to_owned(),
             );
         }
+        self.pending_log
+            .extend(crate::pod::run_as_notes(options, ctx.job));
         let policies = crate::pod::pull_policies(options, ctx.job)?;
         let mut pull_failures = BTreeMap::new();
         let pods = self.pods()?;

@@ -36,6 +36,8 @@ pub const SUPPORTED_KEYS: &[&str] = &[
     "allowed_images",
     "allowed_services",
     "allowed_pull_policies",
+    "allowed_users",
+    "allowed_groups",
     "image_pull_secrets",
     "use_service_account_image_pull_secrets",
     "service_account",
@@ -170,6 +172,10 @@ pub struct KubernetesOptions {
     /// Pull policies a job may ask for (empty: those of `pull_policy`).
     #[serde(default)]
     pub allowed_pull_policies: Vec<String>,
+    /// User ids a job's `kubernetes:user` may ask for (empty: any but root).
+    pub allowed_users: Option<StringOrList>,
+    /// Group ids a job's `kubernetes:user` may ask for (empty: any but root).
+    pub allowed_groups: Option<StringOrList>,
     /// `imagePullSecrets` of the pod.
     #[serde(default)]
     pub image_pull_secrets: Vec<String>,
@@ -330,6 +336,28 @@ pub enum PullPolicyValue {
     Many(Vec<String>),
 }
 
+/// A string, or a list of strings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    /// The entries (an empty string is none).
+    pub fn entries(list: &Option<Self>) -> Vec<&str> {
+        match list {
+            None => Vec::new(),
+            Some(StringOrList::One(one)) => (!one.is_empty())
+                .then_some(one.as_str())
+                .into_iter()
+                .collect(),
+            Some(StringOrList::Many(many)) => many.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 /// Whose resources a setting is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceGroup {
@@ -396,6 +424,18 @@ impl KubernetesOptions {
         self.pull_policies()?;
         for policy in &self.allowed_pull_policies {
             pull_policy_name(policy).map_err(|reason| invalid("allowed_pull_policies", reason))?;
+        }
+        // The official runner skips entries that are not ids with a warning; Runnel refuses
+        // them, as they can never match.
+        for (key, list) in [
+            ("allowed_users", &self.allowed_users),
+            ("allowed_groups", &self.allowed_groups),
+        ] {
+            for entry in StringOrList::entries(list) {
+                if entry.trim().parse::<i64>().is_err() {
+                    return Err(invalid(key, format!("`{entry}` is not a numeric id")));
+                }
+            }
         }
         if self.poll_interval == Some(0) {
             return Err(invalid(
@@ -1026,10 +1066,10 @@ mod tests {
     #[test]
     fn unsupported_official_keys_are_refused_by_name() {
         let error = KubernetesOptions::from_raw(&raw(
-            "namespace = \"ci\"\nallowed_users = [\"1000\"]\nhelper_image_flavor = \"ubuntu\"\n",
+            "namespace = \"ci\"\ncontext = \"prod\"\nhelper_image_flavor = \"ubuntu\"\n",
         ))
         .unwrap_err();
-        insta::assert_snapshot!(error.to_string(), @"[runners.kubernetes] sets keys Runnel's kubernetes executor does not implement yet (refused rather than ignored): allowed_users, helper_image_flavor");
+        insta::assert_snapshot!(error.to_string(), @"[runners.kubernetes] sets keys Runnel's kubernetes executor does not implement yet (refused rather than ignored): context, helper_image_flavor");
     }
 
     #[test]

@@ -395,6 +395,160 @@ pub fn init_permissions_container(
     }
 }
 
+/// Where a container's user or group id comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdSource {
+    Container,
+    Pod,
+    Job,
+}
+
+impl IdSource {
+    fn describe(self) -> &'static str {
+        match self {
+            IdSource::Container => "container security context",
+            IdSource::Pod => "pod security context",
+            IdSource::Job => "job configuration",
+        }
+    }
+}
+
+/// A job's user or group id checked against its allow list, as official: an empty text asks
+/// for nothing; root only when listed; any other id when the list is empty or lists it.
+fn job_id(kind: &str, what: &str, text: &str, allowed: &[&str]) -> Result<Option<i64>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let id = text
+        .parse::<i64>()
+        .map_err(|error| format!("failed to parse {kind}: {error}"))?;
+    if id < 0 {
+        return Err(format!(
+            "failed to parse {kind}: negative values not allowed"
+        ));
+    }
+    let listed = allowed
+        .iter()
+        .any(|entry| entry.trim().parse::<i64>().ok() == Some(id));
+    if listed || (id != 0 && allowed.is_empty()) {
+        Ok(Some(id))
+    } else {
+        Err(format!(
+            "validating {kind}: {what} \"{text}\" is not in the allowed list: [{}]",
+            allowed.join(" ")
+        ))
+    }
+}
+
+/// The user and group ids `container` runs as, as the official `getContainerUIDGID` picks
+/// them: its security context table's, else the pod's, else the job's `kubernetes:user`
+/// (`uid[:gid]`) within `allowed_users`/`allowed_groups`. Also the lines the job log gets
+/// about a job's request that is not used.
+pub fn run_as(
+    options: &KubernetesOptions,
+    table: &crate::spec::ContainerSecurityContextConfig,
+    job_user: &str,
+    container: &str,
+) -> (Option<i64>, Option<i64>, Vec<String>) {
+    let (uid_text, gid_text) = job_user.split_once(':').unwrap_or((job_user, ""));
+    let pod = &options.pod_security_context;
+    let mut notes = Vec::new();
+    let allowed_users = crate::options::StringOrList::entries(&options.allowed_users);
+    let allowed_groups = crate::options::StringOrList::entries(&options.allowed_groups);
+    let mut pick = |configured: Option<i64>,
+                    pod_value: Option<i64>,
+                    kind: &str,
+                    what: &str,
+                    text: &str,
+                    allowed: &[&str]| {
+        let (id, source) = if let Some(id) = configured {
+            (Some(id), IdSource::Container)
+        } else if let Some(id) = pod_value {
+            (Some(id), IdSource::Pod)
+        } else {
+            let id = job_id(kind, what, text, allowed).unwrap_or_else(|error| {
+                notes.push(format!(
+                    "WARNING: Error parsing '{}' from image options for container \"{container}\", using the configured security context: {error}",
+                    kind.to_ascii_lowercase()
+                ));
+                None
+            });
+            (id, IdSource::Job)
+        };
+        if source != IdSource::Job && !text.is_empty() {
+            notes.push(format!(
+                "Overriding {what} for container \"{container}\" to \"{text}\" is not allowed: {what} is set to {} in {}",
+                id.unwrap_or_default(),
+                source.describe()
+            ));
+        }
+        id
+    };
+    let uid = pick(
+        table.run_as_user,
+        pod.run_as_user,
+        "UID",
+        "user",
+        uid_text,
+        &allowed_users,
+    );
+    let gid = pick(
+        table.run_as_group,
+        pod.run_as_group,
+        "GID",
+        "group",
+        gid_text,
+        &allowed_groups,
+    );
+    (uid, gid, notes)
+}
+
+/// What the job log says about the `kubernetes:user` requests of the job's image and services
+/// that are not used.
+pub fn run_as_notes(options: &KubernetesOptions, job: &JobSpec) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(image) = &job.image {
+        let user = expand(job, &image.kubernetes_user);
+        notes.extend(
+            run_as(
+                options,
+                &options.build_container_security_context,
+                &user,
+                BUILD_CONTAINER,
+            )
+            .2,
+        );
+    }
+    for (index, service) in job.services.iter().enumerate() {
+        let user = expand(job, &service.kubernetes_user);
+        let name = format!("svc-{index}");
+        notes.extend(
+            run_as(
+                options,
+                &options.service_container_security_context,
+                &user,
+                &name,
+            )
+            .2,
+        );
+    }
+    notes
+}
+
+/// `context` with the run-as ids [`run_as`] picked.
+fn with_run_as(
+    mut context: k8s_openapi::api::core::v1::SecurityContext,
+    (uid, gid, _): (Option<i64>, Option<i64>, Vec<String>),
+) -> k8s_openapi::api::core::v1::SecurityContext {
+    if uid.is_some() {
+        context.run_as_user = uid;
+    }
+    if gid.is_some() {
+        context.run_as_group = gid;
+    }
+    context
+}
+
 /// `key[=value]` → effect as tolerations (`Equal` with a value, else `Exists`).
 pub fn tolerations(map: &BTreeMap<String, String>) -> Vec<Toleration> {
     map.iter()
@@ -456,13 +610,12 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
                     .to_owned(),
             ));
         }
-        if !spec.kubernetes_user.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "`image:kubernetes:user` is not supported by Runnel's kubernetes executor yet"
-                    .to_owned(),
-            ));
-        }
     }
+    let job_user = job
+        .image
+        .as_ref()
+        .map(|image| expand(job, &image.kubernetes_user))
+        .unwrap_or_default();
     let policies = pull_policies(options, job)?;
     let pull_policy = |container: &str| pull_policy_for(&policies, inputs.pull_failures, container);
     let pod_security = &options.pod_security_context;
@@ -494,10 +647,18 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         command: Some(shell_command(false)),
         resources: resources(&overwrites.build),
         volume_mounts: Some(mounts.clone()),
-        security_context: Some(container_security_context(
-            &defaults,
-            &options.build_container_security_context,
-            pod_security,
+        security_context: Some(with_run_as(
+            container_security_context(
+                &defaults,
+                &options.build_container_security_context,
+                pod_security,
+            ),
+            run_as(
+                options,
+                &options.build_container_security_context,
+                &job_user,
+                BUILD_CONTAINER,
+            ),
         )),
         lifecycle: lifecycle.clone(),
         stdin: Some(true),
@@ -522,12 +683,6 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let mut containers = vec![build, helper];
     let mut host_aliases = Vec::new();
     for (index, service) in job.services.iter().enumerate() {
-        if !service.kubernetes_user.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "`services:kubernetes:user` is not supported by Runnel's kubernetes executor yet"
-                    .to_owned(),
-            ));
-        }
         let name = expand(job, &service.name);
         check_allowed(
             "service",
@@ -554,10 +709,18 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             env: (!env.is_empty()).then_some(env),
             resources: resources(overwrites.service_resources(index)),
             volume_mounts: Some(mounts.clone()),
-            security_context: Some(container_security_context(
-                &defaults,
-                &options.service_container_security_context,
-                pod_security,
+            security_context: Some(with_run_as(
+                container_security_context(
+                    &defaults,
+                    &options.service_container_security_context,
+                    pod_security,
+                ),
+                run_as(
+                    options,
+                    &options.service_container_security_context,
+                    &expand(job, &service.kubernetes_user),
+                    &format!("svc-{index}"),
+                ),
             )),
             lifecycle: lifecycle.clone(),
             stdin: Some(true),
@@ -1488,19 +1651,63 @@ patch = '{"terminationGracePeriodSeconds": 7}'
         job.image.as_mut().unwrap().entrypoint = vec!["/bin/custom".to_owned()];
         let error = pod(&options, &job).unwrap_err();
         assert!(error.to_string().contains("`image:entrypoint`"), "{error}");
-        let mut job = self::job();
-        job.image.as_mut().unwrap().kubernetes_user = "1000:1000".to_owned();
-        let error = pod(&options, &job).unwrap_err();
+    }
+
+    #[test]
+    fn the_jobs_kubernetes_user_is_used_within_the_allowed_ids() {
+        // Official getContainerUIDGID facts: the container's table wins, then the pod's, then
+        // the job's `uid[:gid]` if allowed; root only when listed; the others are announced.
+        let mut job = job();
+        job.image.as_mut().unwrap().kubernetes_user = "1000:2000".to_owned();
+        job.services[0].kubernetes_user = "0".to_owned();
+        job.services[1].kubernetes_user = "$TEAM".to_owned();
+        let options = options("allowed_users = [\"1000\", \"1001\"]\n");
+        let spec = serde_json::to_value(pod(&options, &job).unwrap()).unwrap();
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(containers[0]["securityContext"]["runAsUser"], 1000);
+        assert_eq!(containers[0]["securityContext"]["runAsGroup"], 2000);
         assert!(
-            error.to_string().contains("`image:kubernetes:user`"),
-            "{error}"
+            containers[1]["securityContext"].get("runAsUser").is_none(),
+            "not the helper"
         );
-        let mut job = self::job();
-        job.services[0].kubernetes_user = "1000".to_owned();
-        let error = pod(&options, &job).unwrap_err();
         assert!(
-            error.to_string().contains("`services:kubernetes:user`"),
-            "{error}"
+            containers[2]["securityContext"].get("runAsUser").is_none(),
+            "root is not listed"
+        );
+        assert!(containers[3]["securityContext"].get("runAsUser").is_none());
+        assert_eq!(
+            run_as_notes(&options, &job),
+            [
+                "WARNING: Error parsing 'uid' from image options for container \"svc-0\", using the configured security context: validating UID: user \"0\" is not in the allowed list: [1000 1001]",
+                "WARNING: Error parsing 'uid' from image options for container \"svc-1\", using the configured security context: failed to parse UID: invalid digit found in string",
+            ]
+        );
+        // Any id but root without a list; the configured tables win.
+        let options = self::options(
+            "[build_container_security_context]\nrun_as_user = 500\n[pod_security_context]\nrun_as_group = 600\n",
+        );
+        let spec = serde_json::to_value(pod(&options, &job).unwrap()).unwrap();
+        let build = &spec["spec"]["containers"][0]["securityContext"];
+        assert_eq!(build["runAsUser"], 500);
+        assert_eq!(build["runAsGroup"], 600);
+        let notes = run_as_notes(&options, &job);
+        assert!(
+            notes.contains(&"Overriding user for container \"build\" to \"1000\" is not allowed: user is set to 500 in container security context".to_owned()),
+            "{notes:?}"
+        );
+        assert!(
+            notes.contains(&"Overriding group for container \"build\" to \"2000\" is not allowed: group is set to 600 in pod security context".to_owned()),
+            "{notes:?}"
+        );
+        let bad = KubernetesOptions::from_raw(&runnel_config::RawTable::from(
+            "allowed_groups = [\"wheel\"]\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        ))
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("`wheel` is not a numeric id"),
+            "{bad}"
         );
     }
 

@@ -556,11 +556,11 @@ async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
     let (kube, mut daemon) = start(
         FakeConfig::default(),
         IMAGE,
-        "    allowed_users = [\"1000\"]\n    retry_limit = 3\n",
+        "    context = \"prod\"\n    retry_limit = 3\n",
     )
     .await;
     let log = daemon.wait_log("does not implement yet").await;
-    assert!(log.contains("allowed_users, retry_limit"), "{log}");
+    assert!(log.contains("context, retry_limit"), "{log}");
     assert!(log.contains("the runner will not request jobs"), "{log}");
     daemon.stop().await;
     assert!(
@@ -1438,5 +1438,45 @@ async fn a_pull_failure_with_no_policy_left_fails_with_image_pull_failure() {
         "what Kubernetes said: {trace}"
     );
     assert_eq!(kube.created_pods().len(), 1, "no second attempt");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn the_jobs_kubernetes_user_reaches_the_build_container_within_allowed_users() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    allowed_users = [\"1000\"]\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("as-user")
+            .extra(
+                "image",
+                json!({"name": IMAGE, "executor_opts": {"kubernetes": {"user": "1000:2000"}}}),
+            )
+            .extra(
+                "services",
+                json!([{ "name": crate::docker::WEB, "alias": "web", "executor_opts": {"kubernetes": {"user": "0"}} }]),
+            )
+            .script(["echo as-user-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("validating UID: user \"0\" is not in the allowed list: [1000]"),
+        "the service's root request is refused in the log: {trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    let build = &pod["spec"]["containers"][0]["securityContext"];
+    assert_eq!(build["runAsUser"], json!(1000));
+    assert_eq!(build["runAsGroup"], json!(2000));
+    assert!(
+        pod["spec"]["containers"][2]["securityContext"]
+            .get("runAsUser")
+            .is_none()
+    );
     assert_nothing_left(kube).await;
 }
