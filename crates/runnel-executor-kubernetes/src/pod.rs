@@ -603,13 +603,15 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         &options.allowed_images,
         &internal,
     )?;
-    if let Some(spec) = &job.image {
-        if !spec.entrypoint.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "the job's `image:entrypoint` is not supported by Runnel's kubernetes executor yet"
-                    .to_owned(),
-            ));
-        }
+    if job
+        .image
+        .as_ref()
+        .is_some_and(|spec| !spec.entrypoint.is_empty())
+    {
+        return Err(KubernetesError::Unsupported(
+            "the job's `image:entrypoint` is not supported by Runnel's kubernetes executor yet"
+                .to_owned(),
+        ));
     }
     let job_user = job
         .image
