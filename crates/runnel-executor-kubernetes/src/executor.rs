@@ -25,8 +25,8 @@
 //! the next start deletes it if this run is killed; deleted again at cleanup).
 //!
 //! Not done yet (refused at start or job start, never ignored): the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint`, secrets for job registry
-//! credentials.
+//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint` (but `[""]`), secrets for job
+//! registry credentials.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

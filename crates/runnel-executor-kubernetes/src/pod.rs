@@ -603,13 +603,15 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         &options.allowed_images,
         &internal,
     )?;
+    // `entrypoint: [""]` asks for what the build container does anyway (its command is the
+    // shell, so the image's entrypoint never runs); any other entrypoint is refused.
     if job
         .image
         .as_ref()
-        .is_some_and(|spec| !spec.entrypoint.is_empty())
+        .is_some_and(|spec| spec.entrypoint.iter().any(|part| !part.is_empty()))
     {
         return Err(KubernetesError::Unsupported(
-            "the job's `image:entrypoint` is not supported by Runnel's kubernetes executor yet"
+            "the job's `image:entrypoint` is not supported by Runnel's kubernetes executor yet (only `entrypoint: [\"\"]`, which the build container's shell command already means)"
                 .to_owned(),
         ));
     }
@@ -1653,6 +1655,10 @@ patch = '{"terminationGracePeriodSeconds": 7}'
         job.image.as_mut().unwrap().entrypoint = vec!["/bin/custom".to_owned()];
         let error = pod(&options, &job).unwrap_err();
         assert!(error.to_string().contains("`image:entrypoint`"), "{error}");
+        // An empty entrypoint is what the build container's command does anyway.
+        job.image.as_mut().unwrap().entrypoint = vec![String::new()];
+        let spec = serde_json::to_value(pod(&options, &job).unwrap()).unwrap();
+        assert_eq!(spec["spec"]["containers"][0]["command"][0], "sh");
     }
 
     #[test]

@@ -1454,7 +1454,9 @@ async fn the_jobs_kubernetes_user_reaches_the_build_container_within_allowed_use
         job("as-user")
             .extra(
                 "image",
-                json!({"name": IMAGE, "executor_opts": {"kubernetes": {"user": "1000:2000"}}}),
+                // `entrypoint: [""]`, as pipelines written for the docker executor often
+                // have: what the build container's shell command means anyway.
+                json!({"name": IMAGE, "entrypoint": [""], "executor_opts": {"kubernetes": {"user": "1000:2000"}}}),
             )
             .extra(
                 "services",
