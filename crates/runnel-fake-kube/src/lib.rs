@@ -33,8 +33,8 @@
 //! the engine's image.
 //!
 //! [`Faults`] inject the other failures an executor must explain: pods that stay unschedulable
-//! (`Pending` forever with a `PodScheduled=False` condition) and eviction after a delay
-//! (containers killed, phase `Failed`, reason `Evicted`). Errors are `Status` objects shaped like
+//! (`Pending` forever with a `PodScheduled=False` condition), eviction after a delay
+//! (containers killed, phase `Failed`, reason `Evicted`) and watches refused (`405`). Errors are `Status` objects shaped like
 //! the real ones (`NotFound`, `AlreadyExists`, `Invalid`, `Unauthorized`).
 //!
 //! The crate knows nothing of the executor: it reads pods as JSON, as an API server does.
@@ -64,6 +64,9 @@ pub struct Faults {
     /// Running pods are evicted after this long: their containers are killed and the pod ends
     /// `Failed` with reason `Evicted`.
     pub evict_after: Option<Duration>,
+    /// Watches are refused (`405 MethodNotAllowed`), as by a proxy in front of the API server
+    /// that does not pass them on.
+    pub refuse_watches: bool,
 }
 
 /// How to start the server.

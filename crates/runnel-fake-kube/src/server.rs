@@ -149,6 +149,14 @@ async fn list_pods(
         }
     };
     if !matches!(param("watch").as_str(), "" | "false" | "0") {
+        if shared.faults().refuse_watches {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+                json!({}),
+            );
+        }
         return crate::watch::watch(
             &shared,
             filter,

@@ -1482,3 +1482,25 @@ async fn the_jobs_kubernetes_user_reaches_the_build_container_within_allowed_use
     );
     assert_nothing_left(kube).await;
 }
+
+#[tokio::test]
+async fn an_api_server_that_refuses_watches_is_read_every_poll_interval() {
+    let helper = ensure_git_helper().await;
+    let config = FakeConfig {
+        faults: Faults {
+            refuse_watches: true,
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    };
+    let (kube, daemon) = start(config, &helper, "").await;
+    let id = daemon
+        .fake
+        .enqueue(job("no-watches").script(["echo polled-pod-ran"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("polled-pod-ran\n"), "{trace}");
+    assert_eq!(kube.watches_served(), 0);
+    assert_nothing_left(kube).await;
+}
