@@ -25,15 +25,17 @@
 //! the next start deletes it if this run is killed; deleted again at cleanup).
 //!
 //! Not done yet (refused at start or job start, never ignored): the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint` (but `[""]`), secrets for job
-//! registry credentials.
+//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint` (but `[""]`).
+//!
+//! The job's registry logins reach the kubelet as a pull secret ([`crate::credentials`]),
+//! created before the pod and deleted after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::{ContainerStateWaiting, ContainerStatus, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, ContainerStatus, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::Client;
 use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
@@ -291,6 +293,7 @@ impl Provider for KubernetesProvider {
             attach_paths: None,
             logs: None,
             watch: None,
+            credentials: None,
         }))
     }
 }
@@ -416,6 +419,8 @@ pub struct KubernetesExecutor {
     logs: Option<LogStream>,
     /// The pod's watch, once it runs (stages end as soon as it fails).
     watch: Option<PodWatch>,
+    /// The job's registry credentials secret, once created (deleted at cleanup).
+    credentials: Option<String>,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -798,6 +803,7 @@ impl KubernetesExecutor {
         let policies = crate::pod::pull_policies(options, ctx.job)?;
         let mut pull_failures = BTreeMap::new();
         let pods = self.pods()?;
+        self.create_credentials(ctx.job).await?;
         // As official: a container whose image cannot be pulled moves to its next pull policy
         // and the pod is made again, until a pod runs or a container has no policy left.
         let name = loop {
@@ -826,6 +832,7 @@ impl KubernetesExecutor {
                     .map(crate::attach::mounts)
                     .unwrap_or_default(),
                 pull_failures: &pull_failures,
+                credentials_secret: self.credentials.as_deref(),
             })?;
             self.image = pod
                 .spec
@@ -1407,7 +1414,70 @@ impl KubernetesExecutor {
 
     async fn cleanup_job(&mut self) {
         self.delete_pod().await;
+        self.delete_credentials().await;
         self.delete_namespace().await;
+    }
+
+    /// Creates the job's registry credentials secret, if it has logins ([`crate::credentials`]).
+    async fn create_credentials(
+        &mut self,
+        job: &runnel_types::JobSpec,
+    ) -> Result<(), KubernetesError> {
+        let home = crate::credentials::home_config();
+        let logins = crate::credentials::logins(job, home.as_deref());
+        let unique = crate::pod::project_unique_name(
+            &self.shared.settings.short_token,
+            job.info.project_id,
+            self.slot,
+        );
+        let name = crate::pod::resource_name(&unique, &crate::pod::random_suffix());
+        let labels = BTreeMap::from([(
+            MANAGER_ID_LABEL.to_owned(),
+            crate::pod::sanitize_label(&self.shared.settings.short_token),
+        )]);
+        let Some(secret) = crate::credentials::secret(&logins, &name, &self.namespace, labels)
+        else {
+            return Ok(());
+        };
+        let client = self.client.clone().ok_or_else(|| {
+            KubernetesError::Unsupported("the executor was not prepared".to_owned())
+        })?;
+        let secrets: Api<Secret> = Api::namespaced(client, &self.namespace);
+        // Recorded first: a secret whose creation answer is lost is still deleted at cleanup.
+        self.credentials = Some(name.clone());
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|source| {
+                KubernetesError::api(
+                    "create the registry credentials secret",
+                    format!("{}/{name}", self.namespace),
+                    source,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Deletes the secret [`Self::create_credentials`] made.
+    async fn delete_credentials(&mut self) {
+        let Some(name) = self.credentials.take() else {
+            return;
+        };
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let secrets: Api<Secret> = Api::namespaced(client, &self.namespace);
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(timeout, secrets.delete(&name, &DeleteParams::default())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(secret = %name, namespace = %self.namespace, %error, "cannot delete the job's registry credentials secret");
+            }
+            Err(_) => {
+                tracing::warn!(secret = %name, namespace = %self.namespace, "deleting the job's registry credentials secret timed out");
+            }
+        }
     }
 
     /// One event of the log stream: text is passed on; the stage's exit line gives its code.

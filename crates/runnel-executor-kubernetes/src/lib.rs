@@ -22,12 +22,14 @@
 //! - [`spec`]: the nested tables (volumes, security contexts, affinity, DNS, …) and their API
 //!   objects; [`overwrites`]: what job variables may change; [`patch`]: `[[pod_spec]]` patches.
 //! - [`attach`]: attach mode's volumes, commands and log stream.
+//! - [`credentials`]: the job's registry logins as a pull secret.
 //!
 //! Predefined stages run in the helper image, which must hold the runner binary as
 //! [`HELPER_RUNNER_COMMAND`] (the image `runnel docker build-helper-image` builds does); the
 //! job planner uses `/builds` and `/cache` as seen inside the containers.
 
 pub mod attach;
+pub mod credentials;
 mod error;
 pub mod executor;
 pub mod options;

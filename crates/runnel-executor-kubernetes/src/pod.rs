@@ -80,6 +80,8 @@ pub struct PodInputs<'a> {
     /// Image pulls that failed so far per container name: each failure moves that container
     /// to its next pull policy ([`pull_policies`]).
     pub pull_failures: &'a BTreeMap<String, usize>,
+    /// The job's registry credentials secret ([`crate::credentials`]), if one was made.
+    pub credentials_secret: Option<&'a str>,
 }
 
 /// The pull policies each container of the job's pod tries in order, by container name
@@ -771,7 +773,11 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             options
                 .image_pull_secrets
                 .iter()
-                .map(|name| LocalObjectReference { name: name.clone() })
+                .map(String::as_str)
+                .chain(inputs.credentials_secret)
+                .map(|name| LocalObjectReference {
+                    name: name.to_owned(),
+                })
                 .collect()
         };
     let dns_policy =
@@ -949,6 +955,7 @@ mod tests {
             extra_volumes: Vec::new(),
             extra_mounts: Vec::new(),
             pull_failures: &NO_FAILURES,
+            credentials_secret: None,
         }
     }
 

@@ -279,6 +279,16 @@ impl FakeKube {
         self.shared.lock().created_namespace_objects.clone()
     }
 
+    /// Every secret and config map created through the API, as stored at creation.
+    pub fn created_objects(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().created_objects.clone()
+    }
+
+    /// The secrets and config maps that exist now, as `(plural, namespace, name)`.
+    pub fn objects(&self) -> Vec<(String, String, String)> {
+        self.shared.lock().objects.keys().cloned().collect()
+    }
+
     /// Every pod created since the start, as it was posted (for checking pod specs).
     pub fn created_pods(&self) -> Vec<serde_json::Value> {
         self.shared.created_pods()

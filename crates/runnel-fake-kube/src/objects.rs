@@ -321,7 +321,11 @@ async fn create_object(
         return already_exists(kind.plural, &name);
     }
     stamp(&shared, &mut object, kind.kind, Some(&namespace));
-    shared.lock().objects.insert(key, object.clone());
+    {
+        let mut inner = shared.lock();
+        inner.created_objects.push(object.clone());
+        inner.objects.insert(key, object.clone());
+    }
     (StatusCode::CREATED, axum::Json(object)).into_response()
 }
 

@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) created_namespaces: Vec<String>,
     /// Their objects as stored at creation.
     pub(crate) created_namespace_objects: Vec<Value>,
+    /// Every secret and config map created through the API, as stored at creation.
+    pub(crate) created_objects: Vec<Value>,
     version: u64,
     created: Vec<Value>,
     /// The latest pod changes, oldest first, for watches that resume from a version.

@@ -154,6 +154,32 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
         kube.watches_served() >= 1,
         "the pod's start is followed by a watch"
     );
+    // The job's registry login reaches the kubelet as a pull secret, as official.
+    let pull_secrets = pod["spec"]["imagePullSecrets"].as_array().unwrap();
+    assert_eq!(pull_secrets.len(), 1, "{pull_secrets:?}");
+    let secret_name = pull_secrets[0]["name"].as_str().unwrap();
+    assert!(secret_name.starts_with(&prefix), "{secret_name}");
+    let secret = kube
+        .created_objects()
+        .into_iter()
+        .find(|object| object["metadata"]["name"] == json!(secret_name))
+        .expect("the secret was created");
+    assert_eq!(secret["type"], json!("kubernetes.io/dockercfg"));
+    use base64::Engine;
+    let dockercfg: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][".dockercfg"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let login = dockercfg.as_object().unwrap().values().next().unwrap();
+    assert_eq!(login["username"], json!("gitlab-ci-token"));
+    assert_eq!(login["password"], json!(view.token.expose()));
+    assert_eq!(
+        kube.objects(),
+        Vec::new(),
+        "the secret is deleted with the pod"
+    );
     assert_nothing_left(kube).await;
 }
 
