@@ -115,6 +115,8 @@ struct Shared {
     active_pods: ActivePods,
     /// The same for the `ci-job-<id>` namespaces of `namespace_per_job`.
     active_namespaces: ActivePods,
+    /// The same for the jobs' registry credentials secrets.
+    active_secrets: ActivePods,
 }
 
 /// Creates Kubernetes executors for one `[[runners]]` entry.
@@ -133,6 +135,7 @@ impl KubernetesProvider {
                 slots: Mutex::new(BTreeSet::new()),
                 active_pods: ActivePods::default(),
                 active_namespaces: ActivePods::default(),
+                active_secrets: ActivePods::default(),
             }),
         }
     }
@@ -145,6 +148,7 @@ impl KubernetesProvider {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.active_pods = Arc::clone(&previous.shared.active_pods);
             shared.active_namespaces = Arc::clone(&previous.shared.active_namespaces);
+            shared.active_secrets = Arc::clone(&previous.shared.active_secrets);
         }
         self
     }
@@ -178,16 +182,21 @@ impl KubernetesProvider {
     /// Deletes the pods of this runner (by the `manager.runner.gitlab.com/id-short` label) that
     /// an earlier, killed run left, sparing the pods of the jobs this provider (and the ones it
     /// succeeded) runs or is starting: a job records its pod's name before creating it, so it
-    /// may run at the same time as jobs start. With `namespace_per_job`, the `ci-job-<id>`
-    /// namespaces this runner made (same label) and left are deleted too, with what is in them,
-    /// sparing those of its jobs. Returns the names of the pods deleted, then
-    /// `namespace <name>` for each namespace.
+    /// may run at the same time as jobs start. The registry credentials secrets of its jobs
+    /// (same label) are deleted the same way, and with `namespace_per_job`, the `ci-job-<id>`
+    /// namespaces this runner made and left, with what is in them, sparing those of its jobs.
+    /// Returns the names of the pods deleted, then `secret <name>` and `namespace <name>` for
+    /// each secret and namespace.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
         let (client, namespace) = connect(&self.shared.options, None).await?;
         let selector = self.manager_selector();
         let mut removed = self
             .remove_leftover_pods(client.clone(), &namespace, &selector)
             .await?;
+        removed.extend(
+            self.remove_leftover_secrets(client.clone(), &namespace, &selector)
+                .await?,
+        );
         if self.shared.options.namespace_per_job {
             removed.extend(self.remove_leftover_namespaces(client, &selector).await?);
         }
@@ -200,6 +209,36 @@ impl KubernetesProvider {
             "{MANAGER_ID_LABEL}={}",
             crate::pod::sanitize_label(&self.shared.settings.short_token)
         )
+    }
+
+    async fn remove_leftover_secrets(
+        &self,
+        client: Client,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<String>, KubernetesError> {
+        let secrets: Api<Secret> = Api::namespaced(client, namespace);
+        let list = secrets
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|source| KubernetesError::api("list secrets in", namespace, source))?;
+        let mut removed = Vec::new();
+        for secret in list.items {
+            let Some(name) = secret.metadata.name else {
+                continue;
+            };
+            if lock(&self.shared.active_secrets).contains(&name) {
+                continue;
+            }
+            match secrets.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => removed.push(format!("secret {name}")),
+                Err(error) if not_found(&error) => {}
+                Err(source) => {
+                    return Err(KubernetesError::api("delete leftover secret", name, source));
+                }
+            }
+        }
+        Ok(removed)
     }
 
     async fn remove_leftover_namespaces(
@@ -1445,6 +1484,7 @@ impl KubernetesExecutor {
         let secrets: Api<Secret> = Api::namespaced(client, &self.namespace);
         // Recorded first: a secret whose creation answer is lost is still deleted at cleanup.
         self.credentials = Some(name.clone());
+        lock(&self.shared.active_secrets).insert(name.clone());
         secrets
             .create(&PostParams::default(), &secret)
             .await
@@ -1464,6 +1504,7 @@ impl KubernetesExecutor {
             return;
         };
         let Some(client) = self.client.clone() else {
+            lock(&self.shared.active_secrets).remove(&name);
             return;
         };
         let secrets: Api<Secret> = Api::namespaced(client, &self.namespace);
@@ -1478,6 +1519,7 @@ impl KubernetesExecutor {
                 tracing::warn!(secret = %name, namespace = %self.namespace, "deleting the job's registry credentials secret timed out");
             }
         }
+        lock(&self.shared.active_secrets).remove(&name);
     }
 
     /// One event of the log stream: text is passed on; the stage's exit line gives its code.

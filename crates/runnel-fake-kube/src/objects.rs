@@ -58,6 +58,14 @@ fn object_routes(kind: Kind) -> Router<Shared_> {
                       body: axum::body::Bytes| {
                     create_object(kind, headers, shared, namespace, body)
                 },
+            )
+            .get(
+                move |headers: HeaderMap,
+                      State(shared): State<Shared_>,
+                      Path(namespace): Path<String>,
+                      RawQuery(query): RawQuery| async move {
+                    list_objects(kind, &headers, &shared, &namespace, query.as_deref())
+                },
             ),
         )
         .route(
@@ -369,6 +377,40 @@ fn normalize(kind: Kind, object: &mut Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The objects of `kind` in `namespace` whose labels pass the query's `labelSelector`.
+fn list_objects(
+    kind: Kind,
+    headers: &HeaderMap,
+    shared: &Shared,
+    namespace: &str,
+    query: Option<&str>,
+) -> Response {
+    if let Err(response) = authorized(shared, headers) {
+        return response;
+    }
+    let selector = crate::server::query_pairs(query)
+        .into_iter()
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value)
+        .unwrap_or_default();
+    let inner = shared.lock();
+    let items: Vec<Value> = inner
+        .objects
+        .iter()
+        .filter(|((plural, ns, _), _)| plural == kind.plural && ns == namespace)
+        .map(|(_, object)| object)
+        .filter(|object| crate::server::selector_matches(&selector, &object["metadata"]["labels"]))
+        .cloned()
+        .collect();
+    axum::Json(json!({
+        "kind": format!("{}List", kind.kind),
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": inner.version()},
+        "items": items,
+    }))
+    .into_response()
 }
 
 fn get_object(

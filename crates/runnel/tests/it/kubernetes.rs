@@ -965,6 +965,24 @@ async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spar
     for name in &leftovers {
         create_leftover_pod(&kube, name, &short).await;
     }
+    // A registry credentials secret of that run, and one of another runner.
+    for (name, owner) in [
+        ("runner-leftover-credentials", short.as_str()),
+        ("runner-other-credentials", "zzzz9999"),
+    ] {
+        post_object(
+            &kube,
+            "/api/v1/namespaces/default/secrets",
+            &json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "labels": {"manager.runner.gitlab.com/id-short": owner}},
+                "type": "kubernetes.io/dockercfg",
+                "data": {".dockercfg": "e30="},
+            }),
+        )
+        .await;
+    }
     let ids: Vec<u64> = (0..2)
         .map(|n| {
             daemon.fake.enqueue(job(&format!("at-start-{n}")).script([
@@ -983,6 +1001,16 @@ async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spar
     }
     let log = daemon.log();
     assert!(log.contains("deleted pods left by an earlier run"), "{log}");
+    assert!(log.contains("secret runner-leftover-credentials"), "{log}");
+    assert_eq!(
+        kube.objects(),
+        [(
+            "secrets".to_owned(),
+            "default".to_owned(),
+            "runner-other-credentials".to_owned()
+        )],
+        "only this runner's secrets are swept; the jobs' own were deleted at their end"
+    );
     for name in &leftovers {
         assert!(
             !kube.pod_names().contains(&format!("default/{name}")),
