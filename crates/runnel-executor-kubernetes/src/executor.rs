@@ -446,7 +446,7 @@ pub struct KubernetesExecutor {
     /// The pod's name, once created.
     pod: Option<String>,
     image: String,
-    /// Lines `prepare` would print, written before the first stage's output.
+    /// Lines `prepare` would print, written after the banner.
     pending_log: Vec<String>,
     /// The job's namespace was created for it (`namespace_per_job`).
     own_namespace: bool,
@@ -1128,9 +1128,6 @@ impl KubernetesExecutor {
         sink: &dyn OutputSink,
         cancel: CancellationToken,
     ) -> Result<StageExit, KubernetesError> {
-        for line in self.pending_log.drain(..) {
-            sink.write(OutputStream::Stdout, format!("{line}\n").as_bytes());
-        }
         if self.attach {
             return self.run_stage_attach(cmd, sink, cancel).await;
         }
@@ -1658,12 +1655,20 @@ impl Executor for KubernetesExecutor {
         "kubernetes"
     }
 
+    /// The executor line, then what `prepare` had to say (overwrites, the namespace, the pod's
+    /// waiting states, pull retries), as the official runner prints them while preparing; also
+    /// when `prepare` failed.
     fn banner(&self) -> String {
-        if self.image.is_empty() {
+        let mut text = if self.image.is_empty() {
             "Using Kubernetes executor...".to_owned()
         } else {
             format!("Using Kubernetes executor with image {} ...", self.image)
+        };
+        for line in &self.pending_log {
+            text.push('\n');
+            text.push_str(line);
         }
+        text
     }
 
     fn configure<'a>(

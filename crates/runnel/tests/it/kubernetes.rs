@@ -474,6 +474,8 @@ async fn an_unschedulable_pod_fails_after_poll_timeout_with_the_scheduler_messag
         trace.contains("Unschedulable: \"0/1 nodes are available"),
         "{trace}"
     );
+    // What the pod went through is in the log, also when it never ran.
+    assert!(trace.contains("Waiting for pod default/runner-"), "{trace}");
     assert_nothing_left(kube).await;
 }
 
