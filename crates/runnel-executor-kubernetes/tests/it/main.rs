@@ -1,4 +1,4 @@
-//! The executor's client side against `runnel-fake-kube`: leftover pods found by label.
+//! The executor's client side against `runnel-fake-kube`: leftover pods found by label, pod watches.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
