@@ -1,4 +1,5 @@
-//! The executor's client side against `runnel-fake-kube`: leftover pods found by label, pod watches.
+//! The executor's client side against `runnel-fake-kube`: leftover pods found by label, and
+//! pod watches as the executor reads them.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
