@@ -70,9 +70,26 @@ pub struct AttachPaths {
 impl AttachPaths {
     /// The official directory names for a job.
     pub fn new(project_id: u64, job_id: u64) -> Self {
+        Self::with_bases(None, None, project_id, job_id)
+    }
+
+    /// The same under `scripts_base_dir` and `logs_base_dir` (trailing `/` and `\` dropped;
+    /// empty: `/`), as official.
+    pub fn with_bases(
+        scripts_base: Option<&str>,
+        logs_base: Option<&str>,
+        project_id: u64,
+        job_id: u64,
+    ) -> Self {
+        let base = |configured: Option<&str>| {
+            configured
+                .unwrap_or("")
+                .trim_end_matches(['/', '\\'])
+                .to_owned()
+        };
         AttachPaths {
-            scripts_dir: format!("/scripts-{project_id}-{job_id}"),
-            logs_dir: format!("/logs-{project_id}-{job_id}"),
+            scripts_dir: format!("{}/scripts-{project_id}-{job_id}", base(scripts_base)),
+            logs_dir: format!("{}/logs-{project_id}-{job_id}", base(logs_base)),
         }
     }
 
@@ -565,6 +582,14 @@ mod tests {
             "/scripts-42-1001/step_script"
         );
         assert_eq!(paths.stage_script("../x y"), "/scripts-42-1001/___x_y");
+        // Official baseDir facts: the configured base, trailing separators dropped.
+        let based = AttachPaths::with_bases(Some("/opt/ci//"), Some("/var/tmp"), 42, 1001);
+        assert_eq!(based.scripts_dir, "/opt/ci/scripts-42-1001");
+        assert_eq!(based.log_file(), "/var/tmp/logs-42-1001/output.log");
+        assert_eq!(
+            AttachPaths::with_bases(Some(""), Some("/"), 1, 2),
+            AttachPaths::new(1, 2)
+        );
     }
 
     #[test]

@@ -826,9 +826,14 @@ impl KubernetesExecutor {
             .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_owned());
         // Attach mode's volumes and init container reach the pod as the configured volumes
         // do, so `[[pod_spec]]` patches see them.
-        let paths = self
-            .attach
-            .then(|| AttachPaths::new(ctx.job.info.project_id, ctx.job.id.0));
+        let paths = self.attach.then(|| {
+            AttachPaths::with_bases(
+                options.scripts_base_dir.as_deref(),
+                options.logs_base_dir.as_deref(),
+                ctx.job.info.project_id,
+                ctx.job.id.0,
+            )
+        });
         self.attach_paths = paths.clone();
         self.pending_log
             .push(format!("Using Kubernetes namespace: {}", self.namespace));

@@ -60,6 +60,8 @@ pub const SUPPORTED_KEYS: &[&str] = &[
     "service_container_security_context",
     "init_permissions_container_security_context",
     "cap_add",
+    "logs_base_dir",
+    "scripts_base_dir",
     "cap_drop",
     "volumes",
     "host_aliases",
@@ -176,6 +178,10 @@ pub struct KubernetesOptions {
     pub allowed_users: Option<StringOrList>,
     /// Group ids a job's `kubernetes:user` may ask for (empty: any but root).
     pub allowed_groups: Option<StringOrList>,
+    /// Attach mode: the directory the `logs-<project>-<job>` mount goes into (default `/`).
+    pub logs_base_dir: Option<String>,
+    /// Attach mode: the directory the `scripts-<project>-<job>` mount goes into (default `/`).
+    pub scripts_base_dir: Option<String>,
     /// `imagePullSecrets` of the pod.
     #[serde(default)]
     pub image_pull_secrets: Vec<String>,

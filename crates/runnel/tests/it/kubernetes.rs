@@ -1560,3 +1560,41 @@ async fn an_api_server_that_refuses_watches_is_read_every_poll_interval() {
     assert_eq!(kube.watches_served(), 0);
     assert_nothing_left(kube).await;
 }
+
+#[tokio::test]
+async fn attach_mode_puts_its_scripts_and_logs_under_the_configured_base_dirs() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    scripts_base_dir = \"/opt/ci/\"\n    logs_base_dir = \"/var/tmp\"\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("base-dirs").script(["ls -d /opt/ci/scripts-* /var/tmp/logs-*/output.log"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let pod = &kube.created_pods()[0];
+    let project = pod["metadata"]["labels"]["project.runner.gitlab.com/id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logs = format!("/var/tmp/logs-{project}-{id}");
+    assert!(trace.contains(&format!("{logs}/output.log\n")), "{trace}");
+    let mounts: Vec<&str> = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts[..2],
+        [
+            format!("/opt/ci/scripts-{project}-{id}").as_str(),
+            logs.as_str()
+        ]
+    );
+    assert_nothing_left(kube).await;
+}
