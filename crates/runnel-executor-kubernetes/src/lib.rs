@@ -5,7 +5,7 @@
 //!                                            checked, unsupported keys refused by name
 //!   create()        one KubernetesExecutor per job, in a concurrency slot
 //!   prepare(ctx)    client (host keys / KUBECONFIG / in-cluster), pod created (build, helper,
-//!                   svc-N containers, init-permissions in attach mode, repo emptyDir, official
+//!                   service containers, init-permissions in attach mode, repo emptyDir, official
 //!                   labels and annotations), watched until running (poll_timeout); a pull
 //!                   error makes it again with the container's next pull policy, if any
 //!   run(stage)      attach (default): script saved in the scripts volume, started through

@@ -8,9 +8,10 @@
 //!   expansion, except keys in a `runner.gitlab.com` namespace;
 //! - annotations: `job.runner.gitlab.com/{id,url,sha,before_sha,ref,name,timeout}` and
 //!   `project.runner.gitlab.com/id`, then `pod_annotations`;
-//! - containers: `build` (job image), `helper` (helper image), then `svc-0`, `svc-1`, … for the
-//!   services; all share the `repo` emptyDir at the builds directory; `restartPolicy: Never`;
-//!   service aliases resolve to 127.0.0.1 through `hostAliases`;
+//! - containers: `build` (job image), `helper` (helper image), then the services, each named
+//!   after its first usable alias, else `svc-0`, `svc-1`, … ([`service_container_names`]);
+//!   all share the `repo` emptyDir at the builds directory; `restartPolicy: Never`; service
+//!   aliases resolve to 127.0.0.1 through `hostAliases`;
 //! - init container: `init-permissions` (helper image) when the stage strategy asks for one
 //!   (attach mode: it creates the log file, [`crate::attach`]);
 //! - pull policies: per container, tried in order after failed pulls ([`pull_policies`]).
@@ -106,13 +107,55 @@ pub fn pull_policies(
     ] {
         map.insert(name.to_owned(), image.clone());
     }
-    for (index, service) in job.services.iter().enumerate() {
-        map.insert(
-            format!("svc-{index}"),
-            options.effective_pull_policies(&service.pull_policy)?,
-        );
+    for (service, name) in job.services.iter().zip(service_container_names(job)) {
+        map.insert(name, options.effective_pull_policies(&service.pull_policy)?);
     }
     Ok(map)
+}
+
+/// Whether `name` is a DNS-1123 label: `[a-z0-9-]`, alphanumeric at both ends, at most 63.
+fn dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// The container names of the job's services, as the official runner names them: a service's
+/// first alias that is a DNS-1123 label and not taken by an earlier service, else `svc-<n>`
+/// (`n` counting the services named so). Aliases that are the names of the runner's own
+/// containers are passed over too (the official runner would make an invalid pod).
+pub fn service_container_names(job: &JobSpec) -> Vec<String> {
+    let mut used: Vec<&str> = Vec::new();
+    let mut unnamed = 0;
+    let mut names = Vec::new();
+    for service in &job.services {
+        let mut chosen = None;
+        for alias in &service.aliases {
+            if used.contains(&alias.as_str()) {
+                continue;
+            }
+            used.push(alias);
+            let own = [
+                BUILD_CONTAINER,
+                HELPER_CONTAINER,
+                INIT_PERMISSIONS_CONTAINER,
+            ];
+            if dns_label(alias) && !own.contains(&alias.as_str()) {
+                chosen = Some(alias.clone());
+                break;
+            }
+        }
+        names.push(chosen.unwrap_or_else(|| {
+            unnamed += 1;
+            format!("svc-{}", unnamed - 1)
+        }));
+    }
+    names
 }
 
 /// The `imagePullPolicy` of `container` after `failures` failed pulls.
@@ -521,9 +564,8 @@ pub fn run_as_notes(options: &KubernetesOptions, job: &JobSpec) -> Vec<String> {
             .2,
         );
     }
-    for (index, service) in job.services.iter().enumerate() {
+    for (service, name) in job.services.iter().zip(service_container_names(job)) {
         let user = expand(job, &service.kubernetes_user);
-        let name = format!("svc-{index}");
         notes.extend(
             run_as(
                 options,
@@ -688,7 +730,8 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     };
     let mut containers = vec![build, helper];
     let mut host_aliases = Vec::new();
-    for (index, service) in job.services.iter().enumerate() {
+    let service_names = service_container_names(job);
+    for ((index, service), container_name) in job.services.iter().enumerate().zip(service_names) {
         let name = expand(job, &service.name);
         check_allowed(
             "service",
@@ -707,9 +750,9 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             })
             .collect();
         containers.push(Container {
-            name: format!("svc-{index}"),
+            name: container_name.clone(),
             image: Some(name.clone()),
-            image_pull_policy: pull_policy(&format!("svc-{index}")),
+            image_pull_policy: pull_policy(&container_name),
             command: (!service.entrypoint.is_empty()).then(|| service.entrypoint.clone()),
             args: (!service.command.is_empty()).then(|| service.command.clone()),
             env: (!env.is_empty()).then_some(env),
@@ -725,7 +768,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
                     options,
                     &options.service_container_security_context,
                     &expand(job, &service.kubernetes_user),
-                    &format!("svc-{index}"),
+                    &container_name,
                 ),
             )),
             lifecycle: lifecycle.clone(),
@@ -1079,7 +1122,11 @@ mod tests {
         let policies = pull_policies(&options, &job).unwrap();
         assert_eq!(policies["build"], ["Always", "IfNotPresent"]);
         assert_eq!(policies["init-permissions"], ["Always", "IfNotPresent"]);
-        assert_eq!(policies["svc-1"], ["Never"]);
+        assert_eq!(
+            policies["svc-0"],
+            ["Never"],
+            "the second service has no alias"
+        );
         let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
         let failures = BTreeMap::from([("build".to_owned(), 1)]);
         let mut inputs = inputs(&options, &job, &overwrites);
@@ -1656,6 +1703,40 @@ patch = '{"terminationGracePeriodSeconds": 7}'
     }
 
     #[test]
+    fn service_containers_are_named_after_their_first_usable_alias() {
+        // Official getServiceName facts: the first alias that is a DNS-1123 label and not used
+        // by an earlier service, else svc-N counting only those.
+        let mut job = job();
+        let service = |name: &str, aliases: &[&str]| ImageSpec {
+            name: name.to_owned(),
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+            ..ImageSpec::default()
+        };
+        job.services = vec![
+            service("postgres:16", &["db"]),
+            service("redis:7", &[]),
+            service("mysql:8", &["db", "Bad_Alias", "mysql"]),
+            service("mysql:8", &["Bad_Alias"]),
+            service("busybox", &["helper"]),
+        ];
+        assert_eq!(
+            service_container_names(&job),
+            ["db", "svc-0", "mysql", "svc-1", "svc-2"]
+        );
+        let spec = pod_json("", &job);
+        let names: Vec<&str> = spec["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["build", "helper", "db", "svc-0", "mysql", "svc-1", "svc-2"]
+        );
+    }
+
+    #[test]
     fn job_keys_not_supported_yet_are_refused_by_name() {
         let options = options("");
         let mut job = job();
@@ -1693,8 +1774,8 @@ patch = '{"terminationGracePeriodSeconds": 7}'
         assert_eq!(
             run_as_notes(&options, &job),
             [
-                "WARNING: Error parsing 'uid' from image options for container \"svc-0\", using the configured security context: validating UID: user \"0\" is not in the allowed list: [1000 1001]",
-                "WARNING: Error parsing 'uid' from image options for container \"svc-1\", using the configured security context: failed to parse UID: invalid digit found in string",
+                "WARNING: Error parsing 'uid' from image options for container \"db\", using the configured security context: validating UID: user \"0\" is not in the allowed list: [1000 1001]",
+                "WARNING: Error parsing 'uid' from image options for container \"svc-0\", using the configured security context: failed to parse UID: invalid digit found in string",
             ]
         );
         // Any id but root without a list; the configured tables win.

@@ -292,7 +292,8 @@ async fn a_service_container_is_reached_by_its_alias() {
     assert_eq!(view.status, RemoteStatus::Success, "{trace}");
     assert!(trace.contains("hello-from-service\n"), "{trace}");
     let pod = &kube.created_pods()[0];
-    assert_eq!(pod["spec"]["containers"][2]["name"], json!("svc-0"));
+    // Named after its alias, as official.
+    assert_eq!(pod["spec"]["containers"][2]["name"], json!("web"));
     assert_eq!(
         pod["spec"]["hostAliases"][0],
         json!({"ip": "127.0.0.1", "hostnames": ["runnel-e2e-web", "web"]})
