@@ -349,7 +349,15 @@ impl StageContext<'_> {
             "post_clone_script",
             &self.opts.post_get_sources_script,
         );
-        write_credential_reject(&mut w, self);
+        // As the official runner, so a credential helper keeps no job token from the fetch.
+        // Not after `GIT_STRATEGY: none|empty`, where no git ran: the cleanup stage's reject
+        // covers whatever the job's own commands stored (one process fewer per such job).
+        if matches!(
+            self.settings.git_strategy,
+            GitStrategy::Clone | GitStrategy::Fetch
+        ) {
+            write_credential_reject(&mut w, self);
+        }
         let mut stage = self.stage(
             "get_sources",
             StageKind::Predefined,
@@ -430,7 +438,7 @@ impl StageContext<'_> {
         // the job token it may have kept: first, as the official runner, while the checkout's
         // config (which may name the helper) is there; last when `clean_git_config` treats
         // that config as the job's, so no helper the job planted there runs.
-        let cleans_git_config = self.uses_git() && self.cleans_git_config();
+        let cleans_git_config = self.cleans_git_config();
         if !cleans_git_config {
             write_credential_reject(&mut w, self);
         }
@@ -455,14 +463,13 @@ impl StageContext<'_> {
         }
         // The checkout outlives the job: what the job left in its `.git` (lock files, and with
         // `clean_git_config` its config and hooks) goes now too, not only before the next
-        // job's git runs, as the official runner does.
-        if self.uses_git() {
-            let git = GitSources::new(self);
-            git.remove_stale_locks(&mut w);
-            if cleans_git_config {
-                git.remove_git_configs(&mut w);
-                write_credential_reject(&mut w, self);
-            }
+        // job's git runs, as the official runner does (whatever the job's `GIT_STRATEGY`: a
+        // job may have made or changed the checkout itself).
+        let git = GitSources::new(self);
+        git.remove_stale_locks(&mut w);
+        if cleans_git_config {
+            git.remove_git_configs(&mut w);
+            write_credential_reject(&mut w, self);
         }
         let mut stage = self.stage(
             "cleanup_file_variables",
@@ -477,14 +484,6 @@ impl StageContext<'_> {
 
     pub(crate) fn ext_git_config(&self) -> String {
         self.temp_file(EXT_GIT_CONFIG)
-    }
-
-    /// Whether the job's sources are a git checkout (`GIT_STRATEGY` clone or fetch).
-    fn uses_git(&self) -> bool {
-        matches!(
-            self.settings.git_strategy,
-            GitStrategy::Clone | GitStrategy::Fetch
-        )
     }
 
     /// `clean_git_config` for this job: as configured, else the official default (on for
