@@ -562,4 +562,21 @@ mod tests {
         let ssh = RemoteUrl::parse("ssh://git@gitlab.example.com/g/p.git");
         assert!(!ssh.is_http);
     }
+
+    #[test]
+    fn credentials_are_rejected_for_network_remotes_only() {
+        let https = RemoteUrl::parse("https://gitlab-ci-token:tok@gitlab.example.com:8443/g/p.git");
+        assert_eq!(
+            https.credential_url(),
+            Some("https://gitlab.example.com:8443")
+        );
+        let ssh = RemoteUrl::parse("ssh://git@gitlab.example.com/g/p.git");
+        assert_eq!(ssh.credential_url(), Some("ssh://gitlab.example.com"));
+        // A local path or another scheme is nothing git asks credentials for.
+        assert_eq!(RemoteUrl::parse("/srv/git/p.git").credential_url(), None);
+        assert_eq!(
+            RemoteUrl::parse("file:///srv/git/p.git").credential_url(),
+            None
+        );
+    }
 }
