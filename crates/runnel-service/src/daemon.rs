@@ -775,8 +775,14 @@ fn warn_about(config: &ServiceConfig) {
             tracing::warn!(
                 runner = %runner.name,
                 keys = %ignored.join(", "),
-                "config.toml keys parsed but not acted upon by Runnel yet: {}",
+                "config.toml keys parsed but not acted upon by Runnel (no job depends on them): {}",
                 ignored.join(", ")
+            );
+        }
+        for refused in runner.refused_keys() {
+            tracing::error!(
+                runner = %runner.name,
+                "{refused}; the runner will not request jobs"
             );
         }
         if let Some(shell) = runner.unsupported_shell() {
