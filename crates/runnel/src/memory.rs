@@ -237,7 +237,10 @@ impl Image {
         for (start, end) in clean {
             let mut pieces = vec![(start, end)];
             for &(lo, hi) in &dirty {
-                pieces = pieces.into_iter().flat_map(|p| subtract(p, (lo, hi))).collect();
+                pieces = pieces
+                    .into_iter()
+                    .flat_map(|p| subtract(p, (lo, hi)))
+                    .collect();
             }
             for piece in pieces {
                 for &(lo, hi) in &mapped {
@@ -423,9 +426,9 @@ mod tests {
         assert!(covered >= code, "the code is covered: {covered} of {code}");
         for &(start, len) in &trimmer.ranges {
             assert!(start.is_multiple_of(4096) && len.is_multiple_of(4096));
-            let inside = mappings.iter().any(|(lo, hi, perms)| {
-                !perms.contains('w') && *lo <= start && start + len <= *hi
-            });
+            let inside = mappings
+                .iter()
+                .any(|(lo, hi, perms)| !perms.contains('w') && *lo <= start && start + len <= *hi);
             assert!(inside, "{start:#x}+{len:#x} lies in a read-only mapping");
         }
         // Touch a lot of code and data first, so there is something resident to give back.
