@@ -183,6 +183,12 @@ pub struct PlanOptions {
     /// fewer per stage with the same effects. `false` (the official script) for executors that
     /// run the script as a shell's whole input.
     pub stage_subshell: bool,
+    /// Whether the executor makes the job's private temp dir before the first stage (0700,
+    /// replacing a symlink or non-directory planted there) and removes it after the last, as
+    /// the shell executor does for a runner running jobs as its own user: the cleanup stage
+    /// then does not remove it (one `rm` process fewer per job). The stages still make it
+    /// when it is missing (a script may remove it), which costs no process when it is there.
+    pub temp_dir_by_executor: bool,
 }
 
 impl PlanOptions {

@@ -137,6 +137,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         xtrace: settings.debug_trace,
         private_temp: opts.executor.is_shared_environment(),
         stage_subshell: opts.stage_subshell,
+        temp_dir_by_executor: opts.temp_dir_by_executor,
     };
     let context = StageContext {
         job,

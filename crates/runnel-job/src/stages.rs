@@ -452,9 +452,10 @@ impl StageContext<'_> {
             w.rm_file(&self.temp_file(MASKING_DB));
             w.rm_file(&self.temp_file(EXT_GIT_CONFIG));
         }
-        if self.style.private_temp {
+        if self.style.private_temp && !self.style.temp_dir_by_executor {
             // Review M5: the next job makes a fresh private temp dir, so nothing planted in
-            // this one (a symlink, a FIFO) is there for it.
+            // this one (a symlink, a FIFO) is there for it. (An executor that makes it
+            // removes it itself.)
             w.rm_dir(&self.dirs.temp_dir, false);
         }
         if self.flags.job_cleanup() {

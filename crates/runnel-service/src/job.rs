@@ -561,6 +561,7 @@ async fn execute_stages(
     let prepared = {
         let builds_dir = PathBuf::from(&plan.dirs.builds_dir);
         let cache_dir = PathBuf::from(&plan.dirs.cache_dir);
+        let temp_dir = PathBuf::from(&plan.dirs.temp_dir);
         let prepare = PrepareContext {
             job,
             builds_dir: &builds_dir,
@@ -569,6 +570,7 @@ async fn execute_stages(
             project_slot: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
             git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
             network_per_build: plan.feature_flags.network_per_build(),
+            temp_dir: options.temp_dir_by_executor.then_some(temp_dir.as_path()),
         };
         match tokio::time::timeout_at(prepare_deadline, executor.prepare(&prepare)).await {
             Ok(result) => result.map_err(|error| executor_failure(&error)),
@@ -1368,6 +1370,9 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         remote_cache: None,
         // The shell executor's session runs every stage in a subshell (stdin /dev/null).
         stage_subshell: runner.executor == "shell",
+        // It makes and removes the job's private temp dir itself, when the jobs run as the
+        // runner's own user (behind `su`, the scripts make it as that user).
+        temp_dir_by_executor: runner.executor == "shell" && context.config.user.is_none(),
     }
 }
 
