@@ -266,23 +266,15 @@ fn check_url(section: &mut Section<'_>, cx: &mut Context<'_>) {
 }
 
 impl RunnerConfig {
-    /// The keys of this entry that are set but that Runnel parses without acting on them yet
-    /// (the daemon warns about them at start; docs/compatibility.md lists them). Sections of
-    /// executors Runnel does not run are not listed: such runners are refused as a whole.
+    /// The keys of this entry that are set but that Runnel parses without acting on them, where
+    /// ignoring them changes no job (the daemon warns about them at start; docs/compatibility.md
+    /// lists them): `step_runner_image` (the official runner does not read it either) and
+    /// `[runners.monitoring]` (metrics thresholds). Keys that would change what a job does are
+    /// [`RunnerConfig::refused_keys`] instead. Sections of executors Runnel does not run are not
+    /// listed: such runners are refused as a whole.
     pub fn ignored_keys(&self) -> Vec<&'static str> {
         [
-            ("prepare_timeout", self.prepare_timeout.is_some()),
-            ("get_sources_timeout", self.get_sources_timeout.is_some()),
-            (
-                "safe_directory_checkout",
-                self.safe_directory_checkout.is_some(),
-            ),
-            ("proxy_exec", self.proxy_exec.is_some()),
-            ("use_slot_cgroups", self.use_slot_cgroups),
-            ("slot_cgroup_template", self.slot_cgroup_template.is_some()),
             ("step_runner_image", self.step_runner_image.is_some()),
-            ("[runners.artifact]", self.artifact.is_some()),
-            ("[runners.referees]", self.referees.is_some()),
             ("[runners.monitoring]", self.monitoring.is_some()),
         ]
         .into_iter()
@@ -295,6 +287,56 @@ impl RunnerConfig {
                 .unwrap_or_default(),
         )
         .collect()
+    }
+
+    /// The keys of this entry set to something Runnel cannot honour and that would change what
+    /// a job does, one message each naming the key: such a runner is refused at start rather
+    /// than run its jobs differently. Values equal to what Runnel does (`proxy_exec = false`,
+    /// the default artifact timeouts) are accepted.
+    pub fn refused_keys(&self) -> Vec<String> {
+        let mut refused = Vec::new();
+        if self.proxy_exec == Some(true) {
+            refused.push(
+                "proxy_exec = true (running job commands through the helper binary) is not supported by Runnel"
+                    .to_owned(),
+            );
+        }
+        if self.use_slot_cgroups {
+            refused.push(
+                "use_slot_cgroups = true (a cgroup per job slot) is not supported by Runnel"
+                    .to_owned(),
+            );
+        }
+        if self.referees.is_some() {
+            refused.push(
+                "[runners.referees] (metrics referee artifacts) is not supported by Runnel"
+                    .to_owned(),
+            );
+        }
+        if let Some(artifact) = &self.artifact {
+            let limits = [
+                (
+                    "upload_timeout",
+                    artifact.upload_timeout,
+                    DEFAULT_ARTIFACT_UPLOAD_TIMEOUT,
+                ),
+                (
+                    "response_header_timeout",
+                    artifact.response_header_timeout,
+                    DEFAULT_ARTIFACT_RESPONSE_HEADER_TIMEOUT,
+                ),
+            ];
+            for (key, value, default) in limits {
+                if let Some(value) = value.filter(|&value| value != default) {
+                    refused.push(format!(
+                        "[runners.artifact] {key} = \"{}\" is not supported by Runnel (artifact uploads use the default {})",
+                        go_duration(value),
+                        go_duration(default)
+                    ));
+                }
+            }
+        }
+        refused
     }
 
     /// Expands `url` and `token` like the official runner and normalises unset values.
@@ -372,6 +414,23 @@ impl RunnerConfig {
     /// `GIT_CLONE_PATH` (see [`Self::custom_build_dir_setting`] for the default).
     pub fn custom_build_dir_enabled(&self) -> bool {
         self.custom_build_dir_setting() == Some(true)
+    }
+}
+
+/// `d` as Go prints a `time.Duration` of whole seconds (`1h0m0s`, `10m0s`, `45s`); a
+/// fraction shows as decimal seconds.
+fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}s", d.as_secs_f64());
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
     }
 }
 

@@ -132,6 +132,7 @@ impl Provider for ShellProvider {
             options: Arc::clone(&self.options),
             invocation: Arc::clone(&self.invocation),
             builds_dir: None,
+            temp_dir: None,
             session: None,
             contained: true,
         }))
@@ -149,6 +150,8 @@ pub struct ShellExecutor {
     invocation: Arc<Invocation>,
     /// Where processes start; set by `prepare`.
     builds_dir: Option<PathBuf>,
+    /// The job's private temp dir this executor made, removed by `cleanup`.
+    temp_dir: Option<PathBuf>,
     /// The shell the stages run in, once the first stage started it.
     session: Option<Session>,
     /// Whether every session so far ended with its whole process tree seen gone
@@ -164,6 +167,23 @@ impl ShellExecutor {
             tracing::warn!(%error, "cannot create the cache directory; caches will not be saved");
         }
         self.builds_dir = Some(ctx.builds_dir.to_path_buf());
+        if let Some(temp) = ctx.temp_dir {
+            let temp = temp.to_path_buf();
+            let made = temp.clone();
+            tokio::task::spawn_blocking(move || make_private_dir(&made))
+                .await
+                .map_err(|error| ExecutorError::CreateDir {
+                    purpose: "temporary",
+                    path: temp.clone(),
+                    source: std::io::Error::other(error),
+                })?
+                .map_err(|source| ExecutorError::CreateDir {
+                    purpose: "temporary",
+                    path: temp.clone(),
+                    source,
+                })?;
+            self.temp_dir = Some(temp);
+        }
         Ok(())
     }
 
@@ -214,6 +234,79 @@ impl ShellExecutor {
     async fn end_session(&mut self) {
         if let Some(session) = self.session.take() {
             self.contained &= session.close().await;
+        }
+        // After the session: nothing of the job writes there any more.
+        if let Some(temp) = self.temp_dir.take() {
+            let removed = temp.clone();
+            match tokio::task::spawn_blocking(move || remove_private_dir(&removed)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(path = %temp.display(), %error, "cannot remove the job's temporary directory");
+                }
+                Err(error) => {
+                    tracing::warn!(path = %temp.display(), %error, "cannot remove the job's temporary directory");
+                }
+            }
+        }
+    }
+}
+
+/// Makes the job's private temp dir as the stage scripts would (review M5): a symlink or
+/// non-directory planted at its path is removed, never followed; a missing directory is made
+/// 0700 (its parent, the project's directory, exists or is made as the builds dir's); one that
+/// is already there (a killed job's) is kept, as the scripts keep it.
+fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Made meanwhile by another process: what the scripts accept, if a directory.
+            if std::fs::symlink_metadata(path)?.is_dir() {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        }
+        other => other,
+    }
+}
+
+/// Removes the job's temp dir and everything in it, as `rm -r -f` would: a missing one is
+/// fine, and directories a job made unwritable are made writable first when that is what
+/// stops the removal.
+fn remove_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            make_writable(path);
+            std::fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+}
+
+/// `chmod u+rwx` on `path` and every directory under it (never through a symlink).
+fn make_writable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode() | 0o700;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).ok();
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            make_writable(&entry.path());
         }
     }
 }
@@ -273,6 +366,35 @@ impl Executor for ShellExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The temp dir the executor makes for a plan that leaves it to it: a planted symlink is
+    /// removed (its target untouched) and a 0700 directory made; at the end it goes, also
+    /// when the job made a directory in it unwritable.
+    #[test]
+    fn the_private_temp_dir_is_made_safely_and_removed_whole() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().expect("temp dir");
+        let target = root.path().join("target");
+        std::fs::create_dir(&target).expect("target");
+        let temp = root.path().join("project").join("p.tmp");
+        std::fs::create_dir(root.path().join("project")).expect("project");
+        std::os::unix::fs::symlink(&target, &temp).expect("planted link");
+
+        make_private_dir(&temp).expect("made");
+        let meta = std::fs::symlink_metadata(&temp).expect("there");
+        assert!(meta.is_dir(), "a directory, not the link");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert!(target.exists(), "the link's target is left alone");
+        make_private_dir(&temp).expect("an existing directory is kept");
+
+        let locked = temp.join("locked");
+        std::fs::create_dir(&locked).expect("locked");
+        std::fs::write(locked.join("file"), "x").expect("file");
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        remove_private_dir(&temp).expect("removed");
+        assert!(!temp.exists());
+        remove_private_dir(&temp).expect("a missing one is fine");
+    }
 
     fn options(shell: Shell, user: Option<&str>) -> ShellOptions {
         ShellOptions {

@@ -9,11 +9,15 @@
 //! `url.<with token>.insteadOf`, in the extra config inside the job's temp dir; with
 //! `GIT_SUBMODULE_FORCE_HTTPS` the same file maps the instance's SSH URLs to it. With the
 //! runner's `clone_url`, the remote is that URL plus `<CI_PROJECT_PATH>.git`, with the job
-//! token as `gitlab-ci-token` credentials, as the official runner builds it. Not done: the native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs,
-//! `git credential reject` at the end.
+//! token as `gitlab-ci-token` credentials, as the official runner builds it. Not done: the
+//! native `git clone` path (`FF_USE_GIT_NATIVE_CLONE`), bundle URIs.
 //!
 //! `clean_git_config` (on by default for every executor but shell) removes the git config and
-//! hooks left in the checkout before git runs in it.
+//! hooks left in the checkout before git runs in it (and again in the cleanup stage).
+//! `safe_directory_checkout` (on by default for container executors) adds the project dir to
+//! the global `safe.directory` list before git runs. At the end of `get_sources` and of the
+//! job, `git credential reject` tells any credential helper to forget the job token for the
+//! remote's host.
 
 use crate::dirs::join;
 use crate::escape::double_quote;
@@ -36,6 +40,15 @@ struct RemoteUrl {
 }
 
 impl RemoteUrl {
+    /// `scheme://host[:port]` for `git credential reject`, when git can make a credential
+    /// request of this remote (http, https or ssh with a host; not a local path).
+    fn credential_url(&self) -> Option<&str> {
+        let (scheme, host) = self.base.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let known = matches!(scheme.as_str(), "http" | "https" | "ssh");
+        (known && !host.is_empty() && !self.host_name.is_empty()).then_some(self.base.as_str())
+    }
+
     fn parse(url: &str) -> Self {
         let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -90,6 +103,22 @@ fn clone_url_remote(clone_url: &str, project_path: &str, token: &str) -> Option<
     Some(format!("{scheme}://gitlab-ci-token:{token}@{host}/{path}"))
 }
 
+/// `git credential reject` for the remote's host and `gitlab-ci-token`, best effort (a failure
+/// or a missing git changes nothing), so that a credential helper the job or the host set up
+/// (`credential.helper=store`) forgets the job token it may have stored.
+pub(crate) fn write_credential_reject(w: &mut ScriptWriter, ctx: &StageContext<'_>) {
+    let remote = RemoteUrl::parse(&remote_url(ctx));
+    let Some(url) = remote.credential_url() else {
+        return;
+    };
+    let url = w.quote(&format!("url={url}"));
+    let user = w.quote("username=gitlab-ci-token");
+    let reject = w.command_line("git", &["credential", "reject"]);
+    w.line(&format!(
+        "printf '%s\\n' {url} {user} | {reject} >/dev/null 2>&1 || true"
+    ));
+}
+
 pub(crate) struct GitSources<'a, 'b> {
     ctx: &'a StageContext<'b>,
     remote: RemoteUrl,
@@ -137,8 +166,11 @@ impl<'a, 'b> GitSources<'a, 'b> {
         } else {
             self.remove_stale_locks(w);
         }
-        if self.ctx.opts.cleans_git_config() {
+        if self.ctx.cleans_git_config() {
             self.remove_git_configs(w);
+        }
+        if self.ctx.opts.adds_safe_directory() {
+            self.write_safe_directory(w);
         }
         self.write_ext_config(w);
         let template = self.write_template(w);
@@ -158,7 +190,31 @@ impl<'a, 'b> GitSources<'a, 'b> {
         self.write_fetch(w, depth);
     }
 
-    fn remove_stale_locks(&self, w: &mut ScriptWriter) {
+    /// `safe_directory_checkout`: the project dir joins the global `safe.directory` list (once:
+    /// a host whose jobs all add it does not grow its git config by a line per job), so git
+    /// works in a checkout owned by another user.
+    fn write_safe_directory(&self, w: &mut ScriptWriter) {
+        let dir = self.project_dir();
+        let known = w.command_line(
+            "git",
+            &[
+                "config",
+                "--global",
+                "--fixed-value",
+                "--get",
+                "safe.directory",
+                dir,
+            ],
+        );
+        w.open(&format!("if ! {known} >/dev/null 2>&1; then"));
+        w.command(
+            "git",
+            &["config", "--global", "--add", "safe.directory", dir],
+        );
+        w.close("fi");
+    }
+
+    pub(crate) fn remove_stale_locks(&self, w: &mut ScriptWriter) {
         let git_dir = join(self.project_dir(), ".git");
         for file in [
             "index.lock",
@@ -183,7 +239,7 @@ impl<'a, 'b> GitSources<'a, 'b> {
     /// git template dir go before git runs, so nothing a previous job planted there
     /// (`core.fsmonitor`, `core.hooksPath`, `core.sshCommand`, hooks) runs in this one. The
     /// template and `git init` write a fresh config.
-    fn remove_git_configs(&self, w: &mut ScriptWriter) {
+    pub(crate) fn remove_git_configs(&self, w: &mut ScriptWriter) {
         let set_permissions = self.ctx.flags.set_permissions_before_cleanup();
         let git_dir = join(self.project_dir(), ".git");
         for dir in [self.template_dir(), git_dir.clone()] {
@@ -505,5 +561,22 @@ mod tests {
 
         let ssh = RemoteUrl::parse("ssh://git@gitlab.example.com/g/p.git");
         assert!(!ssh.is_http);
+    }
+
+    #[test]
+    fn credentials_are_rejected_for_network_remotes_only() {
+        let https = RemoteUrl::parse("https://gitlab-ci-token:tok@gitlab.example.com:8443/g/p.git");
+        assert_eq!(
+            https.credential_url(),
+            Some("https://gitlab.example.com:8443")
+        );
+        let ssh = RemoteUrl::parse("ssh://git@gitlab.example.com/g/p.git");
+        assert_eq!(ssh.credential_url(), Some("ssh://gitlab.example.com"));
+        // A local path or another scheme is nothing git asks credentials for.
+        assert_eq!(RemoteUrl::parse("/srv/git/p.git").credential_url(), None);
+        assert_eq!(
+            RemoteUrl::parse("file:///srv/git/p.git").credential_url(),
+            None
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! `runnel-config`), the environment, the clock or the filesystem: every host fact arrives here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::remote_cache::RemoteCache;
 
@@ -138,6 +139,17 @@ pub struct PlanOptions {
     /// plant git config or hooks that the next job's git runs. `None` takes the official
     /// default: on for every executor but shell (see [`PlanOptions::cleans_git_config`]).
     pub clean_git_config: Option<bool>,
+    /// `safe_directory_checkout`: before fetching, add the project dir to git's global
+    /// `safe.directory` list, so git works in a checkout another user owns (a previous job's
+    /// rootless image). `None` takes the official default: on for docker and kubernetes, off
+    /// for shell, ssh and custom (see [`PlanOptions::adds_safe_directory`]).
+    pub safe_directory_checkout: Option<bool>,
+    /// `prepare_timeout`: limit of the executor's preparation and the `prepare_script` stage,
+    /// from the job's start (clamped to the job timeout; `None` or zero = the job timeout).
+    pub prepare_timeout: Option<Duration>,
+    /// `get_sources_timeout`: limit of the `get_sources` stage, all its attempts together
+    /// (clamped to the job timeout; `None` or zero = the job timeout).
+    pub get_sources_timeout: Option<Duration>,
     /// The host name shown in `Running on $(hostname) via <hostname>...`; empty omits it.
     pub hostname: String,
     /// The name of the host the scripts run on, when the daemon knows it (the shell executor
@@ -171,6 +183,12 @@ pub struct PlanOptions {
     /// fewer per stage with the same effects. `false` (the official script) for executors that
     /// run the script as a shell's whole input.
     pub stage_subshell: bool,
+    /// Whether the executor makes the job's private temp dir before the first stage (0700,
+    /// replacing a symlink or non-directory planted there) and removes it after the last, as
+    /// the shell executor does for a runner running jobs as its own user: the cleanup stage
+    /// then does not remove it (one `rm` process fewer per job). The stages still make it
+    /// when it is missing (a script may remove it), which costs no process when it is there.
+    pub temp_dir_by_executor: bool,
 }
 
 impl PlanOptions {
@@ -179,5 +197,21 @@ impl PlanOptions {
     pub fn cleans_git_config(&self) -> bool {
         self.clean_git_config
             .unwrap_or(self.executor != ExecutorKind::Shell)
+    }
+
+    /// Whether `get_sources` adds the project dir to git's global `safe.directory`
+    /// (`safe_directory_checkout`; unset: the official per-executor default, on where the
+    /// sources are fetched in a container or VM and off where jobs run as the runner's user).
+    pub fn adds_safe_directory(&self) -> bool {
+        self.safe_directory_checkout.unwrap_or(matches!(
+            self.executor,
+            ExecutorKind::Docker
+                | ExecutorKind::DockerWindows
+                | ExecutorKind::DockerMachine
+                | ExecutorKind::DockerAutoscaler
+                | ExecutorKind::Kubernetes
+                | ExecutorKind::Parallels
+                | ExecutorKind::VirtualBox
+        ))
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use runnel_types::{DEFAULT_TOKEN_PREFIXES, JobId, JobSpec, PAT_PREFIX, Secret, Variable};
 
 use crate::dirs::{self, Directories, clean_path, is_within, join};
+use crate::duration::format_go_duration;
 use crate::escape::Quoting;
 use crate::features::{FeatureFlags, is_feature_flag};
 use crate::options::PlanOptions;
@@ -57,6 +58,11 @@ pub struct Timeouts {
     pub script: Duration,
     /// `after_script` (`RUNNER_AFTER_SCRIPT_TIMEOUT`, default 5 min, at most the job timeout).
     pub after_script: Duration,
+    /// The executor's preparation and `prepare_script`, from the job's start
+    /// (`prepare_timeout`, at most the job timeout).
+    pub prepare: Duration,
+    /// `get_sources`, every attempt together (`get_sources_timeout`, at most the job timeout).
+    pub get_sources: Duration,
 }
 
 /// Everything a job run needs, computed up front.
@@ -112,7 +118,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         &mut warnings,
     );
     let dirs = directories(job, opts, &settings, builds_dir, &cache_dir)?;
-    let timeouts = timeouts(job, &settings);
+    let timeouts = timeouts(job, opts, &settings, &mut warnings);
 
     let variables = all_variables(job, opts, &runner_env, &feature_flags, &dirs, &timeouts);
     let variables = variables.expanded();
@@ -131,6 +137,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         xtrace: settings.debug_trace,
         private_temp: opts.executor.is_shared_environment(),
         stage_subshell: opts.stage_subshell,
+        temp_dir_by_executor: opts.temp_dir_by_executor,
     };
     let context = StageContext {
         job,
@@ -285,7 +292,12 @@ fn clone_path(
     }
 }
 
-fn timeouts(job: &JobSpec, settings: &JobSettings) -> Timeouts {
+fn timeouts(
+    job: &JobSpec,
+    opts: &PlanOptions,
+    settings: &JobSettings,
+    warnings: &mut Vec<String>,
+) -> Timeouts {
     let job_timeout = job
         .timeout
         .filter(|t| !t.is_zero())
@@ -300,6 +312,48 @@ fn timeouts(job: &JobSpec, settings: &JobSettings) -> Timeouts {
             .after_script_timeout
             .unwrap_or(DEFAULT_AFTER_SCRIPT_TIMEOUT)
             .min(job_timeout),
+        prepare: stage_timeout(
+            "prepare_timeout",
+            opts.prepare_timeout,
+            job_timeout,
+            warnings,
+        ),
+        get_sources: stage_timeout(
+            "get_sources_timeout",
+            opts.get_sources_timeout,
+            job_timeout,
+            warnings,
+        ),
+    }
+}
+
+/// A runner-configured stage limit: the job timeout when unset; zero or more than the job
+/// timeout also fall back to it, with the official warning in the job log.
+fn stage_timeout(
+    key: &str,
+    configured: Option<Duration>,
+    job_timeout: Duration,
+    warnings: &mut Vec<String>,
+) -> Duration {
+    let Some(configured) = configured else {
+        return job_timeout;
+    };
+    let (value, job) = (
+        format_go_duration(configured),
+        format_go_duration(job_timeout),
+    );
+    if configured.is_zero() {
+        warnings.push(format!(
+            "{key} ({value}) must be greater than 0; using job timeout ({job})"
+        ));
+        job_timeout
+    } else if configured > job_timeout {
+        warnings.push(format!(
+            "{key} ({value}) exceeds job timeout ({job}); using job timeout"
+        ));
+        job_timeout
+    } else {
+        configured
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct ScriptStyle {
     /// [`crate::PlanOptions::stage_subshell`]: the executor already runs the script in a
     /// subshell of its own with stdin from `/dev/null`, so the body is evaluated directly.
     pub(crate) stage_subshell: bool,
+    /// [`crate::PlanOptions::temp_dir_by_executor`].
+    pub(crate) temp_dir_by_executor: bool,
 }
 
 /// Accumulates the body of one stage script.

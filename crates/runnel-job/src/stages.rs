@@ -13,7 +13,7 @@ use runnel_types::{JobSpec, Step};
 use crate::dirs::{Directories, join};
 use crate::escape::double_quote;
 use crate::features::FeatureFlags;
-use crate::git::GitSources;
+use crate::git::{GitSources, write_credential_reject};
 use crate::options::PlanOptions;
 use crate::script::{ScriptStyle, ScriptWriter};
 use crate::settings::{GitStrategy, JobSettings};
@@ -51,6 +51,12 @@ pub enum TimeoutKind {
     AfterScript,
     /// Cleanup after the job: not bound by the job deadline; the engine picks a short grace.
     Cleanup,
+    /// [`crate::Timeouts::prepare`], counted from the job's start (with the executor's
+    /// preparation), inside the job timeout.
+    Prepare,
+    /// [`crate::Timeouts::get_sources`], counted from the stage start (every attempt), inside
+    /// the job timeout.
+    GetSources,
 }
 
 /// `CI_JOB_STATUS` as `after_script` sees it.
@@ -250,12 +256,14 @@ impl StageContext<'_> {
         w.rm_file_arg_expand(&self.temp_file(ENV_FILE));
         w.rm_file_arg_expand(&self.temp_file(MASKING_DB));
         let script = w.finish();
-        self.stage(
+        let mut stage = self.stage(
             "prepare_script",
             StageKind::Predefined,
             StageWhen::OnSuccess,
             script,
-        )
+        );
+        stage.timeout = TimeoutKind::Prepare;
+        stage
     }
 
     fn write_exports(&self, w: &mut ScriptWriter, status: Option<JobStatus>) {
@@ -341,6 +349,15 @@ impl StageContext<'_> {
             "post_clone_script",
             &self.opts.post_get_sources_script,
         );
+        // As the official runner, so a credential helper keeps no job token from the fetch.
+        // Not after `GIT_STRATEGY: none|empty`, where no git ran: the cleanup stage's reject
+        // covers whatever the job's own commands stored (one process fewer per such job).
+        if matches!(
+            self.settings.git_strategy,
+            GitStrategy::Clone | GitStrategy::Fetch
+        ) {
+            write_credential_reject(&mut w, self);
+        }
         let mut stage = self.stage(
             "get_sources",
             StageKind::Predefined,
@@ -348,6 +365,7 @@ impl StageContext<'_> {
             w.finish(),
         );
         stage.attempts = self.settings.get_sources_attempts;
+        stage.timeout = TimeoutKind::GetSources;
         stage
     }
 
@@ -416,6 +434,14 @@ impl StageContext<'_> {
 
     fn cleanup_stage(&self) -> PlannedStage {
         let mut w = self.writer();
+        // A credential helper the job or the host set up (`credential.helper=store`) forgets
+        // the job token it may have kept: first, as the official runner, while the checkout's
+        // config (which may name the helper) is there; last when `clean_git_config` treats
+        // that config as the job's, so no helper the job planted there runs.
+        let cleans_git_config = self.cleans_git_config();
+        if !cleans_git_config {
+            write_credential_reject(&mut w, self);
+        }
         // With a private temp dir the whole dir goes right after, files included: one `rm`
         // process instead of one more for each file there (the env file always is).
         if !self.style.private_temp {
@@ -426,14 +452,25 @@ impl StageContext<'_> {
             w.rm_file(&self.temp_file(MASKING_DB));
             w.rm_file(&self.temp_file(EXT_GIT_CONFIG));
         }
-        if self.style.private_temp {
+        if self.style.private_temp && !self.style.temp_dir_by_executor {
             // Review M5: the next job makes a fresh private temp dir, so nothing planted in
-            // this one (a symlink, a FIFO) is there for it.
+            // this one (a symlink, a FIFO) is there for it. (An executor that makes it
+            // removes it itself.)
             w.rm_dir(&self.dirs.temp_dir, false);
         }
         if self.flags.job_cleanup() {
             let set_permissions = self.flags.set_permissions_before_cleanup();
             w.rm_dir(&self.dirs.project_dir, set_permissions);
+        }
+        // The checkout outlives the job: what the job left in its `.git` (lock files, and with
+        // `clean_git_config` its config and hooks) goes now too, not only before the next
+        // job's git runs, as the official runner does (whatever the job's `GIT_STRATEGY`: a
+        // job may have made or changed the checkout itself).
+        let git = GitSources::new(self);
+        git.remove_stale_locks(&mut w);
+        if cleans_git_config {
+            git.remove_git_configs(&mut w);
+            write_credential_reject(&mut w, self);
         }
         let mut stage = self.stage(
             "cleanup_file_variables",
@@ -448,6 +485,17 @@ impl StageContext<'_> {
 
     pub(crate) fn ext_git_config(&self) -> String {
         self.temp_file(EXT_GIT_CONFIG)
+    }
+
+    /// `clean_git_config` for this job: as configured, else the official default (on for
+    /// every executor but shell, off with `GIT_STRATEGY=none`).
+    pub(crate) fn cleans_git_config(&self) -> bool {
+        match self.opts.clean_git_config {
+            Some(clean) => clean,
+            None => {
+                self.opts.cleans_git_config() && self.settings.git_strategy != GitStrategy::None
+            }
+        }
     }
 }
 

@@ -503,6 +503,11 @@ pub(crate) async fn run(
         Arc::clone(&shared),
         Arc::clone(&source),
     ));
+    let idle = shared
+        .options
+        .on_idle
+        .clone()
+        .map(|hook| tokio::spawn(watch_idle(Arc::clone(&shared), hook)));
     let mut loaded_at = source.modified();
     let mut reload_tick = tokio::time::interval(RELOAD_INTERVAL);
     reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -527,6 +532,9 @@ pub(crate) async fn run(
 
     shared.stop_feeding.cancel();
     rotation.abort();
+    if let Some(idle) = idle {
+        idle.abort();
+    }
     match first {
         Some(Signal::Graceful) => {
             m::process_state(m::ProcessState::GracefulShutdown);
@@ -734,6 +742,31 @@ fn single_done(shared: &Shared) -> bool {
     false
 }
 
+/// Calls `hook` each time the daemon goes idle: no job running, and none received or finished
+/// for [`crate::IDLE_AFTER`]. Once per idle period: a new job starts the next one.
+async fn watch_idle(shared: Arc<Shared>, hook: crate::IdleHook) {
+    const CHECK: Duration = Duration::from_millis(500);
+    let mut called_for = None;
+    loop {
+        tokio::time::sleep(CHECK).await;
+        let last = *shared
+            .last_activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if called_for == Some(last)
+            || last.elapsed() < crate::IDLE_AFTER
+            || running_jobs(&shared) > 0
+        {
+            continue;
+        }
+        called_for = Some(last);
+        let hook = hook.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || (hook.0)()).await {
+            tracing::warn!(%error, "the idle hook failed");
+        }
+    }
+}
+
 fn running_jobs(shared: &Shared) -> usize {
     shared
         .runners()
@@ -775,8 +808,14 @@ fn warn_about(config: &ServiceConfig) {
             tracing::warn!(
                 runner = %runner.name,
                 keys = %ignored.join(", "),
-                "config.toml keys parsed but not acted upon by Runnel yet: {}",
+                "config.toml keys parsed but not acted upon by Runnel (no job depends on them): {}",
                 ignored.join(", ")
+            );
+        }
+        for refused in runner.refused_keys() {
+            tracing::error!(
+                runner = %runner.name,
+                "{refused}; the runner will not request jobs"
             );
         }
         if let Some(shell) = runner.unsupported_shell() {

@@ -501,6 +501,8 @@ async fn execute_stages(
     }
     let started = Instant::now();
     let job_deadline = saturating_deadline(started, plan.timeouts.job);
+    // `prepare_timeout` bounds the executor's preparation and `prepare_script` together.
+    let prepare_deadline = job_deadline.min(saturating_deadline(started, plan.timeouts.prepare));
     let sections = job.features.trace_sections;
 
     // prepare_executor
@@ -525,17 +527,29 @@ async fn execute_stages(
     let cancels = Cancels::link(signals, context, journal_failed);
     // Executors whose environment decides directories or shell (custom's config_exec, the SSH
     // host's home) say so before the stages are planned for good.
-    let replanned = match configure(
-        executor.as_mut(),
-        job,
-        plan,
-        options,
-        trace,
-        usage,
-        &cancels,
+    // Part of the executor's preparation: bound by `prepare_timeout` too.
+    let configured = tokio::time::timeout_at(
+        prepare_deadline,
+        configure(
+            executor.as_mut(),
+            job,
+            plan,
+            options,
+            trace,
+            usage,
+            &cancels,
+        ),
     )
     .await
-    {
+    .unwrap_or_else(|_elapsed| {
+        Err(deadline_passed(
+            TimeoutKind::Prepare,
+            plan,
+            prepare_deadline,
+            job_deadline,
+        ))
+    });
+    let replanned = match configured {
         Ok(replanned) => replanned,
         Err(outcome) => {
             section_end(trace, sections, "prepare_executor");
@@ -547,6 +561,7 @@ async fn execute_stages(
     let prepared = {
         let builds_dir = PathBuf::from(&plan.dirs.builds_dir);
         let cache_dir = PathBuf::from(&plan.dirs.cache_dir);
+        let temp_dir = PathBuf::from(&plan.dirs.temp_dir);
         let prepare = PrepareContext {
             job,
             builds_dir: &builds_dir,
@@ -555,8 +570,17 @@ async fn execute_stages(
             project_slot: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
             git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
             network_per_build: plan.feature_flags.network_per_build(),
+            temp_dir: options.temp_dir_by_executor.then_some(temp_dir.as_path()),
         };
-        executor.prepare(&prepare).await
+        match tokio::time::timeout_at(prepare_deadline, executor.prepare(&prepare)).await {
+            Ok(result) => result.map_err(|error| executor_failure(&error)),
+            Err(_elapsed) => Err(deadline_passed(
+                TimeoutKind::Prepare,
+                plan,
+                prepare_deadline,
+                job_deadline,
+            )),
+        }
     };
     // The banner names what `prepare` resolved (the docker image, for one). An executor that
     // wrote its own while configuring returns none.
@@ -570,9 +594,9 @@ async fn execute_stages(
     if let Some(journal) = run.journal {
         journal.set_resources(&executor.job_resources());
     }
-    if let Err(error) = prepared {
+    if let Err(outcome) = prepared {
         executor.cleanup().await;
-        return executor_failure(&error);
+        return outcome;
     }
 
     let sink = TraceSink::new(trace, Arc::clone(usage), run.journal.cloned());
@@ -609,7 +633,8 @@ async fn execute_stages(
         let status = outcome
             .as_ref()
             .map_or(JobStatus::Success, JobOutcome::job_status);
-        let (deadline, cancel) = stage_limits(stage, plan, job_deadline, &cancels);
+        let (deadline, cancel) =
+            stage_limits(stage, plan, job_deadline, prepare_deadline, &cancels);
         section(trace, sections, &stage.name, &stage.description);
         context.tracked.set_stage(&stage.name);
         // A child span per stage: recording into the job span would make text logs repeat
@@ -647,7 +672,7 @@ async fn execute_stages(
         durations.push((stage.name.clone(), took));
         section_end(trace, sections, &stage.name);
         let stop = stop_reason(signals, context, journal_failed);
-        match classify(stage, result, stop, deadline, plan) {
+        match classify(stage, result, stop, (deadline, job_deadline), plan) {
             StageResult::Ok => {}
             StageResult::Ignored(message) => trace.warning(&message),
             StageResult::Failed(failure) => {
@@ -770,15 +795,56 @@ enum StageResult {
     Failed(JobOutcome),
 }
 
+/// What running out of time at `deadline` amounts to for a stage bound by `kind` (or the
+/// executor's preparation): the stage's own limit (`prepare_timeout`, `get_sources_timeout`)
+/// when it is the one that passed, worded and reported as the official runner does, else the
+/// job timeout.
+fn deadline_passed(
+    kind: TimeoutKind,
+    plan: &JobPlan,
+    deadline: Instant,
+    job_deadline: Instant,
+) -> JobOutcome {
+    let (name, limit) = match kind {
+        TimeoutKind::Prepare => ("prepare", plan.timeouts.prepare),
+        TimeoutKind::GetSources => ("get sources", plan.timeouts.get_sources),
+        _ => {
+            return JobOutcome::Timeout {
+                after: plan.timeouts.job,
+            };
+        }
+    };
+    if deadline >= job_deadline {
+        return JobOutcome::Timeout {
+            after: plan.timeouts.job,
+        };
+    }
+    JobOutcome::Failed {
+        message: format!(
+            "{name} timeout: exceeded timeout of {}",
+            runnel_job::format_go_duration(limit)
+        ),
+        reason: runnel_types::FailureReason::JobExecutionTimeout,
+    }
+}
+
 fn classify(
     stage: &PlannedStage,
     result: Result<StageExit, String>,
     stop: Option<Stop>,
-    deadline: Instant,
+    (deadline, job_deadline): (Instant, Instant),
     plan: &JobPlan,
 ) -> StageResult {
     let failure = match result {
         Ok(exit) if exit.success() => return StageResult::Ok,
+        Ok(StageExit::TimedOut)
+            if matches!(
+                stage.timeout,
+                TimeoutKind::Prepare | TimeoutKind::GetSources
+            ) =>
+        {
+            deadline_passed(stage.timeout, plan, deadline, job_deadline)
+        }
         Ok(StageExit::TimedOut) => {
             let after = if stage.timeout == TimeoutKind::AfterScript {
                 plan.timeouts.after_script
@@ -902,11 +968,17 @@ fn stage_limits(
     stage: &PlannedStage,
     plan: &JobPlan,
     job_deadline: Instant,
+    prepare_deadline: Instant,
     cancels: &Cancels,
 ) -> (Instant, CancellationToken) {
     let now = Instant::now();
     match stage.timeout {
         TimeoutKind::Job => (job_deadline, cancels.soft.clone()),
+        TimeoutKind::Prepare => (prepare_deadline, cancels.soft.clone()),
+        TimeoutKind::GetSources => (
+            job_deadline.min(saturating_deadline(now, plan.timeouts.get_sources)),
+            cancels.soft.clone(),
+        ),
         TimeoutKind::Script => (
             job_deadline.min(saturating_deadline(now, plan.timeouts.script)),
             cancels.soft.clone(),
@@ -1074,6 +1146,9 @@ pub(crate) fn provider_for(
         return Err(format!(
             "shell {shell:?} is not supported by Runnel (only bash and sh)"
         ));
+    }
+    if let Some(refused) = runner.refused_keys().first() {
+        return Err(format!("config.toml: {refused}"));
     }
     match runner.executor.as_str() {
         "shell" => {
@@ -1262,6 +1337,18 @@ fn plan_options(context: &JobContext) -> PlanOptions {
             .config
             .as_ref()
             .and_then(|config| config.clean_git_config),
+        safe_directory_checkout: runner
+            .config
+            .as_ref()
+            .and_then(|config| config.safe_directory_checkout),
+        prepare_timeout: runner
+            .config
+            .as_ref()
+            .and_then(|config| config.prepare_timeout),
+        get_sources_timeout: runner
+            .config
+            .as_ref()
+            .and_then(|config| config.get_sources_timeout),
         // The SSH executor names the runner's host too (`Running on $(hostname) via …`).
         hostname: (runner.executor == "ssh")
             .then(|| nix::unistd::gethostname().ok()?.into_string().ok())
@@ -1283,6 +1370,9 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         remote_cache: None,
         // The shell executor's session runs every stage in a subshell (stdin /dev/null).
         stage_subshell: runner.executor == "shell",
+        // It makes and removes the job's private temp dir itself, when the jobs run as the
+        // runner's own user (behind `su`, the scripts make it as that user).
+        temp_dir_by_executor: runner.executor == "shell" && context.config.user.is_none(),
     }
 }
 

@@ -44,6 +44,23 @@ pub struct RunOptions {
     /// The job journal directory (`--journal-dir`, by default beside config.toml); `None` keeps
     /// jobs in memory only (`runnel exec`, whose coordinator lives in the same process).
     pub journal_dir: Option<std::path::PathBuf>,
+    /// Called on a blocking thread each time the daemon has gone idle: no job running and none
+    /// received or finished for [`IDLE_AFTER`] (so also once soon after start). `runnel run`
+    /// gives memory back there.
+    pub on_idle: Option<IdleHook>,
+}
+
+/// How long the daemon is without jobs before [`RunOptions::on_idle`] is called.
+pub const IDLE_AFTER: Duration = Duration::from_secs(2);
+
+/// What the daemon calls when it goes idle (see [`RunOptions::on_idle`]).
+#[derive(Clone)]
+pub struct IdleHook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for IdleHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleHook")
+    }
 }
 
 /// Why the daemon stopped with an error.

@@ -99,9 +99,21 @@ impl RunnerSpec {
         }
     }
 
-    /// Whether this runner may ask for jobs: its executor and its shell are implemented.
+    /// Whether this runner may ask for jobs: its executor and its shell are implemented, and
+    /// no key it sets would make Runnel run its jobs differently from what it asks.
     pub(crate) fn can_run_jobs(&self) -> bool {
-        self.executor_supported() && self.unsupported_shell().is_none()
+        self.executor_supported()
+            && self.unsupported_shell().is_none()
+            && self.refused_keys().is_empty()
+    }
+
+    /// `[[runners]]` keys set to something Runnel cannot honour and that would change what a
+    /// job does, each named (see `RunnerConfig::refused_keys`).
+    pub(crate) fn refused_keys(&self) -> Vec<String> {
+        self.config
+            .as_ref()
+            .map(|config| config.refused_keys())
+            .unwrap_or_default()
     }
 
     /// Why the executor's own section cannot be used (checked at start, so that a key Runnel

@@ -10,7 +10,7 @@ mod commands;
 #[cfg(test)]
 mod docs_check;
 mod logging;
-mod relocations;
+mod memory;
 mod runner_flags;
 
 use std::process::ExitCode;
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     let syslog = matches!(&cli.command, cli::Command::Run(args) if args.syslog);
     let levels = logging::init(level, format, syslog);
     // The dynamic loader is done with them: about a megabyte less resident for the daemon.
-    relocations::release();
+    memory::release_relocations();
     let context = commands::Context {
         levels,
         level_from_cli: cli.global.debug || cli.global.log_level.is_some(),

@@ -309,17 +309,39 @@ fn every_official_documentation_example_loads() {
 #[test]
 fn keys_parsed_but_not_acted_upon_are_named() {
     let file = parse(
-        "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"shell\"\n  get_sources_timeout = \"5m\"\n  step_runner_image = \"x\"\n  [runners.artifact]\n    upload_timeout = \"1h\"\n",
+        "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"shell\"\n  get_sources_timeout = \"5m\"\n  prepare_timeout = \"5m\"\n  safe_directory_checkout = true\n  proxy_exec = false\n  slot_cgroup_template = \"x/${slot}\"\n  step_runner_image = \"x\"\n  [runners.monitoring]\n  [runners.artifact]\n    upload_timeout = \"1h\"\n    response_header_timeout = \"10m\"\n",
+    )
+    .unwrap();
+    let runner = &file.config().runners[0];
+    // Acted upon (the timeouts, safe.directory), or equal to what Runnel does (proxy_exec
+    // off, no slot cgroups, the default artifact limits): neither warned about nor refused.
+    assert_eq!(
+        runner.ignored_keys(),
+        ["step_runner_image", "[runners.monitoring]"]
+    );
+    assert!(
+        runner.refused_keys().is_empty(),
+        "{:?}",
+        runner.refused_keys()
+    );
+}
+
+#[test]
+fn keys_that_would_change_jobs_are_refused_by_name() {
+    let file = parse(
+        "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"shell\"\n  proxy_exec = true\n  use_slot_cgroups = true\n  [runners.referees]\n    [runners.referees.metrics]\n      prometheus_address = \"http://localhost:9090\"\n  [runners.artifact]\n    upload_timeout = \"30m\"\n    response_header_timeout = \"10m\"\n",
     )
     .unwrap();
     assert_eq!(
-        file.config().runners[0].ignored_keys(),
+        file.config().runners[0].refused_keys(),
         [
-            "get_sources_timeout",
-            "step_runner_image",
-            "[runners.artifact]"
+            "proxy_exec = true (running job commands through the helper binary) is not supported by Runnel",
+            "use_slot_cgroups = true (a cgroup per job slot) is not supported by Runnel",
+            "[runners.referees] (metrics referee artifacts) is not supported by Runnel",
+            "[runners.artifact] upload_timeout = \"30m0s\" is not supported by Runnel (artifact uploads use the default 1h0m0s)",
         ]
     );
+    assert!(file.config().runners[0].ignored_keys().is_empty());
 }
 
 #[test]

@@ -138,6 +138,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
     std::fs::remove_dir(&missing).expect("remove the builds dir again");
@@ -170,6 +171,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -203,6 +205,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
@@ -233,6 +236,7 @@ async fn cancelling_a_stage_reports_cancelled() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -293,6 +297,7 @@ async fn run_job_boxed(
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
@@ -348,6 +353,7 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
     executor

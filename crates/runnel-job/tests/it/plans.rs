@@ -227,6 +227,59 @@ fn timeouts_default_and_clamp() {
 }
 
 #[test]
+fn prepare_and_get_sources_timeouts_default_to_the_job_timeout_and_clamp_with_warnings() {
+    let mut job = job();
+    job.timeout = Some(Duration::from_secs(600));
+    let plan = plan_ok(&job, &opts());
+    assert_eq!(plan.timeouts.prepare, Duration::from_secs(600));
+    assert_eq!(plan.timeouts.get_sources, Duration::from_secs(600));
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    assert_eq!(
+        plan.stage("prepare_script").map(|s| s.timeout),
+        Some(TimeoutKind::Prepare)
+    );
+    assert_eq!(
+        plan.stage("get_sources").map(|s| s.timeout),
+        Some(TimeoutKind::GetSources)
+    );
+
+    let mut options = opts();
+    options.prepare_timeout = Some(Duration::from_secs(90));
+    options.get_sources_timeout = Some(Duration::from_secs(30));
+    let t = plan_ok(&job, &options).timeouts;
+    assert_eq!(t.prepare, Duration::from_secs(90));
+    assert_eq!(t.get_sources, Duration::from_secs(30));
+
+    options.prepare_timeout = Some(Duration::ZERO);
+    options.get_sources_timeout = Some(Duration::from_secs(3600));
+    let plan = plan_ok(&job, &options);
+    assert_eq!(plan.timeouts.prepare, Duration::from_secs(600));
+    assert_eq!(plan.timeouts.get_sources, Duration::from_secs(600));
+    assert_snapshot!(plan.warnings.join("\n"), @r"
+    prepare_timeout (0s) must be greater than 0; using job timeout (10m0s)
+    get_sources_timeout (1h0m0s) exceeds job timeout (10m0s); using job timeout
+    ");
+}
+
+#[test]
+fn safe_directory_checkout_follows_the_official_executor_defaults() {
+    let mut options = opts();
+    for (executor, default) in [
+        (ExecutorKind::Shell, false),
+        (ExecutorKind::Ssh, false),
+        (ExecutorKind::Custom, false),
+        (ExecutorKind::Docker, true),
+        (ExecutorKind::Kubernetes, true),
+    ] {
+        options.executor = executor;
+        options.safe_directory_checkout = None;
+        assert_eq!(options.adds_safe_directory(), default, "{executor:?}");
+        options.safe_directory_checkout = Some(!default);
+        assert_eq!(options.adds_safe_directory(), !default, "{executor:?}");
+    }
+}
+
+#[test]
 fn invalid_settings_produce_warnings_and_defaults() {
     let mut job = job();
     for (key, value) in [

@@ -40,6 +40,7 @@ pub(crate) async fn run(args: RunArgs, context: Context) -> anyhow::Result<ExitC
     let options = RunOptions {
         listen_address: args.listen_address.clone(),
         journal_dir: Some(journal),
+        on_idle: idle_hook(),
         ..RunOptions::default()
     };
     serve(Arc::new(source), options, context).await
@@ -52,6 +53,7 @@ pub(crate) async fn run_single(args: RunSingleArgs, context: Context) -> anyhow:
         wait_timeout: (args.wait_timeout > 0).then(|| Duration::from_secs(args.wait_timeout)),
         listen_address: None,
         journal_dir: Some(journal_dir(args.journal_dir.as_deref(), &path)),
+        on_idle: idle_hook(),
         ..RunOptions::default()
     };
     let source: Arc<dyn ConfigSource> = match &args.runner_name {
@@ -66,6 +68,15 @@ pub(crate) async fn run_single(args: RunSingleArgs, context: Context) -> anyhow:
         None => Arc::new(FixedConfigSource::new(config_from_flags(&args, &path)?)),
     };
     serve(source, options, context).await
+}
+
+/// An idle daemon gives back the executable's pages start-up and jobs touched, and free heap
+/// (docs/performance.md, "Idle memory").
+fn idle_hook() -> Option<runnel_service::IdleHook> {
+    let trimmer = crate::memory::Trimmer::new()?;
+    Some(runnel_service::IdleHook(Arc::new(move || {
+        trimmer.trim();
+    })))
 }
 
 async fn serve(

@@ -1302,6 +1302,125 @@ async fn a_job_cannot_plant_git_config_or_hooks_for_the_next_job_of_its_slot() {
     assert_nothing_left(&daemon);
 }
 
+/// `clean_git_config` (on by default for docker) cleans at the end of the job too, as upstream:
+/// what a job planted in its checkout's `.git` is gone once it ends. The runner's
+/// `pre_get_sources_script` looks before the next job's `get_sources` cleans again (with shell
+/// builtins alone: the helper image has no coreutils to rely on).
+#[tokio::test]
+async fn planted_git_config_and_hooks_are_gone_when_the_job_ends() {
+    use crate::git_sources::PLANT_GIT_CONFIG_AND_HOOKS;
+    ensure_image();
+    let look = r#"  pre_get_sources_script = '''
+git_dir="$CI_PROJECT_DIR/.git"
+if [ -d "$git_dir" ]; then
+  config=gone
+  if [ -f "$git_dir/config" ]; then
+    while IFS= read -r line; do case "$line" in *planted*) config=left ;; esac; done < "$git_dir/config"
+  fi
+  echo "before-fetch-config=$config"
+  if [ -e "$git_dir/hooks/reference-transaction" ]; then echo before-fetch-hooks=left; else echo before-fetch-hooks=gone; fi
+fi
+'''
+"#;
+    let daemon = Daemon::start(Setup {
+        runner: look.to_owned(),
+        ..own_helper_setup("")
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let repo = daemon.fake.create_repo("group/project").unwrap();
+    let fetch_job = |sha: &str| {
+        JobBuilder::new("fetch")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+            .variable("GIT_LFS_SKIP_SMUDGE", "1")
+    };
+    let first_sha = repo
+        .commit("main", "first")
+        .file("README.md", "one\n")
+        .create()
+        .unwrap();
+    let first = daemon
+        .fake
+        .enqueue(fetch_job(&first_sha).script(PLANT_GIT_CONFIG_AND_HOOKS));
+    let view = daemon.finished(first).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(!trace.contains("before-fetch-"), "no checkout yet: {trace}");
+
+    let second_sha = repo
+        .commit("main", "second")
+        .file("README.md", "two\n")
+        .create()
+        .unwrap();
+    let second = daemon
+        .fake
+        .enqueue(fetch_job(&second_sha).script(["cat README.md"]));
+    let view = daemon.finished(second).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    for line in [
+        "before-fetch-config=gone\n",
+        "before-fetch-hooks=gone\n",
+        "\ntwo\n",
+    ] {
+        assert!(trace.contains(line), "{line}: {trace}");
+    }
+    assert_nothing_left(&daemon);
+}
+
+/// `safe_directory_checkout` is on by default for docker (as upstream, gitlab#368133): a job
+/// whose image leaves the checkout owned by another user (uid 4242 here) does not make the next
+/// job's fetch fail with git's "dubious ownership"; with it off, the fetch fails that way.
+#[tokio::test]
+async fn a_checkout_left_owned_by_another_user_is_fetched_into_by_default() {
+    ensure_image();
+    for (setting, succeeds) in [("", true), ("  safe_directory_checkout = false\n", false)] {
+        let daemon = Daemon::start(Setup {
+            runner: setting.to_owned(),
+            ..own_helper_setup("")
+        })
+        .await;
+        let _sweep = Sweep::new(&daemon);
+        let repo = daemon.fake.create_repo("group/project").unwrap();
+        let fetch_job = |sha: &str| {
+            JobBuilder::new("fetch")
+                .repo(&repo, "main", sha)
+                .git_strategy(GitStrategy::Fetch)
+                .variable("GIT_LFS_SKIP_SMUDGE", "1")
+        };
+        let first_sha = repo
+            .commit("main", "first")
+            .file("README.md", "one\n")
+            .create()
+            .unwrap();
+        let first = daemon
+            .fake
+            .enqueue(fetch_job(&first_sha).script(["chown -R 4242:4242 \"$CI_PROJECT_DIR\""]));
+        let view = daemon.finished(first).await;
+        assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+
+        let second_sha = repo
+            .commit("main", "second")
+            .file("README.md", "two\n")
+            .create()
+            .unwrap();
+        let second = daemon
+            .fake
+            .enqueue(fetch_job(&second_sha).script(["cat README.md"]));
+        let view = daemon.finished(second).await;
+        let trace = view.trace_text();
+        if succeeds {
+            assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+            assert!(trace.contains("\ntwo\n"), "{trace}");
+        } else {
+            assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+            assert!(trace.contains("dubious ownership"), "{trace}");
+        }
+        assert_nothing_left(&daemon);
+    }
+}
+
 /// #13.4: the helper image is inspected by the first job only; when it is gone later (removed
 /// and built again under its tag, so its id changed), the next job finds it again instead of
 /// failing, and says nothing of it.

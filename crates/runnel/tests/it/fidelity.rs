@@ -252,7 +252,7 @@ async fn helpers_authenticate_with_the_payload_job_credential() {
 #[tokio::test]
 async fn keys_parsed_but_not_acted_upon_are_named_at_start() {
     let daemon = Daemon::start(Setup {
-        runner: "  prepare_timeout = \"1m\"\n  clean_git_config = true\n  get_sources_timeout = \"1m\"\n"
+        runner: "  prepare_timeout = \"1m\"\n  clean_git_config = true\n  get_sources_timeout = \"1m\"\n  safe_directory_checkout = true\n  step_runner_image = \"registry.example.com/step-runner:1\"\n  [runners.monitoring]\n"
             .to_owned(),
         ..Setup::default()
     })
@@ -262,20 +262,126 @@ async fn keys_parsed_but_not_acted_upon_are_named_at_start() {
         let log = daemon.log();
         if let Some(line) = log
             .lines()
-            .find(|l| l.contains("config.toml keys parsed but not acted upon by Runnel yet"))
+            .find(|l| l.contains("config.toml keys parsed but not acted upon by Runnel"))
         {
             assert!(
-                line.contains("prepare_timeout, get_sources_timeout"),
+                line.contains("step_runner_image, [runners.monitoring]"),
                 "{log}"
             );
-            // Acted upon (#13): not in the warning.
-            assert!(!line.contains("clean_git_config"), "{log}");
+            // Acted upon: not in the warning.
+            for key in [
+                "clean_git_config",
+                "prepare_timeout",
+                "get_sources_timeout",
+                "safe_directory_checkout",
+            ] {
+                assert!(!line.contains(key), "{key}: {log}");
+            }
             break;
         }
         assert!(waited < Duration::from_secs(60), "no warning; log:\n{log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += Duration::from_millis(100);
     }
+    // Harmless to ignore: the runner still asks for jobs.
+    let id = daemon.fake.enqueue(job("runs").script(["echo ran"]));
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+}
+
+/// A key that would change what jobs do, set to something Runnel cannot honour, stops the
+/// runner at start with the key named; it never asks for a job.
+async fn assert_key_refused(runner: &str, message: &str) {
+    let daemon = Daemon::start(Setup {
+        runner: runner.to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let expected = format!("{message}; the runner will not request jobs");
+    let escaped = expected.replace('"', "\\\"");
+    let mut waited = Duration::ZERO;
+    loop {
+        let log = daemon.log();
+        if log.contains(&expected) || log.contains(&escaped) {
+            break;
+        }
+        assert!(
+            waited < Duration::from_secs(60),
+            "{runner}: no error; log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    // Several check intervals (1 s) pass: a polled runner would have asked by then.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = daemon.log();
+    assert!(
+        bodies(&daemon, Endpoint::RequestJob).is_empty(),
+        "{runner}: the runner must not ask for jobs; log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn keys_that_would_change_jobs_refuse_the_runner_at_start_by_name() {
+    assert_key_refused(
+        "  proxy_exec = true\n",
+        "proxy_exec = true (running job commands through the helper binary) is not supported by Runnel",
+    )
+    .await;
+    assert_key_refused(
+        "  use_slot_cgroups = true\n",
+        "use_slot_cgroups = true (a cgroup per job slot) is not supported by Runnel",
+    )
+    .await;
+    assert_key_refused(
+        "  [runners.referees]\n    [runners.referees.metrics]\n      prometheus_address = \"http://127.0.0.1:9\"\n",
+        "[runners.referees] (metrics referee artifacts) is not supported by Runnel",
+    )
+    .await;
+    assert_key_refused(
+        "  [runners.artifact]\n    response_header_timeout = \"1m\"\n",
+        "[runners.artifact] response_header_timeout = \"1m0s\" is not supported by Runnel (artifact uploads use the default 10m0s)",
+    )
+    .await;
+}
+
+/// `prepare_timeout`: an executor preparation that takes longer (a custom driver's
+/// `prepare_exec` that sleeps) fails the job as the official runner words it, with
+/// `job_execution_timeout`, and no script runs.
+#[tokio::test]
+async fn prepare_timeout_fails_a_preparation_that_takes_longer() {
+    let root = tempfile::tempdir().unwrap();
+    let driver =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/custom/failing.sh");
+    let (d, arg) = (driver.display(), root.path().display());
+    let tables = format!(
+        "  [runners.custom]\n    config_exec = \"{d}\"\n    config_args = [\"config\", \"{arg}\"]\n    prepare_exec = \"{d}\"\n    prepare_args = [\"prepare\", \"{arg}\"]\n    run_exec = \"{d}\"\n    run_args = [\"run\", \"{arg}\"]\n    cleanup_exec = \"{d}\"\n    cleanup_args = [\"cleanup\", \"{arg}\"]\n"
+    );
+    let daemon = Daemon::start(Setup {
+        executor: Some("custom"),
+        runner: "  prepare_timeout = \"2s\"\n".to_owned(),
+        tables,
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(
+        job("slow-prepare")
+            .variable("FAIL", "prepare-timeout")
+            .script(["echo script-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("preparing slowly"), "{trace}");
+    assert!(
+        trace.contains("ERROR: Job failed: prepare timeout: exceeded timeout of 2s"),
+        "{trace}"
+    );
+    assert!(!trace.contains("script-ran\n"), "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("job_execution_timeout")
+    );
 }
 
 /// The official series list (`tests/data/official-metrics.txt`): exported series as

@@ -1054,3 +1054,211 @@ async fn the_job_token_reaches_no_argv_and_secret_files_stay_private() {
     assert!(!temp.exists(), "the cleanup stage removes the temp dir");
     assert_not_on_disk(&test.builds_dir(), view.token.expose());
 }
+
+/// Job script lines that hand the checkout to another user (uid 4242), as a job whose image
+/// runs as a non-root user leaves it; git then refuses to work in it for anyone else unless
+/// the directory is in `safe.directory`.
+const CHOWN_CHECKOUT: [&str; 1] = ["chown -R 4242:4242 \"$CI_PROJECT_DIR\""];
+
+/// Runs a fetch job that hands its checkout to another user, then a fetch job of a new commit
+/// into it; returns the second job.
+async fn foreign_checkout_then_fetch(test: &GitTest) -> JobView {
+    let repo = test.repo("group/project");
+    let first = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let fetch = |sha: &str| {
+        JobBuilder::new("build")
+            .repo(&repo, "main", sha)
+            .git_strategy(GitStrategy::Fetch)
+    };
+    test.run_ok(fetch(&first).script(CHOWN_CHECKOUT)).await;
+    let second = repo
+        .commit("main", "second")
+        .file("b.txt", "b\n")
+        .create()
+        .unwrap();
+    test.run(fetch(&second).script(["cat b.txt"])).await
+}
+
+/// `safe_directory_checkout = true`: git fetches into a checkout another user owns, because
+/// `get_sources` added the project dir to the global `safe.directory` list (in the job's
+/// `$HOME/.gitconfig`, here the test's home), once however many jobs run.
+#[tokio::test]
+async fn safe_directory_checkout_lets_git_fetch_into_a_checkout_another_user_owns() {
+    let test = GitTest::new("  safe_directory_checkout = true").await;
+    let view = foreign_checkout_then_fetch(&test).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.lines().any(|line| line.ends_with(" b")), "{trace}");
+    let project = test.project_dir("group/project");
+    let gitconfig = std::fs::read_to_string(test.env.dir.path().join(".gitconfig"))
+        .expect("the global git config was written");
+    let entries: Vec<&str> = gitconfig
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("directory = "))
+        .collect();
+    assert_eq!(
+        entries,
+        [format!("directory = {}", project.display())],
+        "{gitconfig}"
+    );
+}
+
+/// The shell executor leaves `safe.directory` alone by default (as the official runner): the
+/// same fetch fails, with git's own reason in the log.
+#[tokio::test]
+async fn the_shell_executor_adds_no_safe_directory_unless_told_to() {
+    let test = GitTest::new("").await;
+    let view = foreign_checkout_then_fetch(&test).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(trace.contains("dubious ownership"), "{trace}");
+    assert!(!test.env.dir.path().join(".gitconfig").exists());
+}
+
+/// `git credential reject` at the end of `get_sources` and of the job: a credential helper the
+/// host set up (`credential.helper=store`) keeps the job token neither from the fetch (git hands
+/// it every credential that worked) nor from the job script; other credentials stay.
+#[tokio::test]
+async fn a_credential_helper_forgets_the_job_token_after_get_sources_and_after_the_job() {
+    let test = GitTest::new("").await;
+    let home = test.env.dir.path();
+    let store = home.join("stored-credentials");
+    std::fs::write(&store, "https://keeper:kept@example.invalid\n").unwrap();
+    std::fs::write(
+        home.join(".gitconfig"),
+        format!(
+            "[credential]\n\thelper = store --file={}\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let host = test
+        .env
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let store_path = store.display().to_string();
+    let report = format!(
+        "if grep -q gitlab-ci-token {store_path}; then echo stored=token; else echo stored=none; fi"
+    );
+    let keep = format!("echo \"http://gitlab-ci-token:$CI_JOB_TOKEN@{host}\" >> {store_path}");
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .script([report.as_str(), keep.as_str()]),
+        )
+        .await;
+    assert!(trace.contains("stored=none\n"), "{trace}");
+    let stored = std::fs::read_to_string(&store).unwrap();
+    assert!(!stored.contains("gitlab-ci-token"), "{stored}");
+    assert!(stored.contains("keeper:kept@example.invalid"), "{stored}");
+}
+
+/// `clean_git_config = true` also cleans at the end of the job: once the job is over, nothing
+/// it planted in the checkout's `.git` is left for whatever runs git there next.
+#[tokio::test]
+async fn clean_git_config_also_removes_planted_config_and_hooks_when_the_job_ends() {
+    let test = GitTest::new("  clean_git_config = true").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let mut script = PLANT_GIT_CONFIG_AND_HOOKS.to_vec();
+    script.push("touch .git/index.lock");
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .git_strategy(GitStrategy::Fetch)
+                .script(script),
+        )
+        .await;
+    let project = test.project_dir("group/project");
+    let git_dir = project.join(".git");
+    assert!(!git_dir.join("config").exists(), "{trace}");
+    assert!(!git_dir.join("hooks").exists(), "{trace}");
+    assert!(!git_dir.join("index.lock").exists(), "{trace}");
+    // Nothing planted ran on the way out either.
+    assert!(!git_dir.join("planted-hook-ran").exists(), "{trace}");
+    assert!(!git_dir.join("planted-fsmonitor-ran").exists(), "{trace}");
+    // The checkout itself stays for the next job.
+    assert_eq!(
+        std::fs::read_to_string(project.join("a.txt")).unwrap(),
+        "a\n"
+    );
+}
+
+/// `get_sources_timeout`: a `get_sources` that takes longer fails the job as the official
+/// runner words it, with `job_execution_timeout`, and the user script never runs.
+#[tokio::test]
+async fn get_sources_timeout_fails_a_get_sources_that_takes_longer() {
+    let test =
+        GitTest::new("  get_sources_timeout = \"2s\"\n  pre_get_sources_script = \"sleep 60\"")
+            .await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let view = test
+        .run(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .script(["echo script-ran"]),
+        )
+        .await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains("ERROR: Job failed: get sources timeout: exceeded timeout of 2s"),
+        "{trace}"
+    );
+    assert!(!trace.contains("script-ran\n"), "{trace}");
+    let last = crate::run::final_update(&view);
+    assert_eq!(
+        last.failure_reason.as_deref(),
+        Some("job_execution_timeout")
+    );
+}
+
+/// A `get_sources_timeout` longer than the job timeout gives way to it, with the official
+/// warning in the job log.
+#[tokio::test]
+async fn a_get_sources_timeout_beyond_the_job_timeout_is_clamped_with_a_warning() {
+    let test = GitTest::new("  get_sources_timeout = \"3h\"").await;
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let trace = test
+        .run_ok(
+            JobBuilder::new("build")
+                .repo(&repo, "main", &sha)
+                .script(["cat a.txt"]),
+        )
+        .await;
+    assert!(
+        trace.contains(
+            "get_sources_timeout (3h0m0s) exceeds job timeout (1h0m0s); using job timeout"
+        ),
+        "{trace}"
+    );
+}

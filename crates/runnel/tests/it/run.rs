@@ -249,6 +249,50 @@ async fn a_successful_job_reports_its_log_and_state() {
     assert_eq!(last.bytesize, Some(view.trace.len() as u64));
 }
 
+/// Issue #18: a daemon that has been without jobs for a while gives back the executable's
+/// pages and free heap (`memory.rs`), once after start and again after each busy period, and
+/// runs jobs as before afterwards.
+#[tokio::test]
+async fn an_idle_daemon_gives_memory_back_and_still_runs_jobs() {
+    const LINE: &str = "gave back idle memory";
+    let daemon = Daemon::start(Setup::default()).await;
+    let log = daemon.wait_log(LINE).await;
+    let (before, after) = trim_figures(&log).expect("the trim's figures are logged");
+    assert!(
+        after < before,
+        "the resident set shrank: {before} -> {after}\n{log}"
+    );
+    let id = daemon
+        .fake
+        .enqueue(job("after-trim").script(["echo still-here"]));
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    assert!(view.trace_text().contains("still-here\n"));
+    // Idle again after the job: a second trim.
+    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+    while daemon.log().matches(LINE).count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no trim after the job:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `before` and `after` of the first trim line in a daemon log.
+fn trim_figures(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("gave back idle memory"))?;
+    let value = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(&format!("{key}="))? + key.len() + 1..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    Some((value("before")?, value("after")?))
+}
+
 #[tokio::test]
 async fn a_failing_line_stops_the_script_and_sets_the_exit_code() {
     let daemon = Daemon::start(Setup::default()).await;
