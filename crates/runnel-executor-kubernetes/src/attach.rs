@@ -3,8 +3,12 @@
 //! What runs where, as in the official runner:
 //!
 //! - the pod gets two emptyDir volumes, `scripts` at `/scripts-<project id>-<job id>` and `logs`
-//!   at `/logs-<project id>-<job id>`, mounted in the build and helper containers (whose main
-//!   process is a shell reading commands from the container's stdin);
+//!   at `/logs-<project id>-<job id>`, mounted in every container (the build and helper
+//!   containers' main process is a shell reading commands from the container's stdin); they
+//!   reach the pod as the configured volumes do, so `[[pod_spec]]` patches see them;
+//! - the `init-permissions` init container (helper image,
+//!   `init_permissions_container_security_context`) creates `/logs-…/output.log` and opens it
+//!   to every user before the other containers start;
 //! - once the pod runs, `detect_shell_script` is saved in the scripts volume and the helper
 //!   container runs `gitlab-runner-helper read-logs --path /logs-…/output.log --offset N
 //!   --wait-file-timeout 1m0s` over exec: every line of the log file comes back prefixed with
@@ -20,7 +24,7 @@
 //!
 //! Differences that users cannot see: the exit line is printed by the wrapper rather than by a
 //! trap inside the script (so a script that sets its own `EXIT` trap still reports its code),
-//! the script file is removed once it ended, and service containers do not get the two mounts.
+//! and the script file is removed once it ended.
 
 use std::time::Duration;
 
@@ -33,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::pod::{BUILD_CONTAINER, HELPER_CONTAINER};
+use crate::pod::HELPER_CONTAINER;
 
 /// The scripts volume's name.
 pub const SCRIPTS_VOLUME: &str = "scripts";
@@ -66,9 +70,26 @@ pub struct AttachPaths {
 impl AttachPaths {
     /// The official directory names for a job.
     pub fn new(project_id: u64, job_id: u64) -> Self {
+        Self::with_bases(None, None, project_id, job_id)
+    }
+
+    /// The same under `scripts_base_dir` and `logs_base_dir` (trailing `/` and `\` dropped;
+    /// empty: `/`), as official.
+    pub fn with_bases(
+        scripts_base: Option<&str>,
+        logs_base: Option<&str>,
+        project_id: u64,
+        job_id: u64,
+    ) -> Self {
+        let base = |configured: Option<&str>| {
+            configured
+                .unwrap_or("")
+                .trim_end_matches(['/', '\\'])
+                .to_owned()
+        };
         AttachPaths {
-            scripts_dir: format!("/scripts-{project_id}-{job_id}"),
-            logs_dir: format!("/logs-{project_id}-{job_id}"),
+            scripts_dir: format!("{}/scripts-{project_id}-{job_id}", base(scripts_base)),
+            logs_dir: format!("{}/logs-{project_id}-{job_id}", base(logs_base)),
         }
     }
 
@@ -98,37 +119,46 @@ impl AttachPaths {
     }
 }
 
-/// Adds the `scripts` and `logs` emptyDir volumes to the pod and mounts them in the build and
-/// helper containers.
-pub fn add_volumes(pod: &mut Pod, paths: &AttachPaths) {
-    let Some(spec) = pod.spec.as_mut() else {
-        return;
-    };
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    for name in [SCRIPTS_VOLUME, LOGS_VOLUME] {
-        volumes.push(Volume {
+/// The `scripts` and `logs` emptyDir volumes, which the pod gets after the configured ones
+/// (and `repo`), as official.
+pub fn volumes() -> Vec<Volume> {
+    [SCRIPTS_VOLUME, LOGS_VOLUME]
+        .into_iter()
+        .map(|name| Volume {
             name: name.to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
-        });
-    }
-    for container in spec
-        .containers
-        .iter_mut()
-        .filter(|c| c.name == BUILD_CONTAINER || c.name == HELPER_CONTAINER)
-    {
-        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
-        mounts.push(VolumeMount {
+        })
+        .collect()
+}
+
+/// Their mounts, which come first in every container (build, helper, services and the
+/// init-permissions container), as official.
+pub fn mounts(paths: &AttachPaths) -> Vec<VolumeMount> {
+    vec![
+        VolumeMount {
             name: SCRIPTS_VOLUME.to_owned(),
             mount_path: paths.scripts_dir.clone(),
             ..VolumeMount::default()
-        });
-        mounts.push(VolumeMount {
+        },
+        VolumeMount {
             name: LOGS_VOLUME.to_owned(),
             mount_path: paths.logs_dir.clone(),
             ..VolumeMount::default()
-        });
-    }
+        },
+    ]
+}
+
+/// The init-permissions container's command: creates the log file every container appends
+/// to and opens it to all users (the build and helper images may run as different users;
+/// a `chmod` the security context does not allow is not an error), as official.
+pub fn init_permissions_command(paths: &AttachPaths) -> Vec<String> {
+    let log = paths.log_file();
+    vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!("touch {log} && (chmod 777 {log} || exit 0)"),
+    ]
 }
 
 /// The detect-shell script: runs the first shell found with the script's arguments.
@@ -156,22 +186,13 @@ pub fn detect_shell_script(shell: Shell) -> String {
     script
 }
 
-/// The exec command that saves `bytes` bytes read from stdin to `path` (mode 0700 for the
-/// detect-shell script, 0600 for stage scripts, which hold the job's variables), and with
-/// `create_log` creates the log file every container may append to.
-pub fn save_command(
-    path: &str,
-    bytes: usize,
-    executable: bool,
-    create_log: Option<&str>,
-) -> Vec<String> {
+/// The exec command that saves `bytes` bytes read from stdin to `path` (mode 0755 for the
+/// detect-shell script, 0600 for stage scripts, which hold the job's variables).
+pub fn save_command(path: &str, bytes: usize, executable: bool) -> Vec<String> {
     let mode = if executable { "0755" } else { "0600" };
-    let mut script = format!(
+    let script = format!(
         "umask 0077 && head -c {bytes} > {path}.tmp && chmod {mode} {path}.tmp && mv -f {path}.tmp {path}"
     );
-    if let Some(log) = create_log {
-        script.push_str(&format!(" && touch {log} && chmod 0666 {log}"));
-    }
     vec!["sh".to_owned(), "-c".to_owned(), script]
 }
 
@@ -561,6 +582,14 @@ mod tests {
             "/scripts-42-1001/step_script"
         );
         assert_eq!(paths.stage_script("../x y"), "/scripts-42-1001/___x_y");
+        // Official baseDir facts: the configured base, trailing separators dropped.
+        let based = AttachPaths::with_bases(Some("/opt/ci//"), Some("/var/tmp"), 42, 1001);
+        assert_eq!(based.scripts_dir, "/opt/ci/scripts-42-1001");
+        assert_eq!(based.log_file(), "/var/tmp/logs-42-1001/output.log");
+        assert_eq!(
+            AttachPaths::with_bases(Some(""), Some("/"), 1, 2),
+            AttachPaths::new(1, 2)
+        );
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! [`KubernetesProvider`] per `[[runners]]` entry, [`KubernetesExecutor`] per job.
 //!
 //! `prepare` connects (the `host` keys, else `KUBECONFIG`/`~/.kube/config`, else the in-cluster
-//! service account), creates the job's pod and polls it every `poll_interval` until all its
-//! containers run, for at most `poll_timeout`; a container that cannot pull its image or
-//! start fails the job at once with what Kubernetes said. `run` executes each stage in the
+//! service account), creates the job's pod and follows it by a watch (resumed from its last
+//! resource version; an API server that does not serve watches is read every `poll_interval`)
+//! until all its containers run, for at most `poll_timeout`; a container that cannot pull its
+//! image makes the pod again with that container's next pull policy (several `pull_policy`
+//! values, as official), and fails the job with what Kubernetes said when none is left; a
+//! container that cannot start fails the job at once. `run` executes each stage in the
 //! helper (predefined stages) or build container over the exec WebSocket: the command reads a
 //! counted script from stdin and hands it to the shell, so the script (and the job's variables
-//! it exports) never appears in an argument or in the pod spec. While a stage runs the pod is
-//! checked every `poll_interval`, so an eviction or an OOM kill ends the stage with the reason.
+//! it exports) never appears in an argument or in the pod spec. While a stage runs the pod's
+//! watch goes on, so an eviction or an OOM kill ends the stage with the reason as soon as the
+//! API server reports it.
 //! Cancellation and timeouts send `SIGTERM`, then `SIGKILL`, to the container's processes.
 //! `cleanup` deletes the pod, always.
 //!
@@ -17,23 +21,24 @@
 //!
 //! Before the pod, the job's variables are checked against what the configuration lets them
 //! overwrite ([`crate::overwrites`]; each overwrite is announced in the job log), and with
-//! `namespace_per_job` the namespace `ci-job-<id>` is created (deleted again at cleanup).
+//! `namespace_per_job` the namespace `ci-job-<id>` is created (labelled with the runner, so
+//! the next start deletes it if this run is killed; deleted again at cleanup).
 //!
 //! Not done yet (refused at start or job start, never ignored): the configuration keys not
-//! in [`crate::options::SUPPORTED_KEYS`], the init-permissions container (built by
-//! [`crate::pod::init_permissions_container`] when [`crate::pod::PodInputs::init_command`] asks
-//! for it; attach mode does not yet), `image:entrypoint`, `*:kubernetes:user`, secrets for job
-//! registry credentials.
+//! in [`crate::options::SUPPORTED_KEYS`], `image:entrypoint` (but `[""]`).
+//!
+//! The job's registry logins reach the kubelet as a pull secret ([`crate::credentials`]),
+//! created before the pod and deleted after it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateWaiting, ContainerStatus, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status as ExecStatus;
 use kube::Client;
-use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use runnel_config::RunnerConfig;
 use runnel_executor::{
     BoxFuture, ConfigureContext, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo,
@@ -62,7 +67,8 @@ pub const KUBERNETES_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
         proxy: false,
         service_variables: true,
         service_multiple_aliases: true,
-        image_executor_opts: false,
+        // `image:kubernetes:user`, as official.
+        image_executor_opts: true,
         service_executor_opts: false,
         native_steps_integration: false,
     },
@@ -78,6 +84,9 @@ pub const DEFAULT_HELPER_IMAGE: &str = "runnel-helper:latest";
 
 /// How long stopped processes get between `SIGTERM` and `SIGKILL`.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The names of `namespace_per_job` namespaces: `ci-job-<job id>`.
+const JOB_NAMESPACE_PREFIX: &str = "ci-job-";
 
 /// The feature flag choosing exec over attach.
 pub const LEGACY_EXECUTION_FLAG: &str = "FF_USE_LEGACY_KUBERNETES_EXECUTION_STRATEGY";
@@ -104,6 +113,10 @@ struct Shared {
     /// Pods of this provider's jobs (created or being created), which leftover removal spares;
     /// shared with the provider that replaces this one after a configuration reload.
     active_pods: ActivePods,
+    /// The same for the `ci-job-<id>` namespaces of `namespace_per_job`.
+    active_namespaces: ActivePods,
+    /// The same for the jobs' registry credentials secrets.
+    active_secrets: ActivePods,
 }
 
 /// Creates Kubernetes executors for one `[[runners]]` entry.
@@ -121,6 +134,8 @@ impl KubernetesProvider {
                 settings,
                 slots: Mutex::new(BTreeSet::new()),
                 active_pods: ActivePods::default(),
+                active_namespaces: ActivePods::default(),
+                active_secrets: ActivePods::default(),
             }),
         }
     }
@@ -132,6 +147,8 @@ impl KubernetesProvider {
     pub fn succeeding(mut self, previous: &KubernetesProvider) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.active_pods = Arc::clone(&previous.shared.active_pods);
+            shared.active_namespaces = Arc::clone(&previous.shared.active_namespaces);
+            shared.active_secrets = Arc::clone(&previous.shared.active_secrets);
         }
         self
     }
@@ -165,18 +182,111 @@ impl KubernetesProvider {
     /// Deletes the pods of this runner (by the `manager.runner.gitlab.com/id-short` label) that
     /// an earlier, killed run left, sparing the pods of the jobs this provider (and the ones it
     /// succeeded) runs or is starting: a job records its pod's name before creating it, so it
-    /// may run at the same time as jobs start. Returns the names of the pods deleted.
+    /// may run at the same time as jobs start. The registry credentials secrets of its jobs
+    /// (same label) are deleted the same way, and with `namespace_per_job`, the `ci-job-<id>`
+    /// namespaces this runner made and left, with what is in them, sparing those of its jobs.
+    /// Returns the names of the pods deleted, then `secret <name>` and `namespace <name>` for
+    /// each secret and namespace.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
         let (client, namespace) = connect(&self.shared.options, None).await?;
-        let pods: Api<Pod> = Api::namespaced(client, &namespace);
-        let selector = format!(
+        let selector = self.manager_selector();
+        let mut removed = self
+            .remove_leftover_pods(client.clone(), &namespace, &selector)
+            .await?;
+        removed.extend(
+            self.remove_leftover_secrets(client.clone(), &namespace, &selector)
+                .await?,
+        );
+        if self.shared.options.namespace_per_job {
+            removed.extend(self.remove_leftover_namespaces(client, &selector).await?);
+        }
+        Ok(removed)
+    }
+
+    /// `manager.runner.gitlab.com/id-short=<short token>`.
+    fn manager_selector(&self) -> String {
+        format!(
             "{MANAGER_ID_LABEL}={}",
             crate::pod::sanitize_label(&self.shared.settings.short_token)
-        );
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
+        )
+    }
+
+    async fn remove_leftover_secrets(
+        &self,
+        client: Client,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<String>, KubernetesError> {
+        let secrets: Api<Secret> = Api::namespaced(client, namespace);
+        let list = secrets
+            .list(&ListParams::default().labels(selector))
             .await
-            .map_err(|source| KubernetesError::api("list pods in", &namespace, source))?;
+            .map_err(|source| KubernetesError::api("list secrets in", namespace, source))?;
+        let mut removed = Vec::new();
+        for secret in list.items {
+            let Some(name) = secret.metadata.name else {
+                continue;
+            };
+            if lock(&self.shared.active_secrets).contains(&name) {
+                continue;
+            }
+            match secrets.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => removed.push(format!("secret {name}")),
+                Err(error) if not_found(&error) => {}
+                Err(source) => {
+                    return Err(KubernetesError::api("delete leftover secret", name, source));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn remove_leftover_namespaces(
+        &self,
+        client: Client,
+        selector: &str,
+    ) -> Result<Vec<String>, KubernetesError> {
+        let namespaces: Api<Namespace> = Api::all(client);
+        let list = namespaces
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|source| KubernetesError::api("list namespaces of", selector, source))?;
+        let mut removed = Vec::new();
+        for namespace in list.items {
+            let Some(name) = namespace.metadata.name else {
+                continue;
+            };
+            if !name.starts_with(JOB_NAMESPACE_PREFIX)
+                || lock(&self.shared.active_namespaces).contains(&name)
+            {
+                continue;
+            }
+            match namespaces.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => removed.push(format!("namespace {name}")),
+                Err(error) if not_found(&error) => {}
+                Err(source) => {
+                    return Err(KubernetesError::api(
+                        "delete leftover namespace",
+                        name,
+                        source,
+                    ));
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn remove_leftover_pods(
+        &self,
+        client: Client,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<Vec<String>, KubernetesError> {
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|source| KubernetesError::api("list pods in", namespace, source))?;
         let mut removed = Vec::new();
         for pod in list.items {
             let Some(name) = pod.metadata.name else {
@@ -221,6 +331,8 @@ impl Provider for KubernetesProvider {
             attach: true,
             attach_paths: None,
             logs: None,
+            watch: None,
+            credentials: None,
         }))
     }
 }
@@ -334,7 +446,7 @@ pub struct KubernetesExecutor {
     /// The pod's name, once created.
     pod: Option<String>,
     image: String,
-    /// Lines `prepare` would print, written before the first stage's output.
+    /// Lines `prepare` would print, written after the banner.
     pending_log: Vec<String>,
     /// The job's namespace was created for it (`namespace_per_job`).
     own_namespace: bool,
@@ -344,6 +456,10 @@ pub struct KubernetesExecutor {
     attach_paths: Option<AttachPaths>,
     /// Attach mode: the log file's stream, once the pod runs.
     logs: Option<LogStream>,
+    /// The pod's watch, once it runs (stages end as soon as it fails).
+    watch: Option<PodWatch>,
+    /// The job's registry credentials secret, once created (deleted at cleanup).
+    credentials: Option<String>,
 }
 
 impl std::fmt::Debug for KubernetesExecutor {
@@ -394,29 +510,40 @@ fn terminal_error(pod: &Pod, full_name: &str) -> Option<KubernetesError> {
             message: "the pod is being deleted".to_owned(),
         });
     }
+    for container in status.init_container_statuses.iter().flatten() {
+        let state = container.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref())
+            && let Some(error) = waiting_error(container, waiting, full_name)
+        {
+            return Some(error);
+        }
+        if let Some(terminated) = state.and_then(|s| s.terminated.as_ref())
+            && terminated.exit_code != 0
+        {
+            return Some(KubernetesError::PodFailed {
+                pod: full_name.to_owned(),
+                message: format!(
+                    "init container {} failed: reason {}, exit code {}{}",
+                    container.name,
+                    terminated.reason.clone().unwrap_or_default(),
+                    terminated.exit_code,
+                    terminated
+                        .message
+                        .as_deref()
+                        .filter(|m| !m.is_empty())
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
     for container in status.container_statuses.iter().flatten() {
         let state = container.state.as_ref();
         if let Some(waiting) = state.and_then(|s| s.waiting.as_ref())
             && !container.ready
+            && let Some(error) = waiting_error(container, waiting, full_name)
         {
-            let reason = waiting.reason.clone().unwrap_or_default();
-            let message = waiting.message.clone().unwrap_or_default();
-            match reason.as_str() {
-                "ErrImagePull" | "ImagePullBackOff" => {
-                    return Some(KubernetesError::ImagePull {
-                        container: container.name.clone(),
-                        image: container.image.clone(),
-                        message,
-                    });
-                }
-                "InvalidImageName" | "CrashLoopBackOff" | "CreateContainerConfigError" => {
-                    return Some(KubernetesError::PodConfiguration {
-                        pod: full_name.to_owned(),
-                        message: format!("container {}: {reason}: {message}", container.name),
-                    });
-                }
-                _ => {}
-            }
+            return Some(error);
         }
         if let Some(terminated) = state.and_then(|s| s.terminated.as_ref())
             && [BUILD_CONTAINER, HELPER_CONTAINER].contains(&container.name.as_str())
@@ -442,6 +569,32 @@ fn terminal_error(pod: &Pod, full_name: &str) -> Option<KubernetesError> {
                 status.message.clone().unwrap_or_default()
             ),
         }),
+        _ => None,
+    }
+}
+
+/// The error a container waiting for this reason is in, if the pod cannot start.
+fn waiting_error(
+    container: &ContainerStatus,
+    waiting: &ContainerStateWaiting,
+    full_name: &str,
+) -> Option<KubernetesError> {
+    let reason = waiting.reason.clone().unwrap_or_default();
+    let message = waiting.message.clone().unwrap_or_default();
+    match reason.as_str() {
+        "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" => {
+            Some(KubernetesError::ImagePull {
+                container: container.name.clone(),
+                image: container.image.clone(),
+                message,
+            })
+        }
+        "InvalidImageName" | "CrashLoopBackOff" | "CreateContainerConfigError" => {
+            Some(KubernetesError::PodConfiguration {
+                pod: full_name.to_owned(),
+                message: format!("container {}: {reason}: {message}", container.name),
+            })
+        }
         _ => None,
     }
 }
@@ -512,6 +665,112 @@ pub(crate) fn exec_exit_code(status: &ExecStatus) -> Option<i32> {
     }
 }
 
+/// One pod followed through a watch, resumed from the last resource version it saw when the
+/// server ends it; when a watch cannot be opened (an API server that does not serve them, or
+/// is away), the pod is read again after `poll_interval` instead.
+struct PodWatch {
+    pods: Api<Pod>,
+    name: String,
+    interval: Duration,
+    version: String,
+    /// The open watch (in a mutex only so the executor is `Sync`: it is used through
+    /// `&mut self`, never locked).
+    stream: tokio::sync::Mutex<Option<PodEvents>>,
+}
+
+/// A pod's watch events.
+type PodEvents = futures::stream::BoxStream<'static, Result<WatchEvent<Pod>, kube::Error>>;
+
+impl PodWatch {
+    fn new(pods: Api<Pod>, name: &str, interval: Duration) -> Self {
+        PodWatch {
+            pods,
+            name: name.to_owned(),
+            interval,
+            version: String::new(),
+            stream: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The pod as it is now.
+    async fn get(&mut self, full_name: &str) -> Result<Pod, KubernetesError> {
+        let pod = self
+            .pods
+            .get(&self.name)
+            .await
+            .map_err(|source| KubernetesError::api("get pod", full_name, source))?;
+        self.version = pod.metadata.resource_version.clone().unwrap_or_default();
+        Ok(pod)
+    }
+
+    /// Waits until the pod fails (evicted, a container killed, deleted …) and says how.
+    async fn failure(&mut self, full_name: &str) -> KubernetesError {
+        loop {
+            match self.next(full_name).await {
+                Ok(pod) => {
+                    if let Some(error) = terminal_error(&pod, full_name) {
+                        return error;
+                    }
+                }
+                Err(error) => return error,
+            }
+        }
+    }
+
+    /// The pod after its next change.
+    async fn next(&mut self, full_name: &str) -> Result<Pod, KubernetesError> {
+        use futures::StreamExt;
+        loop {
+            let Some(stream) = self.stream.get_mut().as_mut() else {
+                let params = WatchParams::default().fields(&format!("metadata.name={}", self.name));
+                match self.pods.watch(&params, &self.version).await {
+                    Ok(stream) => *self.stream.get_mut() = Some(stream.boxed()),
+                    Err(error) => {
+                        tracing::debug!(pod = full_name, %error, "cannot watch the pod; reading it again");
+                        tokio::time::sleep(self.interval).await;
+                        return self.get(full_name).await;
+                    }
+                }
+                continue;
+            };
+            match stream.next().await {
+                Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
+                    if let Some(version) = &pod.metadata.resource_version {
+                        self.version.clone_from(version);
+                    }
+                    return Ok(pod);
+                }
+                Some(Ok(WatchEvent::Deleted(_))) => {
+                    return Err(KubernetesError::PodFailed {
+                        pod: full_name.to_owned(),
+                        message: "the pod no longer exists (deleted by someone else?)".to_owned(),
+                    });
+                }
+                Some(Ok(WatchEvent::Bookmark(bookmark))) => {
+                    self.version = bookmark.metadata.resource_version;
+                }
+                Some(Ok(WatchEvent::Error(status))) => {
+                    *self.stream.get_mut() = None;
+                    tracing::debug!(pod = full_name, code = status.code, message = %status.message, "the pod's watch ended");
+                    if status.code != 410 {
+                        tokio::time::sleep(self.interval).await;
+                    }
+                    // Expired (410) or not: the pod is read again and the next watch starts
+                    // from what was read.
+                    return self.get(full_name).await;
+                }
+                Some(Err(error)) => {
+                    *self.stream.get_mut() = None;
+                    tracing::debug!(pod = full_name, %error, "the pod's watch broke; resuming it");
+                    tokio::time::sleep(self.interval).await;
+                }
+                // The server ended the watch (its timeout): resumed from the last version.
+                None => *self.stream.get_mut() = None,
+            }
+        }
+    }
+}
+
 /// How long a stopped attach-mode stage may take to print its exit line.
 const ATTACH_STOP_WAIT: Duration = Duration::from_secs(3);
 
@@ -538,7 +797,7 @@ impl KubernetesExecutor {
             connect(options, overwrites.bearer_token.as_deref()).await?;
         self.client = Some(client.clone());
         self.namespace = if options.namespace_per_job {
-            format!("ci-job-{}", ctx.job.id)
+            format!("{JOB_NAMESPACE_PREFIX}{}", ctx.job.id)
         } else if overwrites.namespace.is_empty() {
             default_namespace
         } else {
@@ -559,42 +818,23 @@ impl KubernetesExecutor {
         if options.namespace_per_job {
             self.create_namespace(client).await?;
         }
-        let suffix = crate::pod::random_suffix();
         let builds_dir = ctx.builds_dir.display().to_string();
         let helper_image = options
             .helper_image
             .clone()
             .filter(|image| !image.is_empty())
             .unwrap_or_else(|| DEFAULT_HELPER_IMAGE.to_owned());
-        let mut pod = crate::pod::build_pod(&PodInputs {
-            options,
-            job: ctx.job,
-            runner_name: &self.shared.settings.runner_name,
-            short_token: &self.shared.settings.short_token,
-            slot: self.slot,
-            suffix: &suffix,
-            builds_dir: &builds_dir,
-            namespace: &self.namespace,
-            shell: self.shared.settings.shell,
-            helper_image: &helper_image,
-            overwrites: &overwrites,
-            advanced_pod_spec,
-            init_command: None,
-            extra_volumes: Vec::new(),
-            extra_mounts: Vec::new(),
-        })?;
-        if self.attach {
-            let paths = AttachPaths::new(ctx.job.info.project_id, ctx.job.id.0);
-            crate::attach::add_volumes(&mut pod, &paths);
-            self.attach_paths = Some(paths);
-        }
-        self.image = pod
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.containers.first())
-            .and_then(|c| c.image.clone())
-            .unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        // Attach mode's volumes and init container reach the pod as the configured volumes
+        // do, so `[[pod_spec]]` patches see them.
+        let paths = self.attach.then(|| {
+            AttachPaths::with_bases(
+                options.scripts_base_dir.as_deref(),
+                options.logs_base_dir.as_deref(),
+                ctx.job.info.project_id,
+                ctx.job.id.0,
+            )
+        });
+        self.attach_paths = paths.clone();
         self.pending_log
             .push(format!("Using Kubernetes namespace: {}", self.namespace));
         if ctx.debug_services {
@@ -602,25 +842,94 @@ impl KubernetesExecutor {
                 "WARNING: CI_DEBUG_SERVICES is not supported by Runnel's kubernetes executor yet: service output is not streamed into this log".to_owned(),
             );
         }
+        self.pending_log
+            .extend(crate::pod::run_as_notes(options, ctx.job));
+        let policies = crate::pod::pull_policies(options, ctx.job)?;
+        let mut pull_failures = BTreeMap::new();
         let pods = self.pods()?;
-        // Recorded before the call: a pod created by a request whose answer is lost is still
-        // deleted at cleanup.
-        self.pod = Some(name.clone());
-        lock(&self.shared.active_pods).insert(name.clone());
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .map_err(|source| KubernetesError::api("create pod", self.full_name(), source))?;
-        self.wait_until_running(&pods, &name).await?;
+        self.create_credentials(ctx.job).await?;
+        // As official: a container whose image cannot be pulled moves to its next pull policy
+        // and the pod is made again, until a pod runs or a container has no policy left.
+        let name = loop {
+            let suffix = crate::pod::random_suffix();
+            let pod = crate::pod::build_pod(&PodInputs {
+                options,
+                job: ctx.job,
+                runner_name: &self.shared.settings.runner_name,
+                short_token: &self.shared.settings.short_token,
+                slot: self.slot,
+                suffix: &suffix,
+                builds_dir: &builds_dir,
+                namespace: &self.namespace,
+                shell: self.shared.settings.shell,
+                helper_image: &helper_image,
+                overwrites: &overwrites,
+                advanced_pod_spec,
+                init_command: paths.as_ref().map(crate::attach::init_permissions_command),
+                extra_volumes: if paths.is_some() {
+                    crate::attach::volumes()
+                } else {
+                    Vec::new()
+                },
+                extra_mounts: paths
+                    .as_ref()
+                    .map(crate::attach::mounts)
+                    .unwrap_or_default(),
+                pull_failures: &pull_failures,
+                credentials_secret: self.credentials.as_deref(),
+            })?;
+            self.image = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            // Recorded before the call: a pod created by a request whose answer is lost is
+            // still deleted at cleanup.
+            self.pod = Some(name.clone());
+            lock(&self.shared.active_pods).insert(name.clone());
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .map_err(|source| KubernetesError::api("create pod", self.full_name(), source))?;
+            match self.wait_until_running(&pods, &name).await {
+                Ok(watch) => {
+                    self.watch = Some(watch);
+                    break name;
+                }
+                Err(KubernetesError::ImagePull {
+                    container,
+                    image,
+                    message,
+                }) => {
+                    let list = policies.get(&container).map(Vec::as_slice).unwrap_or(&[]);
+                    let failed = pull_failures.entry(container.clone()).or_insert(0);
+                    let tried = list.get(*failed).copied().unwrap_or("");
+                    *failed += 1;
+                    let Some(next) = list.get(*failed).copied() else {
+                        return Err(KubernetesError::ImagePull {
+                            container,
+                            image,
+                            message,
+                        });
+                    };
+                    let attempt = pull_failures.values().sum::<usize>() + 1;
+                    self.pending_log.push(format!(
+                        "WARNING: Failed to pull image {image:?} for container {container:?} with policy {tried:?}: {message}"
+                    ));
+                    self.pending_log.push(format!(
+                        "Attempt #{attempt}: Trying {next:?} pull policy for {image:?} image for container {container:?}"
+                    ));
+                    self.delete_pod().await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         if let Some(paths) = self.attach_paths.clone() {
-            // The detect-shell script every stage runs through, and the log file all
-            // containers append to; then the helper starts streaming that file.
+            // The detect-shell script every stage runs through (the init-permissions
+            // container made the log file); then the helper starts streaming the log.
             let detect = crate::attach::detect_shell_script(self.shared.settings.shell);
-            let command = crate::attach::save_command(
-                &paths.detect_script(),
-                detect.len(),
-                true,
-                Some(&paths.log_file()),
-            );
+            let command = crate::attach::save_command(&paths.detect_script(), detect.len(), true);
             self.exec_with_input(BUILD_CONTAINER, "prepare", command, detect.as_bytes())
                 .await?;
             self.logs = Some(LogStream::start(pods, name, paths.log_file()));
@@ -721,23 +1030,23 @@ impl KubernetesExecutor {
         }
     }
 
+    /// Follows the pod (by a watch) until all its containers run, for at most `poll_timeout`;
+    /// each new waiting state is printed before the first stage.
     async fn wait_until_running(
         &mut self,
         pods: &Api<Pod>,
         name: &str,
-    ) -> Result<(), KubernetesError> {
-        let interval = self.shared.options.poll_interval();
+    ) -> Result<PodWatch, KubernetesError> {
         let deadline = Instant::now() + self.shared.options.poll_timeout();
         let full_name = self.full_name();
+        let mut watch = PodWatch::new(pods.clone(), name, self.shared.options.poll_interval());
+        let mut pod = watch.get(&full_name).await?;
+        let mut shown = String::new();
         loop {
-            let pod = pods
-                .get(name)
-                .await
-                .map_err(|source| KubernetesError::api("get pod", &full_name, source))?;
-            match classify(&pod, &full_name)? {
-                PodState::Ready => return Ok(()),
+            let (phase, detail) = match classify(&pod, &full_name)? {
+                PodState::Ready => return Ok(watch),
                 PodState::Waiting(text) => {
-                    let last = pod
+                    let phase = pod
                         .status
                         .as_ref()
                         .and_then(|s| s.phase.clone())
@@ -746,17 +1055,23 @@ impl KubernetesExecutor {
                         .split_once('\n')
                         .map(|(_, conditions)| format!(":\n{conditions}"))
                         .unwrap_or_default();
-                    self.pending_log.push(text);
-                    if Instant::now() + interval > deadline {
-                        return Err(KubernetesError::PodStartTimeout {
-                            pod: full_name,
-                            phase: last,
-                            detail,
-                        });
+                    if text != shown {
+                        self.pending_log.push(text.clone());
+                        shown = text;
                     }
+                    (phase, detail)
                 }
-            }
-            tokio::time::sleep(interval).await;
+            };
+            pod = match tokio::time::timeout_at(deadline, watch.next(&full_name)).await {
+                Ok(next) => next?,
+                Err(_) => {
+                    return Err(KubernetesError::PodStartTimeout {
+                        pod: full_name,
+                        phase,
+                        detail,
+                    });
+                }
+            };
         }
     }
 
@@ -800,15 +1115,24 @@ impl KubernetesExecutor {
         }
     }
 
+    /// The pod's watch, for a stage (put back when it ends).
+    fn take_watch(&mut self) -> Result<PodWatch, KubernetesError> {
+        match self.watch.take() {
+            Some(watch) => Ok(watch),
+            None => Ok(PodWatch::new(
+                self.pods()?,
+                self.pod.as_deref().unwrap_or(""),
+                self.shared.options.poll_interval(),
+            )),
+        }
+    }
+
     async fn run_stage(
         &mut self,
         cmd: StageCommand<'_>,
         sink: &dyn OutputSink,
         cancel: CancellationToken,
     ) -> Result<StageExit, KubernetesError> {
-        for line in self.pending_log.drain(..) {
-            sink.write(OutputStream::Stdout, format!("{line}\n").as_bytes());
-        }
         if self.attach {
             return self.run_stage_attach(cmd, sink, cancel).await;
         }
@@ -867,8 +1191,8 @@ impl KubernetesExecutor {
         let mut err_buf = vec![0u8; 16 * 1024];
         let (mut out_open, mut err_open) = (true, true);
         let mut exit: Option<Option<ExecStatus>> = None;
-        let interval = self.shared.options.poll_interval();
-        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        let full_name = self.full_name();
+        let mut watch = self.take_watch()?;
         let deadline = async {
             match cmd.deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -897,9 +1221,10 @@ impl KubernetesExecutor {
                 received = &mut status, if exit.is_none() => exit = Some(received),
                 () = cancel.cancelled() => break Some(StageExit::Cancelled),
                 () = &mut deadline => break Some(StageExit::TimedOut),
-                _ = tick.tick() => self.check_pod().await?,
+                error = watch.failure(&full_name) => return Err(error),
             }
         };
+        self.watch = Some(watch);
         if let Some(stopped) = stopped {
             self.signal_all(container, "TERM").await;
             let drained = tokio::time::timeout(STOP_GRACE, async {
@@ -945,18 +1270,25 @@ impl KubernetesExecutor {
     /// Creates the job's own namespace (`namespace_per_job`); deleted again at cleanup.
     async fn create_namespace(&mut self, client: Client) -> Result<(), KubernetesError> {
         let namespaces: Api<Namespace> = Api::all(client);
+        // Labelled with the runner, so a later start deletes it if this run is killed.
         let namespace = Namespace {
             metadata: kube::api::ObjectMeta {
                 name: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    MANAGER_ID_LABEL.to_owned(),
+                    crate::pod::sanitize_label(&self.shared.settings.short_token),
+                )])),
                 ..kube::api::ObjectMeta::default()
             },
             ..Namespace::default()
         };
         self.own_namespace = true;
+        lock(&self.shared.active_namespaces).insert(self.namespace.clone());
         match namespaces.create(&PostParams::default(), &namespace).await {
             Ok(_) => Ok(()),
             Err(source) => {
                 self.own_namespace = false;
+                lock(&self.shared.active_namespaces).remove(&self.namespace);
                 Err(KubernetesError::api(
                     "create namespace",
                     &self.namespace,
@@ -991,6 +1323,7 @@ impl KubernetesExecutor {
                 tracing::warn!(namespace = %self.namespace, "deleting the job's namespace timed out");
             }
         }
+        lock(&self.shared.active_namespaces).remove(&self.namespace);
     }
 
     /// Attach mode: saves the script, starts it through the container's stdin and follows the
@@ -1010,7 +1343,7 @@ impl KubernetesExecutor {
         };
         let script = with_env(cmd.env, cmd.script);
         let script_path = paths.stage_script(cmd.stage);
-        let save = crate::attach::save_command(&script_path, script.len(), false, None);
+        let save = crate::attach::save_command(&script_path, script.len(), false);
         self.exec_with_input(container, cmd.stage, save, script.as_bytes())
             .await?;
         let pods = self.pods()?;
@@ -1029,16 +1362,28 @@ impl KubernetesExecutor {
             pod: self.full_name(),
             message: "the log stream ended earlier".to_owned(),
         })?;
+        let mut watch = self.take_watch()?;
         let result = self
-            .follow_stage(&mut logs, &script_path, container, &cmd, sink, cancel)
+            .follow_stage(
+                &mut logs,
+                &mut watch,
+                &script_path,
+                container,
+                &cmd,
+                sink,
+                cancel,
+            )
             .await;
         self.logs = Some(logs);
+        self.watch = Some(watch);
         result
     }
 
+    #[allow(clippy::too_many_arguments)] // one stage's state, borrowed from the executor
     async fn follow_stage(
         &self,
         logs: &mut LogStream,
+        watch: &mut PodWatch,
         script_path: &str,
         container: &'static str,
         cmd: &StageCommand<'_>,
@@ -1046,8 +1391,7 @@ impl KubernetesExecutor {
         cancel: CancellationToken,
     ) -> Result<StageExit, KubernetesError> {
         let mut output = AttachOutput::default();
-        let interval = self.shared.options.poll_interval();
-        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        let full_name = self.full_name();
         let deadline = async {
             match cmd.deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -1069,7 +1413,7 @@ impl KubernetesExecutor {
                 }
                 () = cancel.cancelled() => break StageExit::Cancelled,
                 () = &mut deadline => break StageExit::TimedOut,
-                _ = tick.tick() => self.check_pod().await?,
+                error = watch.failure(&full_name) => return Err(error),
             }
         };
         let signal = crate::attach::signal_command(script_path, "TERM");
@@ -1111,7 +1455,73 @@ impl KubernetesExecutor {
 
     async fn cleanup_job(&mut self) {
         self.delete_pod().await;
+        self.delete_credentials().await;
         self.delete_namespace().await;
+    }
+
+    /// Creates the job's registry credentials secret, if it has logins ([`crate::credentials`]).
+    async fn create_credentials(
+        &mut self,
+        job: &runnel_types::JobSpec,
+    ) -> Result<(), KubernetesError> {
+        let home = crate::credentials::home_config();
+        let logins = crate::credentials::logins(job, home.as_deref());
+        let unique = crate::pod::project_unique_name(
+            &self.shared.settings.short_token,
+            job.info.project_id,
+            self.slot,
+        );
+        let name = crate::pod::resource_name(&unique, &crate::pod::random_suffix());
+        let labels = BTreeMap::from([(
+            MANAGER_ID_LABEL.to_owned(),
+            crate::pod::sanitize_label(&self.shared.settings.short_token),
+        )]);
+        let Some(secret) = crate::credentials::secret(&logins, &name, &self.namespace, labels)
+        else {
+            return Ok(());
+        };
+        let client = self.client.clone().ok_or_else(|| {
+            KubernetesError::Unsupported("the executor was not prepared".to_owned())
+        })?;
+        let secrets: Api<Secret> = Api::namespaced(client, &self.namespace);
+        // Recorded first: a secret whose creation answer is lost is still deleted at cleanup.
+        self.credentials = Some(name.clone());
+        lock(&self.shared.active_secrets).insert(name.clone());
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|source| {
+                KubernetesError::api(
+                    "create the registry credentials secret",
+                    format!("{}/{name}", self.namespace),
+                    source,
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Deletes the secret [`Self::create_credentials`] made.
+    async fn delete_credentials(&mut self) {
+        let Some(name) = self.credentials.take() else {
+            return;
+        };
+        let Some(client) = self.client.clone() else {
+            lock(&self.shared.active_secrets).remove(&name);
+            return;
+        };
+        let secrets: Api<Secret> = Api::namespaced(client, &self.namespace);
+        let timeout = self.shared.options.cleanup_timeout();
+        match tokio::time::timeout(timeout, secrets.delete(&name, &DeleteParams::default())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(secret = %name, namespace = %self.namespace, %error, "cannot delete the job's registry credentials secret");
+            }
+            Err(_) => {
+                tracing::warn!(secret = %name, namespace = %self.namespace, "deleting the job's registry credentials secret timed out");
+            }
+        }
+        lock(&self.shared.active_secrets).remove(&name);
     }
 
     /// One event of the log stream: text is passed on; the stage's exit line gives its code.
@@ -1155,6 +1565,7 @@ impl KubernetesExecutor {
 
     async fn delete_pod(&mut self) {
         self.logs = None;
+        self.watch = None;
         let Some(name) = self.pod.take() else { return };
         let Ok(pods) = self.pods() else {
             lock(&self.shared.active_pods).remove(&name);
@@ -1249,12 +1660,20 @@ impl Executor for KubernetesExecutor {
         "kubernetes"
     }
 
+    /// The executor line, then what `prepare` had to say (overwrites, the namespace, the pod's
+    /// waiting states, pull retries), as the official runner prints them while preparing; also
+    /// when `prepare` failed.
     fn banner(&self) -> String {
-        if self.image.is_empty() {
+        let mut text = if self.image.is_empty() {
             "Using Kubernetes executor...".to_owned()
         } else {
             format!("Using Kubernetes executor with image {} ...", self.image)
+        };
+        for line in &self.pending_log {
+            text.push('\n');
+            text.push_str(line);
         }
+        text
     }
 
     fn configure<'a>(

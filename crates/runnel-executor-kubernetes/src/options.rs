@@ -36,6 +36,8 @@ pub const SUPPORTED_KEYS: &[&str] = &[
     "allowed_images",
     "allowed_services",
     "allowed_pull_policies",
+    "allowed_users",
+    "allowed_groups",
     "image_pull_secrets",
     "use_service_account_image_pull_secrets",
     "service_account",
@@ -58,6 +60,8 @@ pub const SUPPORTED_KEYS: &[&str] = &[
     "service_container_security_context",
     "init_permissions_container_security_context",
     "cap_add",
+    "logs_base_dir",
+    "scripts_base_dir",
     "cap_drop",
     "volumes",
     "host_aliases",
@@ -170,6 +174,14 @@ pub struct KubernetesOptions {
     /// Pull policies a job may ask for (empty: those of `pull_policy`).
     #[serde(default)]
     pub allowed_pull_policies: Vec<String>,
+    /// User ids a job's `kubernetes:user` may ask for (empty: any but root).
+    pub allowed_users: Option<StringOrList>,
+    /// Group ids a job's `kubernetes:user` may ask for (empty: any but root).
+    pub allowed_groups: Option<StringOrList>,
+    /// Attach mode: the directory the `logs-<project>-<job>` mount goes into (default `/`).
+    pub logs_base_dir: Option<String>,
+    /// Attach mode: the directory the `scripts-<project>-<job>` mount goes into (default `/`).
+    pub scripts_base_dir: Option<String>,
     /// `imagePullSecrets` of the pod.
     #[serde(default)]
     pub image_pull_secrets: Vec<String>,
@@ -322,12 +334,34 @@ impl std::fmt::Debug for KubernetesOptions {
     }
 }
 
-/// `pull_policy`: one policy, or a list of exactly one.
+/// `pull_policy`: one policy, or a list tried in order when a pull fails.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PullPolicyValue {
     One(String),
     Many(Vec<String>),
+}
+
+/// A string, or a list of strings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    /// The entries (an empty string is none).
+    pub fn entries(list: &Option<Self>) -> Vec<&str> {
+        match list {
+            None => Vec::new(),
+            Some(StringOrList::One(one)) => (!one.is_empty())
+                .then_some(one.as_str())
+                .into_iter()
+                .collect(),
+            Some(StringOrList::Many(many)) => many.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// Whose resources a setting is.
@@ -393,9 +427,21 @@ impl KubernetesOptions {
     fn validate(&self) -> Result<(), KubernetesError> {
         let invalid =
             |key: &'static str, reason: String| KubernetesError::InvalidOption { key, reason };
-        self.pull_policy()?;
+        self.pull_policies()?;
         for policy in &self.allowed_pull_policies {
             pull_policy_name(policy).map_err(|reason| invalid("allowed_pull_policies", reason))?;
+        }
+        // The official runner skips entries that are not ids with a warning; Runnel refuses
+        // them, as they can never match.
+        for (key, list) in [
+            ("allowed_users", &self.allowed_users),
+            ("allowed_groups", &self.allowed_groups),
+        ] {
+            for entry in StringOrList::entries(list) {
+                if entry.trim().parse::<i64>().is_err() {
+                    return Err(invalid(key, format!("`{entry}` is not a numeric id")));
+                }
+            }
         }
         if self.poll_interval == Some(0) {
             return Err(invalid(
@@ -861,29 +907,24 @@ impl KubernetesOptions {
         ]
     }
 
-    /// The `imagePullPolicy` for every container, if configured.
-    pub fn pull_policy(&self) -> Result<Option<&'static str>, KubernetesError> {
-        let name = match &self.pull_policy {
-            None => return Ok(None),
-            Some(PullPolicyValue::One(one)) => one.as_str(),
-            Some(PullPolicyValue::Many(list)) if list.is_empty() => return Ok(None),
-            Some(PullPolicyValue::Many(list)) if list.len() == 1 => list[0].as_str(),
-            Some(PullPolicyValue::Many(_)) => {
-                return Err(KubernetesError::InvalidOption {
-                    key: "pull_policy",
-                    reason: "Runnel does not support several pull policies (fallback on pull failure) for kubernetes yet".to_owned(),
-                });
-            }
+    /// The configured pull policies in the API spelling, in the order they are tried (empty:
+    /// not configured).
+    pub fn pull_policies(&self) -> Result<Vec<&'static str>, KubernetesError> {
+        let names: Vec<&str> = match &self.pull_policy {
+            None => Vec::new(),
+            Some(PullPolicyValue::One(one)) => vec![one.as_str()],
+            Some(PullPolicyValue::Many(list)) => list.iter().map(String::as_str).collect(),
         };
-        if name.is_empty() {
-            return Ok(None);
-        }
-        pull_policy_name(name)
-            .map(Some)
-            .map_err(|reason| KubernetesError::InvalidOption {
-                key: "pull_policy",
-                reason,
+        names
+            .into_iter()
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                pull_policy_name(name).map_err(|reason| KubernetesError::InvalidOption {
+                    key: "pull_policy",
+                    reason,
+                })
             })
+            .collect()
     }
 
     /// Whether the `[[pod_spec]]` patches apply to `job` (`FF_USE_ADVANCED_POD_SPEC_CONFIGURATION`
@@ -898,19 +939,20 @@ impl KubernetesOptions {
 
     /// The configured pull policies in the API spelling (`""`: the cluster's default).
     fn configured_pull_policies(&self) -> Vec<&'static str> {
-        match self.pull_policy() {
-            Ok(Some(policy)) => vec![policy],
+        match self.pull_policies() {
+            Ok(policies) if !policies.is_empty() => policies,
             _ => vec![""],
         }
     }
 
-    /// The `imagePullPolicy` of a container whose image asks for `job_policies` (empty: the
-    /// configured one), limited to `allowed_pull_policies` as the official
-    /// `ComputeEffectivePullPolicies` limits it. `None`: the cluster's default.
-    pub fn effective_pull_policy(
+    /// The `imagePullPolicy` values a container whose image asks for `job_policies` (empty:
+    /// the configured ones) gets, in the order they are tried when a pull fails, limited to
+    /// `allowed_pull_policies` as the official `ComputeEffectivePullPolicies` limits them.
+    /// `""`: the cluster's default.
+    pub fn effective_pull_policies(
         &self,
         job_policies: &[String],
-    ) -> Result<Option<String>, KubernetesError> {
+    ) -> Result<Vec<&'static str>, KubernetesError> {
         let mut requested = Vec::new();
         for name in job_policies {
             requested.push(pull_policy_name(name).map_err(|reason| {
@@ -935,24 +977,20 @@ impl KubernetesOptions {
                 .filter_map(|name| pull_policy_name(name).ok())
                 .collect()
         };
-        let mut effective: Vec<&str> = requested
-            .iter()
-            .copied()
-            .filter(|policy| allowed.contains(policy))
-            .collect();
-        effective.dedup();
-        match effective.as_slice() {
-            [] => Err(KubernetesError::NotAllowed(format!(
+        let mut effective: Vec<&'static str> = Vec::new();
+        for policy in requested.iter().copied() {
+            if allowed.contains(&policy) && !effective.contains(&policy) {
+                effective.push(policy);
+            }
+        }
+        if effective.is_empty() {
+            return Err(KubernetesError::NotAllowed(format!(
                 "pull_policy ([{}]) defined in {source} is not one of the allowed_pull_policies ([{}])",
                 requested.join(" "),
                 allowed.join(" ")
-            ))),
-            [one] => Ok((!one.is_empty()).then(|| (*one).to_owned())),
-            _ => Err(KubernetesError::Unsupported(format!(
-                "several pull policies ({}) for one image (fallback on pull failure) are not supported by Runnel's kubernetes executor yet",
-                effective.join(", ")
-            ))),
+            )));
         }
+        Ok(effective)
     }
 
     /// Seconds between pod status checks.
@@ -1034,10 +1072,10 @@ mod tests {
     #[test]
     fn unsupported_official_keys_are_refused_by_name() {
         let error = KubernetesOptions::from_raw(&raw(
-            "namespace = \"ci\"\nallowed_users = [\"1000\"]\nhelper_image_flavor = \"ubuntu\"\n",
+            "namespace = \"ci\"\ncontext = \"prod\"\nhelper_image_flavor = \"ubuntu\"\n",
         ))
         .unwrap_err();
-        insta::assert_snapshot!(error.to_string(), @"[runners.kubernetes] sets keys Runnel's kubernetes executor does not implement yet (refused rather than ignored): allowed_users, helper_image_flavor");
+        insta::assert_snapshot!(error.to_string(), @"[runners.kubernetes] sets keys Runnel's kubernetes executor does not implement yet (refused rather than ignored): context, helper_image_flavor");
     }
 
     #[test]
@@ -1058,7 +1096,7 @@ mod tests {
         .unwrap();
         assert_eq!(options.namespace.as_deref(), Some("ci"));
         assert_eq!(options.poll_timeout(), Duration::from_secs(5));
-        assert_eq!(options.pull_policy().unwrap(), Some("IfNotPresent"));
+        assert_eq!(options.pull_policies().unwrap(), ["IfNotPresent"]);
         let cpu = options
             .resource_settings()
             .into_iter()

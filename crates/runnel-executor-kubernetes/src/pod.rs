@@ -8,9 +8,13 @@
 //!   expansion, except keys in a `runner.gitlab.com` namespace;
 //! - annotations: `job.runner.gitlab.com/{id,url,sha,before_sha,ref,name,timeout}` and
 //!   `project.runner.gitlab.com/id`, then `pod_annotations`;
-//! - containers: `build` (job image), `helper` (helper image), then `svc-0`, `svc-1`, … for the
-//!   services; all share the `repo` emptyDir at the builds directory; `restartPolicy: Never`;
-//!   service aliases resolve to 127.0.0.1 through `hostAliases`.
+//! - containers: `build` (job image), `helper` (helper image), then the services, each named
+//!   after its first usable alias, else `svc-0`, `svc-1`, … ([`service_container_names`]);
+//!   all share the `repo` emptyDir at the builds directory; `restartPolicy: Never`; service
+//!   aliases resolve to 127.0.0.1 through `hostAliases`;
+//! - init container: `init-permissions` (helper image) when the stage strategy asks for one
+//!   (attach mode: it creates the log file, [`crate::attach`]);
+//! - pull policies: per container, tried in order after failed pulls ([`pull_policies`]).
 //!
 //! Divergence, deliberate: the official build container gets the job's non-masked variables in
 //! its `env`; Runnel puts no job variable in the pod spec (the stage scripts export them), so
@@ -74,6 +78,96 @@ pub struct PodInputs<'a> {
     pub extra_volumes: Vec<Volume>,
     /// Their mounts, first in every container (as official: scripts, logs, configured, repo).
     pub extra_mounts: Vec<VolumeMount>,
+    /// Image pulls that failed so far per container name: each failure moves that container
+    /// to its next pull policy ([`pull_policies`]).
+    pub pull_failures: &'a BTreeMap<String, usize>,
+    /// The job's registry credentials secret ([`crate::credentials`]), if one was made.
+    pub credentials_secret: Option<&'a str>,
+}
+
+/// The pull policies each container of the job's pod tries in order, by container name
+/// (`""`: the cluster's default): the build, helper and init-permissions containers follow
+/// the job image's `pull_policy` (else the configured ones), each service its own, all within
+/// `allowed_pull_policies`, as official.
+pub fn pull_policies(
+    options: &KubernetesOptions,
+    job: &JobSpec,
+) -> Result<BTreeMap<String, Vec<&'static str>>, KubernetesError> {
+    let image_policies = job
+        .image
+        .as_ref()
+        .map(|image| image.pull_policy.as_slice())
+        .unwrap_or_default();
+    let image = options.effective_pull_policies(image_policies)?;
+    let mut map = BTreeMap::new();
+    for name in [
+        BUILD_CONTAINER,
+        HELPER_CONTAINER,
+        INIT_PERMISSIONS_CONTAINER,
+    ] {
+        map.insert(name.to_owned(), image.clone());
+    }
+    for (service, name) in job.services.iter().zip(service_container_names(job)) {
+        map.insert(name, options.effective_pull_policies(&service.pull_policy)?);
+    }
+    Ok(map)
+}
+
+/// Whether `name` is a DNS-1123 label: `[a-z0-9-]`, alphanumeric at both ends, at most 63.
+fn dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// The container names of the job's services, as the official runner names them: a service's
+/// first alias that is a DNS-1123 label and not taken by an earlier service, else `svc-<n>`
+/// (`n` counting the services named so). Aliases that are the names of the runner's own
+/// containers are passed over too (the official runner would make an invalid pod).
+pub fn service_container_names(job: &JobSpec) -> Vec<String> {
+    let mut used: Vec<&str> = Vec::new();
+    let mut unnamed = 0;
+    let mut names = Vec::new();
+    for service in &job.services {
+        let mut chosen = None;
+        for alias in &service.aliases {
+            if used.contains(&alias.as_str()) {
+                continue;
+            }
+            used.push(alias);
+            let own = [
+                BUILD_CONTAINER,
+                HELPER_CONTAINER,
+                INIT_PERMISSIONS_CONTAINER,
+            ];
+            if dns_label(alias) && !own.contains(&alias.as_str()) {
+                chosen = Some(alias.clone());
+                break;
+            }
+        }
+        names.push(chosen.unwrap_or_else(|| {
+            unnamed += 1;
+            format!("svc-{}", unnamed - 1)
+        }));
+    }
+    names
+}
+
+/// The `imagePullPolicy` of `container` after `failures` failed pulls.
+fn pull_policy_for(
+    policies: &BTreeMap<String, Vec<&'static str>>,
+    failures: &BTreeMap<String, usize>,
+    container: &str,
+) -> Option<String> {
+    let list = policies.get(container)?;
+    let tried = failures.get(container).copied().unwrap_or(0);
+    let policy = list.get(tried).or(list.last())?;
+    (!policy.is_empty()).then(|| (*policy).to_owned())
 }
 
 /// `runner-<short>-project-<id>-concurrent-<slot>`.
@@ -346,6 +440,159 @@ pub fn init_permissions_container(
     }
 }
 
+/// Where a container's user or group id comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdSource {
+    Container,
+    Pod,
+    Job,
+}
+
+impl IdSource {
+    fn describe(self) -> &'static str {
+        match self {
+            IdSource::Container => "container security context",
+            IdSource::Pod => "pod security context",
+            IdSource::Job => "job configuration",
+        }
+    }
+}
+
+/// A job's user or group id checked against its allow list, as official: an empty text asks
+/// for nothing; root only when listed; any other id when the list is empty or lists it.
+fn job_id(kind: &str, what: &str, text: &str, allowed: &[&str]) -> Result<Option<i64>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let id = text
+        .parse::<i64>()
+        .map_err(|error| format!("failed to parse {kind}: {error}"))?;
+    if id < 0 {
+        return Err(format!(
+            "failed to parse {kind}: negative values not allowed"
+        ));
+    }
+    let listed = allowed
+        .iter()
+        .any(|entry| entry.trim().parse::<i64>().ok() == Some(id));
+    if listed || (id != 0 && allowed.is_empty()) {
+        Ok(Some(id))
+    } else {
+        Err(format!(
+            "validating {kind}: {what} \"{text}\" is not in the allowed list: [{}]",
+            allowed.join(" ")
+        ))
+    }
+}
+
+/// The user and group ids `container` runs as, as the official `getContainerUIDGID` picks
+/// them: its security context table's, else the pod's, else the job's `kubernetes:user`
+/// (`uid[:gid]`) within `allowed_users`/`allowed_groups`. Also the lines the job log gets
+/// about a job's request that is not used.
+pub fn run_as(
+    options: &KubernetesOptions,
+    table: &crate::spec::ContainerSecurityContextConfig,
+    job_user: &str,
+    container: &str,
+) -> (Option<i64>, Option<i64>, Vec<String>) {
+    let (uid_text, gid_text) = job_user.split_once(':').unwrap_or((job_user, ""));
+    let pod = &options.pod_security_context;
+    let mut notes = Vec::new();
+    let allowed_users = crate::options::StringOrList::entries(&options.allowed_users);
+    let allowed_groups = crate::options::StringOrList::entries(&options.allowed_groups);
+    let mut pick = |configured: Option<i64>,
+                    pod_value: Option<i64>,
+                    kind: &str,
+                    what: &str,
+                    text: &str,
+                    allowed: &[&str]| {
+        let (id, source) = if let Some(id) = configured {
+            (Some(id), IdSource::Container)
+        } else if let Some(id) = pod_value {
+            (Some(id), IdSource::Pod)
+        } else {
+            let id = job_id(kind, what, text, allowed).unwrap_or_else(|error| {
+                notes.push(format!(
+                    "WARNING: Error parsing '{}' from image options for container \"{container}\", using the configured security context: {error}",
+                    kind.to_ascii_lowercase()
+                ));
+                None
+            });
+            (id, IdSource::Job)
+        };
+        if source != IdSource::Job && !text.is_empty() {
+            notes.push(format!(
+                "Overriding {what} for container \"{container}\" to \"{text}\" is not allowed: {what} is set to {} in {}",
+                id.unwrap_or_default(),
+                source.describe()
+            ));
+        }
+        id
+    };
+    let uid = pick(
+        table.run_as_user,
+        pod.run_as_user,
+        "UID",
+        "user",
+        uid_text,
+        &allowed_users,
+    );
+    let gid = pick(
+        table.run_as_group,
+        pod.run_as_group,
+        "GID",
+        "group",
+        gid_text,
+        &allowed_groups,
+    );
+    (uid, gid, notes)
+}
+
+/// What the job log says about the `kubernetes:user` requests of the job's image and services
+/// that are not used.
+pub fn run_as_notes(options: &KubernetesOptions, job: &JobSpec) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(image) = &job.image {
+        let user = expand(job, &image.kubernetes_user);
+        notes.extend(
+            run_as(
+                options,
+                &options.build_container_security_context,
+                &user,
+                BUILD_CONTAINER,
+            )
+            .2,
+        );
+    }
+    for (service, name) in job.services.iter().zip(service_container_names(job)) {
+        let user = expand(job, &service.kubernetes_user);
+        notes.extend(
+            run_as(
+                options,
+                &options.service_container_security_context,
+                &user,
+                &name,
+            )
+            .2,
+        );
+    }
+    notes
+}
+
+/// `context` with the run-as ids [`run_as`] picked.
+fn with_run_as(
+    mut context: k8s_openapi::api::core::v1::SecurityContext,
+    (uid, gid, _): (Option<i64>, Option<i64>, Vec<String>),
+) -> k8s_openapi::api::core::v1::SecurityContext {
+    if uid.is_some() {
+        context.run_as_user = uid;
+    }
+    if gid.is_some() {
+        context.run_as_group = gid;
+    }
+    context
+}
+
 /// `key[=value]` → effect as tolerations (`Equal` with a value, else `Exists`).
 pub fn tolerations(map: &BTreeMap<String, String>) -> Vec<Toleration> {
     map.iter()
@@ -400,24 +647,25 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
         &options.allowed_images,
         &internal,
     )?;
-    let mut image_policies: &[String] = &[];
-    if let Some(spec) = &job.image {
-        if !spec.entrypoint.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "the job's `image:entrypoint` is not supported by Runnel's kubernetes executor yet"
-                    .to_owned(),
-            ));
-        }
-        if !spec.kubernetes_user.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "`image:kubernetes:user` is not supported by Runnel's kubernetes executor yet"
-                    .to_owned(),
-            ));
-        }
-        image_policies = &spec.pull_policy;
+    // `entrypoint: [""]` asks for what the build container does anyway (its command is the
+    // shell, so the image's entrypoint never runs); any other entrypoint is refused.
+    if job
+        .image
+        .as_ref()
+        .is_some_and(|spec| spec.entrypoint.iter().any(|part| !part.is_empty()))
+    {
+        return Err(KubernetesError::Unsupported(
+            "the job's `image:entrypoint` is not supported by Runnel's kubernetes executor yet (only `entrypoint: [\"\"]`, which the build container's shell command already means)"
+                .to_owned(),
+        ));
     }
-    // As official: the helper and the init container follow the job image's pull policy.
-    let pull_policy = options.effective_pull_policy(image_policies)?;
+    let job_user = job
+        .image
+        .as_ref()
+        .map(|image| expand(job, &image.kubernetes_user))
+        .unwrap_or_default();
+    let policies = pull_policies(options, job)?;
+    let pull_policy = |container: &str| pull_policy_for(&policies, inputs.pull_failures, container);
     let pod_security = &options.pod_security_context;
     let defaults = options.security_defaults();
     let expander = |text: &str| expand(job, text);
@@ -443,14 +691,22 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let build = Container {
         name: BUILD_CONTAINER.to_owned(),
         image: Some(image),
-        image_pull_policy: pull_policy.clone(),
+        image_pull_policy: pull_policy(BUILD_CONTAINER),
         command: Some(shell_command(false)),
         resources: resources(&overwrites.build),
         volume_mounts: Some(mounts.clone()),
-        security_context: Some(container_security_context(
-            &defaults,
-            &options.build_container_security_context,
-            pod_security,
+        security_context: Some(with_run_as(
+            container_security_context(
+                &defaults,
+                &options.build_container_security_context,
+                pod_security,
+            ),
+            run_as(
+                options,
+                &options.build_container_security_context,
+                &job_user,
+                BUILD_CONTAINER,
+            ),
         )),
         lifecycle: lifecycle.clone(),
         stdin: Some(true),
@@ -459,7 +715,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     let helper = Container {
         name: HELPER_CONTAINER.to_owned(),
         image: Some(inputs.helper_image.to_owned()),
-        image_pull_policy: pull_policy.clone(),
+        image_pull_policy: pull_policy(HELPER_CONTAINER),
         command: Some(shell_command(true)),
         resources: resources(&overwrites.helper),
         volume_mounts: Some(mounts.clone()),
@@ -474,13 +730,8 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
     };
     let mut containers = vec![build, helper];
     let mut host_aliases = Vec::new();
-    for (index, service) in job.services.iter().enumerate() {
-        if !service.kubernetes_user.is_empty() {
-            return Err(KubernetesError::Unsupported(
-                "`services:kubernetes:user` is not supported by Runnel's kubernetes executor yet"
-                    .to_owned(),
-            ));
-        }
+    let service_names = service_container_names(job);
+    for ((index, service), container_name) in job.services.iter().enumerate().zip(service_names) {
         let name = expand(job, &service.name);
         check_allowed(
             "service",
@@ -499,18 +750,26 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             })
             .collect();
         containers.push(Container {
-            name: format!("svc-{index}"),
+            name: container_name.clone(),
             image: Some(name.clone()),
-            image_pull_policy: options.effective_pull_policy(&service.pull_policy)?,
+            image_pull_policy: pull_policy(&container_name),
             command: (!service.entrypoint.is_empty()).then(|| service.entrypoint.clone()),
             args: (!service.command.is_empty()).then(|| service.command.clone()),
             env: (!env.is_empty()).then_some(env),
             resources: resources(overwrites.service_resources(index)),
             volume_mounts: Some(mounts.clone()),
-            security_context: Some(container_security_context(
-                &defaults,
-                &options.service_container_security_context,
-                pod_security,
+            security_context: Some(with_run_as(
+                container_security_context(
+                    &defaults,
+                    &options.service_container_security_context,
+                    pod_security,
+                ),
+                run_as(
+                    options,
+                    &options.service_container_security_context,
+                    &expand(job, &service.kubernetes_user),
+                    &container_name,
+                ),
             )),
             lifecycle: lifecycle.clone(),
             stdin: Some(true),
@@ -531,7 +790,7 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             inputs,
             command,
             mounts.clone(),
-            pull_policy.clone(),
+            pull_policy(INIT_PERMISSIONS_CONTAINER),
         )]
     });
     let mut volumes = options.volumes.volumes(&expander);
@@ -557,7 +816,11 @@ pub fn build_pod(inputs: &PodInputs<'_>) -> Result<Pod, KubernetesError> {
             options
                 .image_pull_secrets
                 .iter()
-                .map(|name| LocalObjectReference { name: name.clone() })
+                .map(String::as_str)
+                .chain(inputs.credentials_secret)
+                .map(|name| LocalObjectReference {
+                    name: name.to_owned(),
+                })
                 .collect()
         };
     let dns_policy =
@@ -734,8 +997,12 @@ mod tests {
             init_command: None,
             extra_volumes: Vec::new(),
             extra_mounts: Vec::new(),
+            pull_failures: &NO_FAILURES,
+            credentials_secret: None,
         }
     }
+
+    static NO_FAILURES: BTreeMap<String, usize> = BTreeMap::new();
 
     /// The pod built for `job` with `options`.
     fn pod(options: &KubernetesOptions, job: &JobSpec) -> Result<Pod, KubernetesError> {
@@ -840,6 +1107,48 @@ mod tests {
         assert_eq!(containers[1]["imagePullPolicy"], "Never");
         assert_eq!(containers[2]["imagePullPolicy"], "Always");
         assert_eq!(containers[3]["imagePullPolicy"], "Always");
+    }
+
+    #[test]
+    fn several_pull_policies_are_tried_in_order_per_container() {
+        // Official pull manager facts: each container has its own list (build, helper and
+        // init-permissions the job image's, services their own) and moves to the next
+        // policy after each failed pull of its image.
+        let options = options(
+            "pull_policy = [\"always\", \"if-not-present\"]\nallowed_pull_policies = [\"always\", \"if-not-present\", \"never\"]\n",
+        );
+        let mut job = job();
+        job.services[1].pull_policy = vec!["never".to_owned()];
+        let policies = pull_policies(&options, &job).unwrap();
+        assert_eq!(policies["build"], ["Always", "IfNotPresent"]);
+        assert_eq!(policies["init-permissions"], ["Always", "IfNotPresent"]);
+        assert_eq!(
+            policies["svc-0"],
+            ["Never"],
+            "the second service has no alias"
+        );
+        let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
+        let failures = BTreeMap::from([("build".to_owned(), 1)]);
+        let mut inputs = inputs(&options, &job, &overwrites);
+        inputs.pull_failures = &failures;
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(containers[1]["imagePullPolicy"], "Always");
+        assert_eq!(containers[2]["imagePullPolicy"], "Always");
+        assert_eq!(containers[3]["imagePullPolicy"], "Never");
+        // A list the allowed policies cut to nothing is refused naming both.
+        let error = pull_policies(
+            &super::tests::options(
+                "pull_policy = [\"always\", \"never\"]\nallowed_pull_policies = [\"if-not-present\"]\n",
+            ),
+            &job,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("pull_policy ([Always Never])"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1309,25 +1618,192 @@ patch = '{"terminationGracePeriodSeconds": 7}'
     }
 
     #[test]
-    fn the_init_permissions_container_is_built_as_official() {
+    fn attach_mode_adds_its_volumes_and_init_container_as_official() {
+        // Official facts (getVolumes, getVolumeMounts, buildPermissionsInitContainer): volumes
+        // are the configured ones, `repo`, `scripts`, `logs`; every container (services and
+        // the init container too) mounts `scripts`, `logs`, the configured ones, `repo`; the
+        // init container runs the helper image with the helper's resources, the job image's
+        // pull policy and `init_permissions_container_security_context`, and creates the log.
         let options = options(
-            "helper_cpu_limit = \"200m\"\n[init_permissions_container_security_context]\nrun_as_user = 0\n[[volumes.empty_dir]]\nname = \"scratch\"\nmount_path = \"/scratch\"\n",
+            "helper_cpu_limit = \"200m\"\npull_policy = \"if-not-present\"\n[init_permissions_container_security_context]\nrun_as_user = 0\n[[volumes.empty_dir]]\nname = \"scratch\"\nmount_path = \"/scratch\"\n",
         );
         let job = job();
         let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
         let mut inputs = inputs(&options, &job, &overwrites);
-        inputs.init_command = Some(vec!["sh".to_owned(), "-c".to_owned(), "true".to_owned()]);
+        let paths = crate::attach::AttachPaths::new(42, 1001);
+        inputs.init_command = Some(crate::attach::init_permissions_command(&paths));
+        inputs.extra_volumes = crate::attach::volumes();
+        inputs.extra_mounts = crate::attach::mounts(&paths);
         let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        let mounts = json!([
+            {"name": "scripts", "mountPath": "/scripts-42-1001"},
+            {"name": "logs", "mountPath": "/logs-42-1001"},
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "repo", "mountPath": "/builds"}
+        ]);
         assert_eq!(
             spec["spec"]["initContainers"],
             json!([{
                 "name": "init-permissions",
                 "image": "runnel-helper:latest",
-                "command": ["sh", "-c", "true"],
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "touch /logs-42-1001/output.log && (chmod 777 /logs-42-1001/output.log || exit 0)"],
                 "resources": {"limits": {"cpu": "200m"}},
                 "securityContext": {"capabilities": {"drop": ["NET_RAW"]}, "runAsUser": 0},
-                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "repo", "mountPath": "/builds"}]
+                "volumeMounts": mounts
             }])
+        );
+        let volumes: Vec<&str> = spec["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(volumes, ["scratch", "repo", "scripts", "logs"]);
+        let containers = spec["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 4, "build, helper and two services");
+        for container in containers {
+            assert_eq!(container["volumeMounts"], mounts, "{}", container["name"]);
+        }
+        // Exec mode (no init command): no init container.
+        inputs.init_command = None;
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        assert!(spec["spec"].get("initContainers").is_none());
+    }
+
+    #[test]
+    fn pod_spec_patches_see_attach_modes_volumes() {
+        let options = options(
+            "[[pod_spec]]\nname = \"logs-in-memory\"\npatch_type = \"strategic\"\npatch = '''\nvolumes:\n  - name: logs\n    emptyDir:\n      medium: Memory\n'''\n",
+        );
+        let mut job = job();
+        job.variables.push(Variable {
+            key: "FF_USE_ADVANCED_POD_SPEC_CONFIGURATION".to_owned(),
+            value: "true".to_owned(),
+            public: true,
+            file: false,
+            masked: false,
+            raw: false,
+            internal: false,
+        });
+        let overwrites = crate::overwrites::evaluate(&options, &job).unwrap();
+        let mut inputs = inputs(&options, &job, &overwrites);
+        let paths = crate::attach::AttachPaths::new(42, 1001);
+        inputs.extra_volumes = crate::attach::volumes();
+        inputs.extra_mounts = crate::attach::mounts(&paths);
+        let spec = serde_json::to_value(build_pod(&inputs).unwrap()).unwrap();
+        assert_eq!(
+            spec["spec"]["volumes"],
+            json!([
+                {"name": "repo", "emptyDir": {}},
+                {"name": "scripts", "emptyDir": {}},
+                {"name": "logs", "emptyDir": {"medium": "Memory"}},
+            ])
+        );
+    }
+
+    #[test]
+    fn service_containers_are_named_after_their_first_usable_alias() {
+        // Official getServiceName facts: the first alias that is a DNS-1123 label and not used
+        // by an earlier service, else svc-N counting only those.
+        let mut job = job();
+        let service = |name: &str, aliases: &[&str]| ImageSpec {
+            name: name.to_owned(),
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+            ..ImageSpec::default()
+        };
+        job.services = vec![
+            service("postgres:16", &["db"]),
+            service("redis:7", &[]),
+            service("mysql:8", &["db", "Bad_Alias", "mysql"]),
+            service("mysql:8", &["Bad_Alias"]),
+            service("busybox", &["helper"]),
+        ];
+        assert_eq!(
+            service_container_names(&job),
+            ["db", "svc-0", "mysql", "svc-1", "svc-2"]
+        );
+        let spec = pod_json("", &job);
+        let names: Vec<&str> = spec["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["build", "helper", "db", "svc-0", "mysql", "svc-1", "svc-2"]
+        );
+    }
+
+    #[test]
+    fn job_keys_not_supported_yet_are_refused_by_name() {
+        let options = options("");
+        let mut job = job();
+        job.image.as_mut().unwrap().entrypoint = vec!["/bin/custom".to_owned()];
+        let error = pod(&options, &job).unwrap_err();
+        assert!(error.to_string().contains("`image:entrypoint`"), "{error}");
+        // An empty entrypoint is what the build container's command does anyway.
+        job.image.as_mut().unwrap().entrypoint = vec![String::new()];
+        let spec = serde_json::to_value(pod(&options, &job).unwrap()).unwrap();
+        assert_eq!(spec["spec"]["containers"][0]["command"][0], "sh");
+    }
+
+    #[test]
+    fn the_jobs_kubernetes_user_is_used_within_the_allowed_ids() {
+        // Official getContainerUIDGID facts: the container's table wins, then the pod's, then
+        // the job's `uid[:gid]` if allowed; root only when listed; the others are announced.
+        let mut job = job();
+        job.image.as_mut().unwrap().kubernetes_user = "1000:2000".to_owned();
+        job.services[0].kubernetes_user = "0".to_owned();
+        job.services[1].kubernetes_user = "$TEAM".to_owned();
+        let options = options("allowed_users = [\"1000\", \"1001\"]\n");
+        let spec = serde_json::to_value(pod(&options, &job).unwrap()).unwrap();
+        let containers = &spec["spec"]["containers"];
+        assert_eq!(containers[0]["securityContext"]["runAsUser"], 1000);
+        assert_eq!(containers[0]["securityContext"]["runAsGroup"], 2000);
+        assert!(
+            containers[1]["securityContext"].get("runAsUser").is_none(),
+            "not the helper"
+        );
+        assert!(
+            containers[2]["securityContext"].get("runAsUser").is_none(),
+            "root is not listed"
+        );
+        assert!(containers[3]["securityContext"].get("runAsUser").is_none());
+        assert_eq!(
+            run_as_notes(&options, &job),
+            [
+                "WARNING: Error parsing 'uid' from image options for container \"db\", using the configured security context: validating UID: user \"0\" is not in the allowed list: [1000 1001]",
+                "WARNING: Error parsing 'uid' from image options for container \"svc-0\", using the configured security context: failed to parse UID: invalid digit found in string",
+            ]
+        );
+        // Any id but root without a list; the configured tables win.
+        let options = self::options(
+            "[build_container_security_context]\nrun_as_user = 500\n[pod_security_context]\nrun_as_group = 600\n",
+        );
+        let spec = serde_json::to_value(pod(&options, &job).unwrap()).unwrap();
+        let build = &spec["spec"]["containers"][0]["securityContext"];
+        assert_eq!(build["runAsUser"], 500);
+        assert_eq!(build["runAsGroup"], 600);
+        let notes = run_as_notes(&options, &job);
+        assert!(
+            notes.contains(&"Overriding user for container \"build\" to \"1000\" is not allowed: user is set to 500 in container security context".to_owned()),
+            "{notes:?}"
+        );
+        assert!(
+            notes.contains(&"Overriding group for container \"build\" to \"2000\" is not allowed: group is set to 600 in pod security context".to_owned()),
+            "{notes:?}"
+        );
+        let bad = KubernetesOptions::from_raw(&runnel_config::RawTable::from(
+            "allowed_groups = [\"wheel\"]\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        ))
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("`wheel` is not a numeric id"),
+            "{bad}"
         );
     }
 

@@ -176,77 +176,76 @@ fn key_to_paths(items: &BTreeMap<String, String>) -> Option<Vec<KeyToPath>> {
 impl Volumes {
     /// Checks what the API server would refuse anyway, at start and with the key named.
     pub fn validate(&self) -> Result<(), KubernetesError> {
-        let mut names = Vec::new();
-        let mut check = |kind: &str, name: &str, mount_path: &str| {
-            if name.is_empty() || mount_path.is_empty() {
-                return Err(KubernetesError::InvalidOption {
-                    key: "volumes",
-                    reason: format!("every [[volumes.{kind}]] needs a name and a mount_path"),
-                });
-            }
-            names.push(name.to_owned());
-            Ok(())
+        let invalid = |reason: String| KubernetesError::InvalidOption {
+            key: "volumes",
+            reason,
         };
-        for v in &self.host_path {
-            check("host_path", &v.name, &v.mount_path)?;
-        }
-        for v in &self.secret {
-            check("secret", &v.name, &v.mount_path)?;
-        }
-        for v in &self.config_map {
-            check("config_map", &v.name, &v.mount_path)?;
-        }
-        for v in &self.empty_dir {
-            check("empty_dir", &v.name, &v.mount_path)?;
-            if !v.size_limit.trim().is_empty() && !crate::options::valid_quantity(&v.size_limit) {
-                return Err(KubernetesError::InvalidOption {
-                    key: "volumes",
-                    reason: format!(
-                        "empty_dir {}: size_limit `{}` is not a Kubernetes quantity",
-                        v.name, v.size_limit
-                    ),
-                });
+        // Every volume: its table, name, mount path, and what else its kind requires.
+        let mut all: Vec<(&str, &str, &str, Option<String>)> = Vec::new();
+        all.extend(
+            self.host_path
+                .iter()
+                .map(|v| ("host_path", v.name.as_str(), v.mount_path.as_str(), None)),
+        );
+        all.extend(
+            self.secret
+                .iter()
+                .map(|v| ("secret", v.name.as_str(), v.mount_path.as_str(), None)),
+        );
+        all.extend(
+            self.config_map
+                .iter()
+                .map(|v| ("config_map", v.name.as_str(), v.mount_path.as_str(), None)),
+        );
+        all.extend(self.empty_dir.iter().map(|v| {
+            let bad_size =
+                !v.size_limit.trim().is_empty() && !crate::options::valid_quantity(&v.size_limit);
+            let problem = bad_size.then(|| {
+                format!(
+                    "empty_dir {}: size_limit `{}` is not a Kubernetes quantity",
+                    v.name, v.size_limit
+                )
+            });
+            ("empty_dir", v.name.as_str(), v.mount_path.as_str(), problem)
+        }));
+        all.extend(self.csi.iter().map(|v| {
+            let problem = v
+                .driver
+                .is_empty()
+                .then(|| format!("csi volume {} needs a driver", v.name));
+            ("csi", v.name.as_str(), v.mount_path.as_str(), problem)
+        }));
+        all.extend(self.nfs.iter().map(|v| {
+            let problem = (v.server.is_empty() || v.path.is_empty())
+                .then(|| format!("nfs volume {} needs a server and a path", v.name));
+            ("nfs", v.name.as_str(), v.mount_path.as_str(), problem)
+        }));
+        let mut names = Vec::new();
+        for (kind, name, mount_path, problem) in all {
+            if name.is_empty() || mount_path.is_empty() {
+                return Err(invalid(format!(
+                    "every [[volumes.{kind}]] needs a name and a mount_path"
+                )));
             }
-        }
-        for v in &self.csi {
-            check("csi", &v.name, &v.mount_path)?;
-            if v.driver.is_empty() {
-                return Err(KubernetesError::InvalidOption {
-                    key: "volumes",
-                    reason: format!("csi volume {} needs a driver", v.name),
-                });
+            if let Some(problem) = problem {
+                return Err(invalid(problem));
             }
-        }
-        for v in &self.nfs {
-            check("nfs", &v.name, &v.mount_path)?;
-            if v.server.is_empty() || v.path.is_empty() {
-                return Err(KubernetesError::InvalidOption {
-                    key: "volumes",
-                    reason: format!("nfs volume {} needs a server and a path", v.name),
-                });
-            }
+            names.push(name);
         }
         // PVCs may share a claim (several mounts of one volume); the others may not.
         let mut sorted = names.clone();
-        sorted.sort();
+        sorted.sort_unstable();
         if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(KubernetesError::InvalidOption {
-                key: "volumes",
-                reason: format!("two volumes are named `{}`", pair[0]),
-            });
+            return Err(invalid(format!("two volumes are named `{}`", pair[0])));
         }
         for v in &self.pvc {
             if v.name.is_empty() || v.mount_path.is_empty() {
-                return Err(KubernetesError::InvalidOption {
-                    key: "volumes",
-                    reason: "every [[volumes.pvc]] needs a name and a mount_path".to_owned(),
-                });
+                return Err(invalid(
+                    "every [[volumes.pvc]] needs a name and a mount_path".to_owned(),
+                ));
             }
-            if names.contains(&v.name) {
-                return Err(KubernetesError::InvalidOption {
-                    key: "volumes",
-                    reason: format!("two volumes are named `{}`", v.name),
-                });
+            if names.contains(&v.name.as_str()) {
+                return Err(invalid(format!("two volumes are named `{}`", v.name)));
             }
         }
         Ok(())

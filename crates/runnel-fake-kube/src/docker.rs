@@ -1,10 +1,13 @@
-//! Pods as docker containers: start, watch, evict, remove.
+//! Pods as docker containers: init containers run to completion, then the containers start;
+//! watch, evict, remove.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, HostConfig, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
     ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions,
@@ -16,6 +19,8 @@ use crate::state::{SERVER_LABEL, Shared};
 
 /// How often running pods are checked for exited containers.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a running init container is checked for its exit.
+const INIT_WAIT_INTERVAL: Duration = Duration::from_millis(100);
 
 type Key = (String, String);
 
@@ -72,8 +77,59 @@ fn strings(value: &Value) -> Option<Vec<String>> {
     })
 }
 
+/// A container's status entry.
+fn container_status(container: &Value, state: Value) -> Value {
+    let running = state.get("running").is_some();
+    json!({"name": container["name"], "image": container["image"], "imageID": "", "ready": running, "started": running, "restartCount": 0, "state": state})
+}
+
+/// Init container statuses: those before `current` completed, the one at `current` in
+/// `state`, the rest waiting.
+fn init_statuses(init: &[Value], current: usize, state: &Value) -> Vec<Value> {
+    init.iter()
+        .enumerate()
+        .map(|(index, container)| {
+            let state = match index.cmp(&current) {
+                std::cmp::Ordering::Less => {
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+                }
+                std::cmp::Ordering::Equal => state.clone(),
+                std::cmp::Ordering::Greater => json!({"waiting": {"reason": "PodInitializing"}}),
+            };
+            container_status(container, state)
+        })
+        .collect()
+}
+
+/// The status of a pod whose init container `current` is in `state` (`phase` `Pending`, or
+/// `Failed` for a failed init container); the other containers wait for initialization.
+fn set_initializing(
+    status: &mut Value,
+    init: &[Value],
+    containers: &[Value],
+    current: usize,
+    state: &Value,
+    phase: &str,
+) {
+    status["phase"] = json!(phase);
+    status["initContainerStatuses"] = json!(init_statuses(init, current, state));
+    let waiting: Vec<Value> = containers
+        .iter()
+        .map(|c| container_status(c, json!({"waiting": {"reason": "PodInitializing"}})))
+        .collect();
+    status["containerStatuses"] = json!(waiting);
+    status["conditions"] = json!([
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized"},
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+    ]);
+}
+
+/// The status of a pod whose (initialized) containers are being created; `failed` waits for
+/// `reason`.
 fn set_waiting(
     status: &mut Value,
+    init: &[Value],
     containers: &[Value],
     failed: &str,
     reason: &str,
@@ -88,18 +144,82 @@ fn set_waiting(
             } else {
                 json!({"waiting": {"reason": "ContainerCreating"}})
             };
-            json!({"name": name, "image": container["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false, "state": state})
+            container_status(container, state)
         })
         .collect();
     status["phase"] = json!("Pending");
+    if !init.is_empty() {
+        status["initContainerStatuses"] = json!(init_statuses(init, init.len(), &Value::Null));
+    }
     status["containerStatuses"] = json!(statuses);
     status["conditions"] = json!([
         {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True"},
         {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
     ]);
 }
 
-/// Brings a created pod up, then watches it until it ends or is deleted.
+/// What keeps a container's image from being used, as `(reason, message)` the kubelet reports.
+/// The fake has no registry, so every pull fails: `Always`, and an image missing from the
+/// engine (`IfNotPresent`, or no policy); `Never` uses what the engine has.
+async fn image_problem(shared: &Shared, container: &Value) -> Option<(&'static str, String)> {
+    let image = container["image"].as_str().unwrap_or("");
+    let present = shared.docker.inspect_image(image).await.is_ok();
+    match container["imagePullPolicy"].as_str() {
+        Some("Always") => Some((
+            "ErrImagePull",
+            format!(
+                "Failed to pull image \"{image}\": rpc error: code = Unavailable desc = failed to resolve reference \"{image}\": runnel-fake-kube has no registry to pull from"
+            ),
+        )),
+        _ if present => None,
+        Some("Never") => Some((
+            "ErrImageNeverPull",
+            format!("Container image \"{image}\" is not present with pull policy of Never"),
+        )),
+        _ => Some((
+            "ErrImagePull",
+            format!(
+                "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+            ),
+        )),
+    }
+}
+
+/// Records why the pod's containers could not start.
+fn start_failed(
+    shared: &Shared,
+    key: &Key,
+    init: &[Value],
+    containers: &[Value],
+    error: StartError,
+) {
+    match error {
+        StartError::Mount(message) => {
+            // The kubelet retries the mount, and reports it in events only: the pod stays
+            // pending with its containers being created.
+            tracing::info!(pod = %key.1, %message, "a volume cannot be mounted");
+            shared.update_status(&key.0, &key.1, |status| {
+                if init.is_empty() {
+                    set_waiting(status, init, containers, "", "ContainerCreating", "");
+                } else {
+                    let state = json!({"waiting": {"reason": "PodInitializing"}});
+                    set_initializing(status, init, containers, 0, &state, "Pending");
+                }
+            });
+        }
+        StartError::Failed(message) => {
+            shared.update_status(&key.0, &key.1, |status| {
+                status["phase"] = json!("Failed");
+                status["reason"] = json!("ContainerCannotRun");
+                status["message"] = json!(message);
+            });
+        }
+    }
+}
+
+/// Brings a created pod up (volumes, then each init container run to completion in order,
+/// then the containers), then watches it until it ends or is deleted.
 pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
     let Some(pod) = shared.pod_json(&key.0, &key.1) else {
         return;
@@ -121,36 +241,61 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    for container in &containers {
-        let image = container["image"].as_str().unwrap_or("");
-        if shared.docker.inspect_image(image).await.is_err() {
-            let name = container["name"].as_str().unwrap_or("").to_owned();
-            let message = format!(
-                "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
-            );
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let setup = match PodSetup::prepare(&shared, &key, &pod).await {
+        Ok(setup) => setup,
+        Err(error) => {
+            start_failed(&shared, &key, &init, &containers, error);
+            return;
+        }
+    };
+    for (index, container) in init.iter().enumerate() {
+        let name = container["name"].as_str().unwrap_or("").to_owned();
+        if let Some((reason, message)) = image_problem(&shared, container).await {
+            let state = json!({"waiting": {"reason": reason, "message": message}});
             shared.update_status(&key.0, &key.1, |status| {
-                set_waiting(status, &containers, &name, "ErrImagePull", &message);
+                set_initializing(status, &init, &containers, index, &state, "Pending");
+            });
+            return;
+        }
+        let id = match setup.create(&shared, &key, container, true).await {
+            Ok(id) => id,
+            Err(error) => {
+                start_failed(&shared, &key, &init, &containers, error);
+                return;
+            }
+        };
+        let state = json!({"running": {"startedAt": crate::server::now()}});
+        shared.update_status(&key.0, &key.1, |status| {
+            set_initializing(status, &init, &containers, index, &state, "Pending");
+        });
+        let Some(code) = wait_for_exit(&shared, &key, &id).await else {
+            return;
+        };
+        if code != 0 {
+            tracing::info!(pod = %key.1, container = %name, code, "an init container failed");
+            let state = json!({"terminated": {"exitCode": code, "reason": "Error"}});
+            shared.update_status(&key.0, &key.1, |status| {
+                set_initializing(status, &init, &containers, index, &state, "Failed");
             });
             return;
         }
     }
-    match start_containers(&shared, &key, &pod, &containers).await {
-        Ok(()) => {}
-        Err(StartError::Mount(message)) => {
-            // The kubelet retries the mount, and reports it in events only: the pod stays
-            // pending with its containers being created.
-            tracing::info!(pod = %key.1, %message, "a volume cannot be mounted");
+    for container in &containers {
+        if let Some((reason, message)) = image_problem(&shared, container).await {
+            let name = container["name"].as_str().unwrap_or("").to_owned();
             shared.update_status(&key.0, &key.1, |status| {
-                set_waiting(status, &containers, "", "ContainerCreating", "");
+                set_waiting(status, &init, &containers, &name, reason, &message);
             });
             return;
         }
-        Err(StartError::Failed(message)) => {
-            shared.update_status(&key.0, &key.1, |status| {
-                status["phase"] = json!("Failed");
-                status["reason"] = json!("ContainerCannotRun");
-                status["message"] = json!(message);
-            });
+    }
+    for container in &containers {
+        if let Err(error) = setup.create(&shared, &key, container, false).await {
+            start_failed(&shared, &key, &init, &containers, error);
             return;
         }
     }
@@ -163,10 +308,13 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
     shared.update_status(&key.0, &key.1, |status| {
         let statuses: Vec<Value> = containers
             .iter()
-            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": started}}}))
+            .map(|c| container_status(c, json!({"running": {"startedAt": started}})))
             .collect();
         status["phase"] = json!("Running");
         status["podIP"] = json!(pod_ip);
+        if !init.is_empty() {
+            status["initContainerStatuses"] = json!(init_statuses(&init, init.len(), &Value::Null));
+        }
         status["containerStatuses"] = json!(statuses);
         status["conditions"] = json!([
             {"type": "PodScheduled", "status": "True"},
@@ -176,6 +324,26 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, key: Key) {
         ]);
     });
     monitor(&shared, &key, faults.evict_after).await;
+}
+
+/// Waits until container `id` of the pod exited; its exit code, or `None` when the pod was
+/// deleted meanwhile.
+async fn wait_for_exit(shared: &Shared, key: &Key, id: &str) -> Option<i64> {
+    loop {
+        if !shared.lock().pods.contains_key(key) {
+            return None;
+        }
+        let inspect = shared
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()?;
+        let state = inspect.state?;
+        if state.running != Some(true) && state.status != Some(ContainerStateStatusEnum::CREATED) {
+            return Some(state.exit_code.unwrap_or(0));
+        }
+        tokio::time::sleep(INIT_WAIT_INTERVAL).await;
+    }
 }
 
 async fn first_ip(shared: &Shared, key: &Key) -> Option<String> {
@@ -195,83 +363,104 @@ async fn first_ip(shared: &Shared, key: &Key) -> Option<String> {
         .find_map(|network| network.ip_address.filter(|ip| !ip.is_empty()))
 }
 
-async fn start_containers(
-    shared: &Arc<Shared>,
-    key: &Key,
-    pod: &Value,
-    containers: &[Value],
-) -> Result<(), StartError> {
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or("pod");
-    let short_uid: String = uid
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(10)
-        .collect();
-    let mut volume_names = HashMap::new();
-    for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-        let name = volume["name"].as_str().unwrap_or("");
-        if volume.get("emptyDir").is_some() {
-            let docker_name = format!("rfk-{}-{short_uid}-{name}", shared.server_id);
-            shared
-                .docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(docker_name.clone()),
-                    labels: Some(HashMap::from([(
-                        SERVER_LABEL.to_owned(),
-                        shared.server_id.clone(),
-                    )])),
-                    ..VolumeCreateRequest::default()
-                })
-                .await
-                .map_err(|error| format!("creating volume {name}: {error}"))?;
-            if !register(shared, key, |backing| {
-                backing.volumes.push(docker_name.clone())
-            }) {
-                remove_volume(shared, &docker_name).await;
-                return Err("pod deleted".into());
+/// What every container of a pod is made with: the volumes (docker volumes, host paths,
+/// secret and config map files) and the host aliases.
+struct PodSetup<'a> {
+    pod: &'a Value,
+    volume_names: HashMap<String, String>,
+    extra_hosts: Vec<String>,
+}
+
+impl<'a> PodSetup<'a> {
+    async fn prepare(shared: &Arc<Shared>, key: &Key, pod: &'a Value) -> Result<Self, StartError> {
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or("pod");
+        let short_uid: String = uid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(10)
+            .collect();
+        let mut volume_names = HashMap::new();
+        for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let name = volume["name"].as_str().unwrap_or("");
+            if volume.get("emptyDir").is_some() {
+                let docker_name = format!("rfk-{}-{short_uid}-{name}", shared.server_id);
+                shared
+                    .docker
+                    .create_volume(VolumeCreateRequest {
+                        name: Some(docker_name.clone()),
+                        labels: Some(HashMap::from([(
+                            SERVER_LABEL.to_owned(),
+                            shared.server_id.clone(),
+                        )])),
+                        ..VolumeCreateRequest::default()
+                    })
+                    .await
+                    .map_err(|error| format!("creating volume {name}: {error}"))?;
+                if !register(shared, key, |backing| {
+                    backing.volumes.push(docker_name.clone())
+                }) {
+                    remove_volume(shared, &docker_name).await;
+                    return Err("pod deleted".into());
+                }
+                volume_names.insert(name.to_owned(), docker_name);
+            } else if let Some(path) = volume["hostPath"]["path"].as_str() {
+                volume_names.insert(name.to_owned(), path.to_owned());
+            } else if let Some(files) = crate::objects::volume_files(shared, &key.0, volume) {
+                // As the kubelet: the pod does not start while a volume's object is missing.
+                let files = files.map_err(|message| {
+                    StartError::Mount(format!(
+                        "MountVolume.SetUp failed for volume \"{name}\" : {message}"
+                    ))
+                })?;
+                let dir = std::env::temp_dir()
+                    .join(format!("rfk-{}-{short_uid}-{name}", shared.server_id));
+                if !register(shared, key, |backing| backing.host_dirs.push(dir.clone())) {
+                    return Err("pod deleted".into());
+                }
+                write_volume_files(&dir, &files, volume)
+                    .map_err(|error| format!("writing the files of volume {name}: {error}"))?;
+                volume_names.insert(name.to_owned(), format!("{}:ro", dir.display()));
             }
-            volume_names.insert(name.to_owned(), docker_name);
-        } else if let Some(path) = volume["hostPath"]["path"].as_str() {
-            volume_names.insert(name.to_owned(), path.to_owned());
-        } else if let Some(files) = crate::objects::volume_files(shared, &key.0, volume) {
-            // As the kubelet: the pod does not start while a volume's object is missing.
-            let files = files.map_err(|message| {
-                StartError::Mount(format!(
-                    "MountVolume.SetUp failed for volume \"{name}\" : {message}"
-                ))
-            })?;
-            let dir =
-                std::env::temp_dir().join(format!("rfk-{}-{short_uid}-{name}", shared.server_id));
-            if !register(shared, key, |backing| backing.host_dirs.push(dir.clone())) {
-                return Err("pod deleted".into());
-            }
-            write_volume_files(&dir, &files, volume)
-                .map_err(|error| format!("writing the files of volume {name}: {error}"))?;
-            volume_names.insert(name.to_owned(), format!("{}:ro", dir.display()));
         }
-    }
-    let extra_hosts: Vec<String> = pod["spec"]["hostAliases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|alias| {
-            let ip = alias["ip"].as_str().unwrap_or("127.0.0.1").to_owned();
-            strings(&alias["hostnames"])
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |host| format!("{host}:{ip}"))
+        let extra_hosts: Vec<String> = pod["spec"]["hostAliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|alias| {
+                let ip = alias["ip"].as_str().unwrap_or("127.0.0.1").to_owned();
+                strings(&alias["hostnames"])
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |host| format!("{host}:{ip}"))
+            })
+            .collect();
+        Ok(PodSetup {
+            pod,
+            volume_names,
+            extra_hosts,
         })
-        .collect();
-    let pod_name = key.1.clone();
-    let mut first: Option<String> = None;
-    for container in containers {
+    }
+
+    /// Creates and starts one container of the pod; returns its docker id. The first of the
+    /// pod's (non-init) containers owns the network namespace the others join; an init
+    /// container runs before it exists, in a namespace of its own with the pod's hostname and
+    /// host aliases.
+    async fn create(
+        &self,
+        shared: &Arc<Shared>,
+        key: &Key,
+        container: &Value,
+        init: bool,
+    ) -> Result<String, StartError> {
+        let pod = self.pod;
+        let pod_name = key.1.clone();
         let name = container["name"].as_str().unwrap_or("").to_owned();
         let binds: Vec<String> = container["volumeMounts"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|mount| {
-                let source = volume_names.get(mount["name"].as_str()?)?;
+                let source = self.volume_names.get(mount["name"].as_str()?)?;
                 let target = mount["mountPath"].as_str()?;
                 // Secret and config map volumes are always read-only, as in Kubernetes.
                 let (source, forced_ro) = match source.strip_suffix(":ro") {
@@ -304,6 +493,15 @@ async fn start_containers(
                 ))
             })
             .collect();
+        let first = if init {
+            None
+        } else {
+            shared
+                .lock()
+                .pods
+                .get(key)
+                .and_then(|entry| entry.backing.containers.first().map(|(_, id)| id.clone()))
+        };
         let network_mode = match (&first, shared.host_network) {
             (_, true) => "host".to_owned(),
             (None, false) => "bridge".to_owned(),
@@ -328,7 +526,8 @@ async fn start_containers(
                 binds: Some(binds),
                 network_mode: Some(network_mode),
                 privileged: container["securityContext"]["privileged"].as_bool(),
-                extra_hosts: (!joins && !extra_hosts.is_empty()).then(|| extra_hosts.clone()),
+                extra_hosts: (!joins && !self.extra_hosts.is_empty())
+                    .then(|| self.extra_hosts.clone()),
                 memory,
                 memory_swap: memory,
                 ..HostConfig::default()
@@ -348,7 +547,12 @@ async fn start_containers(
             .await
             .map_err(|error| format!("creating container {name}: {error}"))?;
         if !register(shared, key, |backing| {
-            backing.containers.push((name.clone(), created.id.clone()));
+            let list = if init {
+                &mut backing.init_containers
+            } else {
+                &mut backing.containers
+            };
+            list.push((name.clone(), created.id.clone()));
         }) {
             remove_container(shared, &created.id).await;
             return Err("pod deleted".into());
@@ -358,9 +562,8 @@ async fn start_containers(
             .start_container(&created.id, None::<StartContainerOptions>)
             .await
             .map_err(|error| format!("starting container {name}: {error}"))?;
-        first.get_or_insert(created.id);
+        Ok(created.id)
     }
-    Ok(())
 }
 
 /// Why a pod's containers did not start.
@@ -557,7 +760,12 @@ async fn remove_volume(shared: &Shared, name: &str) {
 
 /// Removes the containers (reverse order: the network owner last) and volumes of a pod.
 pub(crate) async fn remove_backing(shared: &Shared, backing: &crate::state::Backing) {
-    for (_, id) in backing.containers.iter().rev() {
+    for (_, id) in backing
+        .containers
+        .iter()
+        .rev()
+        .chain(&backing.init_containers)
+    {
         remove_container(shared, id).await;
     }
     for volume in &backing.volumes {

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! FakeKube::start(config)   listens, writes a kubeconfig for itself (bearer token, plain HTTP)
-//!   POST/GET/LIST/DELETE    /api/v1/namespaces/{ns}/pods[/{name}]   (labelSelector on lists)
+//!   POST/GET/LIST/DELETE    /api/v1/namespaces/{ns}/pods[/{name}]   (labelSelector and
+//!                           fieldSelector `metadata.name`/`metadata.namespace` on lists)
+//!   GET  …/{ns}/pods?watch=true  a watch: from `resourceVersion` (the last 1024 pod changes
+//!                           are kept; older is `410 Expired` as an ERROR event), or from
+//!                           the current state (`ADDED` for every pod) without one or with
+//!                           `0`; ended after `timeoutSeconds` (default 30 min) or at stop
 //!   POST/GET/DELETE         /api/v1/namespaces[/{name}], …/{ns}/secrets[/{name}],
 //!                           …/{ns}/configmaps[/{name}]                (see `objects`)
 //!   GET  …/pods/{name}/exec WebSocket, v5.channel.k8s.io or v4.channel.k8s.io: stdin 0,
@@ -13,18 +18,23 @@
 //!   shutdown()              removes every container and volume it made
 //! ```
 //!
-//! A pod becomes: one docker volume per `emptyDir`, then its containers in spec order, the
-//! first owning the network namespace and every other joining it (`container:<first>`), so the
-//! containers of a pod reach each other on `localhost`, as in a real pod. With
+//! A pod becomes: one docker volume per `emptyDir`, then its init containers, each run to
+//! completion in order (one that exits non-zero fails the pod, as with `restartPolicy: Never`;
+//! they run before the pod's network namespace exists, in one of their own with the pod's
+//! hostname and host aliases), then its containers in spec order, the first owning the network
+//! namespace and every other joining it (`container:<first>`), so the containers of a pod
+//! reach each other on `localhost`, as in a real pod. With
 //! [`FakeConfig::host_network`] every container uses the host's network instead (tests whose
 //! jobs must reach servers bound to 127.0.0.1). `hostAliases` go to the first container's
-//! `/etc/hosts`, which the others share. Images are never pulled: an image missing from the
-//! engine leaves the pod `Pending` with the container `waiting` on `ErrImagePull`, as a real
-//! kubelet reports a pull that fails.
+//! `/etc/hosts`, which the others share. Images are never pulled (there is no registry): a
+//! container with `imagePullPolicy: Always`, or whose image is missing from the engine, leaves
+//! the pod `Pending` with the container `waiting` on `ErrImagePull` (`ErrImageNeverPull` for
+//! `Never`), as a real kubelet reports a pull that fails; `IfNotPresent` (and no policy) use
+//! the engine's image.
 //!
 //! [`Faults`] inject the other failures an executor must explain: pods that stay unschedulable
-//! (`Pending` forever with a `PodScheduled=False` condition) and eviction after a delay
-//! (containers killed, phase `Failed`, reason `Evicted`). Errors are `Status` objects shaped like
+//! (`Pending` forever with a `PodScheduled=False` condition), eviction after a delay
+//! (containers killed, phase `Failed`, reason `Evicted`) and watches refused (`405`). Errors are `Status` objects shaped like
 //! the real ones (`NotFound`, `AlreadyExists`, `Invalid`, `Unauthorized`).
 //!
 //! The crate knows nothing of the executor: it reads pods as JSON, as an API server does.
@@ -34,6 +44,7 @@ mod exec;
 mod objects;
 mod server;
 mod state;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +64,9 @@ pub struct Faults {
     /// Running pods are evicted after this long: their containers are killed and the pod ends
     /// `Failed` with reason `Evicted`.
     pub evict_after: Option<Duration>,
+    /// Watches are refused (`405 MethodNotAllowed`), as by a proxy in front of the API server
+    /// that does not pass them on.
+    pub refuse_watches: bool,
 }
 
 /// How to start the server.
@@ -133,8 +147,13 @@ impl FakeKube {
                 source,
             })?;
         let url = format!("http://{address}");
-        let shared = Arc::new(state::Shared::new(docker, token.clone(), &config));
         let stop = CancellationToken::new();
+        let shared = Arc::new(state::Shared::new(
+            docker,
+            token.clone(),
+            &config,
+            stop.clone(),
+        ));
         let app = server::router(Arc::clone(&shared));
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
@@ -255,9 +274,31 @@ impl FakeKube {
         self.shared.lock().created_namespaces.clone()
     }
 
+    /// Every namespace created through the API, as it was stored, in order.
+    pub fn created_namespace_objects(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().created_namespace_objects.clone()
+    }
+
+    /// Every secret and config map created through the API, as stored at creation.
+    pub fn created_objects(&self) -> Vec<serde_json::Value> {
+        self.shared.lock().created_objects.clone()
+    }
+
+    /// The secrets and config maps that exist now, as `(plural, namespace, name)`.
+    pub fn objects(&self) -> Vec<(String, String, String)> {
+        self.shared.lock().objects.keys().cloned().collect()
+    }
+
     /// Every pod created since the start, as it was posted (for checking pod specs).
     pub fn created_pods(&self) -> Vec<serde_json::Value> {
         self.shared.created_pods()
+    }
+
+    /// How many pod watches (`?watch=true`) the server has opened.
+    pub fn watches_served(&self) -> u64 {
+        self.shared
+            .watches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The ids of the docker containers that exist for this server's pods.

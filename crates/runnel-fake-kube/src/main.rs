@@ -34,6 +34,9 @@ struct Args {
     /// Fault: running pods are evicted after this many seconds.
     #[arg(long)]
     evict_after_secs: Option<u64>,
+    /// Fault: watches are refused (405), as by a proxy that does not pass them on.
+    #[arg(long)]
+    refuse_watches: bool,
 }
 
 #[tokio::main]
@@ -51,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         faults: Faults {
             pending_forever: args.pending_forever,
             evict_after: args.evict_after_secs.map(Duration::from_secs),
+            refuse_watches: args.refuse_watches,
         },
     };
     let mut terminate = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,21 +42,48 @@ pub(crate) fn routes(router: Router<Shared_>) -> Router<Shared_> {
             "/api/v1/namespaces/{name}",
             get(get_namespace).delete(delete_namespace),
         )
+        .merge(object_routes(SECRET))
+        .merge(object_routes(CONFIG_MAP))
+}
+
+/// `POST …/{namespace}/<plural>`, `GET` and `DELETE …/{namespace}/<plural>/{name}`.
+fn object_routes(kind: Kind) -> Router<Shared_> {
+    Router::new()
         .route(
-            "/api/v1/namespaces/{namespace}/secrets",
-            axum::routing::post(create_secret),
+            &format!("/api/v1/namespaces/{{namespace}}/{}", kind.plural),
+            axum::routing::post(
+                move |headers: HeaderMap,
+                      State(shared): State<Shared_>,
+                      Path(namespace): Path<String>,
+                      body: axum::body::Bytes| {
+                    create_object(kind, headers, shared, namespace, body)
+                },
+            )
+            .get(
+                move |headers: HeaderMap,
+                      State(shared): State<Shared_>,
+                      Path(namespace): Path<String>,
+                      RawQuery(query): RawQuery| async move {
+                    list_objects(kind, &headers, &shared, &namespace, query.as_deref())
+                },
+            ),
         )
         .route(
-            "/api/v1/namespaces/{namespace}/secrets/{name}",
-            get(get_secret).delete(delete_secret),
-        )
-        .route(
-            "/api/v1/namespaces/{namespace}/configmaps",
-            axum::routing::post(create_config_map),
-        )
-        .route(
-            "/api/v1/namespaces/{namespace}/configmaps/{name}",
-            get(get_config_map).delete(delete_config_map),
+            &format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", kind.plural),
+            get(
+                move |headers: HeaderMap,
+                      State(shared): State<Shared_>,
+                      Path((namespace, name)): Path<(String, String)>| async move {
+                    get_object(kind, &headers, &shared, namespace, name)
+                },
+            )
+            .delete(
+                move |headers: HeaderMap,
+                      State(shared): State<Shared_>,
+                      Path((namespace, name)): Path<(String, String)>| async move {
+                    delete_object(kind, &headers, &shared, namespace, name)
+                },
+            ),
         )
 }
 
@@ -134,16 +161,26 @@ fn stamp(shared: &Shared, object: &mut Value, kind: &str, namespace: Option<&str
     }
 }
 
-async fn list_namespaces(headers: HeaderMap, State(shared): State<Shared_>) -> Response {
+async fn list_namespaces(
+    headers: HeaderMap,
+    State(shared): State<Shared_>,
+    RawQuery(query): RawQuery,
+) -> Response {
     if let Err(response) = authorized(&shared, &headers) {
         return response;
     }
+    let selector = crate::server::query_pairs(query.as_deref())
+        .into_iter()
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value)
+        .unwrap_or_default();
     let inner = shared.lock();
-    let mut items: Vec<Value> = BUILTIN_NAMESPACES
+    let items: Vec<Value> = BUILTIN_NAMESPACES
         .iter()
         .map(|name| namespace_object(name))
+        .chain(inner.namespaces.values().cloned())
+        .filter(|object| crate::server::selector_matches(&selector, &object["metadata"]["labels"]))
         .collect();
-    items.extend(inner.namespaces.values().cloned());
     axum::Json(json!({
         "kind": "NamespaceList",
         "apiVersion": "v1",
@@ -177,6 +214,7 @@ async fn create_namespace(
     {
         let mut inner = shared.lock();
         inner.created_namespaces.push(name.clone());
+        inner.created_namespace_objects.push(object.clone());
         inner.namespaces.insert(name, object.clone());
     }
     (StatusCode::CREATED, axum::Json(object)).into_response()
@@ -229,14 +267,14 @@ async fn delete_namespace(
             .filter(|(namespace, _)| *namespace == name)
             .cloned()
             .collect();
-        let pods: Vec<_> = keys
-            .iter()
-            .filter_map(|key| inner.pods.remove(key))
-            .collect();
         object["status"] = json!({"phase": "Terminating"});
         object["metadata"]["deletionTimestamp"] = json!(now());
-        (object, pods)
+        (object, keys)
     };
+    let pods: Vec<_> = pods
+        .iter()
+        .filter_map(|(namespace, pod)| crate::server::remove_pod(&shared, namespace, pod))
+        .collect();
     for pod in pods {
         crate::docker::remove_backing(&shared, &pod.backing).await;
     }
@@ -291,7 +329,11 @@ async fn create_object(
         return already_exists(kind.plural, &name);
     }
     stamp(&shared, &mut object, kind.kind, Some(&namespace));
-    shared.lock().objects.insert(key, object.clone());
+    {
+        let mut inner = shared.lock();
+        inner.created_objects.push(object.clone());
+        inner.objects.insert(key, object.clone());
+    }
     (StatusCode::CREATED, axum::Json(object)).into_response()
 }
 
@@ -337,6 +379,40 @@ fn normalize(kind: Kind, object: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The objects of `kind` in `namespace` whose labels pass the query's `labelSelector`.
+fn list_objects(
+    kind: Kind,
+    headers: &HeaderMap,
+    shared: &Shared,
+    namespace: &str,
+    query: Option<&str>,
+) -> Response {
+    if let Err(response) = authorized(shared, headers) {
+        return response;
+    }
+    let selector = crate::server::query_pairs(query)
+        .into_iter()
+        .find(|(key, _)| key == "labelSelector")
+        .map(|(_, value)| value)
+        .unwrap_or_default();
+    let inner = shared.lock();
+    let items: Vec<Value> = inner
+        .objects
+        .iter()
+        .filter(|((plural, ns, _), _)| plural == kind.plural && ns == namespace)
+        .map(|(_, object)| object)
+        .filter(|object| crate::server::selector_matches(&selector, &object["metadata"]["labels"]))
+        .cloned()
+        .collect();
+    axum::Json(json!({
+        "kind": format!("{}List", kind.kind),
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": inner.version()},
+        "items": items,
+    }))
+    .into_response()
+}
+
 fn get_object(
     kind: Kind,
     headers: &HeaderMap,
@@ -369,56 +445,6 @@ fn delete_object(
         Some(object) => axum::Json(object).into_response(),
         None => not_found(kind.plural, &name),
     }
-}
-
-async fn create_secret(
-    headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path(namespace): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    create_object(SECRET, headers, shared, namespace, body).await
-}
-
-async fn get_secret(
-    headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    get_object(SECRET, &headers, &shared, namespace, name)
-}
-
-async fn delete_secret(
-    headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    delete_object(SECRET, &headers, &shared, namespace, name)
-}
-
-async fn create_config_map(
-    headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path(namespace): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    create_object(CONFIG_MAP, headers, shared, namespace, body).await
-}
-
-async fn get_config_map(
-    headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    get_object(CONFIG_MAP, &headers, &shared, namespace, name)
-}
-
-async fn delete_config_map(
-    headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path((namespace, name)): Path<(String, String)>,
-) -> Response {
-    delete_object(CONFIG_MAP, &headers, &shared, namespace, name)
 }
 
 /// The files a secret or config map volume shows: key → content, limited to `items` (key →

@@ -104,7 +104,7 @@ pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 /// `a=b,c,d!=e` against `labels`.
-fn selector_matches(selector: &str, labels: &Value) -> bool {
+pub(crate) fn selector_matches(selector: &str, labels: &Value) -> bool {
     selector
         .split(',')
         .map(str::trim)
@@ -134,29 +134,42 @@ async fn list_pods(
         return response;
     }
     let pairs = query_pairs(query.as_deref());
-    if pairs
-        .iter()
-        .any(|(key, value)| key == "watch" && value != "false")
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default()
+    };
+    let filter = match PodFilter::new(&namespace, &param("labelSelector"), &param("fieldSelector"))
     {
-        return status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "runnel-fake-kube does not serve watches",
-            json!({}),
+        Ok(filter) => filter,
+        Err(message) => {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", &message, json!({}));
+        }
+    };
+    if !matches!(param("watch").as_str(), "" | "false" | "0") {
+        if shared.faults().refuse_watches {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+                json!({}),
+            );
+        }
+        return crate::watch::watch(
+            &shared,
+            filter,
+            &param("resourceVersion"),
+            &param("timeoutSeconds"),
         );
     }
-    let selector = pairs
-        .iter()
-        .find(|(key, _)| key == "labelSelector")
-        .map(|(_, value)| value.clone())
-        .unwrap_or_default();
     let inner = shared.lock();
     let items: Vec<Value> = inner
         .pods
-        .iter()
-        .filter(|((ns, _), _)| *ns == namespace)
-        .filter(|(_, entry)| selector_matches(&selector, &entry.object["metadata"]["labels"]))
-        .map(|(_, entry)| entry.object.clone())
+        .values()
+        .filter(|entry| filter.matches(&entry.object))
+        .map(|entry| entry.object.clone())
         .collect();
     axum::Json(json!({
         "kind": "PodList",
@@ -165,6 +178,58 @@ async fn list_pods(
         "items": items,
     }))
     .into_response()
+}
+
+/// Which pods a list or watch returns: a namespace, a label selector and a field selector.
+#[derive(Clone, Debug)]
+pub(crate) struct PodFilter {
+    namespace: String,
+    labels: String,
+    /// `(field, value, equal)`.
+    fields: Vec<(String, String, bool)>,
+}
+
+impl PodFilter {
+    /// The filter, or the message of a `BadRequest` for a field this server does not select on
+    /// (as a real server answers for fields a resource does not index).
+    pub(crate) fn new(namespace: &str, labels: &str, fields: &str) -> Result<Self, String> {
+        let mut terms = Vec::new();
+        for term in fields.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (field, value, equal) = if let Some((f, v)) = term.split_once("!=") {
+                (f, v, false)
+            } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (f, v, true)
+            } else {
+                return Err(format!("invalid field selector: {term:?}"));
+            };
+            let field = field.trim();
+            if !["metadata.name", "metadata.namespace"].contains(&field) {
+                return Err(format!(
+                    "field label not supported: {field} (runnel-fake-kube selects pods on metadata.name and metadata.namespace)"
+                ));
+            }
+            terms.push((field.to_owned(), value.trim().to_owned(), equal));
+        }
+        Ok(PodFilter {
+            namespace: namespace.to_owned(),
+            labels: labels.to_owned(),
+            fields: terms,
+        })
+    }
+
+    /// Whether the pod object passes.
+    pub(crate) fn matches(&self, pod: &Value) -> bool {
+        let metadata = &pod["metadata"];
+        metadata["namespace"].as_str() == Some(self.namespace.as_str())
+            && selector_matches(&self.labels, &metadata["labels"])
+            && self.fields.iter().all(|(field, value, equal)| {
+                let actual = match field.as_str() {
+                    "metadata.name" => metadata["name"].as_str(),
+                    _ => metadata["namespace"].as_str(),
+                };
+                (actual == Some(value.as_str())) == *equal
+            })
+    }
 }
 
 async fn get_pod(
@@ -192,20 +257,41 @@ fn validate(pod: &Value) -> Result<(), String> {
         .as_array()
         .map(|list| list.iter().filter_map(|v| v["name"].as_str()).collect())
         .unwrap_or_default();
+    let init_containers = spec["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut names = Vec::new();
-    for (index, container) in containers.iter().enumerate() {
+    let all = init_containers
+        .iter()
+        .enumerate()
+        .map(|(index, c)| ("initContainers", index, c))
+        .chain(
+            containers
+                .iter()
+                .enumerate()
+                .map(|(index, c)| ("containers", index, c)),
+        );
+    for (field, index, container) in all {
         let name = container["name"]
             .as_str()
             .filter(|name| !name.is_empty())
-            .ok_or(format!("spec.containers[{index}].name: Required value"))?;
+            .ok_or(format!("spec.{field}[{index}].name: Required value"))?;
         if names.contains(&name) {
             return Err(format!(
-                "spec.containers[{index}].name: Duplicate value: \"{name}\""
+                "spec.{field}[{index}].name: Duplicate value: \"{name}\""
             ));
         }
         names.push(name);
         if container["image"].as_str().is_none_or(str::is_empty) {
-            return Err(format!("spec.containers[{index}].image: Required value"));
+            return Err(format!("spec.{field}[{index}].image: Required value"));
+        }
+        if let Some(policy) = container["imagePullPolicy"].as_str()
+            && !["Always", "IfNotPresent", "Never"].contains(&policy)
+        {
+            return Err(format!(
+                "spec.{field}[{index}].imagePullPolicy: Unsupported value: \"{policy}\": supported values: \"Always\", \"IfNotPresent\", \"Never\""
+            ));
         }
         for (m, mount) in container["volumeMounts"]
             .as_array()
@@ -216,7 +302,7 @@ fn validate(pod: &Value) -> Result<(), String> {
             let volume = mount["name"].as_str().unwrap_or("");
             if !volumes.contains(&volume) {
                 return Err(format!(
-                    "spec.containers[{index}].volumeMounts[{m}].name: Not found: \"{volume}\""
+                    "spec.{field}[{index}].volumeMounts[{m}].name: Not found: \"{volume}\""
                 ));
             }
         }
@@ -336,6 +422,8 @@ async fn create_pod(
         pod["apiVersion"] = json!("v1");
         pod["kind"] = json!("Pod");
         pod["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+        let number = inner.version_number();
+        shared.record_event(&mut inner, "ADDED", number, &pod);
         inner.pods.insert(
             key.clone(),
             PodEntry {
@@ -356,45 +444,62 @@ async fn delete_pod(
     if let Err(response) = authorized(&shared, &headers) {
         return response;
     }
-    let removed = shared.lock().pods.remove(&(namespace, name.clone()));
-    let Some(mut entry) = removed else {
+    let removed = remove_pod(&shared, &namespace, &name);
+    let Some(entry) = removed else {
         return not_found(&name);
     };
     crate::docker::remove_backing(&shared, &entry.backing).await;
-    entry.object["metadata"]["deletionTimestamp"] = json!(now());
-    entry.object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
     axum::Json(entry.object).into_response()
+}
+
+/// Removes a pod from the store (stamped as deleted, for watches); its docker objects are the
+/// caller's to remove.
+pub(crate) fn remove_pod(shared: &Shared, namespace: &str, name: &str) -> Option<PodEntry> {
+    let mut inner = shared.lock();
+    let mut entry = inner
+        .pods
+        .remove(&(namespace.to_owned(), name.to_owned()))?;
+    let version = inner.bump();
+    let metadata = &mut entry.object["metadata"];
+    metadata["deletionTimestamp"] = json!(now());
+    metadata["deletionGracePeriodSeconds"] = json!(0);
+    metadata["resourceVersion"] = json!(version);
+    let number = inner.version_number();
+    shared.record_event(&mut inner, "DELETED", number, &entry.object);
+    Some(entry)
+}
+
+/// What a WebSocket session on a pod runs.
+#[derive(Clone, Copy, Debug)]
+enum Session {
+    /// `…/exec`: a new process.
+    Exec,
+    /// `…/attach`: the container's main process.
+    Attach,
 }
 
 async fn exec_pod(
     headers: HeaderMap,
-    State(shared): State<Shared_>,
-    Path((namespace, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    state: State<Shared_>,
+    path: Path<(String, String)>,
+    query: RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(response) = authorized(&shared, &headers) {
-        return response;
-    }
-    let Ok(upgrade) = upgrade else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "Upgrade request required",
-            json!({}),
-        );
-    };
-    crate::exec::exec(
-        shared,
-        namespace,
-        name,
-        query_pairs(query.as_deref()),
-        upgrade,
-    )
-    .await
+    pod_session(Session::Exec, headers, state, path, query, upgrade).await
 }
 
 async fn attach_pod(
+    headers: HeaderMap,
+    state: State<Shared_>,
+    path: Path<(String, String)>,
+    query: RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    pod_session(Session::Attach, headers, state, path, query, upgrade).await
+}
+
+async fn pod_session(
+    session: Session,
     headers: HeaderMap,
     State(shared): State<Shared_>,
     Path((namespace, name)): Path<(String, String)>,
@@ -412,14 +517,11 @@ async fn attach_pod(
             json!({}),
         );
     };
-    crate::exec::attach(
-        shared,
-        namespace,
-        name,
-        query_pairs(query.as_deref()),
-        upgrade,
-    )
-    .await
+    let query = query_pairs(query.as_deref());
+    match session {
+        Session::Exec => crate::exec::exec(shared, namespace, name, query, upgrade).await,
+        Session::Attach => crate::exec::attach(shared, namespace, name, query, upgrade).await,
+    }
 }
 
 async fn exec_pod_post(headers: HeaderMap, State(shared): State<Shared_>) -> Response {

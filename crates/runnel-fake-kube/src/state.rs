@@ -1,7 +1,11 @@
 //! The stored pods and their resource versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use serde_json::{Value, json};
 
@@ -12,6 +16,8 @@ use crate::{FakeConfig, Faults};
 pub(crate) struct Backing {
     /// `(container name in the pod, docker container id)`, in spec order.
     pub(crate) containers: Vec<(String, String)>,
+    /// The same for the init containers, which ran to completion before `containers` started.
+    pub(crate) init_containers: Vec<(String, String)>,
     /// Docker volume names.
     pub(crate) volumes: Vec<String>,
     /// Host directories holding secret and config map files.
@@ -33,9 +39,34 @@ pub(crate) struct Inner {
     pub(crate) objects: BTreeMap<(String, String, String), Value>,
     /// Every namespace created through the API, in order.
     pub(crate) created_namespaces: Vec<String>,
+    /// Their objects as stored at creation.
+    pub(crate) created_namespace_objects: Vec<Value>,
+    /// Every secret and config map created through the API, as stored at creation.
+    pub(crate) created_objects: Vec<Value>,
     version: u64,
     created: Vec<Value>,
+    /// The latest pod changes, oldest first, for watches that resume from a version.
+    pub(crate) history: VecDeque<PodEvent>,
+    /// The newest version no longer in `history` (watches from before it are expired).
+    pub(crate) history_floor: u64,
 }
+
+/// A change to a pod, as a watch delivers it.
+#[derive(Clone, Debug)]
+pub(crate) struct PodEvent {
+    /// The resource version of the change.
+    pub(crate) version: u64,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub(crate) kind: &'static str,
+    /// The pod after the change.
+    pub(crate) object: Value,
+}
+
+/// Pod changes kept for watches that resume from a resource version.
+const HISTORY: usize = 1024;
+/// Pod changes buffered for each open watch; a watch that falls further behind is ended (the
+/// client resumes it from its last version).
+const WATCH_BUFFER: usize = 1024;
 
 impl Inner {
     /// The next resource version.
@@ -51,6 +82,11 @@ impl Inner {
     pub(crate) fn record_created(&mut self, pod: Value) {
         self.created.push(pod);
     }
+
+    /// The current version as a number.
+    pub(crate) fn version_number(&self) -> u64 {
+        self.version
+    }
 }
 
 #[derive(Debug)]
@@ -62,14 +98,28 @@ pub(crate) struct Shared {
     pub(crate) host_network: bool,
     faults: Mutex<Faults>,
     inner: Mutex<Inner>,
+    /// Pod changes, sent while `inner` is locked (so they come in version order).
+    events: broadcast::Sender<PodEvent>,
+    /// Cancelled when the server stops: open watches end.
+    pub(crate) stop: CancellationToken,
+    /// Watches served so far.
+    pub(crate) watches: AtomicU64,
 }
 
 /// The docker label marking objects of a fake server.
 pub(crate) const SERVER_LABEL: &str = "runnel-fake-kube";
 
 impl Shared {
-    pub(crate) fn new(docker: bollard::Docker, token: String, config: &FakeConfig) -> Self {
+    pub(crate) fn new(
+        docker: bollard::Docker,
+        token: String,
+        config: &FakeConfig,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
+            events: broadcast::channel(WATCH_BUFFER).0,
+            stop,
+            watches: AtomicU64::new(0),
             docker,
             token,
             server_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
@@ -77,6 +127,36 @@ impl Shared {
             faults: Mutex::new(config.faults.clone()),
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Records a change of `object` (whose `resourceVersion` is `version`) for watches; call
+    /// with `inner` locked.
+    pub(crate) fn record_event(
+        &self,
+        inner: &mut Inner,
+        kind: &'static str,
+        version: u64,
+        object: &Value,
+    ) {
+        let event = PodEvent {
+            version,
+            kind,
+            object: object.clone(),
+        };
+        if inner.history.len() >= HISTORY
+            && let Some(dropped) = inner.history.pop_front()
+        {
+            inner.history_floor = dropped.version;
+        }
+        inner.history.push_back(event.clone());
+        // No receiver: no watch is open.
+        drop(self.events.send(event));
+    }
+
+    /// A receiver of the changes from now on; call with `inner` locked.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<PodEvent> {
+        self.watches.fetch_add(1, Ordering::Relaxed);
+        self.events.subscribe()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -127,8 +207,12 @@ impl Shared {
         change: impl FnOnce(&mut Value),
     ) -> bool {
         let mut inner = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        if !inner.pods.contains_key(&key) {
+            return false;
+        }
         let version = inner.bump();
-        let Some(entry) = inner.pods.get_mut(&(namespace.to_owned(), name.to_owned())) else {
+        let Some(entry) = inner.pods.get_mut(&key) else {
             return false;
         };
         if !entry.object["status"].is_object() {
@@ -136,6 +220,9 @@ impl Shared {
         }
         change(&mut entry.object["status"]);
         entry.object["metadata"]["resourceVersion"] = Value::String(version);
+        let object = entry.object.clone();
+        let number = inner.version_number();
+        self.record_event(&mut inner, "MODIFIED", number, &object);
         true
     }
 }

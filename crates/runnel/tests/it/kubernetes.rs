@@ -150,6 +150,36 @@ async fn a_job_runs_in_a_pod_built_as_the_official_one() {
         !spec.contains(view.token.expose()),
         "the job token is in the pod spec"
     );
+    assert!(
+        kube.watches_served() >= 1,
+        "the pod's start is followed by a watch"
+    );
+    // The job's registry login reaches the kubelet as a pull secret, as official.
+    let pull_secrets = pod["spec"]["imagePullSecrets"].as_array().unwrap();
+    assert_eq!(pull_secrets.len(), 1, "{pull_secrets:?}");
+    let secret_name = pull_secrets[0]["name"].as_str().unwrap();
+    assert!(secret_name.starts_with(&prefix), "{secret_name}");
+    let secret = kube
+        .created_objects()
+        .into_iter()
+        .find(|object| object["metadata"]["name"] == json!(secret_name))
+        .expect("the secret was created");
+    assert_eq!(secret["type"], json!("kubernetes.io/dockercfg"));
+    use base64::Engine;
+    let dockercfg: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][".dockercfg"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let login = dockercfg.as_object().unwrap().values().next().unwrap();
+    assert_eq!(login["username"], json!("gitlab-ci-token"));
+    assert_eq!(login["password"], json!(view.token.expose()));
+    assert_eq!(
+        kube.objects(),
+        Vec::new(),
+        "the secret is deleted with the pod"
+    );
     assert_nothing_left(kube).await;
 }
 
@@ -196,6 +226,10 @@ async fn the_legacy_exec_strategy_runs_stages_by_exec() {
     assert!(
         !pod.to_string().contains("/scripts-"),
         "no scripts volume in exec mode"
+    );
+    assert!(
+        pod["spec"].get("initContainers").is_none(),
+        "no init-permissions container in exec mode"
     );
     assert_nothing_left(kube).await;
 }
@@ -258,7 +292,8 @@ async fn a_service_container_is_reached_by_its_alias() {
     assert_eq!(view.status, RemoteStatus::Success, "{trace}");
     assert!(trace.contains("hello-from-service\n"), "{trace}");
     let pod = &kube.created_pods()[0];
-    assert_eq!(pod["spec"]["containers"][2]["name"], json!("svc-0"));
+    // Named after its alias, as official.
+    assert_eq!(pod["spec"]["containers"][2]["name"], json!("web"));
     assert_eq!(
         pod["spec"]["hostAliases"][0],
         json!({"ip": "127.0.0.1", "hostnames": ["runnel-e2e-web", "web"]})
@@ -440,6 +475,8 @@ async fn an_unschedulable_pod_fails_after_poll_timeout_with_the_scheduler_messag
         trace.contains("Unschedulable: \"0/1 nodes are available"),
         "{trace}"
     );
+    // What the pod went through is in the log, also when it never ran.
+    assert!(trace.contains("Waiting for pod default/runner-"), "{trace}");
     assert_nothing_left(kube).await;
 }
 
@@ -548,11 +585,11 @@ async fn unsupported_kubernetes_keys_stop_the_runner_with_their_names() {
     let (kube, mut daemon) = start(
         FakeConfig::default(),
         IMAGE,
-        "    allowed_users = [\"1000\"]\n    retry_limit = 3\n",
+        "    context = \"prod\"\n    retry_limit = 3\n",
     )
     .await;
     let log = daemon.wait_log("does not implement yet").await;
-    assert!(log.contains("allowed_users, retry_limit"), "{log}");
+    assert!(log.contains("context, retry_limit"), "{log}");
     assert!(log.contains("the runner will not request jobs"), "{log}");
     daemon.stop().await;
     assert!(
@@ -730,6 +767,12 @@ async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
         json!(namespace)
     );
     assert_eq!(kube.namespaces(), Vec::<String>::new(), "namespace deleted");
+    // Labelled with the runner, for the sweep of a later start.
+    let short = runnel_types::short_token(&daemon.token).to_string();
+    assert_eq!(
+        kube.created_namespace_objects()[0]["metadata"]["labels"]["manager.runner.gitlab.com/id-short"],
+        json!(short)
+    );
     assert_nothing_left(kube).await;
 }
 
@@ -870,7 +913,6 @@ async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
 /// Creates, through the API, a pod of runner `short` as a killed earlier run would have left
 /// it (its image does not exist, so it stays `Pending` without containers).
 async fn create_leftover_pod(kube: &FakeKube, name: &str, short: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -879,12 +921,18 @@ async fn create_leftover_pod(kube: &FakeKube, name: &str, short: &str) {
             "labels": {"manager.runner.gitlab.com/id-short": short},
         },
         "spec": {"containers": [{"name": "build", "image": "runnel-it-absent:0"}]},
-    })
-    .to_string();
+    });
+    post_object(kube, "/api/v1/namespaces/default/pods", &body).await;
+}
+
+/// POSTs `body` to `path` of the fake API server; asserts it was created.
+async fn post_object(kube: &FakeKube, path: &str, body: &serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
     let address = kube.url().trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let request = format!(
-        "POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         kube.token(),
         body.len()
     );
@@ -920,6 +968,24 @@ async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spar
     for name in &leftovers {
         create_leftover_pod(&kube, name, &short).await;
     }
+    // A registry credentials secret of that run, and one of another runner.
+    for (name, owner) in [
+        ("runner-leftover-credentials", short.as_str()),
+        ("runner-other-credentials", "zzzz9999"),
+    ] {
+        post_object(
+            &kube,
+            "/api/v1/namespaces/default/secrets",
+            &json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "labels": {"manager.runner.gitlab.com/id-short": owner}},
+                "type": "kubernetes.io/dockercfg",
+                "data": {".dockercfg": "e30="},
+            }),
+        )
+        .await;
+    }
     let ids: Vec<u64> = (0..2)
         .map(|n| {
             daemon.fake.enqueue(job(&format!("at-start-{n}")).script([
@@ -938,6 +1004,16 @@ async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spar
     }
     let log = daemon.log();
     assert!(log.contains("deleted pods left by an earlier run"), "{log}");
+    assert!(log.contains("secret runner-leftover-credentials"), "{log}");
+    assert_eq!(
+        kube.objects(),
+        [(
+            "secrets".to_owned(),
+            "default".to_owned(),
+            "runner-other-credentials".to_owned()
+        )],
+        "only this runner's secrets are swept; the jobs' own were deleted at their end"
+    );
     for name in &leftovers {
         assert!(
             !kube.pod_names().contains(&format!("default/{name}")),
@@ -1179,5 +1255,347 @@ async fn the_runner_manager_image_registers_and_runs_jobs_as_the_helm_chart_star
     assert!(config.contains("executor = \"kubernetes\""), "{config}");
     assert!(config.contains("[runners.kubernetes]"), "{config}");
     drop(_guard);
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn the_init_permissions_container_prepares_the_log_file_before_the_job() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
+    let id = daemon.fake.enqueue(
+        job("init-permissions")
+            .extra(
+                "services",
+                json!([{ "name": crate::docker::WEB, "alias": "web" }]),
+            )
+            .script(["stat -c 'log-mode=%a' /logs-*/output.log"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    // Made by the init container (a file the stage's `tee` made would be 644).
+    assert!(trace.contains("log-mode=777\n"), "{trace}");
+    let pod = &kube.created_pods()[0];
+    let project = pod["metadata"]["labels"]["project.runner.gitlab.com/id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let log = format!("/logs-{project}-{id}/output.log");
+    let init = pod["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 1, "{init:?}");
+    assert_eq!(init[0]["name"], json!("init-permissions"));
+    assert_eq!(init[0]["image"], json!(helper));
+    assert_eq!(
+        init[0]["command"],
+        json!([
+            "sh",
+            "-c",
+            format!("touch {log} && (chmod 777 {log} || exit 0)")
+        ])
+    );
+    // As official, every container mounts the scripts and logs volumes first.
+    for container in init
+        .iter()
+        .chain(pod["spec"]["containers"].as_array().unwrap())
+    {
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(mounts, ["scripts", "logs", "repo"], "{}", container["name"]);
+    }
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_failing_init_container_ends_the_job_with_what_kubernetes_said() {
+    let patch = "    [[runners.kubernetes.pod_spec]]\n      name = \"break-init\"\n      patch = '''\ninitContainers:\n  - name: init-permissions\n    command: [\"sh\", \"-c\", \"exit 3\"]\n'''\n";
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, patch).await;
+    let id = daemon.fake.enqueue(
+        job("broken-init")
+            .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("init container init-permissions failed: reason Error, exit code 3"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn namespaces_per_job_left_by_a_killed_run_are_swept_at_start() {
+    let helper = ensure_git_helper().await;
+    let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
+    let setup = || Setup {
+        executor: Some("kubernetes"),
+        tables: format!(
+            "  [runners.kubernetes]\n    host = \"{url}\"\n    bearer_token = \"{token}\"\n    image = \"{IMAGE}\"\n    helper_image = \"{helper}\"\n    poll_interval = 1\n    namespace_per_job = true\n",
+            url = kube.url(),
+            token = kube.token(),
+        ),
+        ..Setup::default()
+    };
+    let mut daemon = Daemon::start(setup()).await;
+    daemon.stop().await;
+    let short = runnel_types::short_token(&daemon.token).to_string();
+    let namespace = |name: &str, owner: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"manager.runner.gitlab.com/id-short": owner}},
+        })
+    };
+    // Left by a killed run of this runner (with a pod in it), of another runner, and a
+    // namespace of this runner's label that is not a job's.
+    post_object(
+        &kube,
+        "/api/v1/namespaces",
+        &namespace("ci-job-900001", &short),
+    )
+    .await;
+    post_object(
+        &kube,
+        "/api/v1/namespaces/ci-job-900001/pods",
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "left-in-namespace"},
+            "spec": {"containers": [{"name": "build", "image": "runnel-it-absent:0"}]},
+        }),
+    )
+    .await;
+    post_object(
+        &kube,
+        "/api/v1/namespaces",
+        &namespace("ci-job-900002", "zzzz9999"),
+    )
+    .await;
+    post_object(
+        &kube,
+        "/api/v1/namespaces",
+        &namespace("team-tools", &short),
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("after-restart").script(["echo \"in $(hostname)\"", "sleep 2"]));
+    daemon.restart(&setup());
+    let view = daemon.finished(id).await;
+    assert_eq!(view.status, RemoteStatus::Success, "{}", view.trace_text());
+    let log = daemon.wait_log("left by an earlier run").await;
+    assert!(log.contains("namespace ci-job-900001"), "{log}");
+    assert_eq!(
+        kube.namespaces(),
+        ["ci-job-900002".to_owned(), "team-tools".to_owned()],
+        "only this runner's job namespaces are swept; the job's own was deleted at its end"
+    );
+    assert_eq!(
+        kube.pod_names(),
+        Vec::<String>::new(),
+        "the pod went with its namespace"
+    );
+    daemon.stop().await;
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_pull_makes_the_pod_again_with_the_next_pull_policy() {
+    let helper = ensure_git_helper().await;
+    // runnel-fake-kube has no registry: `Always` cannot pull, `IfNotPresent` uses the engine's
+    // image, as a node that cannot reach its registry.
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    pull_policy = [\"always\", \"if-not-present\"]\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("pull-fallback").script(["echo ran-after-fallback"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("ran-after-fallback\n"), "{trace}");
+    // Each container moves on after its own failure: the init container, the build
+    // container, then the helper, as the official pull manager does.
+    for (attempt, container, image) in [
+        (2, "init-permissions", helper.as_str()),
+        (3, "build", IMAGE),
+        (4, "helper", helper.as_str()),
+    ] {
+        assert!(
+            trace.contains(&format!(
+                "WARNING: Failed to pull image \"{image}\" for container \"{container}\" with policy \"Always\""
+            )),
+            "{trace}"
+        );
+        assert!(
+            trace.contains(&format!(
+                "Attempt #{attempt}: Trying \"IfNotPresent\" pull policy for \"{image}\" image for container \"{container}\""
+            )),
+            "{trace}"
+        );
+    }
+    let pods = kube.created_pods();
+    assert_eq!(pods.len(), 4, "one pod per attempt");
+    let policy = |pod: &serde_json::Value, container: usize| {
+        pod["spec"]["containers"][container]["imagePullPolicy"].clone()
+    };
+    assert_eq!(policy(&pods[0], 0), json!("Always"));
+    assert_eq!(
+        pods[0]["spec"]["initContainers"][0]["imagePullPolicy"],
+        json!("Always")
+    );
+    assert_eq!(policy(&pods[3], 0), json!("IfNotPresent"));
+    assert_eq!(policy(&pods[3], 1), json!("IfNotPresent"));
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_pull_failure_with_no_policy_left_fails_with_image_pull_failure() {
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        IMAGE,
+        "    pull_policy = [\"always\"]\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("always-fails")
+            .failure_reasons(
+                runnel_fake_gitlab::GITLAB_FAILURE_REASONS
+                    .iter()
+                    .copied()
+                    .chain(["image_pull_failure"]),
+            )
+            .script(["echo not-reached"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("image_pull_failure"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("runnel-fake-kube has no registry to pull from"),
+        "what Kubernetes said: {trace}"
+    );
+    assert_eq!(kube.created_pods().len(), 1, "no second attempt");
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn the_jobs_kubernetes_user_reaches_the_build_container_within_allowed_users() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    allowed_users = [\"1000\"]\n",
+    )
+    .await;
+    let id = daemon.fake.enqueue(
+        job("as-user")
+            .extra(
+                "image",
+                // `entrypoint: [""]`, as pipelines written for the docker executor often
+                // have: what the build container's shell command means anyway.
+                json!({"name": IMAGE, "entrypoint": [""], "executor_opts": {"kubernetes": {"user": "1000:2000"}}}),
+            )
+            .extra(
+                "services",
+                json!([{ "name": crate::docker::WEB, "alias": "web", "executor_opts": {"kubernetes": {"user": "0"}} }]),
+            )
+            .script(["echo as-user-ran"]),
+    );
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(
+        trace.contains("validating UID: user \"0\" is not in the allowed list: [1000]"),
+        "the service's root request is refused in the log: {trace}"
+    );
+    let pod = &kube.created_pods()[0];
+    let build = &pod["spec"]["containers"][0]["securityContext"];
+    assert_eq!(build["runAsUser"], json!(1000));
+    assert_eq!(build["runAsGroup"], json!(2000));
+    assert!(
+        pod["spec"]["containers"][2]["securityContext"]
+            .get("runAsUser")
+            .is_none()
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn an_api_server_that_refuses_watches_is_read_every_poll_interval() {
+    let helper = ensure_git_helper().await;
+    let config = FakeConfig {
+        faults: Faults {
+            refuse_watches: true,
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    };
+    let (kube, daemon) = start(config, &helper, "").await;
+    let id = daemon
+        .fake
+        .enqueue(job("no-watches").script(["echo polled-pod-ran"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("polled-pod-ran\n"), "{trace}");
+    assert_eq!(kube.watches_served(), 0);
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn attach_mode_puts_its_scripts_and_logs_under_the_configured_base_dirs() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    scripts_base_dir = \"/opt/ci/\"\n    logs_base_dir = \"/var/tmp\"\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("base-dirs").script(["ls -d /opt/ci/scripts-* /var/tmp/logs-*/output.log"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let pod = &kube.created_pods()[0];
+    let project = pod["metadata"]["labels"]["project.runner.gitlab.com/id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logs = format!("/var/tmp/logs-{project}-{id}");
+    assert!(trace.contains(&format!("{logs}/output.log\n")), "{trace}");
+    let mounts: Vec<&str> = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts[..2],
+        [
+            format!("/opt/ci/scripts-{project}-{id}").as_str(),
+            logs.as_str()
+        ]
+    );
     assert_nothing_left(kube).await;
 }
