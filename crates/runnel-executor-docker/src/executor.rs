@@ -126,6 +126,8 @@ struct Shared {
     hard_stop_grace: Duration,
     /// The configured helper image as the first job found it (not inspected for every job).
     known_helpers: crate::helper_image::KnownHelpers,
+    /// The job images found locally, while no image event says they changed.
+    images: crate::image_cache::ImageCache,
 }
 
 /// The ids of the jobs a runner's executors run or are preparing: leftover removal spares
@@ -173,6 +175,7 @@ impl DockerProvider {
                 active_jobs: ActiveJobs::default(),
                 hard_stop_grace: crate::watchdog::HARD_STOP_GRACE,
                 known_helpers: crate::helper_image::KnownHelpers::default(),
+                images: crate::image_cache::ImageCache::default(),
             }),
         })
     }
@@ -241,6 +244,55 @@ impl Shared {
             })
             .await
             .cloned()
+    }
+}
+
+impl Shared {
+    /// The id of the job image `image`, by `policies`: the one an earlier job found locally
+    /// when it is still valid ([`crate::image_cache`]) and the policies would use a local image
+    /// first, else got by [`ensure_image`]. The job log gets the same lines either way.
+    async fn job_image(
+        &self,
+        docker: &Docker,
+        image: &str,
+        policies: &[runnel_config::PullPolicy],
+        job: &JobSpec,
+        platform: &str,
+        log: &mut Vec<String>,
+    ) -> Result<String, DockerError> {
+        use runnel_config::PullPolicy;
+        let reusable = !policies.is_empty() && !policies.contains(&PullPolicy::Always);
+        if !reusable {
+            return ensure_image(
+                docker,
+                image,
+                policies,
+                crate::auth::credentials_for(image, job),
+                platform,
+                log,
+            )
+            .await;
+        }
+        self.images.watch(docker);
+        if let Some(id) = self.images.get(image) {
+            // What `ensure_image` says when its first policy finds the image locally.
+            if policies.first() == Some(&PullPolicy::IfNotPresent) {
+                log.push(crate::image::LOCAL_IMAGE_LINE.to_owned());
+            }
+            return Ok(id);
+        }
+        let token = self.images.token();
+        let id = ensure_image(
+            docker,
+            image,
+            policies,
+            crate::auth::credentials_for(image, job),
+            platform,
+            log,
+        )
+        .await?;
+        self.images.insert(image, &id, token);
+        Ok(id)
     }
 }
 
@@ -477,6 +529,7 @@ pub struct DockerExecutor {
 
 impl DockerExecutor {
     fn new(shared: Arc<Shared>) -> Self {
+        let cgroup_parent = shared.options.config.cgroup_parent.clone();
         DockerExecutor {
             shared,
             docker: None,
@@ -487,7 +540,7 @@ impl DockerExecutor {
             build: None,
             pending_output: Vec::new(),
             service_logs: None,
-            resources: crate::resources::ResourceMonitor::default(),
+            resources: crate::resources::ResourceMonitor::new(cgroup_parent),
             predefined_session: None,
             build_session: None,
             nonce: crate::stage::nonce(),
@@ -538,16 +591,11 @@ impl DockerExecutor {
             &config.allowed_pull_policies,
         )?;
         self.image = Some(image.clone());
+        let platform = job_image.map_or("", |image| image.docker_platform.as_str());
         let mut log = Vec::new();
-        let pulled = ensure_image(
-            &docker,
-            &image,
-            &policies,
-            crate::auth::credentials_for(&image, job),
-            job_image.map_or("", |image| image.docker_platform.as_str()),
-            &mut log,
-        )
-        .await;
+        let pulled = shared
+            .job_image(&docker, &image, &policies, job, platform, &mut log)
+            .await;
         self.note_lines(&mut log);
         let image_id = pulled?;
         self.note(&format!("Using docker image {image_id} for {image} ...\n"));
@@ -826,7 +874,32 @@ impl DockerExecutor {
             }),
             ..stdin_container()
         };
-        self.build = Some(self.create_container(names.build(), build).await?);
+        let build = match self.create_container(names.build(), build.clone()).await {
+            // The image known from an earlier job is gone (its removal was not seen): got
+            // again by the pull policies, as the first job of the image got it.
+            Err(error) if error.is_missing_image() => {
+                shared.images.forget(&image);
+                let pulled = ensure_image(
+                    &docker,
+                    &image,
+                    &policies,
+                    crate::auth::credentials_for(&image, job),
+                    platform,
+                    &mut log,
+                )
+                .await;
+                self.note_lines(&mut log);
+                let image_id = pulled?;
+                self.note(&format!("Using docker image {image_id} for {image} ...\n"));
+                let build = ContainerCreateBody {
+                    image: Some(image_id),
+                    ..build
+                };
+                self.create_container(names.build(), build).await?
+            }
+            created => created?,
+        };
+        self.build = Some(build);
 
         // Both shells start now, side by side: the stages then only feed them.
         if let (Some(predefined), Some(build)) = (&self.predefined, &self.build) {

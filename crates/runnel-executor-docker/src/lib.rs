@@ -42,6 +42,7 @@ mod error;
 pub mod executor;
 pub mod helper_image;
 pub mod image;
+mod image_cache;
 pub mod naming;
 pub mod options;
 mod resources;
