@@ -268,8 +268,25 @@ fn labelled(daemon: &Daemon, kind: &str, extra_filter: Option<&str>) -> Vec<Stri
 }
 
 /// Asserts that nothing of this runner is left but its reusable cache volumes ([`Sweep`]
-/// removes those).
+/// removes those). Containers are removed right after a job's final state is reported, so
+/// this waits (a minute at most) for the runner to be done with them first.
 pub(crate) fn assert_nothing_left(daemon: &Daemon) {
+    let left = || {
+        !labelled(daemon, "container", None).is_empty()
+            || !labelled(daemon, "network", None).is_empty()
+            || !labelled(
+                daemon,
+                "volume",
+                Some("label=com.gitlab.gitlab-runner.reusable=false"),
+            )
+            .is_empty()
+    };
+    for _ in 0..300 {
+        if !left() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert_eq!(
         labelled(daemon, "container", None),
         Vec::<String>::new(),
@@ -1695,7 +1712,7 @@ async fn run_ok(daemon: &Daemon, name: &str, builder: JobBuilder) -> String {
     let view = daemon.finished(id).await;
     let trace = view.trace_text();
     assert_eq!(view.status, RemoteStatus::Success, "job {name}: {trace}");
-    trace
+    trace.into_owned()
 }
 
 /// #13.4: a trivial job (`true`, no sources) costs at most 8 Engine requests once the runner
@@ -1716,6 +1733,7 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     let before = engine.settle().await.len();
 
     let trace = run_ok(&daemon, "trivial", job("trivial").script(["true"])).await;
+    eprintln!("TRACE {trace}");
     let requests = engine.settle().await[before..].to_vec();
     assert!(
         requests.len() <= 8,
