@@ -1540,7 +1540,9 @@ impl EngineRecorder {
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     // A connection's end (or a reset) is not the test's business.
-                    let _ = relay_recording(client, &upstream, log, mute_events).await;
+                    relay_recording(client, &upstream, log, mute_events)
+                        .await
+                        .ok();
                 });
             }
         });
@@ -1604,7 +1606,7 @@ async fn relay_recording(
                 break;
             }
         }
-        let _ = writer.lock().await.shutdown().await;
+        writer.lock().await.shutdown().await.ok();
     });
     let mut head = Vec::new();
     let mut skip: u64 = 0;
@@ -1676,8 +1678,8 @@ async fn relay_recording(
     if mute_events {
         down.abort();
     } else {
-        let _ = server_write.shutdown().await;
-        let _ = down.await;
+        server_write.shutdown().await.ok();
+        down.await.ok();
     }
     result
 }
@@ -1748,7 +1750,7 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     }
     // The log is what it was when every job inspected its image and followed stats streams.
     assert!(
-        trace.contains(&format!("Using docker image sha256:"))
+        trace.contains("Using docker image sha256:")
             && trace.contains(&format!(" for {IMAGE} ...")),
         "{trace}"
     );
