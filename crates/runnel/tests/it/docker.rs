@@ -1776,13 +1776,15 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     assert_nothing_left(&daemon);
 }
 
-/// Builds `tag` from the busybox image with `/marker` holding `text`; returns the image id.
+/// Builds `tag` from the busybox image with `/marker` holding `text`, labelled with the tag;
+/// returns the image id.
 fn build_marked(tag: &str, text: &str) -> String {
     let context = tempfile::tempdir().unwrap();
     std::fs::write(context.path().join("marker"), text).unwrap();
     std::fs::write(
         context.path().join("Dockerfile"),
-        format!("FROM {IMAGE}\nCOPY marker /marker\n"),
+        // The label keeps images of other tags (other tests) from being this very image.
+        format!("FROM {IMAGE}\nCOPY marker /marker\nLABEL runnel.e2e.tag=\"{tag}\"\n"),
     )
     .unwrap();
     build(tag, context.path());
