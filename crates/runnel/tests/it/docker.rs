@@ -1995,3 +1995,40 @@ async fn a_docker_jobs_memory_and_cpu_are_in_its_log_and_metrics() {
     assert!(sum("runnel_job_cpu_seconds") >= 0.2, "{metrics}");
     assert_nothing_left(&daemon);
 }
+
+/// #13.4: the job image is kept between jobs only for policies that use a local image: with
+/// `always` first, every job pulls again (here the pull fails, no registry being reachable,
+/// and `if-not-present` then takes the local image), not only the first.
+#[tokio::test]
+async fn with_pull_policy_always_every_job_pulls() {
+    ensure_image();
+    let engine = EngineRecorder::start(false);
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"always\", \"if-not-present\"]\n{}",
+            engine.host_line()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    for round in 0..3 {
+        let before = engine.settle().await.len();
+        let trace = run_ok(&daemon, "pulled", job("pulled").script(["true"])).await;
+        assert!(
+            trace.contains(&format!("Pulling docker image {IMAGE} ...")),
+            "round {round}: {trace}"
+        );
+        assert!(
+            trace.contains("WARNING: Failed to pull image with policy \"always\""),
+            "round {round}: {trace}"
+        );
+        let requests = engine.settle().await[before..].to_vec();
+        assert!(
+            requests.iter().any(|r| r == "POST /images/create"),
+            "round {round}: {requests:#?}"
+        );
+    }
+    assert_nothing_left(&daemon);
+}
