@@ -1717,6 +1717,27 @@ async fn run_ok(daemon: &Daemon, name: &str, builder: JobBuilder) -> String {
     trace.into_owned()
 }
 
+/// Runs a job that must succeed; returns its log and the Engine requests it made, counted
+/// until its containers are gone (they are removed after the final state is reported) and
+/// the runner is quiet.
+async fn job_requests(
+    daemon: &Daemon,
+    engine: &EngineRecorder,
+    name: &str,
+    builder: JobBuilder,
+) -> (String, Vec<String>) {
+    let before = engine.settle().await.len();
+    let trace = run_ok(daemon, name, builder).await;
+    for _ in 0..300 {
+        if labelled(daemon, "container", None).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let requests = engine.settle().await;
+    (trace, requests.get(before..).unwrap_or_default().to_vec())
+}
+
 /// #13.4: a trivial job (`true`, no sources) costs at most 8 Engine requests once the runner
 /// has met its daemon: two containers created, attached, started and removed; no image
 /// inspect, no stats stream, and nothing per stage (a job with more stages costs the same).
@@ -1730,13 +1751,10 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     // following image events (whose replay may name the job image: it is inspected again
     // once) and inspect the job image: once per runner.
     for name in ["first", "second"] {
-        run_ok(&daemon, name, job(name).script(["true"])).await;
+        job_requests(&daemon, &engine, name, job(name).script(["true"])).await;
     }
-    let before = engine.settle().await.len();
-
-    let trace = run_ok(&daemon, "trivial", job("trivial").script(["true"])).await;
-    eprintln!("TRACE {trace}");
-    let requests = engine.settle().await[before..].to_vec();
+    let (trace, requests) =
+        job_requests(&daemon, &engine, "trivial", job("trivial").script(["true"])).await;
     assert!(
         requests.len() <= 8,
         "{} Engine requests for a trivial job: {requests:#?}",
@@ -1757,9 +1775,9 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     assert!(trace.contains("Resource usage: peak memory "), "{trace}");
 
     // Twice the stages (a multi-line script, after_script): not one request more.
-    let before = engine.requests().len();
-    let trace = run_ok(
+    let (trace, more) = job_requests(
         &daemon,
+        &engine,
         "more-stages",
         job("more-stages")
             .script(["echo one", "cd /", "echo two"])
@@ -1767,7 +1785,6 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     )
     .await;
     assert!(trace.contains("after\n"), "{trace}");
-    let more = engine.settle().await[before..].to_vec();
     assert_eq!(
         more.len(),
         requests.len(),
