@@ -59,7 +59,7 @@ use crate::services::{
     ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
     wait_for_services,
 };
-use crate::stage::{Session, Target, open_session, run_stage};
+use crate::stage::{Session, Target, close_session, open_session, run_stage};
 use crate::{DockerError, client};
 
 /// What the Docker executor is and reports.
@@ -87,6 +87,10 @@ pub const DOCKER_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
 
 /// How often a name that is taken is replaced by another before creating fails.
 const NAME_ATTEMPTS: u32 = 3;
+
+/// How long the shells of a finished job get to exit and their containers to stop before the
+/// job's final state is reported anyway (their removal then stops them).
+const SESSION_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long cleanup may take in all.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -1444,11 +1448,23 @@ impl Executor for DockerExecutor {
     }
 
     /// The containers are removed after the job's final state is reported: their removal
-    /// (the build container, then the helper with its volumes) is handed back. The sessions
-    /// end here, so the shells see the end of their input and exit.
+    /// (the build container, then the helper with its volumes) is handed back. What runs in
+    /// them ends here, before the report: the shells are told to exit, and their containers
+    /// stop with them (no Engine request).
     fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
         Box::pin(async move {
             self.service_logs = None;
+            let sessions = [self.predefined_session.take(), self.build_session.take()];
+            let closed = futures::future::join_all(
+                sessions
+                    .into_iter()
+                    .flatten()
+                    .map(|session| close_session(session, SESSION_CLOSE_WAIT)),
+            )
+            .await;
+            if closed.contains(&false) {
+                tracing::debug!("a job container did not stop by itself; its removal will stop it");
+            }
             let created = self.take_created()?;
             let removal: BoxFuture<'static, ()> = Box::pin(async move {
                 if tokio::time::timeout(CLEANUP_TIMEOUT, created.remove())

@@ -86,6 +86,22 @@ pub(crate) async fn open_session(
     Ok(Session { attached })
 }
 
+/// Ends a session without an Engine request: `exit` for its shell (idle between stages), whose
+/// container then stops (its first process ends with the shell, and every other process
+/// with it), and its output read and dropped until the container's processes are gone, for
+/// `within` at most. Whether they were gone in time.
+pub(crate) async fn close_session(mut session: Session, within: Duration) -> bool {
+    let attached = &mut session.attached;
+    let ended = async {
+        // A shell that is gone already has closed its input: nothing to say then.
+        if attached.input.write_all(b"exit\n").await.is_ok() {
+            attached.input.flush().await.ok();
+        }
+        while let Some(Ok(_)) = attached.output.next().await {}
+    };
+    tokio::time::timeout(within, ended).await.is_ok()
+}
+
 /// What a stage sends to the session shell: the script in a subshell with stdin closed, then
 /// the two end markers (the status on stdout, a bare marker on stderr), written by the shell
 /// once the subshell has exited, so they follow everything the stage wrote on either stream.
