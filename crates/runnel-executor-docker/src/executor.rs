@@ -59,7 +59,7 @@ use crate::services::{
     ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
     wait_for_services,
 };
-use crate::stage::{Session, Target, close_session, open_session, run_stage};
+use crate::stage::{Session, Target, open_session, run_stage, tell_exit, wait_ended};
 use crate::{DockerError, client};
 
 /// What the Docker executor is and reports.
@@ -88,9 +88,9 @@ pub const DOCKER_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
 /// How often a name that is taken is replaced by another before creating fails.
 const NAME_ATTEMPTS: u32 = 3;
 
-/// How long the shells of a finished job get to exit and their containers to stop before the
-/// job's final state is reported anyway (their removal then stops them).
-const SESSION_CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long the shells of a finished job get to take their `exit`, and to end, before their
+/// containers are removed anyway (which stops them).
+const SESSION_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long cleanup may take in all.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -1449,24 +1449,30 @@ impl Executor for DockerExecutor {
 
     /// The containers are removed after the job's final state is reported: their removal
     /// (the build container, then the helper with its volumes) is handed back. What runs in
-    /// them ends here, before the report: the shells are told to exit, and their containers
-    /// stop with them (no Engine request).
+    /// them ends now: the shells are told to exit and their containers stop by themselves,
+    /// side by side with the report (no Engine request); the removal waits for that first.
     fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
         Box::pin(async move {
             self.service_logs = None;
-            let sessions = [self.predefined_session.take(), self.build_session.take()];
-            let closed = futures::future::join_all(
-                sessions
+            let mut sessions: Vec<Session> =
+                [self.predefined_session.take(), self.build_session.take()]
                     .into_iter()
                     .flatten()
-                    .map(|session| close_session(session, SESSION_CLOSE_WAIT)),
-            )
-            .await;
-            if closed.contains(&false) {
-                tracing::debug!("a job container did not stop by itself; its removal will stop it");
+                    .collect();
+            for session in &mut sessions {
+                tell_exit(session, SESSION_EXIT_WAIT).await;
             }
             let created = self.take_created()?;
             let removal: BoxFuture<'static, ()> = Box::pin(async move {
+                let ended = futures::future::join_all(
+                    sessions
+                        .into_iter()
+                        .map(|session| wait_ended(session, SESSION_EXIT_WAIT)),
+                )
+                .await;
+                if ended.contains(&false) {
+                    tracing::debug!("a job container did not stop by itself; removing it stops it");
+                }
                 if tokio::time::timeout(CLEANUP_TIMEOUT, created.remove())
                     .await
                     .is_err()
