@@ -8,7 +8,14 @@
 //! and the build container from the job's image and starts both: their shells read the stages
 //! from stdin, one after another (the `stage` module). `cleanup` removes the containers, the
 //! temporary volumes and the network (by id), also after a failure or a cancellation; reusable
-//! volumes stay.
+//! volumes stay. Through `cleanup_deferred` (what the job runner uses) the removal waits until
+//! the job's final state is reported: it is not on the path of the job's result, and the job's
+//! journal record keeps the container ids until it is done.
+//!
+//! A trivial job costs 8 Engine requests once the provider has met its daemon: two container
+//! creates, attaches, starts and removals. The job image is not inspected again while the
+//! provider follows the image events ([`crate::image_cache`]), and the resource figures come
+//! from the containers' cgroups when they are visible here ([`crate::resources`]).
 //!
 //! Volumes cost no requests of their own: the helper container mounts them all (`Mounts`), the
 //! engine creating a missing cache volume with its labels and each temporary one as an
@@ -52,7 +59,7 @@ use crate::services::{
     ServiceLogFollower, ServiceRequest, StartedService, service_env, start_service,
     wait_for_services,
 };
-use crate::stage::{Session, Target, open_session, run_stage};
+use crate::stage::{Session, Target, open_session, run_stage, tell_exit, wait_ended};
 use crate::{DockerError, client};
 
 /// What the Docker executor is and reports.
@@ -80,6 +87,10 @@ pub const DOCKER_EXECUTOR_INFO: ExecutorInfo = ExecutorInfo {
 
 /// How often a name that is taken is replaced by another before creating fails.
 const NAME_ATTEMPTS: u32 = 3;
+
+/// How long the shells of a finished job get to take their `exit`, and to end, before their
+/// containers are removed anyway (which stops them).
+const SESSION_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long cleanup may take in all.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -126,6 +137,8 @@ struct Shared {
     hard_stop_grace: Duration,
     /// The configured helper image as the first job found it (not inspected for every job).
     known_helpers: crate::helper_image::KnownHelpers,
+    /// The job images found locally, while no image event says they changed.
+    images: crate::image_cache::ImageCache,
 }
 
 /// The ids of the jobs a runner's executors run or are preparing: leftover removal spares
@@ -173,6 +186,7 @@ impl DockerProvider {
                 active_jobs: ActiveJobs::default(),
                 hard_stop_grace: crate::watchdog::HARD_STOP_GRACE,
                 known_helpers: crate::helper_image::KnownHelpers::default(),
+                images: crate::image_cache::ImageCache::default(),
             }),
         })
     }
@@ -241,6 +255,55 @@ impl Shared {
             })
             .await
             .cloned()
+    }
+}
+
+impl Shared {
+    /// The id of the job image `image`, by `policies`: the one an earlier job found locally
+    /// when it is still valid ([`crate::image_cache`]) and the policies would use a local image
+    /// first, else got by [`ensure_image`]. The job log gets the same lines either way.
+    async fn job_image(
+        &self,
+        docker: &Docker,
+        image: &str,
+        policies: &[runnel_config::PullPolicy],
+        job: &JobSpec,
+        platform: &str,
+        log: &mut Vec<String>,
+    ) -> Result<String, DockerError> {
+        use runnel_config::PullPolicy;
+        let reusable = !policies.is_empty() && !policies.contains(&PullPolicy::Always);
+        if !reusable {
+            return ensure_image(
+                docker,
+                image,
+                policies,
+                crate::auth::credentials_for(image, job),
+                platform,
+                log,
+            )
+            .await;
+        }
+        self.images.watch(docker);
+        if let Some(id) = self.images.get(image) {
+            // What `ensure_image` says when its first policy finds the image locally.
+            if policies.first() == Some(&PullPolicy::IfNotPresent) {
+                log.push(crate::image::LOCAL_IMAGE_LINE.to_owned());
+            }
+            return Ok(id);
+        }
+        let token = self.images.token();
+        let id = ensure_image(
+            docker,
+            image,
+            policies,
+            crate::auth::credentials_for(image, job),
+            platform,
+            log,
+        )
+        .await?;
+        self.images.insert(image, &id, token);
+        Ok(id)
     }
 }
 
@@ -477,6 +540,7 @@ pub struct DockerExecutor {
 
 impl DockerExecutor {
     fn new(shared: Arc<Shared>) -> Self {
+        let cgroup_parent = shared.options.config.cgroup_parent.clone();
         DockerExecutor {
             shared,
             docker: None,
@@ -487,7 +551,7 @@ impl DockerExecutor {
             build: None,
             pending_output: Vec::new(),
             service_logs: None,
-            resources: crate::resources::ResourceMonitor::default(),
+            resources: crate::resources::ResourceMonitor::new(cgroup_parent),
             predefined_session: None,
             build_session: None,
             nonce: crate::stage::nonce(),
@@ -538,16 +602,11 @@ impl DockerExecutor {
             &config.allowed_pull_policies,
         )?;
         self.image = Some(image.clone());
+        let platform = job_image.map_or("", |image| image.docker_platform.as_str());
         let mut log = Vec::new();
-        let pulled = ensure_image(
-            &docker,
-            &image,
-            &policies,
-            crate::auth::credentials_for(&image, job),
-            job_image.map_or("", |image| image.docker_platform.as_str()),
-            &mut log,
-        )
-        .await;
+        let pulled = shared
+            .job_image(&docker, &image, &policies, job, platform, &mut log)
+            .await;
         self.note_lines(&mut log);
         let image_id = pulled?;
         self.note(&format!("Using docker image {image_id} for {image} ...\n"));
@@ -826,17 +885,44 @@ impl DockerExecutor {
             }),
             ..stdin_container()
         };
-        self.build = Some(self.create_container(names.build(), build).await?);
-
-        // Both shells start now, side by side: the stages then only feed them.
-        if let (Some(predefined), Some(build)) = (&self.predefined, &self.build) {
-            let (helper_session, build_session) = tokio::join!(
-                open_session(&docker, predefined.target()),
-                open_session(&docker, build.target()),
-            );
-            self.predefined_session = Some(helper_session?);
-            self.build_session = Some(build_session?);
-        }
+        let build = match self.create_container(names.build(), build.clone()).await {
+            // The image known from an earlier job is gone (its removal was not seen): got
+            // again by the pull policies, as the first job of the image got it.
+            Err(error) if error.is_missing_image() => {
+                shared.images.forget(&image);
+                let pulled = ensure_image(
+                    &docker,
+                    &image,
+                    &policies,
+                    crate::auth::credentials_for(&image, job),
+                    platform,
+                    &mut log,
+                )
+                .await;
+                self.note_lines(&mut log);
+                let image_id = pulled?;
+                self.note(&format!("Using docker image {image_id} for {image} ...\n"));
+                let build = ContainerCreateBody {
+                    image: Some(image_id),
+                    ..build
+                };
+                self.create_container(names.build(), build).await?
+            }
+            created => created?,
+        };
+        // Both shells start now, side by side (creating the build container first: the
+        // engine holds the helper while it starts, and the build container is created from
+        // the helper's volumes): the stages then only feed them.
+        let predefined = self.predefined.clone().ok_or(DockerError::NotPrepared {
+            stage: "prepare".to_owned(),
+        })?;
+        let (helper_session, build_session) = tokio::join!(
+            open_session(&docker, predefined.target()),
+            open_session(&docker, build.target()),
+        );
+        self.build = Some(build);
+        self.predefined_session = Some(helper_session?);
+        self.build_session = Some(build_session?);
         Ok(())
     }
 
@@ -1358,6 +1444,43 @@ impl Executor for DockerExecutor {
             {
                 tracing::warn!("docker cleanup did not finish within {CLEANUP_TIMEOUT:?}");
             }
+        })
+    }
+
+    /// The containers are removed after the job's final state is reported: their removal
+    /// (the build container, then the helper with its volumes) is handed back. What runs in
+    /// them ends now: the shells are told to exit and their containers stop by themselves,
+    /// side by side with the report (no Engine request); the removal waits for that first.
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+        Box::pin(async move {
+            self.service_logs = None;
+            let mut sessions: Vec<Session> =
+                [self.predefined_session.take(), self.build_session.take()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            for session in &mut sessions {
+                tell_exit(session, SESSION_EXIT_WAIT).await;
+            }
+            let created = self.take_created()?;
+            let removal: BoxFuture<'static, ()> = Box::pin(async move {
+                let ended = futures::future::join_all(
+                    sessions
+                        .into_iter()
+                        .map(|session| wait_ended(session, SESSION_EXIT_WAIT)),
+                )
+                .await;
+                if ended.contains(&false) {
+                    tracing::debug!("a job container did not stop by itself; removing it stops it");
+                }
+                if tokio::time::timeout(CLEANUP_TIMEOUT, created.remove())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("docker cleanup did not finish within {CLEANUP_TIMEOUT:?}");
+                }
+            });
+            Some(removal)
         })
     }
 

@@ -98,6 +98,10 @@ pub fn effective_pull_policies(
         .collect()
 }
 
+/// What the job log says when `if-not-present` finds the image locally.
+pub(crate) const LOCAL_IMAGE_LINE: &str =
+    "Using locally found image version due to \"if-not-present\" pull policy";
+
 /// Makes `image` available by trying `policies` in order; returns the image id. Pulls ask for
 /// `platform` (`linux/arm64`, …) when it is not empty. Lines for the job log (`Pulling docker
 /// image …`, pull warnings) are appended to `log`.
@@ -116,10 +120,7 @@ pub async fn ensure_image(
             match docker.inspect_image(image).await {
                 Ok(inspect) => {
                     if *policy == PullPolicy::IfNotPresent {
-                        log.push(
-                            "Using locally found image version due to \"if-not-present\" pull policy"
-                                .to_owned(),
-                        );
+                        log.push(LOCAL_IMAGE_LINE.to_owned());
                     }
                     return Ok(inspect.id.unwrap_or_else(|| image.to_owned()));
                 }

@@ -5,8 +5,9 @@
 //!   create()                                one DockerExecutor per job, in a concurrency slot
 //!   prepare(ctx)   images (pull policy, allowed_*), per-job network, /builds and /cache
 //!                  volumes, services (+ wait), helper "predefined" and "build" containers
-//!   run(stage)     attach + (re)start the stage's container, script on stdin, output streamed
-//!   cleanup()      containers, temporary volumes and the network removed, always
+//!   run(stage)     the script on the stdin of its container's shell, output streamed
+//!   cleanup()      containers, temporary volumes and the network removed, always (with
+//!                  cleanup_deferred(), after the job's final state is reported)
 //! ```
 //!
 //! - [`executor`]: [`DockerProvider`], [`DockerExecutor`], [`DOCKER_EXECUTOR_INFO`].
@@ -18,6 +19,8 @@
 //! - [`watchdog`]: the hard stop inside job containers at the timeout plus a grace.
 //! - [`client`]: connecting to the daemon (`host`, `DOCKER_HOST`, TLS).
 //! - [`auth`]: registry credentials for pulls (`DOCKER_AUTH_CONFIG`, job credentials).
+//! - `image_cache`: job image ids kept per provider while the Engine's image events allow.
+//! - `resources`: CPU and memory of a job's containers, from their cgroups or stats streams.
 //!
 //! Predefined stages run in the helper image, where the runner binary is
 //! [`HELPER_RUNNER_COMMAND`]; the job planner must use `/builds` and `/cache` (or the
@@ -42,6 +45,7 @@ mod error;
 pub mod executor;
 pub mod helper_image;
 pub mod image;
+mod image_cache;
 pub mod naming;
 pub mod options;
 mod resources;

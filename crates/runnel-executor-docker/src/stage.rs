@@ -86,6 +86,28 @@ pub(crate) async fn open_session(
     Ok(Session { attached })
 }
 
+/// Tells a session's shell (idle between stages) to exit, without an Engine request: its
+/// container then stops by itself (its first process ends with the shell, and every other
+/// process with it). Waits for `within` at most to hand the word over.
+pub(crate) async fn tell_exit(session: &mut Session, within: Duration) {
+    let input = &mut session.attached.input;
+    let told = async {
+        // A shell that is gone already has closed its input: nothing to say then.
+        if input.write_all(b"exit\n").await.is_ok() {
+            input.flush().await.ok();
+        }
+    };
+    tokio::time::timeout(within, told).await.ok();
+}
+
+/// Reads a session's output (dropped) until the container's processes are gone, for `within`
+/// at most; whether they were gone in time.
+pub(crate) async fn wait_ended(mut session: Session, within: Duration) -> bool {
+    let output = &mut session.attached.output;
+    let ended = async { while let Some(Ok(_)) = output.next().await {} };
+    tokio::time::timeout(within, ended).await.is_ok()
+}
+
 /// What a stage sends to the session shell: the script in a subshell with stdin closed, then
 /// the two end markers (the status on stdout, a bare marker on stderr), written by the shell
 /// once the subshell has exited, so they follow everything the stage wrote on either stream.

@@ -397,6 +397,18 @@ pub trait Executor: Send {
     /// Releases what [`prepare`](Executor::prepare) set up. Never fails: problems are logged.
     fn cleanup(&mut self) -> BoxFuture<'_, ()>;
 
+    /// [`cleanup`](Executor::cleanup) for a job runner that reports the job's final state right
+    /// after it: what need not delay that report is handed back (the docker executor's
+    /// container removal), for the caller to await after the report, before it forgets the
+    /// job (its journal record keeps what the job created until then); the rest is done here.
+    /// Use one of the two, once. The default runs `cleanup` and hands back nothing.
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+        Box::pin(async move {
+            self.cleanup().await;
+            None
+        })
+    }
+
     /// After [`cleanup`](Executor::cleanup): whether every process the job started on this
     /// host is known to be gone, so the job runner need not scan `/proc` for processes carrying
     /// the job's tag ([`crate::contain`]). `false` (the default) keeps that scan; an executor

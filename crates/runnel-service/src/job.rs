@@ -275,6 +275,8 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
 
     let started = Instant::now();
     let usage = Arc::new(JobUsage::default());
+    // The executor's cleanup that waits until the final state is reported (docker's removals).
+    let mut cleanup_after_report: Option<runnel_executor::BoxFuture<'static, ()>> = None;
     let outcome = match planned {
         // Review M1: a panic while the job runs must still end in a final state, not leave the
         // job "running" in GitLab until its stuck-job timeout.
@@ -287,9 +289,17 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
                 journal: journal.as_ref(),
                 journal_failed: &journal_failed,
                 contained: std::sync::atomic::AtomicBool::new(false),
+                cleanup_after_report: std::sync::Mutex::new(None),
             };
-            let run = execute(&job, &plan, &options, context, &run);
-            match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+            let executed = execute(&job, &plan, &options, context, &run);
+            let outcome =
+                futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(executed)).await;
+            cleanup_after_report = run
+                .cleanup_after_report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            match outcome {
                 Ok(outcome) => outcome,
                 Err(panic) => {
                     let what = panic_message(panic.as_ref());
@@ -375,6 +385,11 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
             tracing::error!(job = %job.id, %error, sent = uploader.sent(), "the final job update could not be delivered")
         }
     }
+    // Before the journal forgets the job: a crash meanwhile leaves its record, and the next
+    // start removes what the job created by the ids recorded there.
+    if let Some(later) = cleanup_after_report {
+        later.await;
+    }
     if let Some(journal) = &journal {
         match &delivery {
             Delivery::GaveUp(_) if journaled => {
@@ -450,6 +465,9 @@ struct JobRun<'a> {
     /// Set when the executor, after its cleanup, knows every process of the job is gone
     /// ([`runnel_executor::Executor::contained`]).
     contained: std::sync::atomic::AtomicBool,
+    /// What the executor's cleanup left for after the final state is reported
+    /// ([`runnel_executor::Executor::cleanup_deferred`]).
+    cleanup_after_report: std::sync::Mutex<Option<runnel_executor::BoxFuture<'static, ()>>>,
 }
 
 async fn execute(
@@ -718,7 +736,12 @@ async fn execute_stages(
             }
         }
     }
-    executor.cleanup().await;
+    // What need not delay the final state (docker's container removal) runs after it.
+    if let Some(later) = executor.cleanup_deferred().await {
+        *run.cleanup_after_report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(later);
+    }
     run.contained
         .store(executor.contained(), std::sync::atomic::Ordering::Relaxed);
     let timings: Vec<String> = durations

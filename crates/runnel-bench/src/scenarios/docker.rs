@@ -68,6 +68,7 @@ async fn measure(
         session.wait_for_held_poll().await?;
         proxy.settle().await;
         let before = proxy.count();
+        let enqueued = Instant::now();
         let id = session.fake.enqueue(trivial_job());
         let view = session.wait_success(id, JOB_TIMEOUT).await?;
         let done = status_at(&view, RemoteStatus::Success)
@@ -76,7 +77,11 @@ async fn measure(
         session.wait_for_held_poll().await?;
         proxy.settle().await;
         let engine = proxy.since(before);
-        tracing::info!(job = id, requests = ?engine, "docker engine requests of one job");
+        tracing::info!(
+            job = id,
+            requests = ?proxy.timeline(before, enqueued),
+            "docker engine requests of one job (ms after the enqueue)"
+        );
         let job_path = format!("/api/v4/jobs/{id}");
         let api = session
             .fake
@@ -280,7 +285,7 @@ pub(super) async fn ensure_helper(runnel: &Path) -> Result<String, BenchError> {
 /// A unix-socket relay to the Docker daemon that records every HTTP request line it passes.
 struct EngineProxy {
     path: PathBuf,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<(Instant, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -319,7 +324,7 @@ impl EngineProxy {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, String)>> {
         self.requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -332,7 +337,19 @@ impl EngineProxy {
 
     /// The requests seen after the first `start`.
     fn since(&self, start: usize) -> Vec<String> {
-        self.lock().get(start..).unwrap_or_default().to_vec()
+        let requests = self.lock();
+        let since = requests.get(start..).unwrap_or_default();
+        since.iter().map(|(_, line)| line.clone()).collect()
+    }
+
+    /// The requests after the first `start`, each with its time after `origin`.
+    fn timeline(&self, start: usize, origin: Instant) -> Vec<String> {
+        let requests = self.lock();
+        let since = requests.get(start..).unwrap_or_default();
+        since
+            .iter()
+            .map(|(at, line)| format!("{:.1} {line}", millis(at.saturating_duration_since(origin))))
+            .collect()
     }
 
     /// Waits until no request has arrived for [`SETTLE`] (or [`READY_TIMEOUT`] passed).
@@ -360,7 +377,7 @@ impl Drop for EngineProxy {
 async fn relay(
     client: UnixStream,
     upstream: &Path,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
 ) -> std::io::Result<()> {
     let server = UnixStream::connect(upstream).await?;
     let (mut client_read, mut client_write) = client.into_split();
@@ -382,7 +399,7 @@ async fn relay(
         parser.feed(chunk, |line| {
             log.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(line);
+                .push((Instant::now(), line));
         });
         server_write.write_all(chunk).await?;
     }

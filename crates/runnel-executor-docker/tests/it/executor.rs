@@ -793,3 +793,55 @@ async fn with_a_network_mode_services_are_linked_under_their_aliases() {
         .expect("cleanup hung");
     assert_eq!(leftovers(&docker, &job).await, (vec![], vec![], vec![]));
 }
+
+/// `cleanup_deferred` ends what runs in the job's containers at once (the shells are told to
+/// exit and the containers stop) and hands back the removal, which has not begun: the
+/// containers and the temporary volumes are still there until it is awaited, and gone after.
+#[tokio::test]
+async fn deferred_cleanup_removes_only_when_awaited() {
+    let docker = setup().await;
+    let provider = provider("pull_policy = \"never\"\ndisable_cache = true");
+    let job = job(Some(BUSYBOX));
+    let mut executor = provider.create().expect("executor");
+    prepare(&mut executor, &job).await.expect("prepare");
+    let sink = Collect::new();
+    assert_eq!(
+        run(&mut executor, StageKind::Build, "echo built\n", &sink).await,
+        StageExit::Exited(0)
+    );
+    let removal = tokio::time::timeout(STEP_TIMEOUT, executor.cleanup_deferred())
+        .await
+        .expect("cleanup hung")
+        .expect("a removal is handed back");
+    let stopped = async {
+        loop {
+            let running = docker
+                .list_containers(Some(ListContainersOptions {
+                    all: false,
+                    filters: Some(job_filter(&job)),
+                    ..ListContainersOptions::default()
+                }))
+                .await
+                .expect("list running containers");
+            if running.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(STEP_TIMEOUT, stopped)
+        .await
+        .expect("the shells kept running after their sessions ended");
+    let (containers, _, volumes) = leftovers(&docker, &job).await;
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    assert_eq!(
+        volumes.len(),
+        2,
+        "the temporary builds and (disable_cache) cache volumes: {volumes:?}"
+    );
+    drop(executor);
+    tokio::time::timeout(STEP_TIMEOUT, removal)
+        .await
+        .expect("the removal hung");
+    assert_eq!(leftovers(&docker, &job).await, (vec![], vec![], vec![]));
+}

@@ -268,8 +268,25 @@ fn labelled(daemon: &Daemon, kind: &str, extra_filter: Option<&str>) -> Vec<Stri
 }
 
 /// Asserts that nothing of this runner is left but its reusable cache volumes ([`Sweep`]
-/// removes those).
+/// removes those). Containers are removed right after a job's final state is reported, so
+/// this waits (a minute at most) for the runner to be done with them first.
 pub(crate) fn assert_nothing_left(daemon: &Daemon) {
+    let left = || {
+        !labelled(daemon, "container", None).is_empty()
+            || !labelled(daemon, "network", None).is_empty()
+            || !labelled(
+                daemon,
+                "volume",
+                Some("label=com.gitlab.gitlab-runner.reusable=false"),
+            )
+            .is_empty()
+    };
+    for _ in 0..300 {
+        if !left() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     assert_eq!(
         labelled(daemon, "container", None),
         Vec::<String>::new(),
@@ -1609,4 +1626,545 @@ async fn a_docker_job_whose_runner_was_killed_is_failed_and_removed_on_restart()
     assert_nothing_left(&daemon);
     daemon.signal(nix::sys::signal::Signal::SIGQUIT);
     daemon.wait_exit().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// #13.4: Engine requests per job
+
+/// A unix-socket relay between the runner and the Docker daemon that records every Engine API
+/// request as `METHOD /path` (API version and query left out, object ids and names as `{id}`).
+/// With `mute_events`, an image event stream (`GET /events`) is answered here and stays silent,
+/// as if the daemon had lost track: the runner then cannot learn that an image changed.
+struct EngineRecorder {
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+    requests: std::sync::Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EngineRecorder {
+    fn start(mute_events: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let upstream = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|host| host.strip_prefix("unix://").map(str::to_owned))
+            .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let requests = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let log = std::sync::Arc::clone(&log);
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    // A connection's end (or a reset) is not the test's business.
+                    relay_recording(client, &upstream, log, mute_events)
+                        .await
+                        .ok();
+                });
+            }
+        });
+        EngineRecorder {
+            _dir: dir,
+            socket,
+            requests,
+            task,
+        }
+    }
+
+    /// `host = "unix://…"` for `[runners.docker]`.
+    fn host_line(&self) -> String {
+        format!("    host = \"unix://{}\"\n", self.socket.display())
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until no request came for half a second: the runner is done with the engine.
+    async fn settle(&self) -> Vec<String> {
+        let mut seen = self.requests().len();
+        for _ in 0..120 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let now = self.requests().len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        self.requests()
+    }
+}
+
+impl Drop for EngineRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Relays one connection, recording the head of each request the client sends. Bodies are
+/// skipped by their `Content-Length`; after an upgrade (`attach`) or a chunked body, bytes go
+/// through unread.
+async fn relay_recording(
+    client: tokio::net::UnixStream,
+    upstream: &str,
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+    mute_events: bool,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = tokio::net::UnixStream::connect(upstream).await?;
+    let (mut client_read, client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let client_write = std::sync::Arc::new(tokio::sync::Mutex::new(client_write));
+    let writer = std::sync::Arc::clone(&client_write);
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0_u8; 64 * 1024];
+        while let Ok(n) = server_read.read(&mut buf).await {
+            if n == 0 || writer.lock().await.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        writer.lock().await.shutdown().await.ok();
+    });
+    let mut head = Vec::new();
+    let mut skip: u64 = 0;
+    let mut raw = false;
+    let mut buf = vec![0_u8; 64 * 1024];
+    let result = 'relay: loop {
+        let n = match client_read.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(error) => break Err(error),
+        };
+        let mut at = 0;
+        while at < n && !raw {
+            if skip > 0 {
+                let take = usize::try_from(skip).unwrap_or(usize::MAX).min(n - at);
+                at += take;
+                skip -= take as u64;
+                continue;
+            }
+            head.push(buf[at]);
+            at += 1;
+            if !head.ends_with(b"\r\n\r\n") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            head.clear();
+            let mut lines = text.split("\r\n");
+            let mut request = lines.next().unwrap_or_default().split(' ');
+            let method = request.next().unwrap_or_default().to_owned();
+            let path = engine_path(request.next().unwrap_or_default());
+            for line in lines {
+                let Some((name, value)) = line.split_once(':') else {
+                    continue;
+                };
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => skip = value.trim().parse().unwrap_or(0),
+                    "transfer-encoding" | "upgrade" => raw = true,
+                    _ => {}
+                }
+            }
+            log.lock().unwrap().push(format!("{method} {path}"));
+            if mute_events && method == "GET" && path == "/events" {
+                // Answered here (what came before it was relayed): headers, then silence
+                // until the runner hangs up.
+                let mut writer = client_write.lock().await;
+                if let Err(error) = writer
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await
+                {
+                    break 'relay Err(error);
+                }
+                drop(writer);
+                if let Err(error) = server_write.write_all(&buf[..at - text.len()]).await {
+                    break 'relay Err(error);
+                }
+                while matches!(client_read.read(&mut buf).await, Ok(n) if n > 0) {}
+                break 'relay Ok(());
+            }
+        }
+        if let Err(error) = server_write.write_all(&buf[..n]).await {
+            break Err(error);
+        }
+        if raw {
+            break tokio::io::copy(&mut client_read, &mut server_write)
+                .await
+                .map(drop);
+        }
+    };
+    if mute_events {
+        down.abort();
+    } else {
+        server_write.shutdown().await.ok();
+        down.await.ok();
+    }
+    result
+}
+
+/// `/v1.41/containers/0123…/start?x=y` → `/containers/{id}/start`.
+fn engine_path(target: &str) -> String {
+    let path = target.split('?').next().unwrap_or_default();
+    let mut out = String::new();
+    for (index, segment) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
+        let version = index == 0
+            && segment.strip_prefix('v').is_some_and(|rest| {
+                !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+            });
+        if version {
+            continue;
+        }
+        let id = segment.len() >= 12 && segment.chars().all(|c| c.is_ascii_hexdigit());
+        let named =
+            segment.starts_with("runner-") || segment.contains("%3A") || segment.contains(':');
+        out.push('/');
+        out.push_str(if id || named { "{id}" } else { segment });
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Runs `script` as a job and returns its log, after checking that it succeeded.
+async fn run_ok(daemon: &Daemon, name: &str, builder: JobBuilder) -> String {
+    let id = daemon.fake.enqueue(builder);
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "job {name}: {trace}");
+    trace.into_owned()
+}
+
+/// Runs a job that must succeed; returns its log and the Engine requests it made, counted
+/// until its containers are gone (they are removed after the final state is reported) and
+/// the runner is quiet.
+async fn job_requests(
+    daemon: &Daemon,
+    engine: &EngineRecorder,
+    name: &str,
+    builder: JobBuilder,
+) -> (String, Vec<String>) {
+    let before = engine.settle().await.len();
+    let trace = run_ok(daemon, name, builder).await;
+    for _ in 0..300 {
+        if labelled(daemon, "container", None).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let requests = engine.settle().await;
+    (trace, requests.get(before..).unwrap_or_default().to_vec())
+}
+
+/// #13.4: a trivial job (`true`, no sources) costs at most 8 Engine requests once the runner
+/// has met its daemon: two containers created, attached, started and removed; no image
+/// inspect, no stats stream, and nothing per stage (a job with more stages costs the same).
+#[tokio::test]
+async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
+    ensure_image();
+    let engine = EngineRecorder::start(false);
+    let daemon = Daemon::start(docker_setup_with(IMAGE, &engine.host_line())).await;
+    let _sweep = Sweep::new(&daemon);
+    // The first jobs also negotiate the API version, inspect the helper image, start
+    // following image events (whose replay may name the job image: it is inspected again
+    // once) and inspect the job image: once per runner.
+    for name in ["first", "second"] {
+        job_requests(&daemon, &engine, name, job(name).script(["true"])).await;
+    }
+    let (trace, requests) =
+        job_requests(&daemon, &engine, "trivial", job("trivial").script(["true"])).await;
+    assert!(
+        requests.len() <= 8,
+        "{} Engine requests for a trivial job: {requests:#?}",
+        requests.len()
+    );
+    for needless in ["/stats", "/json", "/wait"] {
+        assert!(
+            !requests.iter().any(|r| r.ends_with(needless)),
+            "{needless}: {requests:#?}"
+        );
+    }
+    // The log is what it was when every job inspected its image and followed stats streams.
+    assert!(
+        trace.contains("Using docker image sha256:")
+            && trace.contains(&format!(" for {IMAGE} ...")),
+        "{trace}"
+    );
+    assert!(trace.contains("Resource usage: peak memory "), "{trace}");
+
+    // Twice the stages (a multi-line script, after_script): not one request more.
+    let (trace, more) = job_requests(
+        &daemon,
+        &engine,
+        "more-stages",
+        job("more-stages")
+            .script(["echo one", "cd /", "echo two"])
+            .after_script(["echo after"]),
+    )
+    .await;
+    assert!(trace.contains("after\n"), "{trace}");
+    assert_eq!(
+        more.len(),
+        requests.len(),
+        "{more:#?}\nagainst\n{requests:#?}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+/// Builds `tag` from the busybox image with `/marker` holding `text`, labelled with the tag;
+/// returns the image id.
+fn build_marked(tag: &str, text: &str) -> String {
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("marker"), text).unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        // The label keeps images of other tags (other tests) from being this very image.
+        format!("FROM {IMAGE}\nCOPY marker /marker\nLABEL runnel.e2e.tag=\"{tag}\"\n"),
+    )
+    .unwrap();
+    build(tag, context.path());
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", tag]);
+    String::from_utf8_lossy(&id.stdout).trim().to_owned()
+}
+
+/// Removes the image tag when dropped.
+struct RemoveTag(String);
+
+impl Drop for RemoveTag {
+    fn drop(&mut self) {
+        docker(&["rmi", "-f", &self.0]);
+    }
+}
+
+fn unique_tag(repository: &str) -> String {
+    format!(
+        "{repository}:{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    )
+}
+
+/// #13.4: job images are inspected once while nothing changes, but a tag rebuilt between two
+/// jobs (the image events say so) runs the new image, and the log names the new id.
+#[tokio::test]
+async fn a_job_image_rebuilt_between_jobs_is_the_one_used() {
+    ensure_image();
+    let tag = unique_tag("runnel-e2e-moving");
+    let _remove = RemoveTag(tag.clone());
+    let first_id = build_marked(&tag, "one");
+    let engine = EngineRecorder::start(false);
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{tag}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"if-not-present\"]\n{}",
+            engine.host_line()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let local = "Using locally found image version due to \"if-not-present\" pull policy";
+    let inspects = |requests: &[String]| {
+        requests
+            .iter()
+            .filter(|r| *r == "GET /images/{id}/json")
+            .count()
+    };
+    let mut before = 0;
+    for round in 0..3 {
+        before = inspects(&engine.settle().await);
+        let trace = run_ok(&daemon, "one", job("marker").script(["cat /marker; echo"])).await;
+        assert!(trace.contains("\none\n"), "{trace}");
+        assert!(trace.contains(local), "{trace}");
+        assert!(
+            trace.contains(&format!("Using docker image {first_id} for {tag} ...")),
+            "round {round}: {trace}"
+        );
+    }
+    assert_eq!(
+        inspects(&engine.settle().await),
+        before,
+        "the third job used the image id the runner knew"
+    );
+
+    let second_id = build_marked(&tag, "two");
+    assert_ne!(first_id, second_id);
+    let trace = run_ok(&daemon, "two", job("marker").script(["cat /marker; echo"])).await;
+    assert!(trace.contains("\ntwo\n"), "{trace}");
+    assert!(trace.contains(local), "{trace}");
+    assert!(
+        trace.contains(&format!("Using docker image {second_id} for {tag} ...")),
+        "{trace}"
+    );
+    assert!(
+        inspects(&engine.settle().await) > before,
+        "the moved tag was looked up again"
+    );
+    assert_nothing_left(&daemon);
+}
+
+/// #13.4: when the runner misses that a job image was removed (here its image events are
+/// silenced), the container create that fails for want of the image makes it get the image
+/// again by the pull policy (`if-not-present` finds the tag's new image), and the job runs.
+#[tokio::test]
+async fn a_job_image_removed_unseen_is_got_again_by_its_pull_policy() {
+    ensure_image();
+    let tag = unique_tag("runnel-e2e-removed");
+    let _remove = RemoveTag(tag.clone());
+    let first_id = build_marked(&tag, "one");
+    let engine = EngineRecorder::start(true);
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{tag}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"if-not-present\"]\n{}",
+            engine.host_line()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    for _ in 0..2 {
+        let trace = run_ok(&daemon, "one", job("marker").script(["cat /marker; echo"])).await;
+        assert!(trace.contains("\none\n"), "{trace}");
+    }
+    let before = engine.settle().await.len();
+    assert!(docker(&["rmi", "-f", &tag]).status.success());
+    assert!(
+        !docker(&["image", "inspect", &first_id]).status.success(),
+        "the first image is gone"
+    );
+    let second_id = build_marked(&tag, "three");
+    let trace = run_ok(
+        &daemon,
+        "three",
+        job("marker").script(["cat /marker; echo"]),
+    )
+    .await;
+    assert!(trace.contains("\nthree\n"), "{trace}");
+    assert!(
+        trace.contains(&format!("Using docker image {second_id} for {tag} ...")),
+        "{trace}"
+    );
+    let requests = engine.settle().await[before..].to_vec();
+    assert!(
+        requests.iter().any(|r| r == "GET /images/{id}/json"),
+        "the image was looked up after the failed create: {requests:#?}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+/// The `Resource usage:` figures of a job's log: (peak MiB, CPU seconds, peak cores).
+fn usage_figures(trace: &str) -> (f64, f64, f64) {
+    let line = trace
+        .lines()
+        .find_map(|line| line.split("Resource usage: ").nth(1))
+        .unwrap_or_else(|| panic!("no resource usage line: {trace}"));
+    let number = |after: &str| -> f64 {
+        line.split(after)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {after:?} in {line:?}"))
+    };
+    (
+        number("peak memory "),
+        number("CPU time "),
+        number("peak CPU "),
+    )
+}
+
+/// #13.6: the figures at the end of a docker job's log and in the metrics are what its
+/// containers used: 64 MiB held in a shell variable, and CPU spent hashing 300 MB.
+#[tokio::test]
+async fn a_docker_jobs_memory_and_cpu_are_in_its_log_and_metrics() {
+    ensure_image();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let global: &'static str =
+        Box::leak(format!("listen_address = \"127.0.0.1:{port}\"").into_boxed_str());
+    let daemon = Daemon::start(Setup {
+        global,
+        ..docker_setup(IMAGE)
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let trace = run_ok(
+        &daemon,
+        "heavy",
+        job("heavy").script([
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a)",
+            "head -c 300000000 /dev/zero | md5sum",
+            "sleep 2",
+            "echo ${#x}",
+        ]),
+    )
+    .await;
+    assert!(trace.contains("67108864\n"), "{trace}");
+    let (memory, cpu, cores) = usage_figures(&trace);
+    assert!(memory >= 64.0, "peak memory {memory} MiB: {trace}");
+    assert!(cpu >= 0.2, "CPU time {cpu} s: {trace}");
+    assert!(cores > 0.0, "peak CPU {cores}: {trace}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("{name}_sum")))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}_sum in:\n{metrics}"))
+    };
+    assert!(
+        sum("runnel_job_peak_memory_bytes") >= 64.0 * 1024.0 * 1024.0,
+        "{metrics}"
+    );
+    assert!(sum("runnel_job_cpu_seconds") >= 0.2, "{metrics}");
+    assert_nothing_left(&daemon);
+}
+
+/// #13.4: the job image is kept between jobs only for policies that use a local image: with
+/// `always` first, every job pulls again (here the pull fails, no registry being reachable,
+/// and `if-not-present` then takes the local image), not only the first.
+#[tokio::test]
+async fn with_pull_policy_always_every_job_pulls() {
+    ensure_image();
+    let engine = EngineRecorder::start(false);
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: format!(
+            "  [runners.docker]\n    image = \"{IMAGE}\"\n    helper_image = \"{IMAGE}\"\n    pull_policy = [\"always\", \"if-not-present\"]\n{}",
+            engine.host_line()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    for round in 0..3 {
+        let before = engine.settle().await.len();
+        let trace = run_ok(&daemon, "pulled", job("pulled").script(["true"])).await;
+        assert!(
+            trace.contains(&format!("Pulling docker image {IMAGE} ...")),
+            "round {round}: {trace}"
+        );
+        assert!(
+            trace.contains("WARNING: Failed to pull image with policy \"always\""),
+            "round {round}: {trace}"
+        );
+        let requests = engine.settle().await[before..].to_vec();
+        assert!(
+            requests.iter().any(|r| r == "POST /images/create"),
+            "round {round}: {requests:#?}"
+        );
+    }
+    assert_nothing_left(&daemon);
 }
