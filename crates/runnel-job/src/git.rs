@@ -111,13 +111,20 @@ pub(crate) fn write_credential_reject(w: &mut ScriptWriter, ctx: &StageContext<'
     let Some(url) = remote.credential_url() else {
         return;
     };
-    let url = w.quote(&format!("url={url}"));
-    let user = w.quote("username=gitlab-ci-token");
+    // The request goes in as a here-document: no process of its own (a `printf |` pipeline
+    // forks one more per job). Its lines are literal, so a URL with a line break (none can
+    // come out of the parser, but it would add attributes) is not sent.
+    if url.contains(['\n', '\r']) || url == CREDENTIAL_REQUEST_END {
+        return;
+    }
     let reject = w.command_line("git", &["credential", "reject"]);
     w.line(&format!(
-        "printf '%s\\n' {url} {user} | {reject} >/dev/null 2>&1 || true"
+        "{reject} >/dev/null 2>&1 <<'{CREDENTIAL_REQUEST_END}' || true\nurl={url}\nusername=gitlab-ci-token\n{CREDENTIAL_REQUEST_END}"
     ));
 }
+
+/// The delimiter of the `git credential reject` request's here-document.
+const CREDENTIAL_REQUEST_END: &str = "RUNNEL_CREDENTIAL_REQUEST";
 
 pub(crate) struct GitSources<'a, 'b> {
     ctx: &'a StageContext<'b>,
