@@ -555,8 +555,14 @@ impl Prepared {
     /// What a person should know about the source the jobs get: a dirty working tree is run as
     /// a snapshot commit, not as HEAD.
     pub fn source_note(&self) -> Option<String> {
-        if !self.facts.is_repo || !self.facts.dirty {
+        if !self.facts.is_repo || !(self.facts.dirty || self.facts.in_subdirectory) {
             return None;
+        }
+        if !self.facts.dirty {
+            return Some(
+                "the project is a directory inside its repository: jobs run a snapshot commit of that directory, so CI_COMMIT_SHA is not HEAD"
+                    .to_owned(),
+            );
         }
         Some(match &self.facts.head {
             Some(head) => format!(

@@ -34,7 +34,12 @@ pub struct RepoFacts {
     /// The GitLab instance of the `origin` remote (`https://gitlab.example.com`), without
     /// credentials; `None` without a network remote.
     pub server_url: Option<String>,
-    /// Files changed by HEAD plus uncommitted and untracked ones; `None` outside a repo.
+    /// The project is a directory below its work tree's top level (`runnel exec -C
+    /// examples/demo` in a clone): HEAD's tree is the whole repository's, so jobs always get a
+    /// snapshot commit of the project directory.
+    pub in_subdirectory: bool,
+    /// Files changed by HEAD plus uncommitted and untracked ones, relative to the project
+    /// directory and within it; `None` outside a repo.
     pub changed_files: Option<Vec<String>>,
     /// Whether the working tree differs from HEAD (changes, or untracked files that are not
     /// ignored); true outside a repository and when git cannot tell.
@@ -149,6 +154,9 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
             ..RepoFacts::default()
         };
     }
+    let in_subdirectory = query(dir, &["rev-parse", "--show-prefix"])
+        .await
+        .is_some_and(|prefix| !prefix.is_empty());
     let branch = query(dir, &["symbolic-ref", "--short", "-q", "HEAD"]).await;
     let head = query(dir, &["rev-parse", "-q", "--verify", "HEAD^{commit}"]).await;
     let tag = match (&branch, &head) {
@@ -186,11 +194,12 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
             "diff-tree",
             "--no-commit-id",
             "--name-only",
+            "--relative",
             "-r",
             "--root",
             "HEAD",
         ],
-        &["diff", "--name-only", "HEAD"],
+        &["diff", "--name-only", "--relative", "HEAD"],
         &["ls-files", "--others", "--exclude-standard"],
     ];
     for args in lists {
@@ -202,7 +211,13 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
     changed.dedup();
     let dirty = match git_in(
         dir,
-        &["status", "--porcelain", "--untracked-files=normal"],
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=normal",
+            "--",
+            ".",
+        ],
         &[],
     )
     .await
@@ -224,6 +239,7 @@ pub async fn read_facts(dir: &Path) -> RepoFacts {
         server_url,
         changed_files: Some(changed),
         dirty,
+        in_subdirectory,
     }
 }
 
@@ -314,6 +330,7 @@ pub async fn snapshot(
     }
     if objects.is_some()
         && !facts.dirty
+        && !facts.in_subdirectory
         && let Some(head) = &facts.head
     {
         let envs: [(&str, &Path); 1] = [("GIT_DIR", &repo)];

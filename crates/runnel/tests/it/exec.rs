@@ -628,6 +628,38 @@ async fn the_readme_demo_runs_its_matrix_artifacts_cache_and_rules() {
         .assert_line("[deploy] Deploying Hello from greet 1.0");
 }
 
+/// The README's first command runs the demo inside a fresh clone of Runnel: a clean work tree
+/// whose top level is the repository, with the project one directory below it. HEAD's tree is
+/// the whole repository's, so the jobs get a snapshot commit of the project directory (and
+/// rules:changes paths relative to it), and the run says so.
+#[tokio::test]
+async fn the_readme_demo_runs_in_a_clean_clone_of_its_repository() {
+    let clone = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    let project = clone.path().join("examples").join("demo");
+    copy_tree(&demo, &project);
+    std::fs::write(
+        clone.path().join("README.md"),
+        "the repository's own files\n",
+    )
+    .unwrap();
+    git(clone.path(), &["init", "-q", "-b", "main"]);
+    git(clone.path(), &["add", "-A"]);
+    git(clone.path(), &["commit", "-q", "-m", "A clone"]);
+
+    let run = exec(&project, &["--plain"]).await;
+    run.assert_code(0)
+        .assert_status("[build] passed")
+        .assert_status("[lint] passed")
+        .assert_status("[test: [fr]] passed")
+        .assert_line("[test: [fr]] Bonjour de greet 1.0");
+    assert!(
+        run.stderr.contains("a directory inside its repository"),
+        "the snapshot is announced: {}",
+        run.output()
+    );
+}
+
 const SEMANTICS: &str = r#"stages: [prepare, test, deploy]
 variables:
   NESTED: "[$COMBINED]"
