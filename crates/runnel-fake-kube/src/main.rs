@@ -37,6 +37,9 @@ struct Args {
     /// Fault: watches are refused (405), as by a proxy that does not pass them on.
     #[arg(long)]
     refuse_watches: bool,
+    /// Fault: pod creation is refused as over the namespace's resource quota (403).
+    #[arg(long)]
+    exceed_pod_quota: bool,
 }
 
 #[tokio::main]
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
             pending_forever: args.pending_forever,
             evict_after: args.evict_after_secs.map(Duration::from_secs),
             refuse_watches: args.refuse_watches,
+            exceed_pod_quota: args.exceed_pod_quota,
         },
     };
     let mut terminate = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;
