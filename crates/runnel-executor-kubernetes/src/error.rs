@@ -136,7 +136,7 @@ pub enum KubernetesError {
 
     /// The API server stayed unreachable for longer than `poll_timeout` under a running job.
     #[error(
-        "the Kubernetes API server {server} has been unreachable for more than {seconds}s (poll_timeout) while following pod {pod}: {message}"
+        "the Kubernetes API server {server} has been unreachable for more than {seconds}s (poll_timeout) while the job's pod {pod} runs: {message}"
     )]
     ApiServerUnreachable {
         /// Its URL.

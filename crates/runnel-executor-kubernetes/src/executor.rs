@@ -1087,7 +1087,10 @@ impl KubernetesExecutor {
             .stdin(true)
             .stdout(true)
             .stderr(true);
-        let mut process = match pods.exec(&name, command, &params).await {
+        let connected = self
+            .reaching(|| pods.exec(&name, command.clone(), &params))
+            .await?;
+        let mut process = match connected {
             Ok(process) => process,
             Err(source) => {
                 self.check_pod().await?;
@@ -1161,6 +1164,38 @@ impl KubernetesExecutor {
                 Err(exec_error(
                     "the connection ended without an exit status".to_owned(),
                 ))
+            }
+        }
+    }
+
+    /// `request` again every `poll_interval` while it does not reach the API server, for at
+    /// most `poll_timeout`; then the job fails naming the API server. Only for requests that
+    /// do nothing unless they reach it (opening a session, reading).
+    async fn reaching<T, F, Fut>(
+        &self,
+        mut request: F,
+    ) -> Result<Result<T, kube::Error>, KubernetesError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        let mut since: Option<Instant> = None;
+        loop {
+            match request().await {
+                Err(error) if transient(&error) => {
+                    let first = *since.get_or_insert_with(Instant::now);
+                    if first.elapsed() >= self.shared.options.poll_timeout() {
+                        return Err(KubernetesError::ApiServerUnreachable {
+                            server: self.server.clone(),
+                            pod: self.full_name(),
+                            seconds: self.shared.options.poll_timeout().as_secs(),
+                            message: error_chain(&error),
+                        });
+                    }
+                    tracing::warn!(pod = %self.full_name(), server = %self.server, error = %error_chain(&error), "the Kubernetes API server is unreachable; trying again");
+                    tokio::time::sleep(self.shared.options.poll_interval()).await;
+                }
+                other => return Ok(other),
             }
         }
     }
@@ -1485,8 +1520,12 @@ impl KubernetesExecutor {
         let pods = self.pods()?;
         let name = self.pod.clone().unwrap_or_default();
         let line = crate::attach::stage_line(&paths, cmd.stage, umask);
-        if let Err(source) = crate::attach::write_to_container(&pods, &name, container, &line).await
-        {
+        // Nothing is written unless the session is established: trying again cannot start
+        // the stage twice.
+        let written = self
+            .reaching(|| crate::attach::write_to_container(&pods, &name, container, &line))
+            .await?;
+        if let Err(source) = written {
             self.check_pod().await?;
             return Err(KubernetesError::api(
                 "attach to pod",
@@ -1962,6 +2001,47 @@ mod tests {
             runnel_types::FailureReason::ImagePullFailure
         );
         insta::assert_snapshot!(error.to_string(), @"image pull failed for container build (nope:1): not found");
+    }
+
+    #[test]
+    fn an_oom_killed_container_says_so_with_its_limit() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "build", "resources": {"limits": {"memory": "64Mi"}}},
+                {"name": "helper"}
+            ]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "build", "image": "b", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+                {"name": "helper", "image": "h", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {}}}
+            ]}
+        }))
+        .unwrap();
+        let error = terminal_error(&pod, "ns/p").unwrap();
+        assert_eq!(
+            error.failure_reason(),
+            runnel_types::FailureReason::RunnerSystemFailure
+        );
+        insta::assert_snapshot!(error.to_string(), @"pod ns/p failed: container build was OOM-killed: it used more memory than its limit of 64Mi (reason OOMKilled, exit code 137)");
+    }
+
+    #[test]
+    fn only_unreached_or_unavailable_api_servers_are_tried_again() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::default()
+            }))
+        };
+        assert!(transient(&status(503)));
+        assert!(!transient(&status(403)));
+        assert!(!transient(&status(404)));
+        assert!(transient(&kube::Error::ReadEvents(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!transient(&kube::Error::LinesCodecMaxLineLengthExceeded));
     }
 
     #[test]

@@ -667,7 +667,7 @@ async fn an_api_server_that_stays_away_ends_the_job_and_its_pod_is_deleted_once_
     assert!(!trace.contains("not-reached"), "{trace}");
     assert!(
         trace.contains(&format!(
-            "ERROR: Job failed (system failure): the kubernetes executor failed: the Kubernetes API server {}/ has been unreachable for more than 5s (poll_timeout) while following pod default/runner-",
+            "ERROR: Job failed (system failure): the kubernetes executor failed: the Kubernetes API server {}/ has been unreachable for more than 5s (poll_timeout) while the job's pod default/runner-",
             kube.url()
         )),
         "{trace}"
