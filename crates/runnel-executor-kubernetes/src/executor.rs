@@ -891,6 +891,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The exit code of a process killed by `SIGKILL` (128 + 9), as the OOM killer does.
+const KILLED_EXIT_CODE: i32 = 137;
+
 /// How long a stopped attach-mode stage may take to print its exit line.
 const ATTACH_STOP_WAIT: Duration = Duration::from_secs(3);
 
@@ -1423,9 +1426,14 @@ impl KubernetesExecutor {
             Some(status) => {
                 let exit = stage_exit(&status).map_err(exec_error)?;
                 if !exit.success() {
-                    // A container killed under the stage (eviction, OOM) ends it with a
-                    // non-zero code too: the pod says whether that is the reason.
-                    self.check_pod().await?;
+                    let code = match exit {
+                        StageExit::Exited(code) => code,
+                        _ => 0,
+                    };
+                    let mut watch = self.take_watch()?;
+                    let killed = self.killed_under_stage(&mut watch, code).await;
+                    self.watch = Some(watch);
+                    killed?;
                 }
                 Ok(exit)
             }
@@ -1436,6 +1444,27 @@ impl KubernetesExecutor {
                 ))
             }
         }
+    }
+
+    /// After a stage exited with `code` (not 0): a container killed under the stage (eviction,
+    /// OOM) ends it with a non-zero code too, and the pod says whether that is the reason. A
+    /// stage whose process was killed (137) may end before the pod's status says why (the
+    /// kubelet reports an OOM kill after the kernel made it): the pod's next changes are
+    /// followed for `poll_interval` first.
+    async fn killed_under_stage(
+        &self,
+        watch: &mut PodWatch,
+        code: i32,
+    ) -> Result<(), KubernetesError> {
+        self.check_pod().await?;
+        if code == KILLED_EXIT_CODE {
+            let full_name = self.full_name();
+            let interval = self.shared.options.poll_interval();
+            if let Ok(error) = tokio::time::timeout(interval, watch.failure(&full_name)).await {
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     /// Creates the job's own namespace (`namespace_per_job`); deleted again at cleanup.
@@ -1579,9 +1608,7 @@ impl KubernetesExecutor {
                 event = logs.events.recv() => {
                     if let Some(code) = self.log_event(event, &mut output, script_path, sink)? {
                         if code != 0 {
-                            // A container killed under the stage (eviction, OOM) ends it with
-                            // a non-zero code too: the pod says whether that is the reason.
-                            self.check_pod().await?;
+                            self.killed_under_stage(watch, code).await?;
                         }
                         return Ok(StageExit::Exited(code));
                     }
