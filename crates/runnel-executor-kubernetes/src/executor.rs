@@ -868,7 +868,7 @@ impl PodWatch {
 
 /// Whether a failed request may succeed when repeated: the API server was not reached, the
 /// connection broke, or it answered that it cannot serve now (5xx).
-fn transient(error: &kube::Error) -> bool {
+pub(crate) fn transient(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(status) => status.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
@@ -877,7 +877,7 @@ fn transient(error: &kube::Error) -> bool {
 }
 
 /// An error and its causes, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -1070,7 +1070,13 @@ impl KubernetesExecutor {
             let command = crate::attach::save_command(&paths.detect_script(), detect.len(), true);
             self.exec_with_input(BUILD_CONTAINER, "prepare", command, detect.as_bytes())
                 .await?;
-            self.logs = Some(LogStream::start(pods, name, paths.log_file()));
+            self.logs = Some(LogStream::start(
+                pods,
+                name,
+                paths.log_file(),
+                self.server.clone(),
+                self.shared.options.poll_timeout(),
+            ));
         }
         Ok(())
     }

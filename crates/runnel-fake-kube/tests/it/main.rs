@@ -355,3 +355,48 @@ async fn pods_over_the_quota_are_refused_as_the_resource_quota_admission_does() 
     assert!(kube.pod_names().is_empty());
     kube.shutdown().await;
 }
+
+/// Sends `signal` (`USR1`, …) to the server process.
+fn send_signal(server: &Server, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_binary_goes_away_on_sigusr1_and_comes_back_on_sigusr2() {
+    let dir = std::env::temp_dir().join(format!("runnel-fake-kube-away-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = Server::start(&dir);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    send_signal(&server, "USR1");
+    let mut away = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&address).await.is_err() {
+            away = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(away, "the listener closed on SIGUSR1");
+    send_signal(&server, "USR2");
+    let mut listed = None;
+    for _ in 0..100 {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/api/v1/namespaces/default/pods", server.url))
+            .bearer_auth("t0ken")
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            listed = Some(answer.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed, Some(reqwest::StatusCode::OK), "back on SIGUSR2");
+    send_signal(&server, "TERM");
+    assert!(server.child.wait().unwrap().success());
+}
