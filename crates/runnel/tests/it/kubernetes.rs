@@ -594,6 +594,38 @@ async fn a_build_container_over_its_memory_limit_is_oom_killed_and_the_job_says_
     assert_nothing_left(kube).await;
 }
 
+#[tokio::test]
+async fn an_oom_killed_build_container_is_the_reason_in_exec_mode_too() {
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        IMAGE,
+        "    memory_limit = \"32Mi\"\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("oom-by-exec").variable(LEGACY, "true").script([
+            "echo started",
+            "tail /dev/zero",
+            "echo not-reached",
+        ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(
+        trace
+            .contains("container build was OOM-killed: it used more memory than its limit of 32Mi"),
+        "{trace}"
+    );
+    assert_nothing_left(kube).await;
+}
+
 /// Waits (at most a minute) until the fake API server has no pod (nor pod container) left.
 async fn wait_for_no_pods(kube: &FakeKube) {
     for _ in 0..120 {
