@@ -376,14 +376,22 @@ impl Drop for LogStream {
 }
 
 impl LogStream {
-    /// Starts streaming `log_file` of pod `pod` through its helper container.
-    pub fn start(pods: Api<Pod>, pod: String, log_file: String) -> Self {
+    /// Starts streaming `log_file` of pod `pod` through its helper container. Sessions that
+    /// cannot reach the API server (at `server`) are tried again for `outage_limit`
+    /// (`poll_timeout`) before the stream fails.
+    pub fn start(
+        pods: Api<Pod>,
+        pod: String,
+        log_file: String,
+        server: String,
+        outage_limit: Duration,
+    ) -> Self {
         let (sender, events) = mpsc::channel(CHANNEL_CAPACITY);
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = stream(&pods, &pod, &log_file, &sender) => {}
+                () = stream(&pods, &pod, &log_file, &sender, (&server, outage_limit)) => {}
                 () = token.cancelled() => {}
             }
         });
@@ -391,9 +399,16 @@ impl LogStream {
     }
 }
 
-async fn stream(pods: &Api<Pod>, pod: &str, log_file: &str, sender: &mpsc::Sender<LogEvent>) {
+async fn stream(
+    pods: &Api<Pod>,
+    pod: &str,
+    log_file: &str,
+    sender: &mpsc::Sender<LogEvent>,
+    (server, outage_limit): (&str, Duration),
+) {
     let mut parser = LogParser::new(0);
     let mut failures = 0u32;
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
     loop {
         if failures > 0 {
             let backoff = Duration::from_millis(250 * u64::from(failures.min(20)));
@@ -403,10 +418,32 @@ async fn stream(pods: &Api<Pod>, pod: &str, log_file: &str, sender: &mpsc::Sende
         if sender.is_closed() {
             return;
         }
+        if !matches!(outcome, Err(StreamEnd::Unreachable(_))) {
+            unreachable_since = None;
+        }
         if received {
             failures = 0;
         }
         let message = match outcome {
+            Err(StreamEnd::Unreachable(message)) => {
+                // Not counted as a failure of the stream: the API server is away.
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= outage_limit {
+                    let sent = sender
+                        .send(LogEvent::Failed(format!(
+                            "the Kubernetes API server {server} has been unreachable for more than {}s (poll_timeout): {message}",
+                            outage_limit.as_secs()
+                        )))
+                        .await;
+                    if sent.is_err() {
+                        tracing::debug!(pod, "the log stream's reader is gone");
+                    }
+                    return;
+                }
+                tracing::debug!(pod, %message, "the API server is unreachable; the job's log stream waits for it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             Ok(()) => "read-logs ended".to_owned(),
             Err(StreamEnd::Fatal(message)) => {
                 if sender.send(LogEvent::Failed(message)).await.is_err() {
@@ -433,6 +470,8 @@ async fn stream(pods: &Api<Pod>, pod: &str, log_file: &str, sender: &mpsc::Sende
 }
 
 enum StreamEnd {
+    /// The session could not be opened: the API server was not reached.
+    Unreachable(String),
     Retry(String),
     Fatal(String),
 }
@@ -453,6 +492,12 @@ async fn stream_once(
     let command = read_logs_command(log_file, parser.offset());
     let mut process = match pods.exec(pod, command, &params).await {
         Ok(process) => process,
+        Err(error) if crate::executor::transient(&error) => {
+            return (
+                false,
+                Err(StreamEnd::Unreachable(crate::executor::error_chain(&error))),
+            );
+        }
         Err(error) => return (false, Err(StreamEnd::Retry(error.to_string()))),
     };
     let (Some(mut stdout), Some(mut stderr), Some(status)) =

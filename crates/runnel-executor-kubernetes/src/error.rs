@@ -82,6 +82,18 @@ pub enum KubernetesError {
         source: Box<kube::Error>,
     },
 
+    /// The API server refused to create the pod (a `ResourceQuota` or `LimitRange` exceeded,
+    /// a policy admission denied it): what it said, reason and message.
+    #[error("the API server refused to create pod {pod}: {message} ({reason})")]
+    PodRefused {
+        /// `namespace/name`.
+        pod: String,
+        /// The `Status` reason (`Forbidden`, …).
+        reason: String,
+        /// The `Status` message (`pods "…" is forbidden: exceeded quota: …`).
+        message: String,
+    },
+
     /// A container image could not be pulled.
     #[error("image pull failed for container {container} ({image}): {message}")]
     ImagePull {
@@ -119,6 +131,21 @@ pub enum KubernetesError {
         /// `namespace/name`.
         pod: String,
         /// The reason and message Kubernetes gave.
+        message: String,
+    },
+
+    /// The API server stayed unreachable for longer than `poll_timeout` under a running job.
+    #[error(
+        "the Kubernetes API server {server} has been unreachable for more than {seconds}s (poll_timeout) while the job's pod {pod} runs: {message}"
+    )]
+    ApiServerUnreachable {
+        /// Its URL.
+        server: String,
+        /// `namespace/name`.
+        pod: String,
+        /// `poll_timeout`, in seconds.
+        seconds: u64,
+        /// The last error.
         message: String,
     },
 

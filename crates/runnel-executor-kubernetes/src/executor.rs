@@ -188,7 +188,7 @@ impl KubernetesProvider {
     /// Returns the names of the pods deleted, then `secret <name>` and `namespace <name>` for
     /// each secret and namespace.
     pub async fn remove_leftovers(&self) -> Result<Vec<String>, KubernetesError> {
-        let (client, namespace) = connect(&self.shared.options, None).await?;
+        let (client, namespace, _) = connect(&self.shared.options, None).await?;
         let selector = self.manager_selector();
         let mut removed = self
             .remove_leftover_pods(client.clone(), &namespace, &selector)
@@ -323,6 +323,7 @@ impl Provider for KubernetesProvider {
             shared: Arc::clone(&self.shared),
             slot,
             client: None,
+            server: String::new(),
             namespace: String::new(),
             pod: None,
             image: String::new(),
@@ -375,7 +376,7 @@ fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
 async fn connect(
     options: &KubernetesOptions,
     token: Option<&str>,
-) -> Result<(Client, String), KubernetesError> {
+) -> Result<(Client, String, String), KubernetesError> {
     let (config, what) = match &options.host {
         Some(host) if !host.is_empty() => {
             let url = host
@@ -430,11 +431,12 @@ async fn connect(
         .clone()
         .filter(|ns| !ns.is_empty())
         .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|source| KubernetesError::Config {
         what,
         source: Box::new(source),
     })?;
-    Ok((client, namespace))
+    Ok((client, namespace, server))
 }
 
 /// Runs one job in one pod.
@@ -442,6 +444,8 @@ pub struct KubernetesExecutor {
     shared: Arc<Shared>,
     slot: u32,
     client: Option<Client>,
+    /// The API server's URL, once connected.
+    server: String,
     namespace: String,
     /// The pod's name, once created.
     pod: Option<String>,
@@ -548,14 +552,24 @@ fn terminal_error(pod: &Pod, full_name: &str) -> Option<KubernetesError> {
         if let Some(terminated) = state.and_then(|s| s.terminated.as_ref())
             && [BUILD_CONTAINER, HELPER_CONTAINER].contains(&container.name.as_str())
         {
+            let reason = terminated.reason.clone().unwrap_or_default();
+            let mut message = format!(
+                "container {} terminated: reason {reason}, exit code {}",
+                container.name, terminated.exit_code
+            );
+            if reason == "OOMKilled" {
+                message = format!(
+                    "container {} was OOM-killed: it used more memory than its limit{} (reason OOMKilled, exit code {})",
+                    container.name,
+                    memory_limit(pod, &container.name)
+                        .map(|limit| format!(" of {limit}"))
+                        .unwrap_or_default(),
+                    terminated.exit_code
+                );
+            }
             return Some(KubernetesError::PodFailed {
                 pod: full_name.to_owned(),
-                message: format!(
-                    "container {} terminated: reason {}, exit code {}",
-                    container.name,
-                    terminated.reason.clone().unwrap_or_default(),
-                    terminated.exit_code
-                ),
+                message,
             });
         }
     }
@@ -571,6 +585,23 @@ fn terminal_error(pod: &Pod, full_name: &str) -> Option<KubernetesError> {
         }),
         _ => None,
     }
+}
+
+/// The memory limit of the pod's container `name`, as written in its spec.
+fn memory_limit(pod: &Pod, name: &str) -> Option<String> {
+    let container = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)?;
+    let limit = container
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("memory")?;
+    Some(limit.0.clone())
 }
 
 /// The error a container waiting for this reason is in, if the pod cannot start.
@@ -673,6 +704,12 @@ struct PodWatch {
     name: String,
     interval: Duration,
     version: String,
+    /// The API server's URL, for messages.
+    server: String,
+    /// How long the API server may stay unreachable (`poll_timeout`) before the job fails.
+    outage_limit: Duration,
+    /// Since when requests have not reached the API server.
+    unreachable_since: Option<Instant>,
     /// The open watch (in a mutex only so the executor is `Sync`: it is used through
     /// `&mut self`, never locked).
     stream: tokio::sync::Mutex<Option<PodEvents>>,
@@ -682,13 +719,58 @@ struct PodWatch {
 type PodEvents = futures::stream::BoxStream<'static, Result<WatchEvent<Pod>, kube::Error>>;
 
 impl PodWatch {
-    fn new(pods: Api<Pod>, name: &str, interval: Duration) -> Self {
+    fn new(pods: Api<Pod>, name: &str, server: &str, options: &KubernetesOptions) -> Self {
         PodWatch {
             pods,
             name: name.to_owned(),
-            interval,
+            interval: options.poll_interval(),
             version: String::new(),
+            server: server.to_owned(),
+            outage_limit: options.poll_timeout(),
+            unreachable_since: None,
             stream: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A request reached the API server.
+    fn reached(&mut self, full_name: &str) {
+        if let Some(since) = self.unreachable_since.take() {
+            tracing::warn!(pod = full_name, server = %self.server, after = ?since.elapsed(), "the Kubernetes API server answers again");
+        }
+    }
+
+    /// A request did not reach the API server: fine until it has been so for `outage_limit`.
+    fn unreachable(&mut self, full_name: &str, error: &kube::Error) -> Result<(), KubernetesError> {
+        let since = *self.unreachable_since.get_or_insert_with(|| {
+            tracing::warn!(pod = full_name, server = %self.server, error = %error_chain(error), "the Kubernetes API server is unreachable; retrying");
+            Instant::now()
+        });
+        if since.elapsed() >= self.outage_limit {
+            return Err(KubernetesError::ApiServerUnreachable {
+                server: self.server.clone(),
+                pod: full_name.to_owned(),
+                seconds: self.outage_limit.as_secs(),
+                message: error_chain(error),
+            });
+        }
+        Ok(())
+    }
+
+    /// The pod read again after `poll_interval`; `None` when the API server is away (for
+    /// less than `outage_limit`).
+    async fn poll(&mut self, full_name: &str) -> Result<Option<Pod>, KubernetesError> {
+        tokio::time::sleep(self.interval).await;
+        match self.pods.get(&self.name).await {
+            Ok(pod) => {
+                self.reached(full_name);
+                self.version = pod.metadata.resource_version.clone().unwrap_or_default();
+                Ok(Some(pod))
+            }
+            Err(error) if transient(&error) => {
+                self.unreachable(full_name, &error)?;
+                Ok(None)
+            }
+            Err(source) => Err(KubernetesError::api("get pod", full_name, source)),
         }
     }
 
@@ -724,11 +806,19 @@ impl PodWatch {
             let Some(stream) = self.stream.get_mut().as_mut() else {
                 let params = WatchParams::default().fields(&format!("metadata.name={}", self.name));
                 match self.pods.watch(&params, &self.version).await {
-                    Ok(stream) => *self.stream.get_mut() = Some(stream.boxed()),
+                    Ok(stream) => {
+                        self.reached(full_name);
+                        *self.stream.get_mut() = Some(stream.boxed());
+                    }
                     Err(error) => {
-                        tracing::debug!(pod = full_name, %error, "cannot watch the pod; reading it again");
-                        tokio::time::sleep(self.interval).await;
-                        return self.get(full_name).await;
+                        if transient(&error) {
+                            self.unreachable(full_name, &error)?;
+                        } else {
+                            tracing::debug!(pod = full_name, %error, "cannot watch the pod; reading it again");
+                        }
+                        if let Some(pod) = self.poll(full_name).await? {
+                            return Ok(pod);
+                        }
                     }
                 }
                 continue;
@@ -752,16 +842,21 @@ impl PodWatch {
                 Some(Ok(WatchEvent::Error(status))) => {
                     *self.stream.get_mut() = None;
                     tracing::debug!(pod = full_name, code = status.code, message = %status.message, "the pod's watch ended");
-                    if status.code != 410 {
-                        tokio::time::sleep(self.interval).await;
+                    if status.code == 410 {
+                        // Expired: the pod is read again and the next watch starts from what
+                        // was read.
+                        return self.get(full_name).await;
                     }
-                    // Expired (410) or not: the pod is read again and the next watch starts
-                    // from what was read.
-                    return self.get(full_name).await;
+                    if let Some(pod) = self.poll(full_name).await? {
+                        return Ok(pod);
+                    }
                 }
                 Some(Err(error)) => {
                     *self.stream.get_mut() = None;
                     tracing::debug!(pod = full_name, %error, "the pod's watch broke; resuming it");
+                    if transient(&error) {
+                        self.unreachable(full_name, &error)?;
+                    }
                     tokio::time::sleep(self.interval).await;
                 }
                 // The server ended the watch (its timeout): resumed from the last version.
@@ -770,6 +865,34 @@ impl PodWatch {
         }
     }
 }
+
+/// Whether a failed request may succeed when repeated: the API server was not reached, the
+/// connection broke, or it answered that it cannot serve now (5xx).
+pub(crate) fn transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
+/// An error and its causes, `: `-separated.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The exit code of a process killed by `SIGKILL` (128 + 9), as the OOM killer does.
+const KILLED_EXIT_CODE: i32 = 137;
 
 /// How long a stopped attach-mode stage may take to print its exit line.
 const ATTACH_STOP_WAIT: Duration = Duration::from_secs(3);
@@ -793,9 +916,10 @@ impl KubernetesExecutor {
         let shared = Arc::clone(&self.shared);
         let options = &shared.options;
         let overwrites = crate::overwrites::evaluate(options, ctx.job)?;
-        let (client, default_namespace) =
+        let (client, default_namespace, server) =
             connect(options, overwrites.bearer_token.as_deref()).await?;
         self.client = Some(client.clone());
+        self.server = server;
         self.namespace = if options.namespace_per_job {
             format!("{JOB_NAMESPACE_PREFIX}{}", ctx.job.id)
         } else if overwrites.namespace.is_empty() {
@@ -891,7 +1015,19 @@ impl KubernetesExecutor {
             lock(&self.shared.active_pods).insert(name.clone());
             pods.create(&PostParams::default(), &pod)
                 .await
-                .map_err(|source| KubernetesError::api("create pod", self.full_name(), source))?;
+                .map_err(|source| match source {
+                    // As official: a refusal (quota, admission) ends the job as a system
+                    // failure; the log says what the API server said.
+                    kube::Error::Api(status) if status.is_forbidden() => {
+                        let status = *status;
+                        KubernetesError::PodRefused {
+                            pod: self.full_name(),
+                            reason: status.reason,
+                            message: status.message,
+                        }
+                    }
+                    source => KubernetesError::api("create pod", self.full_name(), source),
+                })?;
             match self.wait_until_running(&pods, &name).await {
                 Ok(watch) => {
                     self.watch = Some(watch);
@@ -920,7 +1056,9 @@ impl KubernetesExecutor {
                     self.pending_log.push(format!(
                         "Attempt #{attempt}: Trying {next:?} pull policy for {image:?} image for container {container:?}"
                     ));
-                    self.delete_pod().await;
+                    if let Some(deletion) = self.delete_pod().await {
+                        deletion.retry().await;
+                    }
                 }
                 Err(error) => return Err(error),
             }
@@ -932,7 +1070,13 @@ impl KubernetesExecutor {
             let command = crate::attach::save_command(&paths.detect_script(), detect.len(), true);
             self.exec_with_input(BUILD_CONTAINER, "prepare", command, detect.as_bytes())
                 .await?;
-            self.logs = Some(LogStream::start(pods, name, paths.log_file()));
+            self.logs = Some(LogStream::start(
+                pods,
+                name,
+                paths.log_file(),
+                self.server.clone(),
+                self.shared.options.poll_timeout(),
+            ));
         }
         Ok(())
     }
@@ -952,7 +1096,10 @@ impl KubernetesExecutor {
             .stdin(true)
             .stdout(true)
             .stderr(true);
-        let mut process = match pods.exec(&name, command, &params).await {
+        let connected = self
+            .reaching(|| pods.exec(&name, command.clone(), &params))
+            .await?;
+        let mut process = match connected {
             Ok(process) => process,
             Err(source) => {
                 self.check_pod().await?;
@@ -1030,6 +1177,38 @@ impl KubernetesExecutor {
         }
     }
 
+    /// `request` again every `poll_interval` while it does not reach the API server, for at
+    /// most `poll_timeout`; then the job fails naming the API server. Only for requests that
+    /// do nothing unless they reach it (opening a session, reading).
+    async fn reaching<T, F, Fut>(
+        &self,
+        mut request: F,
+    ) -> Result<Result<T, kube::Error>, KubernetesError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        let mut since: Option<Instant> = None;
+        loop {
+            match request().await {
+                Err(error) if transient(&error) => {
+                    let first = *since.get_or_insert_with(Instant::now);
+                    if first.elapsed() >= self.shared.options.poll_timeout() {
+                        return Err(KubernetesError::ApiServerUnreachable {
+                            server: self.server.clone(),
+                            pod: self.full_name(),
+                            seconds: self.shared.options.poll_timeout().as_secs(),
+                            message: error_chain(&error),
+                        });
+                    }
+                    tracing::warn!(pod = %self.full_name(), server = %self.server, error = %error_chain(&error), "the Kubernetes API server is unreachable; trying again");
+                    tokio::time::sleep(self.shared.options.poll_interval()).await;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Follows the pod (by a watch) until all its containers run, for at most `poll_timeout`;
     /// each new waiting state is printed before the first stage.
     async fn wait_until_running(
@@ -1039,7 +1218,7 @@ impl KubernetesExecutor {
     ) -> Result<PodWatch, KubernetesError> {
         let deadline = Instant::now() + self.shared.options.poll_timeout();
         let full_name = self.full_name();
-        let mut watch = PodWatch::new(pods.clone(), name, self.shared.options.poll_interval());
+        let mut watch = PodWatch::new(pods.clone(), name, &self.server, &self.shared.options);
         let mut pod = watch.get(&full_name).await?;
         let mut shown = String::new();
         loop {
@@ -1122,7 +1301,8 @@ impl KubernetesExecutor {
             None => Ok(PodWatch::new(
                 self.pods()?,
                 self.pod.as_deref().unwrap_or(""),
-                self.shared.options.poll_interval(),
+                &self.server,
+                &self.shared.options,
             )),
         }
     }
@@ -1252,9 +1432,14 @@ impl KubernetesExecutor {
             Some(status) => {
                 let exit = stage_exit(&status).map_err(exec_error)?;
                 if !exit.success() {
-                    // A container killed under the stage (eviction, OOM) ends it with a
-                    // non-zero code too: the pod says whether that is the reason.
-                    self.check_pod().await?;
+                    let code = match exit {
+                        StageExit::Exited(code) => code,
+                        _ => 0,
+                    };
+                    let mut watch = self.take_watch()?;
+                    let killed = self.killed_under_stage(&mut watch, code).await;
+                    self.watch = Some(watch);
+                    killed?;
                 }
                 Ok(exit)
             }
@@ -1265,6 +1450,27 @@ impl KubernetesExecutor {
                 ))
             }
         }
+    }
+
+    /// After a stage exited with `code` (not 0): a container killed under the stage (eviction,
+    /// OOM) ends it with a non-zero code too, and the pod says whether that is the reason. A
+    /// stage whose process was killed (137) may end before the pod's status says why (the
+    /// kubelet reports an OOM kill after the kernel made it): the pod's next changes are
+    /// followed for `poll_interval` first.
+    async fn killed_under_stage(
+        &self,
+        watch: &mut PodWatch,
+        code: i32,
+    ) -> Result<(), KubernetesError> {
+        self.check_pod().await?;
+        if code == KILLED_EXIT_CODE {
+            let full_name = self.full_name();
+            let interval = self.shared.options.poll_interval();
+            if let Ok(error) = tokio::time::timeout(interval, watch.failure(&full_name)).await {
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     /// Creates the job's own namespace (`namespace_per_job`); deleted again at cleanup.
@@ -1349,8 +1555,12 @@ impl KubernetesExecutor {
         let pods = self.pods()?;
         let name = self.pod.clone().unwrap_or_default();
         let line = crate::attach::stage_line(&paths, cmd.stage, umask);
-        if let Err(source) = crate::attach::write_to_container(&pods, &name, container, &line).await
-        {
+        // Nothing is written unless the session is established: trying again cannot start
+        // the stage twice.
+        let written = self
+            .reaching(|| crate::attach::write_to_container(&pods, &name, container, &line))
+            .await?;
+        if let Err(source) = written {
             self.check_pod().await?;
             return Err(KubernetesError::api(
                 "attach to pod",
@@ -1404,9 +1614,7 @@ impl KubernetesExecutor {
                 event = logs.events.recv() => {
                     if let Some(code) = self.log_event(event, &mut output, script_path, sink)? {
                         if code != 0 {
-                            // A container killed under the stage (eviction, OOM) ends it with
-                            // a non-zero code too: the pod says whether that is the reason.
-                            self.check_pod().await?;
+                            self.killed_under_stage(watch, code).await?;
                         }
                         return Ok(StageExit::Exited(code));
                     }
@@ -1453,10 +1661,13 @@ impl KubernetesExecutor {
         }
     }
 
-    async fn cleanup_job(&mut self) {
-        self.delete_pod().await;
+    /// Deletes what the job made; a pod the API server could not be reached for is handed
+    /// back, to be deleted once it answers.
+    async fn cleanup_job(&mut self) -> Option<PodDeletion> {
+        let deletion = self.delete_pod().await;
         self.delete_credentials().await;
         self.delete_namespace().await;
+        deletion
     }
 
     /// Creates the job's registry credentials secret, if it has logins ([`crate::credentials`]).
@@ -1563,13 +1774,15 @@ impl KubernetesExecutor {
         }
     }
 
-    async fn delete_pod(&mut self) {
+    /// Deletes the job's pod; when the API server cannot be reached, what is returned keeps
+    /// trying until it can, for at most `cleanup_resources_timeout`.
+    async fn delete_pod(&mut self) -> Option<PodDeletion> {
         self.logs = None;
         self.watch = None;
-        let Some(name) = self.pod.take() else { return };
+        let name = self.pod.take()?;
         let Ok(pods) = self.pods() else {
             lock(&self.shared.active_pods).remove(&name);
-            return;
+            return None;
         };
         let params = DeleteParams {
             grace_period_seconds: self
@@ -1581,17 +1794,62 @@ impl KubernetesExecutor {
             ..DeleteParams::default()
         };
         let timeout = self.shared.options.cleanup_timeout();
-        match tokio::time::timeout(timeout, pods.delete(&name, &params)).await {
+        let deletion = PodDeletion {
+            shared: Arc::clone(&self.shared),
+            pods,
+            name,
+            namespace: self.namespace.clone(),
+            params,
+            deadline: Instant::now() + timeout,
+        };
+        match deletion.attempt().await {
+            true => Some(deletion),
+            false => None,
+        }
+    }
+}
+
+/// A pod deletion the API server was not reachable for.
+struct PodDeletion {
+    shared: Arc<Shared>,
+    pods: Api<Pod>,
+    name: String,
+    namespace: String,
+    params: DeleteParams,
+    deadline: Instant,
+}
+
+impl PodDeletion {
+    /// One try; true when it should be tried again (the API server was not reached).
+    async fn attempt(&self) -> bool {
+        let name = &self.name;
+        match tokio::time::timeout_at(self.deadline, self.pods.delete(name, &self.params)).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) if not_found(&error) => {}
+            Ok(Err(error)) if transient(&error) && Instant::now() < self.deadline => {
+                tracing::warn!(pod = %name, namespace = %self.namespace, error = %error_chain(&error), "cannot reach the API server to delete the job's pod; trying again until it answers");
+                return true;
+            }
             Ok(Err(error)) => {
-                tracing::warn!(pod = %name, namespace = %self.namespace, %error, "cannot delete the job's pod");
+                tracing::warn!(pod = %name, namespace = %self.namespace, error = %error_chain(&error), "cannot delete the job's pod");
             }
             Err(_) => {
                 tracing::warn!(pod = %name, namespace = %self.namespace, "deleting the job's pod timed out");
             }
         }
-        lock(&self.shared.active_pods).remove(&name);
+        lock(&self.shared.active_pods).remove(name);
+        false
+    }
+
+    /// Tries again every `poll_interval` until the pod is deleted or the deadline passes.
+    async fn retry(self) {
+        let interval = self.shared.options.poll_interval();
+        loop {
+            tokio::time::sleep(interval).await;
+            if !self.attempt().await {
+                return;
+            }
+        }
     }
 }
 
@@ -1720,7 +1978,19 @@ impl Executor for KubernetesExecutor {
     }
 
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(self.cleanup_job())
+        Box::pin(async move {
+            if let Some(deletion) = self.cleanup_job().await {
+                deletion.retry().await;
+            }
+        })
+    }
+
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+        Box::pin(async move {
+            // The job's result need not wait for an API server that is away.
+            let deletion = self.cleanup_job().await?;
+            Some(Box::pin(deletion.retry()) as BoxFuture<'static, ()>)
+        })
     }
 }
 
@@ -1764,6 +2034,47 @@ mod tests {
             runnel_types::FailureReason::ImagePullFailure
         );
         insta::assert_snapshot!(error.to_string(), @"image pull failed for container build (nope:1): not found");
+    }
+
+    #[test]
+    fn an_oom_killed_container_says_so_with_its_limit() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "build", "resources": {"limits": {"memory": "64Mi"}}},
+                {"name": "helper"}
+            ]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "build", "image": "b", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+                {"name": "helper", "image": "h", "imageID": "", "ready": true, "restartCount": 0,
+                 "state": {"running": {}}}
+            ]}
+        }))
+        .unwrap();
+        let error = terminal_error(&pod, "ns/p").unwrap();
+        assert_eq!(
+            error.failure_reason(),
+            runnel_types::FailureReason::RunnerSystemFailure
+        );
+        insta::assert_snapshot!(error.to_string(), @"pod ns/p failed: container build was OOM-killed: it used more memory than its limit of 64Mi (reason OOMKilled, exit code 137)");
+    }
+
+    #[test]
+    fn only_unreached_or_unavailable_api_servers_are_tried_again() {
+        let status = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..kube::core::Status::default()
+            }))
+        };
+        assert!(transient(&status(503)));
+        assert!(!transient(&status(403)));
+        assert!(!transient(&status(404)));
+        assert!(transient(&kube::Error::ReadEvents(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!transient(&kube::Error::LinesCodecMaxLineLengthExceeded));
     }
 
     #[test]

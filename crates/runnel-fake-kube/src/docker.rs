@@ -9,8 +9,9 @@ use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, HostConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions,
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    StartContainerOptions,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -715,6 +716,13 @@ async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
                         .iter()
                         .find(|(name, _, _)| item["name"] == json!(name))
                     {
+                        // An OOM kill seen in the engine's events stays the reason.
+                        let reason = if item["state"]["terminated"]["reason"] == json!("OOMKilled")
+                        {
+                            "OOMKilled"
+                        } else {
+                            reason
+                        };
                         item["ready"] = json!(false);
                         item["state"] = json!({"terminated": {"exitCode": code, "reason": reason}});
                     }
@@ -728,6 +736,84 @@ async fn monitor(shared: &Shared, key: &Key, evict_after: Option<Duration>) {
         if all {
             return;
         }
+    }
+}
+
+/// As the kubelet does on cgroup v2 hosts (`memory.oom.group`): when the kernel OOM-kills a
+/// process of a pod's container, the whole container is killed, and its status says
+/// `terminated`, reason `OOMKilled`, exit code 137 (set before the kill, so that a client
+/// reading the pod after the killed process's parent noticed sees why). Follows the engine's
+/// `oom` events of this server's containers until `stop`.
+pub(crate) async fn follow_oom_kills(shared: Arc<Shared>) {
+    use futures::StreamExt;
+    let stop = shared.stop.clone();
+    loop {
+        let mut events = shared.docker.events(Some(EventsOptions {
+            since: None,
+            until: None,
+            filters: Some(HashMap::from([
+                ("type".to_owned(), vec!["container".to_owned()]),
+                ("event".to_owned(), vec!["oom".to_owned()]),
+                (
+                    "label".to_owned(),
+                    vec![format!("{SERVER_LABEL}={}", shared.server_id)],
+                ),
+            ])),
+        }));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        if let Some(id) = event.actor.and_then(|actor| actor.id) {
+                            oom_killed(&shared, &id).await;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "docker oom events broke off");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Marks the pod container with docker id `id` OOM-killed, then kills it.
+async fn oom_killed(shared: &Shared, id: &str) {
+    let found = shared.lock().pods.iter().find_map(|(key, entry)| {
+        entry
+            .backing
+            .containers
+            .iter()
+            .find(|(_, container)| container == id)
+            .map(|(name, _)| (key.clone(), name.clone()))
+    });
+    let Some(((namespace, pod), name)) = found else {
+        return;
+    };
+    tracing::debug!(%namespace, %pod, container = %name, "a container was OOM-killed");
+    shared.update_status(&namespace, &pod, |status| {
+        if let Some(list) = status["containerStatuses"].as_array_mut() {
+            for item in list {
+                if item["name"] == json!(name) {
+                    item["ready"] = json!(false);
+                    item["state"] = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+                }
+            }
+        }
+    });
+    if let Err(error) = shared
+        .docker
+        .kill_container(id, None::<KillContainerOptions>)
+        .await
+    {
+        tracing::debug!(%error, "cannot kill an OOM-killed container");
     }
 }
 

@@ -15,6 +15,9 @@
 //!                           stdout 1, stderr 2, error 3 (a Status with the exit code), close 255
 //!   GET  …/pods/{name}/attach the same protocols, to the container's main process (stdin
 //!                           kept open for the next client, as `stdin: true` containers have it)
+//!   stop_listening()        the API server goes away: no longer listening, every open
+//!                           connection cut (pods keep running); resume_listening() brings
+//!                           it back on the same address
 //!   shutdown()              removes every container and volume it made
 //! ```
 //!
@@ -30,17 +33,21 @@
 //! container with `imagePullPolicy: Always`, or whose image is missing from the engine, leaves
 //! the pod `Pending` with the container `waiting` on `ErrImagePull` (`ErrImageNeverPull` for
 //! `Never`), as a real kubelet reports a pull that fails; `IfNotPresent` (and no policy) use
-//! the engine's image.
+//! the engine's image. A container with a memory limit gets it (swap as much, none beyond):
+//! when the kernel OOM-kills one of its processes, the whole container is killed and reported
+//! `OOMKilled`, as the kubelet does on cgroup v2 hosts (`memory.oom.group`).
 //!
 //! [`Faults`] inject the other failures an executor must explain: pods that stay unschedulable
 //! (`Pending` forever with a `PodScheduled=False` condition), eviction after a delay
-//! (containers killed, phase `Failed`, reason `Evicted`) and watches refused (`405`). Errors are `Status` objects shaped like
+//! (containers killed, phase `Failed`, reason `Evicted`), watches refused (`405`) and pods
+//! refused by a `ResourceQuota` (`403 Forbidden`, `exceeded quota`). Errors are `Status` objects shaped like
 //! the real ones (`NotFound`, `AlreadyExists`, `Invalid`, `Unauthorized`).
 //!
 //! The crate knows nothing of the executor: it reads pods as JSON, as an API server does.
 
 mod docker;
 mod exec;
+mod listener;
 mod objects;
 mod server;
 mod state;
@@ -67,6 +74,10 @@ pub struct Faults {
     /// Watches are refused (`405 MethodNotAllowed`), as by a proxy in front of the API server
     /// that does not pass them on.
     pub refuse_watches: bool,
+    /// Pod creation is refused as a `ResourceQuota` admission refuses a pod over the
+    /// namespace's quota (`403 Forbidden`, reason `Forbidden`, `pods "…" is forbidden:
+    /// exceeded quota: …`); the quota is one that allows no pod at all.
+    pub exceed_pod_quota: bool,
 }
 
 /// How to start the server.
@@ -123,9 +134,36 @@ pub enum FakeKubeError {
 pub struct FakeKube {
     url: String,
     token: String,
+    address: SocketAddr,
+    app: axum::Router,
     shared: Arc<state::Shared>,
     stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    serving: std::sync::Mutex<Option<Serving>>,
+}
+
+/// The listener while the server is reachable: `cut` ends it and every open connection.
+#[derive(Debug)]
+struct Serving {
+    cut: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Serves `app` on `listener` until `cut` is cancelled, then cuts every connection.
+fn serve(listener: tokio::net::TcpListener, app: axum::Router, cut: CancellationToken) -> Serving {
+    let listener = listener::CutListener {
+        inner: listener,
+        cut: cut.clone(),
+    };
+    let stopping = cut.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopping.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "fake kube server failed");
+        }
+    });
+    Serving { cut, task }
 }
 
 impl FakeKube {
@@ -154,16 +192,9 @@ impl FakeKube {
             &config,
             stop.clone(),
         ));
+        tokio::spawn(docker::follow_oom_kills(Arc::clone(&shared)));
         let app = server::router(Arc::clone(&shared));
-        let stopping = stop.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopping.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "fake kube server failed");
-            }
-        });
+        let serving = serve(listener, app.clone(), stop.child_token());
         if let Some(path) = &config.kubeconfig {
             write_kubeconfig(path, &url, &token).map_err(|source| FakeKubeError::Kubeconfig {
                 path: path.clone(),
@@ -173,10 +204,48 @@ impl FakeKube {
         Ok(Self {
             url,
             token,
+            address,
+            app,
             shared,
             stop,
-            task: Some(task),
+            serving: std::sync::Mutex::new(Some(serving)),
         })
+    }
+
+    /// The API server goes away, as when it restarts: it stops listening (connections are
+    /// refused) and every open connection (watches, exec and attach sessions) is cut. Pods
+    /// and their containers keep running. [`FakeKube::resume_listening`] brings it back.
+    pub async fn stop_listening(&self) {
+        let serving = self.lock_serving().take();
+        if let Some(serving) = serving {
+            serving.cut.cancel();
+            if let Err(error) = serving.task.await {
+                tracing::error!(%error, "fake kube server task failed");
+            }
+        }
+    }
+
+    /// Listens again on the same address after [`FakeKube::stop_listening`] (a no-op while
+    /// listening).
+    pub async fn resume_listening(&self) -> Result<(), FakeKubeError> {
+        if self.lock_serving().is_some() {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(self.address)
+            .await
+            .map_err(|source| FakeKubeError::Listen {
+                address: self.address,
+                source,
+            })?;
+        let serving = serve(listener, self.app.clone(), self.stop.child_token());
+        *self.lock_serving() = Some(serving);
+        Ok(())
+    }
+
+    fn lock_serving(&self) -> std::sync::MutexGuard<'_, Option<Serving>> {
+        self.serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -307,10 +376,11 @@ impl FakeKube {
     }
 
     /// Stops serving and removes every container and volume made for pods.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         self.stop.cancel();
-        if let Some(task) = self.task.take()
-            && let Err(error) = task.await
+        let serving = self.lock_serving().take();
+        if let Some(serving) = serving
+            && let Err(error) = serving.task.await
         {
             tracing::error!(%error, "fake kube server task failed");
         }

@@ -1,7 +1,9 @@
 //! `runnel-fake-kube`: the fake Kubernetes API server as a standalone process.
 //!
 //! Writes the kubeconfig once it listens, prints the URL on stdout, serves until SIGTERM or
-//! SIGINT, then removes every container and volume it made.
+//! SIGINT, then removes every container and volume it made. SIGUSR1 makes the API server go
+//! away (listener closed, open connections cut, pods running on), SIGUSR2 brings it back on
+//! the same address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +39,9 @@ struct Args {
     /// Fault: watches are refused (405), as by a proxy that does not pass them on.
     #[arg(long)]
     refuse_watches: bool,
+    /// Fault: pod creation is refused as over the namespace's resource quota (403).
+    #[arg(long)]
+    exceed_pod_quota: bool,
 }
 
 #[tokio::main]
@@ -55,15 +60,26 @@ async fn main() -> anyhow::Result<()> {
             pending_forever: args.pending_forever,
             evict_after: args.evict_after_secs.map(Duration::from_secs),
             refuse_watches: args.refuse_watches,
+            exceed_pod_quota: args.exceed_pod_quota,
         },
     };
     let mut terminate = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?;
+    let mut away = signal(SignalKind::user_defined1()).context("failed to listen for SIGUSR1")?;
+    let mut back = signal(SignalKind::user_defined2()).context("failed to listen for SIGUSR2")?;
     let fake = FakeKube::start(config).await?;
     println!("{}", fake.url());
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = away.recv() => fake.stop_listening().await,
+            _ = back.recv() => {
+                if let Err(error) = fake.resume_listening().await {
+                    tracing::error!(error = %anyhow::Error::from(error), "cannot listen again");
+                }
+            }
+        }
     }
     fake.shutdown().await;
     Ok(())

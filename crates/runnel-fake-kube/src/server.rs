@@ -14,6 +14,9 @@ use crate::state::{Backing, PodEntry, Shared};
 
 type Shared_ = Arc<Shared>;
 
+/// The `ResourceQuota` named when [`crate::Faults::exceed_pod_quota`] refuses a pod.
+const QUOTA_NAME: &str = "runnel-fake-kube-pods";
+
 pub(crate) fn router(shared: Shared_) -> Router {
     crate::objects::routes(Router::new())
         .route(
@@ -399,6 +402,18 @@ async fn create_pod(
     }
     if let Err(response) = crate::objects::namespace_exists(&shared, &namespace) {
         return response;
+    }
+    if shared.faults().exceed_pod_quota {
+        // What the ResourceQuota admission plugin answers for a namespace whose quota
+        // allows no more pods.
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "pods \"{name}\" is forbidden: exceeded quota: {QUOTA_NAME}, requested: pods=1, used: pods=0, limited: pods=0"
+            ),
+            json!({"name": name, "kind": "pods"}),
+        );
     }
     let key = (namespace.clone(), name.clone());
     {

@@ -282,3 +282,121 @@ async fn namespaces_secrets_and_config_maps_behave_as_kubernetes_objects() {
     drop(server);
     drop(std::fs::remove_dir_all(&dir));
 }
+
+#[tokio::test]
+async fn the_api_server_goes_away_cutting_open_watches_and_comes_back_on_the_same_address() {
+    let kube = runnel_fake_kube::FakeKube::start(runnel_fake_kube::FakeConfig::default())
+        .await
+        .unwrap();
+    let url = kube.url().to_owned();
+    let token = kube.token().to_owned();
+    let client = reqwest::Client::new();
+    let mut watch = client
+        .get(format!("{url}/api/v1/namespaces/default/pods?watch=true"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    kube.stop_listening().await;
+    // The open watch ends (no pod changed: it would otherwise stay open for 30 minutes).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the open watch was cut");
+    let address = url.trim_start_matches("http://").to_owned();
+    assert!(
+        tokio::net::TcpStream::connect(&address).await.is_err(),
+        "connections are refused while it is away"
+    );
+    kube.resume_listening().await.unwrap();
+    let list = client
+        .get(format!("{url}/api/v1/namespaces/default/pods"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    kube.shutdown().await;
+}
+
+#[tokio::test]
+async fn pods_over_the_quota_are_refused_as_the_resource_quota_admission_does() {
+    let kube = runnel_fake_kube::FakeKube::start(runnel_fake_kube::FakeConfig {
+        faults: runnel_fake_kube::Faults {
+            exceed_pod_quota: true,
+            ..runnel_fake_kube::Faults::default()
+        },
+        ..runnel_fake_kube::FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let refused = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces/default/pods", kube.url()))
+        .bearer_auth(kube.token())
+        .json(&json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let status: Value = refused.json().await.unwrap();
+    assert_eq!(status["kind"], json!("Status"));
+    assert_eq!(status["reason"], json!("Forbidden"));
+    assert_eq!(
+        status["message"],
+        json!(
+            "pods \"p\" is forbidden: exceeded quota: runnel-fake-kube-pods, requested: pods=1, used: pods=0, limited: pods=0"
+        )
+    );
+    assert!(kube.pod_names().is_empty());
+    kube.shutdown().await;
+}
+
+/// Sends `signal` (`USR1`, …) to the server process.
+fn send_signal(server: &Server, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn the_binary_goes_away_on_sigusr1_and_comes_back_on_sigusr2() {
+    let dir = std::env::temp_dir().join(format!("runnel-fake-kube-away-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = Server::start(&dir);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    send_signal(&server, "USR1");
+    let mut away = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&address).await.is_err() {
+            away = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(away, "the listener closed on SIGUSR1");
+    send_signal(&server, "USR2");
+    let mut listed = None;
+    for _ in 0..100 {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/api/v1/namespaces/default/pods", server.url))
+            .bearer_auth("t0ken")
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            listed = Some(answer.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed, Some(reqwest::StatusCode::OK), "back on SIGUSR2");
+    send_signal(&server, "TERM");
+    assert!(server.child.wait().unwrap().success());
+}

@@ -513,6 +513,210 @@ async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
 }
 
 #[tokio::test]
+async fn a_pod_over_the_resource_quota_fails_with_what_the_api_server_said() {
+    let config = FakeConfig {
+        faults: Faults {
+            exceed_pod_quota: true,
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    };
+    let (kube, daemon) = start(config, IMAGE, "").await;
+    let id = daemon
+        .fake
+        .enqueue(job("over-quota").script(["echo not-reached"]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(
+        trace.contains("ERROR: Job failed (system failure): "),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("the API server refused to create pod default/runner-"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(
+            "is forbidden: exceeded quota: runnel-fake-kube-pods, requested: pods=1, used: pods=0, limited: pods=0 (Forbidden)"
+        ),
+        "what Kubernetes said: {trace}"
+    );
+    // The refused pod was never made; the build's secrets are gone too.
+    assert!(kube.created_pods().is_empty());
+    assert_eq!(kube.objects(), Vec::<(String, String, String)>::new());
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn a_build_container_over_its_memory_limit_is_oom_killed_and_the_job_says_so() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        &helper,
+        "    memory_limit = \"32Mi\"\n",
+    )
+    .await;
+    // `tail` keeps the last lines of a file without newlines: its buffer grows until the
+    // kernel kills it for the container's limit.
+    let id = daemon.fake.enqueue(job("oom").script([
+        "echo started",
+        "tail /dev/zero",
+        "echo not-reached",
+    ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(trace.contains("started\n"), "{trace}");
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(
+        trace.contains(
+            "container build was OOM-killed: it used more memory than its limit of 32Mi (reason OOMKilled, exit code 137)"
+        ),
+        "{trace}"
+    );
+    let pods = kube.created_pods();
+    assert_eq!(
+        pods[0]["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        json!("32Mi")
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn an_oom_killed_build_container_is_the_reason_in_exec_mode_too() {
+    let (kube, daemon) = start(
+        FakeConfig::default(),
+        IMAGE,
+        "    memory_limit = \"32Mi\"\n",
+    )
+    .await;
+    let id = daemon
+        .fake
+        .enqueue(job("oom-by-exec").variable(LEGACY, "true").script([
+            "echo started",
+            "tail /dev/zero",
+            "echo not-reached",
+        ]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
+    assert!(
+        trace
+            .contains("container build was OOM-killed: it used more memory than its limit of 32Mi"),
+        "{trace}"
+    );
+    assert_nothing_left(kube).await;
+}
+
+/// Waits (at most a minute) until the fake API server has no pod (nor pod container) left.
+async fn wait_for_no_pods(kube: &FakeKube) {
+    for _ in 0..120 {
+        if kube.pod_names().is_empty() && kube.docker_containers().await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("pods left: {:?}", kube.pod_names());
+}
+
+#[tokio::test]
+async fn a_job_survives_an_api_server_that_goes_away_for_a_few_seconds() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "").await;
+    let id = daemon.fake.enqueue(job("outage").script([
+        "echo started",
+        "sleep 12",
+        "echo finished-after-the-outage",
+    ]));
+    let seen = |v: &runnel_fake_gitlab::JobView| v.trace_text().contains("started\n");
+    daemon
+        .fake
+        .wait_for_job_state(id, seen, Duration::from_secs(90))
+        .await
+        .expect("the job started");
+    let watches = kube.watches_served();
+    kube.stop_listening().await;
+    let address = kube.url().trim_start_matches("http://").to_owned();
+    assert!(
+        tokio::net::TcpStream::connect(&address).await.is_err(),
+        "the API server is away"
+    );
+    assert_eq!(kube.pod_names().len(), 1, "the pod runs on meanwhile");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    kube.resume_listening().await.unwrap();
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    assert!(trace.contains("finished-after-the-outage\n"), "{trace}");
+    assert!(
+        kube.watches_served() > watches,
+        "the pod's watch was opened again"
+    );
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
+async fn an_api_server_that_stays_away_ends_the_job_and_its_pod_is_deleted_once_it_is_back() {
+    let helper = ensure_git_helper().await;
+    let (kube, daemon) = start(FakeConfig::default(), &helper, "    poll_timeout = 5\n").await;
+    let id =
+        daemon
+            .fake
+            .enqueue(job("gone").script(["echo started", "sleep 120", "echo not-reached"]));
+    let seen = |v: &runnel_fake_gitlab::JobView| v.trace_text().contains("started\n");
+    daemon
+        .fake
+        .wait_for_job_state(id, seen, Duration::from_secs(90))
+        .await
+        .expect("the job started");
+    kube.stop_listening().await;
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert_eq!(
+        final_update(&view).failure_reason.as_deref(),
+        Some("runner_system_failure"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
+    // The pod's watch or the job's log stream, whichever notices first, names the server.
+    assert!(
+        trace.contains("ERROR: Job failed (system failure): the kubernetes executor failed: "),
+        "{trace}"
+    );
+    assert!(
+        trace.contains(&format!(
+            "the Kubernetes API server {}/ has been unreachable for more than 5s (poll_timeout)",
+            kube.url()
+        )),
+        "{trace}"
+    );
+    // Nobody could delete the pod while the server was away; it is deleted once it is back.
+    assert_eq!(kube.pod_names().len(), 1);
+    kube.resume_listening().await.unwrap();
+    wait_for_no_pods(&kube).await;
+    assert_nothing_left(kube).await;
+}
+
+#[tokio::test]
 async fn a_kubeconfig_in_home_is_used_without_host_keys() {
     let helper = ensure_git_helper().await;
     let kube = FakeKube::start(FakeConfig::default()).await.unwrap();
