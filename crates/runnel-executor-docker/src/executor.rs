@@ -256,6 +256,27 @@ impl Shared {
             .await
             .cloned()
     }
+
+    /// The job's helper image and its name: Runnel's own (built on first use, never pulled)
+    /// or the configured one, by the pull policies.
+    async fn resolve_helper(
+        &self,
+        docker: &Docker,
+        job: &JobSpec,
+        log: &mut Vec<String>,
+    ) -> Result<(String, String), DockerError> {
+        crate::helper_image::resolve(
+            docker,
+            &self.host,
+            &self.settings.helper_image,
+            self.settings.helper_binary.as_deref(),
+            &self.options.pull_policies(),
+            job,
+            &self.known_helpers,
+            log,
+        )
+        .await
+    }
 }
 
 impl Shared {
@@ -631,17 +652,7 @@ impl DockerExecutor {
             pulled?;
         }
         // Runnel's own helper image (built on first use, never pulled), or the configured one.
-        let helper_image = crate::helper_image::resolve(
-            &docker,
-            &shared.host,
-            &settings.helper_image,
-            settings.helper_binary.as_deref(),
-            &options.pull_policies(),
-            job,
-            &shared.known_helpers,
-            &mut log,
-        )
-        .await;
+        let helper_image = shared.resolve_helper(&docker, job, &mut log).await;
         self.note_lines(&mut log);
         let (helper_image, helper_name) = helper_image?;
 
@@ -810,17 +821,7 @@ impl DockerExecutor {
                     &shared.known_helpers,
                 )
                 .await;
-                let resolved = crate::helper_image::resolve(
-                    &docker,
-                    &shared.host,
-                    &settings.helper_image,
-                    settings.helper_binary.as_deref(),
-                    &options.pull_policies(),
-                    job,
-                    &shared.known_helpers,
-                    &mut log,
-                )
-                .await;
+                let resolved = shared.resolve_helper(&docker, job, &mut log).await;
                 self.note_lines(&mut log);
                 let helper = ContainerCreateBody {
                     image: Some(resolved?.0),
