@@ -192,6 +192,10 @@ pub struct PrepareContext<'a> {
     /// `FF_NETWORK_PER_BUILD`: the docker executor creates a network for the job even when it
     /// has no services.
     pub network_per_build: bool,
+    /// The predefined stages do only the runner's housekeeping: no git, no cache or artifact
+    /// helper, no user hook (`JobPlan::predefined_housekeeping_only` of `runnel-job`). The
+    /// docker executor may then run them in the build container, with no helper container.
+    pub predefined_housekeeping_only: bool,
     /// The job's private temp dir, when the plan leaves making it (before the first stage)
     /// and removing it (after the last) to the executor (`PlanOptions::temp_dir_by_executor`
     /// of `runnel-job`); only the shell executor is given one.

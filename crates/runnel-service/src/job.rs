@@ -588,6 +588,7 @@ async fn execute_stages(
             project_slot: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
             git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
             network_per_build: plan.feature_flags.network_per_build(),
+            predefined_housekeeping_only: plan.predefined_housekeeping_only,
             temp_dir: options.temp_dir_by_executor.then_some(temp_dir.as_path()),
         };
         match tokio::time::timeout_at(prepare_deadline, executor.prepare(&prepare)).await {

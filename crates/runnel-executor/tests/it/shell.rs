@@ -138,6 +138,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -171,6 +172,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
@@ -205,6 +207,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
@@ -236,6 +239,7 @@ async fn cancelling_a_stage_reports_cancelled() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -297,6 +301,7 @@ async fn run_job_boxed(
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -353,6 +358,7 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
