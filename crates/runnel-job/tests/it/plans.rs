@@ -423,3 +423,66 @@ fn stage_list_shape() {
         "release lines are expanded"
     );
 }
+
+/// The predefined stages of a job that runs no git, no cache or artifact helper and no hook
+/// only keep house: container executors may run them in the build container.
+#[test]
+fn predefined_stages_keep_house_only_without_git_helpers_or_hooks() {
+    let housekeeping = |job: &runnel_types::JobSpec, opts: &runnel_job::PlanOptions| {
+        plan_ok(job, opts).predefined_housekeeping_only
+    };
+    let mut none = job();
+    none.dependencies.push(runnel_types::Dependency {
+        name: "no-artifacts".into(),
+        ..runnel_types::Dependency::default()
+    });
+    assert!(housekeeping(&none, &opts()), "none, and a dependency without artifacts");
+    let mut empty = job();
+    set_var(&mut empty, "GIT_STRATEGY", "empty");
+    assert!(housekeeping(&empty, &opts()));
+
+    let mut changed = Vec::new();
+    for strategy in ["clone", "fetch"] {
+        let mut git = job();
+        set_var(&mut git, "GIT_STRATEGY", strategy);
+        changed.push((strategy, git, opts()));
+    }
+    let mut cached = job();
+    cached.cache.push(runnel_types::CacheSpec {
+        key: "k".into(),
+        paths: vec!["vendor".into()],
+        ..runnel_types::CacheSpec::default()
+    });
+    changed.push(("cache", cached, opts()));
+    let mut artifacts = job();
+    artifacts.artifacts.push(runnel_types::ArtifactSpec {
+        paths: vec!["out".into()],
+        ..runnel_types::ArtifactSpec::default()
+    });
+    changed.push(("artifacts", artifacts, opts()));
+    let mut downloads = job();
+    downloads.dependencies.push(runnel_types::Dependency {
+        name: "build".into(),
+        artifacts_filename: "artifacts.zip".into(),
+        artifacts_size: 10,
+        ..runnel_types::Dependency::default()
+    });
+    changed.push(("dependency", downloads, opts()));
+    for name in ["pre_get_sources_script", "post_get_sources_script"] {
+        let mut hooked = job();
+        hooked.hooks.push(runnel_types::Hook {
+            name: name.into(),
+            script: vec!["echo hook".into()],
+        });
+        changed.push((name, hooked, opts()));
+    }
+    let mut runner_pre = opts();
+    runner_pre.pre_get_sources_script = "echo runner".into();
+    changed.push(("runner pre_get_sources_script", job(), runner_pre));
+    let mut runner_post = opts();
+    runner_post.post_get_sources_script = "echo runner".into();
+    changed.push(("runner post_get_sources_script", job(), runner_post));
+    for (what, job, opts) in &changed {
+        assert!(!housekeeping(job, opts), "{what}");
+    }
+}
