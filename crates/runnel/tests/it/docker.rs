@@ -1134,9 +1134,11 @@ async fn a_runner_killed_mid_job_restarts_with_four_queued_jobs_and_removes_the_
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait_exit().await;
     let left = objects_of_job(&daemon, killed);
+    // Its helper stages only keep house: one container (no helper), as its network and
+    // builds volume.
     assert!(
-        left.len() >= 4,
-        "the killed job left its containers, network and builds volume: {left:?}"
+        left.len() >= 3,
+        "the killed job left its container, network and builds volume: {left:?}"
     );
 
     let script = rendezvous(4);
@@ -1858,8 +1860,10 @@ async fn job_requests(
 }
 
 /// #13.4: a trivial job (`true`, no sources) costs at most 8 Engine requests once the runner
-/// has met its daemon: two containers created, attached, started and removed; no image
-/// inspect, no stats stream, and nothing per stage (a job with more stages costs the same).
+/// has met its daemon: no image inspect, no stats stream, and nothing per stage (a job with
+/// more stages costs the same). With a helper (here for a `get_sources` hook), two containers
+/// created, attached, started and removed; without one (its helper stages only keep house,
+/// [`housekeeping_helper_stages_run_in_a_root_build_container_with_the_same_log`]), four.
 #[tokio::test]
 async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     ensure_image();
@@ -1909,7 +1913,159 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
         requests.len(),
         "{more:#?}\nagainst\n{requests:#?}"
     );
+
+    // With the helper container: at most 8.
+    let (trace, hooked) = job_requests(
+        &daemon,
+        &engine,
+        "hooked",
+        job("hooked").script(["true"]).extra(
+            "hooks",
+            json!([{ "name": "pre_get_sources_script", "script": ["echo hooked"] }]),
+        ),
+    )
+    .await;
+    assert!(trace.contains("\nhooked\n"), "{trace}");
+    assert!(
+        hooked.len() <= 8 && hooked.len() > requests.len(),
+        "{} Engine requests for a trivial job with a helper: {hooked:#?}",
+        hooked.len()
+    );
     assert_nothing_left(&daemon);
+}
+
+/// The log of a job as a reader compares it: the host name in `Running on`, the section
+/// times, the stage durations and the resource figures left out.
+fn comparable_log(trace: &str) -> String {
+    trace
+        .lines()
+        .map(|line| {
+            let mut line = line.to_owned();
+            for marker in ["section_start:", "section_end:"] {
+                let mut from = 0;
+                while let Some(at) = line[from..].find(marker) {
+                    let digits = from + at + marker.len();
+                    let end = line[digits..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(line.len(), |n| digits + n);
+                    line.replace_range(digits..end, "[time]");
+                    from = digits;
+                }
+            }
+            if let Some(rest) = line.strip_prefix("Running on ") {
+                let end = rest
+                    .find(" via ")
+                    .or_else(|| rest.find("..."))
+                    .unwrap_or(rest.len());
+                line = format!("Running on [host]{}", &rest[end..]);
+            }
+            if let Some(at) = line.find("Stage durations:") {
+                line.replace_range(at.., "Stage durations: [figures]");
+            }
+            if let Some(at) = line.find("Resource usage:") {
+                line.replace_range(at.., "Resource usage: [figures]");
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `trace` says `Running on <host>` (followed by ` via …` or `...`).
+fn runs_on(trace: &str, host: &str) -> bool {
+    trace.contains(&format!("Running on {host} via ")) || trace.contains(&format!("Running on {host}..."))
+}
+
+/// Session 7 (#13 item 4): a job whose helper stages only keep house (no git, cache, artifacts
+/// or hook) runs them in its build container when that runs as root: one container, four
+/// Engine requests, and the log, directories and permissions a helper would have made.
+#[tokio::test]
+async fn housekeeping_helper_stages_run_in_a_root_build_container_with_the_same_log() {
+    ensure_image();
+    let engine = EngineRecorder::start(false);
+    let daemon = Daemon::start(docker_setup_with(IMAGE, &engine.host_line())).await;
+    let _sweep = Sweep::new(&daemon);
+    // What the job sees of what the predefined stages made, and where it runs.
+    let script = [
+        "ls -ld \"$CI_PROJECT_DIR\" | cut -c1-10",
+        "ls -ld \"$CI_PROJECT_DIR.tmp\" | cut -c1-10",
+        "echo \"umask=$(umask) uid=$(id -u)\"",
+        "echo \"host=$(hostname)\"",
+    ];
+    let house = |name: &str| {
+        job(name)
+            .variable("FF_TIMESTAMPS", "false")
+            .script(script)
+    };
+    // The first job also meets the daemon (version, events, image inspects).
+    job_requests(&daemon, &engine, "first", house("first")).await;
+    let (trace, requests) = job_requests(&daemon, &engine, "house", house("house")).await;
+    let creates = |requests: &[String]| {
+        requests
+            .iter()
+            .filter(|r| *r == "POST /containers/create")
+            .count()
+    };
+    assert_eq!(creates(&requests), 1, "{requests:#?}");
+    assert!(requests.len() <= 4, "{requests:#?}");
+    // `Running on` names the container the job runs in.
+    let host = trace
+        .lines()
+        .find_map(|line| line.strip_prefix("host="))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(runs_on(&trace, host), "{trace}");
+    assert_eq!(trace.matches("\ndrwxrwxrwx\n").count(), 2, "{trace}");
+    assert!(trace.contains("\numask=0022 uid=0\n"), "{trace}");
+
+    // The same job with a hook in `get_sources` keeps the helper: two containers, and the
+    // same log but for the hook's lines.
+    let hooked = house("hooked").extra(
+        "hooks",
+        json!([{ "name": "pre_get_sources_script", "script": ["echo hooked"] }]),
+    );
+    let (hooked_trace, hooked_requests) = job_requests(&daemon, &engine, "hooked", hooked).await;
+    assert_eq!(creates(&hooked_requests), 2, "{hooked_requests:#?}");
+    let hooked_host = hooked_trace
+        .lines()
+        .find_map(|line| line.strip_prefix("host="))
+        .unwrap_or_else(|| panic!("{hooked_trace}"));
+    assert!(
+        !runs_on(&hooked_trace, hooked_host),
+        "the helper says where it runs: {hooked_trace}"
+    );
+    let without_hook = hooked_trace
+        .lines()
+        .filter(|line| !line.contains("$ echo hooked") && *line != "hooked")
+        .map(|line| {
+            if line == format!("host={hooked_host}") {
+                format!("host={host}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(comparable_log(&trace), comparable_log(&without_hook));
+
+    // A build container that does not run as root keeps the helper, which makes what the
+    // job's user must write to.
+    let daemon_user = Daemon::start(docker_setup_with(
+        IMAGE,
+        &format!("    user = \"65534\"\n{}", engine.host_line()),
+    ))
+    .await;
+    let _sweep_user = Sweep::new(&daemon_user);
+    let (user_trace, user_requests) =
+        job_requests(&daemon_user, &engine, "user", house("user")).await;
+    assert!(creates(&user_requests) >= 2, "{user_requests:#?}");
+    assert_eq!(
+        user_trace.matches("\ndrwxrwxrwx\n").count(),
+        2,
+        "{user_trace}"
+    );
+    assert!(user_trace.contains("\numask=0022 uid=65534\n"), "{user_trace}");
+    assert_nothing_left(&daemon);
+    assert_nothing_left(&daemon_user);
 }
 
 /// Builds `tag` from the busybox image with `/marker` holding `text`, labelled with the tag;
