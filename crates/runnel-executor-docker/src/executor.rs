@@ -12,15 +12,23 @@
 //! the job's final state is reported: it is not on the path of the job's result, and the job's
 //! journal record keeps the container ids until it is done.
 //!
+//! A job whose predefined stages only keep house (no git, no cache or artifact helper, no
+//! hook: `PrepareContext::predefined_housekeeping_only`) and whose build container runs as
+//! root gets no helper container: the build container runs those stages too, each with the
+//! helper's `umask 0000`, so what they create is what the helper would have made. One
+//! container starts instead of two, which is most of such a job's time.
+//!
 //! A trivial job costs 8 Engine requests once the provider has met its daemon: two container
-//! creates, attaches, starts and removals. The job image is not inspected again while the
-//! provider follows the image events ([`crate::image_cache`]), and the resource figures come
-//! from the containers' cgroups when they are visible here ([`crate::resources`]).
+//! creates, attaches, starts and removals (4 without a helper). The job image is not inspected
+//! again while the provider follows the image events ([`crate::image_cache`]), and the
+//! resource figures come from the containers' cgroups when they are visible here
+//! ([`crate::resources`]).
 //!
 //! Volumes cost no requests of their own: the helper container mounts them all (`Mounts`), the
 //! engine creating a missing cache volume with its labels and each temporary one as an
 //! anonymous volume of the helper, and the build container takes the helper's (`VolumesFrom`).
-//! The helper is removed last at cleanup, its anonymous volumes with it.
+//! The helper is removed last at cleanup, its anonymous volumes with it. Without a helper, the
+//! build container mounts them itself, empty (`NoCopy`), and owns the temporary ones.
 //!
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
