@@ -895,13 +895,8 @@ impl DockerExecutor {
                     )
                 },
                 None => HostConfig {
-                    mounts: (!mounts.is_empty()).then(|| {
-                        mounts
-                            .iter()
-                            .cloned()
-                            .map(without_copy)
-                            .collect::<Vec<_>>()
-                    }),
+                    mounts: (!mounts.is_empty())
+                        .then(|| mounts.iter().cloned().map(without_copy).collect::<Vec<_>>()),
                     ..options.host_config(
                         ContainerRole::Job,
                         &image,
@@ -944,7 +939,10 @@ impl DockerExecutor {
                 .await;
                 self.note_lines(&mut log);
                 let found = pulled?;
-                self.note(&format!("Using docker image {} for {image} ...\n", found.id));
+                self.note(&format!(
+                    "Using docker image {} for {image} ...\n",
+                    found.id
+                ));
                 if self.predefined_in_build && !runs_as_root(user.as_deref(), &found.user) {
                     // The image got again runs as another user: the helper keeps house after
                     // all.
@@ -1379,7 +1377,9 @@ impl Created {
 
 /// `mount` without the engine's copy of the image's files at its target into a new volume.
 fn without_copy(mut mount: Mount) -> Mount {
-    let options = mount.volume_options.get_or_insert_with(MountVolumeOptions::default);
+    let options = mount
+        .volume_options
+        .get_or_insert_with(MountVolumeOptions::default);
     options.no_copy = Some(true);
     mount
 }

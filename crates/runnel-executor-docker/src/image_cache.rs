@@ -289,7 +289,10 @@ mod tests {
         assert_eq!(cache.get("a:1"), None);
         let cache = watching();
         cache.insert("a:1", &found("sha256:1"), cache.token());
-        assert_eq!(cache.get("a:1").map(|found| found.id).as_deref(), Some("sha256:1"));
+        assert_eq!(
+            cache.get("a:1").map(|found| found.id).as_deref(),
+            Some("sha256:1")
+        );
         // The stream broke: nothing is trusted.
         lock(&cache.state).watching = false;
         assert_eq!(cache.get("a:1"), None);
@@ -309,7 +312,10 @@ mod tests {
         event(&cache, "tag", "sha256:8", "unrelated:1");
         assert_eq!(cache.get("app"), None);
         assert_eq!(cache.get("tool:2"), None);
-        assert_eq!(cache.get("other:3").map(|found| found.id).as_deref(), Some("sha256:3"));
+        assert_eq!(
+            cache.get("other:3").map(|found| found.id).as_deref(),
+            Some("sha256:3")
+        );
         // An action not known here forgets everything.
         event(&cache, "load", "sha256:7", "sha256:7");
         assert_eq!(cache.get("other:3"), None);
@@ -326,7 +332,10 @@ mod tests {
         let token = cache.token();
         event(&cache, "tag", "sha256:8", "unrelated:1");
         cache.insert("app:latest", &found("sha256:9"), token);
-        assert_eq!(cache.get("app").map(|found| found.id).as_deref(), Some("sha256:9"));
+        assert_eq!(
+            cache.get("app").map(|found| found.id).as_deref(),
+            Some("sha256:9")
+        );
         // Too many events to know: not kept.
         let token = cache.token();
         for index in 0..=RECENT_EVENTS {

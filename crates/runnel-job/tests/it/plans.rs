@@ -436,7 +436,10 @@ fn predefined_stages_keep_house_only_without_git_helpers_or_hooks() {
         name: "no-artifacts".into(),
         ..runnel_types::Dependency::default()
     });
-    assert!(housekeeping(&none, &opts()), "none, and a dependency without artifacts");
+    assert!(
+        housekeeping(&none, &opts()),
+        "none, and a dependency without artifacts"
+    );
     let mut empty = job();
     set_var(&mut empty, "GIT_STRATEGY", "empty");
     assert!(housekeeping(&empty, &opts()));

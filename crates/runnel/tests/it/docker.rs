@@ -1976,7 +1976,8 @@ fn comparable_log(trace: &str) -> String {
 
 /// Whether `trace` says `Running on <host>` (followed by ` via …` or `...`).
 fn runs_on(trace: &str, host: &str) -> bool {
-    trace.contains(&format!("Running on {host} via ")) || trace.contains(&format!("Running on {host}..."))
+    trace.contains(&format!("Running on {host} via "))
+        || trace.contains(&format!("Running on {host}..."))
 }
 
 /// Session 7 (#13 item 4): a job whose helper stages only keep house (no git, cache, artifacts
@@ -1995,11 +1996,7 @@ async fn housekeeping_helper_stages_run_in_a_root_build_container_with_the_same_
         "echo \"umask=$(umask) uid=$(id -u)\"",
         "echo \"host=$(hostname)\"",
     ];
-    let house = |name: &str| {
-        job(name)
-            .variable("FF_TIMESTAMPS", "false")
-            .script(script)
-    };
+    let house = |name: &str| job(name).variable("FF_TIMESTAMPS", "false").script(script);
     // The first job also meets the daemon (version, events, image inspects).
     job_requests(&daemon, &engine, "first", house("first")).await;
     let (trace, requests) = job_requests(&daemon, &engine, "house", house("house")).await;
@@ -2066,7 +2063,10 @@ async fn housekeeping_helper_stages_run_in_a_root_build_container_with_the_same_
         2,
         "{user_trace}"
     );
-    assert!(user_trace.contains("\numask=0022 uid=65534\n"), "{user_trace}");
+    assert!(
+        user_trace.contains("\numask=0022 uid=65534\n"),
+        "{user_trace}"
+    );
     assert_nothing_left(&daemon);
     assert_nothing_left(&daemon_user);
 }
