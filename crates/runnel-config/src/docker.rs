@@ -182,17 +182,11 @@ section! {
 }
 
 impl DockerConfig {
-    /// `[runners.docker]` keys that are set but that the docker executor does not act on yet.
+    /// `[runners.docker]` keys that are set but that the docker executor does not act on, where
+    /// that changes no job: `isolation` (Windows containers only) and `helper_image_flavor`
+    /// (Runnel assembles its own helper image, whatever the flavor).
     pub fn ignored_keys(&self) -> Vec<&'static str> {
         [
-            ("[runners.docker] gpus", self.gpus.is_some()),
-            ("[runners.docker] service_gpus", self.service_gpus.is_some()),
-            (
-                "[runners.docker] services_devices",
-                !self.services_devices.is_empty(),
-            ),
-            ("[runners.docker] mac_address", self.mac_address.is_some()),
-            ("[runners.docker] cpuset_mems", self.cpuset_mems.is_some()),
             ("[runners.docker] isolation", self.isolation.is_some()),
             (
                 "[runners.docker] helper_image_flavor",
@@ -201,6 +195,41 @@ impl DockerConfig {
         ]
         .into_iter()
         .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
+    /// `[runners.docker]` keys set to something the docker executor does not act on yet and
+    /// that would change what a job sees (its devices, its network identity, its memory
+    /// nodes), one message each: such a runner is refused at start.
+    pub fn refused_keys(&self) -> Vec<String> {
+        [
+            ("gpus", "GPUs for the build container", self.gpus.is_some()),
+            (
+                "service_gpus",
+                "GPUs for service containers",
+                self.service_gpus.is_some(),
+            ),
+            (
+                "services_devices",
+                "devices for service containers",
+                !self.services_devices.is_empty(),
+            ),
+            (
+                "mac_address",
+                "a fixed MAC address for the build container",
+                self.mac_address.is_some(),
+            ),
+            (
+                "cpuset_mems",
+                "memory nodes for the build container",
+                self.cpuset_mems.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, set)| *set)
+        .map(|(key, what, _)| {
+            format!("[runners.docker] {key} ({what}) is not supported by Runnel yet")
+        })
         .collect()
     }
 

@@ -396,13 +396,18 @@ fn docker_keys_the_executor_does_not_act_on_are_named() {
         "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"docker\"\n  [runners.docker]\n    image = \"alpine\"\n    gpus = \"all\"\n    mac_address = \"92:d0:c6:0a:29:33\"\n    helper_image_flavor = \"ubuntu\"\n    [runners.docker.services_devices]\n      \"postgres\" = [\"/dev/null:/dev/null\"]\n",
     )
     .unwrap();
+    // Harmless to ignore on Linux with Runnel's own helper image.
     assert_eq!(
         file.config().runners[0].ignored_keys(),
+        ["[runners.docker] helper_image_flavor"]
+    );
+    // Would change what jobs see: refused by name.
+    assert_eq!(
+        file.config().runners[0].refused_keys(),
         [
-            "[runners.docker] gpus",
-            "[runners.docker] services_devices",
-            "[runners.docker] mac_address",
-            "[runners.docker] helper_image_flavor",
+            "[runners.docker] gpus (GPUs for the build container) is not supported by Runnel yet",
+            "[runners.docker] services_devices (devices for service containers) is not supported by Runnel yet",
+            "[runners.docker] mac_address (a fixed MAC address for the build container) is not supported by Runnel yet",
         ]
     );
 }
