@@ -669,14 +669,7 @@ async fn a_docker_job_with_a_flag_runnel_does_not_act_upon_is_refused_by_name() 
             .variable("FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true")
             .script(["echo not-reached"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(
         trace.contains(
             "feature flag FF_USE_INIT_WITH_DOCKER_EXECUTOR=true (an init process as PID 1 of the job's containers) is not supported by Runnel's docker executor yet"
