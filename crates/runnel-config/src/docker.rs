@@ -199,38 +199,15 @@ impl DockerConfig {
     }
 
     /// `[runners.docker]` keys set to something the docker executor does not act on yet and
-    /// that would change what a job sees (its devices, its network identity, its memory
-    /// nodes), one message each: such a runner is refused at start.
+    /// that would change what a job sees (its network identity), one message each: such a
+    /// runner is refused at start.
     pub fn refused_keys(&self) -> Vec<String> {
-        [
-            ("gpus", "GPUs for the build container", self.gpus.is_some()),
-            (
-                "service_gpus",
-                "GPUs for service containers",
-                self.service_gpus.is_some(),
-            ),
-            (
-                "services_devices",
-                "devices for service containers",
-                !self.services_devices.is_empty(),
-            ),
-            (
-                "mac_address",
-                "a fixed MAC address for the build container",
-                self.mac_address.is_some(),
-            ),
-            (
-                "cpuset_mems",
-                "memory nodes for the build container",
-                self.cpuset_mems.is_some(),
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, _, set)| *set)
-        .map(|(key, what, _)| {
-            format!("[runners.docker] {key} ({what}) is not supported by Runnel yet")
-        })
-        .collect()
+        self.mac_address
+            .iter()
+            .map(|_| {
+                "[runners.docker] mac_address (a fixed MAC address for the job's containers) is not supported by Runnel yet".to_owned()
+            })
+            .collect()
     }
 
     /// The pull policies to use: `pull_policy`, or `["always"]` when unset.

@@ -401,13 +401,11 @@ fn docker_keys_the_executor_does_not_act_on_are_named() {
         file.config().runners[0].ignored_keys(),
         ["[runners.docker] helper_image_flavor"]
     );
-    // Would change what jobs see: refused by name.
+    // Would change what jobs see: refused by name (gpus and services_devices are acted upon).
     assert_eq!(
         file.config().runners[0].refused_keys(),
         [
-            "[runners.docker] gpus (GPUs for the build container) is not supported by Runnel yet",
-            "[runners.docker] services_devices (devices for service containers) is not supported by Runnel yet",
-            "[runners.docker] mac_address (a fixed MAC address for the build container) is not supported by Runnel yet",
+            "[runners.docker] mac_address (a fixed MAC address for the job's containers) is not supported by Runnel yet"
         ]
     );
 }
