@@ -182,17 +182,11 @@ section! {
 }
 
 impl DockerConfig {
-    /// `[runners.docker]` keys that are set but that the docker executor does not act on yet.
+    /// `[runners.docker]` keys that are set but that the docker executor does not act on, where
+    /// that changes no job: `isolation` (Windows containers only) and `helper_image_flavor`
+    /// (Runnel assembles its own helper image, whatever the flavor).
     pub fn ignored_keys(&self) -> Vec<&'static str> {
         [
-            ("[runners.docker] gpus", self.gpus.is_some()),
-            ("[runners.docker] service_gpus", self.service_gpus.is_some()),
-            (
-                "[runners.docker] services_devices",
-                !self.services_devices.is_empty(),
-            ),
-            ("[runners.docker] mac_address", self.mac_address.is_some()),
-            ("[runners.docker] cpuset_mems", self.cpuset_mems.is_some()),
             ("[runners.docker] isolation", self.isolation.is_some()),
             (
                 "[runners.docker] helper_image_flavor",
@@ -202,6 +196,18 @@ impl DockerConfig {
         .into_iter()
         .filter_map(|(key, set)| set.then_some(key))
         .collect()
+    }
+
+    /// `[runners.docker]` keys set to something the docker executor does not act on yet and
+    /// that would change what a job sees (its network identity), one message each: such a
+    /// runner is refused at start.
+    pub fn refused_keys(&self) -> Vec<String> {
+        self.mac_address
+            .iter()
+            .map(|_| {
+                "[runners.docker] mac_address (a fixed MAC address for the job's containers) is not supported by Runnel yet".to_owned()
+            })
+            .collect()
     }
 
     /// The pull policies to use: `pull_policy`, or `["always"]` when unset.

@@ -313,6 +313,16 @@ impl RunnerConfig {
                     .to_owned(),
             );
         }
+        if let Some(cache) = &self.cache {
+            refused.extend(cache.refused_keys());
+        }
+        if let Some(docker) = self
+            .docker
+            .as_ref()
+            .filter(|_| self.executor == Executor::Docker)
+        {
+            refused.extend(docker.refused_keys());
+        }
         if let Some(artifact) = &self.artifact {
             let limits = [
                 (

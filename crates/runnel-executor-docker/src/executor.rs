@@ -33,9 +33,8 @@
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
 //!
-//! Not done yet: GPUs (`gpus`, `service_gpus`), `services_devices`, `mac_address`,
-//! `helper_image_flavor`, Windows containers, the session terminal, and
-//! recreating a container that vanished mid-job.
+//! Not done yet: `mac_address` (runnel-config refuses such runners at start), Windows
+//! containers, the session terminal, and recreating a container that vanished mid-job.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

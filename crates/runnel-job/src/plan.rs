@@ -40,6 +40,16 @@ pub enum PlanError {
         path: String,
         builds_dir: String,
     },
+    /// The job turns on a feature flag that would change what it sees on this executor and
+    /// that Runnel does not act upon.
+    #[error(
+        "feature flag {flag}=true ({what}) is not supported by Runnel's {executor} executor yet"
+    )]
+    UnsupportedFeatureFlag {
+        flag: &'static str,
+        what: &'static str,
+        executor: &'static str,
+    },
     /// The runner's builds or cache dir is not an absolute path.
     #[error("{setting} {path:?} must be an absolute path to plan job {job}")]
     RelativeDir {
@@ -117,6 +127,13 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
 
     let base = base_variables(job, opts, &runner_env, &builds_dir);
     let feature_flags = FeatureFlags::resolve(&opts.feature_flags, &base, &mut warnings);
+    if let Some((flag, what)) = feature_flags.refused_on(opts.executor) {
+        return Err(PlanError::UnsupportedFeatureFlag {
+            flag,
+            what,
+            executor: opts.executor.as_str(),
+        });
+    }
     let settings = settings::parse(
         &base.expanded(),
         job.allow_git_fetch,

@@ -188,6 +188,40 @@ fn git_clone_path_rules() {
 }
 
 #[test]
+fn flags_that_would_change_the_job_on_its_executor_refuse_it_by_name() {
+    let mut job = job();
+    set_var(&mut job, "FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true");
+    let mut docker = opts();
+    docker.executor = ExecutorKind::Docker;
+    let err = plan(&job, &docker).expect_err("no init process yet");
+    assert_snapshot!(err.to_string(), @"feature flag FF_USE_INIT_WITH_DOCKER_EXECUTOR=true (an init process as PID 1 of the job's containers) is not supported by Runnel's docker executor yet");
+    // The shell executor has no containers: the official runner ignores the flag there too.
+    let shell = plan_ok(&job, &opts());
+    assert!(
+        shell
+            .warnings
+            .iter()
+            .any(|w| w.contains("FF_USE_INIT_WITH_DOCKER_EXECUTOR=true is not acted upon")),
+        "{:?}",
+        shell.warnings
+    );
+    // From [runners.feature_flags] as well, and for kubernetes.
+    let mut kubernetes = opts();
+    kubernetes.executor = ExecutorKind::Kubernetes;
+    kubernetes.feature_flags = vec![("FF_KUBERNETES_HONOR_ENTRYPOINT".to_owned(), true)];
+    let err = plan(&self::job(), &kubernetes).expect_err("entrypoint not run");
+    assert!(
+        err.to_string()
+            .starts_with("feature flag FF_KUBERNETES_HONOR_ENTRYPOINT=true "),
+        "{err}"
+    );
+    // Off is what Runnel does.
+    let mut job = self::job();
+    set_var(&mut job, "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", "false");
+    plan_ok(&job, &docker);
+}
+
+#[test]
 fn relative_builds_dir_is_rejected() {
     let mut opts = opts();
     opts.builds_dir = "builds".into();

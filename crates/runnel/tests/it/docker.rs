@@ -883,6 +883,100 @@ async fn the_memory_limit_reaches_the_job_container() {
 }
 
 #[tokio::test]
+async fn cpuset_mems_reaches_the_job_container() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(IMAGE, "    cpuset_mems = \"0\"\n")).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("mems").script(["echo ready", "sleep 3"]));
+    // The container's cpuset files are not visible inside it on every host: the engine says.
+    daemon.printed(id, "ready\n").await;
+    let containers = labelled(&daemon, "container", None);
+    let inspected = docker(
+        &[
+            ["inspect", "--format"].as_slice(),
+            &["{{index .Config.Labels \"com.gitlab.gitlab-runner.type\"}}={{.HostConfig.CpusetMems}}"],
+            &containers.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
+    let inspected = String::from_utf8_lossy(&inspected.stdout).into_owned();
+    assert!(
+        inspected.lines().any(|line| line == "build=0"),
+        "{inspected}"
+    );
+    daemon.succeeded(id).await;
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn gpus_are_requested_from_the_engine() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(IMAGE, "    gpus = \"all\"\n")).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("gpus").script(["echo not-reached"]));
+    // This engine has no GPU driver: it refuses the request, and the job says so.
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains("could not select device driver \"\" with capabilities: [[gpu]]"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn services_devices_reach_the_services_whose_image_matches() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    wait_for_services_timeout = 1\n    [runners.docker.services_devices]\n      \"runnel-e2e-web:*\" = [\"/dev/null:/dev/runnel-null\"]\n      \"no-such-image\" = [\"/dev/zero:/dev/runnel-zero\"]\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("services-devices")
+            .variable("CI_DEBUG_SERVICES", "true")
+            .extra(
+                "services",
+                json!([{
+                    "name": WEB,
+                    "alias": "devices",
+                    "command": ["sh", "-c", "ls /dev/runnel-null /dev/runnel-zero; exec sleep 300"]
+                }]),
+            )
+            .script([
+                "sleep 2",
+                "test ! -e /dev/runnel-null && echo not-in-the-job",
+            ]),
+    );
+    let trace = daemon.succeeded(id).await;
+    assert!(trace.contains("not-in-the-job\n"), "{trace}");
+    let service: Vec<&str> = trace
+        .lines()
+        .filter(|line| line.starts_with("[service:runnel-e2e-web-devices] "))
+        .collect();
+    assert!(
+        service
+            .iter()
+            .any(|line| line.ends_with(" /dev/runnel-null")),
+        "{trace}"
+    );
+    assert!(
+        service
+            .iter()
+            .any(|line| line.contains("/dev/runnel-zero: No such file or directory")),
+        "only the matching pattern's devices: {trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
 async fn a_canceled_job_stops_and_its_containers_are_removed() {
     ensure_image();
     let daemon = Daemon::start(docker_setup(IMAGE)).await;

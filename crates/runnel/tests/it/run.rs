@@ -197,6 +197,28 @@ impl Daemon {
         }
     }
 
+    /// Waits for job `id` to end, asserts that it succeeded, and returns its log.
+    pub(crate) async fn succeeded(&self, id: u64) -> String {
+        let view = self.finished(id).await;
+        let trace = view.trace_text().into_owned();
+        assert_eq!(view.status, RemoteStatus::Success, "job {id}:\n{trace}");
+        trace
+    }
+
+    /// Waits for job `id` to end, asserts that it failed with `reason` (the failure reason of
+    /// its final update), and returns its log.
+    pub(crate) async fn failed_with(&self, id: u64, reason: &str) -> String {
+        let view = self.finished(id).await;
+        let trace = view.trace_text().into_owned();
+        assert_eq!(view.status, RemoteStatus::Failed, "job {id}:\n{trace}");
+        assert_eq!(
+            final_update(&view).failure_reason.as_deref(),
+            Some(reason),
+            "job {id}:\n{trace}"
+        );
+        trace
+    }
+
     /// Waits until the job's trace contains `needle`.
     pub(crate) async fn printed(&self, id: u64, needle: &str) -> JobView {
         let needle = needle.to_owned();
@@ -1100,9 +1122,7 @@ async fn hostile_variable_keys_run_nothing_and_write_nowhere() {
             .variable("GOOD_KEY", "fine")
             .script(["echo good=$GOOD_KEY"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("good=fine"), "{trace}");
     assert!(
         trace.contains("a variable name must be letters, digits and `_` only"),
