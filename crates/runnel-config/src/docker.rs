@@ -198,18 +198,6 @@ impl DockerConfig {
         .collect()
     }
 
-    /// `[runners.docker]` keys set to something the docker executor does not act on yet and
-    /// that would change what a job sees (its network identity), one message each: such a
-    /// runner is refused at start.
-    pub fn refused_keys(&self) -> Vec<String> {
-        self.mac_address
-            .iter()
-            .map(|_| {
-                "[runners.docker] mac_address (a fixed MAC address for the job's containers) is not supported by Runnel yet".to_owned()
-            })
-            .collect()
-    }
-
     /// The pull policies to use: `pull_policy`, or `["always"]` when unset.
     pub fn pull_policies(&self) -> Vec<PullPolicy> {
         if self.pull_policy.is_empty() {

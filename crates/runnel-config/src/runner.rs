@@ -316,13 +316,6 @@ impl RunnerConfig {
         if let Some(cache) = &self.cache {
             refused.extend(cache.refused_keys());
         }
-        if let Some(docker) = self
-            .docker
-            .as_ref()
-            .filter(|_| self.executor == Executor::Docker)
-        {
-            refused.extend(docker.refused_keys());
-        }
         if let Some(artifact) = &self.artifact {
             let limits = [
                 (

@@ -33,8 +33,8 @@
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
 //!
-//! Not done yet: `mac_address` (runnel-config refuses such runners at start), Windows
-//! containers, the session terminal, and recreating a container that vanished mid-job.
+//! Not done yet: Windows containers, the session terminal, and recreating a container that
+//! vanished mid-job.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -615,6 +615,19 @@ impl DockerExecutor {
         }
         let docker = shared.connect().await?;
         self.docker = Some(docker.clone());
+        if options.mac_address_endpoint(None).is_some() {
+            // Before API 1.44 the address was a container setting, which the engine's newer
+            // endpoint field does not replace: an older engine would ignore it.
+            let version = docker.client_version();
+            let (major, minor) = (version.major_version, version.minor_version);
+            if (major, minor) < (1, 44) {
+                return Err(DockerError::EngineTooOld {
+                    feature: "mac_address",
+                    needed: "1.44",
+                    engine: format!("{major}.{minor}"),
+                });
+            }
+        }
 
         // Images first: nothing is created for a job whose images are missing or forbidden.
         let job_image = job.image.as_ref().filter(|image| !image.name.is_empty());
@@ -914,6 +927,7 @@ impl DockerExecutor {
                 user: user.clone(),
                 hostname: config.hostname.clone().filter(|name| !name.is_empty()),
                 labels: Some(labels(&label_ctx, job, ObjectType::Build, None)),
+                networking_config: options.mac_address_endpoint(network.as_deref()),
                 host_config: Some(HostConfig {
                     links: links.clone(),
                     ..volumes

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::models::{
-    DeviceMapping, DeviceRequest, HostConfig, HostConfigLogConfig, ResourcesUlimits,
+    DeviceMapping, DeviceRequest, EndpointSettings, HostConfig, HostConfigLogConfig,
+    NetworkingConfig, ResourcesUlimits,
 };
 use runnel_config::{DockerConfig, PullPolicy};
 
@@ -157,6 +158,20 @@ impl DockerOptions {
             .iter()
             .map(|spec| VolumeSpec::parse(spec))
             .collect::<Result<_, _>>()?;
+        if let Some(mac) = config.mac_address.as_deref().filter(|mac| !mac.is_empty()) {
+            let octets: Vec<&str> = mac.split(':').collect();
+            let valid = octets.len() == 6
+                && octets
+                    .iter()
+                    .all(|octet| octet.len() == 2 && u8::from_str_radix(octet, 16).is_ok());
+            if !valid {
+                return Err(DockerError::InvalidOption {
+                    key: "mac_address",
+                    value: mac.to_owned(),
+                    reason: "expected six two-digit hex octets separated by `:`",
+                });
+            }
+        }
         let services_devices = config
             .services_devices
             .iter()
@@ -184,6 +199,31 @@ impl DockerOptions {
             services_devices,
             volumes,
             wait_for_services_timeout: config.wait_for_services_timeout(),
+        })
+    }
+
+    /// The endpoint settings that give the build container `mac_address` on the network it
+    /// joins: the job's network, else `network_mode`, else the engine's default. Only the build
+    /// container gets it: two containers with one address on one bridge would not both be
+    /// reachable.
+    pub fn mac_address_endpoint(&self, network: Option<&str>) -> Option<NetworkingConfig> {
+        let mac = self
+            .config
+            .mac_address
+            .as_deref()
+            .filter(|mac| !mac.is_empty())?;
+        let network = network
+            .or(self.config.network_mode.as_deref())
+            .filter(|mode| !mode.is_empty())
+            .unwrap_or("default");
+        Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_owned(),
+                EndpointSettings {
+                    mac_address: Some(mac.to_owned()),
+                    ..EndpointSettings::default()
+                },
+            )])),
         })
     }
 
@@ -666,6 +706,20 @@ cpuset_mems = "0"
         );
         let other = options.host_config(ContainerRole::Service, "mysql:8", Vec::new(), None);
         assert_eq!(other.devices, None);
+        let mac = docker_config("mac_address = \"92:d0:c6:0a:29:33\"\n");
+        let endpoint = DockerOptions::from_config(&mac)
+            .unwrap()
+            .mac_address_endpoint(Some("runner-net"))
+            .unwrap();
+        assert_eq!(
+            endpoint.endpoints_config.unwrap()["runner-net"]
+                .mac_address
+                .as_deref(),
+            Some("92:d0:c6:0a:29:33")
+        );
+        assert!(options.mac_address_endpoint(None).is_none());
+        let bad = docker_config("mac_address = \"92:d0:c6\"\n");
+        assert!(DockerOptions::from_config(&bad).is_err());
         let bad = docker_config("gpus = \"some\"\n");
         assert!(DockerOptions::from_config(&bad).is_err());
         let bad = docker_config("[runners.docker.services_devices]\n\"a[\" = [\"/dev/null\"]\n");

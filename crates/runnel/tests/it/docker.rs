@@ -911,6 +911,41 @@ async fn cpuset_mems_reaches_the_job_container() {
 }
 
 #[tokio::test]
+async fn mac_address_is_the_build_containers_or_the_job_fails_naming_the_engine() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    mac_address = \"92:d0:c6:0a:29:33\"\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("mac").script(["echo \"mac=$(cat /sys/class/net/eth0/address)\""]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    // Engines before API 1.44 took the address as a container setting, which the current API
+    // no longer has: there the job fails, naming the setting and the engine's version.
+    let version = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let (major, minor) = version.split_once('.').expect("an API version");
+    if (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap()) < (1, 44) {
+        assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+        assert!(
+            trace.contains(&format!(
+                "`mac_address` in [runners.docker] needs Docker Engine API 1.44 or newer; this engine speaks {version}"
+            )),
+            "{trace}"
+        );
+        assert!(!trace.contains("mac="), "{trace}");
+    } else {
+        assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+        assert!(trace.contains("mac=92:d0:c6:0a:29:33\n"), "{trace}");
+    }
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
 async fn gpus_are_requested_from_the_engine() {
     ensure_image();
     let daemon = Daemon::start(docker_setup_with(IMAGE, "    gpus = \"all\"\n")).await;
