@@ -573,10 +573,11 @@ async fn an_abort_kills_the_whole_process_tree() {
 async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
     let daemon = Daemon::start(Setup::default()).await;
     let home = daemon.dir.path();
-    // The profile says which shell read it, and leaves a process behind.
+    // The profile says which shell read it, and leaves a process behind that left the
+    // shell's process group.
     std::fs::write(
         home.join(".bash_profile"),
-        "echo $$ >> \"$HOME/shells\"\nsleep 300 & echo $! >> \"$HOME/shells\"\n",
+        "echo $$ >> \"$HOME/shells\"\nsetsid sleep 300 & echo $! >> \"$HOME/shells\"\n",
     )
     .unwrap();
     // Retried answers give the shell time to read its profile, then GitLab says the job is gone.
