@@ -223,10 +223,10 @@ impl ShellExecutor {
 
     async fn prepare_dirs(&mut self, ctx: &PrepareContext<'_>) -> Result<(), ExecutorError> {
         // A shell started early elsewhere than the stages' builds directory is not theirs.
-        if self.session.is_some() && self.session_dir.as_deref() != Some(ctx.builds_dir) {
-            if let Some(session) = self.session.take() {
-                self.contained &= session.close().await;
-            }
+        if self.session_dir.as_deref() != Some(ctx.builds_dir)
+            && let Some(session) = self.session.take()
+        {
+            self.contained &= session.close().await;
         }
         create_dir("builds", ctx.builds_dir.to_path_buf()).await?;
         // A cache problem must never fail a job: the cache stages warn on their own.
