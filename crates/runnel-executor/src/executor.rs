@@ -2,7 +2,8 @@
 //!
 //! A [`Provider`] is built once per `[[runners]]` entry from its configuration. It describes the
 //! executor ([`ExecutorInfo`]: name, features reported to GitLab, default shell and directories)
-//! and creates one [`Executor`] per job. The job runner then calls [`Executor::configure`] once
+//! and creates one [`Executor`] per job. The job runner calls [`Executor::start_early`] while
+//! the job's acknowledgement is in flight, then [`Executor::configure`] once
 //! (before the stages are planned for good: custom's `config_exec` and the SSH host can decide
 //! directories), [`Executor::prepare`] once, [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
 //! a failure or a cancellation.
