@@ -588,6 +588,60 @@ async fn an_abort_kills_the_whole_process_tree() {
     );
 }
 
+/// Issue #18: the login shell starts while the job's acknowledgement is in flight. When GitLab
+/// refuses the acknowledgement, that shell (and what its profile started) is killed, and
+/// nothing of the job runs and nothing reaches its log.
+#[tokio::test]
+async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let home = daemon.dir.path();
+    // The profile says which shell read it, and leaves a process behind that left the
+    // shell's process group.
+    std::fs::write(
+        home.join(".bash_profile"),
+        "echo $$ >> \"$HOME/shells\"\nsetsid sleep 300 & echo $! >> \"$HOME/shells\"\n",
+    )
+    .unwrap();
+    // Retried answers give the shell time to read its profile, then GitLab says the job is gone.
+    let update = EndpointFilter::Only(runnel_fake_gitlab::Endpoint::UpdateJob);
+    daemon.fake.fail_next(update, 3, 500);
+    daemon.fake.fail_next(update, 1, 403);
+    let ran = home.join("ran");
+    let id = daemon
+        .fake
+        .enqueue(job("refused").script([format!("touch {}", ran.display())]));
+    daemon.wait_log("GitLab no longer wants this job").await;
+
+    let shells = std::fs::read_to_string(home.join("shells")).unwrap_or_default();
+    let pids: Vec<i32> = shells.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the shell started before the answer: {shells:?}"
+    );
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    for pid in &pids {
+        assert!(
+            gone(*pid),
+            "process {pid} survived the refusal\n{}",
+            daemon.log()
+        );
+    }
+    assert!(!ran.exists(), "the job's script ran");
+    let view = daemon.fake.job(id).expect("the job");
+    assert!(view.trace.is_empty(), "{}", view.trace_text());
+    assert!(
+        view.updates.iter().all(|u| u.state == "running"),
+        "no final state for a refused job"
+    );
+}
+
 #[tokio::test]
 async fn sigquit_lets_running_jobs_finish_and_takes_no_new_ones() {
     let mut daemon = Daemon::start(Setup::default()).await;
