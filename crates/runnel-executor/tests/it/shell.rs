@@ -604,6 +604,7 @@ async fn a_shell_started_early_serves_the_stages() {
         git_fetch: false,
         network_per_build: false,
         temp_dir: None,
+        predefined_housekeeping_only: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let cmd = StageCommand {
@@ -679,6 +680,7 @@ async fn a_shell_started_early_elsewhere_is_replaced() {
         git_fetch: false,
         network_per_build: false,
         temp_dir: None,
+        predefined_housekeeping_only: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     crate::support::assert_gone(early_shell.cast_signed()).await;
