@@ -930,6 +930,7 @@ impl DockerExecutor {
                 networking_config: options.mac_address_endpoint(network.as_deref()),
                 host_config: Some(HostConfig {
                     links: links.clone(),
+                    init: ctx.init_process.then_some(true),
                     ..volumes
                 }),
                 ..stdin_container()

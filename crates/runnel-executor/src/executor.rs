@@ -197,6 +197,9 @@ pub struct PrepareContext<'a> {
     /// helper, no user hook (`JobPlan::predefined_housekeeping_only` of `runnel-job`). The
     /// docker executor may then run them in the build container, with no helper container.
     pub predefined_housekeeping_only: bool,
+    /// `FF_USE_INIT_WITH_DOCKER_EXECUTOR`: the docker executor runs an init process as PID 1
+    /// of the build container, which reaps orphaned processes and forwards signals.
+    pub init_process: bool,
     /// The job's private temp dir, when the plan leaves making it (before the first stage)
     /// and removing it (after the last) to the executor (`PlanOptions::temp_dir_by_executor`
     /// of `runnel-job`); only the shell executor is given one.

@@ -20,7 +20,6 @@ pub(crate) const NOT_ACTED_UPON: &[&str] = &[
     "FF_SECRET_RESOLVING_FAILS_IF_MISSING",
     "FF_USE_GIT_BUNDLE_URIS",
     "FF_USE_GIT_NATIVE_CLONE",
-    "FF_USE_INIT_WITH_DOCKER_EXECUTOR",
     "FF_LOG_IMAGES_CONFIGURED_FOR_JOB",
     "FF_USE_NATIVE_CONTAINER_STOP",
     "FF_USE_LEGACY_GCS_CACHE_ADAPTER",
@@ -42,11 +41,6 @@ const REFUSED_ON: &[(&str, ExecutorKind, &str)] = &[
         "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR",
         ExecutorKind::Docker,
         "files keep the image user's umask and ownership",
-    ),
-    (
-        "FF_USE_INIT_WITH_DOCKER_EXECUTOR",
-        ExecutorKind::Docker,
-        "an init process as PID 1 of the job's containers",
     ),
     (
         "FF_KUBERNETES_HONOR_ENTRYPOINT",

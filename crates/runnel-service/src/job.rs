@@ -644,6 +644,7 @@ async fn execute_stages(
             git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
             network_per_build: plan.feature_flags.network_per_build(),
             predefined_housekeeping_only: plan.predefined_housekeeping_only,
+            init_process: plan.feature_flags.is_on("FF_USE_INIT_WITH_DOCKER_EXECUTOR"),
             temp_dir: options.temp_dir_by_executor.then_some(temp_dir.as_path()),
         };
         match tokio::time::timeout_at(prepare_deadline, executor.prepare(&prepare)).await {

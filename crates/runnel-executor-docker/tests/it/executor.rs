@@ -75,6 +75,7 @@ async fn prepare_full(
         git_fetch: false,
         network_per_build,
         predefined_housekeeping_only,
+        init_process: false,
         temp_dir: None,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))

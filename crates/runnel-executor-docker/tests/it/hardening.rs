@@ -58,6 +58,7 @@ async fn prepare_with(
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))

@@ -79,6 +79,7 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))

@@ -139,6 +139,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -173,6 +174,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
@@ -208,6 +210,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
@@ -240,6 +243,7 @@ async fn cancelling_a_stage_reports_cancelled() {
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -302,6 +306,7 @@ async fn run_job_boxed(
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -359,6 +364,7 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
         git_fetch: false,
         network_per_build: false,
         predefined_housekeeping_only: false,
+        init_process: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -605,6 +611,7 @@ async fn a_shell_started_early_serves_the_stages() {
         network_per_build: false,
         temp_dir: None,
         predefined_housekeeping_only: false,
+        init_process: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     let cmd = StageCommand {
@@ -681,6 +688,7 @@ async fn a_shell_started_early_elsewhere_is_replaced() {
         network_per_build: false,
         temp_dir: None,
         predefined_housekeeping_only: false,
+        init_process: false,
     };
     executor.prepare(&ctx).await.expect("prepare");
     crate::support::assert_gone(early_shell.cast_signed()).await;

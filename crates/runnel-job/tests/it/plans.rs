@@ -190,18 +190,18 @@ fn git_clone_path_rules() {
 #[test]
 fn flags_that_would_change_the_job_on_its_executor_refuse_it_by_name() {
     let mut job = job();
-    set_var(&mut job, "FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true");
+    set_var(&mut job, "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", "true");
     let mut docker = opts();
     docker.executor = ExecutorKind::Docker;
-    let err = plan(&job, &docker).expect_err("no init process yet");
-    assert_snapshot!(err.to_string(), @"feature flag FF_USE_INIT_WITH_DOCKER_EXECUTOR=true (an init process as PID 1 of the job's containers) is not supported by Runnel's docker executor yet");
+    let err = plan(&job, &docker).expect_err("the umask is always 0000 in the helper");
+    assert_snapshot!(err.to_string(), @"feature flag FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR=true (files keep the image user's umask and ownership) is not supported by Runnel's docker executor yet");
     // The shell executor has no containers: the official runner ignores the flag there too.
     let shell = plan_ok(&job, &opts());
     assert!(
         shell
             .warnings
             .iter()
-            .any(|w| w.contains("FF_USE_INIT_WITH_DOCKER_EXECUTOR=true is not acted upon")),
+            .any(|w| w.contains("FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR=true is not acted upon")),
         "{:?}",
         shell.warnings
     );
@@ -215,10 +215,21 @@ fn flags_that_would_change_the_job_on_its_executor_refuse_it_by_name() {
             .starts_with("feature flag FF_KUBERNETES_HONOR_ENTRYPOINT=true "),
         "{err}"
     );
-    // Off is what Runnel does.
+    // Off is what Runnel does; an init process is acted upon.
     let mut job = self::job();
     set_var(&mut job, "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", "false");
-    plan_ok(&job, &docker);
+    set_var(&mut job, "FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true");
+    let planned = plan_ok(&job, &docker);
+    assert!(
+        planned
+            .feature_flags
+            .is_on("FF_USE_INIT_WITH_DOCKER_EXECUTOR")
+    );
+    assert!(
+        !planned.warnings.iter().any(|w| w.contains("FF_USE_INIT")),
+        "{:?}",
+        planned.warnings
+    );
 }
 
 #[test]

@@ -946,6 +946,26 @@ async fn mac_address_is_the_build_containers_or_the_job_fails_naming_the_engine(
 }
 
 #[tokio::test]
+async fn ff_use_init_with_docker_executor_runs_an_init_process_as_pid_1() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup(IMAGE)).await;
+    let _sweep = Sweep::new(&daemon);
+    let script = ["echo \"pid1=$(cat /proc/1/comm)\""];
+    let with = daemon.fake.enqueue(
+        job("init")
+            .variable("FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true")
+            .script(script),
+    );
+    let trace = daemon.succeeded(with).await;
+    assert!(trace.contains("pid1=docker-init\n"), "{trace}");
+    assert!(!trace.contains("not acted upon"), "{trace}");
+    let without = daemon.fake.enqueue(job("no-init").script(script));
+    let trace = daemon.succeeded(without).await;
+    assert!(!trace.contains("pid1=docker-init"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
 async fn gpus_are_requested_from_the_engine() {
     ensure_image();
     let daemon = Daemon::start(docker_setup_with(IMAGE, "    gpus = \"all\"\n")).await;

@@ -665,14 +665,14 @@ async fn a_docker_job_with_a_flag_runnel_does_not_act_upon_is_refused_by_name() 
     })
     .await;
     let id = daemon.fake.enqueue(
-        job("init")
-            .variable("FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true")
+        job("umask")
+            .variable("FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", "true")
             .script(["echo not-reached"]),
     );
     let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(
         trace.contains(
-            "feature flag FF_USE_INIT_WITH_DOCKER_EXECUTOR=true (an init process as PID 1 of the job's containers) is not supported by Runnel's docker executor yet"
+            "feature flag FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR=true (files keep the image user's umask and ownership) is not supported by Runnel's docker executor yet"
         ),
         "{trace}"
     );
