@@ -16,22 +16,29 @@
 # counts each time the daemon enters `memory::advise_dontneed` (the trim), and the script dumps
 # them after each idle window: once after the first trim (after start-up), once after the trim
 # that follows a job. The functions of the runnel binary in those dumps, sorted by name, are the
-# file. Needs valgrind (callgrind_control), curl and nm.
+# file. Needs valgrind (callgrind_control), curl, python3 and nm. Usage: scripts/symbol-order.sh
+# [--check] [--no-build]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=generate
-case "${1:-}" in
-  "") ;;
-  --check) mode=check ;;
-  *) echo "usage: scripts/symbol-order.sh [--check]" >&2; exit 2 ;;
-esac
+build=yes
+for arg in "$@"; do
+  case "$arg" in
+    --check) mode=check ;;
+    # Uses the binaries already in the target dir (made by an earlier run of this script).
+    --no-build) build=no ;;
+    *) echo "usage: scripts/symbol-order.sh [--check] [--no-build]" >&2; exit 2 ;;
+  esac
+done
 order=crates/runnel/symbol-order.txt
 target="${SYMBOL_ORDER_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/symbol-order}"
 window="${SYMBOL_ORDER_WINDOW_SECS:-15}"
 
-CARGO_TARGET_DIR="$target" RUSTFLAGS="${RUSTFLAGS:-} -C strip=none" \
-  cargo build --release --locked -p runnel -p runnel-fake-gitlab
+if [ "$build" = yes ]; then
+  CARGO_TARGET_DIR="$target" RUSTFLAGS="${RUSTFLAGS:-} -C strip=none" \
+    cargo build --release --locked -p runnel -p runnel-fake-gitlab
+fi
 bin="$target/release/runnel"
 
 if [ "$mode" = check ]; then
@@ -140,12 +147,12 @@ idle_after_trim() {
 }
 
 idle_after_trim start
+field() { python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 id="$(curl -fsS -X POST "$url/__fake/jobs" \
-  -d '{"name":"symbol-order","script":["echo idle"],"git_strategy":"none"}' |
-  grep -o '"id":[0-9]*' | cut -d: -f2)"
+  -d '{"name":"symbol-order","script":["echo idle"],"git_strategy":"none"}' | field id)"
 status=
 for _ in $(seq 600); do
-  status="$(curl -fsS "$url/__fake/jobs/$id" | grep -o '"status":"[a-z_]*"' | cut -d'"' -f4)"
+  status="$(curl -fsS "$url/__fake/jobs/$id" | field status)"
   case "$status" in success | failed | canceled) break ;; esac
   sleep 0.5
 done
@@ -162,7 +169,8 @@ kill -QUIT "$runner" 2>/dev/null || true
     /^ob=/ { ob = substr($0, 4); next }
     /^fn=/ && ob ~ /\/runnel$/ {
       name = substr($0, 4); sub(/'"'"'[0-9]+$/, "", name)
-      if (name !~ /^0x/) print name
+      # Not pseudo-functions such as "(below main)" or unnamed code ("0x…").
+      if (name ~ /^[A-Za-z_][A-Za-z0-9_.$]*$/) print name
     }' "${selected[@]}" | LC_ALL=C sort -u
 } >"$order.new"
 mv "$order.new" "$order"

@@ -51,7 +51,9 @@ pub(crate) fn link_args(build: &Build<'_>, file: &Path) -> Result<Vec<String>, S
     // not know the option, and GNU ld does not.
     let other_linker = build.linker.is_some()
         || build.rustflags.split('\x1f').any(|flag| {
-            flag.contains("linker") || flag.contains("link-self-contained") || flag.contains("fuse-ld")
+            flag.contains("linker")
+                || flag.contains("link-self-contained")
+                || flag.contains("fuse-ld")
         });
     if !enabled || build.profile != "release" || build.target != LLD_TARGET || other_linker {
         return Ok(Vec::new());
@@ -212,8 +214,14 @@ mod tests {
             ["_ZN3foo3bar17h0123456789abcdefE", "main"]
         );
         for (text, message) in [
-            ("main\n<<<<<<< HEAD\n", "line 2: `<<<<<<< HEAD` is not a symbol name"),
-            ("runnel::memory::trim\n", "line 1: `runnel::memory::trim` is not a symbol name"),
+            (
+                "main\n<<<<<<< HEAD\n",
+                "line 2: `<<<<<<< HEAD` is not a symbol name",
+            ),
+            (
+                "runnel::memory::trim\n",
+                "line 1: `runnel::memory::trim` is not a symbol name",
+            ),
             ("main\nmain\n", "line 2: `main` is listed twice"),
             ("9lives\n", "line 1: `9lives` is not a symbol name"),
         ] {
