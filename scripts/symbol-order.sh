@@ -4,10 +4,12 @@
 # docs/performance.md "Session 7: idle memory"). With --check, builds the same way and reports how
 # many of the file's entries name functions of that build and how many 64 KiB blocks they span.
 #
-# Symbol names carry hashes of the toolchain, Cargo.lock, the profile and the code, so the file
-# is only right for the build it was made from. The script builds the release profile as
-# shipped, with its symbol table kept: `-C strip=none` in RUSTFLAGS leaves every name as the
-# shipped build has it (setting the profile's `strip` instead would change every crate's hash).
+# Symbol names carry hashes of the toolchain, Cargo.lock, the profile, the dependencies'
+# features and the code, so the file is only right for the build it was made from. The script
+# builds the release profile as shipped (`cargo build --release -p runnel`, alone: packages built
+# in one invocation share their dependencies' features), with its symbol table kept:
+# `-C strip=none` in RUSTFLAGS leaves every name as the shipped build has it (setting the
+# profile's `strip` instead would change every crate's hash).
 # The build goes to its own target dir, $SYMBOL_ORDER_TARGET_DIR (default target/symbol-order),
 # a full fat-LTO build the first time.
 #
@@ -36,8 +38,11 @@ target="${SYMBOL_ORDER_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/symbol-order}"
 window="${SYMBOL_ORDER_WINDOW_SECS:-15}"
 
 if [ "$build" = yes ]; then
+  # `-p runnel` alone, as the README builds it: packages built together share their
+  # dependencies' features, which changes those crates' hashes.
   CARGO_TARGET_DIR="$target" RUSTFLAGS="${RUSTFLAGS:-} -C strip=none" \
-    cargo build --release --locked -p runnel -p runnel-fake-gitlab
+    cargo build --release --locked -p runnel
+  [ "$mode" = check ] || CARGO_TARGET_DIR="$target" cargo build --release --locked -p runnel-fake-gitlab
 fi
 bin="$target/release/runnel"
 
