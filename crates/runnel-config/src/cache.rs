@@ -94,3 +94,66 @@ section! {
 }
 
 read_section!(CacheConfig, CacheS3Config, CacheGcsConfig, CacheAzureConfig);
+
+impl CacheConfig {
+    /// What this `[runners.cache]` asks for that Runnel cannot do and that would change where
+    /// caches go or how they are protected, one message each naming the key. The official runner
+    /// honours each of them, so a runner that sets one is refused at start rather than keeping
+    /// its caches somewhere else (GCS, Azure), unencrypted (server-side encryption) or under
+    /// other credentials (IAM, assumed roles). Settings the official runner itself falls back
+    /// from (a missing `[runners.cache.s3]`, an unknown `Type`) stay per-job warnings.
+    pub fn refused_keys(&self) -> Vec<String> {
+        let mut refused = Vec::new();
+        let kind = self.kind.as_deref().map(str::trim).unwrap_or_default();
+        let service = match kind {
+            "gcs" => Some("Google Cloud Storage"),
+            "azure" => Some("Azure Blob Storage"),
+            _ => None,
+        };
+        if let Some(service) = service {
+            refused.push(format!(
+                "[runners.cache] Type = {kind:?} (a distributed cache on {service}) is not supported by Runnel yet (only \"s3\")"
+            ));
+        }
+        if kind != "s3" {
+            return refused;
+        }
+        let Some(s3) = &self.s3 else {
+            return refused;
+        };
+        let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.trim().is_empty());
+        if s3
+            .authentication_type
+            .as_deref()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("iam"))
+        {
+            refused.push(
+                "[runners.cache.s3] AuthenticationType = \"iam\" (instance-profile credentials) is not supported by Runnel yet: set AccessKey and SecretKey".to_owned(),
+            );
+        }
+        for (key, value) in [
+            ("ServerSideEncryption", &s3.server_side_encryption),
+            (
+                "ServerSideEncryptionKeyID",
+                &s3.server_side_encryption_key_id,
+            ),
+        ] {
+            if set(value) {
+                refused.push(format!(
+                    "[runners.cache.s3] {key} (server-side encryption of cache objects) is not supported by Runnel yet"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("RoleARN", &s3.role_arn),
+            ("UploadRoleARN", &s3.upload_role_arn),
+        ] {
+            if set(value) {
+                refused.push(format!(
+                    "[runners.cache.s3] {key} (assuming an IAM role for cache transfers) is not supported by Runnel yet"
+                ));
+            }
+        }
+        refused
+    }
+}

@@ -182,17 +182,11 @@ section! {
 }
 
 impl DockerConfig {
-    /// `[runners.docker]` keys that are set but that the docker executor does not act on yet.
+    /// `[runners.docker]` keys that are set but that the docker executor does not act on, where
+    /// that changes no job: `isolation` (Windows containers only) and `helper_image_flavor`
+    /// (Runnel assembles its own helper image, whatever the flavor).
     pub fn ignored_keys(&self) -> Vec<&'static str> {
         [
-            ("[runners.docker] gpus", self.gpus.is_some()),
-            ("[runners.docker] service_gpus", self.service_gpus.is_some()),
-            (
-                "[runners.docker] services_devices",
-                !self.services_devices.is_empty(),
-            ),
-            ("[runners.docker] mac_address", self.mac_address.is_some()),
-            ("[runners.docker] cpuset_mems", self.cpuset_mems.is_some()),
             ("[runners.docker] isolation", self.isolation.is_some()),
             (
                 "[runners.docker] helper_image_flavor",

@@ -313,6 +313,9 @@ impl RunnerConfig {
                     .to_owned(),
             );
         }
+        if let Some(cache) = &self.cache {
+            refused.extend(cache.refused_keys());
+        }
         if let Some(artifact) = &self.artifact {
             let limits = [
                 (

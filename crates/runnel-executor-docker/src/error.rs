@@ -195,6 +195,19 @@ pub enum DockerError {
         image: String,
     },
 
+    /// A `[runners.docker]` setting needs a newer Engine API than the daemon speaks.
+    #[error(
+        "`{feature}` in [runners.docker] needs Docker Engine API {needed} or newer; this engine speaks {engine}"
+    )]
+    EngineTooOld {
+        /// The setting.
+        feature: &'static str,
+        /// The oldest API version that has it.
+        needed: &'static str,
+        /// The negotiated API version.
+        engine: String,
+    },
+
     /// `run` was called before a successful `prepare`.
     #[error("stage `{stage}` cannot run: the job's containers were not prepared")]
     NotPrepared {
@@ -215,7 +228,8 @@ impl DockerError {
             | DockerError::PullPolicyNotAllowed { .. }
             | DockerError::NotARunnelHelper { .. }
             | DockerError::UnqualifiedHelperPull { .. }
-            | DockerError::HelperNotRunnable { .. } => FailureReason::RunnerConfigurationError,
+            | DockerError::HelperNotRunnable { .. }
+            | DockerError::EngineTooOld { .. } => FailureReason::RunnerConfigurationError,
             DockerError::InvalidName { .. } => FailureReason::ScriptFailure,
             _ => FailureReason::RunnerSystemFailure,
         }

@@ -12,22 +12,29 @@
 //! the job's final state is reported: it is not on the path of the job's result, and the job's
 //! journal record keeps the container ids until it is done.
 //!
+//! A job whose predefined stages only keep house (no git, no cache or artifact helper, no
+//! hook: `PrepareContext::predefined_housekeeping_only`) and whose build container runs as
+//! root gets no helper container: the build container runs those stages too, each with the
+//! helper's `umask 0000`, so what they create is what the helper would have made. One
+//! container starts instead of two, which is most of such a job's time.
+//!
 //! A trivial job costs 8 Engine requests once the provider has met its daemon: two container
-//! creates, attaches, starts and removals. The job image is not inspected again while the
-//! provider follows the image events ([`crate::image_cache`]), and the resource figures come
-//! from the containers' cgroups when they are visible here ([`crate::resources`]).
+//! creates, attaches, starts and removals (4 without a helper). The job image is not inspected
+//! again while the provider follows the image events ([`crate::image_cache`]), and the
+//! resource figures come from the containers' cgroups when they are visible here
+//! ([`crate::resources`]).
 //!
 //! Volumes cost no requests of their own: the helper container mounts them all (`Mounts`), the
 //! engine creating a missing cache volume with its labels and each temporary one as an
 //! anonymous volume of the helper, and the build container takes the helper's (`VolumesFrom`).
-//! The helper is removed last at cleanup, its anonymous volumes with it.
+//! The helper is removed last at cleanup, its anonymous volumes with it. Without a helper, the
+//! build container mounts them itself, empty (`NoCopy`), and owns the temporary ones.
 //!
 //! `prepare` has no job log to write to, so what it would print (the image used, service
 //! warnings) is kept and written to the sink before the first stage's output.
 //!
-//! Not done yet: GPUs (`gpus`, `service_gpus`), `services_devices`, `mac_address`,
-//! `helper_image_flavor`, Windows containers, the session terminal, and
-//! recreating a container that vanished mid-job.
+//! Not done yet: Windows containers, the session terminal, and recreating a container that
+//! vanished mid-job.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -50,7 +57,10 @@ use runnel_executor::{
 use runnel_types::{ImageSpec, JobSpec, RunnerToken};
 use tokio_util::sync::CancellationToken;
 
-use crate::image::{check_allowed, effective_pull_policies, ensure_image};
+use crate::image::{
+    FoundImage, check_allowed, effective_pull_policies, ensure_image, ensure_image_found,
+    runs_as_root,
+};
 use crate::naming::{
     JobNames, LabelContext, NameParts, ObjectType, labels, service_aliases, split_aliases,
 };
@@ -280,7 +290,7 @@ impl Shared {
 }
 
 impl Shared {
-    /// The id of the job image `image`, by `policies`: the one an earlier job found locally
+    /// The job image `image` (its id and user), by `policies`: the one an earlier job found locally
     /// when it is still valid ([`crate::image_cache`]) and the policies would use a local image
     /// first, else got by [`ensure_image`]. The job log gets the same lines either way.
     async fn job_image(
@@ -291,11 +301,11 @@ impl Shared {
         job: &JobSpec,
         platform: &str,
         log: &mut Vec<String>,
-    ) -> Result<String, DockerError> {
+    ) -> Result<FoundImage, DockerError> {
         use runnel_config::PullPolicy;
         let reusable = !policies.is_empty() && !policies.contains(&PullPolicy::Always);
         if !reusable {
-            return ensure_image(
+            return ensure_image_found(
                 docker,
                 image,
                 policies,
@@ -306,15 +316,15 @@ impl Shared {
             .await;
         }
         self.images.watch(docker);
-        if let Some(id) = self.images.get(image) {
+        if let Some(found) = self.images.get(image) {
             // What `ensure_image` says when its first policy finds the image locally.
             if policies.first() == Some(&PullPolicy::IfNotPresent) {
                 log.push(crate::image::LOCAL_IMAGE_LINE.to_owned());
             }
-            return Ok(id);
+            return Ok(found);
         }
         let token = self.images.token();
-        let id = ensure_image(
+        let found = ensure_image_found(
             docker,
             image,
             policies,
@@ -323,8 +333,8 @@ impl Shared {
             log,
         )
         .await?;
-        self.images.insert(image, &id, token);
-        Ok(id)
+        self.images.insert(image, &found, token);
+        Ok(found)
     }
 }
 
@@ -553,6 +563,9 @@ pub struct DockerExecutor {
     /// The shell sessions of the started helper and build containers.
     predefined_session: Option<Session>,
     build_session: Option<Session>,
+    /// The predefined stages run in the build container (there is no helper container): they
+    /// only keep house and the build container runs as root.
+    predefined_in_build: bool,
     /// The stage marker nonce of this job's sessions.
     nonce: String,
     /// Registered from the start of `prepare` until this executor is dropped (after cleanup).
@@ -575,6 +588,7 @@ impl DockerExecutor {
             resources: crate::resources::ResourceMonitor::new(cgroup_parent),
             predefined_session: None,
             build_session: None,
+            predefined_in_build: false,
             nonce: crate::stage::nonce(),
             active: None,
         }
@@ -601,6 +615,19 @@ impl DockerExecutor {
         }
         let docker = shared.connect().await?;
         self.docker = Some(docker.clone());
+        if options.mac_address_endpoint(None).is_some() {
+            // Before API 1.44 the address was a container setting, which the engine's newer
+            // endpoint field does not replace: an older engine would ignore it.
+            let version = docker.client_version();
+            let (major, minor) = (version.major_version, version.minor_version);
+            if (major, minor) < (1, 44) {
+                return Err(DockerError::EngineTooOld {
+                    feature: "mac_address",
+                    needed: "1.44",
+                    engine: format!("{major}.{minor}"),
+                });
+            }
+        }
 
         // Images first: nothing is created for a job whose images are missing or forbidden.
         let job_image = job.image.as_ref().filter(|image| !image.name.is_empty());
@@ -629,7 +656,10 @@ impl DockerExecutor {
             .job_image(&docker, &image, &policies, job, platform, &mut log)
             .await;
         self.note_lines(&mut log);
-        let image_id = pulled?;
+        let FoundImage {
+            id: image_id,
+            user: image_user,
+        } = pulled?;
         self.note(&format!("Using docker image {image_id} for {image} ...\n"));
         let services = self.service_specs(job)?;
         for service in &services {
@@ -793,47 +823,6 @@ impl DockerExecutor {
         // Containers stop by themselves after the job's timeout and a grace, even when this
         // runner is gone by then.
         let hard_deadline = crate::watchdog::hard_deadline(job.timeout, shared.hard_stop_grace);
-        let helper = ContainerCreateBody {
-            image: Some(helper_image),
-            // Files the helper writes (sources, caches) must stay writable for any job user.
-            cmd: Some(crate::watchdog::with_hard_deadline(
-                detect_shell_command(settings.shell, true),
-                hard_deadline,
-            )),
-            labels: Some(labels(&label_ctx, job, ObjectType::Predefined, None)),
-            // The helper runs the job's own hooks: it is privileged only as the allow-list says.
-            host_config: Some(HostConfig {
-                mounts: (!mounts.is_empty()).then_some(mounts),
-                ..options.host_config(ContainerRole::Job, &helper_name, binds, network.as_deref())
-            }),
-            ..stdin_container()
-        };
-        let predefined = match self
-            .create_container(names.predefined(), helper.clone())
-            .await
-        {
-            // The helper image known from an earlier job is gone: found (or built) again.
-            Err(error) if error.is_missing_image() => {
-                crate::helper_image::forget(
-                    &shared.host,
-                    &settings.helper_image,
-                    settings.helper_binary.as_deref(),
-                    &shared.known_helpers,
-                )
-                .await;
-                let resolved = shared.resolve_helper(&docker, job, &mut log).await;
-                self.note_lines(&mut log);
-                let helper = ContainerCreateBody {
-                    image: Some(resolved?.0),
-                    ..helper
-                };
-                self.create_container(names.predefined(), helper).await?
-            }
-            created => created?,
-        };
-        // The build container sees the very volumes of the helper (and owns none).
-        let volumes_from = vec![predefined.id.clone()];
-        self.predefined = Some(predefined);
 
         let user = job_image
             .map(|image| image.docker_user.clone())
@@ -850,6 +839,40 @@ impl DockerExecutor {
                 allowed: config.allowed_users.join(", "),
             });
         }
+        // Predefined stages that only keep house (no git, helper command or hook) run in the
+        // build container when it runs as root, as the helper does, with the helper's umask
+        // (`run`): the job then needs one container, not two. The build container owns the
+        // volumes then.
+        self.predefined_in_build =
+            ctx.predefined_housekeeping_only && runs_as_root(user.as_deref(), &image_user);
+
+        let helper = ContainerCreateBody {
+            image: Some(helper_image),
+            // Files the helper writes (sources, caches) must stay writable for any job user.
+            cmd: Some(crate::watchdog::with_hard_deadline(
+                detect_shell_command(settings.shell, true),
+                hard_deadline,
+            )),
+            labels: Some(labels(&label_ctx, job, ObjectType::Predefined, None)),
+            // The helper runs the job's own hooks: it is privileged only as the allow-list says.
+            host_config: Some(HostConfig {
+                mounts: (!mounts.is_empty()).then(|| mounts.clone()),
+                ..options.host_config(
+                    ContainerRole::Job,
+                    &helper_name,
+                    binds.clone(),
+                    network.as_deref(),
+                )
+            }),
+            ..stdin_container()
+        };
+        if !self.predefined_in_build {
+            let predefined = self
+                .create_helper(names.predefined(), helper.clone(), job, &docker)
+                .await?;
+            self.predefined = Some(predefined);
+        }
+
         // Without a job network, services are reached through legacy links under their aliases.
         let links = if network.is_none() && !started.is_empty() {
             let mut links = options.config.links.clone();
@@ -869,29 +892,56 @@ impl DockerExecutor {
         let entrypoint = job_image
             .map(|image| image.entrypoint.clone())
             .filter(|entrypoint| !entrypoint.is_empty() && !config.disable_entrypoint_overwrite);
-        let build = ContainerCreateBody {
-            image: Some(image_id),
-            cmd: Some(crate::watchdog::with_hard_deadline(
-                shell_command,
-                hard_deadline,
-            )),
-            entrypoint,
-            user,
-            hostname: config.hostname.clone().filter(|name| !name.is_empty()),
-            labels: Some(labels(&label_ctx, job, ObjectType::Build, None)),
-            host_config: Some(HostConfig {
-                links,
-                volumes_from: Some(volumes_from),
-                ..options.host_config(ContainerRole::Job, &image, Vec::new(), network.as_deref())
-            }),
-            ..stdin_container()
+        // The build container sees the very volumes of the helper (and owns none), or, with
+        // no helper, mounts them itself: empty as the helper's image left them (`NoCopy`: the
+        // job image's files at those paths are not copied in).
+        let build_body = |image_id: String, helper: Option<&Container>| {
+            let volumes = match helper {
+                Some(helper) => HostConfig {
+                    volumes_from: Some(vec![helper.id.clone()]),
+                    ..options.host_config(
+                        ContainerRole::Job,
+                        &image,
+                        Vec::new(),
+                        network.as_deref(),
+                    )
+                },
+                None => HostConfig {
+                    mounts: (!mounts.is_empty())
+                        .then(|| mounts.iter().cloned().map(without_copy).collect::<Vec<_>>()),
+                    ..options.host_config(
+                        ContainerRole::Job,
+                        &image,
+                        binds.clone(),
+                        network.as_deref(),
+                    )
+                },
+            };
+            ContainerCreateBody {
+                image: Some(image_id),
+                cmd: Some(crate::watchdog::with_hard_deadline(
+                    shell_command.clone(),
+                    hard_deadline,
+                )),
+                entrypoint: entrypoint.clone(),
+                user: user.clone(),
+                hostname: config.hostname.clone().filter(|name| !name.is_empty()),
+                labels: Some(labels(&label_ctx, job, ObjectType::Build, None)),
+                networking_config: options.mac_address_endpoint(network.as_deref()),
+                host_config: Some(HostConfig {
+                    links: links.clone(),
+                    ..volumes
+                }),
+                ..stdin_container()
+            }
         };
-        let build = match self.create_container(names.build(), build.clone()).await {
+        let body = build_body(image_id, self.predefined.as_ref());
+        let build = match self.create_container(names.build(), body).await {
             // The image known from an earlier job is gone (its removal was not seen): got
             // again by the pull policies, as the first job of the image got it.
             Err(error) if error.is_missing_image() => {
                 shared.images.forget(&image);
-                let pulled = ensure_image(
+                let pulled = ensure_image_found(
                     &docker,
                     &image,
                     &policies,
@@ -901,30 +951,78 @@ impl DockerExecutor {
                 )
                 .await;
                 self.note_lines(&mut log);
-                let image_id = pulled?;
-                self.note(&format!("Using docker image {image_id} for {image} ...\n"));
-                let build = ContainerCreateBody {
-                    image: Some(image_id),
-                    ..build
-                };
-                self.create_container(names.build(), build).await?
+                let found = pulled?;
+                self.note(&format!(
+                    "Using docker image {} for {image} ...\n",
+                    found.id
+                ));
+                if self.predefined_in_build && !runs_as_root(user.as_deref(), &found.user) {
+                    // The image got again runs as another user: the helper keeps house after
+                    // all.
+                    let predefined = self
+                        .create_helper(names.predefined(), helper, job, &docker)
+                        .await?;
+                    self.predefined = Some(predefined);
+                    self.predefined_in_build = false;
+                }
+                let body = build_body(found.id, self.predefined.as_ref());
+                self.create_container(names.build(), body).await?
             }
             created => created?,
         };
-        // Both shells start now, side by side (creating the build container first: the
-        // engine holds the helper while it starts, and the build container is created from
-        // the helper's volumes): the stages then only feed them.
-        let predefined = self.predefined.clone().ok_or(DockerError::NotPrepared {
-            stage: "prepare".to_owned(),
-        })?;
-        let (helper_session, build_session) = tokio::join!(
-            open_session(&docker, predefined.target()),
-            open_session(&docker, build.target()),
-        );
-        self.build = Some(build);
-        self.predefined_session = Some(helper_session?);
-        self.build_session = Some(build_session?);
+        // The shells start now, side by side (creating the build container first: the engine
+        // holds the helper while it starts, and the build container is created from the
+        // helper's volumes): the stages then only feed them.
+        match self.predefined.clone() {
+            Some(predefined) => {
+                let (helper_session, build_session) = tokio::join!(
+                    open_session(&docker, predefined.target()),
+                    open_session(&docker, build.target()),
+                );
+                self.build = Some(build);
+                self.predefined_session = Some(helper_session?);
+                self.build_session = Some(build_session?);
+            }
+            None => {
+                let session = open_session(&docker, build.target()).await;
+                self.build = Some(build);
+                self.build_session = Some(session?);
+            }
+        }
         Ok(())
+    }
+
+    /// Creates the helper ("predefined") container `name` from `helper`; when the helper image
+    /// known from an earlier job is gone, it is found (or built) again first.
+    async fn create_helper(
+        &mut self,
+        name: String,
+        helper: ContainerCreateBody,
+        job: &JobSpec,
+        docker: &Docker,
+    ) -> Result<Container, DockerError> {
+        let shared = Arc::clone(&self.shared);
+        let settings = &shared.settings;
+        match self.create_container(name.clone(), helper.clone()).await {
+            Err(error) if error.is_missing_image() => {
+                crate::helper_image::forget(
+                    &shared.host,
+                    &settings.helper_image,
+                    settings.helper_binary.as_deref(),
+                    &shared.known_helpers,
+                )
+                .await;
+                let mut log = Vec::new();
+                let resolved = shared.resolve_helper(docker, job, &mut log).await;
+                self.note_lines(&mut log);
+                let helper = ContainerCreateBody {
+                    image: Some(resolved?.0),
+                    ..helper
+                };
+                self.create_container(name, helper).await
+            }
+            created => created,
+        }
     }
 
     /// The job's services then `[[runners.docker.services]]`, checked against the allow lists.
@@ -1189,8 +1287,14 @@ impl DockerExecutor {
     /// Takes what this executor created, for removal.
     fn take_created(&mut self) -> Option<Created> {
         let docker = self.docker.clone()?;
-        let volume_owner = self.predefined.take().map(|helper| helper.id);
-        self.build = None;
+        // The helper owns the job's temporary volumes, or the build container when there is
+        // no helper.
+        let build = self.build.take();
+        let volume_owner = match self.predefined.take() {
+            Some(helper) => Some(helper.id),
+            None if self.predefined_in_build => build.map(|build| build.id),
+            None => None,
+        };
         self.predefined_session = None;
         self.build_session = None;
         let created = Created {
@@ -1284,6 +1388,15 @@ impl Created {
     }
 }
 
+/// `mount` without the engine's copy of the image's files at its target into a new volume.
+fn without_copy(mut mount: Mount) -> Mount {
+    let options = mount
+        .volume_options
+        .get_or_insert_with(MountVolumeOptions::default);
+    options.no_copy = Some(true);
+    mount
+}
+
 /// The container settings shared by the helper and the build container: a shell on stdin.
 fn stdin_container() -> ContainerCreateBody {
     ContainerCreateBody {
@@ -1323,6 +1436,21 @@ pub fn detect_shell_command(shell: Shell, umask_0000: bool) -> Vec<String> {
     }
     script.push_str("else\n\techo shell not found\n\texit 1\nfi\n");
     vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+/// A predefined stage's script as the build container runs it in place of the helper: with
+/// the helper's `umask 0000` (what it creates stays writable for any later user), and with
+/// `hostname` as the shell's own read of the kernel's host name where the image has no
+/// `hostname` command (`prepare_script` prints the container's host name). Such stages run no
+/// user code (`PrepareContext::predefined_housekeeping_only`), so neither is visible to it.
+fn as_helper(script: &str) -> String {
+    let mut text = String::with_capacity(script.len() + 160);
+    text.push_str("umask 0000\n");
+    text.push_str(
+        "command -v hostname >/dev/null 2>&1 || hostname() { read -r name </proc/sys/kernel/hostname && printf '%s\\n' \"$name\"; }\n",
+    );
+    text.push_str(script);
+    text
 }
 
 /// `$NAME`/`${NAME}` in image names and aliases expanded with the job's variables.
@@ -1397,9 +1525,18 @@ impl Executor for DockerExecutor {
                 );
             }
             let script = with_env(cmd.env, cmd.script);
-            let (container, session) = match cmd.kind {
-                StageKind::Predefined => (self.predefined.as_ref(), &mut self.predefined_session),
-                StageKind::Build => (self.build.as_ref(), &mut self.build_session),
+            let (container, session, script) = match cmd.kind {
+                StageKind::Predefined if self.predefined_in_build => (
+                    self.build.as_ref(),
+                    &mut self.build_session,
+                    std::borrow::Cow::Owned(as_helper(&script)),
+                ),
+                StageKind::Predefined => (
+                    self.predefined.as_ref(),
+                    &mut self.predefined_session,
+                    script,
+                ),
+                StageKind::Build => (self.build.as_ref(), &mut self.build_session, script),
             };
             let (Some(container), Some(docker)) = (container, self.docker.as_ref()) else {
                 return Err(DockerError::NotPrepared {

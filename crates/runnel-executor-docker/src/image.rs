@@ -102,6 +102,28 @@ pub fn effective_pull_policies(
 pub(crate) const LOCAL_IMAGE_LINE: &str =
     "Using locally found image version due to \"if-not-present\" pull policy";
 
+/// An image found locally (or pulled): its id and the user its containers run as unless told
+/// otherwise (the image's `USER`; empty for root).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundImage {
+    /// The image id (`sha256:…`).
+    pub id: String,
+    /// The image's configured user (`Config.User`), as the image says it.
+    pub user: String,
+}
+
+impl FoundImage {
+    fn from_inspect(inspect: bollard::models::ImageInspect, image: &str) -> Self {
+        FoundImage {
+            id: inspect.id.unwrap_or_else(|| image.to_owned()),
+            user: inspect
+                .config
+                .and_then(|config| config.user)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// Makes `image` available by trying `policies` in order; returns the image id. Pulls ask for
 /// `platform` (`linux/arm64`, …) when it is not empty. Lines for the job log (`Pulling docker
 /// image …`, pull warnings) are appended to `log`.
@@ -113,6 +135,20 @@ pub async fn ensure_image(
     platform: &str,
     log: &mut Vec<String>,
 ) -> Result<String, DockerError> {
+    ensure_image_found(docker, image, policies, credentials, platform, log)
+        .await
+        .map(|found| found.id)
+}
+
+/// [`ensure_image`] with the image's user too.
+pub async fn ensure_image_found(
+    docker: &Docker,
+    image: &str,
+    policies: &[PullPolicy],
+    credentials: Option<DockerCredentials>,
+    platform: &str,
+    log: &mut Vec<String>,
+) -> Result<FoundImage, DockerError> {
     let mut last_reason = "no pull policy was given";
     let mut last_source = None;
     for policy in policies {
@@ -122,7 +158,7 @@ pub async fn ensure_image(
                     if *policy == PullPolicy::IfNotPresent {
                         log.push(LOCAL_IMAGE_LINE.to_owned());
                     }
-                    return Ok(inspect.id.unwrap_or_else(|| image.to_owned()));
+                    return Ok(FoundImage::from_inspect(inspect, image));
                 }
                 Err(error) if *policy == PullPolicy::Never => {
                     last_reason = "the image is not present locally and the pull policy is `never`";
@@ -137,7 +173,7 @@ pub async fn ensure_image(
         }
         log.push(format!("Pulling docker image {image} ..."));
         match pull(docker, image, credentials.clone(), platform).await {
-            Ok(id) => return Ok(id),
+            Ok(found) => return Ok(found),
             Err(error) => {
                 log.push(format!(
                     "WARNING: Failed to pull image with policy \"{policy}\": {error}"
@@ -160,13 +196,22 @@ pub async fn ensure_image(
     })
 }
 
-/// Pulls `image` and returns its id.
+/// Whether a container of an image whose `USER` is `image_user`, created with `user` (the
+/// configured or the job's user, if any), runs as root.
+pub fn runs_as_root(user: Option<&str>, image_user: &str) -> bool {
+    let user = user.filter(|user| !user.is_empty()).unwrap_or(image_user);
+    // `user[:group]`: the group does not matter.
+    let name = user.split(':').next().unwrap_or_default();
+    matches!(name, "" | "root" | "0")
+}
+
+/// Pulls `image` and returns it as found after the pull.
 async fn pull(
     docker: &Docker,
     image: &str,
     credentials: Option<DockerCredentials>,
     platform: &str,
-) -> Result<String, bollard::errors::Error> {
+) -> Result<FoundImage, bollard::errors::Error> {
     let (name, tag) = crate::naming::split_image(image);
     let options = CreateImageOptions {
         from_image: Some(name.to_owned()),
@@ -182,7 +227,7 @@ async fn pull(
         }
     }
     let inspect = docker.inspect_image(image).await?;
-    Ok(inspect.id.unwrap_or_else(|| image.to_owned()))
+    Ok(FoundImage::from_inspect(inspect, image))
 }
 
 /// Where the helper image puts the runner binary; what `PlanOptions::runner_command` must be.

@@ -28,6 +28,8 @@ use bollard::models::EventMessage;
 use bollard::query_parameters::EventsOptions;
 use futures::StreamExt;
 
+use crate::image::FoundImage;
+
 /// The first and the longest wait before the event stream is opened again.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -51,8 +53,8 @@ pub(crate) struct Token {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Familiar image name → id.
-    entries: HashMap<String, String>,
+    /// Familiar image name → the image as found.
+    entries: HashMap<String, FoundImage>,
     /// Moves when everything is forgotten.
     generation: u64,
     /// Counts the events.
@@ -101,7 +103,7 @@ impl State {
                     named.push(familiar(text));
                 }
                 self.entries
-                    .retain(|image, id| !named.contains(image) && !named.contains(id));
+                    .retain(|image, found| !named.contains(image) && !named.contains(&found.id));
                 if self.recent.len() == RECENT_EVENTS {
                     self.recent.pop_front();
                 }
@@ -139,8 +141,8 @@ impl ImageCache {
         })
     }
 
-    /// The id `image` had when inspected, if no image event since concerned it.
-    pub(crate) fn get(&self, image: &str) -> Option<String> {
+    /// `image` as inspected, if no image event since concerned it.
+    pub(crate) fn get(&self, image: &str) -> Option<FoundImage> {
         let state = lock(&self.state);
         if !state.watching {
             return None;
@@ -148,9 +150,10 @@ impl ImageCache {
         state.entries.get(&familiar(image)).cloned()
     }
 
-    /// Keeps `id` for `image`, inspected after `token` was taken, unless an event since then
-    /// concerned either.
-    pub(crate) fn insert(&self, image: &str, id: &str, token: Option<Token>) {
+    /// Keeps `found` for `image`, inspected after `token` was taken, unless an event since
+    /// then concerned either.
+    pub(crate) fn insert(&self, image: &str, found: &FoundImage, token: Option<Token>) {
+        let id = found.id.as_str();
         let Some(token) = token else { return };
         let mut state = lock(&self.state);
         if !state.watching || state.generation != token.generation {
@@ -170,7 +173,7 @@ impl ImageCache {
             .iter()
             .any(|named| named.contains(&image) || named.iter().any(|n| n == id));
         if complete && !concerned {
-            state.entries.insert(image, id.to_owned());
+            state.entries.insert(image, found.clone());
         }
     }
 
@@ -250,6 +253,13 @@ fn record(state: &Mutex<State>, event: &EventMessage) {
 mod tests {
     use super::*;
 
+    fn found(id: &str) -> FoundImage {
+        FoundImage {
+            id: id.to_owned(),
+            user: String::new(),
+        }
+    }
+
     fn watching() -> ImageCache {
         let cache = ImageCache::default();
         lock(&cache.state).watching = true;
@@ -275,11 +285,14 @@ mod tests {
     fn nothing_is_kept_unless_events_are_followed() {
         let cache = ImageCache::default();
         assert_eq!(cache.token(), None);
-        cache.insert("a:1", "sha256:1", cache.token());
+        cache.insert("a:1", &found("sha256:1"), cache.token());
         assert_eq!(cache.get("a:1"), None);
         let cache = watching();
-        cache.insert("a:1", "sha256:1", cache.token());
-        assert_eq!(cache.get("a:1").as_deref(), Some("sha256:1"));
+        cache.insert("a:1", &found("sha256:1"), cache.token());
+        assert_eq!(
+            cache.get("a:1").map(|found| found.id).as_deref(),
+            Some("sha256:1")
+        );
         // The stream broke: nothing is trusted.
         lock(&cache.state).watching = false;
         assert_eq!(cache.get("a:1"), None);
@@ -288,9 +301,9 @@ mod tests {
     #[test]
     fn an_event_naming_an_image_or_its_id_forgets_it_and_only_it() {
         let cache = watching();
-        cache.insert("app", "sha256:1", cache.token());
-        cache.insert("tool:2", "sha256:2", cache.token());
-        cache.insert("other:3", "sha256:3", cache.token());
+        cache.insert("app", &found("sha256:1"), cache.token());
+        cache.insert("tool:2", &found("sha256:2"), cache.token());
+        cache.insert("other:3", &found("sha256:3"), cache.token());
         // A rebuild moved `app:latest`.
         event(&cache, "tag", "sha256:9", "app:latest");
         // `tool:2`'s image was removed (its events carry only the id).
@@ -299,7 +312,10 @@ mod tests {
         event(&cache, "tag", "sha256:8", "unrelated:1");
         assert_eq!(cache.get("app"), None);
         assert_eq!(cache.get("tool:2"), None);
-        assert_eq!(cache.get("other:3").as_deref(), Some("sha256:3"));
+        assert_eq!(
+            cache.get("other:3").map(|found| found.id).as_deref(),
+            Some("sha256:3")
+        );
         // An action not known here forgets everything.
         event(&cache, "load", "sha256:7", "sha256:7");
         assert_eq!(cache.get("other:3"), None);
@@ -310,19 +326,22 @@ mod tests {
         let cache = watching();
         let token = cache.token();
         event(&cache, "tag", "sha256:9", "app:latest");
-        cache.insert("app:latest", "sha256:1", token);
+        cache.insert("app:latest", &found("sha256:1"), token);
         assert_eq!(cache.get("app"), None);
         // An event about another image does not matter.
         let token = cache.token();
         event(&cache, "tag", "sha256:8", "unrelated:1");
-        cache.insert("app:latest", "sha256:9", token);
-        assert_eq!(cache.get("app").as_deref(), Some("sha256:9"));
+        cache.insert("app:latest", &found("sha256:9"), token);
+        assert_eq!(
+            cache.get("app").map(|found| found.id).as_deref(),
+            Some("sha256:9")
+        );
         // Too many events to know: not kept.
         let token = cache.token();
         for index in 0..=RECENT_EVENTS {
             event(&cache, "tag", "sha256:8", &format!("unrelated:{index}"));
         }
-        cache.insert("tool:1", "sha256:5", token);
+        cache.insert("tool:1", &found("sha256:5"), token);
         assert_eq!(cache.get("tool:1"), None);
         cache.forget("app");
         assert_eq!(cache.get("app"), None);

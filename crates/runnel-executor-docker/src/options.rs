@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::{DeviceMapping, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::models::{
+    DeviceMapping, DeviceRequest, EndpointSettings, HostConfig, HostConfigLogConfig,
+    NetworkingConfig, ResourcesUlimits,
+};
 use runnel_config::{DockerConfig, PullPolicy};
 
 use crate::DockerError;
@@ -104,6 +107,12 @@ pub struct DockerOptions {
     service: Resources,
     ulimits: Vec<ResourcesUlimits>,
     devices: Vec<DeviceMapping>,
+    /// `gpus`, for the build and helper containers.
+    gpus: Option<DeviceRequest>,
+    /// `service_gpus`, for service containers.
+    service_gpus: Option<DeviceRequest>,
+    /// `services_devices`: image pattern, and the devices of services whose image matches.
+    services_devices: Vec<(String, Vec<DeviceMapping>)>,
     /// The parsed `volumes`.
     pub volumes: Vec<VolumeSpec>,
     /// How long to wait for services; `None` does not wait.
@@ -149,14 +158,72 @@ impl DockerOptions {
             .iter()
             .map(|spec| VolumeSpec::parse(spec))
             .collect::<Result<_, _>>()?;
+        if let Some(mac) = config.mac_address.as_deref().filter(|mac| !mac.is_empty()) {
+            let octets: Vec<&str> = mac.split(':').collect();
+            let valid = octets.len() == 6
+                && octets
+                    .iter()
+                    .all(|octet| octet.len() == 2 && u8::from_str_radix(octet, 16).is_ok());
+            if !valid {
+                return Err(DockerError::InvalidOption {
+                    key: "mac_address",
+                    value: mac.to_owned(),
+                    reason: "expected six two-digit hex octets separated by `:`",
+                });
+            }
+        }
+        let services_devices = config
+            .services_devices
+            .iter()
+            .map(|(pattern, specs)| {
+                globset::Glob::new(pattern).map_err(|_| DockerError::InvalidOption {
+                    key: "services_devices",
+                    value: pattern.clone(),
+                    reason: "not a valid image pattern",
+                })?;
+                let devices = specs
+                    .iter()
+                    .map(|spec| device(spec))
+                    .collect::<Result<_, _>>()?;
+                Ok((pattern.clone(), devices))
+            })
+            .collect::<Result<_, DockerError>>()?;
         Ok(DockerOptions {
             config: config.clone(),
             job,
             service,
             ulimits,
             devices,
+            gpus: gpu_request("gpus", config.gpus.as_deref())?,
+            service_gpus: gpu_request("service_gpus", config.service_gpus.as_deref())?,
+            services_devices,
             volumes,
             wait_for_services_timeout: config.wait_for_services_timeout(),
+        })
+    }
+
+    /// The endpoint settings that give the build container `mac_address` on the network it
+    /// joins: the job's network, else `network_mode`, else the engine's default. Only the build
+    /// container gets it: two containers with one address on one bridge would not both be
+    /// reachable.
+    pub fn mac_address_endpoint(&self, network: Option<&str>) -> Option<NetworkingConfig> {
+        let mac = self
+            .config
+            .mac_address
+            .as_deref()
+            .filter(|mac| !mac.is_empty())?;
+        let network = network
+            .or(self.config.network_mode.as_deref())
+            .filter(|mode| !mode.is_empty())
+            .unwrap_or("default");
+        Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_owned(),
+                EndpointSettings {
+                    mac_address: Some(mac.to_owned()),
+                    ..EndpointSettings::default()
+                },
+            )])),
         })
     }
 
@@ -240,6 +307,8 @@ impl DockerOptions {
                 host.cap_drop = non_empty(&config.cap_drop);
                 host.security_opt = non_empty(&config.security_opt);
                 host.devices = (!self.devices.is_empty()).then(|| self.devices.clone());
+                host.device_requests = self.gpus.clone().map(|request| vec![request]);
+                host.cpuset_mems = config.cpuset_mems.clone().filter(|mems| !mems.is_empty());
                 host.device_cgroup_rules = non_empty(&config.device_cgroup_rules);
                 host.group_add = non_empty(&config.group_add);
                 host.oom_kill_disable = config.oom_kill_disable.then_some(true);
@@ -258,6 +327,16 @@ impl DockerOptions {
             ContainerRole::Service => {
                 host.security_opt = non_empty(&config.services_security_opt);
                 host.tmpfs = map(&config.services_tmpfs);
+                let devices: Vec<DeviceMapping> = self
+                    .services_devices
+                    .iter()
+                    .filter(|(pattern, _)| {
+                        crate::image::matches_any(image, std::slice::from_ref(pattern))
+                    })
+                    .flat_map(|(_, devices)| devices.iter().cloned())
+                    .collect();
+                host.devices = (!devices.is_empty()).then_some(devices);
+                host.device_requests = self.service_gpus.clone().map(|request| vec![request]);
             }
         }
         host
@@ -346,6 +425,125 @@ fn ulimit(name: &str, value: &str) -> Result<ResourcesUlimits, DockerError> {
     })
 }
 
+/// Parses a GPU request written as Docker's `--gpus` flag takes it: `all`, a count, or
+/// comma-separated `count=`, `device=` (quoted when it lists several ids), `driver=`,
+/// `capabilities=` (quoted when several) and `options=` (quoted `key=value` pairs) fields.
+/// Empty means no request.
+pub fn gpu_request(
+    key: &'static str,
+    value: Option<&str>,
+) -> Result<Option<DeviceRequest>, DockerError> {
+    let Some(text) = value.map(str::trim).filter(|text| !text.is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = |reason| DockerError::InvalidOption {
+        key,
+        value: text.to_owned(),
+        reason,
+    };
+    let count = |value: &str| match value {
+        "all" => Ok(-1),
+        number => number
+            .parse::<i64>()
+            .map_err(|_| invalid("a GPU count is `all` or a whole number")),
+    };
+    let mut request = DeviceRequest::default();
+    let mut seen: Vec<&str> = Vec::new();
+    let fields = csv_fields(text).ok_or_else(|| invalid("a stray or unterminated quote"))?;
+    for field in &fields {
+        let (name, value) = match field.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => ("count", None),
+        };
+        if seen.contains(&name) {
+            return Err(invalid("a GPU request key is given twice"));
+        }
+        seen.push(name);
+        match (name, value) {
+            ("count", None) => request.count = Some(count(field)?),
+            ("count", Some(value)) => request.count = Some(count(value)?),
+            ("driver", Some(value)) => request.driver = Some(value.to_owned()),
+            ("device", Some(value)) => {
+                request.device_ids = Some(value.split(',').map(str::to_owned).collect());
+            }
+            ("capabilities", Some(value)) => {
+                let mut capabilities: Vec<String> = value.split(',').map(str::to_owned).collect();
+                capabilities.push("gpu".to_owned());
+                request.capabilities = Some(vec![capabilities]);
+            }
+            ("options", Some(value)) => {
+                let pairs =
+                    csv_fields(value).ok_or_else(|| invalid("a stray or unterminated quote"))?;
+                request.options = Some(
+                    pairs
+                        .iter()
+                        .map(|pair| match pair.split_once('=') {
+                            Some((k, v)) => (k.to_owned(), v.to_owned()),
+                            None => (pair.clone(), String::new()),
+                        })
+                        .collect(),
+                );
+            }
+            _ => {
+                return Err(invalid(
+                    "expected `all`, a count, or count=, device=, driver=, capabilities= and options= fields",
+                ));
+            }
+        }
+    }
+    if request.count.is_none() && request.device_ids.is_none() {
+        request.count = Some(1);
+    }
+    if request.capabilities.is_none() {
+        request.capabilities = Some(vec![vec!["gpu".to_owned()]]);
+    }
+    if request.options.is_none() {
+        request.options = Some(HashMap::new());
+    }
+    Ok(Some(request))
+}
+
+/// Splits one line of comma-separated fields, where a field in double quotes may hold commas
+/// and `""` stands for a quote. `None` for a stray or unterminated quote.
+fn csv_fields(line: &str) -> Option<Vec<String>> {
+    #[derive(PartialEq)]
+    enum State {
+        /// Reading a field that did not start with a quote.
+        Bare,
+        /// Inside quotes.
+        Quoted,
+        /// After a closing quote: only a comma or the end may follow.
+        Closed,
+    }
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut state = State::Bare;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (state == State::Quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => state = State::Closed,
+            (true, c) => field.push(c),
+            (false, ',') => {
+                fields.push(std::mem::take(&mut field));
+                state = State::Bare;
+            }
+            (false, _) if state == State::Closed => return None,
+            (false, '"') if field.is_empty() => state = State::Quoted,
+            (false, '"') => return None,
+            (false, c) => field.push(c),
+        }
+    }
+    if state == State::Quoted {
+        return None;
+    }
+    fields.push(field);
+    Some(fields)
+}
+
 fn device(spec: &str) -> Result<DeviceMapping, DockerError> {
     let parts: Vec<&str> = spec.split(':').collect();
     let (host, container, permissions) = match parts.as_slice() {
@@ -421,6 +619,111 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         insta::assert_snapshot!(error.unwrap_or_default(), @"invalid `memory` value `lots` in [runners.docker]: expected a size such as `512m` or `2g`");
+    }
+
+    #[test]
+    fn gpu_requests_read_as_dockers_gpus_flag() {
+        let request = |text: &str| gpu_request("gpus", Some(text));
+        let all = request("all").unwrap().unwrap();
+        assert_eq!(all.count, Some(-1));
+        assert_eq!(all.capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        assert_eq!(all.options, Some(HashMap::new()));
+        assert_eq!(request("2").unwrap().unwrap().count, Some(2));
+        let devices = request(r#""device=0,2",driver=nvidia"#).unwrap().unwrap();
+        assert_eq!(
+            devices.device_ids,
+            Some(vec!["0".to_owned(), "2".to_owned()])
+        );
+        assert_eq!(devices.count, None, "ids, no count");
+        assert_eq!(devices.driver.as_deref(), Some("nvidia"));
+        let capabilities = request(r#"count=1,"capabilities=compute,utility""#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            capabilities.capabilities,
+            Some(vec![vec![
+                "compute".to_owned(),
+                "utility".to_owned(),
+                "gpu".to_owned()
+            ]])
+        );
+        let options = request(r#"all,"options=""a=1"",b""#).unwrap().unwrap();
+        assert_eq!(
+            options.options,
+            Some(HashMap::from([
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), String::new())
+            ]))
+        );
+        assert_eq!(gpu_request("gpus", Some("  ")).unwrap(), None);
+        assert_eq!(gpu_request("gpus", None).unwrap(), None);
+        for bad in [
+            "two",
+            "all,count=2",
+            "colour=red",
+            r#""device=0"#,
+            r#"device="0,1""#,
+        ] {
+            let error = request(bad).expect_err(bad).to_string();
+            assert!(error.contains("gpus"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn gpus_devices_and_memory_nodes_reach_the_containers_they_are_for() {
+        let config = docker_config(
+            r#"
+gpus = "all"
+service_gpus = "1"
+cpuset_mems = "0"
+[runners.docker.services_devices]
+"postgres:*" = ["/dev/null:/dev/pg-null"]
+"**/redis*" = ["/dev/zero"]
+"#,
+        );
+        let options = DockerOptions::from_config(&config).expect("valid options");
+        let job = options.host_config(ContainerRole::Job, "alpine:3", Vec::new(), None);
+        assert_eq!(job.device_requests.as_ref().unwrap()[0].count, Some(-1));
+        assert_eq!(job.cpuset_mems.as_deref(), Some("0"));
+        assert_eq!(job.devices, None);
+        let postgres = options.host_config(ContainerRole::Service, "postgres:16", Vec::new(), None);
+        assert_eq!(postgres.device_requests.as_ref().unwrap()[0].count, Some(1));
+        let devices = postgres.devices.unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(
+            devices[0].path_in_container.as_deref(),
+            Some("/dev/pg-null")
+        );
+        assert_eq!(
+            postgres.cpuset_mems, None,
+            "the official runner sets it on job containers"
+        );
+        let redis =
+            options.host_config(ContainerRole::Service, "library/redis:7", Vec::new(), None);
+        assert_eq!(
+            redis.devices.unwrap()[0].path_on_host.as_deref(),
+            Some("/dev/zero")
+        );
+        let other = options.host_config(ContainerRole::Service, "mysql:8", Vec::new(), None);
+        assert_eq!(other.devices, None);
+        let mac = docker_config("mac_address = \"92:d0:c6:0a:29:33\"\n");
+        let endpoint = DockerOptions::from_config(&mac)
+            .unwrap()
+            .mac_address_endpoint(Some("runner-net"))
+            .unwrap();
+        assert_eq!(
+            endpoint.endpoints_config.unwrap()["runner-net"]
+                .mac_address
+                .as_deref(),
+            Some("92:d0:c6:0a:29:33")
+        );
+        assert!(options.mac_address_endpoint(None).is_none());
+        let bad = docker_config("mac_address = \"92:d0:c6\"\n");
+        assert!(DockerOptions::from_config(&bad).is_err());
+        let bad = docker_config("gpus = \"some\"\n");
+        assert!(DockerOptions::from_config(&bad).is_err());
+        let bad = docker_config("[runners.docker.services_devices]\n\"a[\" = [\"/dev/null\"]\n");
+        assert!(DockerOptions::from_config(&bad).is_err());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A [`Provider`] is built once per `[[runners]]` entry from its configuration. It describes the
 //! executor ([`ExecutorInfo`]: name, features reported to GitLab, default shell and directories)
-//! and creates one [`Executor`] per job. The job runner then calls [`Executor::configure`] once
+//! and creates one [`Executor`] per job. The job runner calls [`Executor::start_early`] while
+//! the job's acknowledgement is in flight, then [`Executor::configure`] once
 //! (before the stages are planned for good: custom's `config_exec` and the SSH host can decide
 //! directories), [`Executor::prepare`] once, [`Executor::run`] once per stage, and [`Executor::cleanup`] once at the end, always, also after
 //! a failure or a cancellation.
@@ -192,10 +193,32 @@ pub struct PrepareContext<'a> {
     /// `FF_NETWORK_PER_BUILD`: the docker executor creates a network for the job even when it
     /// has no services.
     pub network_per_build: bool,
+    /// The predefined stages do only the runner's housekeeping: no git, no cache or artifact
+    /// helper, no user hook (`JobPlan::predefined_housekeeping_only` of `runnel-job`). The
+    /// docker executor may then run them in the build container, with no helper container.
+    pub predefined_housekeeping_only: bool,
     /// The job's private temp dir, when the plan leaves making it (before the first stage)
     /// and removing it (after the last) to the executor (`PlanOptions::temp_dir_by_executor`
     /// of `runnel-job`); only the shell executor is given one.
     pub temp_dir: Option<&'a Path>,
+}
+
+/// What [`Executor::start_early`] may start a job's first stage environment with.
+#[derive(Clone, Copy)]
+pub struct EarlyStart<'a> {
+    /// The absolute builds directory of the plan (made when missing, as `prepare` makes it).
+    pub builds_dir: &'a Path,
+    /// The extra environment of the job's stages ([`StageCommand::env`]).
+    pub env: &'a [(String, String)],
+}
+
+impl fmt::Debug for EarlyStart<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EarlyStart")
+            .field("builds_dir", &self.builds_dir)
+            .field("env_keys", &EnvKeys(self.env))
+            .finish()
+    }
 }
 
 /// What an executor may look at before the job's scripts are planned
@@ -375,6 +398,22 @@ pub trait Executor: Send {
     ) -> BoxFuture<'a, Result<PlanOverrides, ExecutorError>> {
         let _ = ctx;
         Box::pin(async { Ok(PlanOverrides::default()) })
+    }
+
+    /// Starts, while the job's acknowledgement is on its way to GitLab, what the first stage
+    /// needs and is slow to start (the shell executor's login shell), so the round trip and the
+    /// start overlap. Runs nothing of the job's scripts and writes nothing to the job log; `sink`
+    /// only hears of the process groups it starts. Returns whether it started anything: a job
+    /// GitLab then refuses ends with [`cleanup`](Executor::cleanup), which stops it. Failing
+    /// here is not an error: the first stage starts what is missing and reports its own
+    /// failure. The default starts nothing.
+    fn start_early<'a>(
+        &'a mut self,
+        ctx: &'a EarlyStart<'a>,
+        sink: &'a dyn OutputSink,
+    ) -> BoxFuture<'a, bool> {
+        let _ = (ctx, sink);
+        Box::pin(async { false })
     }
 
     /// Sets up the job's environment: directories here, containers for docker.

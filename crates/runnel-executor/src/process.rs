@@ -439,9 +439,72 @@ impl Drop for ProcessGroup {
 /// Rounds of [`ProcessGroup::kill_descendants`] before it gives up.
 const KILL_ROUNDS: usize = 50;
 
-/// Every live descendant of `root` with its process group, from `/proc/<pid>/stat` (zombies
-/// are skipped: they run nothing). `None` when `/proc` cannot be read.
+/// Every live descendant of `root` with its process group (zombies are skipped: they run
+/// nothing). `None` when `/proc` cannot be read.
+///
+/// The tree is walked down from `root` through each thread's `children` list
+/// (`/proc/<pid>/task/<tid>/children`), which reads only the job's own processes; a kernel
+/// without those lists (`CONFIG_PROC_CHILDREN`) has every process's `stat` read instead.
 fn descendants(root: Pid) -> Option<Vec<(Pid, Pid)>> {
+    let Some(children) = children_of(root) else {
+        return descendants_by_scan(root);
+    };
+    let mut found: Vec<(Pid, Pid)> = Vec::new();
+    let mut frontier = children;
+    while let Some(pid) = frontier.pop() {
+        if pid == root || found.iter().any(|&(p, _)| p == pid) {
+            continue;
+        }
+        // Gone meanwhile: nothing to kill, and its children went to `root`'s list.
+        let Some((state, _, pgrp)) = stat_of(pid) else {
+            continue;
+        };
+        if state == "Z" {
+            continue;
+        }
+        found.push((pid, pgrp));
+        frontier.extend(children_of(pid).unwrap_or_default());
+    }
+    Some(found)
+}
+
+/// The children of every thread of `pid`; `None` when its task list or a `children` file
+/// cannot be read.
+fn children_of(pid: Pid) -> Option<Vec<Pid>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+        children.extend(
+            text.split_ascii_whitespace()
+                .filter_map(|field| field.parse::<i32>().ok())
+                .map(Pid::from_raw),
+        );
+    }
+    Some(children)
+}
+
+/// `(state, ppid, pgrp)` from `/proc/<pid>/stat`.
+fn stat_of(pid: Pid) -> Option<(String, Pid, Pid)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// `(state, ppid, pgrp)` from the text of a `stat` file: `pid (comm) state ppid pgrp …`, where
+/// comm may contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(String, Pid, Pid)> {
+    let fields = stat.rsplit_once(')').map(|(_, rest)| rest)?;
+    let mut fields = fields.split_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse::<i32>().ok()?;
+    let pgrp = fields.next()?.parse::<i32>().ok()?;
+    Some((state.to_owned(), Pid::from_raw(ppid), Pid::from_raw(pgrp)))
+}
+
+/// [`descendants`] from every process's `/proc/<pid>/stat`.
+fn descendants_by_scan(root: Pid) -> Option<Vec<(Pid, Pid)>> {
     let mut parents: Vec<(Pid, Pid, Pid)> = Vec::new();
     let entries = std::fs::read_dir("/proc").ok()?;
     for entry in entries.flatten() {
@@ -455,18 +518,10 @@ fn descendants(root: Pid) -> Option<Vec<(Pid, Pid)>> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        // `pid (comm) state ppid pgrp …`; comm may contain spaces and parentheses.
-        let Some(fields) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let mut fields = fields.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
-        let pgrp = fields.next().and_then(|f| f.parse::<i32>().ok());
-        if let (Some(state), Some(ppid), Some(pgrp)) = (state, ppid, pgrp)
+        if let Some((state, ppid, pgrp)) = parse_stat(&stat)
             && state != "Z"
         {
-            parents.push((Pid::from_raw(pid), Pid::from_raw(ppid), Pid::from_raw(pgrp)));
+            parents.push((Pid::from_raw(pid), ppid, pgrp));
         }
     }
     let mut found = Vec::new();
@@ -580,5 +635,54 @@ fn has_exited(pid: Pid) -> bool {
             // Exited, or no longer our child to wait for (ECHILD): either way it is gone.
             Ok(_) | Err(_) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk down the `children` lists finds what a scan of every process finds: the
+    /// whole tree (grandchildren too) with process groups, nothing else.
+    #[test]
+    fn the_children_walk_finds_the_tree_a_full_scan_finds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ready = dir.path().join("ready");
+        let script = format!(
+            "sleep 60 & (setsid sleep 60 & sleep 60 & wait) & sleep 0.1; touch '{}'; wait",
+            ready.display()
+        );
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .expect("spawn sh");
+        while !ready.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        #[allow(clippy::cast_possible_wrap)]
+        let root = Pid::from_raw(child.id() as i32);
+        let mut walked = descendants(root).expect("walk");
+        let mut scanned = descendants_by_scan(root).expect("scan");
+        for pid in walked.iter().map(|&(pid, _)| pid) {
+            nix::sys::signal::kill(pid, Signal::SIGKILL).ok();
+        }
+        child.wait().ok();
+        walked.sort();
+        scanned.sort();
+        // The subshell and three sleeps; one sleep in a session (and group) of its own.
+        assert_eq!(walked.len(), 4, "{walked:?}");
+        assert_eq!(walked, scanned);
+        assert!(walked.iter().any(|&(pid, pgrp)| pid == pgrp), "{walked:?}");
+        assert_eq!(descendants(Pid::from_raw(i32::MAX)), Some(Vec::new()));
+    }
+
+    #[test]
+    fn stat_lines_parse_with_odd_command_names() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560";
+        assert_eq!(
+            parse_stat(stat),
+            Some(("S".to_owned(), Pid::from_raw(1), Pid::from_raw(4242)))
+        );
+        assert_eq!(parse_stat("4242 (x"), None);
     }
 }

@@ -24,8 +24,8 @@ use tracing::debug;
 
 use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, Session, StopWhen};
 use crate::{
-    BoxFuture, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink, PrepareContext,
-    Provider, Shell, StageCommand, StageExit,
+    BoxFuture, EarlyStart, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink,
+    OutputStream, PrepareContext, Provider, Shell, StageCommand, StageExit,
 };
 
 /// What the shell executor reports and defaults to.
@@ -134,6 +134,7 @@ impl Provider for ShellProvider {
             builds_dir: None,
             temp_dir: None,
             session: None,
+            session_dir: None,
             contained: true,
         }))
     }
@@ -152,15 +153,81 @@ pub struct ShellExecutor {
     builds_dir: Option<PathBuf>,
     /// The job's private temp dir this executor made, removed by `cleanup`.
     temp_dir: Option<PathBuf>,
-    /// The shell the stages run in, once the first stage started it.
+    /// The shell the stages run in, once the first stage (or [`Executor::start_early`])
+    /// started it.
     session: Option<Session>,
+    /// Where `start_early` started the session's shell.
+    session_dir: Option<PathBuf>,
     /// Whether every session so far ended with its whole process tree seen gone
     /// ([`Session::contained`]).
     contained: bool,
 }
 
 impl ShellExecutor {
+    /// How stage scripts reach the shell: a shell of our own user can read our private files;
+    /// one behind `su` cannot.
+    fn delivery(&self) -> ScriptDelivery {
+        if self.options.user.is_none() {
+            ScriptDelivery::Files
+        } else {
+            ScriptDelivery::Stdin
+        }
+    }
+
+    /// Starts the job's login shell in its builds directory (made first, as `prepare` makes
+    /// it), off the runtime's threads: forking the runner and waiting for the shell's `exec`
+    /// is the slow part, and the job's acknowledgement is in flight meanwhile.
+    async fn start_session_early(&mut self, ctx: &EarlyStart<'_>, sink: &dyn OutputSink) -> bool {
+        if self.session.is_some() {
+            return true;
+        }
+        let dir = ctx.builds_dir.to_path_buf();
+        let env = ctx.env.to_vec();
+        let invocation = Arc::clone(&self.invocation);
+        let delivery = self.delivery();
+        let started = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|source| ExecutorError::CreateDir {
+                purpose: "builds",
+                path: dir.clone(),
+                source,
+            })?;
+            let args: Vec<&str> = invocation.args.iter().map(String::as_str).collect();
+            let spec = ProcessSpec {
+                program: &invocation.program,
+                args: &args,
+                cwd: Some(&dir),
+                env: &env,
+                stdin: &[],
+            };
+            Session::start(&spec, delivery, &NoOutput)
+        })
+        .await;
+        match started {
+            Ok(Ok(session)) => {
+                sink.process_group_started(session.pid());
+                self.session = Some(session);
+                self.session_dir = Some(ctx.builds_dir.to_path_buf());
+                true
+            }
+            // The first stage tries again and reports what goes wrong.
+            Ok(Err(error)) => {
+                debug!(%error, "could not start the shell session early");
+                false
+            }
+            Err(error) => {
+                debug!(%error, "could not start the shell session early");
+                false
+            }
+        }
+    }
+
     async fn prepare_dirs(&mut self, ctx: &PrepareContext<'_>) -> Result<(), ExecutorError> {
+        // A shell started early elsewhere than the stages' builds directory is not theirs.
+        if self.session_dir.as_deref() != Some(ctx.builds_dir)
+            && let Some(session) = self.session.take()
+        {
+            self.contained &= session.close().await;
+        }
         create_dir("builds", ctx.builds_dir.to_path_buf()).await?;
         // A cache problem must never fail a job: the cache stages warn on their own.
         if let Err(error) = create_dir("cache", ctx.cache_dir.to_path_buf()).await {
@@ -212,13 +279,7 @@ impl ShellExecutor {
                     env: cmd.env,
                     stdin: &[],
                 };
-                // A shell of our own user can read our private files; one behind `su` cannot.
-                let delivery = if self.options.user.is_none() {
-                    ScriptDelivery::Files
-                } else {
-                    ScriptDelivery::Stdin
-                };
-                Session::start(&spec, delivery, sink)?
+                Session::start(&spec, self.delivery(), sink)?
             }
         };
         let session = self.session.insert(session);
@@ -248,6 +309,16 @@ impl ShellExecutor {
                 }
             }
         }
+    }
+}
+
+/// The sink of a shell started on another thread: its process group is reported to the
+/// job's sink once it is back; a session writes nothing while it starts.
+struct NoOutput;
+
+impl OutputSink for NoOutput {
+    fn write(&self, stream: OutputStream, bytes: &[u8]) {
+        debug!(%stream, bytes = bytes.len(), "output of a starting shell session dropped");
     }
 }
 
@@ -330,6 +401,15 @@ impl Executor for ShellExecutor {
         format!("Using Shell ({}) executor...", self.options.shell)
     }
 
+    /// Starts the login shell, which reads the profile while GitLab answers.
+    fn start_early<'a>(
+        &'a mut self,
+        ctx: &'a EarlyStart<'a>,
+        sink: &'a dyn OutputSink,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(self.start_session_early(ctx, sink))
+    }
+
     fn prepare<'a>(
         &'a mut self,
         ctx: &'a PrepareContext<'a>,
@@ -350,6 +430,7 @@ impl Executor for ShellExecutor {
     /// stay between jobs.
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
         self.builds_dir = None;
+        self.session_dir = None;
         Box::pin(self.end_session())
     }
 

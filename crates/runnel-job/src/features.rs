@@ -5,6 +5,7 @@
 //! Unknown `FF_*` names are not flags: they stay ordinary variables. Resolution never fails;
 //! an unparsable value produces a warning and the default.
 
+use crate::options::ExecutorKind;
 use crate::variables::JobVariables;
 
 /// Known flags Runnel does not act upon yet: a job that sets one of them to a value other than
@@ -30,6 +31,28 @@ pub(crate) const NOT_ACTED_UPON: &[&str] = &[
     "FF_USE_PARALLEL_ARTIFACT_TRANSFER",
     "FF_ENABLE_JOB_INPUTS_INTERPOLATION",
     "FF_USE_JOB_ROUTER",
+];
+
+/// Known flags that change what a job's processes see on the executors named, and that Runnel
+/// does not act upon yet: a job that turns one on there is refused at its start with the flag
+/// named ([`FeatureFlags::refused_on`]) rather than run without it. On other executors the
+/// official runner ignores them too, so they only get the not-acted-upon warning.
+const REFUSED_ON: &[(&str, ExecutorKind, &str)] = &[
+    (
+        "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR",
+        ExecutorKind::Docker,
+        "files keep the image user's umask and ownership",
+    ),
+    (
+        "FF_USE_INIT_WITH_DOCKER_EXECUTOR",
+        ExecutorKind::Docker,
+        "an init process as PID 1 of the job's containers",
+    ),
+    (
+        "FF_KUBERNETES_HONOR_ENTRYPOINT",
+        ExecutorKind::Kubernetes,
+        "the image's entrypoint run in the build container",
+    ),
 ];
 
 /// `(name, default)` of every known flag, in the order the variables and the header list them.
@@ -124,6 +147,15 @@ impl FeatureFlags {
             }
         }
         flags
+    }
+
+    /// The first flag turned on that would change what a job sees on `executor` and that
+    /// Runnel does not act upon: `(name, what it does)`.
+    pub fn refused_on(&self, executor: ExecutorKind) -> Option<(&'static str, &'static str)> {
+        REFUSED_ON
+            .iter()
+            .find(|(name, on, _)| *on == executor && self.is_on(name))
+            .map(|&(name, _, what)| (name, what))
     }
 
     /// The value of flag `name`; `false` for an unknown name.

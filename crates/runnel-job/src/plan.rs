@@ -15,7 +15,7 @@ use crate::features::{FeatureFlags, is_feature_flag};
 use crate::options::PlanOptions;
 use crate::script::ScriptStyle;
 use crate::settings::{self, JobSettings};
-use crate::stages::{PlannedStage, StageContext};
+use crate::stages::{PlannedStage, StageContext, StageKind};
 use crate::variables::JobVariables;
 
 /// The job timeout when the server sends none.
@@ -39,6 +39,16 @@ pub enum PlanError {
         job: JobId,
         path: String,
         builds_dir: String,
+    },
+    /// The job turns on a feature flag that would change what it sees on this executor and
+    /// that Runnel does not act upon.
+    #[error(
+        "feature flag {flag}=true ({what}) is not supported by Runnel's {executor} executor yet"
+    )]
+    UnsupportedFeatureFlag {
+        flag: &'static str,
+        what: &'static str,
+        executor: &'static str,
     },
     /// The runner's builds or cache dir is not an absolute path.
     #[error("{setting} {path:?} must be an absolute path to plan job {job}")]
@@ -88,6 +98,12 @@ pub struct JobPlan {
     pub token_mask_prefixes: Vec<String>,
     /// The stages, in run order.
     pub stages: Vec<PlannedStage>,
+    /// Whether the predefined (helper) stages do nothing but Runnel's own housekeeping:
+    /// `Running on …`, the project and temp directories, file variables, stale lock files and
+    /// the credential reject, with no git (`GIT_STRATEGY` `none` or `empty`), no cache or
+    /// artifact helper and no user hook. Only then may a container executor run them in the
+    /// build container instead of a helper container.
+    pub predefined_housekeeping_only: bool,
 }
 
 impl JobPlan {
@@ -111,6 +127,13 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
 
     let base = base_variables(job, opts, &runner_env, &builds_dir);
     let feature_flags = FeatureFlags::resolve(&opts.feature_flags, &base, &mut warnings);
+    if let Some((flag, what)) = feature_flags.refused_on(opts.executor) {
+        return Err(PlanError::UnsupportedFeatureFlag {
+            flag,
+            what,
+            executor: opts.executor.as_str(),
+        });
+    }
     let settings = settings::parse(
         &base.expanded(),
         job.allow_git_fetch,
@@ -149,6 +172,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         style,
     };
     let stages = context.stages();
+    let housekeeping_only = predefined_housekeeping_only(job, opts, &settings, &stages);
     let mut masked_values = masked_values;
     // The job credential reaches the helpers' command lines (xtrace shows them): mask it even
     // when no masked CI_JOB_TOKEN variable carries the same value.
@@ -176,7 +200,43 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         masked_values,
         token_mask_prefixes,
         stages,
+        predefined_housekeeping_only: housekeeping_only,
     })
+}
+
+/// The predefined stages every job has, which do only housekeeping unless git or a hook runs
+/// in them.
+const HOUSEKEEPING_STAGES: [&str; 3] = ["prepare_script", "get_sources", "cleanup_file_variables"];
+
+/// Whether the predefined stages of a job with `stages` do only housekeeping
+/// ([`JobPlan::predefined_housekeeping_only`]): the job's git strategy runs no git, no
+/// `pre_get_sources_script`/`post_get_sources_script` runs (the runner's or the job's), and
+/// no predefined stage other than [`HOUSEKEEPING_STAGES`] is planned (caches and artifacts run
+/// the runner's helper commands).
+fn predefined_housekeeping_only(
+    job: &JobSpec,
+    opts: &PlanOptions,
+    settings: &JobSettings,
+    stages: &[PlannedStage],
+) -> bool {
+    let no_git = matches!(
+        settings.git_strategy,
+        settings::GitStrategy::None | settings::GitStrategy::Empty
+    );
+    let runner_hooks = [&opts.pre_get_sources_script, &opts.post_get_sources_script]
+        .iter()
+        .any(|script| !script.trim().is_empty());
+    let job_hooks = job.hooks.iter().any(|hook| {
+        matches!(
+            hook.name.as_str(),
+            "pre_get_sources_script" | "post_get_sources_script"
+        ) && hook.script.iter().any(|line| !line.trim().is_empty())
+    });
+    let only_housekeeping_stages = stages
+        .iter()
+        .filter(|stage| stage.kind == StageKind::Predefined)
+        .all(|stage| HOUSEKEEPING_STAGES.contains(&stage.name.as_str()));
+    no_git && !runner_hooks && !job_hooks && only_housekeeping_stages
 }
 
 fn absolute_dir(job: &JobSpec, setting: &'static str, path: &str) -> Result<String, PlanError> {

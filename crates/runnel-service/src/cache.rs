@@ -176,7 +176,23 @@ fn bucket(s3: &CacheS3Config) -> Result<Bucket, CacheConfigError> {
     };
     let scheme = if s3.insecure { "http" } else { "https" };
     // AWS itself defaults to virtual-hosted buckets; any other server to path style.
+    // On AWS itself, the dual-stack (IPv4 and IPv6, on unless `DualStack = false`) and
+    // Transfer Acceleration endpoints are chosen as the official runner's SDK chooses them; a
+    // custom `ServerAddress` is used as it is, with both settings ignored, as upstream.
+    let dual_stack = s3.dual_stack.unwrap_or(true);
     let (endpoint, default_style) = match address {
+        None | Some(AWS_ADDRESS) if s3.accelerate => {
+            let host = if dual_stack {
+                "s3-accelerate.dualstack.amazonaws.com"
+            } else {
+                "s3-accelerate.amazonaws.com"
+            };
+            (format!("{scheme}://{host}"), UrlStyle::VirtualHost)
+        }
+        None | Some(AWS_ADDRESS) if dual_stack => (
+            format!("{scheme}://s3.dualstack.{region}.amazonaws.com"),
+            UrlStyle::VirtualHost,
+        ),
         None | Some(AWS_ADDRESS) if region == DEFAULT_REGION => {
             (format!("{scheme}://{AWS_ADDRESS}"), UrlStyle::VirtualHost)
         }
@@ -353,6 +369,7 @@ mod tests {
             server_address: None,
             insecure: false,
             bucket_name: Some("examplebucket".into()),
+            dual_stack: Some(false),
             ..s3_config(None)
         };
         let url = presign(
@@ -366,6 +383,57 @@ mod tests {
         assert_eq!(
             url.as_str(),
             "https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+        );
+    }
+
+    #[test]
+    fn aws_endpoints_follow_dual_stack_and_acceleration() {
+        let url = |address: Option<&str>, region: Option<&str>, dual: Option<bool>, fast: bool| {
+            let s3 = CacheS3Config {
+                insecure: false,
+                bucket_location: region.map(str::to_owned),
+                dual_stack: dual,
+                accelerate: fast,
+                ..s3_config(address)
+            };
+            let url = remote(&cache_config(s3, "", true)).urls("k").unwrap().get;
+            let url = url.expose();
+            url[..url.find('?').unwrap()].to_owned()
+        };
+        // Dual-stack is on unless turned off, as in the official runner.
+        assert_eq!(
+            url(None, None, None, false),
+            "https://runner-cache.s3.dualstack.us-east-1.amazonaws.com/project/77/k"
+        );
+        assert_eq!(
+            url(
+                Some("s3.amazonaws.com"),
+                Some("eu-west-1"),
+                Some(true),
+                false
+            ),
+            "https://runner-cache.s3.dualstack.eu-west-1.amazonaws.com/project/77/k"
+        );
+        assert_eq!(
+            url(None, Some("eu-west-1"), Some(false), false),
+            "https://runner-cache.s3.eu-west-1.amazonaws.com/project/77/k"
+        );
+        assert_eq!(
+            url(None, None, Some(false), false),
+            "https://runner-cache.s3.amazonaws.com/project/77/k"
+        );
+        assert_eq!(
+            url(None, Some("eu-west-1"), None, true),
+            "https://runner-cache.s3-accelerate.dualstack.amazonaws.com/project/77/k"
+        );
+        assert_eq!(
+            url(None, None, Some(false), true),
+            "https://runner-cache.s3-accelerate.amazonaws.com/project/77/k"
+        );
+        // A server of its own is used as it is.
+        assert_eq!(
+            url(Some("minio.example:9000"), None, None, true),
+            "https://minio.example:9000/runner-cache/project/77/k"
         );
     }
 

@@ -242,17 +242,46 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
         .as_ref()
         .map_or_else(CancellationToken::new, |j| j.failed().clone());
 
+    let usage = Arc::new(JobUsage::default());
+    let stage_env = stage_env(context, &tag);
+    // Made before the acknowledgement, so that what it is slow to start (the shell executor's
+    // login shell) starts while the acknowledgement is in flight.
+    let mut executor = planned.as_ref().ok().map(|_| create_executor(context));
+
     // Two-phase commit: tell GitLab at once that we have the job.
-    let ack = remote
-        .update(StateUpdate {
-            state: JobState::Running,
-            failure_reason: None,
-            exit_code: None,
-            crc32: trace.crc32(),
-            bytesize: trace.bytesize() as u64,
-        })
-        .await;
+    let running = StateUpdate {
+        state: JobState::Running,
+        failure_reason: None,
+        exit_code: None,
+        crc32: trace.crc32(),
+        bytesize: trace.bytesize() as u64,
+    };
+    let (ack, started_early) = match (&planned, executor.as_mut()) {
+        (Ok(plan), Some(Ok(executor))) => {
+            let early = runnel_executor::EarlyStart {
+                builds_dir: Path::new(&plan.dirs.builds_dir),
+                env: &stage_env,
+            };
+            let groups = ProcessGroups {
+                usage: Arc::clone(&usage),
+                journal: journal.clone(),
+            };
+            // The update first: its request is on its way before the executor starts.
+            tokio::join!(
+                remote.update(running),
+                executor.start_early(&early, &groups)
+            )
+        }
+        _ => (remote.update(running).await, false),
+    };
     if ack.outcome == UpdateReply::Abort || ack.status == RemoteStatus::Gone {
+        // Nothing of the job ran: only what the executor started early is stopped.
+        if started_early && let Some(Ok(executor)) = executor.as_mut() {
+            executor.cleanup().await;
+            if !executor.contained() {
+                kill_tagged(context, &tag).await;
+            }
+        }
         trace.finish();
         if let Some(journal) = &journal {
             journal.remove();
@@ -274,24 +303,25 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     };
 
     let started = Instant::now();
-    let usage = Arc::new(JobUsage::default());
     // The executor's cleanup that waits until the final state is reported (docker's removals).
     let mut cleanup_after_report: Option<runnel_executor::BoxFuture<'static, ()>> = None;
     let outcome = match planned {
         // Review M1: a panic while the job runs must still end in a final state, not leave the
         // job "running" in GitLab until its stuck-job timeout.
         Ok(plan) => {
+            let executor = executor.unwrap_or_else(|| create_executor(context));
             let run = JobRun {
                 trace: &trace,
                 signals: &signals,
                 usage: &usage,
                 tag: &tag,
+                stage_env: &stage_env,
                 journal: journal.as_ref(),
                 journal_failed: &journal_failed,
                 contained: std::sync::atomic::AtomicBool::new(false),
                 cleanup_after_report: std::sync::Mutex::new(None),
             };
-            let executed = execute(&job, &plan, &options, context, &run);
+            let executed = execute(&job, &plan, &options, context, &run, executor);
             let outcome =
                 futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(executed)).await;
             cleanup_after_report = run
@@ -459,6 +489,8 @@ struct JobRun<'a> {
     usage: &'a Arc<JobUsage>,
     /// The environment tag of the job's processes.
     tag: &'a str,
+    /// The extra environment of the stages' shells ([`stage_env`]).
+    stage_env: &'a [(String, String)],
     journal: Option<&'a Arc<crate::journal::JobJournal>>,
     /// Fired when the job journal cannot be written.
     journal_failed: &'a CancellationToken,
@@ -476,21 +508,14 @@ async fn execute(
     options: &PlanOptions,
     context: &JobContext,
     run: &JobRun<'_>,
+    executor: Result<Box<dyn Executor>, JobOutcome>,
 ) -> JobOutcome {
-    let outcome = execute_stages(job, plan, options, context, run).await;
+    let outcome = execute_stages(job, plan, options, context, run, executor).await;
     // Nothing the job started outlives it, also what left its process group. Only shell
     // executor processes carry the tag, and the scan reads every process's environment, so it
     // is skipped when the executor saw every process of the job end.
-    let tagged = context.runner.executor == "shell";
-    if tagged && !run.contained.load(std::sync::atomic::Ordering::Relaxed) {
-        let tag = run.tag.to_owned();
-        let killed =
-            tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
-                .await
-                .unwrap_or(0);
-        if killed > 0 {
-            tracing::info!(killed, "killed processes the job left running");
-        }
+    if !run.contained.load(std::sync::atomic::Ordering::Relaxed) {
+        kill_tagged(context, run.tag).await;
     }
     if run.journal_failed.is_cancelled() {
         let message = run
@@ -504,12 +529,50 @@ async fn execute(
     outcome
 }
 
+/// Kills every process that carries the job's `tag` (only shell executor processes do).
+async fn kill_tagged(context: &JobContext, tag: &str) {
+    if context.runner.executor != "shell" {
+        return;
+    }
+    let tag = tag.to_owned();
+    let killed = tokio::task::spawn_blocking(move || runnel_executor::contain::kill_tagged(&tag))
+        .await
+        .unwrap_or(0);
+    if killed > 0 {
+        tracing::info!(killed, "killed processes the job left running");
+    }
+}
+
+/// The runner's executor for one job, or why there is none.
+fn create_executor(context: &JobContext) -> Result<Box<dyn Executor>, JobOutcome> {
+    match &context.provider.0 {
+        Ok(provider) => provider.create().map_err(|error| executor_failure(&error)),
+        Err(message) => Err(JobOutcome::SystemFailure {
+            message: message.clone(),
+        }),
+    }
+}
+
+/// The extra environment of the stages' shells: the job's tag, for the shell executor only,
+/// whose processes run on this host where the tag can find them.
+fn stage_env(context: &JobContext, tag: &str) -> Vec<(String, String)> {
+    if context.runner.executor == "shell" {
+        vec![(
+            runnel_executor::contain::JOB_TAG_VARIABLE.to_owned(),
+            tag.to_owned(),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
 async fn execute_stages(
     job: &JobSpec,
     plan: &JobPlan,
     options: &PlanOptions,
     context: &JobContext,
     run: &JobRun<'_>,
+    executor: Result<Box<dyn Executor>, JobOutcome>,
 ) -> JobOutcome {
     let (trace, signals, usage) = (run.trace, run.signals, run.usage);
     let journal_failed = run.journal_failed;
@@ -524,17 +587,9 @@ async fn execute_stages(
     let sections = job.features.trace_sections;
 
     // prepare_executor
-    let provider = match &context.provider.0 {
-        Ok(provider) => Arc::clone(provider),
-        Err(message) => {
-            return JobOutcome::SystemFailure {
-                message: message.clone(),
-            };
-        }
-    };
-    let mut executor = match provider.create() {
+    let mut executor = match executor {
         Ok(executor) => executor,
-        Err(error) => return executor_failure(&error),
+        Err(outcome) => return outcome,
     };
     section(
         trace,
@@ -588,6 +643,7 @@ async fn execute_stages(
             project_slot: u32::try_from(context.concurrent_project_id).unwrap_or(u32::MAX),
             git_fetch: plan.settings.git_strategy == runnel_job::GitStrategy::Fetch,
             network_per_build: plan.feature_flags.network_per_build(),
+            predefined_housekeeping_only: plan.predefined_housekeeping_only,
             temp_dir: options.temp_dir_by_executor.then_some(temp_dir.as_path()),
         };
         match tokio::time::timeout_at(prepare_deadline, executor.prepare(&prepare)).await {
@@ -618,15 +674,7 @@ async fn execute_stages(
     }
 
     let sink = TraceSink::new(trace, Arc::clone(usage), run.journal.cloned());
-    // Only the shell executor's processes run on this host, where the tag can find them.
-    let stage_env = if context.runner.executor == "shell" {
-        vec![(
-            runnel_executor::contain::JOB_TAG_VARIABLE.to_owned(),
-            run.tag.to_owned(),
-        )]
-    } else {
-        Vec::new()
-    };
+    let stage_env = run.stage_env;
     let labels = [
         context.runner.token.short(),
         context.runner.name.clone(),
@@ -668,7 +716,7 @@ async fn execute_stages(
                 stage,
                 status,
                 &sink,
-                &stage_env,
+                stage_env,
                 deadline,
                 &cancel,
             )
@@ -726,7 +774,7 @@ async fn execute_stages(
                 cleanup,
                 JobStatus::Failed,
                 &sink,
-                &stage_env,
+                stage_env,
                 deadline,
                 &never,
             )
@@ -1104,6 +1152,27 @@ impl OutputSink for TraceSink {
 
     fn resources_used(&self, usage: runnel_executor::ResourceUsage) {
         self.usage.report(usage);
+    }
+}
+
+/// The sink of [`Executor::start_early`]: it only hears of process groups, which the job's
+/// usage and journal keep as the stages' sink does.
+struct ProcessGroups {
+    usage: Arc<JobUsage>,
+    journal: Option<Arc<crate::journal::JobJournal>>,
+}
+
+impl OutputSink for ProcessGroups {
+    /// Nothing may reach the job log before GitLab acknowledged the job.
+    fn write(&self, stream: OutputStream, bytes: &[u8]) {
+        tracing::warn!(%stream, bytes = bytes.len(), "output before the job was acknowledged dropped");
+    }
+
+    fn process_group_started(&self, pid: u32) {
+        self.usage.add_group(pid);
+        if let Some(journal) = &self.journal {
+            journal.add_process_group(pid);
+        }
     }
 }
 

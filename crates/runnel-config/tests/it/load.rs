@@ -345,18 +345,62 @@ fn keys_that_would_change_jobs_are_refused_by_name() {
 }
 
 #[test]
+fn cache_settings_runnel_cannot_honour_are_refused_by_name() {
+    let runner = |cache: &str| {
+        let file = parse(&format!(
+            "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"shell\"\n  [runners.cache]\n{cache}"
+        ))
+        .unwrap();
+        file.config().runners[0].refused_keys()
+    };
+    assert_eq!(
+        runner("    Type = \"gcs\"\n    [runners.cache.gcs]\n      BucketName = \"b\"\n"),
+        [
+            "[runners.cache] Type = \"gcs\" (a distributed cache on Google Cloud Storage) is not supported by Runnel yet (only \"s3\")"
+        ]
+    );
+    assert_eq!(
+        runner("    Type = \"azure\"\n"),
+        [
+            "[runners.cache] Type = \"azure\" (a distributed cache on Azure Blob Storage) is not supported by Runnel yet (only \"s3\")"
+        ]
+    );
+    assert_eq!(
+        runner(
+            "    Type = \"s3\"\n    [runners.cache.s3]\n      BucketName = \"b\"\n      AuthenticationType = \"iam\"\n      ServerSideEncryption = \"KMS\"\n      ServerSideEncryptionKeyID = \"alias/k\"\n      RoleARN = \"arn:aws:iam::1:role/r\"\n      UploadRoleARN = \"arn:aws:iam::1:role/u\"\n"
+        ),
+        [
+            "[runners.cache.s3] AuthenticationType = \"iam\" (instance-profile credentials) is not supported by Runnel yet: set AccessKey and SecretKey",
+            "[runners.cache.s3] ServerSideEncryption (server-side encryption of cache objects) is not supported by Runnel yet",
+            "[runners.cache.s3] ServerSideEncryptionKeyID (server-side encryption of cache objects) is not supported by Runnel yet",
+            "[runners.cache.s3] RoleARN (assuming an IAM role for cache transfers) is not supported by Runnel yet",
+            "[runners.cache.s3] UploadRoleARN (assuming an IAM role for cache transfers) is not supported by Runnel yet",
+        ]
+    );
+    // What Runnel does: access keys, dual-stack and acceleration on AWS, empty values; and
+    // what the official runner itself only warns about (an unknown type) stays a job warning.
+    assert!(
+        runner(
+            "    Type = \"s3\"\n    [runners.cache.s3]\n      BucketName = \"b\"\n      AuthenticationType = \"access-key\"\n      AccessKey = \"a\"\n      SecretKey = \"s\"\n      ServerSideEncryption = \"\"\n      DualStack = false\n      Accelerate = true\n"
+        )
+        .is_empty()
+    );
+    assert!(runner("    Type = \"s4\"\n").is_empty());
+    // Sections of a type not selected are not used, so not refused.
+    assert!(runner("    [runners.cache.s3]\n      RoleARN = \"r\"\n").is_empty());
+}
+
+#[test]
 fn docker_keys_the_executor_does_not_act_on_are_named() {
     let file = parse(
         "[[runners]]\n  url = \"https://gitlab.example.com\"\n  token = \"t\"\n  executor = \"docker\"\n  [runners.docker]\n    image = \"alpine\"\n    gpus = \"all\"\n    mac_address = \"92:d0:c6:0a:29:33\"\n    helper_image_flavor = \"ubuntu\"\n    [runners.docker.services_devices]\n      \"postgres\" = [\"/dev/null:/dev/null\"]\n",
     )
     .unwrap();
+    // Harmless to ignore on Linux with Runnel's own helper image.
     assert_eq!(
         file.config().runners[0].ignored_keys(),
-        [
-            "[runners.docker] gpus",
-            "[runners.docker] services_devices",
-            "[runners.docker] mac_address",
-            "[runners.docker] helper_image_flavor",
-        ]
+        ["[runners.docker] helper_image_flavor"]
     );
+    // Acted upon by the docker executor: neither warned about nor refused.
+    assert!(file.config().runners[0].refused_keys().is_empty());
 }

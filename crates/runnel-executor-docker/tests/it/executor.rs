@@ -56,6 +56,16 @@ async fn prepare_with(
     job: &JobSpec,
     network_per_build: bool,
 ) -> Result<(), ExecutorError> {
+    prepare_full(executor, job, network_per_build, false).await
+}
+
+/// `prepare` with `FF_NETWORK_PER_BUILD` and `predefined_housekeeping_only` as given.
+async fn prepare_full(
+    executor: &mut Box<dyn Executor>,
+    job: &JobSpec,
+    network_per_build: bool,
+    predefined_housekeeping_only: bool,
+) -> Result<(), ExecutorError> {
     let ctx = PrepareContext {
         job,
         builds_dir: Path::new("/builds"),
@@ -64,6 +74,7 @@ async fn prepare_with(
         project_slot: 0,
         git_fetch: false,
         network_per_build,
+        predefined_housekeeping_only,
         temp_dir: None,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))
@@ -163,6 +174,73 @@ async fn remove_cache_volumes(docker: &Docker, job: &JobSpec) {
             eprintln!("could not remove cache volume {}: {error}", volume.name);
         }
     }
+}
+
+/// Predefined stages that only keep house run in a root build container, with the helper's
+/// umask and the volumes mounted there (empty: not filled from the image); no helper is made.
+#[tokio::test]
+async fn housekeeping_predefined_stages_run_in_the_build_container() {
+    let docker = setup().await;
+    let provider = provider("pull_policy = \"if-not-present\"");
+    let job = job(Some(BUSYBOX));
+    let mut executor = provider.create().expect("executor");
+    prepare_full(&mut executor, &job, false, true)
+        .await
+        .expect("prepare");
+
+    let sink = Collect::new();
+    let exit = run(
+        &mut executor,
+        StageKind::Predefined,
+        "echo \"$(umask) $(hostname)\"; ls -A /builds /cache; mkdir -p /builds/made\n",
+        &sink,
+    )
+    .await;
+    assert_eq!(
+        exit,
+        StageExit::Exited(0),
+        "{}",
+        sink.text(OutputStream::Stderr)
+    );
+    let stdout = sink.text(OutputStream::Stdout);
+    let helper_line = stdout
+        .lines()
+        .find(|line| line.starts_with("0000 "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_owned();
+    assert!(
+        stdout.ends_with(&format!("{helper_line}\n/builds:\n\n/cache:\n")),
+        "{stdout}"
+    );
+
+    let sink = Collect::new();
+    let exit = run(
+        &mut executor,
+        StageKind::Build,
+        "echo \"$(umask) $(hostname)\"; stat -c %a /builds/made\n",
+        &sink,
+    )
+    .await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let host = helper_line.trim_start_matches("0000 ");
+    assert_eq!(
+        sink.text(OutputStream::Stdout),
+        format!("0022 {host}\n777\n")
+    );
+
+    let (containers, _, volumes) = leftovers(&docker, &job).await;
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert!(containers[0].ends_with("-build"), "{containers:?}");
+    assert_eq!(volumes.len(), 1, "the temporary builds volume: {volumes:?}");
+    tokio::time::timeout(STEP_TIMEOUT, executor.cleanup())
+        .await
+        .expect("cleanup hung");
+    assert_eq!(
+        leftovers(&docker, &job).await,
+        (vec![], vec![], vec![]),
+        "cleanup left objects behind"
+    );
+    remove_cache_volumes(&docker, &job).await;
 }
 
 #[tokio::test]

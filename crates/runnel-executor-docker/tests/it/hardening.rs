@@ -57,6 +57,7 @@ async fn prepare_with(
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))

@@ -78,6 +78,7 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     tokio::time::timeout(STEP_TIMEOUT, executor.prepare(&ctx))

@@ -151,6 +151,11 @@ impl Session {
         })
     }
 
+    /// The shell's process id (its process group's id).
+    pub fn pid(&self) -> u32 {
+        self.group.pid()
+    }
+
     /// Whether the next stage can run in this session (the shell is still waiting for input).
     pub fn is_alive(&self) -> bool {
         self.alive

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use runnel_executor::{
-    ExecutorError, KillPolicy, PrepareContext, Provider, SHELL_EXECUTOR_INFO, Shell, ShellOptions,
-    ShellProvider, StageCommand, StageExit, StageKind,
+    EarlyStart, ExecutorError, KillPolicy, PrepareContext, Provider, SHELL_EXECUTOR_INFO, Shell,
+    ShellOptions, ShellProvider, StageCommand, StageExit, StageKind,
 };
 use runnel_types::JobSpec;
 use tokio_util::sync::CancellationToken;
@@ -138,6 +138,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -171,6 +172,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
@@ -205,6 +207,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     let mut executor = ShellProvider::new(ShellOptions::default())
@@ -236,6 +239,7 @@ async fn cancelling_a_stage_reports_cancelled() {
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -297,6 +301,7 @@ async fn run_job_boxed(
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -353,6 +358,7 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
         project_slot: 0,
         git_fetch: false,
         network_per_build: false,
+        predefined_housekeeping_only: false,
         temp_dir: None,
     };
     executor.prepare(&ctx).await.expect("prepare");
@@ -541,4 +547,149 @@ async fn stage_scripts_come_from_private_files_removed_after_each_stage() {
         "{} is removed with the session",
         dir.display()
     );
+}
+
+/// Records the process groups an executor reports.
+#[derive(Default)]
+struct Groups(std::sync::Mutex<Vec<u32>>);
+
+impl runnel_executor::OutputSink for Groups {
+    fn write(&self, stream: runnel_executor::OutputStream, bytes: &[u8]) {
+        panic!(
+            "nothing may be written before the job is acknowledged: {stream} {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+
+    fn process_group_started(&self, pid: u32) {
+        self.0.lock().expect("groups lock").push(pid);
+    }
+}
+
+impl Groups {
+    fn pids(&self) -> Vec<u32> {
+        self.0.lock().expect("groups lock").clone()
+    }
+}
+
+/// Issue #18: the login shell started while the job's acknowledgement is in flight (in a
+/// builds directory it makes) is the one the first stage runs in, from the builds directory,
+/// as a shell started by that stage would be; its process group is reported at once.
+#[tokio::test]
+async fn a_shell_started_early_serves_the_stages() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let provider = ShellProvider::new(ShellOptions::default()).expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let builds_dir = root.path().join("builds");
+    let env = [("RUNNEL_EARLY".to_owned(), "yes".to_owned())];
+    let groups = Groups::default();
+    let early = EarlyStart {
+        builds_dir: &builds_dir,
+        env: &env,
+    };
+    assert!(within("the early start", executor.start_early(&early, &groups)).await);
+    assert!(builds_dir.is_dir(), "the builds directory is made first");
+    let pids = groups.pids();
+    assert_eq!(pids.len(), 1, "one process group: {pids:?}");
+    assert!(crate::support::is_running(pids[0].cast_signed()));
+
+    let job = JobSpec::default();
+    let cache_dir = root.path().join("cache");
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: &cache_dir,
+        debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
+        temp_dir: None,
+        predefined_housekeeping_only: false,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    let cmd = StageCommand {
+        env: &env,
+        ..stage("echo $$; pwd -P; echo $RUNNEL_EARLY; shopt -q login_shell && echo login")
+    };
+    let (exit, sink) = run_stage(executor.as_mut(), cmd).await;
+    executor.cleanup().await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let builds = builds_dir.canonicalize().expect("builds dir");
+    assert_eq!(
+        sink.stdout(),
+        format!("{}\n{}\nyes\nlogin\n", pids[0], builds.display())
+    );
+    crate::support::assert_gone(pids[0].cast_signed()).await;
+    assert!(executor.contained());
+}
+
+/// A job GitLab refuses after the shell was started early: cleanup (without prepare) stops
+/// the shell and everything it started, and knows nothing is left.
+#[tokio::test]
+async fn cleanup_stops_a_shell_started_early() {
+    let root = tempfile::tempdir().expect("temp dir");
+    // The profile starts a background process: it must go too.
+    std::fs::write(
+        root.path().join(".bash_profile"),
+        "sleep 300 & echo $! > \"$HOME/sleeper\"\n",
+    )
+    .expect("profile");
+    let provider = ShellProvider::new(ShellOptions::default()).expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let builds_dir = root.path().join("builds");
+    let groups = Groups::default();
+    // The login shell finds the profile through its HOME.
+    let env = [("HOME".to_owned(), root.path().display().to_string())];
+    let early = EarlyStart {
+        builds_dir: &builds_dir,
+        env: &env,
+    };
+    assert!(within("the early start", executor.start_early(&early, &groups)).await);
+    let shell = groups.pids()[0].cast_signed();
+    let sleeper = crate::support::read_pid(&root.path().join("sleeper")).await;
+    within("cleanup", executor.cleanup()).await;
+    crate::support::assert_gone(shell).await;
+    crate::support::assert_gone(sleeper).await;
+    assert!(executor.contained(), "the whole tree was seen gone");
+}
+
+/// A shell started early in another directory than the one `prepare` is given is not used:
+/// the first stage starts its own in the right one.
+#[tokio::test]
+async fn a_shell_started_early_elsewhere_is_replaced() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let provider = ShellProvider::new(ShellOptions::default()).expect("valid options");
+    let mut executor = provider.create().expect("create executor");
+    let elsewhere = root.path().join("elsewhere");
+    let groups = Groups::default();
+    let early = EarlyStart {
+        builds_dir: &elsewhere,
+        env: &[],
+    };
+    assert!(within("the early start", executor.start_early(&early, &groups)).await);
+    let early_shell = groups.pids()[0];
+
+    let job = JobSpec::default();
+    let (builds_dir, cache_dir) = (root.path().join("builds"), root.path().join("cache"));
+    let ctx = PrepareContext {
+        job: &job,
+        builds_dir: &builds_dir,
+        cache_dir: &cache_dir,
+        debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
+        temp_dir: None,
+        predefined_housekeeping_only: false,
+    };
+    executor.prepare(&ctx).await.expect("prepare");
+    crate::support::assert_gone(early_shell.cast_signed()).await;
+    let (exit, sink) = run_stage(executor.as_mut(), stage("echo $$; pwd -P")).await;
+    executor.cleanup().await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let builds = builds_dir.canonicalize().expect("builds dir");
+    let stdout = sink.stdout();
+    let (shell, dir) = stdout.split_once('\n').expect("two lines");
+    assert_ne!(shell, early_shell.to_string(), "a new shell");
+    assert_eq!(dir, format!("{}\n", builds.display()));
 }

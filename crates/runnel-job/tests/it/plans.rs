@@ -188,6 +188,40 @@ fn git_clone_path_rules() {
 }
 
 #[test]
+fn flags_that_would_change_the_job_on_its_executor_refuse_it_by_name() {
+    let mut job = job();
+    set_var(&mut job, "FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true");
+    let mut docker = opts();
+    docker.executor = ExecutorKind::Docker;
+    let err = plan(&job, &docker).expect_err("no init process yet");
+    assert_snapshot!(err.to_string(), @"feature flag FF_USE_INIT_WITH_DOCKER_EXECUTOR=true (an init process as PID 1 of the job's containers) is not supported by Runnel's docker executor yet");
+    // The shell executor has no containers: the official runner ignores the flag there too.
+    let shell = plan_ok(&job, &opts());
+    assert!(
+        shell
+            .warnings
+            .iter()
+            .any(|w| w.contains("FF_USE_INIT_WITH_DOCKER_EXECUTOR=true is not acted upon")),
+        "{:?}",
+        shell.warnings
+    );
+    // From [runners.feature_flags] as well, and for kubernetes.
+    let mut kubernetes = opts();
+    kubernetes.executor = ExecutorKind::Kubernetes;
+    kubernetes.feature_flags = vec![("FF_KUBERNETES_HONOR_ENTRYPOINT".to_owned(), true)];
+    let err = plan(&self::job(), &kubernetes).expect_err("entrypoint not run");
+    assert!(
+        err.to_string()
+            .starts_with("feature flag FF_KUBERNETES_HONOR_ENTRYPOINT=true "),
+        "{err}"
+    );
+    // Off is what Runnel does.
+    let mut job = self::job();
+    set_var(&mut job, "FF_DISABLE_UMASK_FOR_DOCKER_EXECUTOR", "false");
+    plan_ok(&job, &docker);
+}
+
+#[test]
 fn relative_builds_dir_is_rejected() {
     let mut opts = opts();
     opts.builds_dir = "builds".into();
@@ -422,4 +456,70 @@ fn stage_list_shape() {
         body.contains("release-cli create --tag 10"),
         "release lines are expanded"
     );
+}
+
+/// The predefined stages of a job that runs no git, no cache or artifact helper and no hook
+/// only keep house: container executors may run them in the build container.
+#[test]
+fn predefined_stages_keep_house_only_without_git_helpers_or_hooks() {
+    let housekeeping = |job: &runnel_types::JobSpec, opts: &runnel_job::PlanOptions| {
+        plan_ok(job, opts).predefined_housekeeping_only
+    };
+    let mut none = job();
+    none.dependencies.push(runnel_types::Dependency {
+        name: "no-artifacts".into(),
+        ..runnel_types::Dependency::default()
+    });
+    assert!(
+        housekeeping(&none, &opts()),
+        "none, and a dependency without artifacts"
+    );
+    let mut empty = job();
+    set_var(&mut empty, "GIT_STRATEGY", "empty");
+    assert!(housekeeping(&empty, &opts()));
+
+    let mut changed = Vec::new();
+    for strategy in ["clone", "fetch"] {
+        let mut git = job();
+        set_var(&mut git, "GIT_STRATEGY", strategy);
+        changed.push((strategy, git, opts()));
+    }
+    let mut cached = job();
+    cached.cache.push(runnel_types::CacheSpec {
+        key: "k".into(),
+        paths: vec!["vendor".into()],
+        ..runnel_types::CacheSpec::default()
+    });
+    changed.push(("cache", cached, opts()));
+    let mut artifacts = job();
+    artifacts.artifacts.push(runnel_types::ArtifactSpec {
+        paths: vec!["out".into()],
+        ..runnel_types::ArtifactSpec::default()
+    });
+    changed.push(("artifacts", artifacts, opts()));
+    let mut downloads = job();
+    downloads.dependencies.push(runnel_types::Dependency {
+        name: "build".into(),
+        artifacts_filename: "artifacts.zip".into(),
+        artifacts_size: 10,
+        ..runnel_types::Dependency::default()
+    });
+    changed.push(("dependency", downloads, opts()));
+    for name in ["pre_get_sources_script", "post_get_sources_script"] {
+        let mut hooked = job();
+        hooked.hooks.push(runnel_types::Hook {
+            name: name.into(),
+            script: vec!["echo hook".into()],
+        });
+        changed.push((name, hooked, opts()));
+    }
+    let mut runner_pre = opts();
+    runner_pre.pre_get_sources_script = "echo runner".into();
+    changed.push(("runner pre_get_sources_script", job(), runner_pre));
+    let mut runner_post = opts();
+    runner_post.post_get_sources_script = "echo runner".into();
+    changed.push(("runner post_get_sources_script", job(), runner_post));
+    for (what, job, opts) in &changed {
+        assert!(!housekeeping(job, opts), "{what}");
+    }
 }

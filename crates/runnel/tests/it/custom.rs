@@ -70,9 +70,7 @@ async fn a_host_driver_runs_every_protocol_step() {
             ])
             .after_script(["echo \"after status=$CI_JOB_STATUS\""]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     let root_dir = root.path().display();
     for needle in [
         "Preparing the \"custom\" executor",
@@ -224,9 +222,7 @@ async fn two_jobs_run_at_once_through_the_driver() {
         .fake
         .enqueue(job("custom-b").script(wait_for("b", "a")));
     for (id, me) in [(a, "a"), (b, "b")] {
-        let view = daemon.finished(id).await;
-        let trace = view.trace_text();
-        assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+        let trace = daemon.succeeded(id).await;
         assert!(trace.contains(&format!("overlapped-{me}\n")), "{trace}");
     }
 }
@@ -393,9 +389,7 @@ async fn a_docker_driver_runs_the_stages_in_a_container_it_creates() {
     let failing = daemon
         .fake
         .enqueue(job("in-container-fail").script(["echo inside", "exit 5"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(
         trace.contains("Using Custom executor with driver test-docker v1..."),
         "{trace}"

@@ -883,6 +883,135 @@ async fn the_memory_limit_reaches_the_job_container() {
 }
 
 #[tokio::test]
+async fn cpuset_mems_reaches_the_job_container() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(IMAGE, "    cpuset_mems = \"0\"\n")).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("mems").script(["echo ready", "sleep 3"]));
+    // The container's cpuset files are not visible inside it on every host: the engine says.
+    daemon.printed(id, "ready\n").await;
+    let containers = labelled(&daemon, "container", None);
+    let inspected = docker(
+        &[
+            ["inspect", "--format"].as_slice(),
+            &["{{index .Config.Labels \"com.gitlab.gitlab-runner.type\"}}={{.HostConfig.CpusetMems}}"],
+            &containers.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+    );
+    let inspected = String::from_utf8_lossy(&inspected.stdout).into_owned();
+    assert!(
+        inspected.lines().any(|line| line == "build=0"),
+        "{inspected}"
+    );
+    daemon.succeeded(id).await;
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn mac_address_is_the_build_containers_or_the_job_fails_naming_the_engine() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    mac_address = \"92:d0:c6:0a:29:33\"\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("mac").script(["echo \"mac=$(cat /sys/class/net/eth0/address)\""]));
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    // Engines before API 1.44 took the address as a container setting, which the current API
+    // no longer has: there the job fails, naming the setting and the engine's version.
+    let version = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let (major, minor) = version.split_once('.').expect("an API version");
+    if (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap()) < (1, 44) {
+        assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+        assert!(
+            trace.contains(&format!(
+                "`mac_address` in [runners.docker] needs Docker Engine API 1.44 or newer; this engine speaks {version}"
+            )),
+            "{trace}"
+        );
+        assert!(!trace.contains("mac="), "{trace}");
+    } else {
+        assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+        assert!(trace.contains("mac=92:d0:c6:0a:29:33\n"), "{trace}");
+    }
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn gpus_are_requested_from_the_engine() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(IMAGE, "    gpus = \"all\"\n")).await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon
+        .fake
+        .enqueue(job("gpus").script(["echo not-reached"]));
+    // This engine has no GPU driver: it refuses the request, and the job says so.
+    let view = daemon.finished(id).await;
+    let trace = view.trace_text();
+    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
+    assert!(
+        trace.contains("could not select device driver \"\" with capabilities: [[gpu]]"),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached\n"), "{trace}");
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
+async fn services_devices_reach_the_services_whose_image_matches() {
+    ensure_image();
+    let daemon = Daemon::start(docker_setup_with(
+        IMAGE,
+        "    wait_for_services_timeout = 1\n    [runners.docker.services_devices]\n      \"runnel-e2e-web:*\" = [\"/dev/null:/dev/runnel-null\"]\n      \"no-such-image\" = [\"/dev/zero:/dev/runnel-zero\"]\n",
+    ))
+    .await;
+    let _sweep = Sweep::new(&daemon);
+    let id = daemon.fake.enqueue(
+        job("services-devices")
+            .variable("CI_DEBUG_SERVICES", "true")
+            .extra(
+                "services",
+                json!([{
+                    "name": WEB,
+                    "alias": "devices",
+                    "command": ["sh", "-c", "ls /dev/runnel-null /dev/runnel-zero; exec sleep 300"]
+                }]),
+            )
+            .script([
+                "sleep 2",
+                "test ! -e /dev/runnel-null && echo not-in-the-job",
+            ]),
+    );
+    let trace = daemon.succeeded(id).await;
+    assert!(trace.contains("not-in-the-job\n"), "{trace}");
+    let service: Vec<&str> = trace
+        .lines()
+        .filter(|line| line.starts_with("[service:runnel-e2e-web-devices] "))
+        .collect();
+    assert!(
+        service
+            .iter()
+            .any(|line| line.ends_with(" /dev/runnel-null")),
+        "{trace}"
+    );
+    assert!(
+        service
+            .iter()
+            .any(|line| line.contains("/dev/runnel-zero: No such file or directory")),
+        "only the matching pattern's devices: {trace}"
+    );
+    assert_nothing_left(&daemon);
+}
+
+#[tokio::test]
 async fn a_canceled_job_stops_and_its_containers_are_removed() {
     ensure_image();
     let daemon = Daemon::start(docker_setup(IMAGE)).await;
@@ -901,9 +1030,12 @@ async fn a_canceled_job_stops_and_its_containers_are_removed() {
         .await
         .expect("the job started");
     // While the job runs, the label filters see its objects: the final check is not vacuous.
-    assert!(
-        labelled(&daemon, "container", None).len() >= 2,
-        "the helper and build containers carry the runner's label"
+    // Its helper stages only keep house: the build container is its only one, and runs them
+    // after the cancel too.
+    assert_eq!(
+        labelled(&daemon, "container", None).len(),
+        1,
+        "the build container carries the runner's label"
     );
     assert_eq!(
         labelled(&daemon, "network", None).len(),
@@ -1134,9 +1266,11 @@ async fn a_runner_killed_mid_job_restarts_with_four_queued_jobs_and_removes_the_
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait_exit().await;
     let left = objects_of_job(&daemon, killed);
+    // Its helper stages only keep house: one container (no helper), as its network and
+    // builds volume.
     assert!(
-        left.len() >= 4,
-        "the killed job left its containers, network and builds volume: {left:?}"
+        left.len() >= 3,
+        "the killed job left its container, network and builds volume: {left:?}"
     );
 
     let script = rendezvous(4);
@@ -1858,8 +1992,10 @@ async fn job_requests(
 }
 
 /// #13.4: a trivial job (`true`, no sources) costs at most 8 Engine requests once the runner
-/// has met its daemon: two containers created, attached, started and removed; no image
-/// inspect, no stats stream, and nothing per stage (a job with more stages costs the same).
+/// has met its daemon: no image inspect, no stats stream, and nothing per stage (a job with
+/// more stages costs the same). With a helper (here for a `get_sources` hook), two containers
+/// created, attached, started and removed; without one (its helper stages only keep house,
+/// [`housekeeping_helper_stages_run_in_a_root_build_container_with_the_same_log`]), four.
 #[tokio::test]
 async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
     ensure_image();
@@ -1909,7 +2045,159 @@ async fn a_trivial_docker_job_makes_at_most_eight_engine_requests() {
         requests.len(),
         "{more:#?}\nagainst\n{requests:#?}"
     );
+
+    // With the helper container: at most 8.
+    let (trace, hooked) = job_requests(
+        &daemon,
+        &engine,
+        "hooked",
+        job("hooked").script(["true"]).extra(
+            "hooks",
+            json!([{ "name": "pre_get_sources_script", "script": ["echo hooked"] }]),
+        ),
+    )
+    .await;
+    assert!(trace.contains("\nhooked\n"), "{trace}");
+    assert!(
+        hooked.len() <= 8 && hooked.len() > requests.len(),
+        "{} Engine requests for a trivial job with a helper: {hooked:#?}",
+        hooked.len()
+    );
     assert_nothing_left(&daemon);
+}
+
+/// The log of a job as a reader compares it: the host name in `Running on`, the section
+/// times, the stage durations and the resource figures left out.
+fn comparable_log(trace: &str) -> String {
+    trace
+        .lines()
+        .map(|line| {
+            let mut line = line.to_owned();
+            for marker in ["section_start:", "section_end:"] {
+                let mut from = 0;
+                while let Some(at) = line[from..].find(marker) {
+                    let digits = from + at + marker.len();
+                    let end = line[digits..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(line.len(), |n| digits + n);
+                    line.replace_range(digits..end, "[time]");
+                    from = digits;
+                }
+            }
+            if let Some(rest) = line.strip_prefix("Running on ") {
+                let end = rest
+                    .find(" via ")
+                    .or_else(|| rest.find("..."))
+                    .unwrap_or(rest.len());
+                line = format!("Running on [host]{}", &rest[end..]);
+            }
+            if let Some(at) = line.find("Stage durations:") {
+                line.replace_range(at.., "Stage durations: [figures]");
+            }
+            if let Some(at) = line.find("Resource usage:") {
+                line.replace_range(at.., "Resource usage: [figures]");
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `trace` says `Running on <host>` (followed by ` via …` or `...`).
+fn runs_on(trace: &str, host: &str) -> bool {
+    trace.contains(&format!("Running on {host} via "))
+        || trace.contains(&format!("Running on {host}..."))
+}
+
+/// Session 7 (#13 item 4): a job whose helper stages only keep house (no git, cache, artifacts
+/// or hook) runs them in its build container when that runs as root: one container, four
+/// Engine requests, and the log, directories and permissions a helper would have made.
+#[tokio::test]
+async fn housekeeping_helper_stages_run_in_a_root_build_container_with_the_same_log() {
+    ensure_image();
+    let engine = EngineRecorder::start(false);
+    let daemon = Daemon::start(docker_setup_with(IMAGE, &engine.host_line())).await;
+    let _sweep = Sweep::new(&daemon);
+    // What the job sees of what the predefined stages made, and where it runs.
+    let script = [
+        "ls -ld \"$CI_PROJECT_DIR\" | cut -c1-10",
+        "ls -ld \"$CI_PROJECT_DIR.tmp\" | cut -c1-10",
+        "echo \"umask=$(umask) uid=$(id -u)\"",
+        "echo \"host=$(hostname)\"",
+    ];
+    let house = |name: &str| job(name).variable("FF_TIMESTAMPS", "false").script(script);
+    // The first job also meets the daemon (version, events, image inspects).
+    job_requests(&daemon, &engine, "first", house("first")).await;
+    let (trace, requests) = job_requests(&daemon, &engine, "house", house("house")).await;
+    let creates = |requests: &[String]| {
+        requests
+            .iter()
+            .filter(|r| *r == "POST /containers/create")
+            .count()
+    };
+    assert_eq!(creates(&requests), 1, "{requests:#?}");
+    assert!(requests.len() <= 4, "{requests:#?}");
+    // `Running on` names the container the job runs in.
+    let host = trace
+        .lines()
+        .find_map(|line| line.strip_prefix("host="))
+        .unwrap_or_else(|| panic!("{trace}"));
+    assert!(runs_on(&trace, host), "{trace}");
+    assert_eq!(trace.matches("\ndrwxrwxrwx\n").count(), 2, "{trace}");
+    assert!(trace.contains("\numask=0022 uid=0\n"), "{trace}");
+
+    // The same job with a hook in `get_sources` keeps the helper: two containers, and the
+    // same log but for the hook's lines.
+    let hooked = house("hooked").extra(
+        "hooks",
+        json!([{ "name": "pre_get_sources_script", "script": ["echo hooked"] }]),
+    );
+    let (hooked_trace, hooked_requests) = job_requests(&daemon, &engine, "hooked", hooked).await;
+    assert_eq!(creates(&hooked_requests), 2, "{hooked_requests:#?}");
+    let hooked_host = hooked_trace
+        .lines()
+        .find_map(|line| line.strip_prefix("host="))
+        .unwrap_or_else(|| panic!("{hooked_trace}"));
+    assert!(
+        !runs_on(&hooked_trace, hooked_host),
+        "the helper says where it runs: {hooked_trace}"
+    );
+    let without_hook = hooked_trace
+        .lines()
+        .filter(|line| !line.contains("$ echo hooked") && *line != "hooked")
+        .map(|line| {
+            if line == format!("host={hooked_host}") {
+                format!("host={host}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(comparable_log(&trace), comparable_log(&without_hook));
+
+    // A build container that does not run as root keeps the helper, which makes what the
+    // job's user must write to.
+    let daemon_user = Daemon::start(docker_setup_with(
+        IMAGE,
+        &format!("    user = \"65534\"\n{}", engine.host_line()),
+    ))
+    .await;
+    let _sweep_user = Sweep::new(&daemon_user);
+    let (user_trace, user_requests) =
+        job_requests(&daemon_user, &engine, "user", house("user")).await;
+    assert!(creates(&user_requests) >= 2, "{user_requests:#?}");
+    assert_eq!(
+        user_trace.matches("\ndrwxrwxrwx\n").count(),
+        2,
+        "{user_trace}"
+    );
+    assert!(
+        user_trace.contains("\numask=0022 uid=65534\n"),
+        "{user_trace}"
+    );
+    assert_nothing_left(&daemon);
+    assert_nothing_left(&daemon_user);
 }
 
 /// Builds `tag` from the busybox image with `/marker` holding `text`, labelled with the tag;

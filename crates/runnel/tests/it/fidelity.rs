@@ -343,6 +343,16 @@ async fn keys_that_would_change_jobs_refuse_the_runner_at_start_by_name() {
         "[runners.artifact] response_header_timeout = \"1m0s\" is not supported by Runnel (artifact uploads use the default 10m0s)",
     )
     .await;
+    assert_key_refused(
+        "  [runners.cache]\n    Type = \"gcs\"\n    [runners.cache.gcs]\n      BucketName = \"runner-cache\"\n",
+        "[runners.cache] Type = \"gcs\" (a distributed cache on Google Cloud Storage) is not supported by Runnel yet (only \"s3\")",
+    )
+    .await;
+    assert_key_refused(
+        "  [runners.cache]\n    Type = \"s3\"\n    [runners.cache.s3]\n      BucketName = \"runner-cache\"\n      AccessKey = \"a\"\n      SecretKey = \"s\"\n      ServerSideEncryption = \"S3\"\n",
+        "[runners.cache.s3] ServerSideEncryption (server-side encryption of cache objects) is not supported by Runnel yet",
+    )
+    .await;
 }
 
 /// `prepare_timeout`: an executor preparation that takes longer (a custom driver's
@@ -642,4 +652,29 @@ async fn metric_names_types_and_label_sets_are_the_official_ones_idle_and_busy()
             .any(|l| l.starts_with("gitlab_runner_jobs{") && l.contains("state=\"running\"")),
         "no running series once the jobs ended: {after}"
     );
+}
+
+/// A feature flag that would change what a docker job sees, which Runnel does not act upon,
+/// fails that job at its start with the flag named; no container is made and no script runs.
+#[tokio::test]
+async fn a_docker_job_with_a_flag_runnel_does_not_act_upon_is_refused_by_name() {
+    let daemon = Daemon::start(Setup {
+        executor: Some("docker"),
+        tables: "  [runners.docker]\n    image = \"runnel-e2e-never-created:1\"\n    pull_policy = [\"never\"]\n".to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let id = daemon.fake.enqueue(
+        job("init")
+            .variable("FF_USE_INIT_WITH_DOCKER_EXECUTOR", "true")
+            .script(["echo not-reached"]),
+    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
+    assert!(
+        trace.contains(
+            "feature flag FF_USE_INIT_WITH_DOCKER_EXECUTOR=true (an init process as PID 1 of the job's containers) is not supported by Runnel's docker executor yet"
+        ),
+        "{trace}"
+    );
+    assert!(!trace.contains("not-reached"), "{trace}");
 }

@@ -38,6 +38,14 @@ async fn start(config: FakeConfig, helper: &str, extra: &str) -> (FakeKube, Daem
     (kube, daemon)
 }
 
+/// The fake API server's default settings with `faults` injected.
+fn with_faults(faults: Faults) -> FakeConfig {
+    FakeConfig {
+        faults,
+        ..FakeConfig::default()
+    }
+}
+
 /// Asserts that the job's pod is gone with all its containers, then stops the server.
 async fn assert_nothing_left(kube: FakeKube) {
     assert_eq!(kube.pod_names(), Vec::<String>::new(), "pods left");
@@ -245,9 +253,7 @@ async fn after_script_exit_codes_do_not_change_the_result_in_attach_mode() {
             "exit 5",
             "echo after-not-reached",
         ]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("main-ok\n"), "{trace}");
     assert!(trace.contains("after-ran\n"), "{trace}");
     assert!(!trace.contains("after-not-reached"), "{trace}");
@@ -260,14 +266,7 @@ async fn attach_mode_with_a_helper_image_without_the_runner_fails_clearly() {
     let id = daemon
         .fake
         .enqueue(job("no-read-logs").script(["echo not-shown-anyway"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(trace.contains("gitlab-runner-helper read-logs"), "{trace}");
     assert!(trace.contains(LEGACY), "{trace}");
     assert_nothing_left(kube).await;
@@ -287,9 +286,7 @@ async fn a_service_container_is_reached_by_its_alias() {
                 "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://web:8080/ && break; sleep 1; done",
             ]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("hello-from-service\n"), "{trace}");
     let pod = &kube.created_pods()[0];
     // Named after its alias, as official.
@@ -403,14 +400,7 @@ async fn a_job_that_runs_too_long_times_out_and_its_pod_is_deleted() {
             .script(["echo started", "sleep 60", "echo not-reached"])
             .after_script(["echo after-timeout"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("job_execution_timeout"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "job_execution_timeout").await;
     assert!(!trace.contains("not-reached"), "{trace}");
     assert!(trace.contains("after-timeout"), "{trace}");
     assert_nothing_left(kube).await;
@@ -430,14 +420,7 @@ async fn an_image_that_cannot_be_pulled_fails_with_image_pull_failure() {
             .extra("image", json!({"name": "runnel-e2e-no-such-image:404"}))
             .script(["echo not-reached"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("image_pull_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "image_pull_failure").await;
     assert!(
         trace.contains("image pull failed for container build (runnel-e2e-no-such-image:404)"),
         "{trace}"
@@ -451,25 +434,15 @@ async fn an_image_that_cannot_be_pulled_fails_with_image_pull_failure() {
 
 #[tokio::test]
 async fn an_unschedulable_pod_fails_after_poll_timeout_with_the_scheduler_message() {
-    let config = FakeConfig {
-        faults: Faults {
-            pending_forever: true,
-            ..Faults::default()
-        },
-        ..FakeConfig::default()
-    };
+    let config = with_faults(Faults {
+        pending_forever: true,
+        ..Faults::default()
+    });
     let (kube, daemon) = start(config, IMAGE, "    poll_timeout = 2\n").await;
     let id = daemon
         .fake
         .enqueue(job("pending").script(["echo not-reached"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(trace.contains("timed out waiting for pod"), "{trace}");
     assert!(
         trace.contains("Unschedulable: \"0/1 nodes are available"),
@@ -482,13 +455,10 @@ async fn an_unschedulable_pod_fails_after_poll_timeout_with_the_scheduler_messag
 
 #[tokio::test]
 async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
-    let config = FakeConfig {
-        faults: Faults {
-            evict_after: Some(Duration::from_secs(4)),
-            ..Faults::default()
-        },
-        ..FakeConfig::default()
-    };
+    let config = with_faults(Faults {
+        evict_after: Some(Duration::from_secs(4)),
+        ..Faults::default()
+    });
     let helper = ensure_git_helper().await;
     let (kube, daemon) = start(config, &helper, "").await;
     let id = daemon.fake.enqueue(job("evicted").script([
@@ -496,14 +466,7 @@ async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
         "sleep 60",
         "echo not-reached",
     ]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(!trace.contains("not-reached"), "{trace}");
     assert!(
         trace.contains("Evicted") || trace.contains("disrupted"),
@@ -514,25 +477,15 @@ async fn an_evicted_pod_ends_the_job_with_what_kubernetes_said() {
 
 #[tokio::test]
 async fn a_pod_over_the_resource_quota_fails_with_what_the_api_server_said() {
-    let config = FakeConfig {
-        faults: Faults {
-            exceed_pod_quota: true,
-            ..Faults::default()
-        },
-        ..FakeConfig::default()
-    };
+    let config = with_faults(Faults {
+        exceed_pod_quota: true,
+        ..Faults::default()
+    });
     let (kube, daemon) = start(config, IMAGE, "").await;
     let id = daemon
         .fake
         .enqueue(job("over-quota").script(["echo not-reached"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(!trace.contains("not-reached"), "{trace}");
     assert!(
         trace.contains("ERROR: Job failed (system failure): "),
@@ -570,14 +523,7 @@ async fn a_build_container_over_its_memory_limit_is_oom_killed_and_the_job_says_
         "tail /dev/zero",
         "echo not-reached",
     ]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(trace.contains("started\n"), "{trace}");
     assert!(!trace.contains("not-reached"), "{trace}");
     assert!(
@@ -609,14 +555,7 @@ async fn an_oom_killed_build_container_is_the_reason_in_exec_mode_too() {
             "tail /dev/zero",
             "echo not-reached",
         ]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(!trace.contains("not-reached"), "{trace}");
     assert!(
         trace
@@ -662,9 +601,7 @@ async fn a_job_survives_an_api_server_that_goes_away_for_a_few_seconds() {
     assert_eq!(kube.pod_names().len(), 1, "the pod runs on meanwhile");
     tokio::time::sleep(Duration::from_secs(4)).await;
     kube.resume_listening().await.unwrap();
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("finished-after-the-outage\n"), "{trace}");
     assert!(
         kube.watches_served() > watches,
@@ -688,14 +625,7 @@ async fn an_api_server_that_stays_away_ends_the_job_and_its_pod_is_deleted_once_
         .await
         .expect("the job started");
     kube.stop_listening().await;
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(!trace.contains("not-reached"), "{trace}");
     // The pod's watch or the job's log stream, whichever notices first, names the server.
     assert!(
@@ -739,9 +669,7 @@ async fn a_kubeconfig_in_home_is_used_without_host_keys() {
     let id = daemon
         .fake
         .enqueue(job("kubeconfig").script(["echo via-kubeconfig"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("via-kubeconfig\n"), "{trace}");
     assert_nothing_left(kube).await;
 }
@@ -834,9 +762,7 @@ async fn configured_volumes_are_mounted_in_the_build_container() {
         "echo scratch-works > /scratch/file && cat /scratch/file",
         "if touch /mnt/host/new 2>/dev/null; then echo host-writable; else echo host-read-only; fi",
     ]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("host-file-content\n"), "{trace}");
     assert!(trace.contains("secret=p4ss-from-secret\n"), "{trace}");
     assert!(
@@ -898,9 +824,7 @@ async fn job_variables_overwrite_what_the_configuration_allows() {
             .variable("KUBERNETES_SERVICE_ACCOUNT_OVERWRITE", "not-allowed")
             .script(["echo overwritten"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(
         trace.contains("\"Namespace\" overwritten with \"kube-public\""),
         "{trace}"
@@ -957,9 +881,7 @@ async fn namespace_per_job_creates_and_deletes_the_jobs_namespace() {
     let id = daemon
         .fake
         .enqueue(job("own-namespace").script(["echo in-own-namespace"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     let namespace = format!("ci-job-{id}");
     assert!(
         trace.contains(&format!("Using Kubernetes namespace: {namespace}")),
@@ -1056,9 +978,7 @@ async fn register_kubernetes_flags_write_a_section_the_executor_acts_on() {
             .variable("KUBERNETES_POD_LABELS_STAGE", "stage=test")
             .script(["echo registered-runner-ran"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("registered-runner-ran\n"), "{trace}");
     let pod = &kube.created_pods()[0];
     let spec = &pod["spec"];
@@ -1091,9 +1011,7 @@ async fn pod_spec_patches_change_the_pod_when_their_feature_flag_is_on() {
             .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
             .script(["echo \"patch=$FROM_PATCH\""]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(
         trace.contains("patch=patched-by-strategic-merge\n"),
         "{trace}"
@@ -1201,9 +1119,7 @@ async fn leftover_pods_are_swept_while_concurrent_jobs_start_and_theirs_are_spar
         .collect();
     daemon.restart(&setup());
     for id in ids {
-        let view = daemon.finished(id).await;
-        let trace = view.trace_text();
-        assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+        let trace = daemon.succeeded(id).await;
         assert!(trace.contains("still-here\n"), "{trace}");
     }
     let log = daemon.log();
@@ -1474,9 +1390,7 @@ async fn the_init_permissions_container_prepares_the_log_file_before_the_job() {
             )
             .script(["stat -c 'log-mode=%a' /logs-*/output.log"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     // Made by the init container (a file the stage's `tee` made would be 644).
     assert!(trace.contains("log-mode=777\n"), "{trace}");
     let pod = &kube.created_pods()[0];
@@ -1523,14 +1437,7 @@ async fn a_failing_init_container_ends_the_job_with_what_kubernetes_said() {
             .variable("FF_USE_ADVANCED_POD_SPEC_CONFIGURATION", "true")
             .script(["echo not-reached"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("runner_system_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "runner_system_failure").await;
     assert!(
         trace.contains("init container init-permissions failed: reason Error, exit code 3"),
         "{trace}"
@@ -1629,9 +1536,7 @@ async fn a_failed_pull_makes_the_pod_again_with_the_next_pull_policy() {
     let id = daemon
         .fake
         .enqueue(job("pull-fallback").script(["echo ran-after-fallback"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("ran-after-fallback\n"), "{trace}");
     // Each container moves on after its own failure: the init container, the build
     // container, then the helper, as the official pull manager does.
@@ -1686,14 +1591,7 @@ async fn a_pull_failure_with_no_policy_left_fails_with_image_pull_failure() {
             )
             .script(["echo not-reached"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Failed, "{trace}");
-    assert_eq!(
-        final_update(&view).failure_reason.as_deref(),
-        Some("image_pull_failure"),
-        "{trace}"
-    );
+    let trace = daemon.failed_with(id, "image_pull_failure").await;
     assert!(
         trace.contains("runnel-fake-kube has no registry to pull from"),
         "what Kubernetes said: {trace}"
@@ -1725,9 +1623,7 @@ async fn the_jobs_kubernetes_user_reaches_the_build_container_within_allowed_use
             )
             .script(["echo as-user-ran"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(
         trace.contains("validating UID: user \"0\" is not in the allowed list: [1000]"),
         "the service's root request is refused in the log: {trace}"
@@ -1747,20 +1643,15 @@ async fn the_jobs_kubernetes_user_reaches_the_build_container_within_allowed_use
 #[tokio::test]
 async fn an_api_server_that_refuses_watches_is_read_every_poll_interval() {
     let helper = ensure_git_helper().await;
-    let config = FakeConfig {
-        faults: Faults {
-            refuse_watches: true,
-            ..Faults::default()
-        },
-        ..FakeConfig::default()
-    };
+    let config = with_faults(Faults {
+        refuse_watches: true,
+        ..Faults::default()
+    });
     let (kube, daemon) = start(config, &helper, "").await;
     let id = daemon
         .fake
         .enqueue(job("no-watches").script(["echo polled-pod-ran"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("polled-pod-ran\n"), "{trace}");
     assert_eq!(kube.watches_served(), 0);
     assert_nothing_left(kube).await;
@@ -1778,9 +1669,7 @@ async fn attach_mode_puts_its_scripts_and_logs_under_the_configured_base_dirs() 
     let id = daemon
         .fake
         .enqueue(job("base-dirs").script(["ls -d /opt/ci/scripts-* /var/tmp/logs-*/output.log"]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     let pod = &kube.created_pods()[0];
     let project = pod["metadata"]["labels"]["project.runner.gitlab.com/id"]
         .as_str()

@@ -197,6 +197,28 @@ impl Daemon {
         }
     }
 
+    /// Waits for job `id` to end, asserts that it succeeded, and returns its log.
+    pub(crate) async fn succeeded(&self, id: u64) -> String {
+        let view = self.finished(id).await;
+        let trace = view.trace_text().into_owned();
+        assert_eq!(view.status, RemoteStatus::Success, "job {id}:\n{trace}");
+        trace
+    }
+
+    /// Waits for job `id` to end, asserts that it failed with `reason` (the failure reason of
+    /// its final update), and returns its log.
+    pub(crate) async fn failed_with(&self, id: u64, reason: &str) -> String {
+        let view = self.finished(id).await;
+        let trace = view.trace_text().into_owned();
+        assert_eq!(view.status, RemoteStatus::Failed, "job {id}:\n{trace}");
+        assert_eq!(
+            final_update(&view).failure_reason.as_deref(),
+            Some(reason),
+            "job {id}:\n{trace}"
+        );
+        trace
+    }
+
     /// Waits until the job's trace contains `needle`.
     pub(crate) async fn printed(&self, id: u64, needle: &str) -> JobView {
         let needle = needle.to_owned();
@@ -563,6 +585,60 @@ async fn an_abort_kills_the_whole_process_tree() {
     panic!(
         "processes survived the abort: {pids:?}\nlog:\n{}",
         daemon.log()
+    );
+}
+
+/// Issue #18: the login shell starts while the job's acknowledgement is in flight. When GitLab
+/// refuses the acknowledgement, that shell (and what its profile started) is killed, and
+/// nothing of the job runs and nothing reaches its log.
+#[tokio::test]
+async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let home = daemon.dir.path();
+    // The profile says which shell read it, and leaves a process behind that left the
+    // shell's process group.
+    std::fs::write(
+        home.join(".bash_profile"),
+        "echo $$ >> \"$HOME/shells\"\nsetsid sleep 300 & echo $! >> \"$HOME/shells\"\n",
+    )
+    .unwrap();
+    // Retried answers give the shell time to read its profile, then GitLab says the job is gone.
+    let update = EndpointFilter::Only(runnel_fake_gitlab::Endpoint::UpdateJob);
+    daemon.fake.fail_next(update, 3, 500);
+    daemon.fake.fail_next(update, 1, 403);
+    let ran = home.join("ran");
+    let id = daemon
+        .fake
+        .enqueue(job("refused").script([format!("touch {}", ran.display())]));
+    daemon.wait_log("GitLab no longer wants this job").await;
+
+    let shells = std::fs::read_to_string(home.join("shells")).unwrap_or_default();
+    let pids: Vec<i32> = shells.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the shell started before the answer: {shells:?}"
+    );
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    for pid in &pids {
+        assert!(
+            gone(*pid),
+            "process {pid} survived the refusal\n{}",
+            daemon.log()
+        );
+    }
+    assert!(!ran.exists(), "the job's script ran");
+    let view = daemon.fake.job(id).expect("the job");
+    assert!(view.trace.is_empty(), "{}", view.trace_text());
+    assert!(
+        view.updates.iter().all(|u| u.state == "running"),
+        "no final state for a refused job"
     );
 }
 
@@ -1100,9 +1176,7 @@ async fn hostile_variable_keys_run_nothing_and_write_nowhere() {
             .variable("GOOD_KEY", "fine")
             .script(["echo good=$GOOD_KEY"]),
     );
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(trace.contains("good=fine"), "{trace}");
     assert!(
         trace.contains("a variable name must be letters, digits and `_` only"),

@@ -210,9 +210,7 @@ async fn key_login_runs_the_job_suite_on_the_ssh_host() {
     let a = daemon.fake.enqueue(job("ssh-a").script(overlap("a", "b")));
     let b = daemon.fake.enqueue(job("ssh-b").script(overlap("b", "a")));
 
-    let view = daemon.finished(ok).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(ok).await;
     for needle in [
         "Preparing the \"ssh\" executor",
         "Using SSH executor...\n",
@@ -266,9 +264,7 @@ async fn key_login_runs_the_job_suite_on_the_ssh_host() {
     );
 
     for (id, me) in [(a, "a"), (b, "b")] {
-        let view = daemon.finished(id).await;
-        let trace = view.trace_text();
-        assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+        let trace = daemon.succeeded(id).await;
         assert!(trace.contains(&format!("overlapped-{me}\n")), "{trace}");
     }
 }
@@ -416,9 +412,7 @@ async fn password_login_and_host_key_checks() {
     let id = daemon
         .fake
         .enqueue(job("ssh-password").script(["echo \"user=$(id -un)\""]));
-    let view = daemon.finished(id).await;
-    let trace = view.trace_text();
-    assert_eq!(view.status, RemoteStatus::Success, "{trace}");
+    let trace = daemon.succeeded(id).await;
     assert!(
         trace.contains(&format!("user={PASSWORD_USER}\n")),
         "{trace}"
