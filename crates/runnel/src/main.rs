@@ -12,6 +12,10 @@ mod docs_check;
 mod logging;
 mod memory;
 mod runner_flags;
+/// The build script's logic, unit-tested here (build.rs includes the same file).
+#[cfg(test)]
+#[path = "../build/symbol_order.rs"]
+mod symbol_order;
 
 use std::process::ExitCode;
 
