@@ -109,6 +109,11 @@ pub struct StageCommand<'a> {
     pub stage: &'a str,
     /// The complete script, fed to the shell on stdin. It exports its own variables.
     pub script: &'a str,
+    /// The stage as Runnel's own housekeeping, for an executor with a shell session to run in
+    /// that shell itself rather than in a subshell (`runnel_job::PlannedStage::inline`): it
+    /// leaves the shell as it found it, and its output and status are `script`'s. Executors
+    /// without a session run `script`.
+    pub inline: Option<&'a str>,
     /// Where the stage runs.
     pub kind: StageKind,
     /// Extra environment for the shell process itself; rarely needed, since scripts export the
@@ -125,6 +130,7 @@ impl fmt::Debug for StageCommand<'_> {
         f.debug_struct("StageCommand")
             .field("stage", &self.stage)
             .field("script_bytes", &self.script.len())
+            .field("inline", &self.inline.is_some())
             .field("kind", &self.kind)
             .field("env_keys", &EnvKeys(self.env))
             .field("deadline", &self.deadline)
@@ -510,12 +516,13 @@ mod tests {
         let cmd = StageCommand {
             stage: "get_sources",
             script: "export CI_JOB_TOKEN=glcbt-secret",
+            inline: None,
             kind: StageKind::Predefined,
             env: &env,
             deadline: None,
         };
         let debug = format!("{cmd:?}");
         assert!(!debug.contains("secret"), "{debug}");
-        insta::assert_snapshot!(debug, @r#"StageCommand { stage: "get_sources", script_bytes: 32, kind: Predefined, env_keys: ["CI_JOB_TOKEN"], deadline: None }"#);
+        insta::assert_snapshot!(debug, @r#"StageCommand { stage: "get_sources", script_bytes: 32, inline: false, kind: Predefined, env_keys: ["CI_JOB_TOKEN"], deadline: None }"#);
     }
 }

@@ -287,9 +287,18 @@ impl ShellExecutor {
             cancel: &cancel,
             deadline: cmd.deadline,
         };
-        session
-            .run(cmd.script, sink, stop, &self.options.kill)
-            .await
+        match cmd.inline {
+            Some(housekeeping) => {
+                session
+                    .run_inline(housekeeping, sink, stop, &self.options.kill)
+                    .await
+            }
+            None => {
+                session
+                    .run(cmd.script, sink, stop, &self.options.kill)
+                    .await
+            }
+        }
     }
 
     async fn end_session(&mut self) {

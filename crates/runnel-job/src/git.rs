@@ -118,7 +118,7 @@ pub(crate) fn write_credential_reject(w: &mut ScriptWriter, ctx: &StageContext<'
         return;
     }
     let reject = w.command_line("git", &["credential", "reject"]);
-    w.line(&format!(
+    w.plain(&format!(
         "{reject} >/dev/null 2>&1 <<'{CREDENTIAL_REQUEST_END}' || true\nurl={url}\nusername=gitlab-ci-token\n{CREDENTIAL_REQUEST_END}"
     ));
 }
@@ -233,8 +233,8 @@ impl<'a, 'b> GitSources<'a, 'b> {
             w.rm_file(&join(&git_dir, file));
         }
         let refs = join(&git_dir, "refs");
-        w.open(&format!("if [ -d {} ]; then", double_quote(&refs)));
-        w.line(&format!(
+        w.open_plain(&format!("if [ -d {} ]; then", double_quote(&refs)));
+        w.plain(&format!(
             "find {} -name {} -type f -exec rm -f {{}} +",
             double_quote(&refs),
             double_quote("*.lock")
@@ -257,11 +257,11 @@ impl<'a, 'b> GitSources<'a, 'b> {
             return;
         }
         let modules = double_quote(&join(&git_dir, "modules"));
-        w.open(&format!("if [ -d {modules} ]; then"));
-        w.line(&format!(
+        w.open_plain(&format!("if [ -d {modules} ]; then"));
+        w.plain(&format!(
             "find {modules} -name config -type f -exec rm -f {{}} +"
         ));
-        w.line(&format!(
+        w.plain(&format!(
             "find {modules} -name hooks -type d -prune -exec rm -r -f {{}} +"
         ));
         w.close("fi");

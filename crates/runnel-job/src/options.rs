@@ -189,6 +189,12 @@ pub struct PlanOptions {
     /// then does not remove it (one `rm` process fewer per job). The stages still make it
     /// when it is missing (a script may remove it), which costs no process when it is there.
     pub temp_dir_by_executor: bool,
+    /// Whether the executor runs a stage's [`crate::PlannedStage::inline`] form, when it has
+    /// one, in its shell session's own shell instead of a subshell (the shell executor's
+    /// session does): Runnel's housekeeping stages (`prepare_script`, `get_sources` without
+    /// git or hooks, `cleanup_file_variables`) then cost no process of their own. Their
+    /// output and status are the full script's.
+    pub inline_housekeeping: bool,
 }
 
 impl PlanOptions {

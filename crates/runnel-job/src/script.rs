@@ -40,6 +40,11 @@ pub(crate) struct ScriptWriter {
     style: ScriptStyle,
     body: String,
     indent: usize,
+    /// Where each top-level command of the body starts ([`ScriptWriter::inline`]).
+    statements: Vec<usize>,
+    /// Whether every line so far is housekeeping that leaves the shell running it as it was
+    /// ([`ScriptWriter::plain`]).
+    plain: bool,
 }
 
 impl ScriptWriter {
@@ -48,6 +53,8 @@ impl ScriptWriter {
             style,
             body: String::new(),
             indent: 0,
+            statements: Vec::new(),
+            plain: true,
         }
     }
 
@@ -55,8 +62,29 @@ impl ScriptWriter {
         self.style.quoting.quote(text)
     }
 
-    /// Writes one raw line.
+    /// Writes one raw line: anything, user commands included.
     pub(crate) fn line(&mut self, text: &str) {
+        self.plain = false;
+        self.push(text);
+    }
+
+    /// Writes one line of Runnel's own housekeeping that leaves the shell running it as it
+    /// was: it sets no variable, option, trap, function or alias, does not change directory,
+    /// reads nothing from stdin and does not `exit`. A stage written only with such lines can
+    /// run in a shell session's own shell ([`ScriptWriter::inline`]).
+    pub(crate) fn plain(&mut self, text: &str) {
+        self.push(text);
+    }
+
+    fn push(&mut self, text: &str) {
+        if self.indent == 0 {
+            self.statements.push(self.body.len());
+        }
+        self.push_continued(text);
+    }
+
+    /// A line that continues the command above it (inside a block, or the block's end).
+    fn push_continued(&mut self, text: &str) {
         for _ in 0..self.indent {
             self.body.push_str("  ");
         }
@@ -70,17 +98,23 @@ impl ScriptWriter {
         self.indent += 1;
     }
 
+    /// [`Self::open`] with a header that is [`Self::plain`] (a test of the file system).
+    pub(crate) fn open_plain(&mut self, header: &str) {
+        self.plain(header);
+        self.indent += 1;
+    }
+
     /// Switches an open `if` block to its `else` branch.
     pub(crate) fn else_branch(&mut self) {
         self.indent = self.indent.saturating_sub(1);
-        self.line("else");
+        self.push_continued("else");
         self.indent += 1;
     }
 
     /// Closes a block with `footer` (e.g. `fi`).
     pub(crate) fn close(&mut self, footer: &str) {
         self.indent = self.indent.saturating_sub(1);
-        self.line(footer);
+        self.push_continued(footer);
     }
 
     /// `_runner_exit_code=$?; …` after a command, when `FF_ENABLE_BASH_EXIT_CODE_CHECK` is on.
@@ -116,18 +150,22 @@ impl ScriptWriter {
     /// process, and most stages find their directories already made).
     pub(crate) fn mkdir(&mut self, dir: &str) {
         let dir = self.quote(dir);
-        self.line(&format!("test -d {dir} || mkdir -p {dir}"));
+        self.plain(&format!("test -d {dir} || mkdir -p {dir}"));
         self.check_for_errors();
     }
 
     /// `rm -r -f <dir>`, preceded by a `chmod` when `set_permissions` is on.
     pub(crate) fn rm_dir(&mut self, dir: &str, set_permissions: bool) {
         if set_permissions {
-            self.open(&format!("if [ -d {} ]; then", double_quote(dir)));
-            self.command("chmod", &["-R", "u+rwX", dir]);
+            self.open_plain(&format!("if [ -d {} ]; then", double_quote(dir)));
+            let chmod = self.command_line("chmod", &["-R", "u+rwX", dir]);
+            self.plain(&chmod);
+            self.check_for_errors();
             self.close("fi");
         }
-        self.command("rm", &["-r", "-f", dir]);
+        let rm = self.command_line("rm", &["-r", "-f", dir]);
+        self.plain(&rm);
+        self.check_for_errors();
     }
 
     /// `rm -f <file>`, run only when something is there to remove.
@@ -144,7 +182,7 @@ impl ScriptWriter {
     /// `rm -f <quoted>` behind a test for the file (or a dangling symlink): the same effect,
     /// without starting a process for the files a fresh job does not have.
     fn remove_existing(&mut self, quoted: &str) {
-        self.line(&format!(
+        self.plain(&format!(
             "if [ -e {quoted} ] || [ -L {quoted} ]; then rm -f {quoted}; fi"
         ));
         self.check_for_errors();
@@ -152,7 +190,7 @@ impl ScriptWriter {
 
     fn echo_colored(&mut self, color: &str, text: &str) {
         let line = format!("echo {}", self.quote(&format!("{color}{text}{ANSI_RESET}")));
-        self.line(&line);
+        self.plain(&line);
     }
 
     /// A bold green message.
@@ -161,7 +199,7 @@ impl ScriptWriter {
     }
 
     pub(crate) fn empty_line(&mut self) {
-        self.line("echo");
+        self.plain("echo");
     }
 
     /// `export KEY=value`, or for file variables the file write and `export KEY=<path>`.
@@ -187,13 +225,18 @@ impl ScriptWriter {
 
     /// Reads the dotenv file earlier stages wrote through `$GITLAB_ENV`.
     pub(crate) fn source_env(&mut self, env_file: &str, temp_dir: &str) {
-        self.temp_dir(temp_dir);
-        // `touch` without a process: creates the file if missing, keeps its contents.
-        self.line(&format!(": >> {}", double_quote(env_file)));
+        self.touch_env(env_file, temp_dir);
         self.line(&format!(
             "while read -r line; do export \"$line\"; done < {}",
             double_quote(env_file)
         ));
+    }
+
+    /// Makes the temp dir and the dotenv file behind `$GITLAB_ENV` if they are missing.
+    pub(crate) fn touch_env(&mut self, env_file: &str, temp_dir: &str) {
+        self.temp_dir(temp_dir);
+        // `touch` without a process: creates the file if missing, keeps its contents.
+        self.plain(&format!(": >> {}", double_quote(env_file)));
     }
 
     /// Creates the job's temp dir (the path is double-quoted, so `$VAR` in it still expands).
@@ -202,13 +245,13 @@ impl ScriptWriter {
     pub(crate) fn temp_dir(&mut self, dir: &str) {
         let dir = double_quote(dir);
         if self.style.private_temp {
-            self.line(&format!(
+            self.plain(&format!(
                 "if [ -L {dir} ] || {{ [ -e {dir} ] && [ ! -d {dir} ]; }}; then rm -f {dir}; fi"
             ));
             // Made 0700 when created; the cleanup stage removes it, so each job makes it anew.
-            self.line(&format!("test -d {dir} || (umask 077 && mkdir -p {dir})"));
+            self.plain(&format!("test -d {dir} || (umask 077 && mkdir -p {dir})"));
         } else {
-            self.line(&format!("test -d {dir} || mkdir -p {dir}"));
+            self.plain(&format!("test -d {dir} || mkdir -p {dir}"));
         }
     }
 
@@ -226,8 +269,37 @@ impl ScriptWriter {
         ));
     }
 
+    /// The body as one list for a shell session to run in its own shell, without the
+    /// subshell, traps and options of [`Self::finish`]: each top-level command runs only if
+    /// the one before succeeded, and the list's status is the first failure's (or 0), as the
+    /// full script's `errexit` gives. `None` unless every line is [`Self::plain`] and the style
+    /// needs nothing only the full script has (`CI_DEBUG_TRACE`'s xtrace, the legacy `eval`).
+    pub(crate) fn inline(&self) -> Option<String> {
+        if !self.plain || self.style.xtrace || self.style.legacy_eval {
+            return None;
+        }
+        if self.statements.is_empty() {
+            return Some(":\n".to_owned());
+        }
+        let mut out = String::with_capacity(self.body.len() + 8 * self.statements.len());
+        let ends = self
+            .statements
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([self.body.len()]);
+        for (index, (start, end)) in self.statements.iter().copied().zip(ends).enumerate() {
+            out.push_str(if index == 0 { "{ " } else { "} && { " });
+            // Each command ends with its line break; the brace closing it goes on the next
+            // line, after a here-document's delimiter too.
+            out.push_str(&self.body[start..end]);
+        }
+        out.push_str("}\n");
+        Some(out)
+    }
+
     /// The complete script: shebang, traps, shell options and the quoted body run by `eval`.
-    pub(crate) fn finish(self) -> String {
+    pub(crate) fn finish(&self) -> String {
         let style = self.style;
         let mut out = format!("#!/usr/bin/env {}\n\n", style.shell.as_str());
         out.push_str("trap 'exit 1' TERM\n\n");
@@ -255,5 +327,80 @@ impl ScriptWriter {
         }
         out.push_str("exit 0\n");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn style() -> ScriptStyle {
+        ScriptStyle {
+            shell: Shell::Bash,
+            quoting: Quoting::AnsiC,
+            exit_code_check: false,
+            legacy_eval: false,
+            xtrace: false,
+            private_temp: true,
+            stage_subshell: true,
+            temp_dir_by_executor: true,
+        }
+    }
+
+    #[test]
+    fn plain_lines_join_into_one_list_that_stops_at_the_first_failure() {
+        let mut w = ScriptWriter::new(style());
+        w.notice("hello");
+        w.rm_dir("/tmp/x y", true);
+        w.plain("git credential reject <<'END' || true\nurl=https://h\nEND");
+        w.mkdir("/tmp/p");
+        let inline = w.inline().expect("all plain");
+        insta::assert_snapshot!(inline, @r#"
+        { echo $'\x1b[32;1mhello\x1b[0;m'
+        } && { if [ -d "/tmp/x y" ]; then
+          chmod -R $'u+rwX' $'/tmp/x y'
+        fi
+        } && { rm -r -f $'/tmp/x y'
+        } && { git credential reject <<'END' || true
+        url=https://h
+        END
+        } && { test -d /tmp/p || mkdir -p /tmp/p
+        }
+        "#);
+        assert_eq!(ScriptWriter::new(style()).inline().as_deref(), Some(":\n"));
+    }
+
+    #[test]
+    fn anything_else_has_no_inline_form() {
+        let writes: [fn(&mut ScriptWriter); 4] = [
+            |w| w.line("echo user command"),
+            |w| w.cd("/tmp"),
+            |w| w.variable(&Variable::new("KEY", "value"), "/tmp/t"),
+            |w| w.source_env("/tmp/t/env", "/tmp/t"),
+        ];
+        for write in writes {
+            let mut w = ScriptWriter::new(style());
+            w.notice("housekeeping");
+            write(&mut w);
+            assert_eq!(w.inline(), None);
+        }
+        for style in [
+            ScriptStyle {
+                xtrace: true,
+                ..style()
+            },
+            ScriptStyle {
+                legacy_eval: true,
+                ..style()
+            },
+            ScriptStyle {
+                exit_code_check: true,
+                ..style()
+            },
+        ] {
+            let mut w = ScriptWriter::new(style);
+            w.mkdir("/tmp/p");
+            assert_eq!(w.inline(), None, "{style:?}");
+        }
     }
 }

@@ -120,6 +120,8 @@ pub struct PlannedStage {
     /// `AFTER_SCRIPT_IGNORE_ERRORS=false`).
     pub ignore_errors: bool,
     script: StageScript,
+    /// [`PlannedStage::inline`].
+    inline: Option<String>,
 }
 
 impl PlannedStage {
@@ -130,6 +132,14 @@ impl PlannedStage {
             StageScript::Fixed(script) => script,
             StageScript::PerStatus(scripts) => &scripts[status.index()],
         }
+    }
+
+    /// The same stage for a shell session to run in its own shell, without a subshell
+    /// ([`crate::PlanOptions::inline_housekeeping`]): only for stages that are Runnel's own
+    /// housekeeping (no user command, no hook, no variable), written so that the shell is left
+    /// as it was. Its output and status are the script's.
+    pub fn inline(&self) -> Option<&str> {
+        self.inline.as_deref()
     }
 }
 
@@ -143,6 +153,7 @@ impl fmt::Debug for PlannedStage {
             .field("attempts", &self.attempts)
             .field("timeout", &self.timeout)
             .field("ignore_errors", &self.ignore_errors)
+            .field("inline", &self.inline.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -220,6 +231,16 @@ impl StageContext<'_> {
             timeout: TimeoutKind::Job,
             ignore_errors: false,
             script: StageScript::Fixed(script),
+            inline: None,
+        }
+    }
+
+    /// `w`'s body as [`PlannedStage::inline`], when the executor runs such stages.
+    fn inline(&self, w: &ScriptWriter) -> Option<String> {
+        if self.opts.inline_housekeeping {
+            w.inline()
+        } else {
+            None
         }
     }
 
@@ -252,16 +273,16 @@ impl StageContext<'_> {
                 tail.strip_prefix('"').unwrap_or_default()
             ),
         };
-        w.line(&format!("echo {message}"));
+        w.plain(&format!("echo {message}"));
         w.rm_file_arg_expand(&self.temp_file(ENV_FILE));
         w.rm_file_arg_expand(&self.temp_file(MASKING_DB));
-        let script = w.finish();
         let mut stage = self.stage(
             "prepare_script",
             StageKind::Predefined,
             StageWhen::OnSuccess,
-            script,
+            w.finish(),
         );
+        stage.inline = self.inline(&w);
         stage.timeout = TimeoutKind::Prepare;
         stage
     }
@@ -318,12 +339,32 @@ impl StageContext<'_> {
     fn get_sources_stage(&self) -> PlannedStage {
         let mut w = self.writer();
         self.write_exports(&mut w, None);
-        self.write_script_hook(
-            &mut w,
-            "pre_clone_script",
-            &self.opts.pre_get_sources_script,
+        self.write_sources(&mut w);
+        let mut stage = self.stage(
+            "get_sources",
+            StageKind::Predefined,
+            StageWhen::OnSuccess,
+            w.finish(),
         );
-        self.write_job_hook(&mut w, "pre_get_sources_script");
+        // Without git or a hook (`GIT_STRATEGY` none or empty) nothing in the stage reads the
+        // job's variables, so its housekeeping runs inline without exporting them; the paths
+        // must then mean the same without them.
+        let literal = |path: &str| !path.contains(['$', '`', '\\']);
+        if literal(&self.dirs.temp_dir) && literal(&self.dirs.project_dir) {
+            let mut housekeeping = self.writer();
+            housekeeping.touch_env(&self.temp_file(ENV_FILE), &self.dirs.temp_dir);
+            self.write_sources(&mut housekeeping);
+            stage.inline = self.inline(&housekeeping);
+        }
+        stage.attempts = self.settings.get_sources_attempts;
+        stage.timeout = TimeoutKind::GetSources;
+        stage
+    }
+
+    /// What `get_sources` does after exporting the variables: hooks, then git.
+    fn write_sources(&self, w: &mut ScriptWriter) {
+        self.write_script_hook(w, "pre_clone_script", &self.opts.pre_get_sources_script);
+        self.write_job_hook(w, "pre_get_sources_script");
         match self.settings.git_strategy {
             GitStrategy::None => {
                 w.notice("Skipping Git repository setup");
@@ -340,15 +381,11 @@ impl StageContext<'_> {
                 w.notice("Skipping Git submodules setup");
             }
             GitStrategy::Clone | GitStrategy::Fetch => {
-                GitSources::new(self).write(&mut w);
+                GitSources::new(self).write(w);
             }
         }
-        self.write_job_hook(&mut w, "post_get_sources_script");
-        self.write_script_hook(
-            &mut w,
-            "post_clone_script",
-            &self.opts.post_get_sources_script,
-        );
+        self.write_job_hook(w, "post_get_sources_script");
+        self.write_script_hook(w, "post_clone_script", &self.opts.post_get_sources_script);
         // As the official runner, so a credential helper keeps no job token from the fetch.
         // Not after `GIT_STRATEGY: none|empty`, where no git ran: the cleanup stage's reject
         // covers whatever the job's own commands stored (one process fewer per such job).
@@ -356,17 +393,8 @@ impl StageContext<'_> {
             self.settings.git_strategy,
             GitStrategy::Clone | GitStrategy::Fetch
         ) {
-            write_credential_reject(&mut w, self);
+            write_credential_reject(w, self);
         }
-        let mut stage = self.stage(
-            "get_sources",
-            StageKind::Predefined,
-            StageWhen::OnSuccess,
-            w.finish(),
-        );
-        stage.attempts = self.settings.get_sources_attempts;
-        stage.timeout = TimeoutKind::GetSources;
-        stage
     }
 
     fn user_step_stage(&self, step: &Step) -> Option<PlannedStage> {
@@ -478,6 +506,7 @@ impl StageContext<'_> {
             StageWhen::Always,
             w.finish(),
         );
+        stage.inline = self.inline(&w);
         stage.timeout = TimeoutKind::Cleanup;
         stage.ignore_errors = true;
         stage

@@ -1078,6 +1078,7 @@ async fn run_stage(
         let command = StageCommand {
             stage: &stage.name,
             script: stage.script(status),
+            inline: stage.inline(),
             kind: match stage.kind {
                 runnel_job::StageKind::Predefined => runnel_executor::StageKind::Predefined,
                 runnel_job::StageKind::Build => runnel_executor::StageKind::Build,
@@ -1466,6 +1467,8 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         // It makes and removes the job's private temp dir itself, when the jobs run as the
         // runner's own user (behind `su`, the scripts make it as that user).
         temp_dir_by_executor: runner.executor == "shell" && context.config.user.is_none(),
+        // And runs Runnel's housekeeping stages in that shell itself, without a subshell.
+        inline_housekeeping: runner.executor == "shell",
     }
 }
 

@@ -422,6 +422,7 @@ async fn cancel_and_deadline_stop_a_sleeping_stage() {
     let cmd = StageCommand {
         stage: "step_script",
         script: "trap 'exit 1' TERM\necho started\nsleep 600\necho not-reached\n",
+        inline: None,
         kind: StageKind::Build,
         env: &[],
         deadline: None,
@@ -441,6 +442,7 @@ async fn cancel_and_deadline_stop_a_sleeping_stage() {
     let cmd = StageCommand {
         stage: "step_script",
         script: "echo waiting\nsleep 600\n",
+        inline: None,
         kind: StageKind::Build,
         env: &[],
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(2)),
@@ -692,6 +694,7 @@ async fn dropping_a_stage_kills_it_and_dropping_the_executor_removes_everything(
     let cmd = StageCommand {
         stage: "step_script",
         script: "echo started\nsleep 600\n",
+        inline: None,
         kind: StageKind::Build,
         env: &[],
         deadline: None,

@@ -106,6 +106,7 @@ async fn a_planned_job_runs_its_stages_in_the_right_containers() {
         let cmd = StageCommand {
             stage: &stage.name,
             script: stage.script(status),
+            inline: None,
             kind,
             env: &[],
             deadline: None,

@@ -28,6 +28,10 @@
 //! end a stage by chance. The shell then waits on stdin for the next stage; the runner decides
 //! in between what comes next, as with separate shells.
 //!
+//! Runnel's own housekeeping stages need no subshell: [`Session::run_inline`] runs commands
+//! that leave the shell as they found it in a brace group instead (`{ . '<file>'\n}
+//! </dev/null`), with the same markers, so such a stage costs no fork of the shell.
+//!
 //! The stage must not learn the nonce (it could then end itself early with a forged status,
 //! or make the runner wait for a marker's end). The braces make the shell read the whole
 //! input, trailer included, before it starts the subshell, so while the stage runs nothing of
@@ -176,10 +180,37 @@ impl Session {
         stop: StopWhen<'_>,
         policy: &KillPolicy,
     ) -> Result<StageExit, ExecutorError> {
+        self.run_stage(Stage::Isolated(script), sink, stop, policy)
+            .await
+    }
+
+    /// Runs `housekeeping` as one stage in the session's shell itself, without the subshell
+    /// [`Session::run`] starts: no process of its own, and the same output, status and
+    /// stopping. Only for Runnel's own commands that leave the shell as they found it (no
+    /// variable, option, trap, directory change, input read or `exit`), such as
+    /// `runnel_job::PlannedStage::inline`; anything else would reach the later stages.
+    pub async fn run_inline(
+        &mut self,
+        housekeeping: &str,
+        sink: &dyn OutputSink,
+        stop: StopWhen<'_>,
+        policy: &KillPolicy,
+    ) -> Result<StageExit, ExecutorError> {
+        self.run_stage(Stage::Inline(housekeeping), sink, stop, policy)
+            .await
+    }
+
+    async fn run_stage(
+        &mut self,
+        stage: Stage<'_>,
+        sink: &dyn OutputSink,
+        stop: StopWhen<'_>,
+        policy: &KillPolicy,
+    ) -> Result<StageExit, ExecutorError> {
         if !self.alive {
             return Err(self.closed_error());
         }
-        let (input, script_file) = self.stage_input(script)?;
+        let (input, script_file) = self.stage_input(stage)?;
         let _remove_script = script_file.map(RemoveOnDrop);
         let pid = self.group.pid();
         let (end, reported) = {
@@ -371,8 +402,18 @@ impl Session {
         }
     }
 
-    /// The text that runs `script` as one stage, and the file it was written to, if any.
-    fn stage_input(&mut self, script: &str) -> Result<(Vec<u8>, Option<PathBuf>), ExecutorError> {
+    /// The text that runs `stage`, and the file its script was written to, if any.
+    fn stage_input(
+        &mut self,
+        stage: Stage<'_>,
+    ) -> Result<(Vec<u8>, Option<PathBuf>), ExecutorError> {
+        let (script, open, close) = match stage {
+            // A subshell keeps the stage's variables, `cd`, traps and `exit` to itself.
+            Stage::Isolated(script) => (script, "(", ")"),
+            // A brace group with its own stdin runs in the shell itself; what it leaves
+            // behind is only the status.
+            Stage::Inline(housekeeping) => (housekeeping, "{", "}"),
+        };
         // A fresh nonce per stage. The marker is `\0RUNNEL-<hex>`; printf spells the NUL as
         // `\000`.
         let nonce = nonce();
@@ -384,9 +425,12 @@ impl Session {
         input.push_str("{ ");
         let file = match &self.scripts {
             None => {
-                input.push_str("(\n");
+                input.push_str(open);
+                input.push('\n');
                 input.push_str(script);
-                input.push_str("\n) </dev/null\n");
+                input.push('\n');
+                input.push_str(close);
+                input.push_str(" </dev/null\n");
                 None
             }
             Some(dir) => {
@@ -397,7 +441,11 @@ impl Session {
                     source,
                 })?;
                 // The directory comes from `tempfile`: letters, digits and `-`, `_`, `.`, `/`.
-                input.push_str(&format!("( . '{}' ) </dev/null\n", path.display()));
+                // (`.` reads the file in one go; the line break lets `}` close the group.)
+                input.push_str(&format!(
+                    "{open} . '{}'\n{close} </dev/null\n",
+                    path.display()
+                ));
                 Some(path)
             }
         };
@@ -406,6 +454,15 @@ impl Session {
         ));
         Ok((input.into_bytes(), file))
     }
+}
+
+/// A stage's text and how the session's shell runs it.
+#[derive(Clone, Copy)]
+enum Stage<'a> {
+    /// A stage script, in a subshell ([`Session::run`]).
+    Isolated(&'a str),
+    /// Housekeeping, in the shell itself ([`Session::run_inline`]).
+    Inline(&'a str),
 }
 
 /// Writes `text` to a new file only its owner can read. Synchronous: a stage script is a few

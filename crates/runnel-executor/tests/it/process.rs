@@ -463,6 +463,84 @@ exit 7"#;
     }
 }
 
+/// `Session::run_inline`: housekeeping runs in the session's shell itself (no process of its
+/// own), its output and status come back as a stage's do, a failure gives the failed
+/// command's status and skips the rest, and the stages after it run as before, in both
+/// deliveries.
+#[tokio::test]
+async fn housekeeping_runs_in_the_session_shell_itself() {
+    use runnel_executor::process::{ScriptDelivery, Session};
+    for delivery in [ScriptDelivery::Stdin, ScriptDelivery::Files] {
+        let sink = Recorder::default();
+        let mut session = Session::start(&bash(""), delivery, &sink).expect("session starts");
+        let cancel = CancellationToken::new();
+        let stop = StopWhen {
+            cancel: &cancel,
+            deadline: None,
+        };
+        let inline = Recorder::default();
+        let exit = within(
+            "the housekeeping",
+            session.run_inline(
+                "{ echo \"shell $$ in $BASHPID\"\n} && { echo to stderr >&2\n}\n",
+                &inline,
+                stop,
+                &QUICK,
+            ),
+        )
+        .await
+        .expect("housekeeping runs");
+        assert_eq!(exit, StageExit::Exited(0), "{delivery:?}");
+        let out = inline.stdout();
+        let (own, current) = out
+            .trim_end()
+            .strip_prefix("shell ")
+            .and_then(|rest| rest.split_once(" in "))
+            .expect("the pids");
+        assert_eq!(own, current, "{delivery:?}: no subshell ran it");
+        assert_eq!(
+            own,
+            session.pid().to_string(),
+            "{delivery:?}: the shell itself"
+        );
+        assert_eq!(inline.stderr(), "to stderr\n");
+
+        let failed = Recorder::default();
+        let exit = within(
+            "failing housekeeping",
+            session.run_inline(
+                "{ echo first\n} && { (exit 3)\n} && { echo never\n}\n",
+                &failed,
+                stop,
+                &QUICK,
+            ),
+        )
+        .await
+        .expect("housekeeping runs");
+        assert_eq!(
+            exit,
+            StageExit::Exited(3),
+            "{delivery:?}: the failure's status"
+        );
+        assert_eq!(
+            failed.stdout(),
+            "first\n",
+            "{delivery:?}: the rest is skipped"
+        );
+
+        let next = Recorder::default();
+        let exit = within(
+            "the next stage",
+            session.run("echo \"next $$\"; exit 4", &next, stop, &QUICK),
+        )
+        .await
+        .expect("next stage runs");
+        session.close().await;
+        assert_eq!(exit, StageExit::Exited(4));
+        assert_eq!(next.stdout(), format!("next {own}\n"), "{delivery:?}");
+    }
+}
+
 /// Review M5 (`scratch/p8`): a job started `setsid nohup … &`, which outlived the job and read
 /// the next job's secrets. The session shell is the subreaper of what its stages start, so
 /// processes that left the process group (setsid, a double fork) die with the session too.

@@ -16,6 +16,7 @@ fn stage(script: &str) -> StageCommand<'_> {
     StageCommand {
         stage: "step_script",
         script,
+        inline: None,
         kind: StageKind::Build,
         env: &[],
         deadline: None,

@@ -274,3 +274,144 @@ fn a_stage_sourced_in_a_subshell_behaves_like_the_official_script() {
         );
     }
 }
+
+/// Options as the shell executor's runner sets them: stages sourced in the session's
+/// subshell, and housekeeping run in the session's shell itself.
+fn session_opts(dir: &std::path::Path) -> runnel_job::PlanOptions {
+    let mut options = opts();
+    options.builds_dir = dir.join("builds").to_string_lossy().into_owned();
+    options.cache_dir = dir.join("cache").to_string_lossy().into_owned();
+    options.stage_subshell = true;
+    options.inline_housekeeping = true;
+    options
+}
+
+/// What a shell's state looks like to later stages: options, traps, directory, umask,
+/// functions and exported variables.
+const SHELL_STATE: &str = "echo \"opts $- $(set -o | grep -E 'errexit|pipefail|noclobber|xtrace' | tr -s ' \\t' ' ' | tr '\\n' ,)\"; \
+     echo \"traps [$(trap -p)] pwd $PWD umask $(umask)\"; declare -F; env | LC_ALL=C sort";
+
+/// `PlanOptions::inline_housekeeping`: `prepare_script`, `get_sources` without git and
+/// `cleanup_file_variables` run in the session's shell itself with the output, status and file
+/// system effects of their scripts run as the session runs a stage, and leave that shell's
+/// state as it was; a failure stops them where the script's `errexit` stops.
+#[test]
+fn housekeeping_stages_run_inline_like_their_scripts_and_leave_the_shell_alone() {
+    let stages = ["prepare_script", "get_sources", "cleanup_file_variables"];
+    // Each side gets its own directory with the same layout (the paths only differ in it).
+    let run = |inline: bool, block_project: bool| {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let plan = plan_ok(&job(), &session_opts(tmp.path()));
+        if block_project {
+            // A file where the project directory goes: `mkdir -p` fails.
+            let project = std::path::Path::new(&plan.dirs.project_dir);
+            std::fs::create_dir_all(project.parent().expect("parent")).expect("parent dir");
+            std::fs::write(project, "in the way").expect("blocking file");
+        }
+        let mut outputs = Vec::new();
+        for name in stages {
+            let stage = plan.stage(name).expect("stage planned");
+            let file = tmp.path().join(format!("{name}.sh"));
+            let session = if inline {
+                let housekeeping = stage.inline().expect("an inline form");
+                std::fs::write(&file, housekeeping).expect("write the stage");
+                format!(
+                    "{{ {SHELL_STATE}; }} > before.state\n{{ . '{}'\n}} </dev/null; echo \"status $?\" >&2; {{ {SHELL_STATE}; }} > after.state\n",
+                    file.display()
+                )
+            } else {
+                std::fs::write(&file, stage.script(runnel_job::JobStatus::Success))
+                    .expect("write the stage");
+                format!(
+                    "( . '{}' ) </dev/null; echo \"status $?\" >&2\n",
+                    file.display()
+                )
+            };
+            let (code, stdout, stderr) = run_bash(&session, tmp.path());
+            assert_eq!(code, 0, "{name}: {stderr}");
+            let root = tmp.path().to_string_lossy().into_owned();
+            let status = stderr.lines().last().unwrap_or_default().to_owned();
+            outputs.push((name, stdout.replace(&root, "<dir>"), status));
+            if inline {
+                let read = |state: &str| {
+                    std::fs::read_to_string(tmp.path().join(state)).expect("shell state")
+                };
+                let (before, after) = (read("before.state"), read("after.state"));
+                assert_eq!(before, after, "{name} left the shell as it was");
+            }
+        }
+        let project = std::path::Path::new(&plan.dirs.project_dir);
+        let effects = (
+            project.is_dir(),
+            std::path::Path::new(&plan.dirs.temp_dir).exists(),
+        );
+        (outputs, effects)
+    };
+    for block_project in [false, true] {
+        let (scripts, script_effects) = run(false, block_project);
+        let (inline, inline_effects) = run(true, block_project);
+        assert_eq!(
+            scripts, inline,
+            "same output and status (blocked: {block_project})"
+        );
+        assert_eq!(script_effects, inline_effects, "same effects");
+        let get_sources = &inline[1];
+        if block_project {
+            assert_ne!(
+                get_sources.2, "status 0",
+                "the failed mkdir fails the stage"
+            );
+            assert!(
+                !get_sources.1.contains("Skipping Git checkout"),
+                "nothing runs after the failure: {:?}",
+                get_sources.1
+            );
+        } else {
+            assert_eq!(get_sources.2, "status 0");
+            assert!(get_sources.1.contains("Skipping Git submodules setup"));
+        }
+    }
+}
+
+/// Only Runnel's own housekeeping has an inline form: not stages with git, a hook, user
+/// commands or variables, not with `CI_DEBUG_TRACE` or the exit code check, and not for an
+/// executor that does not ask for it.
+#[test]
+fn only_housekeeping_has_an_inline_form() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let inline_of = |job: &runnel_types::JobSpec, options: &runnel_job::PlanOptions| {
+        let plan = plan_ok(job, options);
+        [
+            "prepare_script",
+            "get_sources",
+            "step_script",
+            "cleanup_file_variables",
+        ]
+        .map(|name| plan.stage(name).and_then(|s| s.inline()).is_some())
+    };
+    let options = session_opts(tmp.path());
+    assert_eq!(inline_of(&job(), &options), [true, true, false, true]);
+    let mut clone = job();
+    clone.variables.retain(|v| v.key != "GIT_STRATEGY");
+    crate::support::set_var(&mut clone, "GIT_STRATEGY", "clone");
+    assert_eq!(inline_of(&clone, &options), [true, false, false, true]);
+    let mut hooked = options.clone();
+    hooked.pre_get_sources_script = "echo hook".into();
+    assert_eq!(inline_of(&job(), &hooked), [true, false, false, true]);
+    for (key, value) in [
+        ("CI_DEBUG_TRACE", "true"),
+        ("FF_ENABLE_BASH_EXIT_CODE_CHECK", "true"),
+        ("FF_USE_LEGACY_BASH_EVAL", "true"),
+    ] {
+        let mut flagged = job();
+        crate::support::set_var(&mut flagged, key, value);
+        assert_eq!(
+            inline_of(&flagged, &options),
+            [false, false, false, false],
+            "{key}"
+        );
+    }
+    let mut other = options.clone();
+    other.inline_housekeeping = false;
+    assert_eq!(inline_of(&job(), &other), [false, false, false, false]);
+}
