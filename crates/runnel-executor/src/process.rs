@@ -398,6 +398,20 @@ impl ProcessGroup {
         false
     }
 
+    /// Lets the leader run on and end by itself (reaped by a thread of its own when it does):
+    /// the guard no longer kills anything.
+    fn release(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let reaper = std::thread::Builder::new()
+            .name("runnel-reaper".to_owned())
+            .spawn(move || child.wait());
+        if let Err(error) = reaper {
+            warn!(pid = self.pid(), %error, "failed to start a reaper thread");
+        }
+    }
+
     /// Collects the leader's exit status. Call only once the leader has exited.
     fn reap(&mut self) -> Result<ExitStatus, ExecutorError> {
         let pid = self.pid();
@@ -418,6 +432,20 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
+        // Dropped unreaped (a session never closed, such as a shell that waited for a job
+        // the runner did not get): what left the group goes first, while the leader (their
+        // subreaper, if it is one) still holds them. One look: nothing here may wait.
+        if self.child.is_some()
+            && let Some(all) = descendants(self.leader)
+        {
+            for (pid, pgid) in all {
+                if pgid != self.leader
+                    && let Err(error) = nix::sys::signal::kill(pid, Signal::SIGKILL)
+                {
+                    debug!(pid = pid.as_raw(), %error, "cannot kill a leftover process");
+                }
+            }
+        }
         self.signal(Signal::SIGKILL);
         let Some(mut child) = self.child.take() else {
             return;

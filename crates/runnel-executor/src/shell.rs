@@ -16,8 +16,9 @@
 //! group the runner supervises. Stopping a stage then reaches `su`, which passes `SIGTERM` on to
 //! the shell, but background processes the script started are not killed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -108,6 +109,7 @@ impl Invocation {
 pub struct ShellProvider {
     options: Arc<ShellOptions>,
     invocation: Arc<Invocation>,
+    warm: Arc<WarmShell>,
 }
 
 impl ShellProvider {
@@ -118,8 +120,245 @@ impl ShellProvider {
         Ok(ShellProvider {
             options: Arc::new(options),
             invocation: Arc::new(invocation),
+            warm: Arc::new(WarmShell::new(WARM_SHELL_MAX_AGE)),
         })
     }
+}
+
+/// How long a login shell started for the next job may wait for it. An older one is closed
+/// and the job starts its own, so a job never gets a profile read long before it came.
+const WARM_SHELL_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// How long a shell started for the next job may take to read its profile before it is
+/// given up (a job-started shell with such a profile would be as slow).
+const WARM_SHELL_START_LIMIT: Duration = Duration::from_secs(60);
+
+/// The next job's login shell, started while the runner waits for that job.
+///
+/// Reading the login profile is the slowest part of a job's start (`bash -l` with Debian's
+/// `/etc/profile` runs `id`; user profiles often do much more). Once a job of the runner has
+/// taken its shell, another one is started for the next job in the same builds directory, with
+/// no job environment: the job's extra environment (its tag) is exported in it when a job takes
+/// it ([`Session::export`]), so its profile runs without it. Each job still gets a login shell of its own, read once; only when it
+/// was started changes. Shells behind `su` (a configured `user`) are never started ahead: they
+/// open a login session for another user.
+#[derive(Debug)]
+struct WarmShell {
+    state: std::sync::Mutex<Warm>,
+    max_age: Duration,
+}
+
+#[derive(Debug, Default)]
+enum Warm {
+    #[default]
+    Empty,
+    /// A shell is being started for the next job.
+    Starting,
+    Ready {
+        session: Box<Session>,
+        /// What its profile printed, for the first stage of the job that takes it.
+        profile_output: Vec<(OutputStream, Vec<u8>)>,
+        dir: PathBuf,
+        since: Instant,
+    },
+}
+
+/// The most a waiting shell's profile may print: it is kept for the job that takes the
+/// shell. A profile that prints more makes the shell unusable; the job starts its own, whose
+/// profile output streams as usual.
+const PROFILE_OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// Keeps what a waiting shell's profile prints, up to [`PROFILE_OUTPUT_LIMIT`].
+#[derive(Default)]
+struct ProfileOutput(std::sync::Mutex<(Vec<(OutputStream, Vec<u8>)>, usize, bool)>);
+
+impl OutputSink for ProfileOutput {
+    fn write(&self, stream: OutputStream, bytes: &[u8]) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (chunks, size, overflow) = &mut *kept;
+        *size += bytes.len();
+        if *size > PROFILE_OUTPUT_LIMIT {
+            *overflow = true;
+            chunks.clear();
+        } else {
+            chunks.push((stream, bytes.to_vec()));
+        }
+    }
+}
+
+impl ProfileOutput {
+    /// The output, unless there was more than the limit.
+    fn into_chunks(self) -> Option<Vec<(OutputStream, Vec<u8>)>> {
+        let (chunks, _, overflow) = self
+            .0
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (!overflow).then_some(chunks)
+    }
+}
+
+impl WarmShell {
+    fn new(max_age: Duration) -> Self {
+        WarmShell {
+            state: std::sync::Mutex::new(Warm::Empty),
+            max_age,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Warm> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The shell waiting for a job in `dir` with what its profile printed, if one is there
+    /// and young enough; an unusable one comes back as the second value, to be closed.
+    fn take(&self, dir: &Path) -> (Option<(Session, ProfileChunks)>, Option<Session>) {
+        let mut state = self.lock();
+        if !matches!(&*state, Warm::Ready { .. }) {
+            return (None, None);
+        }
+        let Warm::Ready {
+            session,
+            profile_output,
+            dir: started_in,
+            since,
+        } = std::mem::take(&mut *state)
+        else {
+            return (None, None);
+        };
+        if started_in == dir && since.elapsed() <= self.max_age && session.shell_running() {
+            (Some((*session, profile_output)), None)
+        } else {
+            (None, Some(*session))
+        }
+    }
+
+    /// Starts a shell for the next job in `dir` unless one is waiting or starting already.
+    /// It counts as waiting once it answered a first (empty) stage, so its profile has run:
+    /// a shell is never killed in the middle of its profile for want of a job (which could
+    /// leave the profile's lock files behind), only when it takes longer than the shell may
+    /// wait.
+    fn refill(self: &Arc<Self>, dir: PathBuf, invocation: Arc<Invocation>, kill: KillPolicy) {
+        {
+            let mut state = self.lock();
+            if !matches!(&*state, Warm::Empty) {
+                return;
+            }
+            *state = Warm::Starting;
+        }
+        let warm = Arc::clone(self);
+        tokio::spawn(async move {
+            let ready = warm.start(dir.clone(), invocation, kill).await;
+            let mut state = warm.lock();
+            match ready {
+                Some((session, profile_output)) if matches!(&*state, Warm::Starting) => {
+                    debug!(pid = session.pid(), "a login shell waits for the next job");
+                    *state = Warm::Ready {
+                        session: Box::new(session),
+                        profile_output,
+                        dir,
+                        since: Instant::now(),
+                    };
+                }
+                // Dropping it kills it (its profile has run).
+                Some(_) => {}
+                None => *state = Warm::Empty,
+            }
+        });
+    }
+
+    /// Starts the login shell and waits until it has read its profile.
+    async fn start(
+        &self,
+        dir: PathBuf,
+        invocation: Arc<Invocation>,
+        kill: KillPolicy,
+    ) -> Option<(Session, ProfileChunks)> {
+        let started = tokio::task::spawn_blocking(move || {
+            start_session(&dir, &invocation, &[], ScriptDelivery::Files)
+        })
+        .await;
+        let session = match started {
+            Ok(Ok(session)) => session,
+            Ok(Err(error)) => {
+                debug!(%error, "could not start a login shell for the next job");
+                return None;
+            }
+            Err(error) => {
+                debug!(%error, "could not start a login shell for the next job");
+                return None;
+            }
+        };
+        let output = ProfileOutput::default();
+        let never = CancellationToken::new();
+        let stop = StopWhen {
+            cancel: &never,
+            deadline: Some(tokio::time::Instant::now() + WARM_SHELL_START_LIMIT),
+        };
+        // Dropped while the profile runs (the runner stopping): let the shell finish it.
+        let mut unready = Unready(Some(session));
+        let session = unready.0.as_mut()?;
+        let ready = session.run_inline(":\n", &output, stop, &kill).await;
+        let session = unready.0.take()?;
+        match ready {
+            Ok(StageExit::Exited(0)) => match output.into_chunks() {
+                Some(chunks) => Some((session, chunks)),
+                None => {
+                    debug!(
+                        "the profile printed too much to keep; the next job starts its own shell"
+                    );
+                    session.close().await;
+                    None
+                }
+            },
+            other => {
+                debug!(?other, "a login shell for the next job did not get ready");
+                session.close().await;
+                None
+            }
+        }
+    }
+}
+
+/// A shell still reading its profile: released, not killed, if dropped ([`Session::release`]).
+struct Unready(Option<Session>);
+
+impl Drop for Unready {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            session.release();
+        }
+    }
+}
+
+/// What a waiting shell's profile printed, in order.
+type ProfileChunks = Vec<(OutputStream, Vec<u8>)>;
+
+/// Makes `dir` and starts the login shell of a session in it (blocking: forks the runner).
+fn start_session(
+    dir: &Path,
+    invocation: &Invocation,
+    env: &[(String, String)],
+    delivery: ScriptDelivery,
+) -> Result<Session, ExecutorError> {
+    std::fs::create_dir_all(dir).map_err(|source| ExecutorError::CreateDir {
+        purpose: "builds",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let args: Vec<&str> = invocation.args.iter().map(String::as_str).collect();
+    let spec = ProcessSpec {
+        program: &invocation.program,
+        args: &args,
+        cwd: Some(dir),
+        env,
+        stdin: &[],
+    };
+    Session::start(&spec, delivery, &NoOutput)
 }
 
 impl Provider for ShellProvider {
@@ -131,6 +370,9 @@ impl Provider for ShellProvider {
         Ok(Box::new(ShellExecutor {
             options: Arc::clone(&self.options),
             invocation: Arc::clone(&self.invocation),
+            warm: Arc::clone(&self.warm),
+            profile_output: Vec::new(),
+            refill_dir: None,
             builds_dir: None,
             temp_dir: None,
             session: None,
@@ -149,6 +391,14 @@ impl Provider for ShellProvider {
 pub struct ShellExecutor {
     options: Arc<ShellOptions>,
     invocation: Arc<Invocation>,
+    /// The provider's shell for the next job ([`WarmShell`]).
+    warm: Arc<WarmShell>,
+    /// Where the next job's shell is started once this job is over (where this job's shell
+    /// was started early), [`WarmShell`].
+    refill_dir: Option<PathBuf>,
+    /// What the profile of the shell this job took from [`WarmShell`] printed: the first
+    /// stage's output starts with it, as it would with a shell started for the job.
+    profile_output: ProfileChunks,
     /// Where processes start; set by `prepare`.
     builds_dir: Option<PathBuf>,
     /// The job's private temp dir this executor made, removed by `cleanup`.
@@ -174,51 +424,81 @@ impl ShellExecutor {
         }
     }
 
-    /// Starts the job's login shell in its builds directory (made first, as `prepare` makes
-    /// it), off the runtime's threads: forking the runner and waiting for the shell's `exec`
-    /// is the slow part, and the job's acknowledgement is in flight meanwhile.
+    /// Gets the job's login shell going in its builds directory (made first, as `prepare`
+    /// makes it): the one started ahead for this job when there is one ([`WarmShell`]),
+    /// else a new one, off the runtime's threads (forking the runner and waiting for the
+    /// shell's `exec` is the slow part, and the job's acknowledgement is in flight meanwhile).
+    /// Either way another one is then started for the next job.
     async fn start_session_early(&mut self, ctx: &EarlyStart<'_>, sink: &dyn OutputSink) -> bool {
         if self.session.is_some() {
             return true;
         }
         let dir = ctx.builds_dir.to_path_buf();
-        let env = ctx.env.to_vec();
-        let invocation = Arc::clone(&self.invocation);
-        let delivery = self.delivery();
-        let started = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|source| ExecutorError::CreateDir {
-                purpose: "builds",
-                path: dir.clone(),
-                source,
-            })?;
-            let args: Vec<&str> = invocation.args.iter().map(String::as_str).collect();
-            let spec = ProcessSpec {
-                program: &invocation.program,
-                args: &args,
-                cwd: Some(&dir),
-                env: &env,
-                stdin: &[],
-            };
-            Session::start(&spec, delivery, &NoOutput)
-        })
-        .await;
-        match started {
-            Ok(Ok(session)) => {
-                sink.process_group_started(session.pid());
-                self.session = Some(session);
-                self.session_dir = Some(ctx.builds_dir.to_path_buf());
-                true
+        let session = match self.take_warm(&dir).await {
+            Some((mut session, profile_output)) => {
+                self.profile_output = profile_output;
+                // It was started without the job's environment.
+                if let Err(error) = session.export(ctx.env) {
+                    debug!(%error, "could not export the job's environment in its shell");
+                    self.contained &= session.close().await;
+                    return false;
+                }
+                session
             }
-            // The first stage tries again and reports what goes wrong.
-            Ok(Err(error)) => {
-                debug!(%error, "could not start the shell session early");
-                false
+            None => {
+                let invocation = Arc::clone(&self.invocation);
+                let delivery = self.delivery();
+                let made = dir.clone();
+                let env = ctx.env.to_vec();
+                let started = tokio::task::spawn_blocking(move || {
+                    start_session(&made, &invocation, &env, delivery)
+                })
+                .await;
+                match started {
+                    Ok(Ok(session)) => session,
+                    // The first stage tries again and reports what goes wrong.
+                    Ok(Err(error)) => {
+                        debug!(%error, "could not start the shell session early");
+                        return false;
+                    }
+                    Err(error) => {
+                        debug!(%error, "could not start the shell session early");
+                        return false;
+                    }
+                }
             }
-            Err(error) => {
-                debug!(%error, "could not start the shell session early");
-                false
-            }
+        };
+        self.refill_dir = self.may_start_ahead().then(|| dir.clone());
+        sink.process_group_started(session.pid());
+        self.session = Some(session);
+        self.session_dir = Some(dir);
+        true
+    }
+
+    /// The provider's shell for the next job, when this executor may use one and it was
+    /// started in `dir`; one it cannot use is closed.
+    async fn take_warm(&mut self, dir: &Path) -> Option<(Session, ProfileChunks)> {
+        if !self.may_start_ahead() {
+            return None;
         }
+        let (session, unusable) = self.warm.take(dir);
+        if let Some(unusable) = unusable {
+            unusable.close().await;
+        }
+        session
+    }
+
+    /// Starts the next job's login shell where this job's was started early ([`WarmShell`]).
+    fn start_next_shell(&mut self) {
+        if let Some(dir) = self.refill_dir.take() {
+            self.warm
+                .refill(dir, Arc::clone(&self.invocation), self.options.kill);
+        }
+    }
+
+    /// Whether this runner's shells may be started before their job ([`WarmShell`]).
+    fn may_start_ahead(&self) -> bool {
+        self.delivery() == ScriptDelivery::Files
     }
 
     async fn prepare_dirs(&mut self, ctx: &PrepareContext<'_>) -> Result<(), ExecutorError> {
@@ -227,6 +507,7 @@ impl ShellExecutor {
             && let Some(session) = self.session.take()
         {
             self.contained &= session.close().await;
+            self.profile_output.clear();
         }
         create_dir("builds", ctx.builds_dir.to_path_buf()).await?;
         // A cache problem must never fail a job: the cache stages warn on their own.
@@ -283,6 +564,9 @@ impl ShellExecutor {
             }
         };
         let session = self.session.insert(session);
+        for (stream, bytes) in std::mem::take(&mut self.profile_output) {
+            sink.write(stream, &bytes);
+        }
         let stop = StopWhen {
             cancel: &cancel,
             deadline: cmd.deadline,
@@ -440,7 +724,30 @@ impl Executor for ShellExecutor {
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
         self.builds_dir = None;
         self.session_dir = None;
-        Box::pin(self.end_session())
+        Box::pin(async move {
+            self.end_session().await;
+            self.start_next_shell();
+        })
+    }
+
+    /// [`Executor::cleanup`], with the next job's login shell started after the final state
+    /// is reported: its profile then does not compete with the end of this job.
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+        self.builds_dir = None;
+        self.session_dir = None;
+        Box::pin(async move {
+            self.end_session().await;
+            let dir = self.refill_dir.take()?;
+            let (warm, invocation, kill) = (
+                Arc::clone(&self.warm),
+                Arc::clone(&self.invocation),
+                self.options.kill,
+            );
+            let later: BoxFuture<'static, ()> = Box::pin(async move {
+                warm.refill(dir, invocation, kill);
+            });
+            Some(later)
+        })
     }
 
     /// Each session's shell is the child subreaper of everything its stages start, so while
@@ -484,6 +791,43 @@ mod tests {
         remove_private_dir(&temp).expect("removed");
         assert!(!temp.exists());
         remove_private_dir(&temp).expect("a missing one is fine");
+    }
+
+    /// A shell that waited longer than the provider allows is handed back to be closed, not
+    /// used; so is one started in another directory.
+    #[tokio::test]
+    async fn a_shell_that_waited_too_long_or_elsewhere_is_not_used() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let invocation =
+            Arc::new(Invocation::new(&ShellOptions::default(), false).expect("invocation"));
+        for (max_age, dir) in [
+            (Duration::ZERO, root.path().to_path_buf()),
+            (Duration::from_secs(600), root.path().join("elsewhere")),
+        ] {
+            let warm = Arc::new(WarmShell::new(max_age));
+            warm.refill(
+                root.path().to_path_buf(),
+                Arc::clone(&invocation),
+                KillPolicy::default(),
+            );
+            for _ in 0..400 {
+                if matches!(&*warm.lock(), Warm::Ready { .. }) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let (usable, stale) = warm.take(&dir);
+            assert!(usable.is_none());
+            let stale = stale.expect("the waiting shell comes back");
+            let pid = nix::unistd::Pid::from_raw(stale.pid().cast_signed());
+            assert!(stale.close().await, "nothing of it is left");
+            assert!(
+                nix::sys::signal::kill(pid, None).is_err(),
+                "the shell is gone"
+            );
+            assert!(matches!(&*warm.lock(), Warm::Empty));
+        }
     }
 
     fn options(shell: Shell, user: Option<&str>) -> ShellOptions {

@@ -180,6 +180,13 @@ pub(crate) struct RunnerState {
     /// The kubernetes provider of this entry, made once like the docker one (concurrency slots
     /// and the pods the leftover sweep spares live there).
     kubernetes: Mutex<Option<KubernetesProviderCache>>,
+    /// The shell provider and the options it was made with.
+    shell: Mutex<
+        Option<(
+            runnel_executor::ShellOptions,
+            Arc<runnel_executor::ShellProvider>,
+        )>,
+    >,
 }
 
 /// A kubernetes provider and the entry it was made from.
@@ -211,7 +218,30 @@ impl RunnerState {
             retired: CancellationToken::new(),
             docker: Mutex::new(None),
             kubernetes: Mutex::new(None),
+            shell: Mutex::new(None),
         })
+    }
+
+    /// The shell provider for `options`: the one made before when they are unchanged (it
+    /// keeps the next job's login shell waiting), else a new one.
+    pub(crate) fn shell_provider(
+        &self,
+        options: runnel_executor::ShellOptions,
+    ) -> Result<Arc<runnel_executor::ShellProvider>, String> {
+        let mut cached = self
+            .shell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((made_with, provider)) = cached.as_ref()
+            && *made_with == options
+        {
+            return Ok(Arc::clone(provider));
+        }
+        let provider = Arc::new(
+            runnel_executor::ShellProvider::new(options.clone()).map_err(|e| e.to_string())?,
+        );
+        *cached = Some((options, Arc::clone(&provider)));
+        Ok(provider)
     }
 
     /// The docker provider for `spec`: the one made before when `spec`'s `[[runners]]` entry
@@ -1171,6 +1201,7 @@ async fn run_received_job(
         config.user.as_deref(),
         || runner.docker_provider(&spec, &config.system_id),
         || runner.kubernetes_provider(&spec),
+        |options| runner.shell_provider(options),
     ));
     let context = JobContext {
         tracked,

@@ -1235,6 +1235,9 @@ pub(crate) fn provider_for(
     user: Option<&str>,
     docker: impl FnOnce() -> Result<Arc<runnel_executor_docker::DockerProvider>, String>,
     kubernetes: impl FnOnce() -> Result<Arc<runnel_executor_kubernetes::KubernetesProvider>, String>,
+    shell_provider: impl FnOnce(
+        runnel_executor::ShellOptions,
+    ) -> Result<Arc<runnel_executor::ShellProvider>, String>,
 ) -> Result<Arc<dyn Provider>, String> {
     if let Some(shell) = runner.unsupported_shell() {
         return Err(format!(
@@ -1255,9 +1258,7 @@ pub(crate) fn provider_for(
                 user: user.map(str::to_owned),
                 ..runnel_executor::ShellOptions::default()
             };
-            let provider =
-                runnel_executor::ShellProvider::new(options).map_err(|e| e.to_string())?;
-            Ok(Arc::new(provider))
+            Ok(shell_provider(options)?)
         }
         "custom" | "ssh"
             if runner

@@ -92,8 +92,11 @@ pub struct Session {
     /// `\0RUNNEL-<nonce>`: the start of both markers of the current stage (a new nonce per
     /// stage).
     marker: Vec<u8>,
-    /// The extra environment the shell was started with.
+    /// The extra environment of the shell: what it was started with, then what
+    /// [`Session::export`] exported in it.
     env: Vec<(String, String)>,
+    /// The `export` commands the next stage's input starts with.
+    pending_exports: String,
     alive: bool,
     /// With [`ScriptDelivery::Files`]: the session's private directory for stage scripts.
     scripts: Option<tempfile::TempDir>,
@@ -148,6 +151,7 @@ impl Session {
             stderr: Marked::new(pipes.stderr),
             marker: Vec::new(),
             env: spec.env.to_vec(),
+            pending_exports: String::new(),
             alive: true,
             scripts,
             stages: 0,
@@ -165,9 +169,47 @@ impl Session {
         self.alive
     }
 
-    /// The extra environment the shell was started with.
+    /// [`Session::is_alive`], and the shell has not exited meanwhile (a shell that waited
+    /// for its job may have been killed, or may have ended its profile with `exit`).
+    pub fn shell_running(&self) -> bool {
+        self.alive && !super::has_exited(self.group.leader)
+    }
+
+    /// The extra environment of the shell: what it was started with, then what
+    /// [`Session::export`] exported in it.
     pub fn env(&self) -> &[(String, String)] {
         &self.env
+    }
+
+    /// Exports `vars` in the shell, for the stages that follow and everything they start, as
+    /// if the shell had been started with them in its environment (but its profile has run
+    /// without them, and the shell's own `/proc/<pid>/environ` does not show them). The
+    /// `export` commands go ahead of the next stage. This is how a shell started before its
+    /// job was known gets the job's environment. A key that is not a shell variable name is
+    /// refused.
+    pub fn export(&mut self, vars: &[(String, String)]) -> Result<(), ExecutorError> {
+        for (key, value) in vars {
+            let mut chars = key.chars();
+            let valid = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(ExecutorError::WriteStdin {
+                    program: self.group.program.clone(),
+                    pid: self.group.pid(),
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{key:?} is not a shell variable name"),
+                    ),
+                });
+            }
+            let quoted = value.replace('\'', "'\\''");
+            self.pending_exports
+                .push_str(&format!("export {key}='{quoted}'\n"));
+            self.env.push((key.clone(), value.clone()));
+        }
+        Ok(())
     }
 
     /// Runs one stage script in a subshell of the session, streaming its output into `sink`,
@@ -353,6 +395,16 @@ impl Session {
         })
     }
 
+    /// Ends the session without killing anything: the shell's input ends, so it exits once
+    /// it has finished what it is doing (for a shell still reading its login profile, the
+    /// profile), and it is reaped then. For a shell that must not be killed halfway through
+    /// its profile, which could leave the profile's lock files behind.
+    pub fn release(mut self) {
+        self.alive = false;
+        self.stdin = None;
+        self.group.release();
+    }
+
     /// Ends the session: kills the shell and anything the stages left behind, and reaps it.
     ///
     /// Returns whether the session is known to leave nothing behind: every stage ended with
@@ -422,6 +474,7 @@ impl Session {
         // The braces make the shell read everything up to `}` before it runs the stage, so the
         // trailer (and its nonce) is not left in the stdin pipe for the stage to read.
         let mut input = String::with_capacity(script.len() + 160);
+        input.push_str(&std::mem::take(&mut self.pending_exports));
         input.push_str("{ ");
         let file = match &self.scripts {
             None => {

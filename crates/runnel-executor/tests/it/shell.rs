@@ -702,3 +702,134 @@ async fn a_shell_started_early_elsewhere_is_replaced() {
     assert_ne!(shell, early_shell.to_string(), "a new shell");
     assert_eq!(dir, format!("{}\n", builds.display()));
 }
+
+/// The login shells (`bash`) of this test process whose working directory is `dir`.
+fn shells_in(dir: &Path) -> Vec<i32> {
+    let own = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            stat.contains("(bash)")
+                && parent == Some(own.as_str())
+                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .ok()
+                    .as_deref()
+                    == Some(dir)
+        })
+        .collect()
+}
+
+/// Seconds since `pid` started.
+fn age(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let (_, rest) = stat.rsplit_once(')').expect("stat line");
+    let ticks: f64 = rest
+        .split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .expect("start time");
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .expect("uptime")
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .expect("uptime seconds");
+    // Linux reports start times in USER_HZ, 100 on every architecture Runnel builds for.
+    uptime - ticks / 100.0
+}
+
+/// Waits until exactly one shell waits in `dir` and returns it.
+async fn waiting_shell(dir: &Path) -> i32 {
+    for _ in 0..200 {
+        if let [pid] = shells_in(dir)[..] {
+            return pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no shell waits in {}: {:?}", dir.display(), shells_in(dir));
+}
+
+/// One job of `provider` in `builds_dir` with `env`: the early start, one stage printing the
+/// shell's pid, its environment variable and whether it is a login shell, and cleanup.
+async fn early_job(provider: &ShellProvider, builds_dir: &Path, tag: &str) -> (u32, String) {
+    let mut executor = provider.create().expect("create executor");
+    let env = [("RUNNEL_TEST_TAG".to_owned(), tag.to_owned())];
+    let groups = Groups::default();
+    let early = EarlyStart {
+        builds_dir,
+        env: &env,
+    };
+    assert!(within("the early start", executor.start_early(&early, &groups)).await);
+    let cmd = StageCommand {
+        env: &env,
+        ..stage("echo $$ $RUNNEL_TEST_TAG; shopt -q login_shell && echo login; pwd -P")
+    };
+    let (exit, sink) = run_stage(executor.as_mut(), cmd).await;
+    executor.cleanup().await;
+    assert_eq!(exit, StageExit::Exited(0));
+    assert!(executor.contained());
+    (groups.pids()[0], sink.stdout())
+}
+
+/// Issue #18: once a job took its login shell, the next job's is started in the same builds
+/// directory while the runner waits, without any job's environment; the next job gets that
+/// shell, already past its profile, with its own environment exported in it, and the one
+/// after it finds a new one waiting again.
+#[tokio::test]
+async fn the_next_jobs_login_shell_is_started_ahead_and_gets_that_jobs_environment() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let builds_dir = root.path().join("builds");
+    let builds = || builds_dir.canonicalize().expect("builds dir");
+    let provider = ShellProvider::new(ShellOptions::default()).expect("valid options");
+    let (first, out) = early_job(&provider, &builds_dir, "one").await;
+    assert_eq!(out, format!("{first} one\nlogin\n{}\n", builds().display()));
+
+    let waiting = waiting_shell(&builds()).await;
+    assert_ne!(waiting.cast_unsigned(), first);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let waited = age(waiting);
+    assert!(
+        waited >= 0.25,
+        "it started before the job came: {waited} s ago"
+    );
+    let (second, out) = early_job(&provider, &builds_dir, "two").await;
+    assert_eq!(
+        second,
+        waiting.cast_unsigned(),
+        "the waiting shell runs the job"
+    );
+    assert_eq!(
+        out,
+        format!("{second} two\nlogin\n{}\n", builds().display())
+    );
+    crate::support::assert_gone(waiting).await;
+
+    let next = waiting_shell(&builds()).await;
+    assert!(![first, second].contains(&next.cast_unsigned()));
+    drop(provider);
+    crate::support::assert_gone(next).await;
+}
+
+/// A shell waiting in another builds directory is not used: the job starts its own where it
+/// runs, and the waiting one goes (at once when it was ready, else with the provider).
+#[tokio::test]
+async fn a_shell_waiting_elsewhere_is_not_used() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let (here, there) = (root.path().join("here"), root.path().join("there"));
+    let provider = ShellProvider::new(ShellOptions::default()).expect("valid options");
+    early_job(&provider, &here, "one").await;
+    let waiting = waiting_shell(&here.canonicalize().expect("dir")).await;
+    let (shell, out) = early_job(&provider, &there, "two").await;
+    assert_ne!(shell, waiting.cast_unsigned());
+    assert!(out.starts_with(&format!("{shell} two\nlogin\n")), "{out}");
+    drop(provider);
+    crate::support::assert_gone(waiting).await;
+}

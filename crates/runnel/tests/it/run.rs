@@ -590,16 +590,17 @@ async fn an_abort_kills_the_whole_process_tree() {
 
 /// Issue #18: the login shell starts while the job's acknowledgement is in flight. When GitLab
 /// refuses the acknowledgement, that shell (and what its profile started) is killed, and
-/// nothing of the job runs and nothing reaches its log.
+/// nothing of the job runs and nothing reaches its log. The shell started meanwhile for the
+/// next job waits, with what its profile started, and goes with the runner.
 #[tokio::test]
 async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
-    let daemon = Daemon::start(Setup::default()).await;
+    let mut daemon = Daemon::start(Setup::default()).await;
     let home = daemon.dir.path();
-    // The profile says which shell read it, and leaves a process behind that left the
-    // shell's process group.
+    // The profile says which shell read it and which process it left behind outside the
+    // shell's process group, in one line per shell.
     std::fs::write(
         home.join(".bash_profile"),
-        "echo $$ >> \"$HOME/shells\"\nsetsid sleep 300 & echo $! >> \"$HOME/shells\"\n",
+        "setsid sleep 300 >/dev/null 2>&1 & echo \"$$ $!\" >> \"$HOME/shells\"\n",
     )
     .unwrap();
     // Retried answers give the shell time to read its profile, then GitLab says the job is gone.
@@ -612,13 +613,6 @@ async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
         .enqueue(job("refused").script([format!("touch {}", ran.display())]));
     daemon.wait_log("GitLab no longer wants this job").await;
 
-    let shells = std::fs::read_to_string(home.join("shells")).unwrap_or_default();
-    let pids: Vec<i32> = shells.lines().map(|l| l.trim().parse().unwrap()).collect();
-    assert_eq!(
-        pids.len(),
-        2,
-        "the shell started before the answer: {shells:?}"
-    );
     let gone = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
             stat.rsplit(')')
@@ -626,13 +620,41 @@ async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
                 .is_some_and(|rest| rest.trim_start().starts_with('Z'))
         })
     };
-    for pid in &pids {
+    let shells = || -> Vec<Vec<i32>> {
+        std::fs::read_to_string(home.join("shells"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').map(|p| p.parse().unwrap()).collect())
+            .collect()
+    };
+    // The job's shell read its profile before the answer; the next job's may still be at it.
+    let mut started = shells();
+    for _ in 0..100 {
+        if started.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        started = shells();
+    }
+    assert_eq!(
+        started.len(),
+        2,
+        "the job's shell and the next one's: {started:?}"
+    );
+    let (refused, waiting): (Vec<_>, Vec<_>) = started.iter().partition(|s| gone(s[0]));
+    assert_eq!(
+        refused.len(),
+        1,
+        "the job's shell is gone, the next one's waits: {started:?}"
+    );
+    for pid in refused[0] {
         assert!(
             gone(*pid),
             "process {pid} survived the refusal\n{}",
             daemon.log()
         );
     }
+    assert!(waiting[0].iter().all(|pid| !gone(*pid)));
     assert!(!ran.exists(), "the job's script ran");
     let view = daemon.fake.job(id).expect("the job");
     assert!(view.trace.is_empty(), "{}", view.trace_text());
@@ -640,6 +662,83 @@ async fn a_refused_acknowledgement_stops_the_early_shell_and_runs_nothing() {
         view.updates.iter().all(|u| u.state == "running"),
         "no final state for a refused job"
     );
+    daemon.signal(Signal::SIGTERM);
+    daemon.wait_exit().await;
+    for pid in waiting[0] {
+        for _ in 0..100 {
+            if gone(*pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone(*pid), "process {pid} outlived the runner");
+    }
+}
+
+/// Issue #18: after a job, the next job's login shell is started while the runner waits, and
+/// the next job runs in it. Its log is the one a shell started for it gives: what the profile
+/// printed opens the first stage, the job's tag reaches its processes, and each job has a
+/// login shell of its own.
+#[tokio::test]
+async fn the_next_jobs_login_shell_waits_ready_and_its_log_is_unchanged() {
+    let daemon = Daemon::start(Setup::default()).await;
+    let home = daemon.dir.path();
+    std::fs::write(
+        home.join(".bash_profile"),
+        "echo \"profile of $$\"; echo \"profile stderr\" >&2\n",
+    )
+    .unwrap();
+    let script = [
+        "echo \"shell $$ tag ${RUNNEL_JOB_TAG:+set}\"",
+        "cat /proc/self/environ | tr '\\0' '\\n' | grep -c '^RUNNEL_JOB_TAG=' || true",
+    ];
+    let first = daemon.fake.enqueue(job("first").script(script));
+    let first = daemon.succeeded(first).await;
+    // The next job's shell reads its profile while nothing runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = daemon.fake.enqueue(job("second").script(script));
+    let second = daemon.succeeded(second).await;
+    let shell_of = |log: &str| -> String {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("shell "))
+            .unwrap_or_else(|| panic!("no shell line in:\n{log}"));
+        line.split(' ').nth(1).unwrap().to_owned()
+    };
+    let (one, two) = (shell_of(&first), shell_of(&second));
+    assert_ne!(one, two, "a login shell per job");
+    for (log, shell) in [(&first, &one), (&second, &two)] {
+        // The profile's output, then the first stage's.
+        let profile = log
+            .find(&format!("profile of {shell}\n"))
+            .unwrap_or_else(|| panic!("the profile's output is in the log:\n{log}"));
+        assert!(log.contains("profile stderr\n"), "{log}");
+        let running_on = log.find("Running on ").expect("prepare_script's output");
+        assert!(profile < running_on, "{log}");
+        assert!(log.contains(&format!("shell {shell} tag set\n")), "{log}");
+        assert!(
+            log.lines().any(|l| l == "1"),
+            "the tag is in the environment: {log}"
+        );
+    }
+    // Apart from numbers (pids, times, durations, usage) the two logs say the same, in the
+    // same order (stderr's place among stdout lines is a race between two pipes either way).
+    let normalized = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                !["profile stderr", "Stage durations", "Resource usage"]
+                    .iter()
+                    .any(|skip| l.contains(skip))
+            })
+            .map(|l| {
+                l.chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(normalized(&first), normalized(&second));
 }
 
 #[tokio::test]
