@@ -168,9 +168,10 @@ enum Warm {
 /// profile output streams as usual.
 const PROFILE_OUTPUT_LIMIT: usize = 64 * 1024;
 
-/// Keeps what a waiting shell's profile prints, up to [`PROFILE_OUTPUT_LIMIT`].
+/// Keeps what a waiting shell's profile prints, up to [`PROFILE_OUTPUT_LIMIT`]: the chunks,
+/// their size, and whether there was more.
 #[derive(Default)]
-struct ProfileOutput(std::sync::Mutex<(Vec<(OutputStream, Vec<u8>)>, usize, bool)>);
+struct ProfileOutput(std::sync::Mutex<(ProfileChunks, usize, bool)>);
 
 impl OutputSink for ProfileOutput {
     fn write(&self, stream: OutputStream, bytes: &[u8]) {
