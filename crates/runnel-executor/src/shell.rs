@@ -175,8 +175,9 @@ impl ShellExecutor {
     }
 
     /// Starts the job's login shell in its builds directory (made first, as `prepare` makes
-    /// it), off the runtime's threads: forking the runner and waiting for the shell's `exec`
-    /// is the slow part, and the job's acknowledgement is in flight meanwhile.
+    /// it), off the runtime's threads: starting the shell blocks the calling thread until the
+    /// shell has `exec`'d, which is the slow part, and the job's acknowledgement is in flight
+    /// meanwhile.
     async fn start_session_early(&mut self, ctx: &EarlyStart<'_>, sink: &dyn OutputSink) -> bool {
         if self.session.is_some() {
             return true;
