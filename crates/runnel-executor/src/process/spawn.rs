@@ -289,8 +289,8 @@ fn clone_exec(plan: &Plan<'_>) -> io::Result<Pid> {
             let bytes = errno.to_ne_bytes();
             // SAFETY: write(2) and _exit(2) are async-signal-safe system calls; `bytes` is on
             // the child's stack and `report` is open (close-on-exec, not yet exec'd). A write
-            // of 4 bytes to a pipe is atomic; if it fails the runner sees no report and learns
-            // of the failure from the exit status.
+            // of 4 bytes to a pipe is atomic; should it fail, the runner sees no report and
+            // the leader seems to have exited with 127 at once.
             unsafe {
                 libc::write(plan.report, bytes.as_ptr().cast(), bytes.len());
                 libc::_exit(127)
@@ -379,8 +379,9 @@ fn clone_exec(plan: &Plan<'_>) -> io::Result<Pid> {
     // async-signal-safe system calls, and ends in execve or _exit without returning into
     // the runner's code; errno it sets is this suspended thread's, which is not read after a
     // successful clone. No handler of the runner can run in it: every signal is blocked until
-    // it has reset the caught ones. SIGCHLD as its exit signal makes it an ordinary child to
-    // wait for.
+    // it has reset the caught ones (but the two glibc reserves and will not block, which it
+    // only sends to the runner's own threads). SIGCHLD as its exit signal makes it an
+    // ordinary child to wait for.
     let cloned =
         unsafe { nix::sched::clone(Box::new(child), &mut stack, flags, Some(libc::SIGCHLD)) };
     if let Err(error) =
