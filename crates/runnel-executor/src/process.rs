@@ -28,7 +28,7 @@ use std::future::{Future, pending};
 use std::io;
 use std::path::Path;
 use std::pin::pin;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -46,6 +46,7 @@ use crate::executor::EnvKeys;
 use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
 
 mod session;
+mod spawn;
 
 pub use session::{MAX_STATUS, MarkerScanner, OverlongStatus, ScriptDelivery, Session};
 
@@ -261,10 +262,13 @@ fn stage_exit(status: ExitStatus) -> StageExit {
 /// A child that leads its own process group. Dropping it kills the group and reaps the leader.
 #[derive(Debug)]
 struct ProcessGroup {
-    /// `None` once reaped.
-    child: Option<Child>,
     /// The leader's pid, which is also the process group id.
     leader: Pid,
+    /// Whether the leader is still to be reaped (until then its pid, the group's id, cannot be
+    /// reused).
+    unreaped: bool,
+    /// The runner's ends of the leader's standard streams, until taken.
+    stdio: Option<spawn::ChildStdio>,
     program: String,
 }
 
@@ -277,42 +281,19 @@ impl ProcessGroup {
     /// everything it starts (`PR_SET_CHILD_SUBREAPER`, kept across `exec`): a process that
     /// leaves the group (`setsid`, a double fork) is re-parented to the leader instead of
     /// init, so [`ProcessGroup::kill_descendants`] still finds it.
+    ///
+    /// The runner's address space is not copied (no `fork`); see the `spawn` module.
     fn spawn_with(spec: &ProcessSpec<'_>, subreaper: bool) -> Result<Self, ExecutorError> {
-        use std::os::unix::process::CommandExt;
-
-        let mut command = std::process::Command::new(spec.program);
-        if subreaper {
-            // SAFETY: the closure runs in the forked child before `exec` and only makes the
-            // `prctl` system call, which is async-signal-safe; it touches no memory of the
-            // parent and does not allocate.
-            #[allow(unsafe_code)]
-            unsafe {
-                command.pre_exec(|| {
-                    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
-                });
-            }
-        }
-        command
-            .args(spec.args)
-            .envs(spec.env.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if let Some(cwd) = spec.cwd {
-            command.current_dir(cwd);
-        }
-        let child = command.spawn().map_err(|source| ExecutorError::Spawn {
-            program: spec.program.to_owned(),
-            cwd: spec.cwd.map(Path::to_path_buf),
-            source,
-        })?;
-        // std got the id from a `pid_t`, so it converts back losslessly.
-        #[allow(clippy::cast_possible_wrap)]
-        let leader = Pid::from_raw(child.id() as i32);
+        let (leader, stdio) =
+            spawn::spawn(spec, subreaper).map_err(|source| ExecutorError::Spawn {
+                program: spec.program.to_owned(),
+                cwd: spec.cwd.map(Path::to_path_buf),
+                source,
+            })?;
         Ok(ProcessGroup {
-            child: Some(child),
             leader,
+            unreaped: true,
+            stdio: Some(stdio),
             program: spec.program.to_owned(),
         })
     }
@@ -327,21 +308,20 @@ impl ProcessGroup {
             program: self.program.clone(),
             source,
         };
-        let missing = || io::Error::other("stream was not piped");
-        let child = self.child.as_mut().ok_or_else(|| pipe_error(missing()))?;
-        let stdin = child.stdin.take().ok_or_else(missing);
-        let stdout = child.stdout.take().ok_or_else(missing);
-        let stderr = child.stderr.take().ok_or_else(missing);
+        let stdio = self
+            .stdio
+            .take()
+            .ok_or_else(|| pipe_error(io::Error::other("streams already taken")))?;
         Ok(Pipes {
-            stdin: stdin.and_then(ChildStdin::from_std).map_err(pipe_error)?,
-            stdout: stdout.and_then(ChildStdout::from_std).map_err(pipe_error)?,
-            stderr: stderr.and_then(ChildStderr::from_std).map_err(pipe_error)?,
+            stdin: ChildStdin::from_std(stdio.stdin.into()).map_err(pipe_error)?,
+            stdout: ChildStdout::from_std(stdio.stdout.into()).map_err(pipe_error)?,
+            stderr: ChildStderr::from_std(stdio.stderr.into()).map_err(pipe_error)?,
         })
     }
 
     /// Sends `signal` to every process in the group. Safe while the leader is unreaped.
     fn signal(&self, signal: Signal) {
-        if self.child.is_none() {
+        if !self.unreaped {
             return;
         }
         match killpg(self.leader, signal) {
@@ -361,7 +341,7 @@ impl ProcessGroup {
     /// Returns whether a last look found none left (`false`: `/proc` could not be read, the
     /// leader was already reaped, or processes kept appearing).
     async fn kill_descendants(&self, escaped_only: bool) -> bool {
-        if self.child.is_none() {
+        if !self.unreaped {
             return false;
         }
         for _ in 0..KILL_ROUNDS {
@@ -401,12 +381,14 @@ impl ProcessGroup {
     /// Lets the leader run on and end by itself (reaped by a thread of its own when it does):
     /// the guard no longer kills anything.
     fn release(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        if !self.unreaped {
             return;
-        };
+        }
+        self.unreaped = false;
+        let leader = self.leader;
         let reaper = std::thread::Builder::new()
             .name("runnel-reaper".to_owned())
-            .spawn(move || child.wait());
+            .spawn(move || spawn::reap(leader, true));
         if let Err(error) = reaper {
             warn!(pid = self.pid(), %error, "failed to start a reaper thread");
         }
@@ -415,18 +397,18 @@ impl ProcessGroup {
     /// Collects the leader's exit status. Call only once the leader has exited.
     fn reap(&mut self) -> Result<ExitStatus, ExecutorError> {
         let pid = self.pid();
-        let Some(mut child) = self.child.take() else {
-            return Err(ExecutorError::Reap {
-                program: self.program.clone(),
-                pid,
-                source: io::Error::other("already reaped"),
-            });
-        };
-        child.wait().map_err(|source| ExecutorError::Reap {
+        let reap_error = |source| ExecutorError::Reap {
             program: self.program.clone(),
             pid,
             source,
-        })
+        };
+        if !self.unreaped {
+            return Err(reap_error(io::Error::other("already reaped")));
+        }
+        self.unreaped = false;
+        spawn::reap(self.leader, true)
+            .and_then(|status| status.ok_or_else(|| io::Error::other("still running")))
+            .map_err(reap_error)
     }
 }
 
@@ -435,7 +417,7 @@ impl Drop for ProcessGroup {
         // Dropped unreaped (a session never closed, such as a shell that waited for a job
         // the runner did not get): what left the group goes first, while the leader (their
         // subreaper, if it is one) still holds them. One look: nothing here may wait.
-        if self.child.is_some()
+        if self.unreaped
             && let Some(all) = descendants(self.leader)
         {
             for (pid, pgid) in all {
@@ -447,17 +429,19 @@ impl Drop for ProcessGroup {
             }
         }
         self.signal(Signal::SIGKILL);
-        let Some(mut child) = self.child.take() else {
+        if !self.unreaped {
             return;
-        };
-        if let Ok(Some(_)) = child.try_wait() {
+        }
+        self.unreaped = false;
+        let leader = self.leader;
+        if let Ok(Some(_)) = spawn::reap(leader, false) {
             return;
         }
         // SIGKILL is pending: the leader exits momentarily. Reap it off this thread so an async
         // caller is never blocked, even by a process stuck in uninterruptible sleep.
         let reaper = std::thread::Builder::new()
             .name("runnel-reaper".to_owned())
-            .spawn(move || child.wait());
+            .spawn(move || spawn::reap(leader, true));
         if let Err(error) = reaper {
             warn!(pid = self.pid(), %error, "failed to start a reaper thread");
         }
@@ -712,5 +696,230 @@ mod tests {
             Some(("S".to_owned(), Pid::from_raw(1), Pid::from_raw(4242)))
         );
         assert_eq!(parse_stat("4242 (x"), None);
+    }
+
+    /// A spec for `program` with `args` and nothing else.
+    fn command<'a>(program: &'a str, args: &'a [&'a str]) -> ProcessSpec<'a> {
+        ProcessSpec {
+            program,
+            args,
+            cwd: None,
+            env: &[],
+            stdin: &[],
+        }
+    }
+
+    /// Starts `spec` as a group leader, closes its stdin, and returns its stdout and exit.
+    fn output_of(spec: &ProcessSpec<'_>, subreaper: bool) -> (String, ExitStatus) {
+        use std::io::Read as _;
+
+        let mut group = ProcessGroup::spawn_with(spec, subreaper).expect("starts");
+        let stdio = group.stdio.take().expect("pipes");
+        drop(stdio.stdin);
+        let mut stdout = String::new();
+        std::fs::File::from(stdio.stdout)
+            .read_to_string(&mut stdout)
+            .expect("read stdout");
+        let status = group.reap().expect("reaped");
+        (stdout, status)
+    }
+
+    fn spawn_error(spec: &ProcessSpec<'_>, subreaper: bool) -> (String, Option<i32>) {
+        match ProcessGroup::spawn_with(spec, subreaper) {
+            Err(ExecutorError::Spawn {
+                program, source, ..
+            }) => (program, source.raw_os_error()),
+            other => panic!("expected a spawn error, got {other:?}"),
+        }
+    }
+
+    /// The leader leads a new process group in the runner's session, as our child, and has
+    /// none of our pipe ends: with its stdin closed, `cat` ends.
+    #[test]
+    fn the_leader_leads_its_own_process_group() {
+        for subreaper in [false, true] {
+            let mut group =
+                ProcessGroup::spawn_with(&command("cat", &[]), subreaper).expect("cat starts");
+            let leader = group.leader;
+            assert_eq!(nix::unistd::getpgid(Some(leader)), Ok(leader));
+            assert_eq!(nix::unistd::getsid(Some(leader)), nix::unistd::getsid(None));
+            let (_, ppid, pgrp) = stat_of(leader).expect("stat of the leader");
+            assert_eq!((ppid, pgrp), (nix::unistd::getpid(), leader));
+            drop(group.stdio.take());
+            let status = group.reap().expect("reaped");
+            assert_eq!(status.code(), Some(0), "subreaper {subreaper}");
+        }
+    }
+
+    /// With `subreaper` an orphaned grandchild is re-parented to the leader; without, it is
+    /// not. (The session test of review M5 relies on this.)
+    #[test]
+    fn only_a_subreaper_leader_adopts_orphans() {
+        use std::io::BufRead as _;
+
+        let script = "sh -c 'sleep 30 </dev/null >/dev/null 2>&1 & echo $!'; echo $$; exec cat";
+        for subreaper in [false, true] {
+            let mut group = ProcessGroup::spawn_with(&command("sh", &["-c", script]), subreaper)
+                .expect("sh starts");
+            let stdio = group.stdio.take().expect("pipes");
+            let mut lines = std::io::BufReader::new(std::fs::File::from(stdio.stdout)).lines();
+            let mut pid = || -> Pid {
+                let line = lines.next().expect("a line").expect("readable");
+                Pid::from_raw(line.trim().parse().expect("a pid"))
+            };
+            let (orphan, shell) = (pid(), pid());
+            let parent = stat_of(orphan).map(|(_, ppid, _)| ppid);
+            nix::sys::signal::kill(orphan, Signal::SIGKILL).ok();
+            assert_eq!(shell, group.leader);
+            assert_eq!(
+                parent == Some(group.leader),
+                subreaper,
+                "subreaper {subreaper}: the orphan's parent is {parent:?}, the leader {shell}"
+            );
+        }
+    }
+
+    #[test]
+    fn working_directory_and_environment_reach_the_child() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let env = [("RUNNEL_SPAWN_TEST".to_owned(), "a value".to_owned())];
+        let script = r#"pwd -P; printf '%s\n' "$RUNNEL_SPAWN_TEST" "$HOME""#;
+        let expected = format!(
+            "{}\na value\n{}\n",
+            dir.path().canonicalize().expect("canonical").display(),
+            std::env::var("HOME").unwrap_or_default()
+        );
+        let args = ["-c", script];
+        for subreaper in [false, true] {
+            let spec = ProcessSpec {
+                cwd: Some(dir.path()),
+                env: &env,
+                ..command("sh", &args)
+            };
+            let (stdout, status) = output_of(&spec, subreaper);
+            assert_eq!(stdout, expected, "subreaper {subreaper}");
+            assert!(status.success());
+        }
+    }
+
+    /// The program is looked up on the `PATH` the child gets, as `execvp` does: a directory
+    /// holding a file of that name that is not executable is passed over.
+    #[test]
+    fn the_program_is_found_on_the_childs_path() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+
+        let dirs = [
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        ];
+        let name = "runnel-spawn-echo";
+        let plain = dirs[0].path().join(name);
+        std::fs::write(&plain, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        symlink("/bin/echo", dirs[1].path().join(name)).expect("symlink");
+        let path = format!("{}:{}", dirs[0].path().display(), dirs[1].path().display());
+        let env = [("PATH".to_owned(), path)];
+        for subreaper in [false, true] {
+            let spec = ProcessSpec {
+                env: &env,
+                ..command(name, &["found"])
+            };
+            let (stdout, status) = output_of(&spec, subreaper);
+            assert_eq!(stdout, "found\n", "subreaper {subreaper}");
+            assert!(status.success());
+        }
+    }
+
+    #[test]
+    fn a_missing_program_is_enoent_naming_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing_dir = dir.path().join("missing");
+        for subreaper in [false, true] {
+            let (program, errno) = spawn_error(&command("runnel-no-such-program", &[]), subreaper);
+            assert_eq!(program, "runnel-no-such-program");
+            assert_eq!(errno, Some(libc::ENOENT));
+            let (program, errno) = spawn_error(&command("/nonexistent/runnel", &[]), subreaper);
+            assert_eq!(program, "/nonexistent/runnel");
+            assert_eq!(errno, Some(libc::ENOENT));
+            let spec = ProcessSpec {
+                cwd: Some(&missing_dir),
+                ..command("true", &[])
+            };
+            match ProcessGroup::spawn_with(&spec, subreaper) {
+                Err(ExecutorError::Spawn { cwd, source, .. }) => {
+                    assert_eq!(cwd.as_deref(), Some(missing_dir.as_path()));
+                    assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+                }
+                other => panic!("expected a spawn error, got {other:?}"),
+            }
+        }
+    }
+
+    /// Root too: `execve` needs an execute bit.
+    #[test]
+    fn a_file_that_is_not_executable_is_eacces() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let name = "runnel-plain-file";
+        let file = dir.path().join(name);
+        std::fs::write(&file, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let file = file.to_str().expect("utf-8 path");
+        let env = [(
+            "PATH".to_owned(),
+            format!("{}:/nonexistent", dir.path().display()),
+        )];
+        for subreaper in [false, true] {
+            let (program, errno) = spawn_error(&command(file, &[]), subreaper);
+            assert_eq!((program.as_str(), errno), (file, Some(libc::EACCES)));
+            let on_path = ProcessSpec {
+                env: &env,
+                ..command(name, &[])
+            };
+            let (program, errno) = spawn_error(&on_path, subreaper);
+            assert_eq!((program.as_str(), errno), (name, Some(libc::EACCES)));
+        }
+    }
+
+    /// `SigBlk` and `SigIgn` of `/proc/<pid>/status` text.
+    fn signal_masks(status: &str) -> (u64, u64) {
+        let mask = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .unwrap_or_else(|| panic!("no {field} in {status}"))
+        };
+        (mask("SigBlk:"), mask("SigIgn:"))
+    }
+
+    /// The child starts with no signal blocked, whatever the starting thread blocks, and with
+    /// `SIGPIPE` (which std ignores in the runner) and `SIGCHLD` (which the runner catches) at
+    /// their defaults; other ignored signals stay ignored, as with std.
+    #[tokio::test]
+    async fn the_child_starts_with_default_signal_handling() {
+        use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+
+        let _sigchld_caught = ExitWatch::new().expect("watch SIGCHLD");
+        let bit = |signal: Signal| 1_u64 << (signal as u32 - 1);
+        let ours = std::fs::read_to_string("/proc/self/status").expect("our status");
+        let (_, ignored) = signal_masks(&ours);
+        assert_ne!(ignored & bit(Signal::SIGPIPE), 0, "std ignores SIGPIPE");
+
+        let blocked = SigSet::from_iter([Signal::SIGUSR1, Signal::SIGTERM]);
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut previous)).expect("block");
+        let outputs = [false, true]
+            .map(|subreaper| output_of(&command("cat", &["/proc/self/status"]), subreaper));
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None).expect("restore");
+
+        for (stdout, status) in outputs {
+            assert!(status.success());
+            let (child_blocked, child_ignored) = signal_masks(&stdout);
+            assert_eq!(child_blocked, 0, "{stdout}");
+            assert_eq!(child_ignored, ignored & !bit(Signal::SIGPIPE), "{stdout}");
+            assert_eq!(child_ignored & bit(Signal::SIGCHLD), 0);
+        }
     }
 }

@@ -427,9 +427,9 @@ impl ShellExecutor {
 
     /// Gets the job's login shell going in its builds directory (made first, as `prepare`
     /// makes it): the one started ahead for this job when there is one ([`WarmShell`]),
-    /// else a new one, off the runtime's threads (forking the runner and waiting for the
-    /// shell's `exec` is the slow part, and the job's acknowledgement is in flight meanwhile).
-    /// Either way another one is then started for the next job.
+    /// else a new one, off the runtime's threads (starting the shell blocks the calling thread
+    /// until the shell has `exec`'d, which is the slow part, and the job's acknowledgement is
+    /// in flight meanwhile). The next job's is started once this one is over.
     async fn start_session_early(&mut self, ctx: &EarlyStart<'_>, sink: &dyn OutputSink) -> bool {
         if self.session.is_some() {
             return true;
