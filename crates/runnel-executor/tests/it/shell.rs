@@ -12,6 +12,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{Recorder, within};
 
+/// What `prepare` gets for `job` in `builds_dir` and `cache_dir`, with no temp dir of the
+/// executor's and every option off.
+fn prepare_context<'a>(
+    job: &'a JobSpec,
+    builds_dir: &'a Path,
+    cache_dir: &'a Path,
+) -> PrepareContext<'a> {
+    PrepareContext {
+        job,
+        builds_dir,
+        cache_dir,
+        debug_services: false,
+        project_slot: 0,
+        git_fetch: false,
+        network_per_build: false,
+        predefined_housekeeping_only: false,
+        init_process: false,
+        temp_dir: None,
+    }
+}
+
 fn stage(script: &str) -> StageCommand<'_> {
     StageCommand {
         stage: "step_script",
@@ -131,18 +152,7 @@ async fn a_stage_that_cannot_start_names_the_shell() {
     let mut executor = provider.create().expect("create executor");
     let job = JobSpec::default();
     let missing = root.path().join("missing");
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &missing,
-        cache_dir: &missing,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        predefined_housekeeping_only: false,
-        init_process: false,
-        temp_dir: None,
-    };
+    let ctx = prepare_context(&job, &missing, &missing);
     executor.prepare(&ctx).await.expect("prepare");
     std::fs::remove_dir(&missing).expect("remove the builds dir again");
 
@@ -166,18 +176,7 @@ async fn prepare_reports_a_directory_it_cannot_create() {
     std::fs::write(&file, "").expect("write a file");
     let builds_dir = file.join("builds");
     let job = JobSpec::default();
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: root.path(),
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        predefined_housekeeping_only: false,
-        init_process: false,
-        temp_dir: None,
-    };
+    let ctx = prepare_context(&job, &builds_dir, root.path());
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
         .expect("create executor");
@@ -202,18 +201,7 @@ async fn a_cache_directory_that_cannot_be_created_does_not_fail_prepare() {
     let job = JobSpec::default();
     let builds_dir = root.path().join("builds");
     let cache_dir = file.join("cache");
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: &cache_dir,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        predefined_housekeeping_only: false,
-        init_process: false,
-        temp_dir: None,
-    };
+    let ctx = prepare_context(&job, &builds_dir, &cache_dir);
     let mut executor = ShellProvider::new(ShellOptions::default())
         .and_then(|provider| provider.create())
         .expect("create executor");
@@ -235,18 +223,7 @@ async fn cancelling_a_stage_reports_cancelled() {
     let mut executor = provider.create().expect("create executor");
     let job = JobSpec::default();
     let (builds_dir, cache_dir) = (root.path().join("builds"), root.path().join("cache"));
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: &cache_dir,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        predefined_housekeeping_only: false,
-        init_process: false,
-        temp_dir: None,
-    };
+    let ctx = prepare_context(&job, &builds_dir, &cache_dir);
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
     let cancel = CancellationToken::new();
@@ -298,18 +275,7 @@ async fn run_job_boxed(
     let mut executor = provider.create().expect("create executor");
     let job = JobSpec::default();
     let dir = root.join("builds");
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &dir,
-        cache_dir: &dir,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        predefined_housekeeping_only: false,
-        init_process: false,
-        temp_dir: None,
-    };
+    let ctx = prepare_context(&job, &dir, &dir);
     executor.prepare(&ctx).await.expect("prepare");
     let sink = Recorder::default();
     let result = executor
@@ -356,18 +322,7 @@ async fn prepared_with(options: ShellOptions, root: &Path) -> Box<dyn runnel_exe
     let mut executor = provider.create().expect("create executor");
     let job = JobSpec::default();
     let (builds_dir, cache_dir) = (root.join("builds"), root.join("cache"));
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: &cache_dir,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        predefined_housekeeping_only: false,
-        init_process: false,
-        temp_dir: None,
-    };
+    let ctx = prepare_context(&job, &builds_dir, &cache_dir);
     executor.prepare(&ctx).await.expect("prepare");
     executor
 }
@@ -602,18 +557,7 @@ async fn a_shell_started_early_serves_the_stages() {
 
     let job = JobSpec::default();
     let cache_dir = root.path().join("cache");
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: &cache_dir,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        temp_dir: None,
-        predefined_housekeeping_only: false,
-        init_process: false,
-    };
+    let ctx = prepare_context(&job, &builds_dir, &cache_dir);
     executor.prepare(&ctx).await.expect("prepare");
     let cmd = StageCommand {
         env: &env,
@@ -679,18 +623,7 @@ async fn a_shell_started_early_elsewhere_is_replaced() {
 
     let job = JobSpec::default();
     let (builds_dir, cache_dir) = (root.path().join("builds"), root.path().join("cache"));
-    let ctx = PrepareContext {
-        job: &job,
-        builds_dir: &builds_dir,
-        cache_dir: &cache_dir,
-        debug_services: false,
-        project_slot: 0,
-        git_fetch: false,
-        network_per_build: false,
-        temp_dir: None,
-        predefined_housekeeping_only: false,
-        init_process: false,
-    };
+    let ctx = prepare_context(&job, &builds_dir, &cache_dir);
     executor.prepare(&ctx).await.expect("prepare");
     crate::support::assert_gone(early_shell.cast_signed()).await;
     let (exit, sink) = run_stage(executor.as_mut(), stage("echo $$; pwd -P")).await;
