@@ -92,6 +92,7 @@ async fn run(
     let cmd = StageCommand {
         stage: "test_stage",
         script,
+        inline: None,
         kind,
         env: &[],
         deadline: None,
