@@ -138,10 +138,10 @@ const WARM_SHELL_START_LIMIT: Duration = Duration::from_secs(60);
 /// Reading the login profile is the slowest part of a job's start (`bash -l` with Debian's
 /// `/etc/profile` runs `id`; user profiles often do much more). Once a job of the runner has
 /// taken its shell, another one is started for the next job in the same builds directory, with
-/// no job environment: the job's extra environment (its tag) is exported in it when a job takes
-/// it ([`Session::export`]), so its profile runs without it. Each job still gets a login shell of its own, read once; only when it
-/// was started changes. Shells behind `su` (a configured `user`) are never started ahead: they
-/// open a login session for another user.
+/// no job environment: the job's extra environment (its tag) is exported in it when a job
+/// takes it ([`Session::export`]), so its profile runs without it. Each job still gets a login
+/// shell of its own, read once; only when it was started changes. Shells behind `su` (a
+/// configured `user`) are never started ahead: they open a login session for another user.
 #[derive(Debug)]
 struct WarmShell {
     state: std::sync::Mutex<Warm>,
@@ -157,7 +157,7 @@ enum Warm {
     Ready {
         session: Box<Session>,
         /// What its profile printed, for the first stage of the job that takes it.
-        profile_output: Vec<(OutputStream, Vec<u8>)>,
+        profile_output: ProfileChunks,
         dir: PathBuf,
         since: Instant,
     },
@@ -192,7 +192,7 @@ impl OutputSink for ProfileOutput {
 
 impl ProfileOutput {
     /// The output, unless there was more than the limit.
-    fn into_chunks(self) -> Option<Vec<(OutputStream, Vec<u8>)>> {
+    fn into_chunks(self) -> Option<ProfileChunks> {
         let (chunks, _, overflow) = self
             .0
             .into_inner()
