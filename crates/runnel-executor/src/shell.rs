@@ -279,21 +279,14 @@ impl WarmShell {
         invocation: Arc<Invocation>,
         kill: KillPolicy,
     ) -> Option<(Session, ProfileChunks)> {
-        let started = tokio::task::spawn_blocking(move || {
-            start_session(&dir, &invocation, &[], ScriptDelivery::Files)
-        })
-        .await;
-        let session = match started {
-            Ok(Ok(session)) => session,
-            Ok(Err(error)) => {
-                debug!(%error, "could not start a login shell for the next job");
-                return None;
-            }
-            Err(error) => {
-                debug!(%error, "could not start a login shell for the next job");
-                return None;
-            }
-        };
+        let session = start_session_aside(
+            dir,
+            invocation,
+            Vec::new(),
+            ScriptDelivery::Files,
+            "could not start a login shell for the next job",
+        )
+        .await?;
         let output = ProfileOutput::default();
         let never = CancellationToken::new();
         let stop = StopWhen {
@@ -338,6 +331,30 @@ impl Drop for Unready {
 
 /// What a waiting shell's profile printed, in order.
 type ProfileChunks = Vec<(OutputStream, Vec<u8>)>;
+
+/// [`start_session`] on a blocking-pool thread; a failure is logged with `failed` and gives
+/// `None` (the callers have a fallback that reports it).
+async fn start_session_aside(
+    dir: PathBuf,
+    invocation: Arc<Invocation>,
+    env: Vec<(String, String)>,
+    delivery: ScriptDelivery,
+    failed: &'static str,
+) -> Option<Session> {
+    let started =
+        tokio::task::spawn_blocking(move || start_session(&dir, &invocation, &env, delivery)).await;
+    match started {
+        Ok(Ok(session)) => Some(session),
+        Ok(Err(error)) => {
+            debug!(%error, "{failed}");
+            None
+        }
+        Err(error) => {
+            debug!(%error, "{failed}");
+            None
+        }
+    }
+}
 
 /// Makes `dir` and starts the login shell of a session in it (blocking: forks the runner).
 fn start_session(
@@ -447,26 +464,19 @@ impl ShellExecutor {
                 session
             }
             None => {
-                let invocation = Arc::clone(&self.invocation);
-                let delivery = self.delivery();
-                let made = dir.clone();
-                let env = ctx.env.to_vec();
-                let started = tokio::task::spawn_blocking(move || {
-                    start_session(&made, &invocation, &env, delivery)
-                })
+                // On failure the first stage tries again and reports what goes wrong.
+                let started = start_session_aside(
+                    dir.clone(),
+                    Arc::clone(&self.invocation),
+                    ctx.env.to_vec(),
+                    self.delivery(),
+                    "could not start the shell session early",
+                )
                 .await;
-                match started {
-                    Ok(Ok(session)) => session,
-                    // The first stage tries again and reports what goes wrong.
-                    Ok(Err(error)) => {
-                        debug!(%error, "could not start the shell session early");
-                        return false;
-                    }
-                    Err(error) => {
-                        debug!(%error, "could not start the shell session early");
-                        return false;
-                    }
-                }
+                let Some(session) = started else {
+                    return false;
+                };
+                session
             }
         };
         self.refill_dir = self.may_start_ahead().then(|| dir.clone());
