@@ -1590,7 +1590,9 @@ impl Executor for DockerExecutor {
     /// (the build container, then the helper with its volumes) is handed back. What runs in
     /// them ends now: the shells are told to exit and their containers stop by themselves,
     /// side by side with the report (no Engine request); the removal waits for that first.
-    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+    /// The job's processes are in its containers, not on this host: nothing is `contained`
+    /// in the shell executor's sense (the job runner's tag scan is for shell jobs only).
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, bool>>> {
         Box::pin(async move {
             self.service_logs = None;
             let mut sessions: Vec<Session> =
@@ -1602,7 +1604,7 @@ impl Executor for DockerExecutor {
                 tell_exit(session, SESSION_EXIT_WAIT).await;
             }
             let created = self.take_created()?;
-            let removal: BoxFuture<'static, ()> = Box::pin(async move {
+            let removal: BoxFuture<'static, bool> = Box::pin(async move {
                 let ended = futures::future::join_all(
                     sessions
                         .into_iter()
@@ -1618,6 +1620,7 @@ impl Executor for DockerExecutor {
                 {
                     tracing::warn!("docker cleanup did not finish within {CLEANUP_TIMEOUT:?}");
                 }
+                false
             });
             Some(removal)
         })

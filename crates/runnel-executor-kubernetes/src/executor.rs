@@ -1985,11 +1985,16 @@ impl Executor for KubernetesExecutor {
         })
     }
 
-    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+    /// The job's processes run in its pod, not on this host: nothing is `contained` in the
+    /// shell executor's sense (the job runner's tag scan is for shell jobs only).
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, bool>>> {
         Box::pin(async move {
             // The job's result need not wait for an API server that is away.
             let deletion = self.cleanup_job().await?;
-            Some(Box::pin(deletion.retry()) as BoxFuture<'static, ()>)
+            Some(Box::pin(async move {
+                deletion.retry().await;
+                false
+            }) as BoxFuture<'static, bool>)
         })
     }
 }

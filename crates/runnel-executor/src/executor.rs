@@ -138,6 +138,35 @@ impl fmt::Debug for StageCommand<'_> {
     }
 }
 
+/// A stage of Runnel's own that need not run before the job's final state is reported
+/// (`runnel_job::JobPlan::after_report`: the cleanup's `git credential reject`, once GitLab
+/// has revoked the job token anyway). An executor that takes it ([`Executor::defer`]) runs it
+/// in the cleanup [`Executor::cleanup_deferred`] hands back; its output is not part of the job
+/// log (the job log is complete by then) and is dropped.
+#[derive(Clone)]
+pub struct AfterReport {
+    /// The stage name, for logs and errors.
+    pub stage: String,
+    /// The complete script, as [`StageCommand::script`].
+    pub script: String,
+    /// Extra environment for the shell process, as [`StageCommand::env`].
+    pub env: Vec<(String, String)>,
+    /// How long it may take once started.
+    pub timeout: std::time::Duration,
+}
+
+impl fmt::Debug for AfterReport {
+    /// The script and environment values can hold secrets: only sizes and keys are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AfterReport")
+            .field("stage", &self.stage)
+            .field("script_bytes", &self.script.len())
+            .field("env_keys", &EnvKeys(&self.env))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// Shows only the keys of an environment list.
 pub(crate) struct EnvKeys<'a>(pub(crate) &'a [(String, String)]);
 
@@ -447,14 +476,27 @@ pub trait Executor: Send {
 
     /// [`cleanup`](Executor::cleanup) for a job runner that reports the job's final state right
     /// after it: what need not delay that report is handed back (the docker executor's
-    /// container removal), for the caller to await after the report, before it forgets the
-    /// job (its journal record keeps what the job created until then); the rest is done here.
-    /// Use one of the two, once. The default runs `cleanup` and hands back nothing.
-    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
+    /// container removal, the shell executor's [`AfterReport`] stage and session end), for the
+    /// caller to await after the report, before it forgets the job (its journal record keeps
+    /// what the job created until then); the rest is done here. The work handed back ends
+    /// with [`contained`](Executor::contained)'s answer for the whole job, and while it is
+    /// pending the caller must not look for the job's processes itself (the shell executor's
+    /// session still runs). Use one of the two, once. The default runs `cleanup` and hands
+    /// back nothing.
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, bool>>> {
         Box::pin(async move {
             self.cleanup().await;
             None
         })
+    }
+
+    /// Takes `stage` to run after the job's final state is reported, in the work
+    /// [`cleanup_deferred`](Executor::cleanup_deferred) hands back (and in
+    /// [`cleanup`](Executor::cleanup), first, when that is used instead). An executor that
+    /// cannot hands it back (the default), and the job runner runs it at once, as the last
+    /// stage, with its output dropped.
+    fn defer(&mut self, stage: AfterReport) -> Option<AfterReport> {
+        Some(stage)
     }
 
     /// After [`cleanup`](Executor::cleanup): whether every process the job started on this

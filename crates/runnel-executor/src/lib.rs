@@ -38,9 +38,9 @@ pub mod shell;
 
 pub use error::ExecutorError;
 pub use executor::{
-    BoxFuture, ConfigureContext, EarlyStart, Executor, ExecutorFeatures, ExecutorInfo, JobResource,
-    OutputSink, OutputStream, PlanOverrides, PrepareContext, Provider, ResourceUsage, Shell,
-    StageCommand, StageExit, StageKind,
+    AfterReport, BoxFuture, ConfigureContext, EarlyStart, Executor, ExecutorFeatures, ExecutorInfo,
+    JobResource, OutputSink, OutputStream, PlanOverrides, PrepareContext, Provider, ResourceUsage,
+    Shell, StageCommand, StageExit, StageKind,
 };
 pub use process::KillPolicy;
 pub use shell::{SHELL_EXECUTOR_INFO, ShellExecutor, ShellOptions, ShellProvider};

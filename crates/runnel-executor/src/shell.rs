@@ -25,8 +25,8 @@ use tracing::debug;
 
 use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, Session, StopWhen};
 use crate::{
-    BoxFuture, EarlyStart, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo, OutputSink,
-    OutputStream, PrepareContext, Provider, Shell, StageCommand, StageExit,
+    AfterReport, BoxFuture, EarlyStart, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo,
+    OutputSink, OutputStream, PrepareContext, Provider, Shell, StageCommand, StageExit,
 };
 
 /// What the shell executor reports and defaults to.
@@ -391,6 +391,7 @@ impl Provider for ShellProvider {
             warm: Arc::clone(&self.warm),
             profile_output: Vec::new(),
             refill_dir: None,
+            after_report: None,
             builds_dir: None,
             temp_dir: None,
             session: None,
@@ -414,6 +415,8 @@ pub struct ShellExecutor {
     /// Where the next job's shell is started once this job is over (where this job's shell
     /// was started early), [`WarmShell`].
     refill_dir: Option<PathBuf>,
+    /// The stage to run after the job's final state is reported ([`Executor::defer`]).
+    after_report: Option<AfterReport>,
     /// What the profile of the shell this job took from [`WarmShell`] printed: the first
     /// stage's output starts with it, as it would with a shell started for the job.
     profile_output: ProfileChunks,
@@ -497,14 +500,6 @@ impl ShellExecutor {
             unusable.close().await;
         }
         session
-    }
-
-    /// Starts the next job's login shell where this job's was started early ([`WarmShell`]).
-    fn start_next_shell(&mut self) {
-        if let Some(dir) = self.refill_dir.take() {
-            self.warm
-                .refill(dir, Arc::clone(&self.invocation), self.options.kill);
-        }
     }
 
     /// Whether this runner's shells may be started before their job ([`WarmShell`]).
@@ -596,21 +591,115 @@ impl ShellExecutor {
         }
     }
 
-    async fn end_session(&mut self) {
+    /// What is left to do once the job's stages are over, taken out of the executor.
+    fn ending(&mut self) -> Ending {
+        self.session_dir = None;
+        Ending {
+            after_report: self.after_report.take(),
+            session: self.session.take(),
+            temp_dir: self.temp_dir.take(),
+            builds_dir: self.builds_dir.take(),
+            refill_dir: self.refill_dir.take(),
+            invocation: Arc::clone(&self.invocation),
+            delivery: self.delivery(),
+            kill: self.options.kill,
+            warm: Arc::clone(&self.warm),
+            contained: self.contained,
+        }
+    }
+}
+
+/// The end of a job's run on the host, owned so that it can run after the job's final state
+/// is reported ([`Executor::cleanup_deferred`]): the [`AfterReport`] stage, in the job's shell
+/// session (or a new one, if that ended), then the session's end, the removal of the temp dir
+/// this executor made, and the start of the next job's shell ([`WarmShell`]).
+struct Ending {
+    after_report: Option<AfterReport>,
+    session: Option<Session>,
+    temp_dir: Option<PathBuf>,
+    builds_dir: Option<PathBuf>,
+    refill_dir: Option<PathBuf>,
+    invocation: Arc<Invocation>,
+    delivery: ScriptDelivery,
+    kill: KillPolicy,
+    warm: Arc<WarmShell>,
+    contained: bool,
+}
+
+impl Ending {
+    /// Does it all; returns whether every session of the job ended with its whole process
+    /// tree seen gone ([`Session::close`]).
+    async fn finish(mut self) -> bool {
+        if let Some(stage) = self.after_report.take() {
+            self.run_after_report(&stage).await;
+        }
         if let Some(session) = self.session.take() {
             self.contained &= session.close().await;
         }
         // After the session: nothing of the job writes there any more.
         if let Some(temp) = self.temp_dir.take() {
             let removed = temp.clone();
-            match tokio::task::spawn_blocking(move || remove_private_dir(&removed)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(path = %temp.display(), %error, "cannot remove the job's temporary directory");
-                }
-                Err(error) => {
-                    tracing::warn!(path = %temp.display(), %error, "cannot remove the job's temporary directory");
-                }
+            let error =
+                match tokio::task::spawn_blocking(move || remove_private_dir(&removed)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) => Some(error.to_string()),
+                    Err(error) => Some(error.to_string()),
+                };
+            if let Some(error) = error {
+                tracing::warn!(path = %temp.display(), %error, "cannot remove the job's temporary directory");
+            }
+        }
+        if let Some(dir) = self.refill_dir.take() {
+            self.warm
+                .refill(dir, Arc::clone(&self.invocation), self.kill);
+        }
+        self.contained
+    }
+
+    /// Runs `stage` in the job's session, or in a new one when that one ended (a stopped
+    /// stage ends it; the stage must run all the same). Its output is dropped; a failure is
+    /// logged, as the cleanup's failures are.
+    async fn run_after_report(&mut self, stage: &AfterReport) {
+        let reusable = self
+            .session
+            .as_ref()
+            .is_some_and(|session| session.is_alive() && session.env() == stage.env.as_slice());
+        if !reusable {
+            if let Some(old) = self.session.take() {
+                self.contained &= old.close().await;
+            }
+            let Some(dir) = self.builds_dir.clone() else {
+                tracing::warn!(stage = %stage.stage, "no builds directory to run the stage in");
+                return;
+            };
+            self.session = start_session_aside(
+                dir,
+                Arc::clone(&self.invocation),
+                stage.env.clone(),
+                self.delivery,
+                "could not start a shell for the stage after the final report",
+            )
+            .await;
+        }
+        let Some(session) = self.session.as_mut() else {
+            tracing::warn!(stage = %stage.stage, "no shell to run the stage in");
+            return;
+        };
+        let never = CancellationToken::new();
+        let stop = StopWhen {
+            cancel: &never,
+            deadline: Some(tokio::time::Instant::now() + stage.timeout),
+        };
+        match session
+            .run(&stage.script, &NoOutput, stop, &self.kill)
+            .await
+        {
+            Ok(StageExit::Exited(0)) => {}
+            Ok(exit) => {
+                debug!(stage = %stage.stage, ?exit, "the stage after the final report failed")
+            }
+            Err(error) => {
+                tracing::warn!(stage = %stage.stage, %error, "the stage after the final report could not run");
             }
         }
     }
@@ -730,35 +819,35 @@ impl Executor for ShellExecutor {
         Box::pin(self.run_stage(cmd, sink, cancel))
     }
 
-    /// Ends the job's shell session (and what its stages left running); builds directories
-    /// stay between jobs.
+    /// Ends the job's shell session (and what its stages left running), after a stage taken
+    /// by [`Executor::defer`]; builds directories stay between jobs.
     fn cleanup(&mut self) -> BoxFuture<'_, ()> {
-        self.builds_dir = None;
-        self.session_dir = None;
+        let ending = self.ending();
         Box::pin(async move {
-            self.end_session().await;
-            self.start_next_shell();
+            self.contained = ending.finish().await;
         })
     }
 
-    /// [`Executor::cleanup`], with the next job's login shell started after the final state
-    /// is reported: its profile then does not compete with the end of this job.
-    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, ()>>> {
-        self.builds_dir = None;
-        self.session_dir = None;
+    /// [`Executor::cleanup`], all of it after the final state is reported: the deferred
+    /// stage, the session's end (the job's shell is the one place its processes are known to
+    /// be, so nothing else may look for them meanwhile) and the next job's login shell, whose
+    /// profile then does not compete with the end of this job.
+    fn cleanup_deferred(&mut self) -> BoxFuture<'_, Option<BoxFuture<'static, bool>>> {
+        let ending = self.ending();
+        let su = self.options.user.is_some();
+        // Nothing of the job's is left in the executor: its own `contained` has no more to say.
+        self.contained = false;
         Box::pin(async move {
-            self.end_session().await;
-            let dir = self.refill_dir.take()?;
-            let (warm, invocation, kill) = (
-                Arc::clone(&self.warm),
-                Arc::clone(&self.invocation),
-                self.options.kill,
-            );
-            let later: BoxFuture<'static, ()> = Box::pin(async move {
-                warm.refill(dir, invocation, kill);
-            });
+            let later: BoxFuture<'static, bool> =
+                Box::pin(async move { ending.finish().await && !su });
             Some(later)
         })
+    }
+
+    /// Runs `stage` in the job's shell after the final state is reported.
+    fn defer(&mut self, stage: AfterReport) -> Option<AfterReport> {
+        self.after_report = Some(stage);
+        None
     }
 
     /// Each session's shell is the child subreaper of everything its stages start, so while

@@ -106,21 +106,23 @@ fn clone_url_remote(clone_url: &str, project_path: &str, token: &str) -> Option<
 /// `git credential reject` for the remote's host and `gitlab-ci-token`, best effort (a failure
 /// or a missing git changes nothing), so that a credential helper the job or the host set up
 /// (`credential.helper=store`) forgets the job token it may have stored.
-pub(crate) fn write_credential_reject(w: &mut ScriptWriter, ctx: &StageContext<'_>) {
+/// Returns whether it wrote one (not for a remote git makes no credential request of).
+pub(crate) fn write_credential_reject(w: &mut ScriptWriter, ctx: &StageContext<'_>) -> bool {
     let remote = RemoteUrl::parse(&remote_url(ctx));
     let Some(url) = remote.credential_url() else {
-        return;
+        return false;
     };
     // The request goes in as a here-document: no process of its own (a `printf |` pipeline
     // forks one more per job). Its lines are literal, so a URL with a line break (none can
     // come out of the parser, but it would add attributes) is not sent.
     if url.contains(['\n', '\r']) || url == CREDENTIAL_REQUEST_END {
-        return;
+        return false;
     }
     let reject = w.command_line("git", &["credential", "reject"]);
     w.plain(&format!(
         "{reject} >/dev/null 2>&1 <<'{CREDENTIAL_REQUEST_END}' || true\nurl={url}\nusername=gitlab-ci-token\n{CREDENTIAL_REQUEST_END}"
     ));
+    true
 }
 
 /// The delimiter of the `git credential reject` request's here-document.

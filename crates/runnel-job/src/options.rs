@@ -195,6 +195,14 @@ pub struct PlanOptions {
     /// git or hooks, `cleanup_file_variables`) then cost no process of their own. Their
     /// output and status are the full script's.
     pub inline_housekeeping: bool,
+    /// Whether the executor runs [`crate::JobPlan::after_report`] after the job's final state
+    /// is reported, in the job's shell, before it removes the job's temp dir (the shell
+    /// executor does): the cleanup's `git credential reject` then moves there, with the job's
+    /// variables exported as the official cleanup exports them. GitLab revokes the job token
+    /// when the job ends, so erasing it from a credential helper need not delay the job's
+    /// result. Only with a temp dir the executor makes and removes
+    /// ([`PlanOptions::temp_dir_by_executor`]).
+    pub credential_reject_after_report: bool,
 }
 
 impl PlanOptions {

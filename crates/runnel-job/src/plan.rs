@@ -104,6 +104,10 @@ pub struct JobPlan {
     /// artifact helper and no user hook. Only then may a container executor run them in the
     /// build container instead of a helper container.
     pub predefined_housekeeping_only: bool,
+    /// Runnel's own stage that runs after the final state is reported, when the executor
+    /// does that ([`PlanOptions::credential_reject_after_report`]): `git credential reject`,
+    /// taken out of `cleanup_file_variables`. Not part of the job log.
+    pub after_report: Option<PlannedStage>,
 }
 
 impl JobPlan {
@@ -172,6 +176,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         style,
     };
     let stages = context.stages();
+    let after_report = context.after_report_stage();
     let housekeeping_only = predefined_housekeeping_only(job, opts, &settings, &stages);
     let mut masked_values = masked_values;
     // The job credential reaches the helpers' command lines (xtrace shows them): mask it even
@@ -201,6 +206,7 @@ pub fn plan(job: &JobSpec, opts: &PlanOptions) -> Result<JobPlan, PlanError> {
         token_mask_prefixes,
         stages,
         predefined_housekeeping_only: housekeeping_only,
+        after_report,
     })
 }
 

@@ -467,7 +467,8 @@ impl StageContext<'_> {
         // config (which may name the helper) is there; last when `clean_git_config` treats
         // that config as the job's, so no helper the job planted there runs.
         let cleans_git_config = self.cleans_git_config();
-        if !cleans_git_config {
+        let defers_reject = self.defers_credential_reject();
+        if !cleans_git_config && !defers_reject {
             write_credential_reject(&mut w, self);
         }
         // With a private temp dir the whole dir goes right after, files included: one `rm`
@@ -498,7 +499,9 @@ impl StageContext<'_> {
         git.remove_stale_locks(&mut w);
         if cleans_git_config {
             git.remove_git_configs(&mut w);
-            write_credential_reject(&mut w, self);
+            if !defers_reject {
+                write_credential_reject(&mut w, self);
+            }
         }
         let mut stage = self.stage(
             "cleanup_file_variables",
@@ -510,6 +513,59 @@ impl StageContext<'_> {
         stage.timeout = TimeoutKind::Cleanup;
         stage.ignore_errors = true;
         stage
+    }
+
+    /// Whether the cleanup's `git credential reject` runs after the final state is reported
+    /// ([`crate::PlanOptions::credential_reject_after_report`]): where the executor keeps the
+    /// job's temp dir (and its `$GITLAB_ENV` file) until then, and not where the cleanup
+    /// removes the checkout (`FF_ENABLE_JOB_CLEANUP`: a helper its config names would be gone)
+    /// or the debug trace would show the command in the job log.
+    fn defers_credential_reject(&self) -> bool {
+        self.opts.credential_reject_after_report
+            && self.style.private_temp
+            && self.style.temp_dir_by_executor
+            && !self.style.xtrace
+            && !self.flags.job_cleanup()
+    }
+
+    /// The stage that runs after the final state is reported ([`crate::JobPlan::after_report`]):
+    /// the job's variables exported as the official cleanup exports them (file variables by
+    /// their paths, which still hold them, and what the job wrote to `$GITLAB_ENV`), so that a
+    /// credential helper the job configured through them is the one asked, then `git credential
+    /// reject`.
+    pub(crate) fn after_report_stage(&self) -> Option<PlannedStage> {
+        if !self.defers_credential_reject() {
+            return None;
+        }
+        let mut w = self.writer();
+        for variable in self.variables {
+            if variable.file {
+                let path = self.temp_file(&variable.key);
+                w.line(&format!(
+                    "export {}={}",
+                    w.quote(&variable.key),
+                    double_quote(&path)
+                ));
+            } else {
+                w.variable(variable, &self.dirs.temp_dir);
+            }
+        }
+        let env_file = self.temp_file(ENV_FILE);
+        let export = format!("export GITLAB_ENV={}", w.quote(&env_file));
+        w.line(&export);
+        w.source_env(&env_file, &self.dirs.temp_dir);
+        if !write_credential_reject(&mut w, self) {
+            return None;
+        }
+        let mut stage = self.stage(
+            "cleanup_git_credentials",
+            StageKind::Predefined,
+            StageWhen::Always,
+            w.finish(),
+        );
+        stage.timeout = TimeoutKind::Cleanup;
+        stage.ignore_errors = true;
+        Some(stage)
     }
 
     pub(crate) fn ext_git_config(&self) -> String {

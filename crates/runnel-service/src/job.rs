@@ -304,7 +304,7 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
 
     let started = Instant::now();
     // The executor's cleanup that waits until the final state is reported (docker's removals).
-    let mut cleanup_after_report: Option<runnel_executor::BoxFuture<'static, ()>> = None;
+    let mut cleanup_after_report: Option<runnel_executor::BoxFuture<'static, bool>> = None;
     let outcome = match planned {
         // Review M1: a panic while the job runs must still end in a final state, not leave the
         // job "running" in GitLab until its stuck-job timeout.
@@ -417,8 +417,10 @@ async fn supervise<R: JobRemote>(job: JobSpec, context: &JobContext, remote: Arc
     }
     // Before the journal forgets the job: a crash meanwhile leaves its record, and the next
     // start removes what the job created by the ids recorded there.
-    if let Some(later) = cleanup_after_report {
-        later.await;
+    if let Some(later) = cleanup_after_report
+        && !later.await
+    {
+        kill_tagged(context, &tag).await;
     }
     if let Some(journal) = &journal {
         match &delivery {
@@ -499,7 +501,7 @@ struct JobRun<'a> {
     contained: std::sync::atomic::AtomicBool,
     /// What the executor's cleanup left for after the final state is reported
     /// ([`runnel_executor::Executor::cleanup_deferred`]).
-    cleanup_after_report: std::sync::Mutex<Option<runnel_executor::BoxFuture<'static, ()>>>,
+    cleanup_after_report: std::sync::Mutex<Option<runnel_executor::BoxFuture<'static, bool>>>,
 }
 
 async fn execute(
@@ -785,20 +787,67 @@ async fn execute_stages(
             }
         }
     }
-    // What need not delay the final state (docker's container removal) runs after it.
-    if let Some(later) = executor.cleanup_deferred().await {
-        *run.cleanup_after_report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(later);
+    // Runnel's own stage that need not delay the final state (the credential reject) runs
+    // after it, when the executor can; otherwise now, as the last stage, outside the log.
+    if let Some(stage) = &plan.after_report {
+        let deferred = runnel_executor::AfterReport {
+            stage: stage.name.clone(),
+            script: stage.script(JobStatus::Success).to_owned(),
+            env: stage_env.to_vec(),
+            timeout: CLEANUP_TIMEOUT,
+        };
+        if let Some(now) = executor.defer(deferred) {
+            run_unlogged(executor.as_mut(), &now).await;
+        }
     }
+    // What need not delay the final state (docker's container removal, the shell session's
+    // end) runs after it; it answers for the job's processes itself.
+    let contained = match executor.cleanup_deferred().await {
+        Some(later) => {
+            *run.cleanup_after_report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(later);
+            true
+        }
+        None => executor.contained(),
+    };
     run.contained
-        .store(executor.contained(), std::sync::atomic::Ordering::Relaxed);
+        .store(contained, std::sync::atomic::Ordering::Relaxed);
     let timings: Vec<String> = durations
         .iter()
         .map(|(name, took)| format!("{name} {:.2}s", took.as_secs_f64()))
         .collect();
     trace.println(&format!("Stage durations: {}", timings.join(", ")));
     outcome.unwrap_or(JobOutcome::Success)
+}
+
+/// Runs an [`runnel_executor::AfterReport`] stage the executor did not take, now: its output
+/// is not part of the job log (a failure is only logged here).
+async fn run_unlogged(executor: &mut dyn Executor, stage: &runnel_executor::AfterReport) {
+    struct Dropped;
+    impl runnel_executor::OutputSink for Dropped {
+        fn write(&self, _: OutputStream, _: &[u8]) {}
+    }
+    let command = StageCommand {
+        stage: &stage.stage,
+        script: &stage.script,
+        inline: None,
+        kind: runnel_executor::StageKind::Predefined,
+        env: &stage.env,
+        deadline: Some(Instant::now() + stage.timeout),
+    };
+    match executor
+        .run(command, &Dropped, CancellationToken::new())
+        .await
+    {
+        Ok(exit) if exit.success() => {}
+        Ok(exit) => {
+            tracing::debug!(stage = %stage.stage, ?exit, "stage outside the job log failed")
+        }
+        Err(error) => {
+            tracing::warn!(stage = %stage.stage, error = %error_chain(&error), "stage outside the job log could not run")
+        }
+    }
 }
 
 /// Lets the executor configure itself with the job's variables; plans the job again when it
@@ -1470,6 +1519,8 @@ fn plan_options(context: &JobContext) -> PlanOptions {
         temp_dir_by_executor: runner.executor == "shell" && context.config.user.is_none(),
         // And runs Runnel's housekeeping stages in that shell itself, without a subshell.
         inline_housekeeping: runner.executor == "shell",
+        // And the cleanup's `git credential reject` after the final state is reported.
+        credential_reject_after_report: runner.executor == "shell",
     }
 }
 

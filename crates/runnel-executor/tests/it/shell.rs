@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use runnel_executor::{
-    EarlyStart, ExecutorError, KillPolicy, PrepareContext, Provider, SHELL_EXECUTOR_INFO, Shell,
-    ShellOptions, ShellProvider, StageCommand, StageExit, StageKind,
+    AfterReport, EarlyStart, ExecutorError, KillPolicy, PrepareContext, Provider,
+    SHELL_EXECUTOR_INFO, Shell, ShellOptions, ShellProvider, StageCommand, StageExit, StageKind,
 };
 use runnel_types::JobSpec;
 use tokio_util::sync::CancellationToken;
@@ -443,6 +443,74 @@ async fn a_stopped_stage_ends_the_session_and_the_next_stage_starts_a_new_shell(
     executor.cleanup().await;
     assert_eq!(exit, StageExit::Exited(0));
     assert_ne!(sink.stdout(), first_shell, "a new shell after the stop");
+}
+
+/// A stage the executor takes with `defer` runs only in the work `cleanup_deferred` hands
+/// back (after the job runner reported the final state), in the job's own shell, with its
+/// output dropped; the session ends after it and what the job left running goes with it.
+#[tokio::test]
+async fn a_deferred_stage_runs_in_the_jobs_shell_after_the_report_then_the_session_ends() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+    let pid_file = root.path().join("left.pid");
+    let left = format!("sleep 1000 & echo $! > {}; echo $$", pid_file.display());
+    let (exit, sink) = run_stage(executor.as_mut(), stage(&left)).await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let shell = sink.stdout();
+    let background = crate::support::read_pid(&pid_file).await;
+
+    let marker = root.path().join("after-report");
+    let deferred = AfterReport {
+        stage: "cleanup_git_credentials".to_owned(),
+        script: format!(
+            "#!/usr/bin/env bash\necho \"shell=$$ parent=$PPID\" > {}\necho dropped; echo dropped >&2\n",
+            marker.display()
+        ),
+        env: Vec::new(),
+        timeout: std::time::Duration::from_secs(60),
+    };
+    assert!(
+        executor.defer(deferred).is_none(),
+        "the shell executor takes it"
+    );
+    let later = within("the cleanup", executor.cleanup_deferred())
+        .await
+        .expect("the session's end is handed back");
+    assert!(!marker.exists(), "nothing ran before the report");
+    assert!(
+        crate::support::is_running(background),
+        "the session lives until the report is out"
+    );
+
+    assert!(within("the deferred cleanup", later).await, "contained");
+    let ran = std::fs::read_to_string(&marker).expect("the deferred stage ran");
+    // `$$` in a subshell is the session shell's pid.
+    assert!(ran.starts_with(&format!("shell={}", shell.trim())), "{ran}");
+    crate::support::assert_gone(background).await;
+}
+
+/// A session that ended (a stopped stage ends it) does not stop the deferred stage: it runs
+/// in a new shell.
+#[tokio::test]
+async fn a_deferred_stage_runs_in_a_new_shell_when_the_session_ended() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+    let (exit, _) = run_stage(executor.as_mut(), stage("kill -KILL $$; sleep 5")).await;
+    assert_eq!(exit, StageExit::Signaled(9));
+
+    let marker = root.path().join("after-report");
+    let deferred = AfterReport {
+        stage: "cleanup_git_credentials".to_owned(),
+        script: format!("#!/usr/bin/env bash\ntouch {}\n", marker.display()),
+        env: Vec::new(),
+        timeout: std::time::Duration::from_secs(60),
+    };
+    assert!(executor.defer(deferred).is_none());
+    let later = within("the cleanup", executor.cleanup_deferred())
+        .await
+        .expect("handed back");
+    within("the deferred cleanup", later).await;
+    assert!(marker.exists(), "the deferred stage ran in a new shell");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Snapshots of complete generated stage scripts.
 
 use insta::assert_snapshot;
-use runnel_job::{JobStatus, Shell};
+use runnel_job::{JobStatus, PlanOptions, Shell};
 use runnel_types::{Hook, Variable};
 
 use crate::support::{
@@ -61,6 +61,67 @@ fn masked_file_and_raw_variables() {
         "variables_cleanup",
         render(&stage_script(&plan, "cleanup_file_variables"))
     );
+}
+
+/// `credential_reject_after_report`: the cleanup stage loses its `git credential reject`,
+/// which becomes the stage after the report, with the job's variables (file variables by
+/// path, not written again) and `$GITLAB_ENV` before it. Not with the debug trace (the job
+/// log shows the command), nor where the cleanup removes the checkout, nor without a temp dir
+/// the executor keeps.
+#[test]
+fn the_credential_reject_can_run_after_the_report_with_the_jobs_variables() {
+    let mut job = job();
+    job.variables.push(Variable {
+        file: true,
+        ..Variable::new("KUBECONFIG", "apiVersion: v1\nkind: Config\n")
+    });
+    set_var(&mut job, "GIT_CONFIG_GLOBAL", "/etc/job.gitconfig");
+    let deferring = PlanOptions {
+        credential_reject_after_report: true,
+        temp_dir_by_executor: true,
+        ..opts()
+    };
+    let plan = plan_ok(&job, &deferring);
+    let cleanup = stage_script(&plan, "cleanup_file_variables");
+    assert!(!cleanup.contains("credential"), "{}", render(&cleanup));
+    let after = plan
+        .after_report
+        .as_ref()
+        .expect("a stage after the report");
+    assert_eq!(after.name, "cleanup_git_credentials");
+    assert!(after.ignore_errors);
+    let script = render(after.script(runnel_job::JobStatus::Success));
+    let at = |needle: &str| {
+        script
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing:\n{script}"))
+    };
+    assert!(at("export GIT_CONFIG_GLOBAL=") < at("git credential reject"));
+    assert!(
+        at("export GITLAB_ENV=") < at("done < ") && at("done < ") < at("git credential reject")
+    );
+    assert!(at("export KUBECONFIG=") > 0);
+    assert!(
+        !script.contains("apiVersion"),
+        "file variables are not written again:\n{script}"
+    );
+
+    let without = plan_ok(&job, &opts());
+    assert!(without.after_report.is_none());
+    assert!(stage_script(&without, "cleanup_file_variables").contains("git credential reject"));
+    let mut traced = job.clone();
+    set_var(&mut traced, "CI_DEBUG_TRACE", "true");
+    let plan = plan_ok(&traced, &deferring);
+    assert!(plan.after_report.is_none());
+    assert!(stage_script(&plan, "cleanup_file_variables").contains("git credential reject"));
+    let mut cleaning = job.clone();
+    set_var(&mut cleaning, "FF_ENABLE_JOB_CLEANUP", "true");
+    assert!(plan_ok(&cleaning, &deferring).after_report.is_none());
+    let kept_by_scripts = PlanOptions {
+        temp_dir_by_executor: false,
+        ..deferring.clone()
+    };
+    assert!(plan_ok(&job, &kept_by_scripts).after_report.is_none());
 }
 
 #[test]

@@ -1167,6 +1167,67 @@ async fn a_credential_helper_forgets_the_job_token_after_get_sources_and_after_t
     assert!(stored.contains("keeper:kept@example.invalid"), "{stored}");
 }
 
+/// The cleanup's `git credential reject` sees the job's variables, as the official cleanup
+/// exports them, and what the job wrote to `$GITLAB_ENV`: a credential helper the job set up
+/// through them (here a global git config of its own) forgets the job token too. (It runs
+/// after the final state is reported, once GitLab has revoked the token; `run-single` waits
+/// for it.)
+#[tokio::test]
+async fn the_credential_reject_sees_the_jobs_variables_and_gitlab_env() {
+    let test = GitTest::new("").await;
+    let home = test.env.dir.path();
+    let repo = test.repo("group/project");
+    let sha = repo
+        .commit("main", "first")
+        .file("a.txt", "a\n")
+        .create()
+        .unwrap();
+    let host = test
+        .env
+        .url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    for (name, through_gitlab_env) in [("variable", false), ("gitlab-env", true)] {
+        let store = home.join(format!("{name}-credentials"));
+        std::fs::write(&store, "https://keeper:kept@example.invalid\n").unwrap();
+        let config = home.join(format!("{name}.gitconfig"));
+        std::fs::write(
+            &config,
+            format!(
+                "[credential]\n\thelper = store --file={}\n",
+                store.display()
+            ),
+        )
+        .unwrap();
+        let keep = format!(
+            "echo \"http://gitlab-ci-token:$CI_JOB_TOKEN@{host}\" >> {}",
+            store.display()
+        );
+        let mut job = JobBuilder::new("build").repo(&repo, "main", &sha);
+        let mut script = Vec::new();
+        if through_gitlab_env {
+            script.push(format!(
+                "echo \"GIT_CONFIG_GLOBAL={}\" >> \"$GITLAB_ENV\"",
+                config.display()
+            ));
+        } else {
+            job = job.variable("GIT_CONFIG_GLOBAL", config.display().to_string());
+        }
+        script.push(keep);
+        let trace = test.run_ok(job.script(script)).await;
+        let stored = std::fs::read_to_string(&store).unwrap();
+        assert!(
+            !stored.contains("gitlab-ci-token"),
+            "{name}: {stored}\n{trace}"
+        );
+        assert!(
+            stored.contains("keeper:kept@example.invalid"),
+            "{name}: {stored}"
+        );
+    }
+}
+
 /// `clean_git_config = true` also cleans at the end of the job: once the job is over, nothing
 /// it planted in the checkout's `.git` is left for whatever runs git there next.
 #[tokio::test]
