@@ -102,6 +102,8 @@ pub struct Session {
     scripts: Option<tempfile::TempDir>,
     /// Stage scripts written so far (names the next file).
     stages: u32,
+    /// Whether the shell has been sent [`END_FUNCTION`] (with the first stage's input).
+    end_defined: bool,
     /// Whether the session ended only through [`Session::close`] with its shell alive and no
     /// descendant left (see [`Session::close`]).
     contained: bool,
@@ -155,6 +157,7 @@ impl Session {
             alive: true,
             scripts,
             stages: 0,
+            end_defined: false,
             contained: true,
         })
     }
@@ -460,20 +463,25 @@ impl Session {
         stage: Stage<'_>,
     ) -> Result<(Vec<u8>, Option<PathBuf>), ExecutorError> {
         let (script, open, close) = match stage {
-            // A subshell keeps the stage's variables, `cd`, traps and `exit` to itself.
-            Stage::Isolated(script) => (script, "(", ")"),
+            // A subshell keeps the stage's variables, `cd`, traps and `exit` to itself; the
+            // session's own function is not the stage's to see.
+            Stage::Isolated(script) => (script, ISOLATED_OPEN, ")"),
             // A brace group with its own stdin runs in the shell itself; what it leaves
             // behind is only the status.
             Stage::Inline(housekeeping) => (housekeeping, "{", "}"),
         };
-        // A fresh nonce per stage. The marker is `\0RUNNEL-<hex>`; printf spells the NUL as
-        // `\000`.
+        // A fresh nonce per stage. The marker is `\0RUNNEL-<hex>`.
         let nonce = nonce();
         self.marker = format!("\0RUNNEL-{nonce}").into_bytes();
-        let marker = format!("RUNNEL-{nonce}");
         // The braces make the shell read everything up to `}` before it runs the stage, so the
-        // trailer (and its nonce) is not left in the stdin pipe for the stage to read.
+        // trailer (and its nonce) is not left in the stdin pipe for the stage to read. The
+        // shell reads its stdin (a pipe) one byte per system call, so what goes there is kept
+        // short: the marker's `printf`s are a function defined once per session.
         let mut input = String::with_capacity(script.len() + 160);
+        if !self.end_defined {
+            input.push_str(END_FUNCTION);
+            self.end_defined = true;
+        }
         input.push_str(&std::mem::take(&mut self.pending_exports));
         input.push_str("{ ");
         let file = match &self.scripts {
@@ -502,12 +510,23 @@ impl Session {
                 Some(path)
             }
         };
-        input.push_str(&format!(
-            "printf '\\000{marker}:%d\\000' \"$?\"; printf '\\000{marker}\\000' >&2\n}}\n"
-        ));
+        input.push_str(&format!("{END_FUNCTION_NAME} {nonce} \"$?\"\n}}\n"));
         Ok((input.into_bytes(), file))
     }
 }
+
+/// The function that ends each stage: prints the stage's markers with its nonce (`$1`) and
+/// status (`$2`), `\0RUNNEL-<nonce>:<status>\0` on stdout and `\0RUNNEL-<nonce>\0` on
+/// stderr (printf spells the NUL as `\000`). Defined in the session's shell once, with the
+/// first stage's input, instead of spelled out in every stage's.
+const END_FUNCTION: &str = "__runnel_stage_end() { printf '\\000RUNNEL-%s:%d\\000' \"$1\" \"$2\"; printf '\\000RUNNEL-%s\\000' \"$1\" >&2; }\n";
+
+/// [`END_FUNCTION`]'s name.
+const END_FUNCTION_NAME: &str = "__runnel_stage_end";
+
+/// How a stage's subshell opens: without the session's function, which a stage has no use
+/// for and whose name a stage listing its functions (`declare -F`, `set`) would otherwise see.
+const ISOLATED_OPEN: &str = "( unset -f __runnel_stage_end;";
 
 /// A stage's text and how the session's shell runs it.
 #[derive(Clone, Copy)]

@@ -380,6 +380,25 @@ async fn the_stages_of_a_job_share_one_shell_but_not_its_state() {
     );
 }
 
+/// The session's own function that prints the stage markers is defined once in its shell, but
+/// a stage's subshell does not have it: a stage listing its functions sees what a shell of its
+/// own would.
+#[tokio::test]
+async fn a_stage_does_not_see_the_sessions_own_function() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+    for _ in 0..2 {
+        let (exit, sink) = run_stage(
+            executor.as_mut(),
+            stage("declare -F | grep -c runnel || true; set | grep -c __runnel || true"),
+        )
+        .await;
+        assert_eq!(exit, StageExit::Exited(0));
+        assert_eq!(sink.stdout(), "0\n0\n");
+    }
+    executor.cleanup().await;
+}
+
 #[tokio::test]
 async fn output_is_split_exactly_at_the_stage_boundary() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -728,6 +747,14 @@ fn shells_in(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid` is blocked in `read(0, …)` with no child: a session's shell between stages.
+fn reads_its_input(pid: i32) -> bool {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_else(|_| "unknown".to_owned());
+    syscall.starts_with("0 0x0 ") && children.trim().is_empty()
+}
+
 /// Seconds since `pid` started.
 fn age(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
@@ -747,10 +774,14 @@ fn age(pid: i32) -> f64 {
     uptime - ticks / 100.0
 }
 
-/// Waits until exactly one shell waits in `dir` and returns it.
+/// Waits until exactly one shell waits in `dir`, past its profile (blocked reading its
+/// input), and returns it. A slow profile (pyenv's takes half a second on a busy machine)
+/// would otherwise still run when the test's next job comes.
 async fn waiting_shell(dir: &Path) -> i32 {
-    for _ in 0..200 {
-        if let [pid] = shells_in(dir)[..] {
+    for _ in 0..1200 {
+        if let [pid] = shells_in(dir)[..]
+            && reads_its_input(pid)
+        {
             return pid;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
