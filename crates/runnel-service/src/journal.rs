@@ -8,8 +8,12 @@
 //!   that ran it: the coordinator URL, job id and job token, the tag its processes carry
 //!   ([`runnel_executor::contain`]), its process groups, the ids of its containers (docker) or
 //!   its pod (kubernetes), how many trace bytes GitLab has
-//!   acknowledged, and the final state once it is known. Rewritten whole (write, rename) on
-//!   the few events that change it.
+//!   acknowledged, and the final state once it is known. Rewritten whole on the few events
+//!   that change it: the new record is written beside it (`.json.tmp`), the old one removed,
+//!   and the new one renamed into its place. (Not renamed over the old one: ext4 then writes
+//!   the new file's data to disk at once, and removing it at the end of the job waits for that
+//!   and, on a filesystem mounted with `discard`, for a discard. A runner killed between the
+//!   removal and the rename leaves the complete `.json.tmp`, which is read instead.)
 //! - `job-<id>-<runner>.log` (0600): the job log as sent to GitLab (masked), appended by a
 //!   follower task as the log grows. It is bounded by the job's output limit, and it is the
 //!   whole log, not only the unacknowledged tail: a 412 answer asks for the whole log again.
@@ -321,6 +325,11 @@ impl Journal {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// Where a record is written before it replaces the old one ([`write_record`]).
+    fn new_record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json.tmp"))
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }
@@ -331,14 +340,26 @@ impl Journal {
             return Vec::new();
         };
         let active = self.lock_active();
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .map(str::to_owned)
-            })
+        let mut records = HashSet::new();
+        let mut new_versions = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else { continue };
+            if let Some(name) = file.strip_suffix(".json") {
+                records.insert(name.to_owned());
+            } else if let Some(name) = file.strip_suffix(".json.tmp") {
+                new_versions.push(name.to_owned());
+            }
+        }
+        let mut names: Vec<String> = records
+            .iter()
+            .cloned()
+            .chain(new_versions.into_iter().filter(|name| {
+                // Only a record whose runner died halfway through replacing it is there only
+                // as its new version, and that one is complete. (A runner killed while writing
+                // a job's first record leaves a partial one: the job was not acknowledged.)
+                !records.contains(name) && read_record(&self.new_record_path(name)).is_ok()
+            }))
             .filter(|name| name.starts_with("job-") && !active.contains(name))
             .collect();
         names.sort();
@@ -347,33 +368,13 @@ impl Journal {
 
     /// Reads a record and its log.
     pub(crate) fn load(&self, name: &str) -> Result<(Record, Vec<u8>), JournalError> {
-        let path = self.record_path(name);
-        let read_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| JournalError::Read { path, source }
-        };
-        let size = std::fs::metadata(&path).map_err(read_error(&path))?.len();
-        if size > MAX_RECORD_BYTES {
-            return Err(JournalError::Invalid {
-                path,
-                message: format!("{size} bytes, more than a record can be"),
-            });
+        // The record, or, when its runner died halfway through replacing it (the old one
+        // removed, the new one not yet renamed), its new version, which is complete then.
+        let mut path = self.record_path(name);
+        if !path.exists() && self.new_record_path(name).exists() {
+            path = self.new_record_path(name);
         }
-        let text = std::fs::read(&path).map_err(read_error(&path))?;
-        let record: Record =
-            serde_json::from_slice(&text).map_err(|error| JournalError::Invalid {
-                path: path.clone(),
-                message: error.to_string(),
-            })?;
-        if record.version != FORMAT_VERSION {
-            return Err(JournalError::Invalid {
-                path,
-                message: format!(
-                    "format version {} (this runnel reads {FORMAT_VERSION})",
-                    record.version
-                ),
-            });
-        }
+        let record = read_record(&path)?;
         let log_path = self.log_path(name);
         // A missing log is an empty one (the runner died before the first byte).
         let log = match std::fs::read(&log_path) {
@@ -390,7 +391,12 @@ impl Journal {
     }
 
     fn store(&self, record: &Record) -> Result<(), JournalError> {
-        write_record(&self.record_path(&record.name()), record)
+        let name = record.name();
+        write_record(
+            &self.record_path(&name),
+            &self.new_record_path(&name),
+            record,
+        )
     }
 
     fn append_log(&self, name: &str, bytes: &[u8]) -> Result<(), JournalError> {
@@ -409,7 +415,11 @@ impl Journal {
     }
 
     fn discard(&self, name: &str) {
-        for path in [self.record_path(name), self.log_path(name)] {
+        for path in [
+            self.record_path(name),
+            self.new_record_path(name),
+            self.log_path(name),
+        ] {
             if let Err(error) = std::fs::remove_file(&path)
                 && error.kind() != std::io::ErrorKind::NotFound
             {
@@ -419,8 +429,43 @@ impl Journal {
     }
 }
 
-/// Writes `record` to `path` atomically (temporary file, rename), 0600.
-fn write_record(path: &Path, record: &Record) -> Result<(), JournalError> {
+/// Reads and checks the record at `path`.
+fn read_record(path: &Path) -> Result<Record, JournalError> {
+    let read_error = |source| JournalError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_RECORD_BYTES {
+        return Err(JournalError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{size} bytes, more than a record can be"),
+        });
+    }
+    let text = std::fs::read(path).map_err(read_error)?;
+    let record: Record = serde_json::from_slice(&text).map_err(|error| JournalError::Invalid {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })?;
+    if record.version != FORMAT_VERSION {
+        return Err(JournalError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "format version {} (this runnel reads {FORMAT_VERSION})",
+                record.version
+            ),
+        });
+    }
+    Ok(record)
+}
+
+/// Writes `record` to `path`, 0600, so that a runner killed at any point leaves a complete
+/// record, old or new: the new one goes to `temporary` first, then the old one is removed and
+/// the new one renamed to `path` ([`Journal::load`] reads `temporary` when `path` is missing).
+/// The rename never replaces a file, which on ext4 would write the new file's data to disk at
+/// once (and make its removal at the end of the job wait for that IO, and for a discard on a
+/// filesystem mounted with `discard`).
+fn write_record(path: &Path, temporary: &Path, record: &Record) -> Result<(), JournalError> {
     let write_error = |source| JournalError::Write {
         path: path.to_path_buf(),
         source,
@@ -429,17 +474,22 @@ fn write_record(path: &Path, record: &Record) -> Result<(), JournalError> {
         path: path.to_path_buf(),
         message: error.to_string(),
     })?;
-    let temporary = path.with_extension("json.tmp");
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&temporary)
+        .open(temporary)
         .map_err(write_error)?;
     file.write_all(&text).map_err(write_error)?;
     drop(file);
-    std::fs::rename(&temporary, path).map_err(write_error)
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(write_error(error));
+        }
+        _ => {}
+    }
+    std::fs::rename(temporary, path).map_err(write_error)
 }
 
 /// The journal of one running job.
@@ -921,6 +971,47 @@ mod tests {
         assert_eq!(state.state, JobState::Failed);
         assert_eq!(state.failure_reason, Some(FailureReason::ScriptFailure));
         assert_eq!(state.exit_code, Some(3));
+    }
+
+    /// A record is replaced without renaming over the old one (on ext4 that forces the new
+    /// data to disk and makes the job's end wait for it): a runner killed at any point of a
+    /// replacement leaves a complete record, the old or the new one; a first record cut short
+    /// (the job was not acknowledged yet) is not taken for a pending job.
+    #[test]
+    fn a_record_replaced_halfway_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let old = record(3);
+        let mut new = record(3);
+        new.acked = 42;
+        let name = old.name();
+        let (path, temporary) = (journal.record_path(&name), journal.new_record_path(&name));
+        journal.store(&old).unwrap();
+        let old_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        journal.store(&new).unwrap();
+        assert!(!temporary.exists());
+        assert_eq!(journal.load(&name).unwrap().0.acked, 42);
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
+            old_inode,
+            "a new file, not the old one rewritten"
+        );
+
+        // Killed after the new version was written, before the old one went: the old one.
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        std::fs::write(&temporary, serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(journal.pending(), vec![name.clone()]);
+        assert_eq!(journal.load(&name).unwrap().0.acked, 0);
+        // Killed after the old one went, before the rename: the new one.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&temporary, serde_json::to_vec(&new).unwrap()).unwrap();
+        assert_eq!(journal.pending(), vec![name.clone()]);
+        assert_eq!(journal.load(&name).unwrap().0.acked, 42);
+        // Killed while writing a job's first record: nothing to finish.
+        std::fs::write(&temporary, b"{\"version\": 1, \"job_").unwrap();
+        assert!(journal.pending().is_empty());
+        journal.discard(&name);
+        assert!(!temporary.exists());
     }
 
     #[test]
