@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, Session, StopWhen};
+use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, ScriptDir, Session, StopWhen};
 use crate::{
     AfterReport, BoxFuture, EarlyStart, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo,
     OutputSink, OutputStream, PrepareContext, Provider, Shell, StageCommand, StageExit,
@@ -146,6 +146,8 @@ const WARM_SHELL_START_LIMIT: Duration = Duration::from_secs(60);
 struct WarmShell {
     state: std::sync::Mutex<Warm>,
     max_age: Duration,
+    /// The runner's directory for stage scripts, which all its sessions share.
+    scripts: ScriptDir,
 }
 
 #[derive(Debug, Default)]
@@ -206,6 +208,7 @@ impl WarmShell {
         WarmShell {
             state: std::sync::Mutex::new(Warm::Empty),
             max_age,
+            scripts: ScriptDir::default(),
         }
     }
 
@@ -283,7 +286,7 @@ impl WarmShell {
             dir,
             invocation,
             Vec::new(),
-            ScriptDelivery::Files,
+            ScriptDelivery::SharedFiles(self.scripts.clone()),
             "could not start a login shell for the next job",
         )
         .await?;
@@ -439,7 +442,7 @@ impl ShellExecutor {
     /// one behind `su` cannot.
     fn delivery(&self) -> ScriptDelivery {
         if self.options.user.is_none() {
-            ScriptDelivery::Files
+            ScriptDelivery::SharedFiles(self.warm.scripts.clone())
         } else {
             ScriptDelivery::Stdin
         }
@@ -504,7 +507,7 @@ impl ShellExecutor {
 
     /// Whether this runner's shells may be started before their job ([`WarmShell`]).
     fn may_start_ahead(&self) -> bool {
-        self.delivery() == ScriptDelivery::Files
+        self.options.user.is_none()
     }
 
     async fn prepare_dirs(&mut self, ctx: &PrepareContext<'_>) -> Result<(), ExecutorError> {
@@ -676,7 +679,7 @@ impl Ending {
                 dir,
                 Arc::clone(&self.invocation),
                 stage.env.clone(),
-                self.delivery,
+                self.delivery.clone(),
                 "could not start a shell for the stage after the final report",
             )
             .await;

@@ -59,6 +59,7 @@ use std::hash::BuildHasher;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::sync::{Arc, Weak};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -71,15 +72,78 @@ use super::{READ_CHUNK, terminate, until};
 use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
 
 /// How a [`Session`] hands each stage script to its shell.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ScriptDelivery {
     /// The whole script on stdin, as the official runner sends it.
     #[default]
     Stdin,
-    /// The script in a private file the shell sources; needs the shell to run as the runner's
-    /// own user (it reads a directory only that user can).
+    /// The script in a private file the shell sources, in a private directory of the
+    /// session's; needs the shell to run as the runner's own user (it reads a directory only
+    /// that user can).
     Files,
+    /// As [`ScriptDelivery::Files`], in a directory the live sessions of one [`ScriptDir`]
+    /// share.
+    SharedFiles(ScriptDir),
 }
+
+/// A private directory for stage scripts that sessions share: made when the first of them
+/// starts, removed when the last one ends. A directory per session cost every job a `mkdir`
+/// and an `rmdir`; on a filesystem mounted with `discard` the `rmdir` waits for a discard.
+/// The shell executor keeps one per runner, and the shell waiting for the next job keeps it
+/// from one job to the next.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptDir(Arc<std::sync::Mutex<Weak<tempfile::TempDir>>>);
+
+impl ScriptDir {
+    /// The directory, made (0700) if no live session has it.
+    fn get(&self) -> io::Result<Arc<tempfile::TempDir>> {
+        let mut dir = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(dir) = dir.upgrade() {
+            return Ok(dir);
+        }
+        let made = Arc::new(private_dir()?);
+        *dir = Arc::downgrade(&made);
+        Ok(made)
+    }
+}
+
+impl PartialEq for ScriptDir {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ScriptDir {}
+
+/// A new private (0700) directory for stage scripts.
+fn private_dir() -> io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("runnel-session-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+}
+
+/// Where a session writes its stage scripts.
+#[derive(Debug)]
+enum Scripts {
+    Own(tempfile::TempDir),
+    Shared(Arc<tempfile::TempDir>),
+}
+
+impl Scripts {
+    fn path(&self) -> &Path {
+        match self {
+            Scripts::Own(dir) => dir.path(),
+            Scripts::Shared(dir) => dir.path(),
+        }
+    }
+}
+
+/// Names stage script files, unique in the process (sessions may share a directory).
+static STAGE_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A running shell that accepts stage scripts; see the module documentation.
 #[derive(Debug)]
@@ -98,10 +162,9 @@ pub struct Session {
     /// The `export` commands the next stage's input starts with.
     pending_exports: String,
     alive: bool,
-    /// With [`ScriptDelivery::Files`]: the session's private directory for stage scripts.
-    scripts: Option<tempfile::TempDir>,
-    /// Stage scripts written so far (names the next file).
-    stages: u32,
+    /// With [`ScriptDelivery::Files`] or [`ScriptDelivery::SharedFiles`]: the private
+    /// directory for stage scripts.
+    scripts: Option<Scripts>,
     /// Whether the shell has been sent [`END_FUNCTION`] (with the first stage's input).
     end_defined: bool,
     /// Whether the session ended only through [`Session::close`] with its shell alive and no
@@ -117,20 +180,18 @@ impl Session {
         delivery: ScriptDelivery,
         sink: &dyn OutputSink,
     ) -> Result<Self, ExecutorError> {
+        let dir_error = |source| ExecutorError::CreateDir {
+            purpose: "stage scripts",
+            path: std::env::temp_dir(),
+            source,
+        };
+        // Only the runner's user may enter it; it goes away with the (last) session.
         let scripts = match delivery {
             ScriptDelivery::Stdin => None,
-            // Only the runner's user may enter it; it goes away with the session.
-            ScriptDelivery::Files => Some(
-                tempfile::Builder::new()
-                    .prefix("runnel-session-")
-                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                    .tempdir()
-                    .map_err(|source| ExecutorError::CreateDir {
-                        purpose: "stage scripts",
-                        path: std::env::temp_dir(),
-                        source,
-                    })?,
-            ),
+            ScriptDelivery::Files => Some(Scripts::Own(private_dir().map_err(dir_error)?)),
+            ScriptDelivery::SharedFiles(dir) => {
+                Some(Scripts::Shared(dir.get().map_err(dir_error)?))
+            }
         };
         let watch = ExitWatch::new()?;
         let mut group = ProcessGroup::spawn_with(spec, true)?;
@@ -156,7 +217,6 @@ impl Session {
             pending_exports: String::new(),
             alive: true,
             scripts,
-            stages: 0,
             end_defined: false,
             contained: true,
         })
@@ -495,8 +555,8 @@ impl Session {
                 None
             }
             Some(dir) => {
-                self.stages += 1;
-                let path = dir.path().join(format!("stage-{}.sh", self.stages));
+                let number = STAGE_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = dir.path().join(format!("stage-{number}.sh"));
                 write_private(&path, script).map_err(|source| ExecutorError::WriteScript {
                     path: path.clone(),
                     source,

@@ -409,10 +409,15 @@ async fn output_is_streamed_before_the_process_exits() {
 /// output, the stage ends with its own status and the session goes on.
 #[tokio::test]
 async fn a_stage_cannot_learn_or_forge_the_stage_end_marker() {
-    use runnel_executor::process::{ScriptDelivery, Session};
-    for delivery in [ScriptDelivery::Stdin, ScriptDelivery::Files] {
+    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
+    for delivery in [
+        ScriptDelivery::Stdin,
+        ScriptDelivery::Files,
+        ScriptDelivery::SharedFiles(ScriptDir::default()),
+    ] {
         let sink = Recorder::default();
-        let mut session = Session::start(&bash(""), delivery, &sink).expect("session starts");
+        let mut session =
+            Session::start(&bash(""), delivery.clone(), &sink).expect("session starts");
         let cancel = CancellationToken::new();
         let stop = StopWhen {
             cancel: &cancel,
@@ -469,10 +474,15 @@ exit 7"#;
 /// deliveries.
 #[tokio::test]
 async fn housekeeping_runs_in_the_session_shell_itself() {
-    use runnel_executor::process::{ScriptDelivery, Session};
-    for delivery in [ScriptDelivery::Stdin, ScriptDelivery::Files] {
+    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
+    for delivery in [
+        ScriptDelivery::Stdin,
+        ScriptDelivery::Files,
+        ScriptDelivery::SharedFiles(ScriptDir::default()),
+    ] {
         let sink = Recorder::default();
-        let mut session = Session::start(&bash(""), delivery, &sink).expect("session starts");
+        let mut session =
+            Session::start(&bash(""), delivery.clone(), &sink).expect("session starts");
         let cancel = CancellationToken::new();
         let stop = StopWhen {
             cancel: &cancel,
@@ -539,6 +549,52 @@ async fn housekeeping_runs_in_the_session_shell_itself() {
         assert_eq!(exit, StageExit::Exited(4));
         assert_eq!(next.stdout(), format!("next {own}\n"), "{delivery:?}");
     }
+}
+
+/// Sessions of one `ScriptDir` write their stage scripts to one private directory (no
+/// `mkdir` and `rmdir` per job): it is there while any of them lives, each script file is its
+/// own and gone after its stage, and the directory goes with the last session.
+#[tokio::test]
+async fn sessions_of_one_script_dir_share_it_until_the_last_ends() {
+    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
+    let shared = ScriptDir::default();
+    let sink = Recorder::default();
+    let start = || {
+        Session::start(
+            &bash(""),
+            ScriptDelivery::SharedFiles(shared.clone()),
+            &sink,
+        )
+        .expect("session starts")
+    };
+    let (mut first, mut second) = (start(), start());
+    let cancel = CancellationToken::new();
+    let mut scripts = Vec::new();
+    for session in [&mut first, &mut second] {
+        let out = Recorder::default();
+        let stop = StopWhen {
+            cancel: &cancel,
+            deadline: None,
+        };
+        let exit = within(
+            "the stage",
+            session.run("echo \"$BASH_SOURCE\"", &out, stop, &QUICK),
+        )
+        .await
+        .expect("stage runs");
+        assert_eq!(exit, StageExit::Exited(0));
+        scripts.push(std::path::PathBuf::from(out.stdout().trim()));
+    }
+    let dir = scripts[0].parent().expect("dir").to_path_buf();
+    assert_eq!(scripts[1].parent(), Some(dir.as_path()), "{scripts:?}");
+    assert_ne!(scripts[0], scripts[1]);
+    assert!(scripts.iter().all(|script| !script.exists()));
+    first.close().await;
+    assert!(dir.is_dir(), "the second session still uses it");
+    second.close().await;
+    assert!(!dir.exists(), "gone with the last session");
+    let third = start();
+    third.close().await;
 }
 
 /// Review M5 (`scratch/p8`): a job started `setsid nohup … &`, which outlived the job and read
