@@ -286,7 +286,7 @@ impl WarmShell {
             dir,
             invocation,
             Vec::new(),
-            ScriptDelivery::SharedFiles(self.scripts.clone()),
+            ScriptDelivery::Files(self.scripts.clone()),
             "could not start a login shell for the next job",
         )
         .await?;
@@ -442,7 +442,7 @@ impl ShellExecutor {
     /// one behind `su` cannot.
     fn delivery(&self) -> ScriptDelivery {
         if self.options.user.is_none() {
-            ScriptDelivery::SharedFiles(self.warm.scripts.clone())
+            ScriptDelivery::Files(self.warm.scripts.clone())
         } else {
             ScriptDelivery::Stdin
         }

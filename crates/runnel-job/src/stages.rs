@@ -298,6 +298,11 @@ impl StageContext<'_> {
                 _ => w.variable(variable, &self.dirs.temp_dir),
             }
         }
+        self.write_gitlab_env(w);
+    }
+
+    /// Exports `GITLAB_ENV` and reads what earlier stages wrote to it.
+    fn write_gitlab_env(&self, w: &mut ScriptWriter) {
         let env_file = self.temp_file(ENV_FILE);
         let export = format!("export GITLAB_ENV={}", w.quote(&env_file));
         w.line(&export);
@@ -550,10 +555,7 @@ impl StageContext<'_> {
                 w.variable(variable, &self.dirs.temp_dir);
             }
         }
-        let env_file = self.temp_file(ENV_FILE);
-        let export = format!("export GITLAB_ENV={}", w.quote(&env_file));
-        w.line(&export);
-        w.source_env(&env_file, &self.dirs.temp_dir);
+        self.write_gitlab_env(&mut w);
         if !write_credential_reject(&mut w, self) {
             return None;
         }

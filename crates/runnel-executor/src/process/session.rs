@@ -16,8 +16,8 @@
 //! does, the shell must read its input one byte per `read` call (input from a pipe cannot be
 //! put back for the commands that share it), which for the few kilobytes of a stage script
 //! costs more CPU than the rest of a trivial job's shell work. With [`ScriptDelivery::Files`]
-//! each stage script is written to a private file (mode 0600 in a 0700 directory of the
-//! session, removed when the stage ends) and stdin only carries `( . '<file>' ) </dev/null`,
+//! each stage script is written to a private file (mode 0600 in a 0700 directory the runner's
+//! live sessions share, removed when the stage ends) and stdin only carries `( . '<file>' ) </dev/null`,
 //! which the shell reads in one go; the stage runs exactly as it would from stdin.
 //!
 //! The subshell keeps the stages apart as separate shells did (variables, `cd`, traps, `exit`
@@ -77,13 +77,10 @@ pub enum ScriptDelivery {
     /// The whole script on stdin, as the official runner sends it.
     #[default]
     Stdin,
-    /// The script in a private file the shell sources, in a private directory of the
-    /// session's; needs the shell to run as the runner's own user (it reads a directory only
-    /// that user can).
-    Files,
-    /// As [`ScriptDelivery::Files`], in a directory the live sessions of one [`ScriptDir`]
-    /// share.
-    SharedFiles(ScriptDir),
+    /// The script in a private file the shell sources, in the private directory the live
+    /// sessions of one [`ScriptDir`] share; needs the shell to run as the runner's own user
+    /// (it reads a directory only that user can).
+    Files(ScriptDir),
 }
 
 /// A private directory for stage scripts that sessions share: made when the first of them
@@ -126,22 +123,6 @@ fn private_dir() -> io::Result<tempfile::TempDir> {
         .tempdir()
 }
 
-/// Where a session writes its stage scripts.
-#[derive(Debug)]
-enum Scripts {
-    Own(tempfile::TempDir),
-    Shared(Arc<tempfile::TempDir>),
-}
-
-impl Scripts {
-    fn path(&self) -> &Path {
-        match self {
-            Scripts::Own(dir) => dir.path(),
-            Scripts::Shared(dir) => dir.path(),
-        }
-    }
-}
-
 /// Names stage script files, unique in the process (sessions may share a directory).
 static STAGE_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -162,9 +143,8 @@ pub struct Session {
     /// The `export` commands the next stage's input starts with.
     pending_exports: String,
     alive: bool,
-    /// With [`ScriptDelivery::Files`] or [`ScriptDelivery::SharedFiles`]: the private
-    /// directory for stage scripts.
-    scripts: Option<Scripts>,
+    /// With [`ScriptDelivery::Files`]: the private directory for stage scripts.
+    scripts: Option<Arc<tempfile::TempDir>>,
     /// Whether the shell has been sent [`END_FUNCTION`] (with the first stage's input).
     end_defined: bool,
     /// Whether the session ended only through [`Session::close`] with its shell alive and no
@@ -188,10 +168,7 @@ impl Session {
         // Only the runner's user may enter it; it goes away with the (last) session.
         let scripts = match delivery {
             ScriptDelivery::Stdin => None,
-            ScriptDelivery::Files => Some(Scripts::Own(private_dir().map_err(dir_error)?)),
-            ScriptDelivery::SharedFiles(dir) => {
-                Some(Scripts::Shared(dir.get().map_err(dir_error)?))
-            }
+            ScriptDelivery::Files(dir) => Some(dir.get().map_err(dir_error)?),
         };
         let watch = ExitWatch::new()?;
         let mut group = ProcessGroup::spawn_with(spec, true)?;

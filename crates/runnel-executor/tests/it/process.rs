@@ -412,8 +412,7 @@ async fn a_stage_cannot_learn_or_forge_the_stage_end_marker() {
     use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
     for delivery in [
         ScriptDelivery::Stdin,
-        ScriptDelivery::Files,
-        ScriptDelivery::SharedFiles(ScriptDir::default()),
+        ScriptDelivery::Files(ScriptDir::default()),
     ] {
         let sink = Recorder::default();
         let mut session =
@@ -477,8 +476,7 @@ async fn housekeeping_runs_in_the_session_shell_itself() {
     use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
     for delivery in [
         ScriptDelivery::Stdin,
-        ScriptDelivery::Files,
-        ScriptDelivery::SharedFiles(ScriptDir::default()),
+        ScriptDelivery::Files(ScriptDir::default()),
     ] {
         let sink = Recorder::default();
         let mut session =
@@ -560,12 +558,8 @@ async fn sessions_of_one_script_dir_share_it_until_the_last_ends() {
     let shared = ScriptDir::default();
     let sink = Recorder::default();
     let start = || {
-        Session::start(
-            &bash(""),
-            ScriptDelivery::SharedFiles(shared.clone()),
-            &sink,
-        )
-        .expect("session starts")
+        Session::start(&bash(""), ScriptDelivery::Files(shared.clone()), &sink)
+            .expect("session starts")
     };
     let (mut first, mut second) = (start(), start());
     let cancel = CancellationToken::new();
@@ -602,11 +596,15 @@ async fn sessions_of_one_script_dir_share_it_until_the_last_ends() {
 /// processes that left the process group (setsid, a double fork) die with the session too.
 #[tokio::test]
 async fn processes_that_left_the_group_die_with_the_session() {
-    use runnel_executor::process::{ScriptDelivery, Session};
+    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = Recorder::default();
-    let mut session =
-        Session::start(&bash(""), ScriptDelivery::Files, &sink).expect("session starts");
+    let mut session = Session::start(
+        &bash(""),
+        ScriptDelivery::Files(ScriptDir::default()),
+        &sink,
+    )
+    .expect("session starts");
     let cancel = CancellationToken::new();
     let stop = StopWhen {
         cancel: &cancel,

@@ -91,6 +91,15 @@ impl GitTest {
         view
     }
 
+    /// The fake's `host:port`, as a credential helper stores it.
+    fn host(&self) -> String {
+        self.env
+            .url()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     fn builds_dir(&self) -> PathBuf {
         self.env.dir.path().join("builds")
     }
@@ -1143,12 +1152,7 @@ async fn a_credential_helper_forgets_the_job_token_after_get_sources_and_after_t
         .file("a.txt", "a\n")
         .create()
         .unwrap();
-    let host = test
-        .env
-        .url()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let host = test.host();
     let store_path = store.display().to_string();
     let report = format!(
         "if grep -q gitlab-ci-token {store_path}; then echo stored=token; else echo stored=none; fi"
@@ -1182,12 +1186,7 @@ async fn the_credential_reject_sees_the_jobs_variables_and_gitlab_env() {
         .file("a.txt", "a\n")
         .create()
         .unwrap();
-    let host = test
-        .env
-        .url()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let host = test.host();
     for (name, through_gitlab_env) in [("variable", false), ("gitlab-env", true)] {
         let store = home.join(format!("{name}-credentials"));
         std::fs::write(&store, "https://keeper:kept@example.invalid\n").unwrap();
