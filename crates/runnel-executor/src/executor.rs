@@ -149,6 +149,10 @@ pub struct AfterReport {
     pub stage: String,
     /// The complete script, as [`StageCommand::script`].
     pub script: String,
+    /// The same for a shell session to run in its shell itself, as [`StageCommand::inline`];
+    /// the stage is the last its shell runs, so this may change the shell (it exports the
+    /// job's variables).
+    pub inline: Option<String>,
     /// Extra environment for the shell process, as [`StageCommand::env`].
     pub env: Vec<(String, String)>,
     /// How long it may take once started.
@@ -161,6 +165,7 @@ impl fmt::Debug for AfterReport {
         f.debug_struct("AfterReport")
             .field("stage", &self.stage)
             .field("script_bytes", &self.script.len())
+            .field("inline", &self.inline.is_some())
             .field("env_keys", &EnvKeys(&self.env))
             .field("timeout", &self.timeout)
             .finish()

@@ -48,7 +48,7 @@ use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
 mod session;
 mod spawn;
 
-pub use session::{MAX_STATUS, MarkerScanner, OverlongStatus, ScriptDelivery, ScriptDir, Session};
+pub use session::{MAX_STATUS, MarkerScanner, OverlongStatus, ScriptDelivery, Session};
 
 /// How output is read: the largest chunk handed to the sink at once.
 const READ_CHUNK: usize = 64 * 1024;

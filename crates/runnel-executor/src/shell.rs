@@ -1,7 +1,7 @@
 //! The shell executor: runs each stage's script on the runner's host.
 //!
 //! Like the official shell executor, stages run in a login shell (`bash -l`, or `sh -l`) with
-//! the runner's own environment (the script comes through a private file the shell sources
+//! the runner's own environment (the script comes through an in-memory file the shell sources
 //! rather than byte by byte on stdin, see [`ScriptDelivery`]); the script exports the job variables
 //! and `cd`s into the project itself. The process starts in the builds directory. Unlike it, one
 //! login shell serves all stages of a job, each stage in its own subshell
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, ScriptDir, Session, StopWhen};
+use crate::process::{KillPolicy, ProcessSpec, ScriptDelivery, Session, StopWhen};
 use crate::{
     AfterReport, BoxFuture, EarlyStart, Executor, ExecutorError, ExecutorFeatures, ExecutorInfo,
     OutputSink, OutputStream, PrepareContext, Provider, Shell, StageCommand, StageExit,
@@ -146,8 +146,6 @@ const WARM_SHELL_START_LIMIT: Duration = Duration::from_secs(60);
 struct WarmShell {
     state: std::sync::Mutex<Warm>,
     max_age: Duration,
-    /// The runner's directory for stage scripts, which all its sessions share.
-    scripts: ScriptDir,
 }
 
 #[derive(Debug, Default)]
@@ -208,7 +206,6 @@ impl WarmShell {
         WarmShell {
             state: std::sync::Mutex::new(Warm::Empty),
             max_age,
-            scripts: ScriptDir::default(),
         }
     }
 
@@ -286,7 +283,7 @@ impl WarmShell {
             dir,
             invocation,
             Vec::new(),
-            ScriptDelivery::Files(self.scripts.clone()),
+            ScriptDelivery::Memory,
             "could not start a login shell for the next job",
         )
         .await?;
@@ -425,7 +422,7 @@ pub struct ShellExecutor {
     profile_output: ProfileChunks,
     /// Where processes start; set by `prepare`.
     builds_dir: Option<PathBuf>,
-    /// The job's private temp dir this executor made, removed by `cleanup`.
+    /// The job's private temp dir this executor made ready, emptied by `cleanup`.
     temp_dir: Option<PathBuf>,
     /// The shell the stages run in, once the first stage (or [`Executor::start_early`])
     /// started it.
@@ -438,11 +435,11 @@ pub struct ShellExecutor {
 }
 
 impl ShellExecutor {
-    /// How stage scripts reach the shell: a shell of our own user can read our private files;
-    /// one behind `su` cannot.
+    /// How stage scripts reach the shell: a shell of our own user can open our in-memory
+    /// files; one behind `su` cannot.
     fn delivery(&self) -> ScriptDelivery {
         if self.options.user.is_none() {
-            ScriptDelivery::Files(self.warm.scripts.clone())
+            ScriptDelivery::Memory
         } else {
             ScriptDelivery::Stdin
         }
@@ -614,7 +611,7 @@ impl ShellExecutor {
 
 /// The end of a job's run on the host, owned so that it can run after the job's final state
 /// is reported ([`Executor::cleanup_deferred`]): the [`AfterReport`] stage, in the job's shell
-/// session (or a new one, if that ended), then the session's end, the removal of the temp dir
+/// session (or a new one, if that ended), then the session's end, the emptying of the temp dir
 /// this executor made, and the start of the next job's shell ([`WarmShell`]).
 struct Ending {
     after_report: Option<AfterReport>,
@@ -642,14 +639,15 @@ impl Ending {
         // After the session: nothing of the job writes there any more.
         if let Some(temp) = self.temp_dir.take() {
             let removed = temp.clone();
-            let error =
-                match tokio::task::spawn_blocking(move || remove_private_dir(&removed)).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(error)) => Some(error.to_string()),
-                    Err(error) => Some(error.to_string()),
-                };
+            let error = match tokio::task::spawn_blocking(move || empty_private_dir(&removed, None))
+                .await
+            {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(error) => Some(error.to_string()),
+            };
             if let Some(error) = error {
-                tracing::warn!(path = %temp.display(), %error, "cannot remove the job's temporary directory");
+                tracing::warn!(path = %temp.display(), %error, "cannot empty the job's temporary directory");
             }
         }
         if let Some(dir) = self.refill_dir.take() {
@@ -679,7 +677,7 @@ impl Ending {
                 dir,
                 Arc::clone(&self.invocation),
                 stage.env.clone(),
-                self.delivery.clone(),
+                self.delivery,
                 "could not start a shell for the stage after the final report",
             )
             .await;
@@ -693,10 +691,20 @@ impl Ending {
             cancel: &never,
             deadline: Some(tokio::time::Instant::now() + stage.timeout),
         };
-        match session
-            .run(&stage.script, &NoOutput, stop, &self.kill)
-            .await
-        {
+        // The session's last stage: in its shell itself when it can, no subshell to fork.
+        let ran = match &stage.inline {
+            Some(inline) => {
+                session
+                    .run_inline(inline, &NoOutput, stop, &self.kill)
+                    .await
+            }
+            None => {
+                session
+                    .run(&stage.script, &NoOutput, stop, &self.kill)
+                    .await
+            }
+        };
+        match ran {
             Ok(StageExit::Exited(0)) => {}
             Ok(exit) => {
                 debug!(stage = %stage.stage, ?exit, "the stage after the final report failed")
@@ -718,14 +726,21 @@ impl OutputSink for NoOutput {
     }
 }
 
-/// Makes the job's private temp dir as the stage scripts would (review M5): a symlink or
-/// non-directory planted at its path is removed, never followed; a missing directory is made
-/// 0700 (its parent, the project's directory, exists or is made as the builds dir's); one that
-/// is already there (a killed job's) is kept, as the scripts keep it.
+/// Makes the job's private temp dir ready as the stage scripts would (review M5): a symlink
+/// or non-directory planted at its path is removed, never followed; a missing directory is
+/// made 0700 (its parent, the project's directory, exists or is made as the builds dir's).
+/// One that is already there (the last job's, emptied at its end, or a killed job's) is kept
+/// if it is the runner user's: made 0700 again and emptied, so the job finds nothing of an
+/// earlier one, as in a new directory. (Keeping it spares every job a `mkdir` and an `rmdir`:
+/// a directory always has a block, so its removal frees one, which on a filesystem mounted
+/// with `discard` waits for the disk.) Another user's is replaced.
 fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(meta) if meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw() => {
+            return empty_private_dir(path, Some(meta));
+        }
+        Ok(meta) if meta.is_dir() => remove_private_dir(path)?,
         Ok(_) => std::fs::remove_file(path)?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
@@ -746,9 +761,47 @@ fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes the job's temp dir and everything in it, as `rm -r -f` would: a missing one is
-/// fine, and directories a job made unwritable are made writable first when that is what
-/// stops the removal.
+/// Empties the job's temp dir at the end of the job and keeps it (0700) for the next one
+/// ([`make_private_dir`]): everything in it goes, as `rm -r -f` would take it (directories a
+/// job made unwritable are made writable first); a symlink or file the job put in its place
+/// is removed, never followed; a missing one is fine. `meta` is the directory's, when known.
+fn empty_private_dir(
+    path: &std::path::Path,
+    meta: Option<std::fs::Metadata>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match meta {
+        Some(meta) => meta,
+        None => match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        },
+    };
+    if !meta.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let entry_path = entry.path();
+        if entry.file_type()?.is_dir() {
+            remove_private_dir(&entry_path)?;
+        } else {
+            match std::fs::remove_file(&entry_path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a directory and everything in it, as `rm -r -f` would: a missing one is fine, and
+/// directories a job made unwritable are made writable first when that is what stops the
+/// removal.
 fn remove_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -868,11 +921,12 @@ mod tests {
     use super::*;
 
     /// The temp dir the executor makes for a plan that leaves it to it: a planted symlink is
-    /// removed (its target untouched) and a 0700 directory made; at the end it goes, also
-    /// when the job made a directory in it unwritable.
+    /// removed (its target untouched) and a 0700 directory made; at the end it is emptied,
+    /// also when the job made a directory in it unwritable, and kept; the next job finds it
+    /// 0700 and empty, also when a killed job left something in it or loosened its mode.
     #[test]
-    fn the_private_temp_dir_is_made_safely_and_removed_whole() {
-        use std::os::unix::fs::PermissionsExt as _;
+    fn the_private_temp_dir_is_made_safely_and_emptied_for_the_next_job() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let root = tempfile::tempdir().expect("temp dir");
         let target = root.path().join("target");
         std::fs::create_dir(&target).expect("target");
@@ -885,15 +939,35 @@ mod tests {
         assert!(meta.is_dir(), "a directory, not the link");
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         assert!(target.exists(), "the link's target is left alone");
-        make_private_dir(&temp).expect("an existing directory is kept");
 
         let locked = temp.join("locked");
         std::fs::create_dir(&locked).expect("locked");
         std::fs::write(locked.join("file"), "x").expect("file");
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).expect("chmod");
-        remove_private_dir(&temp).expect("removed");
-        assert!(!temp.exists());
-        remove_private_dir(&temp).expect("a missing one is fine");
+        std::fs::write(temp.join("secret"), "x").expect("file");
+        std::os::unix::fs::symlink(&target, temp.join("link")).expect("link");
+        empty_private_dir(&temp, None).expect("emptied");
+        assert_eq!(std::fs::read_dir(&temp).expect("kept").count(), 0);
+        assert!(target.exists(), "a link in it is removed, not followed");
+
+        // What a killed job leaves: something in it, a looser mode.
+        std::fs::write(temp.join("left"), "x").expect("file");
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let inode = std::fs::metadata(&temp).expect("dir").ino();
+        make_private_dir(&temp).expect("ready");
+        let meta = std::fs::symlink_metadata(&temp).expect("there");
+        assert_eq!(meta.ino(), inode, "the same directory, kept");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&temp).expect("dir").count(), 0);
+
+        // A job that put a link in its place: the link goes at the end, the next job gets a
+        // new directory.
+        std::fs::remove_dir(&temp).expect("removed");
+        std::os::unix::fs::symlink(&target, &temp).expect("link");
+        empty_private_dir(&temp, None).expect("link removed");
+        assert!(std::fs::symlink_metadata(&temp).is_err());
+        assert!(target.exists());
+        empty_private_dir(&temp, None).expect("a missing one is fine");
     }
 
     /// A shell that waited longer than the provider allows is handed back to be closed, not

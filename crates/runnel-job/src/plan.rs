@@ -106,7 +106,8 @@ pub struct JobPlan {
     pub predefined_housekeeping_only: bool,
     /// Runnel's own stage that runs after the final state is reported, when the executor
     /// does that ([`PlanOptions::credential_reject_after_report`]): `git credential reject`,
-    /// taken out of `cleanup_file_variables`. Not part of the job log.
+    /// taken out of `cleanup_file_variables`. Not part of the job log. The last stage its
+    /// shell runs: its [`PlannedStage::inline`] form exports the job's variables in that shell.
     pub after_report: Option<PlannedStage>,
 }
 

@@ -275,7 +275,17 @@ impl ScriptWriter {
     /// full script's `errexit` gives. `None` unless every line is [`Self::plain`] and the style
     /// needs nothing only the full script has (`CI_DEBUG_TRACE`'s xtrace, the legacy `eval`).
     pub(crate) fn inline(&self) -> Option<String> {
-        if !self.plain || self.style.xtrace || self.style.legacy_eval {
+        if !self.plain {
+            return None;
+        }
+        self.inline_last()
+    }
+
+    /// [`Self::inline`] for the last stage a shell runs: nothing runs in that shell after it,
+    /// so its lines need not leave the shell as they found it (exported variables reach
+    /// nothing); they must still be Runnel's own (no `exit`, no stdin).
+    pub(crate) fn inline_last(&self) -> Option<String> {
+        if self.style.xtrace || self.style.legacy_eval {
             return None;
         }
         if self.statements.is_empty() {

@@ -137,7 +137,8 @@ impl PlannedStage {
     /// The same stage for a shell session to run in its own shell, without a subshell
     /// ([`crate::PlanOptions::inline_housekeeping`]): only for stages that are Runnel's own
     /// housekeeping (no user command, no hook, no variable), written so that the shell is left
-    /// as it was. Its output and status are the script's.
+    /// as it was. Its output and status are the script's. [`crate::JobPlan::after_report`]'s
+    /// exports the job's variables: it is the last stage its shell runs.
     pub fn inline(&self) -> Option<&str> {
         self.inline.as_deref()
     }
@@ -565,6 +566,13 @@ impl StageContext<'_> {
             StageWhen::Always,
             w.finish(),
         );
+        // The last stage of its shell: it may run in that shell itself, its exports reach
+        // nothing after it.
+        stage.inline = if self.opts.inline_housekeeping {
+            w.inline_last()
+        } else {
+            None
+        };
         stage.timeout = TimeoutKind::Cleanup;
         stage.ignore_errors = true;
         Some(stage)

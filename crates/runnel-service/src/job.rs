@@ -793,6 +793,7 @@ async fn execute_stages(
         let deferred = runnel_executor::AfterReport {
             stage: stage.name.clone(),
             script: stage.script(JobStatus::Success).to_owned(),
+            inline: stage.inline().map(str::to_owned),
             env: stage_env.to_vec(),
             timeout: CLEANUP_TIMEOUT,
         };

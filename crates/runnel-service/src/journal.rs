@@ -9,11 +9,15 @@
 //!   ([`runnel_executor::contain`]), its process groups, the ids of its containers (docker) or
 //!   its pod (kubernetes), how many trace bytes GitLab has
 //!   acknowledged, and the final state once it is known. Rewritten whole on the few events
-//!   that change it: the new record is written beside it (`.json.tmp`), the old one removed,
-//!   and the new one renamed into its place. (Not renamed over the old one: ext4 then writes
-//!   the new file's data to disk at once, and removing it at the end of the job waits for that
-//!   and, on a filesystem mounted with `discard`, for a discard. A runner killed between the
-//!   removal and the rename leaves the complete `.json.tmp`, which is read instead.)
+//!   that change it. While it fits in a page (it always does but for jobs with hundreds of
+//!   process groups or containers), in place, with one write at offset 0 that a killed runner
+//!   cannot leave half done (a shorter record is padded with spaces): no new file per change.
+//!   Otherwise, and the first time, the new record is written beside it (`.json.tmp`), the old
+//!   one removed, and the new one renamed into its place. (Not renamed over the old one: ext4
+//!   then writes the new file's data to disk at once, and removing it at the end of the job
+//!   waits for that and, on a filesystem mounted with `discard`, for a discard. A runner
+//!   killed between the removal and the rename leaves the complete `.json.tmp`, which is read
+//!   instead.)
 //! - `job-<id>-<runner>.log` (0600): the job log as sent to GitLab (masked), appended by a
 //!   follower task as the log grows. It is bounded by the job's output limit, and it is the
 //!   whole log, not only the unacknowledged tail: a 412 answer asks for the whole log again.
@@ -304,6 +308,7 @@ impl Journal {
             journal: Arc::clone(self),
             name,
             record: Mutex::new(record),
+            record_file: Mutex::new(None),
             log: Mutex::new(Some(log)),
             log_path,
             failed: CancellationToken::new(),
@@ -390,7 +395,7 @@ impl Journal {
         Ok((record, log))
     }
 
-    fn store(&self, record: &Record) -> Result<(), JournalError> {
+    fn store(&self, record: &Record) -> Result<RecordFile, JournalError> {
         let name = record.name();
         write_record(
             &self.record_path(&name),
@@ -465,15 +470,16 @@ fn read_record(path: &Path) -> Result<Record, JournalError> {
 /// The rename never replaces a file, which on ext4 would write the new file's data to disk at
 /// once (and make its removal at the end of the job wait for that IO, and for a discard on a
 /// filesystem mounted with `discard`).
-fn write_record(path: &Path, temporary: &Path, record: &Record) -> Result<(), JournalError> {
+fn write_record(
+    path: &Path,
+    temporary: &Path,
+    record: &Record,
+) -> Result<RecordFile, JournalError> {
     let write_error = |source| JournalError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let text = serde_json::to_vec_pretty(record).map_err(|error| JournalError::Invalid {
-        path: path.to_path_buf(),
-        message: error.to_string(),
-    })?;
+    let text = record_text(path, record)?;
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -482,14 +488,56 @@ fn write_record(path: &Path, temporary: &Path, record: &Record) -> Result<(), Jo
         .open(temporary)
         .map_err(write_error)?;
     file.write_all(&text).map_err(write_error)?;
-    drop(file);
     match std::fs::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
             return Err(write_error(error));
         }
         _ => {}
     }
-    std::fs::rename(temporary, path).map_err(write_error)
+    std::fs::rename(temporary, path).map_err(write_error)?;
+    Ok(RecordFile {
+        file,
+        len: text.len(),
+    })
+}
+
+/// A record as JSON.
+fn record_text(path: &Path, record: &Record) -> Result<Vec<u8>, JournalError> {
+    serde_json::to_vec_pretty(record).map_err(|error| JournalError::Invalid {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })
+}
+
+/// The largest record rewritten in place ([`JobJournal::save`]): one page, which a single
+/// write replaces whole or not at all when the writer is killed.
+const IN_PLACE_MAX: usize = 4096;
+
+/// A job's record file, open, and the length of what it holds.
+#[derive(Debug)]
+struct RecordFile {
+    file: File,
+    len: usize,
+}
+
+impl RecordFile {
+    /// Replaces the record in place with one write at offset 0, when both the old and the
+    /// new one fit in [`IN_PLACE_MAX`]: a new record shorter than the old is padded with
+    /// spaces, which JSON ignores. No new file, so no inode to allocate and none to free:
+    /// on ext4 without a journal each new inode costs a scan past the recently deleted ones,
+    /// which grows with every job. Returns `Ok(false)` when the record does not fit.
+    fn rewrite(&mut self, text: &[u8]) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt as _;
+        if text.len() > IN_PLACE_MAX || self.len > IN_PLACE_MAX {
+            return Ok(false);
+        }
+        let mut page = Vec::with_capacity(self.len.max(text.len()));
+        page.extend_from_slice(text);
+        page.resize(self.len.max(text.len()), b' ');
+        self.file.write_all_at(&page, 0)?;
+        self.len = page.len();
+        Ok(true)
+    }
 }
 
 /// The journal of one running job.
@@ -498,6 +546,8 @@ pub(crate) struct JobJournal {
     journal: Arc<Journal>,
     name: String,
     record: Mutex<Record>,
+    /// The record's file once written, kept open to rewrite it in place.
+    record_file: Mutex<Option<RecordFile>>,
     /// The log file the follower appends to; `None` once the follower is done with it.
     log: Mutex<Option<File>>,
     log_path: PathBuf,
@@ -536,9 +586,26 @@ impl JobJournal {
         self.record.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Writes the record: the first time as a new file ([`write_record`]), then in place
+    /// while it fits ([`RecordFile::rewrite`]).
     fn save(&self) -> Result<(), JournalError> {
+        // The file first: saves land in the order their records were taken.
+        let mut file = self
+            .record_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let record = self.lock_record().clone();
-        self.journal.store(&record)
+        if let Some(open) = file.as_mut() {
+            let path = self.journal.record_path(&self.name);
+            let text = record_text(&path, &record)?;
+            match open.rewrite(&text) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(source) => return Err(JournalError::Write { path, source }),
+            }
+        }
+        *file = Some(self.journal.store(&record)?);
+        Ok(())
     }
 
     /// Records a process group the job started.
@@ -838,6 +905,7 @@ async fn abandon(
     });
     journal
         .store(record)
+        .map(drop)
         .map_err(|e| crate::job::error_chain(&e))
 }
 
@@ -1012,6 +1080,41 @@ mod tests {
         assert!(journal.pending().is_empty());
         journal.discard(&name);
         assert!(!temporary.exists());
+    }
+
+    /// A running job's later records rewrite its record file in place while they fit in a
+    /// page (no new inode per change): a shorter record is padded and read back whole; one
+    /// that outgrows the page is written as a new file, as the first one is.
+    #[test]
+    fn a_running_jobs_record_is_rewritten_in_place_while_it_fits_a_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut first = record(9);
+        first.process_groups = vec![4_000_000; 20];
+        let name = first.name();
+        let path = journal.record_path(&name);
+        let job = journal.begin(first).unwrap();
+        let inode =
+            |path: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap());
+        let written = inode(&path);
+        let long = std::fs::metadata(&path).unwrap().len();
+
+        // Shorter than before: padded, same file.
+        job.lock_record().process_groups.clear();
+        job.add_process_group(7);
+        assert_eq!(inode(&path), written, "rewritten in place");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), long, "padded");
+        assert_eq!(journal.load(&name).unwrap().0.process_groups, vec![7]);
+
+        // Longer than a page: a new file, complete.
+        job.lock_record().process_groups = vec![4_000_000; 600];
+        job.add_process_group(8);
+        assert_ne!(inode(&path), written, "a new file");
+        let loaded = journal.load(&name).unwrap().0;
+        assert_eq!(loaded.process_groups.len(), 601);
+        assert!(!journal.new_record_path(&name).exists());
+        job.remove();
+        assert!(!path.exists());
     }
 
     #[test]

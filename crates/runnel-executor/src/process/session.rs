@@ -15,10 +15,12 @@
 //! How the script reaches the shell is a [`ScriptDelivery`]. On stdin, as the official runner
 //! does, the shell must read its input one byte per `read` call (input from a pipe cannot be
 //! put back for the commands that share it), which for the few kilobytes of a stage script
-//! costs more CPU than the rest of a trivial job's shell work. With [`ScriptDelivery::Files`]
-//! each stage script is written to a private file (mode 0600 in a 0700 directory the runner's
-//! live sessions share, removed when the stage ends) and stdin only carries `( . '<file>' ) </dev/null`,
-//! which the shell reads in one go; the stage runs exactly as it would from stdin.
+//! costs more CPU than the rest of a trivial job's shell work. With [`ScriptDelivery::Memory`]
+//! each stage script is written to an anonymous in-memory file of the runner's (closed when
+//! the stage ends) and stdin only carries `( . /proc/<runner pid>/fd/<n> ) </dev/null`,
+//! which the shell reads in one go. The stage runs as it would from stdin, except that bash's
+//! own error messages name that path where they would name `bash` (as they named the script
+//! file before); nothing of the script is ever on a disk.
 //!
 //! The subshell keeps the stages apart as separate shells did (variables, `cd`, traps, `exit`
 //! only end the stage), and `$?` is the stage's exit status. The two markers come after
@@ -57,9 +59,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::{Arc, Weak};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -72,59 +72,18 @@ use super::{READ_CHUNK, terminate, until};
 use crate::{ExecutorError, OutputSink, OutputStream, StageExit};
 
 /// How a [`Session`] hands each stage script to its shell.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ScriptDelivery {
     /// The whole script on stdin, as the official runner sends it.
     #[default]
     Stdin,
-    /// The script in a private file the shell sources, in the private directory the live
-    /// sessions of one [`ScriptDir`] share; needs the shell to run as the runner's own user
-    /// (it reads a directory only that user can).
-    Files(ScriptDir),
+    /// The script in an anonymous in-memory file of the runner's (`memfd_create`), which the
+    /// shell sources through `/proc/<runner pid>/fd/<n>`: no file on any filesystem, nothing
+    /// to remove after a crash, and the shell reads it in one go. Needs the shell to run as
+    /// the runner's own user (only that user may open the runner's descriptors). Where the
+    /// kernel has no `memfd_create`, the stage goes on stdin.
+    Memory,
 }
-
-/// A private directory for stage scripts that sessions share: made when the first of them
-/// starts, removed when the last one ends. A directory per session cost every job a `mkdir`
-/// and an `rmdir`; on a filesystem mounted with `discard` the `rmdir` waits for a discard.
-/// The shell executor keeps one per runner, and the shell waiting for the next job keeps it
-/// from one job to the next.
-#[derive(Clone, Debug, Default)]
-pub struct ScriptDir(Arc<std::sync::Mutex<Weak<tempfile::TempDir>>>);
-
-impl ScriptDir {
-    /// The directory, made (0700) if no live session has it.
-    fn get(&self) -> io::Result<Arc<tempfile::TempDir>> {
-        let mut dir = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(dir) = dir.upgrade() {
-            return Ok(dir);
-        }
-        let made = Arc::new(private_dir()?);
-        *dir = Arc::downgrade(&made);
-        Ok(made)
-    }
-}
-
-impl PartialEq for ScriptDir {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for ScriptDir {}
-
-/// A new private (0700) directory for stage scripts.
-fn private_dir() -> io::Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix("runnel-session-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
-}
-
-/// Names stage script files, unique in the process (sessions may share a directory).
-static STAGE_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A running shell that accepts stage scripts; see the module documentation.
 #[derive(Debug)]
@@ -143,8 +102,8 @@ pub struct Session {
     /// The `export` commands the next stage's input starts with.
     pending_exports: String,
     alive: bool,
-    /// With [`ScriptDelivery::Files`]: the private directory for stage scripts.
-    scripts: Option<Arc<tempfile::TempDir>>,
+    /// How stage scripts reach the shell.
+    delivery: ScriptDelivery,
     /// Whether the shell has been sent [`END_FUNCTION`] (with the first stage's input).
     end_defined: bool,
     /// Whether the session ended only through [`Session::close`] with its shell alive and no
@@ -160,16 +119,6 @@ impl Session {
         delivery: ScriptDelivery,
         sink: &dyn OutputSink,
     ) -> Result<Self, ExecutorError> {
-        let dir_error = |source| ExecutorError::CreateDir {
-            purpose: "stage scripts",
-            path: std::env::temp_dir(),
-            source,
-        };
-        // Only the runner's user may enter it; it goes away with the (last) session.
-        let scripts = match delivery {
-            ScriptDelivery::Stdin => None,
-            ScriptDelivery::Files(dir) => Some(dir.get().map_err(dir_error)?),
-        };
         let watch = ExitWatch::new()?;
         let mut group = ProcessGroup::spawn_with(spec, true)?;
         let pipes = group.take_pipes()?;
@@ -193,7 +142,7 @@ impl Session {
             env: spec.env.to_vec(),
             pending_exports: String::new(),
             alive: true,
-            scripts,
+            delivery,
             end_defined: false,
             contained: true,
         })
@@ -292,8 +241,8 @@ impl Session {
         if !self.alive {
             return Err(self.closed_error());
         }
-        let (input, script_file) = self.stage_input(stage)?;
-        let _remove_script = script_file.map(RemoveOnDrop);
+        // The script's in-memory file stays open until the stage is over, however it ends.
+        let (input, _script_file) = self.stage_input(stage);
         let pid = self.group.pid();
         let (end, reported) = {
             let Session {
@@ -494,11 +443,9 @@ impl Session {
         }
     }
 
-    /// The text that runs `stage`, and the file its script was written to, if any.
-    fn stage_input(
-        &mut self,
-        stage: Stage<'_>,
-    ) -> Result<(Vec<u8>, Option<PathBuf>), ExecutorError> {
+    /// The text that runs `stage`, and the in-memory file holding its script, if any (to be
+    /// kept open until the stage is over).
+    fn stage_input(&mut self, stage: Stage<'_>) -> (Vec<u8>, Option<std::fs::File>) {
         let (script, open, close) = match stage {
             // A subshell keeps the stage's variables, `cd`, traps and `exit` to itself; the
             // session's own function is not the stage's to see.
@@ -521,7 +468,26 @@ impl Session {
         }
         input.push_str(&std::mem::take(&mut self.pending_exports));
         input.push_str("{ ");
-        let file = match &self.scripts {
+        let file = match self.delivery {
+            ScriptDelivery::Memory => match memory_file(script) {
+                Ok(file) => Some(file),
+                Err(error) => {
+                    debug!(%error, "no in-memory file for the stage script; it goes on stdin");
+                    None
+                }
+            },
+            ScriptDelivery::Stdin => None,
+        };
+        match &file {
+            Some(file) => {
+                // Digits only. (`.` reads the file in one go; the line break lets `}` close
+                // the group.)
+                input.push_str(&format!(
+                    "{open} . /proc/{}/fd/{}\n{close} </dev/null\n",
+                    std::process::id(),
+                    std::os::fd::AsRawFd::as_raw_fd(file)
+                ));
+            }
             None => {
                 input.push_str(open);
                 input.push('\n');
@@ -529,26 +495,10 @@ impl Session {
                 input.push('\n');
                 input.push_str(close);
                 input.push_str(" </dev/null\n");
-                None
             }
-            Some(dir) => {
-                let number = STAGE_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = dir.path().join(format!("stage-{number}.sh"));
-                write_private(&path, script).map_err(|source| ExecutorError::WriteScript {
-                    path: path.clone(),
-                    source,
-                })?;
-                // The directory comes from `tempfile`: letters, digits and `-`, `_`, `.`, `/`.
-                // (`.` reads the file in one go; the line break lets `}` close the group.)
-                input.push_str(&format!(
-                    "{open} . '{}'\n{close} </dev/null\n",
-                    path.display()
-                ));
-                Some(path)
-            }
-        };
+        }
         input.push_str(&format!("{END_FUNCTION_NAME} {nonce} \"$?\"\n}}\n"));
-        Ok((input.into_bytes(), file))
+        (input.into_bytes(), file)
     }
 }
 
@@ -574,28 +524,18 @@ enum Stage<'a> {
     Inline(&'a str),
 }
 
-/// Writes `text` to a new file only its owner can read. Synchronous: a stage script is a few
-/// kilobytes, less work than handing the write to another thread.
-fn write_private(path: &Path, text: &str) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(text.as_bytes())
-}
-
-/// Removes a stage's script file once the stage is over, however it ended.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_file(&self.0) {
-            debug!(path = %self.0.display(), %error, "could not remove a stage script");
-        }
-    }
+/// `text` in a new anonymous in-memory file (closed on exec, so no child inherits it).
+/// Synchronous: a stage script is a few kilobytes, less work than handing it to another
+/// thread.
+fn memory_file(text: &str) -> io::Result<std::fs::File> {
+    use std::io::Write as _;
+    let fd = nix::sys::memfd::memfd_create(c"runnel-stage", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    // Only the runner's user can reach the descriptor anyway; 0600 as a file would be.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    Ok(file)
 }
 
 /// How long to wait for a killed shell before leaving it to the drop guard.

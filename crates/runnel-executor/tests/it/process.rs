@@ -409,14 +409,10 @@ async fn output_is_streamed_before_the_process_exits() {
 /// output, the stage ends with its own status and the session goes on.
 #[tokio::test]
 async fn a_stage_cannot_learn_or_forge_the_stage_end_marker() {
-    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
-    for delivery in [
-        ScriptDelivery::Stdin,
-        ScriptDelivery::Files(ScriptDir::default()),
-    ] {
+    use runnel_executor::process::{ScriptDelivery, Session};
+    for delivery in [ScriptDelivery::Stdin, ScriptDelivery::Memory] {
         let sink = Recorder::default();
-        let mut session =
-            Session::start(&bash(""), delivery.clone(), &sink).expect("session starts");
+        let mut session = Session::start(&bash(""), delivery, &sink).expect("session starts");
         let cancel = CancellationToken::new();
         let stop = StopWhen {
             cancel: &cancel,
@@ -473,14 +469,10 @@ exit 7"#;
 /// deliveries.
 #[tokio::test]
 async fn housekeeping_runs_in_the_session_shell_itself() {
-    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
-    for delivery in [
-        ScriptDelivery::Stdin,
-        ScriptDelivery::Files(ScriptDir::default()),
-    ] {
+    use runnel_executor::process::{ScriptDelivery, Session};
+    for delivery in [ScriptDelivery::Stdin, ScriptDelivery::Memory] {
         let sink = Recorder::default();
-        let mut session =
-            Session::start(&bash(""), delivery.clone(), &sink).expect("session starts");
+        let mut session = Session::start(&bash(""), delivery, &sink).expect("session starts");
         let cancel = CancellationToken::new();
         let stop = StopWhen {
             cancel: &cancel,
@@ -549,22 +541,18 @@ async fn housekeeping_runs_in_the_session_shell_itself() {
     }
 }
 
-/// Sessions of one `ScriptDir` write their stage scripts to one private directory (no
-/// `mkdir` and `rmdir` per job): it is there while any of them lives, each script file is its
-/// own and gone after its stage, and the directory goes with the last session.
+/// With [`ScriptDelivery::Memory`] a stage's script is in no file on any filesystem: the
+/// shell sources an anonymous in-memory file of the runner's (so nothing of it is left to
+/// remove after a crash), a new one for each stage.
 #[tokio::test]
-async fn sessions_of_one_script_dir_share_it_until_the_last_ends() {
-    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
-    let shared = ScriptDir::default();
+async fn stage_scripts_are_sourced_from_memory_and_closed_after_their_stage() {
+    use runnel_executor::process::{ScriptDelivery, Session};
     let sink = Recorder::default();
-    let start = || {
-        Session::start(&bash(""), ScriptDelivery::Files(shared.clone()), &sink)
-            .expect("session starts")
-    };
-    let (mut first, mut second) = (start(), start());
+    let mut session =
+        Session::start(&bash(""), ScriptDelivery::Memory, &sink).expect("session starts");
     let cancel = CancellationToken::new();
-    let mut scripts = Vec::new();
-    for session in [&mut first, &mut second] {
+    let mut seen = Vec::new();
+    for _ in 0..2 {
         let out = Recorder::default();
         let stop = StopWhen {
             cancel: &cancel,
@@ -572,23 +560,25 @@ async fn sessions_of_one_script_dir_share_it_until_the_last_ends() {
         };
         let exit = within(
             "the stage",
-            session.run("echo \"$BASH_SOURCE\"", &out, stop, &QUICK),
+            session.run(
+                "echo \"$BASH_SOURCE $(readlink \"$BASH_SOURCE\")\"",
+                &out,
+                stop,
+                &QUICK,
+            ),
         )
         .await
         .expect("stage runs");
         assert_eq!(exit, StageExit::Exited(0));
-        scripts.push(std::path::PathBuf::from(out.stdout().trim()));
+        let line = out.stdout();
+        let (source, target) = line.trim().split_once(' ').expect("two words");
+        let prefix = format!("/proc/{}/fd/", std::process::id());
+        assert!(source.starts_with(&prefix), "{line}");
+        assert!(target.starts_with("/memfd:runnel-stage"), "{line}");
+        seen.push(line);
     }
-    let dir = scripts[0].parent().expect("dir").to_path_buf();
-    assert_eq!(scripts[1].parent(), Some(dir.as_path()), "{scripts:?}");
-    assert_ne!(scripts[0], scripts[1]);
-    assert!(scripts.iter().all(|script| !script.exists()));
-    first.close().await;
-    assert!(dir.is_dir(), "the second session still uses it");
-    second.close().await;
-    assert!(!dir.exists(), "gone with the last session");
-    let third = start();
-    third.close().await;
+    session.close().await;
+    assert_eq!(seen.len(), 2);
 }
 
 /// Review M5 (`scratch/p8`): a job started `setsid nohup … &`, which outlived the job and read
@@ -596,15 +586,11 @@ async fn sessions_of_one_script_dir_share_it_until_the_last_ends() {
 /// processes that left the process group (setsid, a double fork) die with the session too.
 #[tokio::test]
 async fn processes_that_left_the_group_die_with_the_session() {
-    use runnel_executor::process::{ScriptDelivery, ScriptDir, Session};
+    use runnel_executor::process::{ScriptDelivery, Session};
     let dir = tempfile::tempdir().expect("temp dir");
     let sink = Recorder::default();
-    let mut session = Session::start(
-        &bash(""),
-        ScriptDelivery::Files(ScriptDir::default()),
-        &sink,
-    )
-    .expect("session starts");
+    let mut session =
+        Session::start(&bash(""), ScriptDelivery::Memory, &sink).expect("session starts");
     let cancel = CancellationToken::new();
     let stop = StopWhen {
         cancel: &cancel,

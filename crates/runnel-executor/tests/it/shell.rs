@@ -485,6 +485,7 @@ async fn a_deferred_stage_runs_in_the_jobs_shell_after_the_report_then_the_sessi
             "#!/usr/bin/env bash\necho \"shell=$$ parent=$PPID\" > {}\necho dropped; echo dropped >&2\n",
             marker.display()
         ),
+        inline: None,
         env: Vec::new(),
         timeout: std::time::Duration::from_secs(60),
     };
@@ -508,6 +509,41 @@ async fn a_deferred_stage_runs_in_the_jobs_shell_after_the_report_then_the_sessi
     crate::support::assert_gone(background).await;
 }
 
+/// A deferred stage with an inline form runs that, in the job's shell itself (no subshell to
+/// fork: it is the last stage the shell runs), not the full script.
+#[tokio::test]
+async fn a_deferred_stage_runs_its_inline_form_in_the_shell_itself() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut executor = prepared(root.path(), KillPolicy::default()).await;
+    let (exit, sink) = run_stage(executor.as_mut(), stage("echo $$")).await;
+    assert_eq!(exit, StageExit::Exited(0));
+    let shell = sink.stdout().trim().to_owned();
+
+    let marker = root.path().join("after-report");
+    let deferred = AfterReport {
+        stage: "cleanup_git_credentials".to_owned(),
+        script: format!(
+            "#!/usr/bin/env bash
+echo script > {}
+",
+            marker.display()
+        ),
+        inline: Some(format!(
+            "{{ export DEFERRED=yes\n}} && {{ echo \"inline $BASHPID $DEFERRED\" > {}\n}}\n",
+            marker.display()
+        )),
+        env: Vec::new(),
+        timeout: std::time::Duration::from_secs(60),
+    };
+    assert!(executor.defer(deferred).is_none());
+    let later = within("the cleanup", executor.cleanup_deferred())
+        .await
+        .expect("handed back");
+    assert!(within("the deferred cleanup", later).await, "contained");
+    let ran = std::fs::read_to_string(&marker).expect("the deferred stage ran");
+    assert_eq!(ran, format!("inline {shell} yes\n"), "in the shell itself");
+}
+
 /// A session that ended (a stopped stage ends it) does not stop the deferred stage: it runs
 /// in a new shell.
 #[tokio::test]
@@ -521,6 +557,7 @@ async fn a_deferred_stage_runs_in_a_new_shell_when_the_session_ended() {
     let deferred = AfterReport {
         stage: "cleanup_git_credentials".to_owned(),
         script: format!("#!/usr/bin/env bash\ntouch {}\n", marker.display()),
+        inline: None,
         env: Vec::new(),
         timeout: std::time::Duration::from_secs(60),
     };
@@ -557,45 +594,32 @@ async fn a_shell_killed_by_its_stage_reports_the_signal_and_is_replaced() {
     crate::support::assert_gone(background).await;
 }
 
-/// The script reaches the shell as a private file, not on stdin (which bash would read one
-/// byte per system call); the file is gone once its stage ends, the directory with the session.
+/// The script reaches the shell as a private in-memory file of the runner's, not on stdin
+/// (which bash would read one byte per system call) and not in any file on a disk.
 #[tokio::test]
-async fn stage_scripts_come_from_private_files_removed_after_each_stage() {
-    use std::os::unix::fs::PermissionsExt;
-
+async fn stage_scripts_come_from_private_in_memory_files() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut executor = prepared(root.path(), KillPolicy::default()).await;
-    // `BASH_SOURCE` names the file the shell is reading; copy its mode before it goes away.
-    let script = "echo \"$BASH_SOURCE\"; stat -c %a \"$BASH_SOURCE\" \"$(dirname \"$BASH_SOURCE\")\"; \
+    // `BASH_SOURCE` names the file the shell is reading.
+    let script = "echo \"$BASH_SOURCE\"; stat -L -c %a \"$BASH_SOURCE\"; readlink \"$BASH_SOURCE\"; \
                   read -t 0.2 line && echo \"stdin: $line\"; echo done";
     let (exit, sink) = run_stage(executor.as_mut(), stage(script)).await;
     assert_eq!(exit, StageExit::Exited(0), "{}", sink.stderr());
     let out = sink.stdout();
     let mut lines = out.lines();
-    let file = std::path::PathBuf::from(lines.next().expect("script path"));
+    let source = lines.next().expect("script path");
+    assert!(
+        source.starts_with(&format!("/proc/{}/fd/", std::process::id())),
+        "one of the runner's descriptors: {out}"
+    );
     assert_eq!(lines.next(), Some("600"), "the script file is private");
-    assert_eq!(lines.next(), Some("700"), "so is its directory");
+    let target = lines.next().expect("link target");
+    assert!(
+        target.starts_with("/memfd:runnel-stage"),
+        "in memory: {out}"
+    );
     assert_eq!(lines.next(), Some("done"), "stdin is /dev/null: {out}");
-    assert!(
-        !file.exists(),
-        "{} is removed after its stage",
-        file.display()
-    );
-    let dir = file.parent().expect("script dir").to_path_buf();
-    assert!(
-        dir.is_dir(),
-        "the session keeps its directory between stages"
-    );
-    assert_eq!(
-        std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777,
-        0o700
-    );
     executor.cleanup().await;
-    assert!(
-        !dir.exists(),
-        "{} is removed with the session",
-        dir.display()
-    );
 }
 
 /// Records the process groups an executor reports.

@@ -105,6 +105,25 @@ fn the_credential_reject_can_run_after_the_report_with_the_jobs_variables() {
         !script.contains("apiVersion"),
         "file variables are not written again:\n{script}"
     );
+    // The last stage of its shell: an inline form (no subshell) when the executor runs those.
+    assert!(after.inline().is_none());
+    let inlining = PlanOptions {
+        inline_housekeeping: true,
+        ..deferring.clone()
+    };
+    let plan = plan_ok(&job, &inlining);
+    let inline = plan
+        .after_report
+        .as_ref()
+        .and_then(|stage| stage.inline())
+        .expect("an inline form");
+    let at = |needle: &str| {
+        inline
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing:\n{inline}"))
+    };
+    assert!(at("export GIT_CONFIG_GLOBAL=") < at("git credential reject"));
+    assert!(at("done < ") < at("git credential reject"));
 
     let without = plan_ok(&job, &opts());
     assert!(without.after_report.is_none());
