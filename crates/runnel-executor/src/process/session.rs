@@ -81,7 +81,8 @@ pub enum ScriptDelivery {
     /// shell sources through `/proc/<runner pid>/fd/<n>`: no file on any filesystem, nothing
     /// to remove after a crash, and the shell reads it in one go. Needs the shell to run as
     /// the runner's own user (only that user may open the runner's descriptors). Where the
-    /// kernel has no `memfd_create`, the stage goes on stdin.
+    /// kernel has no `memfd_create`, or `/proc` does not show the runner under its pid, the
+    /// stage goes on stdin.
     Memory,
 }
 
@@ -469,14 +470,14 @@ impl Session {
         input.push_str(&std::mem::take(&mut self.pending_exports));
         input.push_str("{ ");
         let file = match self.delivery {
-            ScriptDelivery::Memory => match memory_file(script) {
+            ScriptDelivery::Memory if proc_shows_this_process() => match memory_file(script) {
                 Ok(file) => Some(file),
                 Err(error) => {
                     debug!(%error, "no in-memory file for the stage script; it goes on stdin");
                     None
                 }
             },
-            ScriptDelivery::Stdin => None,
+            ScriptDelivery::Memory | ScriptDelivery::Stdin => None,
         };
         match &file {
             Some(file) => {
@@ -522,6 +523,23 @@ enum Stage<'a> {
     Isolated(&'a str),
     /// Housekeeping, in the shell itself ([`Session::run_inline`]).
     Inline(&'a str),
+}
+
+/// Whether the shell can reach this process's descriptors as `/proc/<our pid>/fd/<n>`: not
+/// where `/proc` belongs to another pid namespace (one entered without mounting its own
+/// `/proc`). Checked once; without it stage scripts go on stdin.
+fn proc_shows_this_process() -> bool {
+    static SHOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SHOWS.get_or_init(|| {
+        let shows = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|pid| pid.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id());
+        if !shows {
+            debug!("/proc does not show this process under its pid; stage scripts go on stdin");
+        }
+        shows
+    })
 }
 
 /// `text` in a new anonymous in-memory file (closed on exec, so no child inherits it).
