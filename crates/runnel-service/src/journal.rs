@@ -754,6 +754,11 @@ impl JobJournal {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        // What rewrites the record from now on (the redelivery) replaces the file.
+        self.record_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         self.journal.lock_active().remove(&self.name);
     }
 }
