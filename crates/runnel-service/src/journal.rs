@@ -22,7 +22,10 @@
 //!   follower task as the log grows. It is bounded by the job's output limit, and it is the
 //!   whole log, not only the unacknowledged tail: a 412 answer asks for the whole log again.
 //!
-//! Both are removed once GitLab accepted the final state (or said the job is gone). What is
+//! Both are removed once GitLab accepted the final state (or said the job is gone): renamed
+//! to a spare pair (`spare-<n>.json`, `spare-<n>.log`) and emptied, which the next job takes
+//! instead of making new files (on ext4 without a journal a new inode costs a scan past every
+//! inode deleted in the last minutes); a daemon removes the spares it finds at start. What is
 //! left is *pending*: a job whose final update was abandoned after the retry budget, or whose
 //! runner died. [`redeliver`] finishes pending jobs: a job that was still running has its
 //! remaining processes killed and is reported failed (`runner_system_failure`) with the log it
