@@ -545,7 +545,7 @@ async fn housekeeping_runs_in_the_session_shell_itself() {
 /// shell sources an anonymous in-memory file of the runner's (so nothing of it is left to
 /// remove after a crash), a new one for each stage.
 #[tokio::test]
-async fn stage_scripts_are_sourced_from_memory_and_closed_after_their_stage() {
+async fn stage_scripts_are_sourced_from_a_new_in_memory_file_each() {
     use runnel_executor::process::{ScriptDelivery, Session};
     let sink = Recorder::default();
     let mut session =
@@ -561,7 +561,7 @@ async fn stage_scripts_are_sourced_from_memory_and_closed_after_their_stage() {
         let exit = within(
             "the stage",
             session.run(
-                "echo \"$BASH_SOURCE $(readlink \"$BASH_SOURCE\")\"",
+                "echo \"$BASH_SOURCE|$(readlink \"$BASH_SOURCE\")|$(stat -L -c %i \"$BASH_SOURCE\")\"",
                 &out,
                 stop,
                 &QUICK,
@@ -571,14 +571,17 @@ async fn stage_scripts_are_sourced_from_memory_and_closed_after_their_stage() {
         .expect("stage runs");
         assert_eq!(exit, StageExit::Exited(0));
         let line = out.stdout();
-        let (source, target) = line.trim().split_once(' ').expect("two words");
+        let fields: Vec<&str> = line.trim().split('|').collect();
+        let [source, target, inode] = fields[..] else {
+            panic!("three fields: {line}");
+        };
         let prefix = format!("/proc/{}/fd/", std::process::id());
         assert!(source.starts_with(&prefix), "{line}");
         assert!(target.starts_with("/memfd:runnel-stage"), "{line}");
-        seen.push(line);
+        seen.push(inode.to_owned());
     }
     session.close().await;
-    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0], seen[1], "a new file for each stage");
 }
 
 /// Review M5 (`scratch/p8`): a job started `setsid nohup … &`, which outlived the job and read
