@@ -80,16 +80,6 @@ pub enum ExecutorError {
         source: io::Error,
     },
 
-    /// A stage script could not be written to the session's private file.
-    #[error("failed to write the stage script to {}", path.display())]
-    WriteScript {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-
     /// Writing the script to the child's stdin failed (other than the child closing it early).
     #[error("failed to write the script to the stdin of `{program}` (pid {pid})")]
     WriteStdin {

@@ -639,8 +639,7 @@ impl Ending {
         // After the session: nothing of the job writes there any more.
         if let Some(temp) = self.temp_dir.take() {
             let removed = temp.clone();
-            let error = match tokio::task::spawn_blocking(move || empty_private_dir(&removed, None))
-                .await
+            let error = match tokio::task::spawn_blocking(move || empty_private_dir(&removed)).await
             {
                 Ok(Ok(())) => None,
                 Ok(Err(error)) => Some(error.to_string()),
@@ -738,7 +737,7 @@ fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw() => {
-            return empty_private_dir(path, Some(meta));
+            return empty_private_dir(path);
         }
         Ok(meta) if meta.is_dir() => remove_private_dir(path)?,
         Ok(_) => std::fs::remove_file(path)?,
@@ -764,19 +763,13 @@ fn make_private_dir(path: &std::path::Path) -> std::io::Result<()> {
 /// Empties the job's temp dir at the end of the job and keeps it (0700) for the next one
 /// ([`make_private_dir`]): everything in it goes, as `rm -r -f` would take it (directories a
 /// job made unwritable are made writable first); a symlink or file the job put in its place
-/// is removed, never followed; a missing one is fine. `meta` is the directory's, when known.
-fn empty_private_dir(
-    path: &std::path::Path,
-    meta: Option<std::fs::Metadata>,
-) -> std::io::Result<()> {
+/// is removed, never followed; a missing one is fine.
+fn empty_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = match meta {
-        Some(meta) => meta,
-        None => match std::fs::symlink_metadata(path) {
-            Ok(meta) => meta,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error),
-        },
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
     };
     if !meta.is_dir() {
         return std::fs::remove_file(path);
@@ -946,7 +939,7 @@ mod tests {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).expect("chmod");
         std::fs::write(temp.join("secret"), "x").expect("file");
         std::os::unix::fs::symlink(&target, temp.join("link")).expect("link");
-        empty_private_dir(&temp, None).expect("emptied");
+        empty_private_dir(&temp).expect("emptied");
         assert_eq!(std::fs::read_dir(&temp).expect("kept").count(), 0);
         assert!(target.exists(), "a link in it is removed, not followed");
 
@@ -964,10 +957,10 @@ mod tests {
         // new directory.
         std::fs::remove_dir(&temp).expect("removed");
         std::os::unix::fs::symlink(&target, &temp).expect("link");
-        empty_private_dir(&temp, None).expect("link removed");
+        empty_private_dir(&temp).expect("link removed");
         assert!(std::fs::symlink_metadata(&temp).is_err());
         assert!(target.exists());
-        empty_private_dir(&temp, None).expect("a missing one is fine");
+        empty_private_dir(&temp).expect("a missing one is fine");
     }
 
     /// A shell that waited longer than the provider allows is handed back to be closed, not

@@ -464,6 +464,30 @@ async fn a_stopped_stage_ends_the_session_and_the_next_stage_starts_a_new_shell(
     assert_ne!(sink.stdout(), first_shell, "a new shell after the stop");
 }
 
+/// The credential reject's stage after the report, with `script` (and its `inline` form).
+fn after_report(script: String, inline: Option<String>) -> AfterReport {
+    AfterReport {
+        stage: "cleanup_git_credentials".to_owned(),
+        script,
+        inline,
+        env: Vec::new(),
+        timeout: std::time::Duration::from_secs(60),
+    }
+}
+
+/// Hands `deferred` to the executor, then runs what its deferred cleanup hands back; whether
+/// the job's processes were all seen gone.
+async fn run_deferred(executor: &mut dyn runnel_executor::Executor, deferred: AfterReport) -> bool {
+    assert!(
+        executor.defer(deferred).is_none(),
+        "the shell executor takes it"
+    );
+    let later = within("the cleanup", executor.cleanup_deferred())
+        .await
+        .expect("handed back");
+    within("the deferred cleanup", later).await
+}
+
 /// A stage the executor takes with `defer` runs only in the work `cleanup_deferred` hands
 /// back (after the job runner reported the final state), in the job's own shell, with its
 /// output dropped; the session ends after it and what the job left running goes with it.
@@ -479,16 +503,13 @@ async fn a_deferred_stage_runs_in_the_jobs_shell_after_the_report_then_the_sessi
     let background = crate::support::read_pid(&pid_file).await;
 
     let marker = root.path().join("after-report");
-    let deferred = AfterReport {
-        stage: "cleanup_git_credentials".to_owned(),
-        script: format!(
+    let deferred = after_report(
+        format!(
             "#!/usr/bin/env bash\necho \"shell=$$ parent=$PPID\" > {}\necho dropped; echo dropped >&2\n",
             marker.display()
         ),
-        inline: None,
-        env: Vec::new(),
-        timeout: std::time::Duration::from_secs(60),
-    };
+        None,
+    );
     assert!(
         executor.defer(deferred).is_none(),
         "the shell executor takes it"
@@ -520,26 +541,14 @@ async fn a_deferred_stage_runs_its_inline_form_in_the_shell_itself() {
     let shell = sink.stdout().trim().to_owned();
 
     let marker = root.path().join("after-report");
-    let deferred = AfterReport {
-        stage: "cleanup_git_credentials".to_owned(),
-        script: format!(
-            "#!/usr/bin/env bash
-echo script > {}
-",
-            marker.display()
-        ),
-        inline: Some(format!(
+    let deferred = after_report(
+        format!("#!/usr/bin/env bash\necho script > {}\n", marker.display()),
+        Some(format!(
             "{{ export DEFERRED=yes\n}} && {{ echo \"inline $BASHPID $DEFERRED\" > {}\n}}\n",
             marker.display()
         )),
-        env: Vec::new(),
-        timeout: std::time::Duration::from_secs(60),
-    };
-    assert!(executor.defer(deferred).is_none());
-    let later = within("the cleanup", executor.cleanup_deferred())
-        .await
-        .expect("handed back");
-    assert!(within("the deferred cleanup", later).await, "contained");
+    );
+    assert!(run_deferred(executor.as_mut(), deferred).await, "contained");
     let ran = std::fs::read_to_string(&marker).expect("the deferred stage ran");
     assert_eq!(ran, format!("inline {shell} yes\n"), "in the shell itself");
 }
@@ -554,18 +563,11 @@ async fn a_deferred_stage_runs_in_a_new_shell_when_the_session_ended() {
     assert_eq!(exit, StageExit::Signaled(9));
 
     let marker = root.path().join("after-report");
-    let deferred = AfterReport {
-        stage: "cleanup_git_credentials".to_owned(),
-        script: format!("#!/usr/bin/env bash\ntouch {}\n", marker.display()),
-        inline: None,
-        env: Vec::new(),
-        timeout: std::time::Duration::from_secs(60),
-    };
-    assert!(executor.defer(deferred).is_none());
-    let later = within("the cleanup", executor.cleanup_deferred())
-        .await
-        .expect("handed back");
-    within("the deferred cleanup", later).await;
+    let deferred = after_report(
+        format!("#!/usr/bin/env bash\ntouch {}\n", marker.display()),
+        None,
+    );
+    run_deferred(executor.as_mut(), deferred).await;
     assert!(marker.exists(), "the deferred stage ran in a new shell");
 }
 
